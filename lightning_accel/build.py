@@ -1,0 +1,82 @@
+"""The Trainer construction helper shared by drop-in users and the CLI runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import Strategy, StrategyRegistry
+
+from lightning_accel.config import HardwareConfig, OptimizationConfig
+from lightning_accel.errors import ConfigError
+from lightning_accel.hardware import resolve_hardware
+from lightning_accel.optimize import ModelOptimizations
+from lightning_accel.profiles import as_hardware, as_optimization
+
+
+def strategy_with_options(name: str, options: dict[str, Any]) -> Strategy:
+    """Instantiate the registered strategy ``name`` with its registered defaults and ``options``."""
+    if name not in StrategyRegistry:
+        raise ConfigError(
+            "hardware.strategy",
+            name,
+            "is not a registered strategy",
+            StrategyRegistry.available_strategies(),
+        )
+    entry = StrategyRegistry[name]
+    return entry["strategy"](**{**entry["init_params"], **options})
+
+
+def trainer_arguments(
+    hardware: HardwareConfig | str = "auto",
+    optimization: OptimizationConfig | str = "default",
+) -> dict[str, Any]:
+    """The ``lightning.Trainer`` keyword arguments a pair of profiles stands for.
+
+    Useful to build the Trainer yourself: ``Trainer(**trainer_arguments("cpu"), max_steps=10)``
+    (model transforms then need :class:`~lightning_accel.optimize.ModelOptimizations`).
+    """
+    profile = as_hardware(hardware)
+    hw = resolve_hardware(profile)
+    opt = as_optimization(optimization)
+    strategy: Any = hw.strategy
+    if profile.strategy_options:
+        strategy = strategy_with_options(hw.strategy, profile.strategy_options)
+    return {
+        "accelerator": hw.accelerator,
+        "devices": hw.devices,
+        "num_nodes": hw.num_nodes,
+        "strategy": strategy,
+        "precision": opt.precision,
+        "accumulate_grad_batches": opt.accumulate_grad_batches,
+        "gradient_clip_val": opt.gradient_clip_val,
+    }
+
+
+def build_trainer(
+    hardware: HardwareConfig | str = "auto",
+    optimization: OptimizationConfig | str = "default",
+    callbacks: list[pl.Callback] | None = None,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """A ``lightning.Trainer`` set up for a hardware and an optimization profile.
+
+    Args:
+        hardware: a :class:`HardwareConfig` or a profile name (``"auto"``, ``"cpu"``, ...).
+        optimization: an :class:`OptimizationConfig` or a profile name (``"default"``, ...).
+        callbacks: your callbacks; the profile's model transforms are added to them.
+        **trainer_kwargs: anything else ``lightning.Trainer`` takes (``max_steps``,
+            ``logger``, ...); these win over the profiles' values.
+
+    Example:
+        >>> trainer = build_trainer("cpu", "default", max_steps=100)  # doctest: +SKIP
+        >>> trainer.fit(MyLightningModule(), datamodule=MyDataModule())  # doctest: +SKIP
+    """
+    opt = as_optimization(optimization)
+    if opt.float32_matmul_precision is not None:
+        torch.set_float32_matmul_precision(opt.float32_matmul_precision)
+    arguments = trainer_arguments(hardware, opt)
+    arguments.update(trainer_kwargs)
+    arguments["callbacks"] = [*(callbacks or []), ModelOptimizations(opt)]
+    return pl.Trainer(**arguments)

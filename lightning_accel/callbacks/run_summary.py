@@ -1,0 +1,212 @@
+"""Collects what a run achieved and writes it as ``summary.json`` plus a table for people."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+
+
+def _inputs(batch: Any) -> torch.Tensor | None:
+    """The first tensor of a batch: the inputs, by the usual (inputs, targets) convention."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        return next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+@dataclass
+class _StepTotals:
+    seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+
+    def add(self, seconds: float, samples: int, tokens: int) -> None:
+        self.seconds += seconds
+        self.samples += samples
+        self.tokens += tokens
+
+    def rate(self, count: int) -> float | None:
+        return round(count / self.seconds, 2) if self.seconds else None
+
+
+class RunSummary(pl.Callback):
+    """Records losses, throughput and output paths, then writes ``summary.json`` and prints a
+    table when fitting ends (rank 0 only).
+
+    Tokens are counted when the batch inputs are integer token ids; samples always.
+    Throughput is measured over training steps only (validation and the first
+    ``warmup_steps`` are left out).
+
+    Args:
+        output_dir: where ``summary.json`` goes; default the trainer's ``default_root_dir``.
+        warmup_steps: steps left out of the throughput figures.
+        extra: fixed facts to add to the summary (recipe, profiles, ...).
+        print_table: whether to print the rich table.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        warmup_steps: int = 5,
+        extra: dict[str, Any] | None = None,
+        print_table: bool = True,
+    ) -> None:
+        self.output_dir = output_dir
+        self.warmup_steps = warmup_steps
+        self.extra = dict(extra or {})
+        self.print_table = print_table
+        self.summary: dict[str, Any] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.validations: list[dict[str, float]] = []
+        self.train_losses: list[float] = []
+        self.all_steps = _StepTotals()
+        self.measured_steps = _StepTotals()
+        self._step_started = 0.0
+        self._fit_started = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+        self._fit_started = time.perf_counter()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and trainer.global_step % trainer.log_every_n_steps == 0:
+            self.train_losses.append(float(loss))
+        inputs = _inputs(batch)
+        samples = inputs.shape[0] if inputs is not None and inputs.ndim > 0 else 0
+        tokens = inputs.numel() if samples and not inputs.is_floating_point() else 0
+        seconds = time.perf_counter() - self._step_started
+        self.all_steps.add(seconds, samples, tokens)
+        if trainer.global_step > self.warmup_steps:
+            self.measured_steps.add(seconds, samples, tokens)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        if metrics:
+            self.validations.append({"step": trainer.global_step, **metrics})
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        world = trainer.world_size
+        # Too short a run to leave warm-up out: measure every step rather than none.
+        steps = self.measured_steps if self.measured_steps.seconds else self.all_steps
+        self.summary = {
+            **self.extra,
+            "steps": trainer.global_step,
+            "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
+            "world_size": world,
+            "precision": str(trainer.precision),
+            "samples_per_second": steps.rate(steps.samples * world),
+            "tokens_per_second": steps.rate(steps.tokens * world) if steps.tokens else None,
+            "first_train_loss": self.train_losses[0] if self.train_losses else None,
+            "last_train_loss": self.train_losses[-1] if self.train_losses else None,
+            "validation": self.validations,
+            "checkpoint": _checkpoint_path(trainer),
+            "metrics": _metrics_path(trainer),
+        }
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer) -> None:
+        directory = Path(self.output_dir or trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "summary.json"
+        staging = path.with_suffix(f".json.{os.getpid()}.tmp")
+        staging.write_text(json.dumps(self.summary, indent=2) + "\n")
+        staging.replace(path)
+        self.summary["summary"] = str(path)
+        if self.print_table:
+            Console(stderr=True).print(summary_table(self.summary))
+
+
+def _checkpoint_path(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return None
+    return (
+        getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "") or None
+    )
+
+
+def _metrics_path(trainer: pl.Trainer) -> str | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return str(Path(logger.log_dir) / "metrics.csv")
+        if logger.log_dir:
+            return str(logger.log_dir)
+    return None
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """A two-column rich table of a run summary."""
+    table = Table(title="Run summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    validations = summary.get("validation") or []
+    rows: list[tuple[str, Any]] = [
+        (key, summary.get(key)) for key in ("recipe", "hardware", "optimization") if key in summary
+    ]
+    rows += [
+        ("steps", summary["steps"]),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+        ("precision", summary["precision"]),
+        ("train loss", _first_last(summary["first_train_loss"], summary["last_train_loss"])),
+    ]
+    if validations:
+        first, last = validations[0], validations[-1]
+        for key in sorted(k for k in last if k != "step"):
+            rows.append((key, _first_last(first.get(key), last[key], first["step"], last["step"])))
+    if summary.get("tokens_per_second"):
+        rows.append(("tokens/s", f"{summary['tokens_per_second']:,.0f}"))
+    if summary.get("samples_per_second"):
+        rows.append(("samples/s", f"{summary['samples_per_second']:,.1f}"))
+    for key in ("checkpoint", "metrics", "summary"):
+        if summary.get(key):
+            rows.append((key, summary[key]))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def _first_last(
+    first: float | None,
+    last: float | None,
+    first_step: int | None = None,
+    last_step: int | None = None,
+) -> str:
+    if first is None or last is None:
+        return "-"
+    if first_step is None:
+        return f"{first:.4f} → {last:.4f}"
+    return f"{first:.4f} (step {first_step}) → {last:.4f} (step {last_step})"

@@ -1,0 +1,1 @@
+"""The ``lightning-accel`` command line: Hydra-composed runs of the library."""

@@ -1,0 +1,46 @@
+"""What the CLI prints: our messages on a rich console, upstream chatter filtered out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import NoReturn
+
+from rich.console import Console
+
+from lightning_accel.errors import ConfigError
+
+console = Console(stderr=True, highlight=False)
+
+# Upstream messages that carry no information for a user of this CLI.
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
+_IGNORED_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*LeafSpec.*",
+)
+
+
+def quiet_upstream() -> None:
+    """Silence Lightning's tips and banners and known harmless warnings."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for pattern in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def say(message: str) -> None:
+    """A progress message for people (stderr, so stdout stays for machine-readable output)."""
+    console.print(f"[bold cyan]lightning-accel[/]: {message}")
+
+
+def fail(error: ConfigError | str) -> NoReturn:
+    """Report a user error in one sentence and exit with code 2."""
+    console.print(f"[bold red]lightning-accel: error:[/] {error}", soft_wrap=True)
+    sys.exit(2)

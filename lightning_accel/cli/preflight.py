@@ -1,0 +1,207 @@
+"""Checks every job of a command before Hydra starts it: composition, schema, values, paths.
+
+Each problem becomes a :class:`ConfigError` (one sentence naming the key, the value and the
+valid choices). Nothing is written and no process is started while checking.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from lightning_accel.cli.schema import RunConfig, register_schemas
+from lightning_accel.errors import ConfigError
+from lightning_accel.profiles import config_dir
+
+
+def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job the command line stands for (one unless ``--multirun``)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(
+            "override", " ".join(overrides), f"cannot be parsed ({first_line})"
+        ) from error
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(
+            sweeps[0].get_key_element(),
+            sweeps[0].get_value_element_as_str(),
+            "lists several values; add --multirun to run one job per value",
+        )
+    return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """Compose one job's config as Hydra will, translating Hydra's errors into ConfigErrors."""
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        raise _unknown_option(error, overrides) from error
+    except ConfigCompositionException as error:
+        raise _composition_error(error, overrides) from error
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _unknown_option(error: MissingConfigException, overrides: list[str]) -> ConfigError:
+    group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
+    given = _given(overrides, group) or (error.missing_cfg_file or "").rsplit("/", 1)[-1]
+    if error.options is not None and group:
+        return ConfigError(group, given, f"is not a {group} option", sorted(error.options))
+    return ConfigError("config", error.missing_cfg_file, "cannot be found")
+
+
+def _composition_error(error: ConfigCompositionException, overrides: list[str]) -> ConfigError:
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        return _value_error(cause, overrides)
+    message = str(error)
+    if message.startswith("Could not override '"):
+        key = message.split("'")[1]
+        groups = [p.name for p in config_dir().iterdir() if p.is_dir()]
+        return ConfigError(
+            key, _given(overrides, key), "is not a config key or group", sorted(groups + _keys(""))
+        )
+    if "Could not append to config. An item is already at" in message:
+        key = message.split("'")[1]
+        return ConfigError(
+            f"+{key}", _given(overrides, f"+{key}"), "adds a key that exists; drop the '+'"
+        )
+    return ConfigError("override", " ".join(overrides), f"is invalid ({message.splitlines()[0]})")
+
+
+def _value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigError:
+    key = str(cause.full_key)
+    given = _given(overrides, key) if _given(overrides, key) is not None else cause.value
+    message = (cause.msg or str(cause)).splitlines()[0]
+    if "not in struct" in message or "Key '" in message and "not" in message:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        where = f"under '{parent}'" if parent else "at the top level"
+        return ConfigError(key, given, f"is not a known key {where}", _keys(parent))
+    if "could not be converted to" in message:
+        expected = message.split("could not be converted to")[-1].strip()
+        return ConfigError(key, given, f"is not a valid {expected}")
+    return ConfigError(key, given, f"is invalid ({message})")
+
+
+def _keys(parent: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    selected = OmegaConf.select(node, parent) if parent else node
+    return sorted(selected.keys()) if isinstance(selected, DictConfig) else []
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == key.lstrip("+~"):
+            return value
+    return None
+
+
+def run_directory(cfg: DictConfig, multirun: bool) -> Path:
+    """The directory Hydra will create for this job."""
+    HydraConfig.instance().set_config(cfg)
+    if multirun:
+        return Path(str(cfg.hydra.sweep.dir)) / "0"
+    return Path(str(cfg.hydra.run.dir))
+
+
+def check_writable(directory: Path) -> None:
+    """Fail unless ``directory`` exists writable, or could be created, without writing now."""
+    existing = directory.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+    if not existing.is_dir() or read_only or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise ConfigError(
+            "hydra.run.dir",
+            str(directory),
+            f"cannot be created because {existing} {reason}; choose a writable directory",
+        )
+
+
+def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
+    """The job's :class:`RunConfig`, with every value check of the schema applied."""
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        job.pop("hydra", None)
+    job.run_dir = str(run_dir)
+    try:
+        return OmegaConf.to_object(job)  # type: ignore[return-value]
+    except MissingMandatoryValue as error:
+        raise ConfigError(
+            str(error.full_key), "???", f"must be set for recipe={cfg.recipe}"
+        ) from error
+    except OmegaConfBaseException as error:
+        raise _value_error(error, []) from error
+
+
+def check_targets(run: RunConfig) -> None:
+    """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported."""
+    from hydra.utils import get_class
+
+    nodes = {"model": run.model, "data": run.data, "logger": run.logger}
+    nodes.update({f"callbacks.{name}": node for name, node in run.callbacks.items()})
+    for key, node in nodes.items():
+        if not node:
+            continue
+        target = node.get("_target_")
+        try:
+            get_class(str(target))
+        except Exception as error:
+            cause = error.__cause__ or error
+            raise ConfigError(
+                f"{key}._target_", target, f"cannot be imported ({type(cause).__name__}: {cause})"
+            ) from error
+
+
+def check_data(run: RunConfig) -> None:
+    """Build the DataModule once: its constructor checks paths and sizes without loading data."""
+    from hydra.utils import instantiate
+
+    instantiate(run.data)
+
+
+def check_hardware(run: RunConfig) -> None:
+    """Fail unless this machine can run the hardware profile in one process."""
+    from lightning_accel.hardware import resolve_hardware
+
+    resolved = resolve_hardware(run.hardware)
+    if resolved.devices * resolved.num_nodes > 1:
+        raise ConfigError(
+            "hardware.devices",
+            resolved.devices * resolved.num_nodes,
+            "asks for several processes, which the runner does not launch yet; use 1",
+        )
+
+
+def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
+    """Check every job of the command; return their validated configs."""
+    runs = []
+    for job in job_overrides(overrides, multirun):
+        cfg = compose_job(job)
+        run_dir = run_directory(cfg, multirun)
+        run = validated_run(cfg, run_dir)
+        check_targets(run)
+        check_data(run)
+        check_hardware(run)
+        check_writable(run_dir)
+        runs.append(run)
+    return runs

@@ -1,0 +1,61 @@
+"""Builds and fits one validated run: the code every rank of a job executes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from omegaconf import OmegaConf
+
+from lightning_accel.build import build_trainer
+from lightning_accel.cli.console import say
+from lightning_accel.cli.schema import RunConfig
+from lightning_accel.errors import ConfigError
+
+
+def save_resolved_config(run: RunConfig) -> Path:
+    """Write the run's fully resolved config to ``<run_dir>/config.yaml``."""
+    path = Path(run.run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    return path
+
+
+def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:
+    """Instantiate the trainer, model and data of a run (seeded first)."""
+    pl.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule = instantiate(run.data)
+    model = instantiate(run.model)
+    callbacks = [instantiate(node) for node in run.callbacks.values() if node]
+    logger = instantiate(run.logger) if run.logger else False
+    trainer = build_trainer(
+        run.hardware,
+        run.optimization,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=run.run_dir,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=any(isinstance(c, ModelSummary) for c in callbacks),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **asdict(run.trainer),
+    )
+    return trainer, model, datamodule
+
+
+def fit_run(run: RunConfig) -> None:
+    """Train a run to its end and report where its outputs went."""
+    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
+        raise ConfigError("ckpt_path", run.ckpt_path, "is not a checkpoint file")
+    save_resolved_config(run)
+    trainer, model, datamodule = build_run(run)
+    device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    say(
+        f"training recipe={run.recipe} on {device} x{trainer.num_devices}"
+        f" ({run.optimization.precision}); outputs in {run.run_dir}"
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
+    say(f"done; results in {run.run_dir}: {', '.join(outputs)}")

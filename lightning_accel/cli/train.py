@@ -1,0 +1,47 @@
+"""``lightning-accel train``: compose with Hydra, check every job up front, then fit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lightning_accel.cli.console import fail, quiet_upstream
+from lightning_accel.cli.preflight import preflight, validated_run
+from lightning_accel.cli.schema import register_schemas
+from lightning_accel.errors import ConfigError
+from lightning_accel.profiles import config_dir
+
+
+def run_job(cfg: DictConfig) -> None:
+    """Hydra's task function: one job, in its own run directory."""
+    from lightning_accel.cli.runner import fit_run
+
+    quiet_upstream()
+    try:
+        fit_run(validated_run(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    except ConfigError as error:
+        fail(error)
+
+
+def main(args: list[str]) -> int:
+    """Run ``lightning-accel train`` with the arguments after the verb."""
+    quiet_upstream()
+    register_schemas()
+    options = get_args_parser().parse_args(args)
+    informational = options.help or options.hydra_help or options.info or options.shell_completion
+    if not informational:
+        overrides = list(options.overrides)
+        if options.config_dir:
+            overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
+        try:
+            preflight(overrides, options.multirun)
+        except ConfigError as error:
+            fail(error)
+    sys.argv = ["lightning-accel train", *args]
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
+    return 0

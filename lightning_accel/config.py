@@ -1,0 +1,148 @@
+"""Typed schemas of a run: hardware profile, optimization profile and trainer settings.
+
+These dataclasses are plain Python (no Hydra needed): the library accepts them directly, and
+the CLI registers them in Hydra's ConfigStore so every composed run is type-checked against
+them. ``__post_init__`` checks values that a type alone cannot (sizes, choices); it runs when
+a dataclass is built, including by ``OmegaConf.to_object`` on a composed config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_accel.errors import ConfigError
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+COMPILE_SCOPES = ("model",)
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def require_positive(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(key, value, "must be a positive number")
+
+
+def require_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise a ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(key, value, "is not supported", choices)
+
+
+@dataclass
+class HardwareConfig:
+    """Where a run executes: accelerator, strategy, devices and nodes.
+
+    Key options: ``accelerator`` (``auto`` picks CUDA, then TPU, then CPU), ``strategy`` (a
+    name from Lightning's StrategyRegistry, or ``auto``), ``devices`` (a count, or ``auto``
+    for every device of the accelerator), ``num_nodes``, and ``strategy_options`` (keyword
+    arguments for the strategy, so a new profile is a YAML file, not new code).
+    """
+
+    name: str = "auto"
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_choice("hardware.accelerator", self.accelerator, ACCELERATORS)
+        if self.devices != "auto":
+            if isinstance(self.devices, bool) or not isinstance(self.devices, int):
+                raise ConfigError(
+                    "hardware.devices", self.devices, "is not a count", ["auto", "1, 2, ..."]
+                )
+            require_positive("hardware.devices", self.devices)
+        require_positive("hardware.num_nodes", self.num_nodes)
+
+
+@dataclass
+class CompileConfig:
+    """torch.compile settings: ``enabled``, ``mode`` (None, default, reduce-overhead,
+    max-autotune) and ``backend`` (inductor, aot_eager, eager)."""
+
+    enabled: bool = False
+    mode: str | None = None
+    backend: str = "inductor"
+    scope: str = "model"
+
+    def __post_init__(self) -> None:
+        require_choice("optimization.compile.scope", self.scope, COMPILE_SCOPES)
+
+
+@dataclass
+class ActivationCheckpointingConfig:
+    """Recompute activations of the model's repeated blocks in the backward pass.
+
+    ``every_k_blocks=k`` checkpoints one block in every k (1 = all of them).
+    """
+
+    enabled: bool = False
+    every_k_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        require_positive(
+            "optimization.activation_checkpointing.every_k_blocks", self.every_k_blocks
+        )
+
+
+@dataclass
+class OptimizationConfig:
+    """How fast and how lean a run computes: precision, compile, memory and step knobs.
+
+    Key options: ``precision`` (Lightning's names, e.g. ``32-true``, ``bf16-mixed``),
+    ``compile``, ``activation_checkpointing``, ``channels_last`` (conv nets),
+    ``accumulate_grad_batches``, ``gradient_clip_val`` and ``float32_matmul_precision``.
+    """
+
+    name: str = "default"
+    precision: str = "32-true"
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    activation_checkpointing: ActivationCheckpointingConfig = field(
+        default_factory=ActivationCheckpointingConfig
+    )
+    channels_last: bool = False
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    float32_matmul_precision: str | None = None
+
+    def __post_init__(self) -> None:
+        require_choice("optimization.precision", self.precision, PRECISIONS)
+        require_positive("optimization.accumulate_grad_batches", self.accumulate_grad_batches)
+        if self.gradient_clip_val is not None:
+            require_positive("optimization.gradient_clip_val", self.gradient_clip_val)
+        if self.float32_matmul_precision is not None:
+            require_choice(
+                "optimization.float32_matmul_precision",
+                self.float32_matmul_precision,
+                MATMUL_PRECISIONS,
+            )
+
+
+@dataclass
+class TrainerConfig:
+    """Loop settings passed to ``lightning.Trainer``: steps, epochs, validation cadence,
+    logging interval and determinism."""
+
+    max_steps: int = 500
+    max_epochs: int | None = None
+    val_check_interval: Any = 100
+    limit_val_batches: Any = 1.0
+    log_every_n_steps: int = 50
+    num_sanity_val_steps: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive("trainer.max_steps", self.max_steps)
+        if self.max_epochs is not None:
+            require_positive("trainer.max_epochs", self.max_epochs)
+        require_positive("trainer.val_check_interval", self.val_check_interval)
+        require_positive("trainer.limit_val_batches", self.limit_val_batches)
+        require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
+        if self.num_sanity_val_steps < 0:
+            raise ConfigError(
+                "trainer.num_sanity_val_steps", self.num_sanity_val_steps, "must be 0 or more"
+            )

@@ -1,0 +1,48 @@
+"""Choosing the text files a token corpus is built from."""
+
+from __future__ import annotations
+
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_accel.errors import ConfigError
+
+STDLIB = "stdlib"
+
+
+def stdlib_dir() -> Path:
+    """The running interpreter's standard library: real text present on every machine."""
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def corpus_files(source: str, suffixes: Sequence[str], key: str = "data.source") -> list[Path]:
+    """The files of a corpus in a stable order.
+
+    Args:
+        source: ``"stdlib"`` for the Python standard library's sources, a text file, or a
+            directory searched recursively for files ending in ``suffixes``.
+        suffixes: file endings to keep from a directory, e.g. ``[".py"]``.
+        key: the config key named in errors.
+
+    Raises:
+        ConfigError: the path does not exist or holds no matching file.
+    """
+    root = stdlib_dir() if source == STDLIB else Path(source).expanduser()
+    if not root.exists():
+        raise ConfigError(
+            key, source, "does not exist", [STDLIB, "a text file", "a directory of text files"]
+        )
+    if root.is_file():
+        return [root.resolve()]
+    files = sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.suffix in suffixes
+        # the standard library's folder also holds the base interpreter's installed packages
+        and not (source == STDLIB and "site-packages" in path.relative_to(root).parts)
+    )
+    if not files:
+        raise ConfigError(key, source, f"holds no file ending in {', '.join(suffixes)}")
+    return files

@@ -1,0 +1,36 @@
+"""The one exception type for mistakes a user can fix by changing their input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user error in a config value, data path or checkpoint.
+
+    The CLI prints ``str(error)`` (one sentence) and exits with code 2; library users get a
+    ``ValueError`` subclass they can catch.
+
+    Args:
+        key: the dotted config key, file or option at fault.
+        value: the value that was given.
+        problem: what is wrong with it, e.g. ``"is not a hardware profile"``.
+        choices: the valid choices, listed in the message when given.
+    """
+
+    def __init__(
+        self, key: str, value: Any, problem: str, choices: Iterable[Any] | None = None
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.choices = list(choices) if choices is not None else None
+        message = f"{key}={_show(value)} {problem}"
+        if self.choices is not None:
+            message += f"; valid choices: {', '.join(str(c) for c in self.choices)}"
+        super().__init__(message + ".")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)

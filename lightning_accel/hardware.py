@@ -1,0 +1,89 @@
+"""What this machine has, and how a hardware profile maps onto it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from lightning_accel.config import HardwareConfig
+from lightning_accel.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ResolvedHardware:
+    """The concrete Lightning arguments a hardware profile resolved to on this machine."""
+
+    accelerator: str
+    devices: int
+    strategy: str
+    num_nodes: int
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices torch can use (0 on a CPU-only build)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def torch_xla_installed() -> bool:
+    """Whether torch_xla can be imported (checked without importing it)."""
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def auto_accelerator() -> str:
+    """The accelerator ``auto`` picks: CUDA if present, then a TPU, else the CPU."""
+    if cuda_device_count() > 0:
+        return "cuda"
+    if torch_xla_installed() and os.environ.get("PJRT_DEVICE", "TPU").upper() == "TPU":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        if XLAAccelerator.is_available():
+            return "tpu"
+    return "cpu"
+
+
+def available_devices(accelerator: str) -> int:
+    """How many devices of ``accelerator`` this machine offers."""
+    if accelerator in ("cuda", "gpu"):
+        return cuda_device_count()
+    if accelerator == "cpu":
+        return os.cpu_count() or 1
+    if accelerator == "tpu":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        return XLAAccelerator.auto_device_count() if XLAAccelerator.is_available() else 0
+    if accelerator == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    return 0
+
+
+def resolve_hardware(profile: HardwareConfig) -> ResolvedHardware:
+    """Turn a profile into Trainer arguments, checking the machine can run it.
+
+    Raises:
+        ConfigError: the accelerator is absent or fewer devices exist than requested.
+    """
+    accelerator = auto_accelerator() if profile.accelerator == "auto" else profile.accelerator
+    if accelerator == "gpu":
+        accelerator = "cuda"
+    present = available_devices(accelerator)
+    if present == 0:
+        raise ConfigError(
+            "hardware.accelerator",
+            accelerator,
+            "is not available on this machine",
+            ["auto", "cpu"] + (["cuda"] if cuda_device_count() else []),
+        )
+    devices = present if profile.devices == "auto" else int(profile.devices)
+    if devices > present:
+        raise ConfigError(
+            "hardware.devices", devices, f"exceeds the {present} {accelerator} device(s) here"
+        )
+    return ResolvedHardware(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=profile.strategy,
+        num_nodes=profile.num_nodes,
+    )

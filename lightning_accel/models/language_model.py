@@ -1,0 +1,106 @@
+"""The LightningModule that trains a :class:`GPT` on byte tokens."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from lightning_accel.config import require_positive
+from lightning_accel.models.gpt import GPT, GPTConfig
+
+
+class GPTLanguageModel(pl.LightningModule):
+    """Next-token prediction with a :class:`GPT`; logs loss, bits per byte and perplexity.
+
+    Args:
+        vocab_size, seq_len, n_layer, d_model, n_head, dropout: the model's shape
+            (:class:`GPTConfig`).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
+        warmup_steps: linear warm-up steps before cosine decay to 10% over ``max_steps``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        seq_len: int = 128,
+        n_layer: int = 4,
+        d_model: int = 128,
+        n_head: int = 4,
+        dropout: float = 0.0,
+        learning_rate: float = 3e-3,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        for key in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head", "learning_rate"):
+            require_positive(f"model.{key}", locals()[key])
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig(vocab_size, seq_len, n_layer, d_model, n_head, dropout))
+        self.val_loss = MeanMetric()
+        self.val_perplexity = Perplexity()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        logits = self(inputs).float()
+        self.val_loss.update(
+            F.cross_entropy(logits.flatten(0, 1), targets.flatten()), weight=targets.numel()
+        )
+        self.val_perplexity.update(logits, targets)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.log_dict(
+            {
+                "val/loss": loss,
+                "val/bits_per_byte": loss / math.log(2),
+                "val/perplexity": self.val_perplexity.compute(),
+            },
+            prog_bar=True,
+        )
+        self.val_loss.reset()
+        self.val_perplexity.reset()
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.learning_rate,
+            betas=(0.9, 0.95),
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        warmup = self.hparams.warmup_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,7 @@
+"""Model transforms applied in place before training: activation checkpointing, compile,
+channels_last."""
+
+from lightning_accel.optimize.blocks import find_repeated_blocks
+from lightning_accel.optimize.transforms import ModelOptimizations, apply_model_optimizations
+
+__all__ = ["ModelOptimizations", "apply_model_optimizations", "find_repeated_blocks"]

@@ -1,0 +1,81 @@
+"""Apply an optimization profile's model transforms, in place, in torchtitan's order:
+activation checkpointing, then compile, then memory format."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    checkpoint_wrapper,
+)
+from torchmetrics import Metric
+
+from lightning_accel.config import OptimizationConfig
+from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.blocks import find_repeated_blocks
+
+
+def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
+    blocks = find_repeated_blocks(model)
+    if not blocks:
+        raise ConfigError(
+            "optimization.activation_checkpointing.enabled",
+            True,
+            f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
+            "Sequential of same-class modules",
+        )
+    parents = {
+        id(child): (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+    }
+    wrapped = 0
+    for index, block in enumerate(blocks):
+        if index % every_k:
+            continue
+        parent, name = parents[id(block)]
+        # The wrapper strips its own prefix from state_dict keys, so checkpoints stay portable.
+        setattr(
+            parent, name, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        )
+        wrapped += 1
+    return wrapped
+
+
+def _compile_children(model: nn.Module, mode: str | None, backend: str) -> None:
+    # nn.Module.compile works in place, so state_dict keys carry no `_orig_mod.` prefix.
+    for child in model.children():
+        if isinstance(child, Metric) or not any(True for _ in child.parameters()):
+            continue
+        child.compile(mode=mode, backend=backend)
+
+
+def apply_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
+    """Transform ``model`` in place as ``optimization`` asks."""
+    if optimization.activation_checkpointing.enabled:
+        _checkpoint_blocks(model, optimization.activation_checkpointing.every_k_blocks)
+    if optimization.compile.enabled:
+        _compile_children(model, optimization.compile.mode, optimization.compile.backend)
+    if optimization.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+class ModelOptimizations(pl.Callback):
+    """Applies an optimization profile's model transforms when training is set up, so they
+    work on any LightningModule passed to ``Trainer.fit``.
+
+    Args:
+        optimization: the profile; only its model transforms are read here (precision and
+            step knobs go to the Trainer).
+    """
+
+    def __init__(self, optimization: OptimizationConfig) -> None:
+        self.optimization = optimization
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "_lightning_accel_optimized", False):
+            return
+        apply_model_optimizations(pl_module, self.optimization)
+        pl_module._lightning_accel_optimized = True
