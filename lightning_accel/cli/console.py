@@ -20,6 +20,7 @@ _IGNORED_WARNINGS = (
     r".*does not have many workers.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
 )
@@ -37,7 +38,7 @@ def quiet_upstream() -> None:
 
 def say(message: str) -> None:
     """A progress message for people (stderr, so stdout stays for machine-readable output)."""
-    console.print(f"[bold cyan]lightning-accel[/]: {message}")
+    console.print(f"[bold cyan]lightning-accel[/]: {message}", soft_wrap=True)
 
 
 def fail(error: ConfigError | str) -> NoReturn:

@@ -7,11 +7,14 @@ valid choices). Nothing is written and no process is started while checking.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import _locate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,18 +29,20 @@ from lightning_accel.profiles import config_dir
 
 def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of each job the command line stands for (one unless ``--multirun``)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as error:
-        first_line = str(error).splitlines()[0]
-        raise ConfigError(
-            "override", " ".join(overrides), f"cannot be parsed ({first_line})"
-        ) from error
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except OverrideParseException as error:
+            raise ConfigError(
+                "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
+            ) from error
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(
             sweeps[0].get_key_element(),
-            sweeps[0].get_value_element_as_str(),
+            sweeps[0].input_line.partition("=")[2],
             "lists several values; add --multirun to run one job per value",
         )
     return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
@@ -93,9 +98,11 @@ def _value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigE
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         where = f"under '{parent}'" if parent else "at the top level"
+        if parent in ("model", "data"):
+            return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
         return ConfigError(key, given, f"is not a known key {where}", _keys(parent))
     if "could not be converted to" in message:
-        expected = message.split("could not be converted to")[-1].strip()
+        expected = message.split("could not be converted to")[-1].strip().lower()
         return ConfigError(key, given, f"is not a valid {expected}")
     return ConfigError(key, given, f"is invalid ({message})")
 
@@ -114,11 +121,11 @@ def _given(overrides: list[str], key: str) -> str | None:
     return None
 
 
-def run_directory(cfg: DictConfig, multirun: bool) -> Path:
+def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
     """The directory Hydra will create for this job."""
     HydraConfig.instance().set_config(cfg)
     if multirun:
-        return Path(str(cfg.hydra.sweep.dir)) / "0"
+        return Path(str(cfg.hydra.sweep.dir)) / str(job_number)
     return Path(str(cfg.hydra.run.dir))
 
 
@@ -153,30 +160,64 @@ def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
         raise _value_error(error, []) from error
 
 
-def check_targets(run: RunConfig) -> None:
-    """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported."""
-    from hydra.utils import get_class
+def _check_arguments(key: str, node: dict[str, Any]) -> None:
+    """Fail unless the node's ``_target_`` imports and accepts the node's arguments."""
+    target = node.get("_target_")
+    try:
+        factory = _locate(str(target))
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ConfigError(
+            f"{key}._target_", target, f"cannot be imported ({type(cause).__name__}: {cause})"
+        ) from error
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    arguments = {k: v for k, v in node.items() if not k.startswith("_")}
+    for name, value in arguments.items():
+        if name not in parameters:
+            raise ConfigError(
+                f"{key}.{name}", value, f"is not an argument of {target}", sorted(parameters)
+            )
+    for name, parameter in parameters.items():
+        required = parameter.default is inspect.Parameter.empty and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
+        if required and name not in arguments:
+            raise ConfigError(
+                f"{key}.{name}", None, f"is required by {target}; add +{key}.{name}=VALUE"
+            )
 
+
+def check_targets(run: RunConfig) -> None:
+    """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported and
+    takes the arguments the config gives it."""
     nodes = {"model": run.model, "data": run.data, "logger": run.logger}
     nodes.update({f"callbacks.{name}": node for name, node in run.callbacks.items()})
     for key, node in nodes.items():
-        if not node:
-            continue
-        target = node.get("_target_")
+        if node:
+            _check_arguments(key, node)
+
+
+def check_model_and_data(run: RunConfig) -> None:
+    """Build the DataModule, and the model on the meta device (no memory used), so that their
+    own argument checks run before any process starts."""
+    import torch
+
+    from lightning_accel.cli.runner import build_object
+
+    build_object(run.data, "data")
+    with torch.device("meta"):
         try:
-            get_class(str(target))
-        except Exception as error:
-            cause = error.__cause__ or error
-            raise ConfigError(
-                f"{key}._target_", target, f"cannot be imported ({type(cause).__name__}: {cause})"
-            ) from error
-
-
-def check_data(run: RunConfig) -> None:
-    """Build the DataModule once: its constructor checks paths and sizes without loading data."""
-    from hydra.utils import instantiate
-
-    instantiate(run.data)
+            build_object(run.model, "model")
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
+            pass
 
 
 def check_hardware(run: RunConfig) -> None:
@@ -195,12 +236,12 @@ def check_hardware(run: RunConfig) -> None:
 def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
     """Check every job of the command; return their validated configs."""
     runs = []
-    for job in job_overrides(overrides, multirun):
+    for number, job in enumerate(job_overrides(overrides, multirun)):
         cfg = compose_job(job)
-        run_dir = run_directory(cfg, multirun)
+        run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
         check_targets(run)
-        check_data(run)
+        check_model_and_data(run)
         check_hardware(run)
         check_writable(run_dir)
         runs.append(run)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import OmegaConf
@@ -24,11 +26,21 @@ def save_resolved_config(run: RunConfig) -> Path:
     return path
 
 
+def build_object(node: dict[str, Any], key: str) -> Any:
+    """Instantiate a ``_target_`` node; a ConfigError raised inside comes out unwrapped."""
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+
+
 def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:
     """Instantiate the trainer, model and data of a run (seeded first)."""
     pl.seed_everything(run.seed, workers=True, verbose=False)
-    datamodule = instantiate(run.data)
-    model = instantiate(run.model)
+    datamodule = build_object(run.data, "data")
+    model = build_object(run.model, "model")
     callbacks = [instantiate(node) for node in run.callbacks.values() if node]
     logger = instantiate(run.logger) if run.logger else False
     trainer = build_trainer(

@@ -8,11 +8,11 @@ from pathlib import Path
 import hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream
 from lightning_accel.cli.preflight import preflight, validated_run
-from lightning_accel.cli.schema import register_schemas
+from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir
 
@@ -28,6 +28,14 @@ def run_job(cfg: DictConfig) -> None:
         fail(error)
 
 
+def print_resolved(runs: list[RunConfig]) -> None:
+    """Print each job's config with every interpolation resolved (what ``--cfg job`` shows)."""
+    for number, run in enumerate(runs):
+        if len(runs) > 1:
+            print(f"# job {number}")
+        print(OmegaConf.to_yaml(OmegaConf.structured(run)), end="")
+
+
 def main(args: list[str]) -> int:
     """Run ``lightning-accel train`` with the arguments after the verb."""
     quiet_upstream()
@@ -39,9 +47,12 @@ def main(args: list[str]) -> int:
         if options.config_dir:
             overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
         try:
-            preflight(overrides, options.multirun)
+            runs = preflight(overrides, options.multirun)
         except ConfigError as error:
             fail(error)
+        if options.cfg == "job" and not options.package:
+            print_resolved(runs)
+            return 0
     sys.argv = ["lightning-accel train", *args]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
     return 0
