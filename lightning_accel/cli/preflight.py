@@ -18,7 +18,12 @@ from hydra._internal.utils import _locate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -34,6 +39,8 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     for override in overrides:
         try:
             parsed += parser.parse_overrides([override])
+            if not parsed[-1].key_or_group:
+                raise OverrideParseException(override, "empty key")
         except OverrideParseException as error:
             raise ConfigError(
                 "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
@@ -59,6 +66,9 @@ def compose_job(overrides: list[str]) -> DictConfig:
         raise _unknown_option(error, overrides) from error
     except ConfigCompositionException as error:
         raise _composition_error(error, overrides) from error
+    except (HydraException, ValueError) as error:
+        first_line = str(error).splitlines()[0]
+        raise ConfigError("override", " ".join(overrides), f"is invalid ({first_line})") from error
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -220,6 +230,12 @@ def check_model_and_data(run: RunConfig) -> None:
             pass
 
 
+def check_checkpoint(run: RunConfig) -> None:
+    """Fail unless ``ckpt_path``, when given, is an existing checkpoint file."""
+    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
+        raise ConfigError("ckpt_path", run.ckpt_path, "is not a checkpoint file")
+
+
 def check_hardware(run: RunConfig) -> None:
     """Fail unless this machine can run the hardware profile in one process."""
     from lightning_accel.hardware import resolve_hardware
@@ -241,6 +257,7 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
         check_targets(run)
+        check_checkpoint(run)
         check_model_and_data(run)
         check_hardware(run)
         check_writable(run_dir)

@@ -59,8 +59,6 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
 
 def fit_run(run: RunConfig) -> None:
     """Train a run to its end and report where its outputs went."""
-    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
-        raise ConfigError("ckpt_path", run.ckpt_path, "is not a checkpoint file")
     save_resolved_config(run)
     trainer, model, datamodule = build_run(run)
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator")

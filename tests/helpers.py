@@ -1,0 +1,33 @@
+"""Helpers shared by the tests: tiny-run overrides and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# A tiny model and a few steps: end-to-end runs in seconds.
+TINY = [
+    "trainer=smoke",
+    "model.n_layer=1",
+    "model.d_model=32",
+    "model.n_head=2",
+    "data.seq_len=32",
+    "data.batch_size=8",
+]
+
+
+def cli_command() -> list[str]:
+    """The installed console script of the environment running the tests."""
+    script = Path(sys.executable).parent / "lightning-accel"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_accel"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run ``lightning-accel ARGS`` in a subprocess, capturing its output."""
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [*cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -1,0 +1,75 @@
+"""Bad input ends with exit code 2 and one sentence naming the key, the value and the valid
+choices: no traceback, nothing spawned, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import TINY, run_cli
+
+from lightning_accel.cli.main import main
+
+CASES = {
+    "unknown group option": (["hardware=tpu9"], ["hardware='tpu9'", "auto, cpu"]),
+    "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "max_steps"]),
+    "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
+    "wrong type": (["trainer.max_steps=many"], ["trainer.max_steps='many'", "integer"]),
+    "zero size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
+    "negative size": (["model.d_model=-8"], ["model.d_model=-8", "positive"]),
+    "negative trainer size": (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "positive"]),
+    "missing data path": (["data.source=/no/such/dir"], ["data.source='/no/such/dir'", "stdlib"]),
+    "unwritable output directory": (
+        ["hydra.run.dir=FILE/run"],
+        ["hydra.run.dir", "not a directory"],
+    ),
+    "unknown precision": (["optimization.precision=fp8"], ["optimization.precision", "bf16-mixed"]),
+    "absent accelerator": (["hardware.accelerator=cuda"], ["hardware.accelerator='cuda'", "cpu"]),
+    "too many devices": (["hardware.devices=64"], ["hardware.devices=64", "device"]),
+    "unimportable target": (["model._target_=no_pkg.Model"], ["model._target_='no_pkg.Model'"]),
+    "argument the model lacks": (["+model.depth=3"], ["model.depth=3", "n_layer"]),
+    "sweep without --multirun": (["seed=1,2"], ["seed='1,2'", "--multirun"]),
+    "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
+    "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'"]),
+    "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
+    "unknown verb": (None, ["'fly'", "train"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_with_one_sentence(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    overrides, expected = CASES[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a file where a directory is expected")
+    argv = ["fly"] if overrides is None else ["train", *overrides, "logger=none"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line, got: {err}"
+    assert lines[0].startswith("lightning-accel: error: ")
+    assert lines[0].endswith(".")
+    for fragment in expected:
+        assert fragment in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"], "nothing may be written"
+
+
+def test_bad_input_from_the_real_command_has_no_traceback(tmp_path: Path) -> None:
+    result = run_cli(["train", "hardware=nope", *TINY], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "lightning-accel: error: hardware='nope' is not a hardware option; "
+        "valid choices: auto, cpu."
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_value_in_a_sweep_stops_every_job(tmp_path: Path) -> None:
+    result = run_cli(["train", "-m", *TINY, "data.batch_size=4,0"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.batch_size=0" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "no job may start when one is invalid"
