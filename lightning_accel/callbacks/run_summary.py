@@ -98,7 +98,10 @@ class RunSummary(pl.Callback):
         batch_idx: int,
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and trainer.global_step % trainer.log_every_n_steps == 0:
+        logged_step = (
+            trainer.global_step == 1 or trainer.global_step % trainer.log_every_n_steps == 0
+        )
+        if isinstance(loss, torch.Tensor) and logged_step:
             self.train_losses.append(float(loss))
         inputs = _inputs(batch)
         samples = inputs.shape[0] if inputs is not None and inputs.ndim > 0 else 0
@@ -172,7 +175,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """A two-column rich table of a run summary."""
     table = Table(title="Run summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     validations = summary.get("validation") or []
     rows: list[tuple[str, Any]] = [
         (key, summary.get(key)) for key in ("recipe", "hardware", "optimization") if key in summary

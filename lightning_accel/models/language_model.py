@@ -67,14 +67,9 @@ class GPTLanguageModel(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.log_dict(
-            {
-                "val/loss": loss,
-                "val/bits_per_byte": loss / math.log(2),
-                "val/perplexity": self.val_perplexity.compute(),
-            },
-            prog_bar=True,
-        )
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/bits_per_byte", loss / math.log(2))
+        self.log("val/perplexity", self.val_perplexity.compute())
         self.val_loss.reset()
         self.val_perplexity.reset()
 

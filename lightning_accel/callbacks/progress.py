@@ -1,0 +1,21 @@
+"""A rich progress bar that reads well for step-bounded runs."""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import RichProgressBar
+
+
+class RunProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled with the step budget instead of an epoch
+    count when the run is bounded by ``max_steps`` (Lightning shows ``Epoch 0/-2`` there).
+
+    Takes the same options as :class:`~lightning.pytorch.callbacks.RichProgressBar`.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch} · max {trainer.max_steps} steps"
+        width = len(self.validation_description)
+        return description.ljust(width) if len(description) < width else description

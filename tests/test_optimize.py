@@ -1,0 +1,90 @@
+"""Model transforms: block detection, activation checkpointing parity, compile, channels_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_accel.config import (
+    ActivationCheckpointingConfig,
+    CompileConfig,
+    OptimizationConfig,
+)
+from lightning_accel.errors import ConfigError
+from lightning_accel.models import GPT, GPTConfig
+from lightning_accel.optimize import apply_model_optimizations, find_repeated_blocks
+
+CONFIG = GPTConfig(seq_len=16, n_layer=4, d_model=32, n_head=2)
+
+
+def _gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(CONFIG)
+
+
+def _gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    model(tokens).logsumexp(-1).mean().backward()
+    # named_parameters (unlike state_dict) shows the checkpoint wrapper's own prefix
+    return {
+        name.replace("._checkpoint_wrapped_module", ""): p.grad.clone()
+        for name, p in model.named_parameters()
+    }
+
+
+def test_repeated_blocks_of_a_transformer_are_its_layers() -> None:
+    model = _gpt()
+    assert find_repeated_blocks(model) == list(model.blocks)
+
+
+def test_activation_checkpointing_keeps_gradients_and_state_dict_keys() -> None:
+    reference, checkpointed = _gpt(), _gpt()
+    keys = list(reference.state_dict())
+    apply_model_optimizations(
+        checkpointed,
+        OptimizationConfig(activation_checkpointing=ActivationCheckpointingConfig(True)),
+    )
+    assert all(type(b).__name__ == "CheckpointWrapper" for b in checkpointed.blocks)
+    assert list(checkpointed.state_dict()) == keys
+    expected, actual = _gradients(reference), _gradients(checkpointed)
+    for name, grad in expected.items():
+        torch.testing.assert_close(actual[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_every_k_blocks_checkpoints_one_in_k() -> None:
+    model = _gpt()
+    apply_model_optimizations(
+        model, OptimizationConfig(activation_checkpointing=ActivationCheckpointingConfig(True, 2))
+    )
+    wrapped = [type(b).__name__ == "CheckpointWrapper" for b in model.blocks]
+    assert wrapped == [True, False, True, False]
+
+
+def test_checkpointing_a_model_without_blocks_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        apply_model_optimizations(
+            nn.Linear(2, 2),
+            OptimizationConfig(activation_checkpointing=ActivationCheckpointingConfig(True)),
+        )
+
+
+def test_compile_in_place_keeps_outputs_and_keys() -> None:
+    model = _gpt()
+    holder = nn.Module()
+    holder.model = model
+    tokens = torch.randint(0, 256, (2, 16))
+    expected = model(tokens)
+    keys = list(holder.state_dict())
+    apply_model_optimizations(
+        holder, OptimizationConfig(compile=CompileConfig(True, backend="eager"))
+    )
+    assert model._compiled_call_impl is not None
+    torch.testing.assert_close(holder.model(tokens), expected)
+    assert list(holder.state_dict()) == keys, "no _orig_mod. prefix"
+
+
+def test_channels_last_reformats_conv_weights() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    apply_model_optimizations(model, OptimizationConfig(channels_last=True))
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
