@@ -25,9 +25,18 @@ def cli_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_accel"]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``lightning-accel ARGS`` in a subprocess, capturing its output."""
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [*cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+class MissingPackageLogger:
+    """A logger whose backing package is absent, as TensorBoard's is without the extra."""
+
+    def __init__(self, save_dir: str, name: str, version: str) -> None:
+        raise ModuleNotFoundError("No module named 'fancy_tracker'", name="fancy_tracker")

@@ -32,6 +32,10 @@ CASES = {
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'"]),
     "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
+    "logger without its package": (
+        ["logger=csv", "logger._target_=helpers.MissingPackageLogger"],
+        ["logger._target_", "fancy_tracker", "[tracking]"],
+    ),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 
@@ -43,7 +47,7 @@ def test_bad_input_exits_2_with_one_sentence(
     overrides, expected = CASES[case]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "FILE").write_text("a file where a directory is expected")
-    argv = ["fly"] if overrides is None else ["train", *overrides, "logger=none"]
+    argv = ["fly"] if overrides is None else ["train", "logger=none", *overrides]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2

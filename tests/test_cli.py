@@ -105,3 +105,79 @@ def test_multirun_leaves_one_directory_per_job(tmp_path: Path, small_corpus: Pat
     assert seeds == [1, 2]
     losses = [json.loads((sweep / j / "summary.json").read_text())["last_train_loss"] for j in jobs]
     assert losses[0] != losses[1], "different seeds train differently"
+
+
+USER_CODE = """
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self, hidden: int, lr: float = 0.05):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+        )
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, batch_size: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(160, 4, generator=g)
+        self.set = TensorDataset(x, x.sum(1, keepdim=True))
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(self.set, batch_size=self.batch_size)
+
+    def val_dataloader(self):
+        return DataLoader(self.set, batch_size=self.batch_size)
+"""
+
+
+def test_custom_recipe_trains_the_users_own_classes(tmp_path: Path) -> None:
+    (tmp_path / "my_pkg.py").write_text(USER_CODE)
+    args = [
+        "train",
+        "recipe=custom",
+        "model._target_=my_pkg.Regressor",
+        "+model.hidden=8",
+        "data._target_=my_pkg.Data",
+        "+data.batch_size=32",
+        "trainer.max_steps=40",
+        "callbacks=minimal",
+        "hydra.run.dir=out",
+    ]
+    result = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["recipe"] == "custom" and summary["steps"] == 40
+    losses = [v["val/loss"] for v in summary["validation"]]
+    assert len(losses) == 8, "validated once per epoch of 5 batches"
+    assert losses[-1] < 0.5 * losses[0]
+    assert summary["tokens_per_second"] is None and summary["samples_per_second"] > 0
+
+    typo = run_cli(
+        [*args[:3], "+model.hiden=8", *args[4:]], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert typo.returncode == 2
+    assert (
+        "model.hiden=8 is not an argument of my_pkg.Regressor; valid choices: hidden, lr."
+        in typo.stderr
+    )

@@ -9,6 +9,7 @@ import warnings
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from lightning_accel.errors import ConfigError
 
@@ -38,10 +39,10 @@ def quiet_upstream() -> None:
 
 def say(message: str) -> None:
     """A progress message for people (stderr, so stdout stays for machine-readable output)."""
-    console.print(f"[bold cyan]lightning-accel[/]: {message}", soft_wrap=True)
+    console.print(f"[bold cyan]lightning-accel[/]: {escape(message)}", soft_wrap=True)
 
 
 def fail(error: ConfigError | str) -> NoReturn:
     """Report a user error in one sentence and exit with code 2."""
-    console.print(f"[bold red]lightning-accel: error:[/] {error}", soft_wrap=True)
+    console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
     sys.exit(2)

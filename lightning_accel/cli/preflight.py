@@ -214,13 +214,24 @@ def check_targets(run: RunConfig) -> None:
 
 
 def check_model_and_data(run: RunConfig) -> None:
-    """Build the DataModule, and the model on the meta device (no memory used), so that their
-    own argument checks run before any process starts."""
+    """Build the DataModule and the logger, and the model on the meta device (no memory
+    used), so that their own argument checks run before any process starts. None of them
+    writes anything when constructed."""
     import torch
 
     from lightning_accel.cli.runner import build_object
 
     build_object(run.data, "data")
+    if run.logger:
+        try:
+            build_object(run.logger, "logger")
+        except ImportError as error:
+            raise ConfigError(
+                "logger._target_",
+                run.logger["_target_"],
+                f"needs a package that is not installed ({str(error).splitlines()[0]}); "
+                "pip install 'lightning-accel[tracking]' adds TensorBoard and MLflow",
+            ) from error
     with torch.device("meta"):
         try:
             build_object(run.model, "model")

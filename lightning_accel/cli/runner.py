@@ -27,11 +27,12 @@ def save_resolved_config(run: RunConfig) -> Path:
 
 
 def build_object(node: dict[str, Any], key: str) -> Any:
-    """Instantiate a ``_target_`` node; a ConfigError raised inside comes out unwrapped."""
+    """Instantiate a ``_target_`` node; a ConfigError or ImportError raised inside comes out
+    unwrapped, so callers can report it as the user's error."""
     try:
         return instantiate(node)
     except InstantiationException as error:
-        if isinstance(error.__cause__, ConfigError):
+        if isinstance(error.__cause__, (ConfigError, ImportError)):
             raise error.__cause__ from None
         raise
 
