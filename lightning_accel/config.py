@@ -15,7 +15,6 @@ from lightning_accel.errors import ConfigError
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
-COMPILE_SCOPES = ("model",)
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
@@ -67,10 +66,6 @@ class CompileConfig:
     enabled: bool = False
     mode: str | None = None
     backend: str = "inductor"
-    scope: str = "model"
-
-    def __post_init__(self) -> None:
-        require_choice("optimization.compile.scope", self.scope, COMPILE_SCOPES)
 
 
 @dataclass
