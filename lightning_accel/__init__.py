@@ -21,10 +21,13 @@ from lightning_accel.data import TokenDataModule
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize import ModelOptimizations
+from lightning_accel.strategies import AccelDDPStrategy, FSDP2Strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccelDDPStrategy",
+    "FSDP2Strategy",
     "ActivationCheckpointingConfig",
     "CompileConfig",
     "ConfigError",

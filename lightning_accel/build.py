@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
+import lightning_accel.strategies  # noqa: F401 - registers the pack's strategy names
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import resolve_hardware

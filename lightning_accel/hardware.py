@@ -44,8 +44,12 @@ def auto_accelerator() -> str:
     return "cpu"
 
 
+# CPU "devices" are processes (the CPU twins of multi-GPU runs); a few per core still run.
+CPU_PROCESSES_PER_CORE = 4
+
+
 def available_devices(accelerator: str) -> int:
-    """How many devices of ``accelerator`` this machine offers."""
+    """How many devices of ``accelerator`` this machine offers (``devices=auto`` takes all)."""
     if accelerator in ("cuda", "gpu"):
         return cuda_device_count()
     if accelerator == "cpu":
@@ -77,10 +81,14 @@ def resolve_hardware(profile: HardwareConfig) -> ResolvedHardware:
             ["auto", "cpu"] + (["cuda"] if cuda_device_count() else []),
         )
     devices = present if profile.devices == "auto" else int(profile.devices)
-    if devices > present:
-        raise ConfigError(
-            "hardware.devices", devices, f"exceeds the {present} {accelerator} device(s) here"
+    limit = present * CPU_PROCESSES_PER_CORE if accelerator == "cpu" else present
+    if devices > limit:
+        what = (
+            f"{limit} CPU processes ({CPU_PROCESSES_PER_CORE} per core)"
+            if accelerator == "cpu"
+            else f"{present} {accelerator} device(s)"
         )
+        raise ConfigError("hardware.devices", devices, f"exceeds the {what} this machine can run")
     return ResolvedHardware(
         accelerator=accelerator,
         devices=devices,

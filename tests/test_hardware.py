@@ -37,7 +37,7 @@ def test_absent_accelerator_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -
 
 def test_more_devices_than_present_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
-    with pytest.raises(ConfigError, match="hardware.devices=4 exceeds the 1 cuda"):
+    with pytest.raises(ConfigError, match="hardware.devices=4 exceeds the 1 cuda device"):
         hardware.resolve_hardware(HardwareConfig(accelerator="cuda", devices=4))
 
 
@@ -45,3 +45,13 @@ def test_more_devices_than_present_is_a_config_error(monkeypatch: pytest.MonkeyP
 def test_bad_device_counts_are_rejected(devices: object) -> None:
     with pytest.raises(ConfigError, match="hardware.devices"):
         HardwareConfig(devices=devices)
+
+
+def test_cpu_processes_may_oversubscribe_cores_up_to_a_limit() -> None:
+    cores = os.cpu_count() or 1
+    limit = cores * hardware.CPU_PROCESSES_PER_CORE
+    assert (
+        hardware.resolve_hardware(HardwareConfig(accelerator="cpu", devices=limit)).devices == limit
+    )
+    with pytest.raises(ConfigError, match=f"exceeds the {limit} CPU processes"):
+        hardware.resolve_hardware(HardwareConfig(accelerator="cpu", devices=limit + 1))

@@ -22,6 +22,7 @@ _IGNORED_WARNINGS = (
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*Experiment logs directory .* exists and is not empty.*",
+    r".*Detected an existing checkpoint in .* overwriting.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
 )
@@ -38,11 +39,14 @@ def quiet_upstream() -> None:
 
 
 def say(message: str) -> None:
-    """A progress message for people (stderr, so stdout stays for machine-readable output)."""
+    """A progress message for people (stderr, so stdout stays for machine-readable output);
+    printed by rank 0 only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     console.print(f"[bold cyan]lightning-accel[/]: {escape(message)}", soft_wrap=True)
 
 
-def fail(error: ConfigError | str) -> NoReturn:
-    """Report a user error in one sentence and exit with code 2."""
+def fail(error: ConfigError | Exception | str, exit_code: int = 2) -> NoReturn:
+    """Report an error in one sentence and exit (code 2: the user's input was wrong)."""
     console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
-    sys.exit(2)
+    sys.exit(exit_code)

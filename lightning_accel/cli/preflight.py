@@ -248,16 +248,14 @@ def check_checkpoint(run: RunConfig) -> None:
 
 
 def check_hardware(run: RunConfig) -> None:
-    """Fail unless this machine can run the hardware profile in one process."""
-    from lightning_accel.hardware import resolve_hardware
+    """Fail unless this machine has the devices and the strategy can be built as configured."""
+    from lightning_accel.build import trainer_arguments
 
-    resolved = resolve_hardware(run.hardware)
-    if resolved.devices * resolved.num_nodes > 1:
+    if run.hardware.num_nodes > 1:
         raise ConfigError(
-            "hardware.devices",
-            resolved.devices * resolved.num_nodes,
-            "asks for several processes, which the runner does not launch yet; use 1",
+            "hardware.num_nodes", run.hardware.num_nodes, "needs a multi-node launcher; use 1"
         )
+    trainer_arguments(run.hardware, run.optimization)
 
 
 def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:

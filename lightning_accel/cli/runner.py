@@ -59,8 +59,7 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
 
 
 def fit_run(run: RunConfig) -> None:
-    """Train a run to its end and report where its outputs went."""
-    save_resolved_config(run)
+    """Train a run to its end, in this process (one rank of it when launched)."""
     trainer, model, datamodule = build_run(run)
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
     say(
@@ -68,5 +67,3 @@ def fit_run(run: RunConfig) -> None:
         f" ({run.optimization.precision}); outputs in {run.run_dir}"
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
-    outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
-    say(f"done; results in {run.run_dir}: {', '.join(outputs)}")

@@ -10,7 +10,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_accel.cli.console import fail, quiet_upstream
+from lightning_accel.cli.console import fail, quiet_upstream, say
 from lightning_accel.cli.preflight import preflight, validated_run
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.errors import ConfigError
@@ -18,14 +18,27 @@ from lightning_accel.profiles import config_dir
 
 
 def run_job(cfg: DictConfig) -> None:
-    """Hydra's task function: one job, in its own run directory."""
-    from lightning_accel.cli.runner import fit_run
+    """Hydra's task function: one job, in its own run directory, in this process or in
+    several local ranks that read the job's resolved config."""
+    from lightning_accel.cli.launch import RanksFailed, launch_local_ranks
+    from lightning_accel.cli.runner import fit_run, save_resolved_config
+    from lightning_accel.hardware import resolve_hardware
 
     quiet_upstream()
     try:
-        fit_run(validated_run(cfg, Path(HydraConfig.get().runtime.output_dir)))
+        run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        config_path = save_resolved_config(run)
+        processes = resolve_hardware(run.hardware).devices
+        if processes > 1:
+            launch_local_ranks(config_path, processes)
+        else:
+            fit_run(run)
     except ConfigError as error:
         fail(error)
+    except RanksFailed as error:
+        fail(error, exit_code=1)
+    outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
+    say(f"done; results in {run.run_dir}: {', '.join(outputs)}")
 
 
 def print_resolved(runs: list[RunConfig]) -> None:

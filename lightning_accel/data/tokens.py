@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.corpus import STDLIB, corpus_files
@@ -189,21 +189,32 @@ class TokenDataModule(pl.LightningDataModule):
                 "use a smaller seq_len or more text",
             )
 
+    def _sampler(self, dataset: Dataset, shuffle: bool) -> DistributedSampler:
+        """This rank's share of ``dataset``, also in one process (one replica): N ranks
+        with batch b then see exactly the samples one process sees with batch N*b."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        replicas = getattr(strategy, "distributed_sampler_kwargs", None) or {
+            "num_replicas": 1,
+            "rank": 0,
+        }
+        return DistributedSampler(
+            dataset, shuffle=shuffle, seed=self.seed, drop_last=True, **replicas
+        )
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self._sampler(self.train_set, shuffle=True),
             drop_last=True,
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             self.val_set,
             batch_size=self.batch_size,
-            shuffle=False,
+            sampler=self._sampler(self.val_set, shuffle=False),
             drop_last=len(self.val_set) >= self.batch_size,
             num_workers=self.num_workers,
         )

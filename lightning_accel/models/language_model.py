@@ -54,7 +54,8 @@ class GPTLanguageModel(pl.LightningModule):
         inputs, targets = batch
         logits = self(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        self.log("train/loss", loss, prog_bar=True)
+        # synced: under data parallelism the logged loss is the global batch's
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -67,9 +68,10 @@ class GPTLanguageModel(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/bits_per_byte", loss / math.log(2))
-        self.log("val/perplexity", self.val_perplexity.compute())
+        # the metrics are already reduced over ranks; sync_dist only states it
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/bits_per_byte", loss / math.log(2), sync_dist=True)
+        self.log("val/perplexity", self.val_perplexity.compute(), sync_dist=True)
         self.val_loss.reset()
         self.val_perplexity.reset()
 

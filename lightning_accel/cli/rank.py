@@ -1,0 +1,37 @@
+"""Entry point of one rank: ``python -m lightning_accel.cli.rank <run_dir>/config.yaml``.
+
+Reads the resolved config the launcher wrote and fits it; the cluster environment
+(torch elastic's variables) tells Lightning the rank and world size.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lightning_accel.cli.console import fail, quiet_upstream
+from lightning_accel.cli.schema import RunConfig
+from lightning_accel.errors import ConfigError
+
+
+def load_run(config_path: Path) -> RunConfig:
+    """The :class:`RunConfig` saved in a run directory."""
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(config_path))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def main(argv: list[str]) -> None:
+    """Fit the run whose config path is the only argument."""
+    from lightning_accel.cli.runner import fit_run
+
+    quiet_upstream()
+    try:
+        fit_run(load_run(Path(argv[0])))
+    except ConfigError as error:
+        fail(error)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,92 @@
+"""FSDP2 (``fully_shard``) that shards the model by itself, configured by name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.init import _materialize_distributed_module
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+
+from lightning_accel.config import require_positive
+from lightning_accel.strategies.sharding import shard_model
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, on CUDA (NCCL)
+    and CPU (gloo), without any ``configure_model`` code in the LightningModule.
+
+    Every process holds a 1/N shard of each parameter, gradient and optimizer state. The
+    model is sharded unit by unit (named classes, or the repeated blocks found in it), then
+    at the root. Activation checkpointing and compile from the optimization profile are
+    applied before sharding (torchtitan's order). A LightningModule that already calls
+    ``fully_shard`` in ``configure_model`` is left as it is. Checkpoints are sharded
+    (torch.distributed.checkpoint) and resume at any world size.
+
+    Registered as ``"fsdp2"``: ``Trainer(strategy="fsdp2")`` after ``import lightning_accel``.
+
+    Args:
+        shard_classes: class names of the modules to shard (e.g. ``["TransformerBlock"]``);
+            empty: detect the repeated blocks.
+        reshard_after_forward: free gathered parameters after forward (less memory, one
+            more all-gather in backward).
+        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
+        timeout_s: how long a collective may wait for a peer before the rank fails.
+        save_distributed_checkpoint: save one shard per rank (``False``: one full file).
+    """
+
+    strategy_name = "fsdp2"
+
+    def __init__(
+        self,
+        shard_classes: Sequence[str] = (),
+        reshard_after_forward: bool = True,
+        cpu_offload: bool = False,
+        timeout_s: float = 1800.0,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+    ) -> None:
+        require_positive("hardware.strategy_options.timeout_s", timeout_s)
+        super().__init__(
+            data_parallel_size=1,  # both sizes are set in setup_environment, from the world size
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        self.shard_classes = list(shard_classes)
+        self.reshard_after_forward = reshard_after_forward
+        self.cpu_offload = cpu_offload
+        self.sharded_units = 0
+
+    def setup_environment(self) -> None:
+        # Lightning's defaults (data-parallel size = node count) would give every rank of a
+        # node the same data; plain FSDP is data parallel over the whole world.
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        assert self.model is not None and self.accelerator is not None
+        self.accelerator.setup(trainer)
+        self.sharded_units = shard_model(
+            self.model,
+            self.device_mesh["data_parallel"],
+            self.shard_classes,
+            self.reshard_after_forward,
+            str(self.precision_plugin.precision),
+            self.cpu_offload,
+        )
+        _materialize_distributed_module(self.model, self.root_device)
+        self.model = self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        self.barrier()
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()
+        if fitting:
+            _optimizers_to_device(self.optimizers, self.root_device)
