@@ -119,12 +119,13 @@ class OptimizationConfig:
 
 @dataclass
 class TrainerConfig:
-    """Loop settings passed to ``lightning.Trainer``: steps, epochs, validation cadence,
-    logging interval and determinism."""
+    """Loop settings passed to ``lightning.Trainer``: steps, epochs, batches per epoch,
+    validation cadence, logging interval and determinism."""
 
     max_steps: int = 500
     max_epochs: int | None = None
     val_check_interval: Any = 100
+    limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
     log_every_n_steps: int = 50
     num_sanity_val_steps: int = 0
@@ -135,6 +136,7 @@ class TrainerConfig:
         if self.max_epochs is not None:
             require_positive("trainer.max_epochs", self.max_epochs)
         require_positive("trainer.val_check_interval", self.val_check_interval)
+        require_positive("trainer.limit_train_batches", self.limit_train_batches)
         require_positive("trainer.limit_val_batches", self.limit_val_batches)
         require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
         if self.num_sanity_val_steps < 0:

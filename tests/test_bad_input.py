@@ -12,7 +12,7 @@ from lightning_accel.cli.main import main
 
 CASES = {
     "unknown group option": (["hardware=tpu9"], ["hardware='tpu9'", "auto, cpu"]),
-    "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "max_steps"]),
+    "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "limit_train_batches"]),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
     "wrong type": (["trainer.max_steps=many"], ["trainer.max_steps='many'", "integer"]),
     "zero size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
@@ -30,7 +30,7 @@ CASES = {
     "argument the model lacks": (["+model.depth=3"], ["model.depth=3", "n_layer"]),
     "sweep without --multirun": (["seed=1,2"], ["seed='1,2'", "--multirun"]),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
-    "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'"]),
+    "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'", "sharded"]),
     "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
     "logger without its package": (
         ["logger=csv", "logger._target_=helpers.MissingPackageLogger"],

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from lightning_accel.callbacks.memory import model_state_bytes, peak_process_memory_mb
+
 
 def _inputs(batch: Any) -> torch.Tensor | None:
     """The first tensor of a batch: the inputs, by the usual (inputs, targets) convention."""
@@ -79,6 +81,8 @@ class RunSummary(pl.Callback):
         self.measured_steps = _StepTotals()
         self._step_started = 0.0
         self._fit_started = 0.0
+        self.memory: dict[str, Any] = {}
+        self._gradient_bytes: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
@@ -118,6 +122,26 @@ class RunSummary(pl.Callback):
         if metrics:
             self.validations.append({"step": trainer.global_step, **metrics})
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._gradient_bytes is None:  # gradients exist only here; measured once
+            self._gradient_bytes = model_state_bytes(pl_module.parameters(), [])["gradients"]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Measured while the process group is still up: every rank contributes its figures.
+        state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
+        state["gradients"] = self._gradient_bytes or 0
+        mine = torch.tensor([sum(state.values()), peak_process_memory_mb()], dtype=torch.float64)
+        everyone = trainer.strategy.all_gather(mine).reshape(-1, 2)
+        comm = getattr(trainer.strategy, "allreduce_bytes_per_step", None)
+        self.memory = {
+            "model_state_bytes": state,
+            "model_state_bytes_per_rank": [int(v) for v in everyone[:, 0].tolist()],
+            "peak_memory_mb_per_rank": [round(v, 1) for v in everyone[:, 1].tolist()],
+            "allreduce_bytes_per_step": comm() if callable(comm) else None,
+        }
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -135,6 +159,7 @@ class RunSummary(pl.Callback):
             "first_train_loss": self.train_losses[0] if self.train_losses else None,
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
+            **self.memory,
             "checkpoint": _checkpoint_path(trainer),
             "metrics": _metrics_path(trainer),
         }
@@ -192,6 +217,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
             rows.append((key, _first_last(first.get(key), last[key], first["step"], last["step"])))
     if summary.get("tokens_per_second"):
         rows.append(("tokens/s", f"{summary['tokens_per_second']:,.0f}"))
+    if summary.get("peak_memory_mb_per_rank"):
+        peaks = summary["peak_memory_mb_per_rank"]
+        rows.append(("peak memory / rank", ", ".join(f"{p:,.0f} MiB" for p in peaks)))
     if summary.get("samples_per_second"):
         rows.append(("samples/s", f"{summary['samples_per_second']:,.1f}"))
     for key in ("checkpoint", "metrics", "summary"):

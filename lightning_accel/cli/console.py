@@ -23,6 +23,7 @@ _IGNORED_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*Detected an existing checkpoint in .* overwriting.*",
+    r".*torch.distributed.nn.functional.all_gather is deprecated.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
 )

@@ -9,11 +9,34 @@ from lightning_accel.cli.console import fail
 USAGE = """usage: lightning-accel VERB [ARGS]
 
 verbs:
-  train [OVERRIDES]   train with Hydra-composed hardware=, optimization= and recipe= choices
-                      (lightning-accel train --help lists every group and option)
+  train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
+                             choices (lightning-accel train --help lists every option)
+  consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
+                             loads without a process group and resumes on one device
 """
 
-VERBS = ("train",)
+VERBS = ("train", "consolidate")
+
+
+def consolidate(args: list[str]) -> int:
+    """``lightning-accel consolidate SHARDED OUT``."""
+    from pathlib import Path
+
+    from lightning_accel.checkpoints import consolidate_checkpoint
+    from lightning_accel.cli.console import say
+    from lightning_accel.errors import ConfigError
+
+    if len(args) != 2:
+        fail("consolidate takes two arguments: a sharded checkpoint directory and an output file.")
+    source, output = Path(args[0]), Path(args[1])
+    if output.is_dir():
+        fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))
+    try:
+        consolidate_checkpoint(source, output)
+    except ConfigError as error:
+        fail(error)
+    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) from {source}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,4 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_accel.cli.train import main as train
 
         return train(rest)
+    if verb == "consolidate":
+        return consolidate(rest)
     fail(f"'{verb}' is not a lightning-accel command; valid choices: {', '.join(VERBS)}.")

@@ -27,6 +27,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from lightning_accel.checkpoints import verify_checkpoint
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir
@@ -242,9 +243,9 @@ def check_model_and_data(run: RunConfig) -> None:
 
 
 def check_checkpoint(run: RunConfig) -> None:
-    """Fail unless ``ckpt_path``, when given, is an existing checkpoint file."""
-    if run.ckpt_path is not None and not Path(run.ckpt_path).is_file():
-        raise ConfigError("ckpt_path", run.ckpt_path, "is not a checkpoint file")
+    """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory."""
+    if run.ckpt_path is not None:
+        verify_checkpoint(Path(run.ckpt_path))
 
 
 def check_hardware(run: RunConfig) -> None:

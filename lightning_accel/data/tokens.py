@@ -19,7 +19,7 @@ from lightning_accel.config import require_positive
 from lightning_accel.data.corpus import STDLIB, corpus_files
 from lightning_accel.errors import ConfigError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 BYTE_VOCAB_SIZE = 256
 
 
@@ -38,11 +38,15 @@ def corpus_key(files: Sequence[Path]) -> str:
 
 
 def _split(files: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
-    """Assign whole files to validation by a hash of their name, so the split is stable."""
+    """Assign whole files to validation by a hash of their path inside the corpus, so the
+    split is the same wherever the corpus lies."""
+    root = Path(os.path.commonpath(files)) if len(files) > 1 else files[0].parent
     threshold = val_fraction * 2**32
-    val = [p for p in files if zlib.crc32(str(p).encode()) < threshold]
-    train = [p for p in files if zlib.crc32(str(p).encode()) >= threshold]
-    return train, val
+
+    def held_out(path: Path) -> bool:
+        return zlib.crc32(path.relative_to(root).as_posix().encode()) < threshold
+
+    return [p for p in files if not held_out(p)], [p for p in files if held_out(p)]
 
 
 def _write_tokens(files: Sequence[Path], target: Path) -> int:

@@ -1,8 +1,8 @@
 """DDP communication hooks chosen by name; every one runs on gloo (CPU) as well as NCCL."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: DDP checks the hooks' annotations at runtime.
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,19 +16,26 @@ COMM_HOOKS = ("none", "fp16", "bf16", "powersgd")
 CommHook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
 
 
+@dataclass
+class CommStats:
+    """Bytes a hook has sent to all-reduce, summed over buckets and steps."""
+
+    bytes: int = 0
+
+
 def compress_hook(dtype: torch.dtype) -> CommHook:
-    """A hook that all-reduces each gradient bucket in ``dtype`` and restores its own dtype.
+    """A hook that all-reduces each gradient bucket in ``dtype`` and restores its own dtype;
+    its state is a :class:`CommStats` that counts the bytes all-reduced.
 
     torch's ``bf16_compress_hook`` refuses anything but NCCL; this one does the same
     arithmetic (divide by the world size, reduce in low precision) on any backend.
     """
 
-    def hook(
-        process_group: dist.ProcessGroup | None, bucket: dist.GradBucket
-    ) -> torch.futures.Future:
-        group = process_group if process_group is not None else dist.group.WORLD
+    def hook(stats: CommStats, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        group = dist.group.WORLD
         buffer = bucket.buffer()
         compressed = buffer.to(dtype).div_(dist.get_world_size(group))
+        stats.bytes += compressed.numel() * compressed.element_size()
         future = dist.all_reduce(compressed, group=group, async_op=True).get_future()
 
         def decompress(done: torch.futures.Future) -> torch.Tensor:
@@ -52,9 +59,9 @@ def resolve_comm_hook(
     if name == "none":
         return None, None
     if name == "fp16":
-        return None, compress_hook(torch.float16)
+        return CommStats(), compress_hook(torch.float16)
     if name == "bf16":
-        return None, compress_hook(torch.bfloat16)
+        return CommStats(), compress_hook(torch.bfloat16)
     if name == "powersgd":
         if powersgd_rank < 1:
             raise ConfigError(

@@ -8,7 +8,7 @@ from typing import Any
 from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_accel.config import require_positive
-from lightning_accel.strategies.comm_hooks import resolve_comm_hook
+from lightning_accel.strategies.comm_hooks import CommStats, resolve_comm_hook
 
 
 class AccelDDPStrategy(DDPStrategy):
@@ -56,6 +56,20 @@ class AccelDDPStrategy(DDPStrategy):
         )
         self.comm_hook_name = comm_hook
         self._comm_state, self._comm_hook = state, hook
+
+    def allreduce_bytes_per_step(self) -> float | None:
+        """Gradient bytes each rank sends to all-reduce per optimizer step: counted by the
+        compression hooks, the gradients' own size without a hook, unknown for PowerSGD."""
+        if isinstance(self._comm_state, CommStats):
+            steps = self.lightning_module.trainer.global_step if self.lightning_module else 0
+            return self._comm_state.bytes / max(1, steps)
+        if self._comm_hook is None and self.model is not None:
+            return float(
+                sum(
+                    p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad
+                )
+            )
+        return None
 
     def _register_ddp_hooks(self) -> None:
         # Lightning registers hooks on CUDA only; these hooks work on gloo too.
