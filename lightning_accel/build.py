@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,8 +17,11 @@ from lightning_accel.optimize import ModelOptimizations
 from lightning_accel.profiles import as_hardware, as_optimization
 
 
-def strategy_with_options(name: str, options: dict[str, Any]) -> Strategy:
-    """Instantiate the registered strategy ``name`` with its registered defaults and ``options``."""
+def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
+    """The registered strategy ``name`` built with its registered defaults and ``options``
+    (``"auto"`` stays a name for Lightning to resolve)."""
+    if name == "auto" and not options:
+        return name
     if name not in StrategyRegistry:
         raise ConfigError(
             "hardware.strategy",
@@ -26,6 +30,15 @@ def strategy_with_options(name: str, options: dict[str, Any]) -> Strategy:
             StrategyRegistry.available_strategies(),
         )
     entry = StrategyRegistry[name]
+    accepted = inspect.signature(entry["strategy"]).parameters
+    for key, value in options.items():
+        if key not in accepted and "kwargs" not in accepted:
+            raise ConfigError(
+                f"hardware.strategy_options.{key}",
+                value,
+                f"is not an option of {name}",
+                sorted(accepted),
+            )
     return entry["strategy"](**{**entry["init_params"], **options})
 
 
@@ -41,9 +54,7 @@ def trainer_arguments(
     profile = as_hardware(hardware)
     hw = resolve_hardware(profile)
     opt = as_optimization(optimization)
-    strategy: Any = hw.strategy
-    if profile.strategy_options:
-        strategy = strategy_with_options(hw.strategy, profile.strategy_options)
+    strategy = build_strategy(hw.strategy, profile.strategy_options)
     return {
         "accelerator": hw.accelerator,
         "devices": hw.devices,

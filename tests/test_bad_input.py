@@ -11,7 +11,10 @@ from helpers import TINY, run_cli
 from lightning_accel.cli.main import main
 
 CASES = {
-    "unknown group option": (["hardware=tpu9"], ["hardware='tpu9'", "auto, cpu"]),
+    "unknown group option": (
+        ["hardware=tpu9"],
+        ["hardware='tpu9'", "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu"],
+    ),
     "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "limit_train_batches"]),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
     "wrong type": (["trainer.max_steps=many"], ["trainer.max_steps='many'", "integer"]),
@@ -36,6 +39,15 @@ CASES = {
         ["logger=csv", "logger._target_=helpers.MissingPackageLogger"],
         ["logger._target_", "fancy_tracker", "[tracking]"],
     ),
+    "unknown comm hook": (
+        ["hardware=ddp_cpu", "hardware.strategy_options.comm_hook=zip"],
+        ["comm_hook='zip'", "none, fp16, bf16, powersgd"],
+    ),
+    "shard classes matching nothing": (
+        ["hardware=fsdp2_cpu", "hardware.strategy_options.shard_classes=[Layer]"],
+        ["shard_classes=['Layer']", "GPTLanguageModel", "TransformerBlock"],
+    ),
+    "unknown strategy": (["hardware.strategy=ddp9"], ["hardware.strategy", "fsdp2"]),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 
@@ -67,7 +79,7 @@ def test_bad_input_from_the_real_command_has_no_traceback(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines() == [
         "lightning-accel: error: hardware='nope' is not a hardware option; "
-        "valid choices: auto, cpu."
+        "valid choices: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu."
     ]
     assert list(tmp_path.iterdir()) == []
 

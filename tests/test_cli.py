@@ -62,7 +62,11 @@ def test_resume_from_checkpoint_continues_the_step_count(
 def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     result = run_cli(["train", "--help"], cwd=tmp_path)
     assert result.returncode == 0
-    for line in ("hardware: auto, cpu", "optimization: default", "recipe: custom, gpt"):
+    for line in (
+        "hardware: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu",
+        "optimization: default",
+        "recipe: custom, gpt",
+    ):
         assert line in result.stdout
     for group in ("trainer:", "logger:", "callbacks:"):
         assert group in result.stdout

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_accel import hardware
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.profiles import config_dir, load_profile, profile_names
@@ -21,7 +22,7 @@ CUSTOM = [
 
 def test_groups_are_the_documented_ones() -> None:
     assert GROUPS == ["callbacks", "hardware", "logger", "optimization", "recipe", "trainer"]
-    assert {"auto", "cpu"} <= set(profile_names("hardware"))
+    assert set(profile_names("hardware")) == {"auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"}
     assert "default" in profile_names("optimization")
     assert "gpt" in profile_names("recipe")
 
@@ -31,6 +32,8 @@ def test_option_composes_and_validates(
     group: str, option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # GPU profiles are checked against a machine with 2 CUDA devices (none is used).
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
     extra = CUSTOM if (group, option) == ("recipe", "custom") else []
     (run,) = preflight([f"{group}={option}", *extra], multirun=False)
     if group == "recipe":

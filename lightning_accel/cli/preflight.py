@@ -221,6 +221,8 @@ def check_model_and_data(run: RunConfig) -> None:
     import torch
 
     from lightning_accel.cli.runner import build_object
+    from lightning_accel.strategies import FSDP2Strategy
+    from lightning_accel.strategies.sharding import shard_units
 
     build_object(run.data, "data")
     if run.logger:
@@ -235,11 +237,13 @@ def check_model_and_data(run: RunConfig) -> None:
             ) from error
     with torch.device("meta"):
         try:
-            build_object(run.model, "model")
+            model = build_object(run.model, "model")
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
-            pass
+            return
+    if run.hardware.strategy == FSDP2Strategy.strategy_name:
+        shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
 
 
 def check_checkpoint(run: RunConfig) -> None:

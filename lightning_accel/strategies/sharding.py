@@ -33,8 +33,8 @@ def shard_units(model: nn.Module, shard_classes: Sequence[str] = ()) -> list[nn.
             the model (transformer layers, residual stages).
 
     Raises:
-        ConfigError: ``shard_classes`` names no module of the model; the message lists the
-            block classes that were found.
+        ConfigError: ``shard_classes`` names no module of the model; the valid choices
+            listed are the repeated block classes found in it.
     """
     if not shard_classes:
         return list(reversed(find_repeated_blocks(model)))
@@ -45,7 +45,7 @@ def shard_units(model: nn.Module, shard_classes: Sequence[str] = ()) -> list[nn.
         raise ConfigError(
             SHARD_CLASSES_KEY,
             list(shard_classes),
-            f"matches no module of {type(model).__name__}; its repeated block classes are",
+            f"matches no module of {type(model).__name__}",
             found,
         )
     return list(reversed(units))
