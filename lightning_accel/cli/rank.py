@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch.distributed
 from omegaconf import OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream
@@ -31,6 +32,11 @@ def main(argv: list[str]) -> None:
         fit_run(load_run(Path(argv[0])))
     except ConfigError as error:
         fail(error)
+    # Leave together and close the process group: a rank that exits while its gloo threads
+    # still run aborts (SIGABRT) and fails the whole run after the work is done.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

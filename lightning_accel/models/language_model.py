@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lightning_accel.config import require_positive
+from lightning_accel.errors import ConfigError
 from lightning_accel.models.gpt import GPT, GPTConfig
 
 
@@ -44,6 +45,15 @@ class GPTLanguageModel(pl.LightningModule):
         self.model = GPT(GPTConfig(vocab_size, seq_len, n_layer, d_model, n_head, dropout))
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity()
+
+    def setup(self, stage: str) -> None:
+        data_seq_len = getattr(self.trainer.datamodule, "seq_len", None)
+        if data_seq_len is not None and data_seq_len > self.hparams.seq_len:
+            raise ConfigError(
+                "model.seq_len",
+                self.hparams.seq_len,
+                f"is shorter than the samples (data.seq_len={data_seq_len}); make them equal",
+            )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)

@@ -1,0 +1,157 @@
+"""DDP and FSDP2 on CPU (gloo) through the CLI: parity with one process, sharded memory,
+compressed all-reduce, sharded resume at other world sizes, consolidation, sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+
+from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.models import GPTLanguageModel
+
+pytestmark = pytest.mark.slow
+
+MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
+SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
+GLOBAL_BATCH = 8
+# 2 epochs of 10 steps: a checkpoint at step 10 falls on an epoch boundary, so a plain
+# DataLoader resumes exactly.
+LOOP = [
+    "trainer.max_steps=20",
+    "trainer.limit_train_batches=10",
+    "trainer.val_check_interval=5",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks=minimal",
+]
+
+
+class Runs:
+    """Runs the CLI once per configuration and reads back its outputs."""
+
+    def __init__(self, root: Path, corpus: Path) -> None:
+        self.root = root
+        self.base = ["train", *SHAPE, f"data.source={corpus}"]
+
+    def train(self, name: str, hardware: str, ranks: int, *extra: str) -> Path:
+        run_dir = self.root / name
+        if not (run_dir / "summary.json").exists():
+            args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
+            args += [f"data.batch_size={GLOBAL_BATCH // ranks}", f"hydra.run.dir={run_dir}", *extra]
+            result = run_cli(args, cwd=self.root, timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    @staticmethod
+    def losses(run_dir: Path) -> dict[int, float]:
+        with (run_dir / "metrics.csv").open() as handle:
+            return {
+                int(r["step"]): float(r["train/loss"])
+                for r in csv.DictReader(handle)
+                if r["train/loss"]
+            }
+
+    @staticmethod
+    def summary(run_dir: Path) -> dict:
+        return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
+    return Runs(tmp_path_factory.mktemp("parallel"), small_corpus)
+
+
+def _max_difference(a: dict[int, float], b: dict[int, float]) -> float:
+    steps = sorted(set(a) & set(b))
+    return max(abs(a[s] - b[s]) for s in steps)
+
+
+def test_ddp_on_two_ranks_follows_one_process(runs: Runs) -> None:
+    single = runs.losses(runs.train("single", "cpu", 1))
+    ddp = runs.losses(runs.train("ddp", "ddp_cpu", 2))
+    assert len(single) == len(ddp) == 20
+    assert _max_difference(single, ddp) < 1e-5
+    assert single[max(single)] < single[min(single)] - 0.3, "and the model learns"
+
+
+def test_fsdp2_follows_ddp(runs: Runs) -> None:
+    ddp = runs.losses(runs.train("ddp", "ddp_cpu", 2))
+    fsdp = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
+    assert len(fsdp) == 20
+    assert _max_difference(ddp, fsdp) < 1e-5
+
+
+def test_fsdp2_rank_holds_half_of_ddp_state(runs: Runs) -> None:
+    ddp = runs.summary(runs.train("ddp", "ddp_cpu", 2))
+    fsdp = runs.summary(runs.train("fsdp2", "fsdp2_cpu", 2))
+    for part in ("parameters", "gradients", "optimizer"):
+        assert ddp["model_state_bytes"][part] > 0
+    for rank_bytes in fsdp["model_state_bytes_per_rank"]:
+        assert rank_bytes == pytest.approx(ddp["model_state_bytes_per_rank"][0] / 2, rel=0.05)
+
+
+def test_bf16_hook_halves_allreduce_bytes_and_converges(runs: Runs) -> None:
+    ddp_dir = runs.train("ddp", "ddp_cpu", 2)
+    bf16_dir = runs.train("ddp_bf16", "ddp_cpu", 2, "hardware.strategy_options.comm_hook=bf16")
+    full, half = runs.summary(ddp_dir), runs.summary(bf16_dir)
+    assert half["allreduce_bytes_per_step"] == pytest.approx(full["allreduce_bytes_per_step"] / 2)
+    losses = runs.losses(bf16_dir)
+    assert losses[max(losses)] < losses[min(losses)] - 0.3
+    assert _max_difference(losses, runs.losses(ddp_dir)) < 1e-2, "bf16 rounding only"
+
+
+@pytest.mark.parametrize("ranks", [1, 4])
+def test_sharded_checkpoint_from_2_ranks_resumes_at_other_world_sizes(
+    runs: Runs, ranks: int
+) -> None:
+    uninterrupted = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
+    first_half = runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
+    checkpoint = first_half / "checkpoints" / "last.ckpt"
+    assert (checkpoint / "meta.pt").is_file() and len(list(checkpoint.glob("*.distcp"))) == 2
+    resumed = runs.losses(
+        runs.train(f"fsdp2_resume_{ranks}", "fsdp2_cpu", ranks, f"ckpt_path={checkpoint}")
+    )
+    assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
+    assert _max_difference(uninterrupted, resumed) < 1e-5
+
+
+def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: Runs) -> None:
+    sharded = (
+        runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
+        / "checkpoints"
+        / "last.ckpt"
+    )
+    single_file = consolidate_checkpoint(sharded, runs.root / "consolidated.ckpt")
+    checkpoint = torch.load(single_file, map_location="cpu", weights_only=True)
+    assert not torch.distributed.is_initialized()
+    assert checkpoint["global_step"] == 10
+    assert not any("_orig_mod" in key for key in checkpoint["state_dict"])
+    model = GPTLanguageModel(**MODEL, seq_len=32)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every key, right shapes
+
+    resumed = runs.losses(runs.train("from_consolidated", "cpu", 1, f"ckpt_path={single_file}"))
+    uninterrupted = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
+    assert min(resumed) == 10
+    assert _max_difference(uninterrupted, resumed) < 1e-5
+
+
+def test_multirun_of_two_jobs_on_two_ranks_each(tmp_path: Path, small_corpus: Path) -> None:
+    args = ["train", "--multirun", "hardware=ddp_cpu", "trainer=smoke", "callbacks=minimal"]
+    args += [*SHAPE, f"data.source={small_corpus}"]
+    result = run_cli([*args, "data.batch_size=4", "seed=1,2"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun" / "gpt").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert sorted(p.name for p in (tmp_path / "multirun" / "gpt").iterdir()) == [sweep.name]
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["world_size"] == 2
+        assert len(summary["model_state_bytes_per_rank"]) == 2, "both ranks reported"
+        rank1_logs = list((job / "ranks").rglob("1/stderr.log"))
+        assert len(rank1_logs) == 1, "rank 1 wrote its output into this job's directory"
