@@ -61,6 +61,7 @@ def launch_local_ranks(config_path: Path, processes: int, monitor_interval: floa
         max_restarts=0,
         monitor_interval=monitor_interval,
         start_method="spawn",
+        shutdown_timeout=10,  # a stopped rank ignores SIGTERM; SIGKILL follows after this
         logs_specs=DefaultLogsSpecs(
             log_dir=str(log_dir), redirects={r: Std.ALL for r in range(1, processes)}
         ),

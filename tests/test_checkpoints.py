@@ -1,0 +1,120 @@
+"""Sharded checkpoints: damage is reported before anything runs; consolidation by CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, run_cli
+
+from lightning_accel.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Path:
+    """A checkpoint saved by FSDP2 on 2 ranks."""
+    root = tmp_path_factory.mktemp("sharded")
+    args = [
+        "train",
+        *TINY,
+        f"data.source={small_corpus}",
+        "hardware=fsdp2_cpu",
+        "callbacks=minimal",
+    ]
+    result = run_cli([*args, "hydra.run.dir=run"], cwd=root, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = root / "run" / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "meta.pt",
+    ]
+    return checkpoint
+
+
+def _damaged(sharded: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.ckpt"
+    shutil.copytree(sharded, copy)
+    return copy
+
+
+def _train_exit(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", *args])
+    return int(exit_info.value.code), capsys.readouterr().err.strip()
+
+
+def test_missing_shard_is_reported_before_the_run(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damaged = _damaged(sharded, tmp_path)
+    (damaged / "__1_0.distcp").unlink()
+    monkeypatch.chdir(tmp_path)
+    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
+    assert code == 2
+    assert err.endswith("is incomplete: shard __1_0.distcp is missing.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt"], "no run directory"
+
+
+def test_truncated_shard_is_reported_before_the_run(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damaged = _damaged(sharded, tmp_path)
+    with (damaged / "__0_0.distcp").open("r+b") as handle:
+        handle.truncate(100)
+    monkeypatch.chdir(tmp_path)
+    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
+    assert code == 2
+    assert "is corrupt: shard __0_0.distcp holds 100 of" in err
+
+
+def test_checkpoint_without_its_index_is_reported(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    damaged = _damaged(sharded, tmp_path)
+    (damaged / ".metadata").unlink()
+    monkeypatch.chdir(tmp_path)
+    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
+    assert code == 2
+    assert ".metadata is missing" in err
+
+
+def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: Path) -> None:
+    output = tmp_path / "model.ckpt"
+    result = run_cli(["consolidate", str(sharded), str(output)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(output, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["state_dict"]["model.token_embedding.weight"].shape == (256, 32)
+    assert len(checkpoint["optimizer_states"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"], "no temporary file is left"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["consolidate"], "two arguments"),
+        (["consolidate", "/no/such/dir", "out.ckpt"], "is not a checkpoint file or sharded"),
+        (["consolidate", "SHARDED", "."], "is a directory"),
+    ],
+)
+def test_consolidate_bad_input_exits_2(
+    sharded: Path,
+    arguments: list[str],
+    fragment: str,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sharded) if a == "SHARDED" else a for a in arguments])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+    assert list(tmp_path.iterdir()) == []
