@@ -61,11 +61,13 @@ class HardwareConfig:
 @dataclass
 class CompileConfig:
     """torch.compile settings: ``enabled``, ``mode`` (None, default, reduce-overhead,
-    max-autotune) and ``backend`` (inductor, aot_eager, eager)."""
+    max-autotune), ``backend`` (inductor, aot_eager, eager) and ``per_block`` (compile each
+    repeated block rather than the whole model: smaller graphs, and the order FSDP2 wants)."""
 
     enabled: bool = False
     mode: str | None = None
     backend: str = "inductor"
+    per_block: bool = False
 
 
 @dataclass

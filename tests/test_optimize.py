@@ -88,3 +88,14 @@ def test_channels_last_reformats_conv_weights() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
     apply_model_optimizations(model, OptimizationConfig(channels_last=True))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_per_block_compiles_each_block_in_place() -> None:
+    model = _gpt()
+    keys = list(model.state_dict())
+    apply_model_optimizations(
+        model, OptimizationConfig(compile=CompileConfig(True, backend="eager", per_block=True))
+    )
+    assert all(block._compiled_call_impl is not None for block in model.blocks)
+    assert model.token_embedding._compiled_call_impl is None
+    assert list(model.state_dict()) == keys

@@ -155,3 +155,22 @@ def test_multirun_of_two_jobs_on_two_ranks_each(tmp_path: Path, small_corpus: Pa
         assert len(summary["model_state_bytes_per_rank"]) == 2, "both ranks reported"
         rank1_logs = list((job / "ranks").rglob("1/stderr.log"))
         assert len(rank1_logs) == 1, "rank 1 wrote its output into this job's directory"
+
+
+def test_fsdp2_with_checkpointing_and_per_block_compile_matches_and_keeps_keys(runs: Runs) -> None:
+    plain = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
+    optimized = runs.train(
+        "fsdp2_ac_compile",
+        "fsdp2_cpu",
+        2,
+        "optimization.activation_checkpointing.enabled=true",
+        "optimization.compile.enabled=true",
+        "optimization.compile.per_block=true",
+        "optimization.compile.backend=eager",
+    )
+    assert _max_difference(plain, runs.losses(optimized)) < 1e-5
+    single_file = consolidate_checkpoint(
+        optimized / "checkpoints" / "last.ckpt", runs.root / "ac.ckpt"
+    )
+    keys = list(torch.load(single_file, map_location="cpu", weights_only=True)["state_dict"])
+    assert sorted(keys) == sorted(GPTLanguageModel(**MODEL, seq_len=32).state_dict())

@@ -44,12 +44,24 @@ def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
     return wrapped
 
 
-def _compile_children(model: nn.Module, mode: str | None, backend: str) -> None:
+def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) -> None:
     # nn.Module.compile works in place, so state_dict keys carry no `_orig_mod.` prefix.
-    for child in model.children():
-        if isinstance(child, Metric) or not any(True for _ in child.parameters()):
-            continue
-        child.compile(mode=mode, backend=backend)
+    if per_block:
+        targets = find_repeated_blocks(model)
+        if not targets:
+            raise ConfigError(
+                "optimization.compile.per_block",
+                True,
+                f"needs repeated blocks, but {type(model).__name__} has none",
+            )
+    else:
+        targets = [
+            child
+            for child in model.children()
+            if not isinstance(child, Metric) and any(True for _ in child.parameters())
+        ]
+    for target in targets:
+        target.compile(mode=mode, backend=backend)
 
 
 def apply_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
@@ -57,7 +69,8 @@ def apply_model_optimizations(model: nn.Module, optimization: OptimizationConfig
     if optimization.activation_checkpointing.enabled:
         _checkpoint_blocks(model, optimization.activation_checkpointing.every_k_blocks)
     if optimization.compile.enabled:
-        _compile_children(model, optimization.compile.mode, optimization.compile.backend)
+        compile_config = optimization.compile
+        _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)
     if optimization.channels_last:
         model.to(memory_format=torch.channels_last)
 
