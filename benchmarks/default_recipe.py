@@ -12,26 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from common import run_cli
 from rich.console import Console
 from rich.table import Table
-
-
-def run_once(overrides: list[str], workdir: Path, index: int) -> dict:
-    """One timed run of the CLI; returns its summary plus the whole-command wall time."""
-    run_dir = workdir / f"run{index}"
-    command = [sys.executable, "-m", "lightning_accel", "train", "callbacks=minimal"]
-    command += [f"hydra.run.dir={run_dir}", *overrides]
-    started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, cwd=workdir)
-    wall = time.perf_counter() - started
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {"command_seconds": round(wall, 2), **summary}
 
 
 def main() -> None:
@@ -42,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_once(args.overrides, Path(tmp), i) for i in range(args.repeats)]
+        runs = [run_cli(args.overrides, Path(tmp) / f"run{i}") for i in range(args.repeats)]
 
     table = Table(title=f"Default recipe, {args.repeats} runs")
     for column in ("run", "command s", "fit s", "tokens/s", "first val loss", "last val loss"):
