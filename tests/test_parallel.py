@@ -174,3 +174,64 @@ def test_fsdp2_with_checkpointing_and_per_block_compile_matches_and_keeps_keys(r
     )
     keys = list(torch.load(single_file, map_location="cpu", weights_only=True)["state_dict"])
     assert sorted(keys) == sorted(GPTLanguageModel(**MODEL, seq_len=32).state_dict())
+
+
+def test_fsdp2_cpu_offload_matches_plain_fsdp2(runs: Runs) -> None:
+    plain = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
+    offloaded = runs.train(
+        "fsdp2_offload", "fsdp2_cpu", 2, "hardware.strategy_options.cpu_offload=true"
+    )
+    assert _max_difference(plain, runs.losses(offloaded)) < 1e-5
+
+
+SELF_SHARDING_MODULE = '''
+import lightning.pytorch as pl
+import torch
+from torch.distributed.fsdp import fully_shard
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class SelfSharded(pl.LightningModule):
+    """Shards itself in configure_model, as Lightning's ModelParallelStrategy asks."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+        )
+
+    def configure_model(self):
+        for layer in (self.layers[0], self.layers[2]):
+            fully_shard(layer, mesh=self.device_mesh["data_parallel"])
+        fully_shard(self, mesh=self.device_mesh["data_parallel"])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layers(x), y)
+        self.log("train/loss", loss, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class Data(pl.LightningDataModule):
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 8, generator=g)
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+'''
+
+
+def test_fsdp2_leaves_a_module_that_shards_itself(tmp_path: Path) -> None:
+    (tmp_path / "user_model.py").write_text(SELF_SHARDING_MODULE)
+    args = ["train", "recipe=custom", "model._target_=user_model.SelfSharded"]
+    args += ["data._target_=user_model.Data", "hardware=fsdp2_cpu", "callbacks=minimal"]
+    args += ["trainer.max_steps=30", "trainer.log_every_n_steps=1", "hydra.run.dir=out"]
+    result = run_cli(args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = Runs.losses(tmp_path / "out")
+    assert losses[max(losses)] < 0.5 * losses[min(losses)]
+    full_parameter_bytes = (8 * 32 + 32 + 32 + 1) * 4
+    rank_parameter_bytes = Runs.summary(tmp_path / "out")["model_state_bytes"]["parameters"]
+    assert rank_parameter_bytes < full_parameter_bytes, "the module's own sharding stands"
