@@ -37,51 +37,45 @@ def sharded(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Pat
     return checkpoint
 
 
-def _damaged(sharded: Path, tmp_path: Path) -> Path:
+def _delete_shard(checkpoint: Path) -> None:
+    (checkpoint / "__1_0.distcp").unlink()
+
+
+def _truncate_shard(checkpoint: Path) -> None:
+    with (checkpoint / "__0_0.distcp").open("r+b") as handle:
+        handle.truncate(100)
+
+
+def _delete_index(checkpoint: Path) -> None:
+    (checkpoint / ".metadata").unlink()
+
+
+DAMAGE = {
+    "missing shard": (_delete_shard, "is incomplete: shard __1_0.distcp is missing."),
+    "truncated shard": (_truncate_shard, "is corrupt: shard __0_0.distcp holds 100 of"),
+    "missing index": (_delete_index, ".metadata is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_checkpoint_is_refused_before_the_run(
+    damage: str,
+    sharded: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    damage_function, expected = DAMAGE[damage]
     copy = tmp_path / "copy.ckpt"
     shutil.copytree(sharded, copy)
-    return copy
-
-
-def _train_exit(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    damage_function(copy)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "logger=none", *args])
-    return int(exit_info.value.code), capsys.readouterr().err.strip()
-
-
-def test_missing_shard_is_reported_before_the_run(
-    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    damaged = _damaged(sharded, tmp_path)
-    (damaged / "__1_0.distcp").unlink()
-    monkeypatch.chdir(tmp_path)
-    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
-    assert code == 2
-    assert err.endswith("is incomplete: shard __1_0.distcp is missing.")
+        main(["train", "logger=none", f"ckpt_path={copy}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt"], "no run directory"
-
-
-def test_truncated_shard_is_reported_before_the_run(
-    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    damaged = _damaged(sharded, tmp_path)
-    with (damaged / "__0_0.distcp").open("r+b") as handle:
-        handle.truncate(100)
-    monkeypatch.chdir(tmp_path)
-    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
-    assert code == 2
-    assert "is corrupt: shard __0_0.distcp holds 100 of" in err
-
-
-def test_checkpoint_without_its_index_is_reported(
-    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    damaged = _damaged(sharded, tmp_path)
-    (damaged / ".metadata").unlink()
-    monkeypatch.chdir(tmp_path)
-    code, err = _train_exit([f"ckpt_path={damaged}"], capsys)
-    assert code == 2
-    assert ".metadata is missing" in err
 
 
 def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: Path) -> None:

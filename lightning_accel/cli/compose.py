@@ -1,0 +1,121 @@
+"""Composing a command's jobs as Hydra will, with Hydra's and OmegaConf's errors turned
+into one-sentence :class:`ConfigError`s that name the key, the value and the valid choices."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_accel.cli.schema import RunConfig, register_schemas
+from lightning_accel.errors import ConfigError
+from lightning_accel.profiles import config_dir
+
+
+def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job the command line stands for (one unless ``--multirun``)."""
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+            if not parsed[-1].key_or_group:
+                raise OverrideParseException(override, "empty key")
+        except OverrideParseException as error:
+            raise ConfigError(
+                "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
+            ) from error
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(
+            sweeps[0].get_key_element(),
+            sweeps[0].input_line.partition("=")[2],
+            "lists several values; add --multirun to run one job per value",
+        )
+    return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
+
+
+def compose_job(overrides: list[str]) -> DictConfig:
+    """Compose one job's config as Hydra will, translating Hydra's errors into ConfigErrors."""
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        raise _unknown_option(error, overrides) from error
+    except ConfigCompositionException as error:
+        raise _composition_error(error, overrides) from error
+    except (HydraException, ValueError) as error:
+        first_line = str(error).splitlines()[0]
+        raise ConfigError("override", " ".join(overrides), f"is invalid ({first_line})") from error
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _unknown_option(error: MissingConfigException, overrides: list[str]) -> ConfigError:
+    group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
+    given = _given(overrides, group) or (error.missing_cfg_file or "").rsplit("/", 1)[-1]
+    if error.options is not None and group:
+        return ConfigError(group, given, f"is not a {group} option", sorted(error.options))
+    return ConfigError("config", error.missing_cfg_file, "cannot be found")
+
+
+def _composition_error(error: ConfigCompositionException, overrides: list[str]) -> ConfigError:
+    cause = error.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        return value_error(cause, overrides)
+    message = str(error)
+    if message.startswith("Could not override '"):
+        key = message.split("'")[1]
+        groups = [p.name for p in config_dir().iterdir() if p.is_dir()]
+        return ConfigError(
+            key, _given(overrides, key), "is not a config key or group", sorted(groups + _keys(""))
+        )
+    if "Could not append to config. An item is already at" in message:
+        key = message.split("'")[1]
+        return ConfigError(
+            f"+{key}", _given(overrides, f"+{key}"), "adds a key that exists; drop the '+'"
+        )
+    return ConfigError("override", " ".join(overrides), f"is invalid ({message.splitlines()[0]})")
+
+
+def value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigError:
+    """The ConfigError for an unknown key, a wrong type or an invalid value."""
+    key = str(cause.full_key)
+    given = _given(overrides, key) if _given(overrides, key) is not None else cause.value
+    message = (cause.msg or str(cause)).splitlines()[0]
+    if "not in struct" in message or "Key '" in message and "not" in message:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        where = f"under '{parent}'" if parent else "at the top level"
+        if parent in ("model", "data"):
+            return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
+        return ConfigError(key, given, f"is not a known key {where}", _keys(parent))
+    if "could not be converted to" in message:
+        expected = message.split("could not be converted to")[-1].strip().lower()
+        return ConfigError(key, given, f"is not a valid {expected}")
+    return ConfigError(key, given, f"is invalid ({message})")
+
+
+def _keys(parent: str) -> list[str]:
+    node = OmegaConf.structured(RunConfig)
+    selected = OmegaConf.select(node, parent) if parent else node
+    return sorted(selected.keys()) if isinstance(selected, DictConfig) else []
+
+
+def _given(overrides: list[str], key: str) -> str | None:
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == key.lstrip("+~"):
+            return value
+    return None
