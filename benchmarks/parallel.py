@@ -62,7 +62,7 @@ def main() -> None:
     baseline = None
     report = {}
     for name, runs in results.items():
-        step_ms = statistics.median(GLOBAL_BATCH / r["samples_per_second"] * 1000 for r in runs)
+        step_ms = statistics.median(r["step_seconds"] * 1000 for r in runs)
         tokens = statistics.median(r["tokens_per_second"] for r in runs)
         peak = statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs)
         state = runs[0]["model_state_bytes_per_rank"][0] / 1024

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 
 
 class RunProgressBar(RichProgressBar):
     """Lightning's rich progress bar, labelled with the step budget instead of an epoch
-    count when the run is bounded by ``max_steps`` (Lightning shows ``Epoch 0/-2`` there).
+    count when the run is bounded by ``max_steps`` (Lightning shows ``Epoch 0/-2`` there),
+    and reading the logged metrics only every ``log_every_n_steps`` training steps:
+    Lightning's bar reads them every step, which waits for the accelerator each time.
 
     Takes the same options as :class:`~lightning.pytorch.callbacks.RichProgressBar`.
     """
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.training and trainer.global_step % trainer.log_every_n_steps:
+            return
+        super()._update_metrics(trainer, pl_module)
 
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_accel.callbacks.memory import model_state_bytes, peak_process_memory_mb
+from lightning_accel.callbacks.throughput import ThroughputClock
 
 
 def _inputs(batch: Any) -> torch.Tensor | None:
@@ -30,28 +30,14 @@ def _inputs(batch: Any) -> torch.Tensor | None:
     return None
 
 
-@dataclass
-class _StepTotals:
-    seconds: float = 0.0
-    samples: int = 0
-    tokens: int = 0
-
-    def add(self, seconds: float, samples: int, tokens: int) -> None:
-        self.seconds += seconds
-        self.samples += samples
-        self.tokens += tokens
-
-    def rate(self, count: int) -> float | None:
-        return round(count / self.seconds, 2) if self.seconds else None
-
-
 class RunSummary(pl.Callback):
     """Records losses, throughput and output paths, then writes ``summary.json`` and prints a
     table when fitting ends (rank 0 only).
 
     Tokens are counted when the batch inputs are integer token ids; samples always.
-    Throughput is measured over training steps only (validation and the first
-    ``warmup_steps`` are left out).
+    Throughput is wall time over training steps (data loading included; validation and
+    the first ``warmup_steps``, which hold compilation, left out). Runs too short to
+    leave warm-up out are measured from their first step.
 
     Args:
         output_dir: where ``summary.json`` goes; default the trainer's ``default_root_dir``.
@@ -77,11 +63,11 @@ class RunSummary(pl.Callback):
     def _reset(self) -> None:
         self.validations: list[dict[str, float]] = []
         self.train_losses: list[float] = []
-        self.all_steps = _StepTotals()
-        self.measured_steps = _StepTotals()
-        self._step_started = 0.0
+        self.all_steps = ThroughputClock()
+        self.steady_steps = ThroughputClock()
         self._fit_started = 0.0
         self.memory: dict[str, Any] = {}
+        self.throughput: dict[str, Any] = {}
         self._gradient_bytes: int | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -91,7 +77,19 @@ class RunSummary(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._step_started = time.perf_counter()
+        if not self.all_steps.started:
+            self.all_steps.start(pl_module.device)
+        if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
+            self.steady_steps.start(pl_module.device)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for clock in (self.all_steps, self.steady_steps):
+            clock.pause(pl_module.device)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record_validation(trainer)
+        for clock in (self.all_steps, self.steady_steps):
+            clock.resume(pl_module.device)
 
     def on_train_batch_end(
         self,
@@ -101,21 +99,24 @@ class RunSummary(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         logged_step = (
             trainer.global_step == 1 or trainer.global_step % trainer.log_every_n_steps == 0
         )
-        if isinstance(loss, torch.Tensor) and logged_step:
-            self.train_losses.append(float(loss))
+        if logged_step:  # reading a loss waits for the device: only at the logging interval
+            # the logged value is synced over ranks when the module asks for it; the raw one is not
+            loss = trainer.callback_metrics.get("train/loss")
+            if loss is None:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor):
+                self.train_losses.append(float(loss))
         inputs = _inputs(batch)
         samples = inputs.shape[0] if inputs is not None and inputs.ndim > 0 else 0
         tokens = inputs.numel() if samples and not inputs.is_floating_point() else 0
-        seconds = time.perf_counter() - self._step_started
-        self.all_steps.add(seconds, samples, tokens)
-        if trainer.global_step > self.warmup_steps:
-            self.measured_steps.add(seconds, samples, tokens)
+        for clock in (self.all_steps, self.steady_steps):
+            if clock.started:
+                clock.count(samples, tokens)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _record_validation(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
@@ -129,6 +130,17 @@ class RunSummary(pl.Callback):
             self._gradient_bytes = model_state_bytes(pl_module.parameters(), [])["gradients"]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clock = self.steady_steps if self.steady_steps.steps else self.all_steps
+        seconds = clock.seconds(pl_module.device)
+        world = trainer.world_size
+        self.throughput = {
+            "measured_steps": clock.steps,
+            "step_seconds": round(seconds / clock.steps, 5) if clock.steps else None,
+            "samples_per_second": clock.rate(clock.samples * world, seconds),
+            "tokens_per_second": clock.rate(clock.tokens * world, seconds)
+            if clock.tokens
+            else None,
+        }
         # Measured while the process group is still up: every rank contributes its figures.
         state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
         state["gradients"] = self._gradient_bytes or 0
@@ -146,16 +158,13 @@ class RunSummary(pl.Callback):
         if stage != "fit":
             return
         world = trainer.world_size
-        # Too short a run to leave warm-up out: measure every step rather than none.
-        steps = self.measured_steps if self.measured_steps.seconds else self.all_steps
         self.summary = {
             **self.extra,
             "steps": trainer.global_step,
             "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
             "world_size": world,
             "precision": str(trainer.precision),
-            "samples_per_second": steps.rate(steps.samples * world),
-            "tokens_per_second": steps.rate(steps.tokens * world) if steps.tokens else None,
+            **self.throughput,
             "first_train_loss": self.train_losses[0] if self.train_losses else None,
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
