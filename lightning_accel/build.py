@@ -6,15 +6,15 @@ import inspect
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
-import lightning_accel.strategies  # noqa: F401 - registers the pack's strategy names
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import resolve_hardware
 from lightning_accel.optimize import ModelOptimizations
+from lightning_accel.precision import PrecisionChoice, resolve_precision
 from lightning_accel.profiles import as_hardware, as_optimization
+from lightning_accel.strategies import FSDP2Strategy  # importing registers the strategies
 
 
 def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
@@ -42,6 +42,34 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
     return entry["strategy"](**{**entry["init_params"], **options})
 
 
+def _strategy_options(profile: HardwareConfig, optimization: OptimizationConfig) -> dict[str, Any]:
+    """The hardware profile's strategy options, plus the optimization profile's CPU offload
+    when the strategy is FSDP2 (the only one that offloads)."""
+    options = dict(profile.strategy_options)
+    if optimization.cpu_offload and profile.strategy == FSDP2Strategy.strategy_name:
+        options["cpu_offload"] = True
+    return options
+
+
+def _resolve(
+    hardware: HardwareConfig | str, optimization: OptimizationConfig | str
+) -> tuple[dict[str, Any], PrecisionChoice]:
+    profile = as_hardware(hardware)
+    hw = resolve_hardware(profile)
+    opt = as_optimization(optimization)
+    precision = resolve_precision(opt.precision, hw.accelerator, hw.strategy)
+    arguments = {
+        "accelerator": hw.accelerator,
+        "devices": hw.devices,
+        "num_nodes": hw.num_nodes,
+        "strategy": build_strategy(hw.strategy, _strategy_options(profile, opt)),
+        "precision": precision.precision,
+        "accumulate_grad_batches": opt.accumulate_grad_batches,
+        "gradient_clip_val": opt.gradient_clip_val,
+    }
+    return arguments, precision
+
+
 def trainer_arguments(
     hardware: HardwareConfig | str = "auto",
     optimization: OptimizationConfig | str = "default",
@@ -51,19 +79,7 @@ def trainer_arguments(
     Useful to build the Trainer yourself: ``Trainer(**trainer_arguments("cpu"), max_steps=10)``
     (model transforms then need :class:`~lightning_accel.optimize.ModelOptimizations`).
     """
-    profile = as_hardware(hardware)
-    hw = resolve_hardware(profile)
-    opt = as_optimization(optimization)
-    strategy = build_strategy(hw.strategy, profile.strategy_options)
-    return {
-        "accelerator": hw.accelerator,
-        "devices": hw.devices,
-        "num_nodes": hw.num_nodes,
-        "strategy": strategy,
-        "precision": opt.precision,
-        "accumulate_grad_batches": opt.accumulate_grad_batches,
-        "gradient_clip_val": opt.gradient_clip_val,
-    }
+    return _resolve(hardware, optimization)[0]
 
 
 def build_trainer(
@@ -86,9 +102,7 @@ def build_trainer(
         >>> trainer.fit(MyLightningModule(), datamodule=MyDataModule())  # doctest: +SKIP
     """
     opt = as_optimization(optimization)
-    if opt.float32_matmul_precision is not None:
-        torch.set_float32_matmul_precision(opt.float32_matmul_precision)
-    arguments = trainer_arguments(hardware, opt)
+    arguments, precision = _resolve(hardware, opt)
     arguments.update(trainer_kwargs)
-    arguments["callbacks"] = [*(callbacks or []), ModelOptimizations(opt)]
+    arguments["callbacks"] = [*(callbacks or []), ModelOptimizations(opt, precision)]
     return pl.Trainer(**arguments)

@@ -164,6 +164,7 @@ class RunSummary(pl.Callback):
             "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
             "world_size": world,
             "precision": str(trainer.precision),
+            "precision_reason": _precision_reason(trainer),
             **self.throughput,
             "first_train_loss": self.train_losses[0] if self.train_losses else None,
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
@@ -185,6 +186,15 @@ class RunSummary(pl.Callback):
         self.summary["summary"] = str(path)
         if self.print_table:
             Console(stderr=True).print(summary_table(self.summary))
+
+
+def _precision_reason(trainer: pl.Trainer) -> str | None:
+    """Why the run computes in its precision, when the pack's Trainer builder chose it."""
+    for callback in trainer.callbacks:
+        choice = getattr(callback, "precision", None)
+        if choice is not None and hasattr(choice, "reason"):
+            return choice.reason
+    return None
 
 
 def _checkpoint_path(trainer: pl.Trainer) -> str | None:
@@ -217,7 +227,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     rows += [
         ("steps", summary["steps"]),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
-        ("precision", summary["precision"]),
+        ("precision", _with_reason(summary["precision"], summary.get("precision_reason"))),
         ("train loss", _first_last(summary["first_train_loss"], summary["last_train_loss"])),
     ]
     if validations:
@@ -237,6 +247,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for key, value in rows:
         table.add_row(key, str(value))
     return table
+
+
+def _with_reason(value: str, reason: str | None) -> str:
+    return f"{value} ({reason})" if reason else value
 
 
 def _first_last(

@@ -24,6 +24,7 @@ _IGNORED_WARNINGS = (
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*Detected an existing checkpoint in .* overwriting.*",
     r".*torch.distributed.nn.functional.all_gather is deprecated.*",
+    r".*is not supported by the model summary.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
 )

@@ -64,6 +64,6 @@ def fit_run(run: RunConfig) -> None:
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
     say(
         f"training recipe={run.recipe} on {device} x{trainer.num_devices}"
-        f" ({run.optimization.precision}); outputs in {run.run_dir}"
+        f" ({trainer.precision}); outputs in {run.run_dir}"
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)

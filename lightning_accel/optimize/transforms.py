@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from lightning_accel.config import OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
+from lightning_accel.precision import PrecisionChoice
 
 
 def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
@@ -64,11 +65,16 @@ def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) 
         target.compile(mode=mode, backend=backend)
 
 
-def apply_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
-    """Transform ``model`` in place as ``optimization`` asks."""
+def apply_model_optimizations(
+    model: nn.Module, optimization: OptimizationConfig, accelerator: str = "cpu"
+) -> None:
+    """Transform ``model`` in place as ``optimization`` asks (and set the process-wide
+    float32 matmul precision when the profile names one)."""
+    if optimization.float32_matmul_precision is not None:
+        torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     if optimization.activation_checkpointing.enabled:
         _checkpoint_blocks(model, optimization.activation_checkpointing.every_k_blocks)
-    if optimization.compile.enabled:
+    if optimization.compile.active_on(accelerator):
         compile_config = optimization.compile
         _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)
     if optimization.channels_last:
@@ -82,13 +88,18 @@ class ModelOptimizations(pl.Callback):
     Args:
         optimization: the profile; only its model transforms are read here (precision and
             step knobs go to the Trainer).
+        precision: the precision the Trainer was given and why, for the run's records.
     """
 
-    def __init__(self, optimization: OptimizationConfig) -> None:
+    def __init__(
+        self, optimization: OptimizationConfig, precision: PrecisionChoice | None = None
+    ) -> None:
         self.optimization = optimization
+        self.precision = precision
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return
-        apply_model_optimizations(pl_module, self.optimization)
+        # the model may still be on the CPU here; the strategy knows where it will run
+        apply_model_optimizations(pl_module, self.optimization, trainer.strategy.root_device.type)
         pl_module._lightning_accel_optimized = True

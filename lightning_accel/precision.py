@@ -1,0 +1,104 @@
+"""Choosing the precision a run computes in: ``auto`` per hardware, and refusing
+precisions the hardware or strategy cannot run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lightning_accel.errors import ConfigError
+
+KEY = "optimization.precision"
+# What each accelerator can run (Lightning's names).
+RUNNABLE = {
+    "cpu": ("32-true", "bf16-mixed", "bf16-true", "64-true"),
+    "cuda": ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
+    "tpu": ("32-true", "bf16-mixed", "bf16-true"),
+    "mps": ("32-true", "16-mixed", "bf16-mixed"),
+}
+# FSDP2 (Lightning's ModelParallelStrategy) has no gradient scaler for fp16 mixed precision.
+REFUSED_BY_STRATEGY = {"fsdp2": ("16-mixed",)}
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision a run uses and why it was chosen."""
+
+    precision: str
+    reason: str
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``), if any."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The first CUDA device's compute capability, if there is one."""
+    return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+
+
+def auto_precision(accelerator: str) -> PrecisionChoice:
+    """What ``precision=auto`` means on ``accelerator``."""
+    if accelerator == "cpu":
+        units = cpu_bf16_units()
+        if units:
+            return PrecisionChoice("bf16-mixed", f"the CPU has bf16 matrix units: {units}")
+        return PrecisionChoice("32-true", "the CPU has no bf16 matrix units")
+    if accelerator == "cuda":
+        capability = cuda_capability() or (0, 0)
+        if capability >= (8, 0):
+            return PrecisionChoice(
+                "bf16-mixed", f"the GPU (sm_{capability[0]}{capability[1]}) computes in bf16"
+            )
+        return PrecisionChoice(
+            "16-mixed",
+            f"the GPU (sm_{capability[0]}{capability[1]}) predates bf16: fp16 with a loss scaler",
+        )
+    if accelerator == "tpu":
+        return PrecisionChoice("bf16-mixed", "TPUs compute in bf16")
+    return PrecisionChoice("32-true", f"no reduced precision is chosen for {accelerator}")
+
+
+def resolve_precision(requested: str, accelerator: str, strategy: str = "auto") -> PrecisionChoice:
+    """The precision to run: ``auto`` resolved, anything else checked against the hardware.
+
+    Raises:
+        ConfigError: the accelerator or the strategy cannot run the precision.
+    """
+    choice = (
+        auto_precision(accelerator)
+        if requested == "auto"
+        else PrecisionChoice(requested, "as configured")
+    )
+    runnable = RUNNABLE.get(accelerator, RUNNABLE["cpu"])
+    if choice.precision not in runnable:
+        raise ConfigError(
+            KEY, choice.precision, f"cannot run on {accelerator}", ("auto", *runnable)
+        )
+    if (
+        accelerator == "cuda"
+        and choice.precision.startswith("bf16")
+        and (cuda_capability() or (8, 0)) < (8, 0)
+    ):
+        raise ConfigError(
+            KEY,
+            choice.precision,
+            "needs a GPU of compute capability 8.0 or newer",
+            ("auto", "16-mixed", "32-true"),
+        )
+    refused = REFUSED_BY_STRATEGY.get(strategy, ())
+    if choice.precision in refused:
+        allowed = [p for p in runnable if p not in refused]
+        raise ConfigError(
+            KEY,
+            choice.precision,
+            f"is not supported by the {strategy} strategy",
+            ("auto", *allowed),
+        )
+    return choice
