@@ -235,3 +235,42 @@ def test_fsdp2_leaves_a_module_that_shards_itself(tmp_path: Path) -> None:
     full_parameter_bytes = (8 * 32 + 32 + 32 + 1) * 4
     rank_parameter_bytes = Runs.summary(tmp_path / "out")["model_state_bytes"]["parameters"]
     assert rank_parameter_bytes < full_parameter_bytes, "the module's own sharding stands"
+
+
+def _final_weights(run_dir: Path, root: Path) -> dict[str, torch.Tensor]:
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if checkpoint.is_dir():
+        checkpoint = consolidate_checkpoint(checkpoint, root / f"{run_dir.name}.ckpt")
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# Accumulating 2 micro-batches per step: an epoch of 20 micro-batches holds the same 10 steps.
+ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_batches=20"]
+
+
+@pytest.mark.parametrize(
+    ("name", "hardware", "ranks"),
+    [("single", "cpu", 1), ("ddp", "ddp_cpu", 2), ("fsdp2", "fsdp2_cpu", 2)],
+)
+def test_gradient_accumulation_gives_the_update_of_one_large_batch(
+    runs: Runs, name: str, hardware: str, ranks: int
+) -> None:
+    reference = _final_weights(runs.train("single", "cpu", 1), runs.root)
+    micro_batch = GLOBAL_BATCH // ranks // 2
+    accumulated = runs.train(
+        f"{name}_accumulate", hardware, ranks, *ACCUMULATE, f"data.batch_size={micro_batch}"
+    )
+    assert runs.summary(accumulated)["steps"] == 20
+    weights = _final_weights(accumulated, runs.root)
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5, msg=key)
+
+
+def test_ddp_accumulation_skips_the_gradient_sync_of_inner_steps(runs: Runs) -> None:
+    hook = "hardware.strategy_options.comm_hook=bf16"
+    every_step = runs.summary(runs.train("ddp_bf16", "ddp_cpu", 2, hook))
+    accumulating = runs.summary(
+        runs.train("ddp_bf16_accumulate", "ddp_cpu", 2, hook, *ACCUMULATE, "data.batch_size=2")
+    )
+    assert accumulating["allreduce_bytes_per_step"] == every_step["allreduce_bytes_per_step"]
