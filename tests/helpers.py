@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model and a few steps: end-to-end runs in seconds.
 TINY = [
@@ -40,3 +42,11 @@ class MissingPackageLogger:
 
     def __init__(self, save_dir: str, name: str, version: str) -> None:
         raise ModuleNotFoundError("No module named 'fancy_tracker'", name="fancy_tracker")
+
+
+class BlocklessModule(torch.nn.Module):
+    """A model with no repeated blocks, for activation checkpointing to refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4)

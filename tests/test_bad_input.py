@@ -48,6 +48,27 @@ CASES = {
         ["shard_classes=['Layer']", "GPTLanguageModel", "TransformerBlock"],
     ),
     "unknown strategy": (["hardware.strategy=ddp9"], ["hardware.strategy", "fsdp2"]),
+    "precision the device cannot run": (
+        ["optimization.precision=16-mixed", "hardware=cpu"],
+        ["optimization.precision='16-mixed' cannot run on cpu", "bf16-mixed"],
+    ),
+    "unknown compile backend": (
+        ["optimization.compile.backend=turbo"],
+        ["optimization.compile.backend='turbo'", "inductor"],
+    ),
+    "unknown compile mode": (
+        ["optimization.compile.mode=ludicrous"],
+        ["optimization.compile.mode='ludicrous'", "max-autotune"],
+    ),
+    "activation checkpointing without blocks": (
+        [
+            "recipe=custom",
+            "model._target_=helpers.BlocklessModule",
+            "data._target_=lightning_accel.data.TokenDataModule",
+            "optimization.activation_checkpointing.enabled=true",
+        ],
+        ["optimization.activation_checkpointing.enabled=True", "BlocklessModule"],
+    ),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 

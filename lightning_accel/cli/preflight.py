@@ -112,6 +112,7 @@ def check_model_and_data(run: RunConfig) -> None:
     import torch
 
     from lightning_accel.cli.runner import build_object
+    from lightning_accel.optimize import check_model_optimizations
     from lightning_accel.strategies import FSDP2Strategy
     from lightning_accel.strategies.sharding import shard_units
 
@@ -133,6 +134,7 @@ def check_model_and_data(run: RunConfig) -> None:
             raise
         except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
             return
+    check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
 

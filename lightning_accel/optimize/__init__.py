@@ -2,6 +2,15 @@
 channels_last."""
 
 from lightning_accel.optimize.blocks import find_repeated_blocks
-from lightning_accel.optimize.transforms import ModelOptimizations, apply_model_optimizations
+from lightning_accel.optimize.transforms import (
+    ModelOptimizations,
+    apply_model_optimizations,
+    check_model_optimizations,
+)
 
-__all__ = ["ModelOptimizations", "apply_model_optimizations", "find_repeated_blocks"]
+__all__ = [
+    "ModelOptimizations",
+    "apply_model_optimizations",
+    "check_model_optimizations",
+    "find_repeated_blocks",
+]

@@ -18,15 +18,28 @@ from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.precision import PrecisionChoice
 
 
+def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
+    """Fail unless ``model`` has what the profile's transforms need (repeated blocks)."""
+    compile_config = optimization.compile
+    needs_blocks = {
+        "optimization.activation_checkpointing.enabled": (
+            optimization.activation_checkpointing.enabled
+        ),
+        "optimization.compile.per_block": compile_config.enabled is not False
+        and compile_config.per_block,
+    }
+    for key, needed in needs_blocks.items():
+        if needed and not find_repeated_blocks(model):
+            raise ConfigError(
+                key,
+                True,
+                f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
+                "Sequential of same-class modules",
+            )
+
+
 def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
     blocks = find_repeated_blocks(model)
-    if not blocks:
-        raise ConfigError(
-            "optimization.activation_checkpointing.enabled",
-            True,
-            f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
-            "Sequential of same-class modules",
-        )
     parents = {
         id(child): (parent, name)
         for parent in model.modules()
@@ -49,12 +62,6 @@ def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) 
     # nn.Module.compile works in place, so state_dict keys carry no `_orig_mod.` prefix.
     if per_block:
         targets = find_repeated_blocks(model)
-        if not targets:
-            raise ConfigError(
-                "optimization.compile.per_block",
-                True,
-                f"needs repeated blocks, but {type(model).__name__} has none",
-            )
     else:
         targets = [
             child
@@ -70,6 +77,7 @@ def apply_model_optimizations(
 ) -> None:
     """Transform ``model`` in place as ``optimization`` asks (and set the process-wide
     float32 matmul precision when the profile names one)."""
+    check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     if optimization.activation_checkpointing.enabled:
