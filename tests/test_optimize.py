@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from helpers import TINY, run_cli
 from torch import nn
 
 from lightning_accel.config import (
@@ -99,3 +103,25 @@ def test_compile_per_block_compiles_each_block_in_place() -> None:
     assert all(block._compiled_call_impl is not None for block in model.blocks)
     assert model.token_embedding._compiled_call_impl is None
     assert list(model.state_dict()) == keys
+
+
+def test_compiled_and_eager_runs_resume_from_each_others_checkpoints(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    base = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
+    compiled = ["optimization.compile.enabled=true", "optimization.compile.per_block=true"]
+    first = {"compiled": compiled, "eager": []}
+    for name, settings in first.items():
+        result = run_cli([*base, *settings, f"hydra.run.dir={name}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+    compiled_summary = json.loads((tmp_path / "compiled" / "summary.json").read_text())
+    assert compiled_summary["compile_seconds"] is None, "4 steps: too short to separate"
+    swaps = {"eager_from_compiled": ([], "compiled"), "compiled_from_eager": (compiled, "eager")}
+    for name, (settings, source) in swaps.items():
+        checkpoint = tmp_path / source / "checkpoints" / "last.ckpt"
+        keys = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"].keys()
+        assert not any("_orig_mod" in key for key in keys)
+        args = [*base, *settings, f"ckpt_path={checkpoint}", "trainer.max_steps=6"]
+        result = run_cli([*args, f"hydra.run.dir={name}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads((tmp_path / name / "summary.json").read_text())["steps"] == 6

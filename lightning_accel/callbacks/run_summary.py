@@ -37,7 +37,8 @@ class RunSummary(pl.Callback):
     Tokens are counted when the batch inputs are integer token ids; samples always.
     Throughput is wall time over training steps (data loading included; validation and
     the first ``warmup_steps``, which hold compilation, left out). Runs too short to
-    leave warm-up out are measured from their first step.
+    leave warm-up out are measured from their first step. Compile time is reported on its
+    own: what the warm-up steps took beyond as many steady steps.
 
     Args:
         output_dir: where ``summary.json`` goes; default the trainer's ``default_root_dir``.
@@ -129,13 +130,27 @@ class RunSummary(pl.Callback):
         if self._gradient_bytes is None:  # gradients exist only here; measured once
             self._gradient_bytes = model_state_bytes(pl_module.parameters(), [])["gradients"]
 
+    def _warmup_figures(self, device: torch.device, step_seconds: float | None) -> dict[str, Any]:
+        """Time of the warm-up steps, and of compilation: what they took beyond steady steps."""
+        if not self.steady_steps.steps or step_seconds is None:
+            return {"warmup_seconds": None, "compile_seconds": None}
+        warmup = self.all_steps.seconds(device) - self.steady_steps.seconds(device)
+        warmup_steps = self.all_steps.steps - self.steady_steps.steps
+        return {
+            "warmup_seconds": round(warmup, 3),
+            "compile_seconds": round(max(0.0, warmup - warmup_steps * step_seconds), 3),
+        }
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         clock = self.steady_steps if self.steady_steps.steps else self.all_steps
         seconds = clock.seconds(pl_module.device)
+        step_seconds = seconds / clock.steps if clock.steps else None
         world = trainer.world_size
+        warmup = self._warmup_figures(pl_module.device, step_seconds)
         self.throughput = {
             "measured_steps": clock.steps,
-            "step_seconds": round(seconds / clock.steps, 5) if clock.steps else None,
+            "step_seconds": round(step_seconds, 5) if step_seconds else None,
+            **warmup,
             "samples_per_second": clock.rate(clock.samples * world, seconds),
             "tokens_per_second": clock.rate(clock.tokens * world, seconds)
             if clock.tokens
@@ -236,6 +251,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
             rows.append((key, _first_last(first.get(key), last[key], first["step"], last["step"])))
     if summary.get("tokens_per_second"):
         rows.append(("tokens/s", f"{summary['tokens_per_second']:,.0f}"))
+    if summary.get("compile_seconds"):
+        rows.append(("compile time", f"{summary['compile_seconds']:.1f} s (not in throughput)"))
     if summary.get("peak_memory_mb_per_rank"):
         peaks = summary["peak_memory_mb_per_rank"]
         rows.append(("peak memory / rank", ", ".join(f"{p:,.0f} MiB" for p in peaks)))
