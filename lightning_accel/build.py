@@ -57,7 +57,7 @@ def _resolve(
     profile = as_hardware(hardware)
     hw = resolve_hardware(profile)
     opt = as_optimization(optimization)
-    precision = resolve_precision(opt.precision, hw.accelerator, hw.strategy)
+    precision = resolve_precision(opt.precision, hw.accelerator, hw.strategy, opt.precision_reason)
     arguments = {
         "accelerator": hw.accelerator,
         "devices": hw.devices,

@@ -14,7 +14,16 @@ from typing import Any
 from lightning_accel.errors import ConfigError
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+PRECISIONS = (
+    "auto",
+    "fastest",
+    "32-true",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+)
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
@@ -103,8 +112,9 @@ class ActivationCheckpointingConfig:
 class OptimizationConfig:
     """How fast and how lean a run computes: precision, compile, memory and step knobs.
 
-    Key options: ``precision`` (``auto`` picks per hardware, or Lightning's names, e.g.
-    ``32-true``, ``bf16-mixed``),
+    Key options: ``precision`` (``auto`` picks per hardware; ``fastest`` also measures the
+    hardware's pick against fp32 on the real model and keeps the faster, when the runner
+    starts the run; or Lightning's names, e.g. ``32-true``, ``bf16-mixed``),
     ``compile``, ``activation_checkpointing``, ``channels_last`` (conv nets), ``cpu_offload``
     (FSDP2 keeps shards in CPU memory),
     ``accumulate_grad_batches``, ``gradient_clip_val`` and ``float32_matmul_precision``.
@@ -112,6 +122,8 @@ class OptimizationConfig:
 
     name: str = "default"
     precision: str = "32-true"
+    # Why the precision was chosen, written by the runner when it measured `fastest`.
+    precision_reason: str | None = None
     compile: CompileConfig = field(default_factory=CompileConfig)
     activation_checkpointing: ActivationCheckpointingConfig = field(
         default_factory=ActivationCheckpointingConfig

@@ -65,8 +65,12 @@ def auto_precision(accelerator: str) -> PrecisionChoice:
     return PrecisionChoice("32-true", f"no reduced precision is chosen for {accelerator}")
 
 
-def resolve_precision(requested: str, accelerator: str, strategy: str = "auto") -> PrecisionChoice:
-    """The precision to run: ``auto`` resolved, anything else checked against the hardware.
+def resolve_precision(
+    requested: str, accelerator: str, strategy: str = "auto", reason: str | None = None
+) -> PrecisionChoice:
+    """The precision to run: ``auto`` (and ``fastest``, when nothing measured it) resolved
+    by the hardware, anything else checked against the hardware; ``reason`` says why a
+    concrete precision was chosen, if something else chose it.
 
     Raises:
         ConfigError: the accelerator or the strategy cannot run the precision.

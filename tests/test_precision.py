@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+import torch
+import yaml
+from helpers import TINY, run_cli
 
 from lightning_accel import precision
 from lightning_accel.errors import ConfigError
+from lightning_accel.models import GPTLanguageModel
+from lightning_accel.optimize.probe import fastest_precision, measure_step_seconds
 
 
 @pytest.mark.parametrize(
@@ -61,3 +69,54 @@ def test_fp16_mixed_under_fsdp2_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigError, match="not supported by the fsdp2 strategy"):
         precision.resolve_precision("16-mixed", "cuda", "fsdp2")
     assert precision.resolve_precision("bf16-mixed", "cuda", "fsdp2").precision == "bf16-mixed"
+
+
+CANDIDATE = precision.PrecisionChoice("bf16-mixed", "the CPU has bf16 matrix units: amx_bf16")
+
+
+def _timings(seconds: dict[str, float]):  # noqa: ANN202 - a stand-in for the measurement
+    return lambda module, batch, name: seconds[name]
+
+
+def test_fastest_keeps_the_reduced_precision_when_it_measures_faster() -> None:
+    choice = fastest_precision(CANDIDATE, None, None, _timings({"32-true": 1.8, "bf16-mixed": 1.0}))
+    assert choice.precision == "bf16-mixed"
+    assert "amx_bf16" in choice.reason and "measured 1.80x" in choice.reason
+
+
+def test_fastest_falls_back_to_fp32_when_the_reduced_precision_is_slower() -> None:
+    choice = fastest_precision(CANDIDATE, None, None, _timings({"32-true": 1.0, "bf16-mixed": 1.4}))
+    assert choice.precision == "32-true"
+    assert "measured 0.71x" in choice.reason and "kept 32-true" in choice.reason
+
+
+def test_fastest_needs_a_clear_margin() -> None:
+    choice = fastest_precision(
+        CANDIDATE, None, None, _timings({"32-true": 1.02, "bf16-mixed": 1.0})
+    )
+    assert choice.precision == "32-true"
+
+
+def test_measuring_leaves_the_model_untouched() -> None:
+    torch.manual_seed(0)
+    module = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    batch = (torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
+    assert measure_step_seconds(module, batch, "bf16-mixed", steps=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())
+
+
+def test_fast_profile_records_its_measured_choice(tmp_path: Path, small_corpus: Path) -> None:
+    args = ["train", *TINY, f"data.source={small_corpus}", "optimization=fast", "callbacks=minimal"]
+    result = run_cli([*args, "hydra.run.dir=out"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert config["optimization"]["precision"] == summary["precision"]
+    expected = "bf16-mixed" if precision.cpu_bf16_units() else "32-true"
+    if expected == "32-true":
+        assert summary["precision_reason"] == "the CPU has no bf16 matrix units"
+    else:
+        assert "measured" in summary["precision_reason"]
+        assert summary["precision"] in ("bf16-mixed", "32-true")

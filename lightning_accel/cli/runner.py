@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
 from lightning_accel.build import build_trainer
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.hardware import resolve_hardware
+from lightning_accel.optimize.probe import fastest_precision
+from lightning_accel.precision import resolve_precision
 
 
 def save_resolved_config(run: RunConfig) -> Path:
@@ -35,6 +40,29 @@ def build_object(node: dict[str, Any], key: str) -> Any:
         if isinstance(error.__cause__, (ConfigError, ImportError)):
             raise error.__cause__ from None
         raise
+
+
+def measure_precision(run: RunConfig) -> RunConfig:
+    """For ``precision=fastest``: measure the hardware's reduced precision against fp32 on
+    the run's own model and first batch, and return the run with the faster one. Done once,
+    before any rank starts, so every rank uses the same precision."""
+    if run.optimization.precision != "fastest":
+        return run
+    hw = resolve_hardware(run.hardware)
+    candidate = resolve_precision("auto", hw.accelerator, hw.strategy)
+    device = torch.device("cuda", 0) if hw.accelerator == "cuda" else torch.device("cpu")
+    pl.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule = build_object(run.data, "data")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
+    model = build_object(run.model, "model").to(device)
+    choice = fastest_precision(candidate, model, batch)
+    say(f"precision {choice.precision}: {choice.reason}")
+    optimization = replace(
+        run.optimization, precision=choice.precision, precision_reason=choice.reason
+    )
+    return replace(run, optimization=optimization)
 
 
 def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:

@@ -21,12 +21,12 @@ def run_job(cfg: DictConfig) -> None:
     """Hydra's task function: one job, in its own run directory, in this process or in
     several local ranks that read the job's resolved config."""
     from lightning_accel.cli.launch import RanksFailed, launch_local_ranks
-    from lightning_accel.cli.runner import fit_run, save_resolved_config
+    from lightning_accel.cli.runner import fit_run, measure_precision, save_resolved_config
     from lightning_accel.hardware import resolve_hardware
 
     quiet_upstream()
     try:
-        run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run = measure_precision(validated_run(cfg, Path(HydraConfig.get().runtime.output_dir)))
         config_path = save_resolved_config(run)
         processes = resolve_hardware(run.hardware).devices
         if processes > 1:
