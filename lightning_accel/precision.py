@@ -75,11 +75,10 @@ def resolve_precision(
     Raises:
         ConfigError: the accelerator or the strategy cannot run the precision.
     """
-    choice = (
-        auto_precision(accelerator)
-        if requested == "auto"
-        else PrecisionChoice(requested, "as configured")
-    )
+    if requested in ("auto", "fastest"):
+        choice = auto_precision(accelerator)
+    else:
+        choice = PrecisionChoice(requested, reason or "as configured")
     runnable = RUNNABLE.get(accelerator, RUNNABLE["cpu"])
     if choice.precision not in runnable:
         raise ConfigError(
