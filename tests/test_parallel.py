@@ -274,3 +274,14 @@ def test_ddp_accumulation_skips_the_gradient_sync_of_inner_steps(runs: Runs) -> 
         runs.train("ddp_bf16_accumulate", "ddp_cpu", 2, hook, *ACCUMULATE, "data.batch_size=2")
     )
     assert accumulating["allreduce_bytes_per_step"] == every_step["allreduce_bytes_per_step"]
+
+
+def test_bf16_mixed_behaves_alike_in_one_process_ddp_and_fsdp2(runs: Runs) -> None:
+    bf16 = "optimization.precision=bf16-mixed"
+    single = runs.losses(runs.train("single_bf16", "cpu", 1, bf16))
+    fp32 = runs.losses(runs.train("single", "cpu", 1))
+    assert _max_difference(single, fp32) > 0, "bf16 really computed in lower precision"
+    for name, hardware in (("ddp_bf16_mixed", "ddp_cpu"), ("fsdp2_bf16_mixed", "fsdp2_cpu")):
+        parallel = runs.losses(runs.train(name, hardware, 2, bf16))
+        assert runs.summary(runs.root / name)["precision"] == "bf16-mixed"
+        assert _max_difference(single, parallel) < 2e-2, name
