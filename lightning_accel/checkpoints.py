@@ -14,11 +14,6 @@ SHARDED_META = "meta.pt"  # Lightning's loop and callback state beside the shard
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
 
 
-def is_sharded_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a sharded (torch.distributed.checkpoint) Lightning checkpoint."""
-    return path.is_dir() and (path / SHARDED_META).is_file()
-
-
 def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
     """Fail with a clear sentence unless ``path`` is a complete checkpoint.
 
