@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -21,3 +22,23 @@ def run_cli(overrides: list[str], run_dir: Path) -> dict:
         raise RuntimeError(f"{' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"command_seconds": round(wall, 2), **summary}
+
+
+def medians(runs: list[dict]) -> dict[str, float]:
+    """Median step time (ms), tokens per second and largest per-rank peak memory (MiB) of
+    repeated runs of one setup."""
+    return {
+        "step_ms": statistics.median(r["step_seconds"] * 1000 for r in runs),
+        "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+        "peak_mb": statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs),
+    }
+
+
+def speed_cells(figures: dict[str, float], baseline_tokens: float) -> list[str]:
+    """Table cells for :func:`medians`: step ms, tokens/s, speed-up over the baseline, peak MiB."""
+    return [
+        f"{figures['step_ms']:.0f}",
+        f"{figures['tokens_per_second']:,.0f}",
+        f"{figures['tokens_per_second'] / baseline_tokens:.2f}x",
+        f"{figures['peak_mb']:,.0f}",
+    ]

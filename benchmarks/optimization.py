@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
-from common import run_cli
+from common import medians, run_cli, speed_cells
 from rich.console import Console
 from rich.table import Table
 
@@ -66,31 +65,19 @@ def main() -> None:
         baseline = None
         for profile in PROFILES:
             runs = results[(size, profile)]
-            step_ms = statistics.median(r["step_seconds"] * 1000 for r in runs)
-            tokens = statistics.median(r["tokens_per_second"] for r in runs)
-            peak = statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs)
-            baseline = baseline or tokens
+            figures = medians(runs)
+            baseline = baseline or figures["tokens_per_second"]
+            precision = runs[0]["precision"]
             report.append(
                 {
                     "recipe": size,
                     "optimization": profile,
-                    "precision": runs[0]["precision"],
-                    "step_ms": step_ms,
-                    "tokens_per_second": tokens,
-                    "speedup": tokens / baseline,
-                    "peak_mb": peak,
+                    "precision": precision,
+                    **figures,
                     "runs": runs,
                 }
             )
-            table.add_row(
-                size,
-                profile,
-                runs[0]["precision"],
-                f"{step_ms:.0f}",
-                f"{tokens:,.0f}",
-                f"{tokens / baseline:.2f}x",
-                f"{peak:,.0f}",
-            )
+            table.add_row(size, profile, precision, *speed_cells(figures, baseline))
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
-from common import run_cli
+from common import medians, run_cli, speed_cells
 from rich.console import Console
 from rich.table import Table
 
@@ -62,26 +61,11 @@ def main() -> None:
     baseline = None
     report = {}
     for name, runs in results.items():
-        step_ms = statistics.median(r["step_seconds"] * 1000 for r in runs)
-        tokens = statistics.median(r["tokens_per_second"] for r in runs)
-        peak = statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs)
+        figures = medians(runs)
         state = runs[0]["model_state_bytes_per_rank"][0] / 1024
-        baseline = baseline or tokens
-        report[name] = {
-            "step_ms": step_ms,
-            "tokens_per_second": tokens,
-            "peak_mb_per_rank": peak,
-            "model_state_kib_per_rank": state,
-            "runs": runs,
-        }
-        table.add_row(
-            name,
-            f"{step_ms:.0f}",
-            f"{tokens:,.0f}",
-            f"{tokens / baseline:.2f}x",
-            f"{peak:,.0f}",
-            f"{state:,.0f}",
-        )
+        baseline = baseline or figures["tokens_per_second"]
+        report[name] = {**figures, "model_state_kib_per_rank": state, "runs": runs}
+        table.add_row(name, *speed_cells(figures, baseline), f"{state:,.0f}")
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
