@@ -8,24 +8,46 @@ Drop-in use::
     trainer.fit(MyLightningModule(), datamodule=MyDataModule())
 """
 
-from lightning_accel.build import build_trainer, trainer_arguments
-from lightning_accel.callbacks import RunSummary
-from lightning_accel.config import (
-    ActivationCheckpointingConfig,
-    CompileConfig,
-    HardwareConfig,
-    OptimizationConfig,
-    TrainerConfig,
-)
-from lightning_accel.data import TokenDataModule
-from lightning_accel.errors import ConfigError
-from lightning_accel.models import GPTLanguageModel
-from lightning_accel.optimize import ModelOptimizations
-from lightning_accel.strategies import AccelDDPStrategy, FSDP2Strategy
+import importlib
+import os
+from typing import Any
+
+# Where each public name lives; imported on first use (PEP 562), so that the command line
+# can check a run's config before torch and lightning are imported.
+_PUBLIC = {
+    "build_trainer": "lightning_accel.build",
+    "trainer_arguments": "lightning_accel.build",
+    "RunSummary": "lightning_accel.callbacks",
+    "RunProgressBar": "lightning_accel.callbacks",
+    "ActivationCheckpointingConfig": "lightning_accel.config",
+    "CompileConfig": "lightning_accel.config",
+    "HardwareConfig": "lightning_accel.config",
+    "OptimizationConfig": "lightning_accel.config",
+    "TrainerConfig": "lightning_accel.config",
+    "TokenDataModule": "lightning_accel.data",
+    "ConfigError": "lightning_accel.errors",
+    "GPTLanguageModel": "lightning_accel.models",
+    "ModelOptimizations": "lightning_accel.optimize",
+    "AccelDDPStrategy": "lightning_accel.strategies",
+    "FSDP2Strategy": "lightning_accel.strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'lightning_accel' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+# `import lightning_accel` registers the pack's strategy names with Lightning, so that
+# Trainer(strategy="fsdp2") works. The command line defers this (and with it the import of
+# torch and lightning) until its config checks have passed.
+if not os.environ.get("LIGHTNING_ACCEL_DEFER_IMPORTS"):
+    importlib.import_module("lightning_accel.strategies")
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: F822 - provided by __getattr__
     "AccelDDPStrategy",
     "FSDP2Strategy",
     "ActivationCheckpointingConfig",
@@ -35,6 +57,7 @@ __all__ = [
     "HardwareConfig",
     "ModelOptimizations",
     "OptimizationConfig",
+    "RunProgressBar",
     "RunSummary",
     "TokenDataModule",
     "TrainerConfig",

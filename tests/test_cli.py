@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -82,9 +85,6 @@ def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> 
 
 
 def test_python_dash_m_and_usage(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "lightning_accel"], capture_output=True, text=True, timeout=60
     )
@@ -185,3 +185,32 @@ def test_custom_recipe_trains_the_users_own_classes(tmp_path: Path) -> None:
         "model.hiden=8 is not an argument of my_pkg.Regressor; valid choices: hidden, lr."
         in typo.stderr
     )
+
+
+def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    probe = (
+        "import sys, lightning_accel_entry\n"
+        "sys.argv = ['lightning-accel', 'train', 'trainer.max_steps=0']\n"
+        "try:\n"
+        "    lightning_accel_entry.main()\n"
+        "except SystemExit as error:\n"
+        "    print(error.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["2", "False", "False"], result.stderr
+    assert "trainer.max_steps=0 must be a positive number" in result.stderr
+
+
+def test_importing_the_package_registers_its_strategies() -> None:
+    probe = (
+        "import lightning_accel\n"
+        "from lightning.pytorch.strategies import StrategyRegistry\n"
+        "print('accel_ddp' in StrategyRegistry, 'fsdp2' in StrategyRegistry)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTNING_ACCEL_DEFER_IMPORTS"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.stdout.split() == ["True", "True"], result.stderr

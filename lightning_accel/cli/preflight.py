@@ -17,7 +17,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from lightning_accel.checkpoints import verify_checkpoint
 from lightning_accel.cli.compose import compose_job, job_overrides, value_error
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
@@ -141,6 +140,8 @@ def check_model_and_data(run: RunConfig) -> None:
 
 def check_checkpoint(run: RunConfig) -> None:
     """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory."""
+    from lightning_accel.checkpoints import verify_checkpoint
+
     if run.ckpt_path is not None:
         verify_checkpoint(Path(run.ckpt_path))
 
