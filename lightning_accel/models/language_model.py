@@ -64,7 +64,8 @@ class GPTLanguageModel(pl.LightningModule):
         inputs, targets = batch
         logits = self(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        # synced: under data parallelism the logged loss is the global batch's
+        # Synced, so that under data parallelism the logged loss is the global batch's: one
+        # scalar all-reduce per step (Lightning refuses a sync_dist that changes per step).
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
