@@ -120,3 +120,27 @@ def test_fast_profile_records_its_measured_choice(tmp_path: Path, small_corpus: 
     else:
         assert "measured" in summary["precision_reason"]
         assert summary["precision"] in ("bf16-mixed", "32-true")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_attention_runs_in_fp32_on_cpus_under_bf16(
+    monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    # the CPU's bf16 attention kernel is several times slower than its fp32 one
+    seen: list[torch.dtype] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(q.dtype)
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    model = GPTLanguageModel(n_layer=2, d_model=32, n_head=2, seq_len=16)
+    tokens = torch.randint(0, 256, (2, 16))
+    if precision == "bf16-true":
+        logits = model.to(torch.bfloat16)(tokens)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(tokens)
+    assert seen == [torch.float32, torch.float32]
+    assert logits.dtype == torch.bfloat16, "the layers around attention stay in bf16"

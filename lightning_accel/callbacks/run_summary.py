@@ -35,8 +35,9 @@ class RunSummary(pl.Callback):
     table when fitting ends (rank 0 only).
 
     Tokens are counted when the batch inputs are integer token ids; samples always.
-    Throughput is wall time over training steps (data loading included; validation and
-    the first ``warmup_steps``, which hold compilation, left out). Runs too short to
+    Throughput is wall time over training steps (data loading included; validation, the
+    checkpoints saved after it or at epoch end, and the first ``warmup_steps``, which hold
+    compilation, left out). Runs too short to
     leave warm-up out are measured from their first step. Compile time is reported on its
     own: what the warm-up steps took beyond as many steady steps.
 
@@ -82,15 +83,23 @@ class RunSummary(pl.Callback):
             self.all_steps.start(pl_module.device)
         if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
             self.steady_steps.start(pl_module.device)
+        for clock in (self.all_steps, self.steady_steps):
+            clock.resume(pl_module.device)
 
+    # Lightning runs checkpoint callbacks after all others: pausing here also leaves out the
+    # checkpoints saved at the end of validation and of the epoch, until the next step starts.
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause_clocks(pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause_clocks(pl_module)
+
+    def _pause_clocks(self, pl_module: pl.LightningModule) -> None:
         for clock in (self.all_steps, self.steady_steps):
             clock.pause(pl_module.device)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record_validation(trainer)
-        for clock in (self.all_steps, self.steady_steps):
-            clock.resume(pl_module.device)
 
     def on_train_batch_end(
         self,
@@ -130,23 +139,26 @@ class RunSummary(pl.Callback):
         if self._gradient_bytes is None:  # gradients exist only here; measured once
             self._gradient_bytes = model_state_bytes(pl_module.parameters(), [])["gradients"]
 
-    def _warmup_figures(self, device: torch.device, step_seconds: float | None) -> dict[str, Any]:
-        """Time of the warm-up steps, and of compilation: what they took beyond steady steps."""
+    def _warmup_figures(
+        self, pl_module: pl.LightningModule, step_seconds: float | None
+    ) -> dict[str, Any]:
+        """Time of the warm-up steps, and of compilation (when the model has compiled parts):
+        what the warm-up steps took beyond steady steps."""
         if not self.steady_steps.steps or step_seconds is None:
             return {"warmup_seconds": None, "compile_seconds": None}
+        device = pl_module.device
         warmup = self.all_steps.seconds(device) - self.steady_steps.seconds(device)
         warmup_steps = self.all_steps.steps - self.steady_steps.steps
-        return {
-            "warmup_seconds": round(warmup, 3),
-            "compile_seconds": round(max(0.0, warmup - warmup_steps * step_seconds), 3),
-        }
+        compiled = any(getattr(m, "_compiled_call_impl", None) for m in pl_module.modules())
+        extra = round(max(0.0, warmup - warmup_steps * step_seconds), 3)
+        return {"warmup_seconds": round(warmup, 3), "compile_seconds": extra if compiled else None}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         clock = self.steady_steps if self.steady_steps.steps else self.all_steps
         seconds = clock.seconds(pl_module.device)
         step_seconds = seconds / clock.steps if clock.steps else None
         world = trainer.world_size
-        warmup = self._warmup_figures(pl_module.device, step_seconds)
+        warmup = self._warmup_figures(pl_module, step_seconds)
         self.throughput = {
             "measured_steps": clock.steps,
             "step_seconds": round(step_seconds, 5) if step_seconds else None,
@@ -159,8 +171,12 @@ class RunSummary(pl.Callback):
         # Measured while the process group is still up: every rank contributes its figures.
         state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
         state["gradients"] = self._gradient_bytes or 0
-        mine = torch.tensor([sum(state.values()), peak_process_memory_mb()], dtype=torch.float64)
-        everyone = trainer.strategy.all_gather(mine).reshape(-1, 2)
+        mine = torch.tensor(
+            [sum(state.values()), peak_process_memory_mb()],
+            dtype=torch.float64,
+            device=trainer.strategy.root_device,  # NCCL gathers GPU tensors only
+        )
+        everyone = trainer.strategy.all_gather(mine).reshape(-1, 2).cpu()
         comm = getattr(trainer.strategy, "allreduce_bytes_per_step", None)
         self.memory = {
             "model_state_bytes": state,

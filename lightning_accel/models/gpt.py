@@ -36,7 +36,16 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        on_cpu_in_bf16 = q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")
+        if x.device.type == "cpu" and on_cpu_in_bf16:
+            # The CPU's bf16 attention kernel is slower than its fp32 one (about 3x at head
+            # size 32), so attention runs in fp32; the matmuls around it keep bf16's speed.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout
+                ).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 

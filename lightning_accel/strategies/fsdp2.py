@@ -12,6 +12,7 @@ from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.fsdp import FSDPModule
+from torchmetrics import Metric
 
 from lightning_accel.config import require_positive
 from lightning_accel.strategies.sharding import shard_model
@@ -97,11 +98,17 @@ class FSDP2Strategy(ModelParallelStrategy):
         )
         _materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
-        self.model_to_device()
+        if self.cpu_offload:
+            # offloaded shards stay in CPU memory; metric states follow the inputs' device
+            for module in self.model.modules():
+                if isinstance(module, Metric):
+                    module.to(self.root_device)
+        else:
+            self.model_to_device()
         self.barrier()
         fitting = trainer.state.fn == TrainerFn.FITTING
         if fitting:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
-        if fitting:
+        if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
