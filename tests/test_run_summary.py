@@ -14,8 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_accel.callbacks import RunSummary
-from lightning_accel.callbacks import throughput
+from lightning_accel.callbacks import RunSummary, throughput
 
 SLOW_SAVE_SECONDS = 1000.0
 
