@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from lightning_accel.data.corpus import corpus_files
-from lightning_accel.data.tokens import TokenDataModule, TokenWindows, build_byte_cache
+from lightning_accel.data.tokens import TokenDataModule, TokenWindows, build_token_cache
 from lightning_accel.errors import ConfigError
 
 
 def test_cache_holds_every_byte_once_and_splits_by_file(small_corpus: Path, tmp_path: Path) -> None:
     files = corpus_files(str(small_corpus), (".py",))
-    cache = build_byte_cache(files, 0.2, tmp_path)
+    cache = build_token_cache(files, 0.2, tmp_path)
     train = (cache / "train.bin").read_bytes()
     val = (cache / "val.bin").read_bytes()
     assert len(train) + len(val) == sum(p.stat().st_size for p in files)
@@ -25,20 +25,20 @@ def test_cache_holds_every_byte_once_and_splits_by_file(small_corpus: Path, tmp_
 
 def test_cache_is_built_once(small_corpus: Path, tmp_path: Path) -> None:
     files = corpus_files(str(small_corpus), (".py",))
-    first = build_byte_cache(files, 0.1, tmp_path)
+    first = build_token_cache(files, 0.1, tmp_path)
     stamp = (first / "train.bin").stat().st_mtime_ns
-    assert build_byte_cache(files, 0.1, tmp_path) == first
+    assert build_token_cache(files, 0.1, tmp_path) == first
     assert (first / "train.bin").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "no staging folder is left"
 
 
 def test_truncated_cache_is_rebuilt(small_corpus: Path, tmp_path: Path) -> None:
     files = corpus_files(str(small_corpus), (".py",))
-    cache = build_byte_cache(files, 0.1, tmp_path)
+    cache = build_token_cache(files, 0.1, tmp_path)
     size = (cache / "train.bin").stat().st_size
     with (cache / "train.bin").open("r+b") as handle:
         handle.truncate(size // 2)
-    assert build_byte_cache(files, 0.1, tmp_path) == cache
+    assert build_token_cache(files, 0.1, tmp_path) == cache
     assert (cache / "train.bin").stat().st_size == size
 
 
@@ -46,9 +46,9 @@ def test_changed_corpus_gets_a_new_cache(small_corpus: Path, tmp_path: Path) -> 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("hello world\n" * 200)
-    first = build_byte_cache(corpus_files(str(corpus), (".txt",)), 0.1, tmp_path / "cache")
+    first = build_token_cache(corpus_files(str(corpus), (".txt",)), 0.1, tmp_path / "cache")
     (corpus / "a.txt").write_text("changed text\n" * 300)
-    second = build_byte_cache(corpus_files(str(corpus), (".txt",)), 0.1, tmp_path / "cache")
+    second = build_token_cache(corpus_files(str(corpus), (".txt",)), 0.1, tmp_path / "cache")
     assert first != second
     assert (second / "train.bin").read_bytes().startswith(b"changed text")
 

@@ -1,9 +1,10 @@
-"""Byte-level token streams from text on disk, cached once as memory-mapped files."""
+"""Token streams from text on disk, tokenized once into memory-mapped caches."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zlib
@@ -13,14 +14,23 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.corpus import STDLIB, corpus_files
+from lightning_accel.data.loading import (
+    ResumableDataLoader,
+    ResumableSampler,
+    Sampling,
+    check_sampling,
+    data_parallel_share,
+    loader_options,
+)
+from lightning_accel.data.tokenizer import BYTES, Tokenizer, load_tokenizer, token_dtype
 from lightning_accel.errors import ConfigError
 
-CACHE_FORMAT = 2
-BYTE_VOCAB_SIZE = 256
+CACHE_FORMAT = 3
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -28,9 +38,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LIGHTNING_ACCEL_CACHE", Path.home() / ".cache" / "lightning-accel"))
 
 
-def corpus_key(files: Sequence[Path]) -> str:
-    """A digest of the corpus' file names, sizes and modification times, and the format."""
-    digest = hashlib.sha256(f"bytes-v{CACHE_FORMAT}".encode())
+def corpus_key(files: Sequence[Path], tokenizer: str = BYTES) -> str:
+    """A digest of the corpus' file names, sizes and modification times, the tokenizer and
+    the cache format."""
+    digest = hashlib.sha256(f"{tokenizer}-v{CACHE_FORMAT}".encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -49,43 +60,71 @@ def _split(files: Sequence[Path], val_fraction: float) -> tuple[list[Path], list
     return [p for p in files if not held_out(p)], [p for p in files if held_out(p)]
 
 
-def _write_tokens(files: Sequence[Path], target: Path) -> int:
-    with target.open("wb") as out:
-        for path in files:
-            out.write(path.read_bytes())
-    return target.stat().st_size
+def read_text(path: Path, skip_undecodable: bool) -> str | None:
+    """The file's UTF-8 text; ``None`` for an undecodable file when skipping those."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        if skip_undecodable:
+            return None
+        raise ConfigError(
+            "data.source",
+            str(path),
+            f"is not UTF-8 text (byte {error.start})",
+            ["convert it to UTF-8", "data.skip_undecodable=true"],
+        ) from error
 
 
-def build_byte_cache(files: Sequence[Path], val_fraction: float, cache_root: Path) -> Path:
-    """Build (or find) the cache of ``files`` and return its directory.
+def _tokenize(files: Sequence[Path], tokenizer: Tokenizer, skip_undecodable: bool) -> np.ndarray:
+    dtype = token_dtype(tokenizer.vocab_size)
+    parts = [tokenizer.encode(text) for p in files if (text := read_text(p, skip_undecodable))]
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def build_token_cache(
+    files: Sequence[Path],
+    val_fraction: float,
+    cache_root: Path,
+    tokenizer: Tokenizer | None = None,
+    skip_undecodable: bool = False,
+) -> Path:
+    """Build (or find) the token cache of ``files`` and return its directory.
 
     The cache is written into a temporary folder and renamed into place, so a reader never
-    sees a half-written cache. A cache whose sizes disagree with its ``meta.json`` is rebuilt.
+    sees a half-written cache. A cache built by another tokenizer, of another format, or
+    whose files disagree with its ``meta.json`` is rebuilt, with a warning naming it.
     """
-    directory = cache_root / corpus_key(files)
-    if _cache_is_complete(directory):
+    tokenizer = tokenizer or load_tokenizer(BYTES)
+    directory = cache_root / corpus_key(files, tokenizer.identity)
+    problem = cache_problem(directory, tokenizer.identity)
+    if problem is None:
         return directory
+    if directory.exists():
+        log.warning("rebuilding the token cache %s: %s", directory, problem)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = cache_root / f".{directory.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     train, val = _split(files, val_fraction)
     if not train or not val:  # a single file or a tiny corpus: hold out its tail instead
-        _write_tokens(files, staging / "all.bin")
-        data = (staging / "all.bin").read_bytes()
-        cut = int(len(data) * (1 - val_fraction))
-        (staging / "train.bin").write_bytes(data[:cut])
-        (staging / "val.bin").write_bytes(data[cut:])
-        (staging / "all.bin").unlink()
+        tokens = _tokenize(files, tokenizer, skip_undecodable)
+        cut = int(len(tokens) * (1 - val_fraction))
+        splits = {"train": tokens[:cut], "val": tokens[cut:]}
     else:
-        _write_tokens(train, staging / "train.bin")
-        _write_tokens(val, staging / "val.bin")
+        splits = {
+            "train": _tokenize(train, tokenizer, skip_undecodable),
+            "val": _tokenize(val, tokenizer, skip_undecodable),
+        }
+    for name, tokens in splits.items():
+        tokens.tofile(staging / f"{name}.bin")
     meta = {
         "format": CACHE_FORMAT,
-        "tokenizer": "bytes",
+        "tokenizer": tokenizer.identity,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(token_dtype(tokenizer.vocab_size)).name,
         "files": len(files),
-        "train_tokens": (staging / "train.bin").stat().st_size,
-        "val_tokens": (staging / "val.bin").stat().st_size,
+        "train_tokens": len(splits["train"]),
+        "val_tokens": len(splits["val"]),
     }
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(directory, ignore_errors=True)
@@ -96,63 +135,95 @@ def build_byte_cache(files: Sequence[Path], val_fraction: float, cache_root: Pat
     return directory
 
 
-def _cache_is_complete(directory: Path) -> bool:
+def cache_problem(directory: Path, tokenizer: str) -> str | None:
+    """Why the cache in ``directory`` cannot be used as it is, or ``None`` if it can."""
+    meta_file = directory / "meta.json"
     try:
-        meta = json.loads((directory / "meta.json").read_text())
-        return (
-            meta["format"] == CACHE_FORMAT
-            and (directory / "train.bin").stat().st_size == meta["train_tokens"]
-            and (directory / "val.bin").stat().st_size == meta["val_tokens"]
-        )
-    except (OSError, ValueError, KeyError):
-        return False
+        meta = json.loads(meta_file.read_text())
+    except OSError:
+        return f"{meta_file} is missing"
+    except ValueError:
+        return f"{meta_file} is damaged"
+    if meta.get("format") != CACHE_FORMAT:
+        return f"it has format {meta.get('format')}, not {CACHE_FORMAT}"
+    if meta.get("tokenizer") != tokenizer:
+        return f"it was built by tokenizer {meta.get('tokenizer')}, not {tokenizer}"
+    itemsize = np.dtype(meta.get("dtype", "uint8")).itemsize
+    for split in ("train", "val"):
+        path = directory / f"{split}.bin"
+        expected = meta.get(f"{split}_tokens", -1) * itemsize
+        actual = path.stat().st_size if path.exists() else None
+        if actual != expected:
+            return f"{path} holds {actual} bytes, not {expected}"
+    return None
+
+
+def open_tokens(directory: Path, split: str) -> np.ndarray:
+    """The ``split`` tokens of a cache as a read-only memory map."""
+    dtype = json.loads((directory / "meta.json").read_text())["dtype"]
+    return np.memmap(directory / f"{split}.bin", np.dtype(dtype), mode="r")
 
 
 class TokenWindows(Dataset):
-    """Non-overlapping windows of ``seq_len + 1`` tokens, returned as (inputs, targets)."""
+    """Windows of ``seq_len + 1`` tokens starting every ``stride`` tokens, returned as
+    (inputs, targets); a stride of ``seq_len`` gives non-overlapping windows."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+    def __init__(self, tokens: np.ndarray, seq_len: int, stride: int | None = None) -> None:
         self.tokens = tokens
         self.seq_len = seq_len
+        self.stride = stride or seq_len
 
     def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.seq_len
+        return max(0, (len(self.tokens) - self.seq_len - 1) // self.stride + 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = index * self.seq_len
+        start = index * self.stride
         window = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
         return window[:-1], window[1:]
 
 
 class TokenDataModule(pl.LightningDataModule):
-    """Byte-level language-model batches from text files, tokenized once into a cache.
+    """Language-model batches from text files, tokenized once into a memory-mapped cache.
 
     The corpus is read in sorted path order, split into train and validation by whole files,
-    and stored as two uint8 memory-mapped files keyed by the files' names, sizes and times.
+    tokenized (bytes, or a ``tokenizers`` file) and stored as two memory-mapped files keyed
+    by the files' names, sizes and times and the tokenizer. The cache is built once per
+    node (``prepare_data``); a stale or damaged one is rebuilt. Training batches resume
+    exactly mid-epoch from a checkpoint.
 
     Args:
         source: ``"stdlib"`` (the Python standard library's sources, present offline on
             every machine), a text file, or a directory of text files.
         suffixes: file endings kept from a directory.
+        tokenizer: ``"bytes"`` or the path of a ``tokenizers`` ``tokenizer.json``.
         seq_len: tokens per sample.
         batch_size: samples per batch (per process).
         val_fraction: share of files held out for validation.
-        num_workers: DataLoader worker processes.
+        sampling: ``shuffled`` non-overlapping windows, ``sequential`` ones in order, or
+            ``random`` windows starting anywhere (as many per epoch as shuffled gives).
+        skip_undecodable: leave out files that are not UTF-8 instead of stopping (always
+            on for ``stdlib``, which holds deliberately mis-encoded test files).
+        num_workers, pin_memory, persistent_workers, prefetch_factor: DataLoader settings;
+            ``auto`` picks them for the hardware (see :func:`loader_options`).
         cache_dir: where caches live; default ``$LIGHTNING_ACCEL_CACHE`` or
             ``~/.cache/lightning-accel``.
         seed: seed of the training order.
     """
 
-    vocab_size = BYTE_VOCAB_SIZE
-
     def __init__(
         self,
         source: str = STDLIB,
         suffixes: Sequence[str] = (".py",),
+        tokenizer: str = BYTES,
         seq_len: int = 128,
         batch_size: int = 32,
         val_fraction: float = 0.05,
-        num_workers: int = 0,
+        sampling: Sampling = "shuffled",
+        skip_undecodable: bool = False,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
+        persistent_workers: bool | str = "auto",
+        prefetch_factor: int | None = None,
         cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -161,31 +232,42 @@ class TokenDataModule(pl.LightningDataModule):
         require_positive("data.batch_size", batch_size)
         if not 0 < val_fraction < 1:
             raise ConfigError("data.val_fraction", val_fraction, "must lie between 0 and 1")
-        if num_workers < 0:
-            raise ConfigError("data.num_workers", num_workers, "must be 0 or more")
+        check_sampling(sampling)
         self.files = corpus_files(str(source), tuple(suffixes))
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.vocab_size = self.tokenizer.vocab_size
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.val_fraction = val_fraction
-        self.num_workers = num_workers
+        self.sampling = sampling
+        self.skip_undecodable = skip_undecodable or source == STDLIB
+        self.loader_settings = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers,
+            "prefetch_factor": prefetch_factor,
+        }
+        loader_options(None, **self.loader_settings)  # checks the values
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.seed = seed
         self.cache: Path | None = None
 
     def prepare_data(self) -> None:
-        self.cache = build_byte_cache(self.files, self.val_fraction, self.cache_root)
+        self.cache = build_token_cache(
+            self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
+        )
 
     def setup(self, stage: str) -> None:
         if self.cache is None:
             self.prepare_data()
         assert self.cache is not None
+        train_tokens = open_tokens(self.cache, "train")
         self.train_set = TokenWindows(
-            np.memmap(self.cache / "train.bin", np.uint8, mode="r"), self.seq_len
+            train_tokens, self.seq_len, stride=1 if self.sampling == "random" else None
         )
-        self.val_set = TokenWindows(
-            np.memmap(self.cache / "val.bin", np.uint8, mode="r"), self.seq_len
-        )
-        if len(self.train_set) < self.batch_size or len(self.val_set) == 0:
+        self.windows_per_epoch = len(TokenWindows(train_tokens, self.seq_len))
+        self.val_set = TokenWindows(open_tokens(self.cache, "val"), self.seq_len)
+        if self.windows_per_epoch < self.batch_size or len(self.val_set) == 0:
             raise ConfigError(
                 "data.seq_len",
                 self.seq_len,
@@ -193,32 +275,23 @@ class TokenDataModule(pl.LightningDataModule):
                 "use a smaller seq_len or more text",
             )
 
-    def _sampler(self, dataset: Dataset, shuffle: bool) -> DistributedSampler:
-        """This rank's share of ``dataset``, also in one process (one replica): N ranks
-        with batch b then see exactly the samples one process sees with batch N*b."""
-        strategy = self.trainer.strategy if self.trainer is not None else None
-        replicas = getattr(strategy, "distributed_sampler_kwargs", None) or {
-            "num_replicas": 1,
-            "rank": 0,
-        }
-        return DistributedSampler(
-            dataset, shuffle=shuffle, seed=self.seed, drop_last=True, **replicas
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        sampler = ResumableSampler(
             self.train_set,
-            batch_size=self.batch_size,
-            sampler=self._sampler(self.train_set, shuffle=True),
-            drop_last=True,
-            num_workers=self.num_workers,
+            self.sampling,
+            samples_per_epoch=self.windows_per_epoch,
+            seed=self.seed,
+            **data_parallel_share(self.trainer),
         )
+        options = loader_options(self.trainer, **self.loader_settings)
+        return ResumableDataLoader(self.train_set, sampler, batch_size=self.batch_size, **options)
 
     def val_dataloader(self) -> DataLoader:
+        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
         return DataLoader(
             self.val_set,
             batch_size=self.batch_size,
-            sampler=self._sampler(self.val_set, shuffle=False),
-            drop_last=len(self.val_set) >= self.batch_size,
-            num_workers=self.num_workers,
+            sampler=sampler,
+            drop_last=len(sampler) >= self.batch_size,
+            **loader_options(self.trainer, **self.loader_settings),
         )

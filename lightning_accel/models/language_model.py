@@ -54,6 +54,13 @@ class GPTLanguageModel(pl.LightningModule):
                 self.hparams.seq_len,
                 f"is shorter than the samples (data.seq_len={data_seq_len}); make them equal",
             )
+        data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
+        if data_vocab is not None and data_vocab > self.hparams.vocab_size:
+            raise ConfigError(
+                "model.vocab_size",
+                self.hparams.vocab_size,
+                f"is smaller than the tokenizer's vocabulary; set it to {data_vocab}",
+            )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)

@@ -1,0 +1,161 @@
+"""DataLoaders that resume exactly mid-epoch and tune themselves to the hardware."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sized
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_accel.errors import ConfigError
+
+SAMPLING_CHOICES = ("shuffled", "sequential", "random")
+Sampling = Literal["shuffled", "sequential", "random"]
+
+
+def check_sampling(sampling: str) -> None:
+    """Raise a :class:`ConfigError` unless ``sampling`` is one of :data:`SAMPLING_CHOICES`."""
+    if sampling not in SAMPLING_CHOICES:
+        raise ConfigError("data.sampling", sampling, "is not a sampling", SAMPLING_CHOICES)
+
+
+class ResumableSampler(DistributedSampler):
+    """This rank's share of a dataset, epoch by epoch, that can start part-way through an
+    epoch. In one process it is a single replica, so N ranks with batch b see exactly the
+    samples that one process sees with batch N*b.
+
+    Args:
+        dataset: the map-style dataset sampled.
+        sampling: ``shuffled`` (each index once per epoch, in an order seeded by seed and
+            epoch), ``sequential`` (in order), or ``random`` (``samples_per_epoch`` indices
+            drawn with replacement, seeded by seed and epoch).
+        samples_per_epoch: samples in one epoch under ``random``; default the dataset's size.
+        num_replicas, rank: the data-parallel world and this rank.
+        seed: seed of the order.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        sampling: Sampling = "shuffled",
+        samples_per_epoch: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        check_sampling(sampling)
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=sampling == "shuffled",
+            seed=seed,
+            drop_last=True,
+        )
+        self.sampling = sampling
+        if sampling == "random":
+            per_epoch = samples_per_epoch or len(dataset)
+            self.num_samples = per_epoch // num_replicas
+            self.total_size = self.num_samples * num_replicas
+        self.start = 0  # samples of this rank's epoch to skip, set when resuming
+
+    def __iter__(self) -> Iterator[int]:
+        if self.sampling == "random":
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            drawn = torch.randint(len(self.dataset), (self.total_size,), generator=generator)  # type: ignore[arg-type]
+            indices = drawn[self.rank : self.total_size : self.num_replicas].tolist()
+        else:
+            indices = list(super().__iter__())
+        start, self.start = self.start, 0
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside the epoch goes into Lightning's checkpoints.
+
+    Lightning saves ``state_dict()`` of a training DataLoader that has one and hands it back
+    through ``load_state_dict()`` when ``fit(ckpt_path=...)`` resumes; the next epoch
+    iteration then skips the batches already trained on, so a resumed run sees exactly the
+    batches an uninterrupted run sees. It needs a :class:`ResumableSampler`.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, drop_last=True, **kwargs)
+        self.batches_taken = 0
+        self._resume_at = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        assert isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
+        skip, self._resume_at = self._resume_at, 0
+        self.sampler.start = skip * self.batch_size
+        self.batches_taken = skip
+        for batch in super().__iter__():
+            self.batches_taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        assert isinstance(self.sampler, ResumableSampler)
+        return {"epoch": self.sampler.epoch, "batches_taken": self.batches_taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        assert isinstance(self.sampler, ResumableSampler)
+        if state["batches_taken"] >= len(self):  # saved at an epoch's end: the next starts
+            self.sampler.set_epoch(state["epoch"] + 1)
+            return
+        self.sampler.set_epoch(state["epoch"])
+        self._resume_at = state["batches_taken"]
+
+
+def usable_cores() -> int:
+    """Processor cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_options(
+    trainer: pl.Trainer | None,
+    num_workers: int | str = "auto",
+    pin_memory: bool | str = "auto",
+    persistent_workers: bool | str = "auto",
+    prefetch_factor: int | None = None,
+    decodes: bool = False,
+) -> dict[str, Any]:
+    """DataLoader keyword arguments for the hardware the trainer runs on.
+
+    ``auto`` workers: on accelerators (CUDA, XLA) the cores of this node shared by its
+    ranks, one left to the training process, at most 8; on CPUs the cores compute the model,
+    so workers are only worth it for data that must be decoded (``decodes``: half of this
+    rank's cores), and none otherwise. Pinned memory only when copying to a CUDA device.
+    Workers persist across epochs whenever there are any. Explicit values win.
+    """
+    accelerator = type(trainer.accelerator).__name__.lower() if trainer is not None else "cpu"
+    on_cpu = "cpu" in accelerator
+    local_ranks = max(1, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
+    per_rank = max(1, usable_cores() // local_ranks)
+    if num_workers == "auto":
+        if on_cpu:
+            num_workers = per_rank // 2 if decodes else 0
+        else:
+            num_workers = min(8, per_rank - 1)
+    elif not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError("data.num_workers", num_workers, "must be a count of 0 or more", ["auto"])
+    if pin_memory == "auto":
+        pin_memory = "cuda" in accelerator
+    if persistent_workers == "auto":
+        persistent_workers = num_workers > 0
+    options: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": bool(pin_memory),
+        "persistent_workers": bool(persistent_workers) and num_workers > 0,
+    }
+    if num_workers > 0 and prefetch_factor is not None:
+        options["prefetch_factor"] = prefetch_factor
+    return options
+
+
+def data_parallel_share(trainer: pl.Trainer | None) -> dict[str, int]:
+    """``num_replicas`` and ``rank`` of this process's data shard (one replica alone)."""
+    strategy = trainer.strategy if trainer is not None else None
+    return getattr(strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
