@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +51,21 @@ class BlocklessModule(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(4, 4)
+
+
+class StopAtStep(pl.Callback):
+    """Ends training after ``step`` optimizer steps, as a preempted job would stop."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+TESTS = Path(__file__).resolve().parent
+# Lets CLI subprocesses (and their ranks) import test-only classes such as StopAtStep.
+TEST_IMPORTS = {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+}

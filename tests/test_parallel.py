@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import TEST_IMPORTS, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow
 MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
 SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
 GLOBAL_BATCH = 8
-# 2 epochs of 10 steps: a checkpoint at step 10 falls on an epoch boundary, so a plain
-# DataLoader resumes exactly.
+# 2 epochs of 10 steps, validation (and a checkpoint) every 5.
 LOOP = [
     "trainer.max_steps=20",
     "trainer.limit_train_batches=10",
@@ -43,7 +42,7 @@ class Runs:
         if not (run_dir / "summary.json").exists():
             args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
             args += [f"data.batch_size={GLOBAL_BATCH // ranks}", f"hydra.run.dir={run_dir}", *extra]
-            result = run_cli(args, cwd=self.root, timeout=300)
+            result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
             assert result.returncode == 0, result.stderr[-3000:]
         return run_dir
 
@@ -285,3 +284,29 @@ def test_bf16_mixed_behaves_alike_in_one_process_ddp_and_fsdp2(runs: Runs) -> No
         parallel = runs.losses(runs.train(name, hardware, 2, bf16))
         assert runs.summary(runs.root / name)["precision"] == "bf16-mixed"
         assert _max_difference(single, parallel) < 2e-2, name
+
+
+STOP_AT_15 = ["+callbacks.stop._target_=helpers.StopAtStep", "+callbacks.stop.step=15"]
+
+
+@pytest.mark.parametrize(
+    ("name", "hardware", "ranks"), [("single", "cpu", 1), ("ddp", "ddp_cpu", 2)]
+)
+def test_resuming_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(
+    runs: Runs, name: str, hardware: str, ranks: int
+) -> None:
+    uninterrupted = runs.train(name, hardware, ranks)
+    stopped = runs.train(f"{name}_stopped_at_15", hardware, ranks, *STOP_AT_15)
+    assert runs.summary(stopped)["steps"] == 15, "stopped half-way through the second epoch"
+    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    loader_state = torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    assert loader_state["combined_loader"] == [{"epoch": 1, "batches_taken": 5}]
+    resumed = runs.train(f"{name}_resumed", hardware, ranks, f"ckpt_path={checkpoint}")
+    assert runs.summary(resumed)["steps"] == 20
+    steps_after_resume = {s: v for s, v in runs.losses(resumed).items() if s > 15}
+    reference = runs.losses(uninterrupted)
+    assert steps_after_resume == {s: reference[s] for s in steps_after_resume}
+    expected = _final_weights(uninterrupted, runs.root)
+    weights = _final_weights(resumed, runs.root)
+    for key, value in expected.items():
+        assert torch.equal(weights[key], value), key
