@@ -69,6 +69,15 @@ CASES = {
         ],
         ["optimization.activation_checkpointing.enabled=True", "BlocklessModule"],
     ),
+    "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
+    "missing tokenizer file": (
+        ["data.tokenizer=/no/tokenizer.json"],
+        ["data.tokenizer='/no/tokenizer.json'", "bytes, a tokenizer.json"],
+    ),
+    "tokenizer file that is not one": (
+        ["data.tokenizer=FILE"],
+        ["data.tokenizer='FILE' is not a tokenizers tokenizer.json file"],
+    ),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 
@@ -110,3 +119,18 @@ def test_bad_value_in_a_sweep_stops_every_job(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "data.batch_size=0" in result.stderr
     assert list(tmp_path.iterdir()) == [], "no job may start when one is invalid"
+
+
+def test_text_that_is_not_utf8_is_named_before_any_run_starts(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("plain text\n" * 2000)
+    (corpus / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1") * 100)
+    data = [f"data.source={corpus}", "data.suffixes=[.txt]"]
+    result = run_cli(["train", *TINY, *data, "hydra.run.dir=run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"lightning-accel: error: data.source='{corpus / 'latin1.txt'}' is not UTF-8 text "
+        "(byte 3); valid choices: convert it to UTF-8, data.skip_undecodable=true."
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "no run directory"

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from lightning_accel.data.corpus import corpus_files
-from lightning_accel.data.tokens import TokenDataModule, TokenWindows, build_token_cache
+from lightning_accel.data.tokens import (
+    TokenDataModule,
+    TokenWindows,
+    build_token_cache,
+    open_tokens,
+)
 from lightning_accel.errors import ConfigError
 
 
@@ -85,3 +94,93 @@ def test_directory_without_matching_files_is_a_config_error(tmp_path: Path) -> N
     (tmp_path / "notes.md").write_text("text")
     with pytest.raises(ConfigError, match="holds no file ending in .py"):
         TokenDataModule(source=str(tmp_path))
+
+
+def _train_tokenizer(corpus: Path, target: Path, vocab_size: int = 400) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train([str(p) for p in sorted(corpus.rglob("*.py"))], trainer)
+    tokenizer.save(str(target))
+    return target
+
+
+def test_tokenizer_file_builds_a_cache_of_its_own_ids(small_corpus: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    path = _train_tokenizer(small_corpus, tmp_path / "tokenizer.json")
+    data = TokenDataModule(source=str(small_corpus), tokenizer=str(path), seq_len=16)
+    data.prepare_data()
+    data.setup("fit")
+    assert data.vocab_size == Tokenizer.from_file(str(path)).get_vocab_size() > 256
+    assert data.train_set.tokens.dtype == np.uint16
+    byte_level = TokenDataModule(source=str(small_corpus), seq_len=16)
+    byte_level.prepare_data()
+    assert byte_level.cache != data.cache, "each tokenizer has its own cache"
+    decoded = Tokenizer.from_file(str(path)).decode(data.train_set.tokens[:2000].tolist())
+    first_train_text = bytes(open_tokens(byte_level.cache, "train")[:500]).decode()
+    assert decoded.startswith(first_train_text[:400]), "ids decode back to the corpus text"
+
+
+def test_cache_of_another_tokenizer_is_rebuilt_with_a_warning(
+    small_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = corpus_files(str(small_corpus), (".py",))
+    cache = build_token_cache(files, 0.1, tmp_path)
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({**meta, "tokenizer": "tokenizers:0123"}))
+    with caplog.at_level(logging.WARNING):
+        assert build_token_cache(files, 0.1, tmp_path) == cache
+    assert f"rebuilding the token cache {cache}" in caplog.text
+    assert "built by tokenizer tokenizers:0123, not bytes" in caplog.text
+    assert json.loads((cache / "meta.json").read_text()) == meta
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / "good.txt").write_text("plain text\n" * 100)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 100)
+    data = TokenDataModule(source=str(tmp_path), suffixes=[".txt"], seq_len=8, batch_size=2)
+    with pytest.raises(ConfigError, match=r"latin1\.txt' is not UTF-8 text \(byte 3\)"):
+        data.prepare_data()
+    skipping = TokenDataModule(
+        source=str(tmp_path), suffixes=[".txt"], seq_len=8, batch_size=2, skip_undecodable=True
+    )
+    skipping.prepare_data()
+    skipping.setup("fit")
+    assert b"caf" not in bytes(skipping.train_set.tokens[:])
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_sampling_modes_of_the_token_data(small_corpus: Path, sampling: str) -> None:
+    data = TokenDataModule(source=str(small_corpus), seq_len=16, batch_size=4, sampling=sampling)
+    data.prepare_data()
+    data.setup("fit")
+    inputs = next(iter(data.train_dataloader()))[0]
+    tokens = torch.from_numpy(data.train_set.tokens[:].astype(np.int64))
+    if sampling == "sequential":
+        assert torch.equal(inputs, tokens[:64].view(4, 16))
+    else:
+        starts = [_find(tokens, row) for row in inputs]
+        assert any(start % 16 for start in starts), "random windows start anywhere"
+    assert len(data.train_dataloader()) == data.windows_per_epoch // 4
+
+
+def _find(tokens: torch.Tensor, row: torch.Tensor) -> int:
+    windows = tokens.unfold(0, len(row), 1)
+    return int((windows == row).all(dim=1).nonzero()[0])
+
+
+def test_a_model_smaller_than_the_vocabulary_is_refused(small_corpus: Path, tmp_path: Path) -> None:
+    from lightning_accel.models import GPTLanguageModel
+
+    path = _train_tokenizer(small_corpus, tmp_path / "tokenizer.json")
+    data = TokenDataModule(source=str(small_corpus), tokenizer=str(path), seq_len=16)
+    model = GPTLanguageModel(seq_len=16, n_layer=1, d_model=16, n_head=2)
+    model.trainer = SimpleNamespace(datamodule=data)  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match="model.vocab_size.*set it to"):
+        model.setup("fit")

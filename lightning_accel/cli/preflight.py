@@ -171,3 +171,13 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         check_writable(run_dir)
         runs.append(run)
     return runs
+
+
+def prepare_data(runs: list[RunConfig]) -> None:
+    """Let each job's DataModule prepare its data (build its cache, check its files) once,
+    in this process, before any job starts: bad data is reported before a run directory
+    exists, and ranks later find the data ready."""
+    from lightning_accel.cli.runner import build_object
+
+    for run in runs:
+        build_object(run.data, "data").prepare_data()

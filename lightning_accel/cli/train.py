@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream, say
-from lightning_accel.cli.preflight import preflight, validated_run
+from lightning_accel.cli.preflight import preflight, prepare_data, validated_run
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir
@@ -66,6 +66,11 @@ def main(args: list[str]) -> int:
         if options.cfg == "job" and not options.package:
             print_resolved(runs)
             return 0
+        if not options.cfg:
+            try:
+                prepare_data(runs)
+            except ConfigError as error:
+                fail(error)
     sys.argv = ["lightning-accel train", *args]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
     return 0

@@ -1,0 +1,123 @@
+"""Samplers and loaders: sampling modes, exact resumption inside an epoch, and loader
+settings chosen per hardware."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lightning_accel.data import loading
+from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler, loader_options
+from lightning_accel.errors import ConfigError
+
+DATASET = list(range(40))
+
+
+def _batches(loader: ResumableDataLoader) -> list[list[int]]:
+    return [batch.tolist() for batch in loader]
+
+
+def test_shuffled_sampling_visits_every_index_once_in_a_seeded_order() -> None:
+    first = list(ResumableSampler(DATASET, "shuffled", seed=3))
+    assert sorted(first) == DATASET and first != DATASET
+    assert first == list(ResumableSampler(DATASET, "shuffled", seed=3))
+    assert first != list(ResumableSampler(DATASET, "shuffled", seed=4))
+
+
+def test_sequential_sampling_keeps_the_order_and_splits_it_between_ranks() -> None:
+    assert list(ResumableSampler(DATASET, "sequential")) == DATASET
+    ranks = [list(ResumableSampler(DATASET, "sequential", num_replicas=2, rank=r)) for r in (0, 1)]
+    assert ranks == [DATASET[0::2], DATASET[1::2]]
+
+
+def test_random_sampling_draws_a_seeded_set_per_epoch() -> None:
+    sampler = ResumableSampler(DATASET, "random", samples_per_epoch=10, seed=0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert len(epoch0) == len(epoch1) == 10
+    assert epoch0 != epoch1
+    assert all(0 <= i < len(DATASET) for i in epoch0 + epoch1)
+    assert epoch0 == list(ResumableSampler(DATASET, "random", samples_per_epoch=10, seed=0))
+
+
+def test_unknown_sampling_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="data.sampling.*shuffled, sequential, random"):
+        ResumableSampler(DATASET, "striped")  # type: ignore[arg-type]
+
+
+def _loader(seed: int = 0) -> ResumableDataLoader:
+    return ResumableDataLoader(DATASET, ResumableSampler(DATASET, seed=seed), batch_size=4)
+
+
+def test_a_loader_restored_mid_epoch_yields_the_rest_of_that_epoch() -> None:
+    reference = _loader()
+    reference.sampler.set_epoch(2)
+    expected = _batches(reference)
+    interrupted = _loader()
+    interrupted.sampler.set_epoch(2)
+    iterator = iter(interrupted)
+    for _ in range(3):
+        next(iterator)
+    state = interrupted.state_dict()
+    assert state == {"epoch": 2, "batches_taken": 3}
+    resumed = _loader()
+    resumed.load_state_dict(state)
+    assert _batches(resumed) == expected[3:]
+    assert _batches(resumed) == expected, "the epoch after a resumed one is whole again"
+
+
+def test_a_loader_saved_at_an_epoch_end_resumes_with_the_next_epoch() -> None:
+    finished = _loader()
+    _batches(finished)
+    resumed = _loader()
+    resumed.load_state_dict(finished.state_dict())
+    following = _loader()
+    following.sampler.set_epoch(1)
+    assert _batches(resumed) == _batches(following)
+
+
+def _trainer(accelerator: str, devices: int = 1) -> SimpleNamespace:
+    kind = type(f"{accelerator.upper()}Accelerator", (), {})
+    return SimpleNamespace(accelerator=kind(), num_devices=devices)
+
+
+@pytest.fixture
+def eight_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "usable_cores", lambda: 8)
+
+
+def test_auto_loader_on_a_cpu_uses_workers_only_for_decoding(eight_cores: None) -> None:
+    cheap = loader_options(_trainer("cpu"))
+    assert cheap == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
+    decoding = loader_options(_trainer("cpu", devices=2), decodes=True)
+    assert decoding == {"num_workers": 2, "pin_memory": False, "persistent_workers": True}
+
+
+def test_auto_loader_on_cuda_shares_the_cores_between_ranks_and_pins(eight_cores: None) -> None:
+    options = loader_options(_trainer("cuda", devices=2), prefetch_factor=4)
+    assert options == {
+        "num_workers": 3,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 4,
+    }
+    assert loader_options(_trainer("xla", devices=1))["pin_memory"] is False
+
+
+def test_explicit_loader_settings_win(eight_cores: None) -> None:
+    options = loader_options(_trainer("cuda"), num_workers=1, pin_memory=False)
+    assert options == {"num_workers": 1, "pin_memory": False, "persistent_workers": True}
+
+
+@pytest.mark.parametrize("workers", [-1, "many"])
+def test_bad_worker_count_names_the_key(workers: object) -> None:
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        loader_options(None, num_workers=workers)  # type: ignore[arg-type]
+
+
+def test_loader_batches_are_tensors_of_the_dataset() -> None:
+    batch = next(iter(_loader()))
+    assert isinstance(batch, torch.Tensor) and batch.shape == (4,)
