@@ -82,3 +82,36 @@ def test_checkpoint_saving_is_not_training_time(
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["measured_steps"] == 2 * len(loader) - 2
     assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
+
+
+def test_data_wait_share_counts_the_time_spent_fetching_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_accel.data import loading
+    from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
+
+    clock = FakeClock()
+    monkeypatch.setattr(throughput, "time", clock)
+    monkeypatch.setattr(loading, "time", clock)
+
+    class SlowData(TensorDataset):
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+            clock.offset += 1.0  # each sample takes a (fake) second to load
+            return super().__getitem__(index)
+
+    data = SlowData(torch.randn(64, 4), torch.randn(64, 1))
+    loader = ResumableDataLoader(data, ResumableSampler(data), batch_size=4)
+    summary = RunSummary(output_dir=str(tmp_path), warmup_steps=2, print_table=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        callbacks=[summary],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Regressor(), loader)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    # 4 fake seconds of loading per step against well under a real second of compute
+    assert 0.9 < written["data_wait_share"] <= 1.0

@@ -30,6 +30,12 @@ def _inputs(batch: Any) -> torch.Tensor | None:
     return None
 
 
+def _data_wait_seconds(trainer: pl.Trainer) -> float | None:
+    """Time the loop has waited for training batches, from loaders that count it."""
+    waited = getattr(trainer.train_dataloader, "wait_seconds", None)
+    return float(waited) if waited is not None else None
+
+
 class RunSummary(pl.Callback):
     """Records losses, throughput and output paths, then writes ``summary.json`` and prints a
     table when fitting ends (rank 0 only).
@@ -71,6 +77,7 @@ class RunSummary(pl.Callback):
         self.memory: dict[str, Any] = {}
         self.throughput: dict[str, Any] = {}
         self._gradient_bytes: int | None = None
+        self._data_wait_at_start: float | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
@@ -83,6 +90,7 @@ class RunSummary(pl.Callback):
             self.all_steps.start(pl_module.device)
         if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
             self.steady_steps.start(pl_module.device)
+            self._data_wait_at_start = _data_wait_seconds(trainer)
         for clock in (self.all_steps, self.steady_steps):
             clock.resume(pl_module.device)
 
@@ -153,6 +161,16 @@ class RunSummary(pl.Callback):
         extra = round(max(0.0, warmup - warmup_steps * step_seconds), 3)
         return {"warmup_seconds": round(warmup, 3), "compile_seconds": extra if compiled else None}
 
+    def _data_wait_share(
+        self, trainer: pl.Trainer, clock: ThroughputClock, seconds: float
+    ) -> float | None:
+        """Share of the measured training time this rank waited for its next batch."""
+        waited = _data_wait_seconds(trainer)
+        if waited is None or seconds <= 0:
+            return None
+        since = self._data_wait_at_start if clock is self.steady_steps else 0.0
+        return round((waited - (since or 0.0)) / seconds, 4)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         clock = self.steady_steps if self.steady_steps.steps else self.all_steps
         seconds = clock.seconds(pl_module.device)
@@ -163,6 +181,7 @@ class RunSummary(pl.Callback):
             "measured_steps": clock.steps,
             "step_seconds": round(step_seconds, 5) if step_seconds else None,
             **warmup,
+            "data_wait_share": self._data_wait_share(trainer, clock, seconds),
             "samples_per_second": clock.rate(clock.samples * world, seconds),
             "tokens_per_second": clock.rate(clock.tokens * world, seconds)
             if clock.tokens
@@ -274,6 +293,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         rows.append(("peak memory / rank", ", ".join(f"{p:,.0f} MiB" for p in peaks)))
     if summary.get("samples_per_second"):
         rows.append(("samples/s", f"{summary['samples_per_second']:,.1f}"))
+    if summary.get("data_wait_share") is not None:
+        rows.append(("waiting for data", f"{summary['data_wait_share']:.1%} of step time"))
     for key in ("checkpoint", "metrics", "summary"):
         if summary.get(key):
             rows.append((key, summary[key]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sized
 from typing import Any, Literal
 
@@ -79,12 +80,14 @@ class ResumableDataLoader(DataLoader):
     Lightning saves ``state_dict()`` of a training DataLoader that has one and hands it back
     through ``load_state_dict()`` when ``fit(ckpt_path=...)`` resumes; the next epoch
     iteration then skips the batches already trained on, so a resumed run sees exactly the
-    batches an uninterrupted run sees. It needs a :class:`ResumableSampler`.
+    batches an uninterrupted run sees. It needs a :class:`ResumableSampler`. It also
+    adds up the time its consumer waited for batches (``wait_seconds``).
     """
 
     def __init__(self, dataset: Dataset, sampler: ResumableSampler, **kwargs: Any) -> None:
         super().__init__(dataset, sampler=sampler, drop_last=True, **kwargs)
         self.batches_taken = 0
+        self.wait_seconds = 0.0  # time the training loop spent waiting for batches
         self._resume_at = 0
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
@@ -92,7 +95,14 @@ class ResumableDataLoader(DataLoader):
         skip, self._resume_at = self._resume_at, 0
         self.sampler.start = skip * self.batch_size
         self.batches_taken = skip
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        while True:
+            asked = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.wait_seconds += time.perf_counter() - asked
             self.batches_taken += 1
             yield batch
 
