@@ -31,7 +31,16 @@ def main() -> None:
         runs = [run_cli(args.overrides, Path(tmp) / f"run{i}") for i in range(args.repeats)]
 
     table = Table(title=f"Default recipe, {args.repeats} runs")
-    for column in ("run", "command s", "fit s", "tokens/s", "first val loss", "last val loss"):
+    columns = (
+        "run",
+        "command s",
+        "fit s",
+        "tokens/s",
+        "data wait",
+        "first val loss",
+        "last val loss",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for i, run in enumerate(runs):
         first, last = run["validation"][0], run["validation"][-1]
@@ -40,6 +49,7 @@ def main() -> None:
             f"{run['command_seconds']:.1f}",
             f"{run['wall_seconds']:.1f}",
             f"{run['tokens_per_second']:,.0f}",
+            f"{run['data_wait_share']:.1%}",
             f"{first['val/loss']:.3f} (step {first['step']})",
             f"{last['val/loss']:.3f} (step {last['step']})",
         )
@@ -48,6 +58,7 @@ def main() -> None:
         "median_command_seconds": statistics.median(r["command_seconds"] for r in runs),
         "median_fit_seconds": statistics.median(r["wall_seconds"] for r in runs),
         "median_tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+        "median_data_wait_share": statistics.median(r["data_wait_share"] for r in runs),
         "runs": runs,
     }
     table.caption = (
