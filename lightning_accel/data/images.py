@@ -524,7 +524,8 @@ class ImageDataModule(DeviceImageDataModule):
                 "data.source",
                 str(path),
                 f"lacks the array(s) {', '.join(missing)} (it holds: "
-                f"{', '.join(sorted(headers)) or 'nothing'}); save images=..., labels=...",
+                f"{', '.join(sorted(headers)) or 'nothing'}); save it with "
+                "numpy.savez(path, images=..., labels=...)",
             )
         shape, dtype = headers["images"]
         label_shape, label_dtype = headers["labels"]

@@ -37,7 +37,7 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int = 10,
         widths: Sequence[int] = (16, 32, 64),
         blocks_per_stage: int = 2,
-        learning_rate: float = 3e-3,
+        learning_rate: float = 1e-2,
         weight_decay: float = 0.05,
         warmup_steps: int = 20,
     ) -> None:
