@@ -453,7 +453,9 @@ class ImageDataModule(DeviceImageDataModule):
         self.source = str(source)
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.layout = layout
         self.image_size = self._size(image_size)
+        self.samples = 0
         self.files: list[Path] = []
         self.file_labels: list[int] = []
         self.classes: list[str] = []
@@ -475,13 +477,12 @@ class ImageDataModule(DeviceImageDataModule):
                 "data.image_size", list(self.image_size), "applies to image files only"
             )
         self.check_statistics()
-        size = len(self.files) if self.files else self.samples
-        self.val_size = max(1, round(size * val_fraction))
-        if size - self.val_size < self.batch_size:
+        self.val_size = max(1, round(self.samples * val_fraction))
+        if self.samples - self.val_size < self.batch_size:
             raise ConfigError(
                 "data.batch_size",
                 batch_size,
-                f"is more than the {size - self.val_size} training images of {self.source}",
+                f"is more than the {self.samples - self.val_size} training images of {self.source}",
             )
 
     @staticmethod
@@ -514,6 +515,7 @@ class ImageDataModule(DeviceImageDataModule):
             )
         self.channels = 1 if modes <= {"1", "L"} else 3
         self.num_classes = len(self.classes)
+        self.samples = len(self.files)
         self.decodes = True
 
     def _check_arrays(self, path: Path, layout: str) -> None:
