@@ -206,6 +206,16 @@ def test_augmentation_is_set_by_the_seed() -> None:
     assert not torch.equal(first, augmented(1)[0])
 
 
+def test_resumed_augmentation_continues_where_it_stopped() -> None:
+    images = next(iter(_synthetic().train_dataloader()))[0]
+    first = _synthetic(crop_padding=2, horizontal_flip=True)
+    uninterrupted = [first.prepare_batch(images, train=True) for _ in range(3)]
+    resumed = _synthetic(crop_padding=2, horizontal_flip=True)
+    resumed.load_state_dict({"augmented_batches": 2})
+    assert torch.equal(resumed.prepare_batch(images, train=True), uninterrupted[2])
+    assert first.state_dict() == {"augmented_batches": 3}
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batches_stay_on_their_device_in_the_asked_memory_format(channels_last: bool) -> None:
     data = _synthetic(crop_padding=1, horizontal_flip=True, channels_last=channels_last)
