@@ -68,7 +68,7 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     for line in (
         "hardware: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu",
         "optimization: default",
-        "recipe: custom, gpt",
+        "recipe: custom, gpt, image",
     ):
         assert line in result.stdout
     for group in ("trainer:", "logger:", "callbacks:"):

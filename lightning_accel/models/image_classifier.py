@@ -1,0 +1,116 @@
+"""The LightningModule that trains a :class:`ResNet` to classify images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_accel.config import require_positive
+from lightning_accel.errors import ConfigError
+from lightning_accel.models.resnet import ResNet
+
+
+class ImageClassifier(pl.LightningModule):
+    """Image classification with a :class:`ResNet` and cross-entropy; logs ``train/loss``,
+    ``val/loss`` and ``val/accuracy``.
+
+    Expects (images [B, C, H, W] float, labels [B]) batches, as the image DataModules
+    return them after their device-side normalization.
+
+    Args:
+        in_channels, num_classes: must match the data (checked when fitting starts).
+        widths, blocks_per_stage: the network's shape (:class:`ResNet`).
+        learning_rate: AdamW peak learning rate.
+        weight_decay: AdamW weight decay (not applied to norms and biases).
+        warmup_steps: linear warm-up steps before cosine decay to 10% over ``max_steps``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks_per_stage: int = 2,
+        learning_rate: float = 1e-2,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        for key in ("in_channels", "num_classes", "blocks_per_stage", "learning_rate"):
+            require_positive(f"model.{key}", locals()[key])
+        self.save_hyperparameters()
+        self.model = ResNet(in_channels, num_classes, widths, blocks_per_stage)
+        self.val_loss = MeanMetric()
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        source = getattr(datamodule, "source", None)
+        where = f"data.source={source!r}" if source is not None else "the data"
+        for key, attribute in (("in_channels", "channels"), ("num_classes", "num_classes")):
+            expected = getattr(datamodule, attribute, None)
+            if expected and expected != self.hparams[key]:
+                raise ConfigError(
+                    f"model.{key}",
+                    self.hparams[key],
+                    f"does not match {where}, which has {expected} {attribute.replace('_', ' ')}; "
+                    f"set model.{key}={expected}",
+                )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # under a "-true" precision the weights are bf16/fp16 while the batches arrive in fp32
+        return self.model(images.to(self.model.head.weight.dtype))
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images).float(), labels)
+        # Synced, so that under data parallelism the logged loss is the global batch's.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images).float()
+        self.val_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
+        self.val_accuracy.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        # the metrics are already reduced over ranks; sync_dist only states it
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
+        self.val_loss.reset()
+        self.val_accuracy.reset()
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            (decay if param.ndim >= 2 else no_decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.learning_rate,
+        )
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        warmup = self.hparams.warmup_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
