@@ -25,20 +25,24 @@ def run_cli(overrides: list[str], run_dir: Path) -> dict:
 
 
 def medians(runs: list[dict]) -> dict[str, float]:
-    """Median step time (ms), tokens per second and largest per-rank peak memory (MiB) of
-    repeated runs of one setup."""
+    """Median step time (ms), samples and tokens per second and largest per-rank peak memory
+    (MiB) of repeated runs of one setup."""
     return {
         "step_ms": statistics.median(r["step_seconds"] * 1000 for r in runs),
-        "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+        "samples_per_second": statistics.median(r["samples_per_second"] for r in runs),
+        "tokens_per_second": statistics.median(r["tokens_per_second"] or 0 for r in runs),
         "peak_mb": statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs),
     }
 
 
-def speed_cells(figures: dict[str, float], baseline_tokens: float) -> list[str]:
-    """Table cells for :func:`medians`: step ms, tokens/s, speed-up over the baseline, peak MiB."""
+def speed_cells(figures: dict[str, float], baseline_samples: float) -> list[str]:
+    """Table cells for :func:`medians`: step ms, tokens/s (or samples/s where no tokens are
+    counted), speed-up in samples/s over the baseline, peak MiB."""
+    rate = figures["tokens_per_second"] or figures["samples_per_second"]
+    unit = "" if figures["tokens_per_second"] else " samples"
     return [
         f"{figures['step_ms']:.0f}",
-        f"{figures['tokens_per_second']:,.0f}",
-        f"{figures['tokens_per_second'] / baseline_tokens:.2f}x",
+        f"{rate:,.0f}{unit}",
+        f"{figures['samples_per_second'] / baseline_samples:.2f}x",
         f"{figures['peak_mb']:,.0f}",
     ]

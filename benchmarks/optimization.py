@@ -1,6 +1,6 @@
 """Step time, throughput and peak memory of the optimization profiles on this machine.
 
-Runs the GPT recipe at its default size and at a medium size (6 layers, width 384,
+Runs the image recipe, the GPT recipe at its default size and at a medium size (6 layers, width 384,
 16 x 256 bytes, the size where bf16 pays on CPUs with AMX) under ``optimization=default``,
 ``fast`` and ``memory``, REPEATS times each, interleaved, and reports medians with the
 speedup over ``default``, as a table and as JSON. Compile time is not in the step time.
@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 SIZES = {
-    "gpt (default size)": [],
+    "gpt (default size)": ["trainer.val_check_interval=STEPS"],
+    "image (digits ResNet)": ["recipe=image"],
     "gpt medium": [
+        "trainer.val_check_interval=STEPS",
         "model.n_layer=6",
         "model.d_model=384",
         "model.n_head=6",
@@ -38,15 +40,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    loop = [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
-    loop += ["trainer.limit_val_batches=2", "logger=none"]
+    loop = [f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=2", "logger=none"]
 
     cells = [(size, profile) for size in SIZES for profile in PROFILES]
     results: dict[tuple[str, str], list[dict]] = {cell: [] for cell in cells}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for index, (size, profile) in enumerate(cells):
-                overrides = [*loop, *SIZES[size], f"optimization={profile}"]
+                shape = [o.replace("STEPS", str(args.steps)) for o in SIZES[size]]
+                overrides = [*loop, *shape, f"optimization={profile}"]
                 results[(size, profile)].append(run_cli(overrides, Path(tmp) / f"{repeat}-{index}"))
 
     table = Table(title=f"Optimization profiles, medians of {args.repeats}")
@@ -55,7 +57,7 @@ def main() -> None:
         "optimization",
         "precision",
         "step ms",
-        "tokens/s",
+        "throughput",
         "vs default",
         "peak MiB",
     ):
@@ -66,7 +68,7 @@ def main() -> None:
         for profile in PROFILES:
             runs = results[(size, profile)]
             figures = medians(runs)
-            baseline = baseline or figures["tokens_per_second"]
+            baseline = baseline or figures["samples_per_second"]
             precision = runs[0]["precision"]
             report.append(
                 {

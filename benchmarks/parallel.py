@@ -63,7 +63,7 @@ def main() -> None:
     for name, runs in results.items():
         figures = medians(runs)
         state = runs[0]["model_state_bytes_per_rank"][0] / 1024
-        baseline = baseline or figures["tokens_per_second"]
+        baseline = baseline or figures["samples_per_second"]
         report[name] = {**figures, "model_state_kib_per_rank": state, "runs": runs}
         table.add_row(name, *speed_cells(figures, baseline), f"{state:,.0f}")
     Console().print(table)

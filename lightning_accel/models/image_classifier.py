@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
@@ -13,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
+from lightning_accel.models.optimizers import adamw_with_warmup_cosine
 from lightning_accel.models.resnet import ResNet
 
 
@@ -90,27 +90,10 @@ class ImageClassifier(pl.LightningModule):
         self.val_accuracy.reset()
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
-        decay, no_decay = [], []
-        for param in self.model.parameters():
-            (decay if param.ndim >= 2 else no_decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.learning_rate,
+        return adamw_with_warmup_cosine(
+            self,
+            self.model.named_parameters(),
+            self.hparams.learning_rate,
+            self.hparams.weight_decay,
+            self.hparams.warmup_steps,
         )
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        warmup = self.hparams.warmup_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
