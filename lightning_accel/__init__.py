@@ -19,6 +19,7 @@ _PUBLIC = {
     "trainer_arguments": "lightning_accel.build",
     "RunSummary": "lightning_accel.callbacks",
     "RunProgressBar": "lightning_accel.callbacks",
+    "XLARecompileGuard": "lightning_accel.callbacks",
     "ActivationCheckpointingConfig": "lightning_accel.config",
     "CompileConfig": "lightning_accel.config",
     "HardwareConfig": "lightning_accel.config",
@@ -35,6 +36,9 @@ _PUBLIC = {
     "ModelOptimizations": "lightning_accel.optimize",
     "AccelDDPStrategy": "lightning_accel.strategies",
     "FSDP2Strategy": "lightning_accel.strategies",
+    "PJRTAccelerator": "lightning_accel.xla.accelerator",
+    "XLASPMDStrategy": "lightning_accel.xla.spmd",
+    "AccelXLAPrecision": "lightning_accel.xla.precision",
 }
 
 
@@ -49,11 +53,17 @@ def __getattr__(name: str) -> Any:
 # torch and lightning) until its config checks have passed.
 if not os.environ.get("LIGHTNING_ACCEL_DEFER_IMPORTS"):
     importlib.import_module("lightning_accel.strategies")
+    importlib.import_module("lightning_accel.xla.accelerator")
+    importlib.import_module("lightning_accel.xla.spmd")
 
 __version__ = "0.1.0"
 
 __all__ = [  # noqa: F822 - provided by __getattr__
     "AccelDDPStrategy",
+    "AccelXLAPrecision",
+    "PJRTAccelerator",
+    "XLARecompileGuard",
+    "XLASPMDStrategy",
     "FSDP2Strategy",
     "ActivationCheckpointingConfig",
     "CompileConfig",

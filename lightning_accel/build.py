@@ -15,6 +15,8 @@ from lightning_accel.optimize import ModelOptimizations
 from lightning_accel.precision import PrecisionChoice, resolve_precision
 from lightning_accel.profiles import as_hardware, as_optimization
 from lightning_accel.strategies import FSDP2Strategy  # importing registers the strategies
+from lightning_accel.xla.accelerator import PJRTAccelerator  # noqa: F401 - registers "pjrt"
+from lightning_accel.xla.spmd import XLASPMDStrategy
 
 
 def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
@@ -67,7 +69,19 @@ def _resolve(
         "accumulate_grad_batches": opt.accumulate_grad_batches,
         "gradient_clip_val": opt.gradient_clip_val,
     }
+    if hw.accelerator == "pjrt":
+        _xla_arguments(arguments)
     return arguments, precision
+
+
+def _xla_arguments(arguments: dict[str, Any]) -> None:
+    """On XLA the precision is a plugin instance (Lightning's own sets process-wide
+    environment switches), and an SPMD run is one process on one logical device."""
+    from lightning_accel.xla.precision import AccelXLAPrecision
+
+    arguments["plugins"] = [AccelXLAPrecision(arguments.pop("precision"))]
+    if isinstance(arguments["strategy"], XLASPMDStrategy):
+        arguments["devices"] = 1
 
 
 def trainer_arguments(

@@ -13,7 +13,8 @@ from typing import Any
 
 from lightning_accel.errors import ConfigError
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "pjrt")
+PJRT_DEVICES = ("TPU", "CUDA", "CPU")
 PRECISIONS = (
     "auto",
     "fastest",
@@ -48,7 +49,9 @@ class HardwareConfig:
     Key options: ``accelerator`` (``auto`` picks CUDA, then TPU, then CPU), ``strategy`` (a
     name from Lightning's StrategyRegistry, or ``auto``), ``devices`` (a count, or ``auto``
     for every device of the accelerator), ``num_nodes``, and ``strategy_options`` (keyword
-    arguments for the strategy, so a new profile is a YAML file, not new code).
+    arguments for the strategy, so a new profile is a YAML file, not new code). With
+    ``accelerator: pjrt`` (XLA on any PJRT device), ``pjrt_device`` names the device type
+    (``TPU``, ``CUDA``, ``CPU``; ``CPU`` gets ``devices`` virtual devices).
     """
 
     name: str = "auto"
@@ -56,10 +59,12 @@ class HardwareConfig:
     strategy: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
+    pjrt_device: str = "TPU"
     strategy_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require_choice("hardware.accelerator", self.accelerator, ACCELERATORS)
+        require_choice("hardware.pjrt_device", self.pjrt_device, PJRT_DEVICES)
         if self.devices != "auto":
             if isinstance(self.devices, bool) or not isinstance(self.devices, int):
                 raise ConfigError(

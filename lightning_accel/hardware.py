@@ -10,6 +10,7 @@ import torch
 
 from lightning_accel.config import HardwareConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.xla import runtime as xla_runtime
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,18 @@ def available_devices(accelerator: str) -> int:
         return XLAAccelerator.auto_device_count() if XLAAccelerator.is_available() else 0
     if accelerator == "mps":
         return 1 if torch.backends.mps.is_available() else 0
+    if accelerator == "pjrt":
+        return xla_runtime.device_count()
     return 0
+
+
+def configure_pjrt(profile: HardwareConfig) -> None:
+    """Point torch_xla at the profile's PJRT device type (before torch_xla starts): ``CPU``
+    gets as many virtual devices as the profile asks for."""
+    xla_runtime.require("hardware.accelerator", profile.accelerator)
+    os.environ["PJRT_DEVICE"] = profile.pjrt_device
+    if profile.pjrt_device == "CPU" and profile.devices != "auto":
+        os.environ["CPU_NUM_DEVICES"] = str(profile.devices)
 
 
 def resolve_hardware(profile: HardwareConfig) -> ResolvedHardware:
@@ -72,6 +84,8 @@ def resolve_hardware(profile: HardwareConfig) -> ResolvedHardware:
     accelerator = auto_accelerator() if profile.accelerator == "auto" else profile.accelerator
     if accelerator == "gpu":
         accelerator = "cuda"
+    if accelerator == "pjrt":
+        configure_pjrt(profile)
     present = available_devices(accelerator)
     if present == 0:
         raise ConfigError(

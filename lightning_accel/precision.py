@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.xla.runtime import pjrt_device
 
 KEY = "optimization.precision"
 # What each accelerator can run (Lightning's names).
@@ -16,6 +17,7 @@ RUNNABLE = {
     "cpu": ("32-true", "bf16-mixed", "bf16-true", "64-true"),
     "cuda": ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
     "tpu": ("32-true", "bf16-mixed", "bf16-true"),
+    "pjrt": ("32-true", "bf16-mixed", "bf16-true"),
     "mps": ("32-true", "16-mixed", "bf16-mixed"),
 }
 # FSDP2 (Lightning's ModelParallelStrategy) has no gradient scaler for fp16 mixed precision.
@@ -60,8 +62,15 @@ def auto_precision(accelerator: str) -> PrecisionChoice:
             "16-mixed",
             f"the GPU (sm_{capability[0]}{capability[1]}) predates bf16: fp16 with a loss scaler",
         )
-    if accelerator == "tpu":
+    if accelerator == "tpu" or (accelerator == "pjrt" and pjrt_device() == "TPU"):
         return PrecisionChoice("bf16-mixed", "TPUs compute in bf16")
+    if accelerator == "pjrt" and pjrt_device() == "CUDA":
+        choice = auto_precision("cuda")
+        return (
+            choice
+            if choice.precision in RUNNABLE["pjrt"]
+            else PrecisionChoice("32-true", "XLA has no fp16 loss scaler for this GPU")
+        )
     return PrecisionChoice("32-true", f"no reduced precision is chosen for {accelerator}")
 
 

@@ -1,6 +1,7 @@
-"""Callbacks: the end-of-run summary and the progress bar."""
+"""Callbacks: the end-of-run summary, the progress bar and the XLA recompile guard."""
 
 from lightning_accel.callbacks.progress import RunProgressBar
+from lightning_accel.callbacks.recompile_guard import XLARecompileGuard
 from lightning_accel.callbacks.run_summary import RunSummary
 
-__all__ = ["RunProgressBar", "RunSummary"]
+__all__ = ["RunProgressBar", "RunSummary", "XLARecompileGuard"]

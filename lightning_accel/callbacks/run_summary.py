@@ -220,6 +220,13 @@ class RunSummary(pl.Callback):
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
             **self.memory,
+            # figures other callbacks report (e.g. the XLA recompile guard's compilations)
+            **{
+                k: v
+                for c in trainer.callbacks
+                if hasattr(c, "summary_figures")
+                for k, v in c.summary_figures().items()
+            },
             "checkpoint": _checkpoint_path(trainer),
             "metrics": _metrics_path(trainer),
         }

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.config import require_positive
-from lightning_accel.data.images import DeviceImageDataModule
+from lightning_accel.data.device_images import DeviceImageDataModule
 from lightning_accel.data.loading import (
     ResumableDataLoader,
     ResumableSampler,

@@ -1,0 +1,100 @@
+"""Watching XLA graph compilations: after warm-up, a new one means a shape or a Python value
+changed between steps, and every step may pay a compilation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.accelerators import XLAAccelerator
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_accel.errors import ConfigError
+
+
+class RecompilationError(RuntimeError):
+    """Raised by :class:`XLARecompileGuard` with ``action="fail"``."""
+
+
+def _xla_compilations() -> tuple[int, float]:
+    from lightning_accel.xla import runtime
+
+    return runtime.compilations()
+
+
+class XLARecompileGuard(pl.Callback):
+    """On XLA accelerators (idle elsewhere), reads torch_xla's compilation metrics every
+    ``check_every_n_steps`` training steps; once ``warmup_steps`` have passed (and the
+    first validation, which compiles its own graphs), a new compilation warns or fails
+    (``action``) naming the step and the count. The compilation count and time go into the
+    run summary.
+
+    Args:
+        warmup_steps: steps whose compilations are expected (the first steps, the first
+            validation, the last partial shapes).
+        check_every_n_steps: how often the metrics are read (reading them costs little and
+            does not wait for the device).
+        action: ``"warn"`` or ``"fail"``.
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int = 3,
+        check_every_n_steps: int = 1,
+        action: Literal["warn", "fail"] = "warn",
+        read_metrics: Callable[[], tuple[int, float]] = _xla_compilations,
+    ) -> None:
+        if action not in ("warn", "fail"):
+            raise ConfigError(
+                "callbacks.recompile_guard.action", action, "is not an action", ["warn", "fail"]
+            )
+        self.warmup_steps = warmup_steps
+        self.check_every_n_steps = check_every_n_steps
+        self.action = action
+        self.read_metrics = read_metrics
+        self.after_warmup: int | None = None
+        self.compilations = 0
+        self.compile_seconds = 0.0
+        self._validated = False
+        self.active = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.active = isinstance(trainer.accelerator, XLAAccelerator)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if not self.active or step % self.check_every_n_steps:
+            return
+        self.compilations, self.compile_seconds = self.read_metrics()
+        if step < self.warmup_steps:
+            return
+        if self.after_warmup is None:
+            self.after_warmup = self.compilations
+            return
+        if self.compilations > self.after_warmup:
+            new = self.compilations - self.after_warmup
+            message = (
+                f"XLA compiled {new} new graph(s) after warm-up, by step {step} "
+                f"({self.compilations} in all): a shape or a Python value changes between steps"
+            )
+            if self.action == "fail":
+                raise RecompilationError(message)
+            rank_zero_warn(message)
+            self.after_warmup = self.compilations
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active and not self._validated:  # the first validation compiles its graphs
+            self._validated = True
+            if self.after_warmup is not None:
+                self.after_warmup = self.read_metrics()[0]
+
+    def summary_figures(self) -> dict[str, Any]:
+        """The figures the run summary reports (none off XLA)."""
+        if not self.active:
+            return {}
+        self.compilations, self.compile_seconds = self.read_metrics()
+        return {
+            "xla_compilations": self.compilations,
+            "xla_compile_seconds": round(self.compile_seconds, 3),
+        }

@@ -1,0 +1,122 @@
+"""Every call the pack makes into torch_xla, in one place.
+
+torch_xla's maintainers have announced a successor; keeping its API behind these few
+functions (current names only: ``torch_xla.device()``, ``torch_xla.sync()``, no
+environment switches) keeps a move small. Nothing here imports torch_xla at import time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_accel.errors import ConfigError
+
+INSTALL = "pip install 'lightning-accel[xla]'"
+
+
+def installed() -> bool:
+    """Whether torch_xla can be imported."""
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def require(key: str, value: object) -> None:
+    """Raise a :class:`ConfigError` naming the extra to install when torch_xla is absent."""
+    if not installed():
+        raise ConfigError(key, value, f"needs torch_xla, which is not installed: {INSTALL}")
+
+
+def pjrt_device() -> str:
+    """The PJRT device type in use (``TPU``, ``CUDA``, ``CPU``), from ``PJRT_DEVICE``."""
+    return os.environ.get("PJRT_DEVICE", "").upper()
+
+
+def device_count() -> int:
+    """Devices of the PJRT device type in use, counted without starting the runtime (a
+    process that starts it can no longer spawn XLA workers)."""
+    kind = pjrt_device()
+    if kind == "CPU":
+        return int(os.environ.get("CPU_NUM_DEVICES", "1"))
+    if kind in ("CUDA", "GPU"):
+        return torch.cuda.device_count()
+    if not installed():
+        return 0
+    from torch_xla._internal import tpu
+
+    return tpu.num_available_devices()
+
+
+def device() -> torch.device:
+    """This process's XLA device."""
+    import torch_xla
+
+    return torch_xla.device()
+
+
+def sync() -> None:
+    """Cut the traced graph here and run it (one step's computation)."""
+    import torch_xla
+
+    torch_xla.sync()
+
+
+def use_spmd() -> None:
+    """Switch the runtime to SPMD: one process drives every device through a mesh. Must
+    run before any tensor is placed on an XLA device."""
+    import torch_xla.runtime as xr
+
+    xr.use_spmd()
+
+
+def global_device_count() -> int:
+    """Devices the (started) runtime drives."""
+    import torch_xla.runtime as xr
+
+    return xr.global_runtime_device_count()
+
+
+def mesh(shape: Sequence[int], axes: Sequence[str]) -> Any:
+    """A device mesh of ``shape`` over all devices, its axes named ``axes``."""
+    import torch_xla.distributed.spmd as xs
+
+    devices = int(np.prod(shape))
+    return xs.Mesh(np.arange(devices), tuple(shape), tuple(axes))
+
+
+def mark_sharding(tensor: torch.Tensor, device_mesh: Any, spec: Sequence[Any]) -> None:
+    """Annotate ``tensor`` (on an XLA device) with how ``device_mesh`` splits each dim."""
+    import torch_xla.distributed.spmd as xs
+
+    xs.mark_sharding(tensor, device_mesh, tuple(spec))
+
+
+def local_shard_shapes(tensor: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shape of the piece of ``tensor`` each device holds."""
+    import torch_xla
+
+    shards = torch_xla._XLAC._get_local_shards([tensor])[0]
+    return [tuple(shard.shape) for shard, _ in shards]
+
+
+def compilations() -> tuple[int, float]:
+    """Graph compilations so far in this process, and the seconds they took."""
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data("CompileTime")
+    if not data:
+        return 0, 0.0
+    count, total_ns = data[0], data[1]
+    return int(count), total_ns / 1e9
+
+
+def checkpoint_function() -> Any:
+    """torch_xla's activation checkpointing (the generic one's recomputation is removed
+    again by the compiler's common-subexpression elimination)."""
+    from torch_xla.utils.checkpoint import checkpoint
+
+    return checkpoint
