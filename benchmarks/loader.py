@@ -29,7 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 def loader_samples_per_second(recipe: str, batches: int) -> float:
     """Samples per second the recipe's training loader delivers on its own."""
     recipe_config = OmegaConf.load(REPO / "recipes" / f"{recipe}.yaml")
-    config = OmegaConf.create({"seed": 0, "data": recipe_config.data})
+    # the values a recipe's data section refers to, as the default profiles set them
+    config = OmegaConf.create(
+        {"seed": 0, "optimization": {"channels_last": False}, "data": recipe_config.data}
+    )
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
