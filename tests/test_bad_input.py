@@ -13,7 +13,7 @@ from lightning_accel.cli.main import main
 CASES = {
     "unknown group option": (
         ["hardware=tpu9"],
-        ["hardware='tpu9'", "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu"],
+        ["hardware='tpu9'", "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, tpu"],
     ),
     "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "limit_train_batches"]),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
@@ -78,6 +78,10 @@ CASES = {
         ["data.tokenizer=FILE"],
         ["data.tokenizer='FILE' is not a tokenizers tokenizer.json file"],
     ),
+    "XLA profile without torch_xla": (
+        ["hardware=xla_cpu_spmd"],
+        ["hardware.accelerator='pjrt'", "pip install 'lightning-accel[xla]'"],
+    ),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 
@@ -109,7 +113,8 @@ def test_bad_input_from_the_real_command_has_no_traceback(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines() == [
         "lightning-accel: error: hardware='nope' is not a hardware option; "
-        "valid choices: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu."
+        "valid choices: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, tpu, tpu_spmd, xla_cpu, "
+        "xla_cpu_spmd."
     ]
     assert list(tmp_path.iterdir()) == []
 

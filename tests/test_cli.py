@@ -66,7 +66,7 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     result = run_cli(["train", "--help"], cwd=tmp_path)
     assert result.returncode == 0
     for line in (
-        "hardware: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu",
+        "hardware: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, tpu, tpu_spmd, xla_cpu, xla_cpu_spmd",
         "optimization: default",
         "recipe: custom, gpt, image",
     ):

@@ -9,10 +9,13 @@ import pytest
 from lightning_accel import hardware
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.config import HardwareConfig, OptimizationConfig
+from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir, load_profile, profile_names
+from lightning_accel.xla import runtime as xla_runtime
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 CHOICES = [(group, option) for group in GROUPS for option in profile_names(group)]
+XLA_PROFILES = ("tpu", "tpu_spmd", "xla_cpu", "xla_cpu_spmd")
 # The custom recipe needs the user's classes; the pack's own stand in for them here.
 CUSTOM = [
     "model._target_=lightning_accel.models.GPTLanguageModel",
@@ -22,7 +25,10 @@ CUSTOM = [
 
 def test_groups_are_the_documented_ones() -> None:
     assert GROUPS == ["callbacks", "hardware", "logger", "optimization", "recipe", "trainer"]
-    assert set(profile_names("hardware")) == {"auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"}
+    assert set(profile_names("hardware")) == {
+        *("auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"),
+        *("tpu", "tpu_spmd", "xla_cpu", "xla_cpu_spmd"),
+    }
     assert "default" in profile_names("optimization")
     assert "gpt" in profile_names("recipe")
 
@@ -35,6 +41,10 @@ def test_option_composes_and_validates(
     # GPU profiles are checked against a machine with 2 CUDA devices (none is used).
     monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
     extra = CUSTOM if (group, option) == ("recipe", "custom") else []
+    if group == "hardware" and option in XLA_PROFILES and not xla_runtime.installed():
+        with pytest.raises(ConfigError, match=r"lightning-accel\[xla\]"):
+            preflight([f"{group}={option}"], multirun=False)
+        return  # composed and refused with the extra to install; tests/xla runs them
     (run,) = preflight([f"{group}={option}", *extra], multirun=False)
     if group == "recipe":
         assert run.recipe == option

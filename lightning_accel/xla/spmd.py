@@ -68,7 +68,11 @@ class XLASPMDStrategy(SingleDeviceXLAStrategy):
         self._check_batch_size(trainer)
         super().setup(trainer)
         assert self.model is not None
-        for parameter in self.model.parameters():
+        self.shard_parameters(self.model)
+
+    def shard_parameters(self, module: torch.nn.Module) -> None:
+        """Split each parameter of ``module`` (on the XLA device) FSDP-style over the mesh."""
+        for parameter in module.parameters():
             spec = parameter_spec(parameter.shape, self.mesh_sizes[1])
             runtime.mark_sharding(parameter, self.mesh, spec)
 

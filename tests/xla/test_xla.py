@@ -1,0 +1,152 @@
+"""XLA on the CPU through PJRT (the TPU code paths, run for real): one device against eager
+CPU, SPMD over 4 virtual devices against one device, parameter shards, compilations after
+warm-up, checkpoints, and the multi-process TPU path at one device.
+
+These run in the torch-xla environment (scripts/setup_xla.sh; scripts/test.sh runs them);
+the main environment has no torch_xla and skips them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TEST_IMPORTS, run_cli
+
+pytest.importorskip("torch_xla", reason="torch_xla is installed only in the XLA environment")
+
+pytestmark = pytest.mark.slow
+
+MODEL = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "data.seq_len=32"]
+LOOP = [
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks=minimal",
+    "data.batch_size=8",
+]
+
+
+class XLARuns:
+    """Runs the CLI once per configuration (cached for the module) and reads its outputs."""
+
+    def __init__(self, root: Path, corpus: Path) -> None:
+        self.root = root
+        self.base = ["train", *MODEL, *LOOP, f"data.source={corpus}"]
+
+    def train(self, name: str, *overrides: str) -> Path:
+        run_dir = self.root / name
+        if not (run_dir / "summary.json").exists():
+            args = [*self.base, f"hydra.run.dir={run_dir}", *overrides]
+            result = run_cli(args, cwd=self.root, timeout=400, env=TEST_IMPORTS)
+            assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    @staticmethod
+    def losses(run_dir: Path) -> list[float]:
+        with (run_dir / "metrics.csv").open() as handle:
+            rows = [r for r in csv.DictReader(handle) if r["train/loss"]]
+        return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+    @staticmethod
+    def summary(run_dir: Path) -> dict:
+        return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> XLARuns:
+    return XLARuns(tmp_path_factory.mktemp("xla"), small_corpus)
+
+
+def _max_gap(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b) == 20, "a loss for every step"
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_xla_cpu_follows_eager_cpu(runs: XLARuns) -> None:
+    eager = runs.losses(runs.train("cpu", "hardware=cpu"))
+    xla = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    assert eager[-1] < eager[0] - 0.5, "the model learns"
+    assert _max_gap(xla, eager) < 1e-4
+
+
+def test_spmd_on_four_devices_follows_one_device(runs: XLARuns) -> None:
+    one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    spmd_dir = runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd")
+    assert _max_gap(runs.losses(spmd_dir), one) < 1e-4
+
+
+def test_compilations_stop_after_warm_up(runs: XLARuns) -> None:
+    for name in ("xla_cpu", "xla_cpu_spmd"):
+        summary = runs.summary(runs.train(name, f"hardware={name}"))
+        # training graph and validation graph (and the first step's variants), then none
+        assert 0 < summary["xla_compilations"] <= 6, summary["xla_compilations"]
+    guarded = runs.train(
+        "xla_cpu_guarded",
+        "hardware=xla_cpu",
+        "+callbacks.recompile_guard._target_=lightning_accel.callbacks.XLARecompileGuard",
+        "+callbacks.recompile_guard.action=fail",
+    )
+    assert runs.summary(guarded)["steps"] == 20, "no compilation after warm-up"
+
+
+def test_checkpoint_resumes_to_the_same_weights(runs: XLARuns) -> None:
+    uninterrupted = runs.train("xla_cpu", "hardware=xla_cpu")
+    first = runs.train(
+        "xla_cpu_stopped_at_10",
+        "hardware=xla_cpu",
+        "+callbacks.stop._target_=helpers.StopAtStep",
+        "+callbacks.stop.step=10",
+    )
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    resumed = runs.train("xla_cpu_resumed", "hardware=xla_cpu", f"ckpt_path={checkpoint}")
+    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert got["global_step"] == expected["global_step"] == 20
+    for key, value in expected["state_dict"].items():
+        assert got["state_dict"][key].device.type == "cpu", "checkpoints hold CPU tensors"
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=1e-5)
+
+
+def test_tpu_profile_runs_its_multi_process_path_at_one_device(runs: XLARuns) -> None:
+    one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    spawned = runs.train(
+        "tpu_one_process", "hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1"
+    )
+    assert _max_gap(runs.losses(spawned), one) < 1e-4
+
+
+def test_each_device_holds_a_quarter_of_each_sharded_parameter(tmp_path: Path) -> None:
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4"}
+    code = (
+        "from lightning_accel.models import GPTLanguageModel\n"
+        "from lightning_accel.xla import runtime\n"
+        "from lightning_accel.xla.spmd import XLASPMDStrategy, parameter_spec\n"
+        "import json\n"
+        "strategy = XLASPMDStrategy(data=1, fsdp=-1)\n"
+        "model = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)\n"
+        "model = model.to(runtime.device())\n"
+        "strategy.shard_parameters(model)\n"
+        "print(json.dumps({n: [list(p.shape), runtime.local_shard_shapes(p)]\n"
+        "                  for n, p in model.named_parameters()}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shapes = json.loads(result.stdout.strip().splitlines()[-1])
+    sharded = 0
+    for name, (full, shards) in shapes.items():
+        assert len(shards) == 4, name
+        if full and full[0] % 4 == 0:
+            assert all(s == [full[0] // 4, *full[1:]] for s in shards), (name, full, shards)
+            sharded += 1
+        else:
+            assert all(s == full for s in shards), (name, full, shards)
+    assert sharded >= len(shapes) - 2, "every parameter whose first dimension 4 divides"
