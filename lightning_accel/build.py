@@ -15,7 +15,7 @@ from lightning_accel.optimize import ModelOptimizations
 from lightning_accel.precision import PrecisionChoice, resolve_precision
 from lightning_accel.profiles import as_hardware, as_optimization
 from lightning_accel.strategies import FSDP2Strategy  # importing registers the strategies
-from lightning_accel.xla.accelerator import PJRTAccelerator  # noqa: F401 - registers "pjrt"
+from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
 
 
@@ -75,10 +75,13 @@ def _resolve(
 
 
 def _xla_arguments(arguments: dict[str, Any]) -> None:
-    """On XLA the precision is a plugin instance (Lightning's own sets process-wide
-    environment switches), and an SPMD run is one process on one logical device."""
+    """On XLA the accelerator is passed as an instance (Lightning picks its XLA strategies
+    for XLA accelerator instances, not for registered names), the precision is a plugin
+    instance (Lightning's own sets process-wide environment switches), and an SPMD run is
+    one process on one logical device."""
     from lightning_accel.xla.precision import AccelXLAPrecision
 
+    arguments["accelerator"] = PJRTAccelerator()
     arguments["plugins"] = [AccelXLAPrecision(arguments.pop("precision"))]
     if isinstance(arguments["strategy"], XLASPMDStrategy):
         arguments["devices"] = 1

@@ -35,6 +35,7 @@ def test_parameters_split_on_their_first_dimension_when_the_axis_divides_it() ->
 class FakeTrainer:
     def __init__(self) -> None:
         self.global_step = 0
+        self.sanity_checking = False
 
 
 def _guard(counts: list[int], action: str = "warn") -> XLARecompileGuard:
@@ -57,6 +58,20 @@ def test_guard_accepts_compilations_during_warm_up_only() -> None:
     _steps(_guard([1, 2, 2, 2, 2]), 5)  # compiles at steps 1-2, then never
     with pytest.warns(UserWarning, match="1 new graph.*by step 4 \\(3 in all\\)"):
         _steps(_guard([1, 2, 2, 3, 3]), 5)
+
+
+def test_guard_expects_new_graphs_after_the_first_two_validations_only() -> None:
+    # steps 1-2 compile (warm-up); each step after the validations at 4, 6 and 8 compiles
+    guard = _guard([1, 2, 2, 2, 3, 3, 4, 4, 5], action="fail")
+    trainer = FakeTrainer()
+    for step in range(1, 9):
+        trainer.global_step = step
+        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
+        if step in (4, 6, 8):
+            guard.on_validation_end(trainer, None)  # type: ignore[arg-type]
+    trainer.global_step = 9
+    with pytest.raises(RecompilationError, match="by step 9"):
+        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
 
 
 def test_guard_fails_when_asked_to() -> None:

@@ -42,6 +42,10 @@ class AccelXLAPrecision(XLAPrecision):
             data, torch.Tensor, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t
         )
 
+    def optimizer_step(self, optimizer: Any, model: Any, closure: Any, **kwargs: Any) -> Any:
+        _keep_optimizer_on_device(optimizer, model.device)
+        return super().optimizer_step(optimizer, model, closure, **kwargs)
+
     @contextmanager
     def forward_context(self) -> Iterator[None]:
         if self.precision == "bf16-mixed":
@@ -49,3 +53,18 @@ class AccelXLAPrecision(XLAPrecision):
                 yield
         else:
             yield
+
+
+def _keep_optimizer_on_device(optimizer: Any, device: torch.device) -> None:
+    """Keep an Adam-family optimizer's per-step values on the device. A Python number
+    (the learning rate a schedule changes, the step count Adam reads back with ``.item()``
+    unless it is capturable) is traced into the graph as a constant, so every step would
+    compile a new graph; torch's schedulers update a tensor rate in place. Also run after a
+    checkpoint load, which brings the rates back as host values."""
+    for group in getattr(optimizer, "param_groups", []):
+        if "capturable" not in group:  # optimizers without a device-side update path
+            continue
+        group["capturable"] = True
+        rate = group["lr"]
+        if not isinstance(rate, torch.Tensor) or rate.device != device:
+            group["lr"] = torch.as_tensor(rate, dtype=torch.float32).to(device)
