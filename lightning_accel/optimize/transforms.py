@@ -38,8 +38,13 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
             )
 
 
-def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
+def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu") -> int:
     blocks = find_repeated_blocks(model)
+    options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT}
+    if device_type == "xla":
+        from lightning_accel.xla import runtime
+
+        options = {"checkpoint_fn": runtime.checkpoint_function()}
     parents = {
         id(child): (parent, name)
         for parent in model.modules()
@@ -51,9 +56,7 @@ def _checkpoint_blocks(model: nn.Module, every_k: int) -> int:
             continue
         parent, name = parents[id(block)]
         # The wrapper strips its own prefix from state_dict keys, so checkpoints stay portable.
-        setattr(
-            parent, name, checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-        )
+        setattr(parent, name, checkpoint_wrapper(block, **options))
         wrapped += 1
     return wrapped
 
@@ -81,7 +84,8 @@ def apply_model_optimizations(
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     if optimization.activation_checkpointing.enabled:
-        _checkpoint_blocks(model, optimization.activation_checkpointing.every_k_blocks)
+        every_k = optimization.activation_checkpointing.every_k_blocks
+        _checkpoint_blocks(model, every_k, accelerator)
     if optimization.compile.active_on(accelerator):
         compile_config = optimization.compile
         _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)

@@ -151,3 +151,41 @@ def test_each_device_holds_a_quarter_of_each_sharded_parameter(tmp_path: Path) -
         else:
             assert all(s == full for s in shards), (name, full, shards)
     assert sharded >= len(shapes) - 2, "every parameter whose first dimension 4 divides"
+
+
+def test_activation_checkpointing_under_spmd_keeps_the_losses(runs: XLARuns) -> None:
+    plain = runs.losses(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    checkpointed = runs.train(
+        "xla_cpu_spmd_checkpointed",
+        "hardware=xla_cpu_spmd",
+        "optimization.activation_checkpointing.enabled=true",
+    )
+    assert _max_gap(runs.losses(checkpointed), plain) < 1e-4
+
+
+def test_bf16_mixed_on_xla_behaves_like_bf16_mixed_on_the_cpu(runs: XLARuns) -> None:
+    eager = runs.losses(runs.train("cpu_bf16", "hardware=cpu", "optimization.precision=bf16-mixed"))
+    xla = runs.train("xla_cpu_bf16", "hardware=xla_cpu", "optimization.precision=bf16-mixed")
+    assert runs.summary(xla)["precision"] == "bf16-mixed"
+    assert _max_gap(runs.losses(xla), eager) < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_size=6"], "data.batch_size=6 is not divisible by the 4 devices"),
+        (
+            ["hardware.strategy_options.data=3", "hardware.strategy_options.fsdp=1"],
+            "must multiply to the 4 devices here",
+        ),
+    ],
+    ids=["batch the mesh does not divide", "mesh of another size"],
+)
+def test_spmd_bad_input_exits_2_before_compiling(
+    tmp_path: Path, small_corpus: Path, overrides: list[str], message: str
+) -> None:
+    args = ["train", *MODEL, "trainer=smoke", f"data.source={small_corpus}"]
+    result = run_cli([*args, "hardware=xla_cpu_spmd", *overrides, "hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1]
