@@ -38,50 +38,58 @@ class FakeTrainer:
         self.sanity_checking = False
 
 
-def _guard(counts: list[int], action: str = "warn") -> XLARecompileGuard:
-    readings = iter(counts)
-    guard = XLARecompileGuard(
-        warmup_steps=2, action=action, read_metrics=lambda: (next(readings), 1.5)
-    )  # type: ignore[arg-type]
+class FakeXLA:
+    """Compilation metrics that a test sets by hand."""
+
+    def __init__(self) -> None:
+        self.compilations = 0
+
+    def read(self) -> tuple[int, float]:
+        return self.compilations, 1.5
+
+
+def _run(
+    compiling_steps: dict[int, int], steps: int, validate_after: tuple[int, ...] = (), **options
+) -> XLARecompileGuard:
+    """Drive a guard through ``steps`` steps; step s compiles ``compiling_steps[s]`` graphs,
+    and every validation compiles 5 graphs of its own."""
+    xla = FakeXLA()
+    guard = XLARecompileGuard(warmup_steps=2, read_metrics=xla.read, **options)
     guard.active = True
+    trainer = FakeTrainer()
+    for step in range(1, steps + 1):
+        guard.on_train_batch_start(trainer)  # type: ignore[arg-type]
+        xla.compilations += compiling_steps.get(step, 0)
+        trainer.global_step = step
+        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
+        if step in validate_after:
+            xla.compilations += 5
+            guard.on_validation_end(trainer, None)  # type: ignore[arg-type]
     return guard
 
 
-def _steps(guard: XLARecompileGuard, steps: int) -> None:
-    trainer = FakeTrainer()
-    for step in range(1, steps + 1):
-        trainer.global_step = step
-        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
-
-
 def test_guard_accepts_compilations_during_warm_up_only() -> None:
-    _steps(_guard([1, 2, 2, 2, 2]), 5)  # compiles at steps 1-2, then never
-    with pytest.warns(UserWarning, match="1 new graph.*by step 4 \\(3 in all\\)"):
-        _steps(_guard([1, 2, 2, 3, 3]), 5)
+    _run({1: 3, 2: 1}, 6)
+    with pytest.warns(UserWarning, match="1 new graph.*training step 4 after warm-up"):
+        _run({1: 3, 2: 1, 4: 1}, 6)
 
 
-def test_guard_expects_new_graphs_after_the_first_two_validations_only() -> None:
-    # steps 1-2 compile (warm-up); each step after the validations at 4, 6 and 8 compiles
-    guard = _guard([1, 2, 2, 2, 3, 3, 4, 4, 5], action="fail")
-    trainer = FakeTrainer()
-    for step in range(1, 9):
-        trainer.global_step = step
-        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
-        if step in (4, 6, 8):
-            guard.on_validation_end(trainer, None)  # type: ignore[arg-type]
-    trainer.global_step = 9
-    with pytest.raises(RecompilationError, match="by step 9"):
-        guard.on_train_batch_end(trainer)  # type: ignore[arg-type]
+def test_guard_expects_a_new_step_graph_after_the_first_two_validations_only() -> None:
+    compiles = {1: 3, 2: 1, 5: 1, 7: 1}  # the steps after the validations at 4 and 6
+    guard = _run(compiles, 8, validate_after=(4, 6, 8), action="fail")
+    # counted at the last step, before its own validation: 6 in steps, 10 in validations
+    assert guard.compilations == 6 + 10, "validation compilations are counted, not flagged"
+    with pytest.raises(RecompilationError, match="training step 9"):
+        _run({**compiles, 9: 1}, 9, validate_after=(4, 6, 8), action="fail")
 
 
 def test_guard_fails_when_asked_to() -> None:
-    with pytest.raises(RecompilationError, match="by step 5"):
-        _steps(_guard([1, 1, 1, 1, 4], action="fail"), 5)
+    with pytest.raises(RecompilationError, match="training step 5"):
+        _run({1: 1, 5: 3}, 5, action="fail")
 
 
 def test_guard_reports_compilations_for_the_summary() -> None:
-    guard = _guard([2, 2, 2])
-    _steps(guard, 2)
+    guard = _run({1: 2}, 2)
     assert guard.summary_figures() == {"xla_compilations": 2, "xla_compile_seconds": 1.5}
     guard.active = False
     assert guard.summary_figures() == {}, "nothing to report off XLA"

@@ -24,10 +24,11 @@ def _xla_compilations() -> tuple[int, float]:
 
 
 class XLARecompileGuard(pl.Callback):
-    """On XLA accelerators (idle elsewhere), reads torch_xla's compilation metrics every
-    ``check_every_n_steps`` training steps; once warm-up has passed, a new compilation
-    warns or fails (``action``) naming the step and the count. The compilation count and
-    time go into the run summary.
+    """On XLA accelerators (idle elsewhere), reads torch_xla's compilation count before and
+    after every ``check_every_n_steps``-th training step; once warm-up has passed, a
+    compilation inside a step warns or fails (``action``) naming the step and the count.
+    Compilations outside steps (validation, checkpoint saving) are not a step's. The
+    compilation count and time go into the run summary.
 
     Warm-up is the first ``warmup_steps`` steps and the first ``warmup_validations``
     validations with the step after each: measured on the GPT recipe, the step graph takes
@@ -60,43 +61,49 @@ class XLARecompileGuard(pl.Callback):
         self.check_every_n_steps = check_every_n_steps
         self.action = action
         self.read_metrics = read_metrics
-        self.after_warmup: int | None = None
+        self._before_step: int | None = None
         self.compilations = 0
         self.compile_seconds = 0.0
         self._validations = 0
-        self._rebaseline = False
+        self._after_warmup_validation = False
         self.active = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.active = isinstance(trainer.accelerator, XLAAccelerator)
 
+    def _checked(self, trainer: pl.Trainer) -> bool:
+        return self.active and trainer.global_step % self.check_every_n_steps == 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._checked(trainer):
+            self._before_step = self.read_metrics()[0]
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if not self.active or step % self.check_every_n_steps:
+        # counted inside the step only: saving checkpoints and validating compile their
+        # own small programs, which say nothing about the step's graph
+        if not self._checked(trainer) or self._before_step is None:
             return
+        before, self._before_step = self._before_step, None
         self.compilations, self.compile_seconds = self.read_metrics()
-        if step < self.warmup_steps:
+        step = trainer.global_step
+        warming_up = step <= self.warmup_steps or self._after_warmup_validation
+        self._after_warmup_validation = False
+        new = self.compilations - before
+        if new <= 0 or warming_up:
             return
-        if self.after_warmup is None or self._rebaseline:
-            self.after_warmup = self.compilations
-            self._rebaseline = False
-            return
-        if self.compilations > self.after_warmup:
-            new = self.compilations - self.after_warmup
-            message = (
-                f"XLA compiled {new} new graph(s) after warm-up, by step {step} "
-                f"({self.compilations} in all): a shape or a Python value changes between steps"
-            )
-            if self.action == "fail":
-                raise RecompilationError(message)
-            rank_zero_warn(message)
-            self.after_warmup = self.compilations
+        message = (
+            f"XLA compiled {new} new graph(s) in training step {step} after warm-up "
+            f"({self.compilations} in all): a shape or a Python value changes between steps"
+        )
+        if self.action == "fail":
+            raise RecompilationError(message)
+        rank_zero_warn(message)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and not trainer.sanity_checking:
             self._validations += 1
             # the step after a warm-up validation compiles its own variant of the step graph
-            self._rebaseline = self._validations <= self.warmup_validations
+            self._after_warmup_validation = self._validations <= self.warmup_validations
 
     def summary_figures(self) -> dict[str, Any]:
         """The figures the run summary reports (none off XLA)."""

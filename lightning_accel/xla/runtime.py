@@ -95,6 +95,16 @@ def mark_sharding(tensor: torch.Tensor, device_mesh: Any, spec: Sequence[Any]) -
     xs.mark_sharding(tensor, device_mesh, tuple(spec))
 
 
+def send_sharded(tensor: torch.Tensor, device_mesh: Any, spec: Sequence[Any]) -> torch.Tensor:
+    """Copy a host tensor to the devices already split as ``spec`` says (each device gets
+    only its piece; annotating a copied tensor instead reshards it on every step)."""
+    import torch_xla.core.xla_model as xm
+    import torch_xla.distributed.spmd as xs
+
+    sharding = xs.ShardingSpec(device_mesh, tuple(spec))
+    return xm.send_cpu_data_to_device([tensor], device(), sharding)[0]
+
+
 def local_shard_shapes(tensor: torch.Tensor) -> list[tuple[int, ...]]:
     """The shape of the piece of ``tensor`` each device holds."""
     import torch_xla

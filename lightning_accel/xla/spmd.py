@@ -88,14 +88,15 @@ class XLASPMDStrategy(SingleDeviceXLAStrategy):
     def batch_to_device(
         self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0
     ) -> Any:
-        batch = super().batch_to_device(batch, device, dataloader_idx)
-
         def split(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.ndim:
-                runtime.mark_sharding(tensor, self.mesh, (MESH_AXES,) + (None,) * (tensor.ndim - 1))
-            return tensor
+            if tensor.device.type == "xla" or not tensor.ndim:
+                return tensor
+            spec = (MESH_AXES,) + (None,) * (tensor.ndim - 1)
+            return runtime.send_sharded(tensor, self.mesh, spec)
 
-        return apply_to_collection(batch, torch.Tensor, split)
+        # split on the way to the devices; then the module's own transfer hooks run
+        batch = apply_to_collection(batch, torch.Tensor, split)
+        return super().batch_to_device(batch, device, dataloader_idx)
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
