@@ -16,6 +16,7 @@ from lightning_accel.config import require_positive
 from lightning_accel.data.loading import (
     ResumableDataLoader,
     ResumableSampler,
+    checked_loader_settings,
     data_parallel_share,
     loader_options,
 )
@@ -126,13 +127,9 @@ class DeviceImageDataModule(pl.LightningDataModule):
         self.given_mean = list(mean) if mean is not None else None
         self.given_std = list(std) if std is not None else None
         self.channels_last = channels_last
-        self.loader_settings = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers,
-            "prefetch_factor": prefetch_factor,
-        }
-        loader_options(None, **self.loader_settings)  # checks the values
+        self.loader_settings = checked_loader_settings(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
+        )
         self.seed = seed
         self.channels = 0
         self.num_classes = 0

@@ -165,6 +165,24 @@ def loader_options(
     return options
 
 
+def checked_loader_settings(
+    num_workers: int | str = "auto",
+    pin_memory: bool | str = "auto",
+    persistent_workers: bool | str = "auto",
+    prefetch_factor: int | None = None,
+) -> dict[str, Any]:
+    """A DataModule's loader settings as given (``auto`` resolved later, per hardware, by
+    :func:`loader_options`), checked now so that bad values stop a run before it starts."""
+    settings = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": persistent_workers,
+        "prefetch_factor": prefetch_factor,
+    }
+    loader_options(None, **settings)
+    return settings
+
+
 def data_parallel_share(trainer: pl.Trainer | None) -> dict[str, int]:
     """``num_replicas`` and ``rank`` of this process's data shard (one replica alone)."""
     strategy = trainer.strategy if trainer is not None else None

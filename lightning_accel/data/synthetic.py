@@ -14,6 +14,7 @@ from lightning_accel.data.device_images import DeviceImageDataModule
 from lightning_accel.data.loading import (
     ResumableDataLoader,
     ResumableSampler,
+    checked_loader_settings,
     data_parallel_share,
     loader_options,
 )
@@ -55,13 +56,9 @@ class SyntheticTokenDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.samples = samples
         self.val_samples = val_samples
-        self.loader_settings = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers,
-            "prefetch_factor": prefetch_factor,
-        }
-        loader_options(None, **self.loader_settings)  # checks the values
+        self.loader_settings = checked_loader_settings(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
+        )
         self.seed = seed
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None

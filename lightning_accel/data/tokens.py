@@ -23,6 +23,7 @@ from lightning_accel.data.loading import (
     ResumableSampler,
     Sampling,
     check_sampling,
+    checked_loader_settings,
     data_parallel_share,
     loader_options,
 )
@@ -241,13 +242,9 @@ class TokenDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.sampling = sampling
         self.skip_undecodable = skip_undecodable or source == STDLIB
-        self.loader_settings = {
-            "num_workers": num_workers,
-            "pin_memory": pin_memory,
-            "persistent_workers": persistent_workers,
-            "prefetch_factor": prefetch_factor,
-        }
-        loader_options(None, **self.loader_settings)  # checks the values
+        self.loader_settings = checked_loader_settings(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
+        )
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.seed = seed
         self.cache: Path | None = None
