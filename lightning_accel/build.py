@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import Strategy, StrategyRegistry
+from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
 
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
@@ -77,14 +77,18 @@ def _resolve(
 def _xla_arguments(arguments: dict[str, Any]) -> None:
     """On XLA the accelerator is passed as an instance (Lightning picks its XLA strategies
     for XLA accelerator instances, not for registered names), the precision is a plugin
-    instance (Lightning's own sets process-wide environment switches), and an SPMD run is
-    one process on one logical device."""
+    instance (Lightning's own sets process-wide environment switches), an SPMD run is one
+    process on one logical device, and one TPU device needs no process group."""
     from lightning_accel.xla.precision import AccelXLAPrecision
 
     arguments["accelerator"] = PJRTAccelerator()
     arguments["plugins"] = [AccelXLAPrecision(arguments.pop("precision"))]
     if isinstance(arguments["strategy"], XLASPMDStrategy):
         arguments["devices"] = 1
+    elif isinstance(arguments["strategy"], XLAStrategy) and arguments["devices"] == 1:
+        # Lightning's multi-process XLA strategy refuses one device under PJRT and names
+        # its single-device strategy instead
+        arguments["strategy"] = "auto"
 
 
 def trainer_arguments(
