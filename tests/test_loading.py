@@ -121,3 +121,17 @@ def test_bad_worker_count_names_the_key(workers: object) -> None:
 def test_loader_batches_are_tensors_of_the_dataset() -> None:
     batch = next(iter(_loader()))
     assert isinstance(batch, torch.Tensor) and batch.shape == (4,)
+
+
+def test_an_epoch_cut_short_by_the_trainer_resumes_with_the_next_epoch_whole() -> None:
+    # with limit_train_batches, Lightning ends the epoch early and sets the next one
+    interrupted = _loader()
+    iterator = iter(interrupted)
+    for _ in range(3):
+        next(iterator)
+    resumed = _loader()
+    resumed.load_state_dict(interrupted.state_dict())
+    resumed.sampler.set_epoch(1)
+    following = _loader()
+    following.sampler.set_epoch(1)
+    assert _batches(resumed) == _batches(following)

@@ -89,10 +89,15 @@ class ResumableDataLoader(DataLoader):
         self.batches_taken = 0
         self.wait_seconds = 0.0  # time the training loop spent waiting for batches
         self._resume_at = 0
+        self._resume_epoch = 0
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         assert isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
-        skip, self._resume_at = self._resume_at, 0
+        # runs at the first batch, after Lightning has set the epoch: a resumed epoch skips
+        # what was trained; a new one (the saved epoch ended early, by
+        # `limit_train_batches`) starts whole
+        skip = self._resume_at if self.sampler.epoch == self._resume_epoch else 0
+        self._resume_at = 0
         self.sampler.start = skip * self.batch_size
         self.batches_taken = skip
         batches = super().__iter__()
@@ -116,6 +121,7 @@ class ResumableDataLoader(DataLoader):
             self.sampler.set_epoch(state["epoch"] + 1)
             return
         self.sampler.set_epoch(state["epoch"])
+        self._resume_epoch = state["epoch"]
         self._resume_at = state["batches_taken"]
 
 
