@@ -22,6 +22,12 @@ class ResolvedHardware:
     strategy: str
     num_nodes: int
 
+    @property
+    def processes(self) -> int:
+        """Processes the runner starts on this node: one per device, except on XLA, which
+        starts its own (one per TPU chip) or drives every device from one (SPMD)."""
+        return 1 if self.accelerator == "pjrt" else self.devices
+
 
 def cuda_device_count() -> int:
     """Number of CUDA devices torch can use (0 on a CPU-only build)."""

@@ -28,9 +28,7 @@ def run_job(cfg: DictConfig) -> None:
     try:
         run = measure_precision(validated_run(cfg, Path(HydraConfig.get().runtime.output_dir)))
         config_path = save_resolved_config(run)
-        hw = resolve_hardware(run.hardware)
-        # XLA starts its own processes (one per TPU chip) or drives every device from one
-        processes = 1 if hw.accelerator == "pjrt" else hw.devices
+        processes = resolve_hardware(run.hardware).processes
         if processes > 1:
             launch_local_ranks(config_path, processes)
         else:

@@ -130,7 +130,7 @@ def test_each_device_holds_a_quarter_of_each_sharded_parameter(tmp_path: Path) -
     code = (
         "from lightning_accel.models import GPTLanguageModel\n"
         "from lightning_accel.xla import runtime\n"
-        "from lightning_accel.xla.spmd import XLASPMDStrategy, parameter_spec\n"
+        "from lightning_accel.xla.spmd import XLASPMDStrategy\n"
         "import json\n"
         "strategy = XLASPMDStrategy(data=1, fsdp=-1)\n"
         "model = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)\n"
