@@ -34,3 +34,8 @@ class ConfigError(ValueError):
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def article(noun: str) -> str:
+    """``a`` or ``an``, whichever reads right before ``noun``."""
+    return "an" if noun[:1].lower() in "aeiou" else "a"

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_accel.config import HardwareConfig, OptimizationConfig
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, article
 
 ProfileT = TypeVar("ProfileT", HardwareConfig, OptimizationConfig)
 
@@ -31,7 +31,9 @@ def load_profile(group: str, name: str, schema: type[ProfileT]) -> ProfileT:
     """Load ``conf/<group>/<name>.yaml`` checked against ``schema``."""
     path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(group, name, f"is not a {group} profile", profile_names(group))
+        raise ConfigError(
+            group, name, f"is not {article(group)} {group} profile", profile_names(group)
+        )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
     except OmegaConfBaseException as error:

@@ -39,3 +39,11 @@ def peak_process_memory_mb() -> float:
     """The largest resident memory this process has had, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory this process has held for training, in MiB: allocated device memory
+    on a CUDA device, resident process memory everywhere else."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_process_memory_mb()

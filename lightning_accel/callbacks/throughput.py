@@ -13,10 +13,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def synchronized_time(device: torch.device) -> float:
+    """The wall clock once ``device`` has finished its queued work."""
+    synchronize(device)
+    return time.perf_counter()
+
+
 class ThroughputClock:
-    """Counts samples and tokens over a stretch of training and the wall time it took,
-    with pauses (validation) left out. The device is synchronized only when the clock
-    starts, pauses, resumes or is read, never per step."""
+    """Counts samples and tokens over a stretch of training and the wall time it took, with
+    pauses (validation) left out. It is given the time at each start, pause and resume, so
+    that one device synchronization can serve several clocks."""
 
     def __init__(self) -> None:
         self.samples = 0
@@ -26,32 +32,28 @@ class ThroughputClock:
         self._since: float | None = None
         self.started = False
 
-    def start(self, device: torch.device) -> None:
-        synchronize(device)
+    def start(self, now: float) -> None:
         self.started = True
-        self._since = time.perf_counter()
+        self._since = now
 
-    def pause(self, device: torch.device) -> None:
+    def pause(self, now: float) -> None:
         if self._since is not None:
-            synchronize(device)
-            self._seconds += time.perf_counter() - self._since
+            self._seconds += now - self._since
             self._since = None
 
-    def resume(self, device: torch.device) -> None:
+    def resume(self, now: float) -> None:
         if self.started and self._since is None:
-            synchronize(device)
-            self._since = time.perf_counter()
+            self._since = now
 
     def count(self, samples: int, tokens: int) -> None:
         self.steps += 1
         self.samples += samples
         self.tokens += tokens
 
-    def seconds(self, device: torch.device) -> float:
-        """Measured time so far (the clock keeps running)."""
-        self.pause(device)
-        self.resume(device)
-        return self._seconds
+    def seconds(self, now: float) -> float:
+        """Measured time up to ``now`` (the clock keeps running)."""
+        running = now - self._since if self._since is not None else 0.0
+        return self._seconds + running
 
     def rate(self, count: int, seconds: float) -> float | None:
         return round(count / seconds, 2) if seconds > 0 else None

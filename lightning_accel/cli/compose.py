@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_accel.cli.schema import RunConfig, register_schemas
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, article
 from lightning_accel.profiles import config_dir
 
 
@@ -67,7 +67,9 @@ def _unknown_option(error: MissingConfigException, overrides: list[str]) -> Conf
     group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
     given = _given(overrides, group) or (error.missing_cfg_file or "").rsplit("/", 1)[-1]
     if error.options is not None and group:
-        return ConfigError(group, given, f"is not a {group} option", sorted(error.options))
+        return ConfigError(
+            group, given, f"is not {article(group)} {group} option", sorted(error.options)
+        )
     return ConfigError("config", error.missing_cfg_file, "cannot be found")
 
 

@@ -11,11 +11,14 @@ USAGE = """usage: lightning-accel VERB [ARGS]
 verbs:
   train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
                              choices (lightning-accel train --help lists every option)
+  bench [OPTIONS] OVERRIDES  train each cell of a matrix (e.g. hardware=cpu,ddp_cpu
+                             optimization=default,fast) in its own process and compare
+                             their speed: table, results.csv/json, chart.png
   consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
                              loads without a process group and resumes on one device
 """
 
-VERBS = ("train", "consolidate")
+VERBS = ("train", "bench", "consolidate")
 
 
 def consolidate(args: list[str]) -> int:
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_accel.cli.train import main as train
 
         return train(rest)
+    if verb == "bench":
+        from lightning_accel.cli.bench import main as bench
+
+        return bench(rest)
     if verb == "consolidate":
         return consolidate(rest)
     fail(f"'{verb}' is not a lightning-accel command; valid choices: {', '.join(VERBS)}.")

@@ -130,3 +130,16 @@ def checkpoint_function() -> Any:
     from torch_xla.utils.checkpoint import checkpoint
 
     return checkpoint
+
+
+def device_kind() -> str:
+    """What the XLA devices are: ``CPU``, ``CUDA``, or ``TPU <type>`` (e.g. ``TPU v5p``)."""
+    kind = pjrt_device()
+    if kind != "TPU":
+        return kind
+    from torch_xla._internal import tpu
+
+    try:
+        return f"TPU {tpu.get_tpu_type()}"
+    except (OSError, KeyError):  # no TPU metadata to read
+        return "TPU"

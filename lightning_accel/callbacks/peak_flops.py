@@ -1,0 +1,156 @@
+"""Peak dense matmul throughput of a device, the denominator of model FLOPs utilization.
+
+Accelerators are looked up in a table of vendor figures (dense, without sparsity); a CPU's
+peak is measured once per process with a large matmul in the precision the run computes in.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+TERA = 1e12
+
+# Dense tensor-core figures per GPU, in TFLOP/s, by number format. Datasheets quote bf16,
+# fp16 and tf32 "with sparsity"; the dense figure is half of that.
+_GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    # NVIDIA H100 datasheet (SXM5, PCIe and NVL columns):
+    # https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    # NVIDIA H200 datasheet (SXM and NVL columns):
+    # https://www.nvidia.com/en-us/data-center/h200/
+    "H200 SXM": {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    # NVIDIA HGX B200 datasheet, eight GPUs per board (36 PFLOPS bf16 with sparsity):
+    # https://www.nvidia.com/en-us/data-center/hgx/
+    "B200": {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1125.0, "fp32": 75.0},
+    # NVIDIA A100 datasheet (SXM4 and PCIe share these figures):
+    # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    # NVIDIA L4 datasheet: https://www.nvidia.com/en-us/data-center/l4/
+    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+}
+
+# bf16 TFLOP/s per chip from Google Cloud's TPU system architecture pages
+# (https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e). TPUs run fp32 matmuls at
+# bf16 speed by default, so one figure serves every precision.
+_TPU_PEAK_TFLOPS: dict[str, float] = {
+    "TPU v4": 275.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v6e": 918.0,
+}
+
+# How drivers name the devices above, checked in order (most specific first).
+_GPU_NAMES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("h100", "nvl"), "H100 NVL"),
+    (("h100", "pcie"), "H100 PCIe"),
+    (("h100",), "H100 SXM"),
+    (("h200", "nvl"), "H200 NVL"),
+    (("h200",), "H200 SXM"),
+    (("b200",), "B200"),
+    (("a100",), "A100"),
+    (("l4",), "L4"),
+)
+_TPU_KINDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("v6", "lite"), "TPU v6e"),
+    (("v6e",), "TPU v6e"),
+    (("v5", "lite"), "TPU v5e"),
+    (("v5litepod",), "TPU v5e"),
+    (("v5e",), "TPU v5e"),
+    (("v5p",), "TPU v5p"),
+    (("v5",), "TPU v5p"),
+    (("v4",), "TPU v4"),
+)
+
+
+@dataclass(frozen=True)
+class PeakFlops:
+    """A device's peak FLOP/s for one number format, and where the figure comes from."""
+
+    flops_per_second: float
+    source: str
+
+
+def _match(name: str, patterns: tuple[tuple[tuple[str, ...], str], ...]) -> str | None:
+    """The first known device whose every word appears as a whole word in ``name``."""
+    lowered = name.lower()
+    for words, known in patterns:
+        if all(re.search(rf"\b{word}\b", lowered) for word in words):
+            return known
+    return None
+
+
+def number_format(precision: str, float32_matmul_precision: str = "highest") -> str:
+    """The matmul number format a Lightning precision computes in: ``bf16``, ``fp16``,
+    ``tf32`` (fp32 with TensorFloat-32 matmuls allowed) or ``fp32``."""
+    if precision.startswith("bf16"):
+        return "bf16"
+    if precision.startswith("16"):
+        return "fp16"
+    return "fp32" if float32_matmul_precision == "highest" else "tf32"
+
+
+def gpu_peak(device_name: str, precision: str, float32_matmul_precision: str) -> PeakFlops | None:
+    """The datasheet peak of a GPU named ``device_name`` (as its driver reports it), or
+    None for a GPU the table does not know."""
+    known = _match(device_name, _GPU_NAMES)
+    if known is None:
+        return None
+    fmt = number_format(precision, float32_matmul_precision)
+    return PeakFlops(_GPU_PEAK_TFLOPS[known][fmt] * TERA, f"{known} datasheet, dense {fmt}")
+
+
+def tpu_peak(device_kind: str) -> PeakFlops | None:
+    """The published bf16 peak of a TPU chip of ``device_kind`` (e.g. ``TPU v5litepod``)."""
+    known = _match(device_kind, _TPU_KINDS)
+    if known is None:
+        return None
+    return PeakFlops(_TPU_PEAK_TFLOPS[known] * TERA, f"{known} published bf16 peak")
+
+
+@functools.cache
+def measured_cpu_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 8) -> PeakFlops:
+    """The fastest of ``repeats`` ``size``-square matmuls in ``dtype`` on this process's CPU
+    threads, as FLOP/s (measured once per process and format)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # first call selects and warms the kernel
+    fastest = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        fastest = min(fastest, time.perf_counter() - started)
+    name = str(dtype).removeprefix("torch.")
+    threads = torch.get_num_threads()
+    source = f"measured {name} matmul, {threads} thread{'s' if threads > 1 else ''}"
+    return PeakFlops(2 * size**3 / fastest, source)
+
+
+def device_peak(device: torch.device, precision: str) -> PeakFlops | None:
+    """The peak FLOP/s of ``device`` for a run in ``precision``; None where unknown."""
+    if device.type == "cuda":
+        return gpu_peak(
+            torch.cuda.get_device_name(device), precision, torch.get_float32_matmul_precision()
+        )
+    if device.type == "xla":
+        from lightning_accel.xla import runtime
+
+        kind = runtime.device_kind()
+        if kind.startswith("TPU"):
+            return tpu_peak(kind)
+        return measured_cpu_peak(_cpu_dtype(precision)) if kind == "CPU" else None
+    if device.type == "cpu":
+        return measured_cpu_peak(_cpu_dtype(precision))
+    return None
+
+
+def _cpu_dtype(precision: str) -> torch.dtype:
+    fmt = number_format(precision)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fmt, torch.float32)

@@ -1,0 +1,291 @@
+"""How fast training runs and how well it uses the device: throughput, step time, data
+wait, FLOPs, model FLOPs utilization (MFU) and peak memory."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_accel.callbacks.memory import peak_memory_mb
+from lightning_accel.callbacks.peak_flops import PeakFlops, device_peak
+from lightning_accel.callbacks.throughput import ThroughputClock, synchronized_time
+
+# A training step costs about three forward passes: the backward pass computes gradients
+# of both activations and weights, two matmuls for each one of the forward pass.
+STEP_FLOPS_PER_FORWARD_FLOP = 3
+
+
+def batch_inputs(batch: Any) -> torch.Tensor | None:
+    """The first tensor of a batch: the inputs, by the usual (inputs, targets) convention."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        return next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return None
+
+
+def data_wait_seconds(trainer: pl.Trainer) -> float | None:
+    """Time the loop has waited for training batches, from loaders that count it."""
+    waited = getattr(trainer.train_dataloader, "wait_seconds", None)
+    return float(waited) if waited is not None else None
+
+
+def model_flops_utilization(
+    flops_per_step: float, step_seconds: float, peak: float | None
+) -> tuple[float, float | None]:
+    """FLOP/s one device achieves, and their share of its ``peak`` FLOP/s (the MFU; None
+    without a peak)."""
+    achieved = flops_per_step / step_seconds
+    return achieved, achieved / peak if peak else None
+
+
+def compiled_graphs() -> int | None:
+    """Graphs torch.compile has built in this process (None when it never ran)."""
+    if "torch._dynamo" not in sys.modules:
+        return None
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class SpeedMonitor(pl.Callback):
+    """Measures training speed without slowing it, logs it every logging interval and hands
+    the whole run's figures to the run summary.
+
+    Logged for the steps since the previous log (keys under ``speed/``): ``step_ms``,
+    ``samples_per_second`` and ``tokens_per_second`` (all ranks together),
+    ``data_wait_share``, ``tflops_per_device``, ``mfu`` and ``peak_memory_mb``. The run
+    summary gets the same figures over the steady steps, after ``warmup_steps`` (which hold
+    compilation and cache warm-up), plus warm-up and compile time and peak memory per rank.
+
+    FLOPs are counted once, over the forward pass of the first training batch, with torch's
+    ``FlopCounterMode``; a step is taken as three forward passes, the usual convention for
+    model FLOPs, so recomputation under activation checkpointing does not count. MFU divides
+    the FLOP/s each device achieves by its peak: a vendor figure for known GPUs and TPUs, a
+    matmul measured once on CPUs. The device is synchronized only at logging steps,
+    validation and the end of training, never per step. Tokens are counted when the batch
+    inputs are integer token ids; samples always. A "step" is one training batch.
+
+    Args:
+        warmup_steps: leading steps left out of the summary figures.
+        log_every_n_steps: logging interval; default the trainer's ``log_every_n_steps``.
+        count_flops: count FLOPs and report MFU.
+        peak_flops: the device's peak FLOP/s, to use instead of the table or measurement.
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int = 5,
+        log_every_n_steps: int | None = None,
+        count_flops: bool = True,
+        peak_flops: float | None = None,
+    ) -> None:
+        self.warmup_steps = warmup_steps
+        self.log_every_n_steps = log_every_n_steps
+        self.count_flops = count_flops
+        self.peak_flops = peak_flops
+        self.figures: dict[str, Any] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.all_steps = ThroughputClock()
+        self.steady_steps = ThroughputClock()
+        self.window = ThroughputClock()
+        self.forward_flops: int | None = None
+        self.peak: PeakFlops | None = None
+        self._counter: FlopCounterMode | None = None
+        self._wait_at_steady_start: float | None = None
+        self._wait_at_window_start: float | None = None
+        self._paused = False
+
+    @property
+    def flops_per_step(self) -> int | None:
+        """Model FLOPs of one training step on one device (None until counted)."""
+        if self.forward_flops is None:
+            return None
+        return STEP_FLOPS_PER_FORWARD_FLOP * self.forward_flops
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+        self.figures = {}
+        if self.count_flops:
+            if self.peak_flops:
+                self.peak = PeakFlops(self.peak_flops, "given")
+            else:
+                self.peak = device_peak(pl_module.device, str(trainer.precision))
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.all_steps.started:
+            now = synchronized_time(pl_module.device)
+            self.all_steps.start(now)
+            self._start_window(trainer, now)
+            if self.count_flops:
+                self._counter = FlopCounterMode(display=False)
+                self._counter.__enter__()
+        if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
+            self.steady_steps.start(synchronized_time(pl_module.device))
+            self._wait_at_steady_start = data_wait_seconds(trainer)
+        if self._paused:
+            now = synchronized_time(pl_module.device)
+            for clock in self._clocks:
+                clock.resume(now)
+            self._paused = False
+
+    @property
+    def _clocks(self) -> tuple[ThroughputClock, ...]:
+        return (self.all_steps, self.steady_steps, self.window)
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        self._stop_counting()
+
+    def _stop_counting(self) -> None:
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.forward_flops = self._counter.get_total_flops()
+            self._counter = None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_counting()
+
+    # Lightning runs checkpoint callbacks after all others: pausing here also leaves out the
+    # checkpoints saved at the end of validation and of the epoch, until the next step starts.
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause(pl_module.device)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause(pl_module.device)
+
+    def _pause(self, device: torch.device) -> None:
+        if not self._paused:
+            now = synchronized_time(device)
+            for clock in self._clocks:
+                clock.pause(now)
+            self._paused = True
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._stop_counting()  # a step without a backward pass
+        inputs = batch_inputs(batch)
+        samples = inputs.shape[0] if inputs is not None and inputs.ndim > 0 else 0
+        tokens = inputs.numel() if samples and not inputs.is_floating_point() else 0
+        for clock in self._clocks:
+            if clock.started:
+                clock.count(samples, tokens)
+        if self.window.steps >= (self.log_every_n_steps or trainer.log_every_n_steps):
+            self._log_window(trainer, pl_module.device)
+
+    def _start_window(self, trainer: pl.Trainer, now: float) -> None:
+        self.window = ThroughputClock()
+        self.window.start(now)
+        self._wait_at_window_start = data_wait_seconds(trainer)
+
+    def _log_window(self, trainer: pl.Trainer, device: torch.device) -> None:
+        now = synchronized_time(device)
+        seconds = self.window.seconds(now)
+        metrics = self._speed(
+            trainer, self.window, seconds, self._wait_at_window_start, device, rounded=False
+        )
+        metrics["peak_memory_mb"] = peak_memory_mb(device)
+        logged = {f"speed/{k}": float(v) for k, v in metrics.items() if v is not None}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=trainer.global_step)
+        self._start_window(trainer, now)
+
+    def _speed(
+        self,
+        trainer: pl.Trainer,
+        clock: ThroughputClock,
+        seconds: float,
+        wait_at_start: float | None,
+        device: torch.device,
+        rounded: bool = True,
+    ) -> dict[str, Any]:
+        """Step time, throughput (all ranks), data wait share and MFU of a measured stretch."""
+
+        def keep(value: float, digits: int) -> float:
+            return float(f"{value:.{digits}g}") if rounded else value
+
+        world = trainer.world_size
+        step = seconds / clock.steps if clock.steps and seconds > 0 else None
+        figures: dict[str, Any] = {
+            "step_ms": keep(step * 1000, 6) if step else None,
+            "samples_per_second": clock.rate(clock.samples * world, seconds),
+            "tokens_per_second": clock.rate(clock.tokens * world, seconds)
+            if clock.tokens
+            else None,
+            "data_wait_share": None,
+            "tflops_per_device": None,
+            "mfu": None,
+        }
+        waited = data_wait_seconds(trainer)
+        if waited is not None and seconds > 0:
+            figures["data_wait_share"] = keep((waited - (wait_at_start or 0.0)) / seconds, 3)
+        if step and self.flops_per_step:
+            peak = self.peak.flops_per_second if self.peak else None
+            achieved, mfu = model_flops_utilization(self.flops_per_step, step, peak)
+            figures["tflops_per_device"] = keep(achieved / 1e12, 4)
+            figures["mfu"] = keep(mfu, 4) if mfu is not None else None
+        return figures
+
+    def _warmup_figures(
+        self, pl_module: pl.LightningModule, step: float | None, now: float
+    ) -> dict[str, Any]:
+        """Time of the warm-up steps, and of compilation (when the model has compiled parts):
+        what the warm-up steps took beyond as many steady steps."""
+        if not self.steady_steps.steps or step is None:
+            return {"warmup_seconds": None, "compile_seconds": None}
+        warmup = self.all_steps.seconds(now) - self.steady_steps.seconds(now)
+        warmup_steps = self.all_steps.steps - self.steady_steps.steps
+        compiled = any(getattr(m, "_compiled_call_impl", None) for m in pl_module.modules())
+        extra = round(max(0.0, warmup - warmup_steps * step), 3)
+        return {"warmup_seconds": round(warmup, 3), "compile_seconds": extra if compiled else None}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        steady = bool(self.steady_steps.steps)
+        clock = self.steady_steps if steady else self.all_steps
+        now = synchronized_time(device)
+        seconds = clock.seconds(now)
+        speed = self._speed(
+            trainer, clock, seconds, self._wait_at_steady_start if steady else 0.0, device
+        )
+        step = speed.pop("step_ms")
+        step_seconds = step / 1000 if step else None
+        # every rank takes part in the gather, while the process group is still up
+        mine = torch.tensor([peak_memory_mb(device)], dtype=torch.float64, device=device)
+        peaks = trainer.strategy.all_gather(mine).reshape(-1).cpu().tolist()
+        self.figures = {
+            "measured_steps": clock.steps,
+            "step_seconds": round(step_seconds, 5) if step_seconds else None,
+            **self._warmup_figures(pl_module, step_seconds, now),
+            **speed,
+            "flops_per_step": self.flops_per_step,
+            "peak_tflops_per_device": round(self.peak.flops_per_second / 1e12, 3)
+            if self.peak
+            else None,
+            "peak_flops_source": self.peak.source if self.peak else None,
+            "peak_memory_mb_per_rank": [round(p, 1) for p in peaks],
+            "compiled_graphs": compiled_graphs(),
+        }
+
+    def summary_figures(self) -> dict[str, Any]:
+        """The figures the run summary reports."""
+        return self.figures

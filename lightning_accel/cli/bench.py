@@ -1,0 +1,306 @@
+"""``lightning-accel bench``: train every cell of a matrix of settings, each in its own
+process, and compare their speed in a table, CSV, JSON and a bar chart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lightning_accel.cli.compose import compose_job, job_overrides
+from lightning_accel.cli.console import console, fail, quiet_upstream, say
+from lightning_accel.cli.preflight import validated_run
+from lightning_accel.errors import ConfigError
+from lightning_accel.profiles import config_dir, profile_names
+
+USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] OVERRIDES...
+
+Trains one run per cell of the matrix the overrides span (comma lists, as with --multirun),
+each in its own process, and compares them. Warm-up and compile steps are left out of the
+figures. Writes results.json, results.csv and chart.png to DIR.
+
+  lightning-accel bench hardware=cpu,ddp_cpu optimization=default,fast trainer.max_steps=60
+"""
+
+# What the table and files report from each run's summary.json.
+FIGURES = (
+    "step_seconds",
+    "samples_per_second",
+    "tokens_per_second",
+    "mfu",
+    "peak_memory_mb",
+    "compilations",
+    "compile_seconds",
+)
+_EMPTY_VALUES = ("", "[]", "choice()")
+
+
+@dataclass
+class Cell:
+    """One run of the matrix: the overrides that differ between cells (its label), all its
+    overrides, and what its runs measured or the error that stopped it."""
+
+    label: str
+    overrides: list[str]
+    run_dirs: list[Path] = field(default_factory=list)
+    figures: dict[str, float | None] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_arguments(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lightning-accel bench", add_help=False)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("overrides", nargs="*")
+    options, unknown = parser.parse_known_args(args)
+    if unknown:
+        raise ConfigError("bench option", unknown[0], "is unknown", ["--out", "--repeats"])
+    if options.repeats < 1:
+        raise ConfigError("--repeats", options.repeats, "must be at least 1")
+    return options
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    """The keys given several values: the dimensions of the matrix."""
+    return [o.partition("=")[0] for o in overrides if "," in o.partition("=")[2]]
+
+
+def matrix(overrides: list[str]) -> list[Cell]:
+    """The cells the overrides span, each labelled by its values of the swept keys and
+    checked by composing it as ``train`` would (unknown profiles and keys fail here,
+    before anything runs)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value.strip() in _EMPTY_VALUES:
+            group = key.lstrip("+~")
+            choices = profile_names(group) if (config_dir() / group).is_dir() else None
+            raise ConfigError(
+                key, value, "lists no values, so the matrix is empty; give one or more", choices
+            )
+    swept = swept_keys(overrides)
+    cells = []
+    for job in job_overrides(overrides, multirun=True):
+        validated_run(compose_job(job), Path("."))
+        values = dict(o.partition("=")[::2] for o in job)
+        label = " · ".join(values[key] for key in swept) or "default"
+        cells.append(Cell(label=label, overrides=job))
+    return cells
+
+
+def _directory_name(number: int, label: str) -> str:
+    return f"{number}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+
+
+ERROR_PREFIX = "lightning-accel: error:"
+
+
+def _error_of(log: str, returncode: int) -> str:
+    """The sentence a failed run ended with: the CLI's error message, else the last line
+    it printed (an exception's type and message)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(ERROR_PREFIX):
+            return line.removeprefix(ERROR_PREFIX).strip()
+    return lines[-1] if lines else f"exit code {returncode}"
+
+
+def run_cell(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
+    """Train one cell in a fresh process; its summary, or None with ``cell.error`` set."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lightning_accel", "train", "callbacks=minimal"]
+    command += [*cell.overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    (run_dir / "bench.log").write_text(result.stdout + result.stderr)
+    summary_path = run_dir / "summary.json"
+    if result.returncode != 0 or not summary_path.is_file():
+        cell.error = _error_of(result.stderr, result.returncode)
+        return None
+    return json.loads(summary_path.read_text())
+
+
+def cell_figures(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The compared figures of one run summary."""
+    peaks = summary.get("peak_memory_mb_per_rank") or []
+    compilations = summary.get("xla_compilations", summary.get("compiled_graphs"))
+    return {
+        "step_seconds": summary.get("step_seconds"),
+        "samples_per_second": summary.get("samples_per_second"),
+        "tokens_per_second": summary.get("tokens_per_second"),
+        "mfu": summary.get("mfu"),
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "compilations": compilations,
+        "compile_seconds": summary.get("xla_compile_seconds", summary.get("compile_seconds")),
+    }
+
+
+def median_figures(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each figure's median over repeated runs of a cell (None where a run lacks it)."""
+    medians: dict[str, float | None] = {}
+    for name in FIGURES:
+        values = [run[name] for run in runs]
+        measured = [v for v in values if v is not None]
+        medians[name] = statistics.median(measured) if len(measured) == len(values) else None
+    return medians
+
+
+def run_matrix(cells: list[Cell], out: Path, repeats: int) -> None:
+    """Run every cell ``repeats`` times, interleaved, so that drifts of the machine's speed
+    touch every cell alike; a failed cell is not run again."""
+    measured: dict[int, list[dict[str, float | None]]] = {i: [] for i in range(len(cells))}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(cells) * repeats)
+        for repeat in range(repeats):
+            for number, cell in enumerate(cells):
+                if cell.ok:
+                    progress.update(task, description=f"{cell.label} (run {repeat + 1})")
+                    run_dir = out / _directory_name(number, cell.label)
+                    if repeats > 1:
+                        run_dir = run_dir / f"run{repeat}"
+                    summary = run_cell(cell, run_dir)
+                    cell.run_dirs.append(run_dir)
+                    if summary is not None:
+                        measured[number].append(cell_figures(summary))
+                progress.advance(task)
+    for number, cell in enumerate(cells):
+        if cell.ok:
+            cell.figures = median_figures(measured[number])
+
+
+def _throughput(figures: dict[str, float | None]) -> tuple[float | None, str]:
+    if figures.get("tokens_per_second"):
+        return figures["tokens_per_second"], "tokens/s"
+    return figures.get("samples_per_second"), "samples/s"
+
+
+def speedups(cells: list[Cell]) -> list[float | None]:
+    """Each cell's throughput (samples/s) over the first cell's."""
+    first = cells[0].figures.get("samples_per_second") if cells and cells[0].ok else None
+    return [
+        c.figures["samples_per_second"] / first
+        if first and c.ok and c.figures.get("samples_per_second")
+        else None
+        for c in cells
+    ]
+
+
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else format(value, form)
+
+
+def results_table(cells: list[Cell], title: str, dimensions: str) -> Table:
+    """The rich table people read; ``dimensions`` names the first column (the swept keys)."""
+    table = Table(title=title, title_justify="left")
+    for name, justify in (
+        (dimensions, "left"),
+        ("step", "right"),
+        ("throughput", "right"),
+        ("speed-up", "right"),
+        ("peak memory", "right"),
+        ("MFU", "right"),
+        ("compiles", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for cell, speedup in zip(cells, speedups(cells), strict=True):
+        if not cell.ok:
+            table.add_row(cell.label, "[red]failed[/]", "", "", "", "", "")
+            continue
+        f = cell.figures
+        rate, unit = _throughput(f)
+        step = f["step_seconds"] * 1000 if f["step_seconds"] is not None else None
+        table.add_row(
+            cell.label,
+            f"{_number(step, ',.1f')} ms",
+            f"{_number(rate, ',.0f')} {unit}",
+            _number(speedup, ".2f") + ("x" if speedup is not None else ""),
+            f"{_number(f['peak_memory_mb'], ',.0f')} MiB",
+            _number(f["mfu"], ".1%"),
+            _number(f["compilations"], ".0f"),
+        )
+    return table
+
+
+def result_rows(cells: list[Cell]) -> list[dict[str, Any]]:
+    """One flat record per cell, for results.json and results.csv."""
+    return [
+        {
+            "cell": cell.label,
+            "status": "ok" if cell.ok else "failed",
+            "error": cell.error,
+            "speedup": speedup,
+            **{name: cell.figures.get(name) for name in FIGURES},
+            "overrides": " ".join(cell.overrides),
+            "run_dirs": " ".join(str(d) for d in cell.run_dirs),
+        }
+        for cell, speedup in zip(cells, speedups(cells), strict=True)
+    ]
+
+
+def write_results(cells: list[Cell], out: Path, repeats: int) -> list[Path]:
+    """Write results.json, results.csv and chart.png; return their paths."""
+    import csv
+
+    from lightning_accel.cli.chart import bar_chart
+
+    rows = result_rows(cells)
+    json_path, csv_path, chart_path = out / "results.json", out / "results.csv", out / "chart.png"
+    json_path.write_text(json.dumps({"repeats": repeats, "cells": rows}, indent=2) + "\n")
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rates = [_throughput(c.figures) if c.ok else (None, "") for c in cells]
+    unit = next((u for r, u in rates if r), "samples/s")
+    bar_chart(
+        [c.label for c in cells],
+        [r if u == unit else None for r, u in rates],
+        unit,
+        chart_path,
+    )
+    return [json_path, csv_path, chart_path]
+
+
+def main(args: list[str]) -> int:
+    """Run ``lightning-accel bench`` with the arguments after the verb."""
+    quiet_upstream()
+    try:
+        options = parse_arguments(args)
+        if options.help:
+            print(USAGE, end="")
+            return 0
+        cells = matrix(options.overrides)
+    except ConfigError as error:
+        fail(error)
+    out = options.out or Path("runs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"benchmarking {len(cells)} cells x {options.repeats} runs; runs in {out}")
+    run_matrix(cells, out, options.repeats)
+    dimensions = " · ".join(swept_keys(options.overrides)) or "cell"
+    title = f"bench: {' '.join(options.overrides) or 'defaults'}"
+    console.print(results_table(cells, title, dimensions))
+    failed = [c for c in cells if not c.ok]
+    for cell in failed:
+        say(f"{cell.label} failed: {cell.error} (log: {cell.run_dirs[-1] / 'bench.log'})")
+    written = write_results(cells, out, options.repeats)
+    say(f"results in {', '.join(str(p) for p in written)}")
+    return 1 if failed else 0

@@ -1,0 +1,88 @@
+"""``lightning-accel bench``: a matrix of runs in their own processes, compared in a table,
+CSV, JSON and a chart; a failed cell is reported and the others still run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from helpers import TINY, run_cli
+
+from lightning_accel.cli import bench
+
+
+def test_a_failed_cell_is_reported_and_the_others_still_run(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "--out", str(out), "hardware=ddp,cpu", *TINY, f"data.source={small_corpus}"]
+    result = run_cli(args, cwd=tmp_path)
+
+    assert result.returncode == 1, "a failed cell makes the command fail"
+    assert "ddp failed: hardware.accelerator='cuda' is not available" in result.stderr
+    document = json.loads((out / "results.json").read_text())
+    ddp, cpu = document["cells"]
+    assert (ddp["cell"], ddp["status"], ddp["speedup"]) == ("ddp", "failed", None)
+    assert ddp["error"].startswith("hardware.accelerator='cuda' is not available")
+    assert (cpu["cell"], cpu["status"], cpu["error"]) == ("cpu", "ok", None)
+    summary = json.loads((out / "1-cpu" / "summary.json").read_text())
+    assert cpu["samples_per_second"] == summary["samples_per_second"] > 0
+    assert cpu["step_seconds"] == summary["step_seconds"] > 0
+    assert cpu["peak_memory_mb"] == max(summary["peak_memory_mb_per_rank"])
+    assert 0 < cpu["mfu"] < 1
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["cell"], r["status"]) for r in rows] == [("ddp", "failed"), ("cpu", "ok")]
+    assert float(rows[1]["samples_per_second"]) == cpu["samples_per_second"]
+    assert (out / "chart.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("hardware=", "hardware='' lists no values, so the matrix is empty; give one or more;"),
+        ("hardware=cpu,nope", "hardware='nope' is not a hardware option; valid choices: auto,"),
+        (
+            "optimization=fast,quick",
+            "'quick' is not an optimization option; valid choices: default",
+        ),
+    ],
+)
+def test_an_empty_matrix_or_unknown_profile_exits_2_before_running(
+    tmp_path: Path, override: str, expected: str
+) -> None:
+    out = tmp_path / "bench"
+    result = run_cli(["bench", "--out", str(out), override], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists(), "nothing ran and nothing was written"
+
+
+def _cell(label: str, samples: float | None, **figures: float) -> bench.Cell:
+    cell = bench.Cell(label=label, overrides=[f"hardware={label}"])
+    if samples is None:
+        cell.error = "boom"
+    else:
+        cell.figures = {name: None for name in bench.FIGURES}
+        cell.figures.update(samples_per_second=samples, **figures)
+    return cell
+
+
+def test_speedups_are_against_the_first_cell() -> None:
+    cells = [_cell("a", 100.0), _cell("b", 250.0), _cell("c", None)]
+    assert bench.speedups(cells) == [1.0, 2.5, None]
+    assert bench.speedups([_cell("a", None), _cell("b", 250.0)]) == [None, None]
+
+
+def test_repeated_runs_give_medians_and_compile_counts_prefer_xla() -> None:
+    runs = [bench.cell_figures({"step_seconds": s, "samples_per_second": 1 / s}) for s in (3, 1, 2)]
+    medians = bench.median_figures(runs)
+    assert medians["step_seconds"] == 2 and medians["samples_per_second"] == 0.5
+    assert medians["mfu"] is None
+    figures = bench.cell_figures(
+        {"xla_compilations": 19, "compiled_graphs": 0, "peak_memory_mb_per_rank": [5.0, 7.0]}
+    )
+    assert figures["compilations"] == 19 and figures["peak_memory_mb"] == 7.0

@@ -1,0 +1,226 @@
+"""The speed monitor: throughput covers training steps only (validation and checkpoint
+saving, which grows with the model and dominated GPU step times before, are left out), data
+wait, FLOPs and MFU arithmetic, peak figures per device, interval logging without per-step
+synchronization."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_accel.callbacks import RunSummary, SpeedMonitor, peak_flops, throughput
+from lightning_accel.callbacks import speed as speed_module
+
+SLOW_SAVE_SECONDS = 1000.0
+
+
+class FakeClock:
+    """``time`` for the throughput clock: real time plus whatever slow work has added."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.offset
+
+
+class SlowCheckpoint(ModelCheckpoint):
+    """A checkpoint callback whose every save takes SLOW_SAVE_SECONDS on the fake clock."""
+
+    def __init__(self, clock: FakeClock, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.clock.offset += SLOW_SAVE_SECONDS
+        super()._save_checkpoint(trainer, filepath)
+
+
+class Regressor(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("val/loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("validate_every", [4, None], ids=["after-validation", "epoch-end"])
+def test_checkpoint_saving_is_not_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validate_every: int | None
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(throughput, "time", clock)
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    loader = DataLoader(data, batch_size=4)
+    checkpoint = SlowCheckpoint(clock, dirpath=tmp_path / "checkpoints", save_last=True)
+    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
+    speed = SpeedMonitor(warmup_steps=2)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        val_check_interval=validate_every,
+        limit_val_batches=2,
+        callbacks=[checkpoint, speed, summary],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Regressor(), loader, loader)
+
+    assert clock.offset >= 2 * SLOW_SAVE_SECONDS, "the checkpoint callback saved"
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["measured_steps"] == 2 * len(loader) - 2
+    assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
+
+
+def test_data_wait_share_counts_the_time_spent_fetching_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning_accel.data import loading
+    from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
+
+    clock = FakeClock()
+    monkeypatch.setattr(throughput, "time", clock)
+    monkeypatch.setattr(loading, "time", clock)
+
+    class SlowData(TensorDataset):
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+            clock.offset += 1.0  # each sample takes a (fake) second to load
+            return super().__getitem__(index)
+
+    data = SlowData(torch.randn(64, 4), torch.randn(64, 1))
+    loader = ResumableDataLoader(data, ResumableSampler(data), batch_size=4)
+    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
+    speed = SpeedMonitor(warmup_steps=2)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        callbacks=[speed, summary],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Regressor(), loader)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    # 4 fake seconds of loading per step against well under a real second of compute
+    assert 0.9 < written["data_wait_share"] <= 1.0
+
+
+class MLP(pl.LightningModule):
+    """Two linear layers whose forward FLOPs are known: 2·batch·(64·128 + 128·10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit_mlp(tmp_path: Path, speed: SpeedMonitor, steps: int, log_every: int) -> dict:
+    data = TensorDataset(torch.randn(32 * steps, 64), torch.randint(0, 10, (32 * steps,)))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        log_every_n_steps=log_every,
+        callbacks=[speed, RunSummary(output_dir=str(tmp_path), print_table=False)],
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(MLP(), DataLoader(data, batch_size=32))
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+def test_flops_of_a_known_model_and_mfu_against_a_given_peak(tmp_path: Path) -> None:
+    peak = 1e11
+    speed = SpeedMonitor(warmup_steps=2, peak_flops=peak)
+    written = _fit_mlp(tmp_path, speed, steps=8, log_every=50)
+
+    forward = 2 * 32 * (64 * 128 + 128 * 10)
+    assert speed.forward_flops == forward
+    assert written["flops_per_step"] == 3 * forward
+    achieved = 3 * forward / written["step_seconds"]
+    assert written["tflops_per_device"] == pytest.approx(achieved / 1e12, rel=1e-2)
+    assert written["mfu"] == pytest.approx(achieved / peak, rel=1e-2)
+    assert written["peak_flops_source"] == "given"
+
+
+def test_model_flops_utilization_arithmetic() -> None:
+    assert speed_module.model_flops_utilization(6e12, 0.5, 24e12) == (12e12, 0.5)
+    assert speed_module.model_flops_utilization(6e12, 2.0, None) == (3e12, None)
+
+
+def test_speed_is_logged_every_interval_without_synchronizing_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synchronized: list[torch.device] = []
+    monkeypatch.setattr(throughput, "synchronize", synchronized.append)
+    written = _fit_mlp(tmp_path, SpeedMonitor(warmup_steps=2), steps=24, log_every=6)
+
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("speed/step_ms")]
+    assert [int(row["step"]) for row in rows] == [6, 12, 18, 24]
+    for row in rows:
+        assert float(row["speed/samples_per_second"]) > 0
+        assert 0 < float(row["speed/mfu"]) < 1, "a measured CPU peak bounds the MFU"
+        assert float(row["speed/peak_memory_mb"]) > 0
+    # the start, the steady clock's start, one per log, the epoch's end, the end of training
+    assert len(synchronized) == 4 + len(rows)
+    assert written["measured_steps"] == 22
+    assert written["peak_flops_source"].startswith("measured float32 matmul")
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "matmul", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16-mixed", "highest", 989.4),
+        ("NVIDIA H100 PCIe", "32-true", "highest", 51.2),
+        ("NVIDIA H100 PCIe", "32-true", "high", 378.0),
+        ("NVIDIA H100 NVL", "16-mixed", "highest", 835.5),
+        ("NVIDIA H200", "bf16-true", "highest", 989.5),
+        ("NVIDIA B200", "bf16-mixed", "highest", 2250.0),
+        ("NVIDIA A100-SXM4-80GB", "bf16-mixed", "highest", 312.0),
+        ("NVIDIA L4", "32-true", "highest", 30.3),
+        ("NVIDIA L40S", "bf16-mixed", "highest", None),
+    ],
+)
+def test_gpu_peaks_come_from_the_datasheet_table(
+    name: str, precision: str, matmul: str, tflops: float | None
+) -> None:
+    peak = peak_flops.gpu_peak(name, precision, matmul)
+    if tflops is None:
+        assert peak is None
+    else:
+        assert peak is not None and peak.flops_per_second == pytest.approx(tflops * 1e12)
+
+
+@pytest.mark.parametrize(
+    ("kind", "tflops"),
+    [("TPU v4", 275.0), ("TPU v5litepod", 197.0), ("TPU v5p", 459.0), ("TPU v6e", 918.0)],
+)
+def test_tpu_peaks_come_from_the_published_figures(kind: str, tflops: float) -> None:
+    peak = peak_flops.tpu_peak(kind)
+    assert peak is not None and peak.flops_per_second == pytest.approx(tflops * 1e12)
