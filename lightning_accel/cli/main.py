@@ -13,9 +13,12 @@ verbs:
                              choices (lightning-accel train --help lists every option)
   consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
                              loads without a process group and resumes on one device
+  doctor [--json] [hardware=NAMES]
+                             what this machine has, which hardware profiles run here, what
+                             auto picks, and the command that fixes each problem found
 """
 
-VERBS = ("train", "consolidate")
+VERBS = ("train", "consolidate", "doctor")
 
 
 def consolidate(args: list[str]) -> int:
@@ -52,4 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return train(rest)
     if verb == "consolidate":
         return consolidate(rest)
+    if verb == "doctor":
+        from lightning_accel.cli.doctor import main as doctor
+
+        return doctor(rest)
     fail(f"'{verb}' is not a lightning-accel command; valid choices: {', '.join(VERBS)}.")
