@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -39,18 +40,6 @@ def torch_xla_installed() -> bool:
     return importlib.util.find_spec("torch_xla") is not None
 
 
-def auto_accelerator() -> str:
-    """The accelerator ``auto`` picks: CUDA if present, then a TPU, else the CPU."""
-    if cuda_device_count() > 0:
-        return "cuda"
-    if torch_xla_installed() and os.environ.get("PJRT_DEVICE", "TPU").upper() == "TPU":
-        from lightning.pytorch.accelerators import XLAAccelerator
-
-        if XLAAccelerator.is_available():
-            return "tpu"
-    return "cpu"
-
-
 # CPU "devices" are processes (the CPU twins of multi-GPU runs); a few per core still run.
 CPU_PROCESSES_PER_CORE = 4
 
@@ -81,24 +70,79 @@ def configure_pjrt(profile: HardwareConfig) -> None:
         os.environ["CPU_NUM_DEVICES"] = str(profile.devices)
 
 
-def resolve_hardware(profile: HardwareConfig) -> ResolvedHardware:
-    """Turn a profile into Trainer arguments, checking the machine can run it.
+class Machine(Protocol):
+    """What the hardware rules ask of a machine. :data:`THIS_MACHINE` asks this one, lazily
+    and only what a profile needs; ``lightning-accel doctor`` answers from facts it gathered
+    once (or that a test made up)."""
+
+    def cuda_devices(self) -> int:
+        """CUDA devices torch can use."""
+        ...
+
+    def tpu_available(self) -> bool:
+        """Whether ``auto`` may pick a TPU: torch_xla, a TPU, and ``PJRT_DEVICE`` unset or TPU."""
+        ...
+
+    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
+        """Devices of ``accelerator`` that ``profile`` can use (``pjrt``: of its PJRT device).
+
+        Raises:
+            ConfigError: ``pjrt`` without torch_xla.
+        """
+        ...
+
+
+class ThisMachine:
+    """The machine this process runs on (see :class:`Machine`); ``devices_for`` points
+    torch_xla at a ``pjrt`` profile's device type first."""
+
+    def cuda_devices(self) -> int:
+        return cuda_device_count()
+
+    def tpu_available(self) -> bool:
+        if not torch_xla_installed() or os.environ.get("PJRT_DEVICE", "TPU").upper() != "TPU":
+            return False
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        return XLAAccelerator.is_available()
+
+    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
+        if accelerator == "pjrt":
+            configure_pjrt(profile)
+        return available_devices(accelerator)
+
+
+THIS_MACHINE = ThisMachine()
+
+
+def auto_accelerator(machine: Machine = THIS_MACHINE) -> str:
+    """The accelerator ``auto`` picks: CUDA if present, then a TPU, else the CPU."""
+    if machine.cuda_devices() > 0:
+        return "cuda"
+    if machine.tpu_available():
+        return "tpu"
+    return "cpu"
+
+
+def resolve_hardware(profile: HardwareConfig, machine: Machine = THIS_MACHINE) -> ResolvedHardware:
+    """Turn a profile into Trainer arguments, checking ``machine`` (this one unless given)
+    can run it.
 
     Raises:
         ConfigError: the accelerator is absent or fewer devices exist than requested.
     """
-    accelerator = auto_accelerator() if profile.accelerator == "auto" else profile.accelerator
+    accelerator = (
+        auto_accelerator(machine) if profile.accelerator == "auto" else profile.accelerator
+    )
     if accelerator == "gpu":
         accelerator = "cuda"
-    if accelerator == "pjrt":
-        configure_pjrt(profile)
-    present = available_devices(accelerator)
+    present = machine.devices_for(accelerator, profile)
     if present == 0:
         raise ConfigError(
             "hardware.accelerator",
             accelerator,
             "is not available on this machine",
-            ["auto", "cpu"] + (["cuda"] if cuda_device_count() else []),
+            ["auto", "cpu"] + (["cuda"] if machine.cuda_devices() else []),
         )
     devices = present if profile.devices == "auto" else int(profile.devices)
     limit = present * CPU_PROCESSES_PER_CORE if accelerator == "cpu" else present

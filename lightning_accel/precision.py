@@ -3,8 +3,10 @@ precisions the hardware or strategy cannot run."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -33,11 +35,24 @@ class PrecisionChoice:
     reason: str
 
 
-def cpu_bf16_units() -> str | None:
-    """The CPU's bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``), if any."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags, from the first ``flags`` (x86) or ``Features`` (Arm) line of
+    ``cpuinfo``; empty where the file is absent."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def bf16_units(flags: Collection[str]) -> str | None:
+    """The bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``) among ``flags``."""
     return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def cpu_bf16_units() -> str | None:
+    """This CPU's bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``), if any."""
+    return bf16_units(cpu_flags())
 
 
 def cuda_capability() -> tuple[int, int] | None:
@@ -45,15 +60,48 @@ def cuda_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
 
 
-def auto_precision(accelerator: str) -> PrecisionChoice:
-    """What ``precision=auto`` means on ``accelerator``."""
+class PrecisionMachine(Protocol):
+    """What ``precision=auto`` asks of a machine. :data:`THIS_MACHINE` asks this one, and
+    only what the accelerator needs; ``lightning-accel doctor`` answers from gathered facts."""
+
+    def cpu_bf16_units(self) -> str | None:
+        """The CPU's bf16 matrix instruction set, if any."""
+        ...
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        """The first CUDA device's compute capability, if there is one."""
+        ...
+
+    def pjrt_device(self) -> str:
+        """The PJRT device type in use (``TPU``, ``CUDA``, ``CPU``, or empty)."""
+        ...
+
+
+class ThisMachine:
+    """The machine this process runs on (see :class:`PrecisionMachine`)."""
+
+    def cpu_bf16_units(self) -> str | None:
+        return cpu_bf16_units()
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        return cuda_capability()
+
+    def pjrt_device(self) -> str:
+        return pjrt_device()
+
+
+THIS_MACHINE = ThisMachine()
+
+
+def auto_precision(accelerator: str, machine: PrecisionMachine = THIS_MACHINE) -> PrecisionChoice:
+    """What ``precision=auto`` means on ``accelerator`` of ``machine`` (this one unless given)."""
     if accelerator == "cpu":
-        units = cpu_bf16_units()
+        units = machine.cpu_bf16_units()
         if units:
             return PrecisionChoice("bf16-mixed", f"the CPU has bf16 matrix units: {units}")
         return PrecisionChoice("32-true", "the CPU has no bf16 matrix units")
     if accelerator == "cuda":
-        capability = cuda_capability() or (0, 0)
+        capability = machine.cuda_capability() or (0, 0)
         if capability >= (8, 0):
             return PrecisionChoice(
                 "bf16-mixed", f"the GPU (sm_{capability[0]}{capability[1]}) computes in bf16"
@@ -62,10 +110,10 @@ def auto_precision(accelerator: str) -> PrecisionChoice:
             "16-mixed",
             f"the GPU (sm_{capability[0]}{capability[1]}) predates bf16: fp16 with a loss scaler",
         )
-    if accelerator == "tpu" or (accelerator == "pjrt" and pjrt_device() == "TPU"):
+    if accelerator == "tpu" or (accelerator == "pjrt" and machine.pjrt_device() == "TPU"):
         return PrecisionChoice("bf16-mixed", "TPUs compute in bf16")
-    if accelerator == "pjrt" and pjrt_device() == "CUDA":
-        choice = auto_precision("cuda")
+    if accelerator == "pjrt" and machine.pjrt_device() == "CUDA":
+        choice = auto_precision("cuda", machine)
         return (
             choice
             if choice.precision in RUNNABLE["pjrt"]

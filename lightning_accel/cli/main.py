@@ -16,9 +16,12 @@ verbs:
                              their speed: table, results.csv/json, chart.png
   consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
                              loads without a process group and resumes on one device
+  doctor [--json] [hardware=NAMES]
+                             what this machine has, which hardware profiles run here, what
+                             auto picks, and the command that fixes each problem found
 """
 
-VERBS = ("train", "bench", "consolidate")
+VERBS = ("train", "bench", "consolidate", "doctor")
 
 
 def consolidate(args: list[str]) -> int:
@@ -59,4 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench(rest)
     if verb == "consolidate":
         return consolidate(rest)
+    if verb == "doctor":
+        from lightning_accel.cli.doctor import main as doctor
+
+        return doctor(rest)
     fail(f"'{verb}' is not a lightning-accel command; valid choices: {', '.join(VERBS)}.")

@@ -25,9 +25,10 @@ def installed() -> bool:
     return importlib.util.find_spec("torch_xla") is not None
 
 
-def require(key: str, value: object) -> None:
-    """Raise a :class:`ConfigError` naming the extra to install when torch_xla is absent."""
-    if not installed():
+def require(key: str, value: object, present: bool | None = None) -> None:
+    """Raise a :class:`ConfigError` naming the extra to install when torch_xla is absent
+    (``present`` says whether it is, where the question is about another machine)."""
+    if not (installed() if present is None else present):
         raise ConfigError(key, value, f"needs torch_xla, which is not installed: {INSTALL}")
 
 
@@ -44,7 +45,24 @@ def device_count() -> int:
         return int(os.environ.get("CPU_NUM_DEVICES", "1"))
     if kind in ("CUDA", "GPU"):
         return torch.cuda.device_count()
+    return tpu_devices()
+
+
+def tpu_chips() -> int:
+    """TPU chips attached to this host (0 without torch_xla): a scan of the PCI bus that
+    needs neither the runtime nor the TPU metadata server."""
     if not installed():
+        return 0
+    from torch_xla._internal import tpu
+
+    return tpu.num_available_chips()
+
+
+def tpu_devices() -> int:
+    """TPU devices on this host (two per chip before TPU v4), without starting the runtime."""
+    # Devices per chip come from the TPU metadata server, which a host without TPUs lacks:
+    # asking it there fails (or waits for a network timeout), so count the chips first.
+    if tpu_chips() == 0:
         return 0
     from torch_xla._internal import tpu
 
