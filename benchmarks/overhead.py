@@ -1,0 +1,260 @@
+"""What the framework costs per training step: a hand-written PyTorch loop against Lightning
+and against lightning-accel, on the default recipe and on a tiny model.
+
+recipe: the default recipe's model, data and batch, trained by a plain PyTorch loop (same
+    AdamW, warm-up/cosine schedule and gradient clipping) in a fresh process, against
+    ``lightning-accel train`` with the same settings (fp32 on the CPU). Steady-state step
+    time: both leave the first 5 steps out and count every later step, data loading
+    included, validation excluded.
+tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain loop, plain Lightning
+    (no logger, bar, checkpoints or summary), Lightning with the speed monitor alone, and
+    lightning-accel's trainer (``build_trainer("cpu", "default")``) with the speed monitor,
+    run summary and recompile guard. Per-step cost = (time of a long fit - time of a short
+    fit) / (difference in steps), which leaves start-up out.
+
+Setups are interleaved within each repeat; medians over repeats.
+
+    python benchmarks/overhead.py --repeats 5 --json docs/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from common import run_cli
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_accel import build_trainer
+from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuard
+
+WARMUP_STEPS = 5
+RECIPE_STEPS = 100
+RECIPE_OVERRIDES = [
+    "hardware=cpu",
+    "optimization=default",
+    f"trainer.max_steps={RECIPE_STEPS}",
+    f"trainer.val_check_interval={RECIPE_STEPS}",
+]
+
+
+def plain_recipe_loop(steps: int) -> float:
+    """Train the default recipe's model on its data with a hand-written loop; the mean
+    seconds per step after the first WARMUP_STEPS."""
+    from lightning_accel.cli.preflight import preflight, prepare_data
+    from lightning_accel.cli.runner import build_object
+
+    (run,) = preflight(RECIPE_OVERRIDES, multirun=False)
+    prepare_data([run])
+    pl.seed_everything(run.seed, verbose=False)
+    datamodule = build_object(run.data, "data")
+    datamodule.setup("fit")
+    module = build_object(run.model, "model")
+    model, hp = module.model, module.hparams
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=hp.learning_rate, betas=(0.9, 0.95), weight_decay=hp.weight_decay
+    )
+
+    def factor(step: int) -> float:
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        progress = (step - hp.warmup_steps) / max(1, steps - hp.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    model.train()
+    started = 0.0
+    loader = iter(datamodule.train_dataloader())
+    for step in range(steps):
+        if step == WARMUP_STEPS:
+            started = time.perf_counter()
+        inputs, targets = next(loader)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    return (time.perf_counter() - started) / (steps - WARMUP_STEPS)
+
+
+def recipe_pair(tmp: Path, number: int) -> dict[str, float]:
+    """One plain-loop process and one ``lightning-accel train``: their step times."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import overhead; "
+        f"print(overhead.plain_recipe_loop({RECIPE_STEPS}))"
+    )
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    summary = run_cli(RECIPE_OVERRIDES, tmp / f"cli{number}")
+    return {
+        "plain_ms": float(plain.stdout.strip().splitlines()[-1]) * 1000,
+        "accel_ms": summary["step_seconds"] * 1000,
+    }
+
+
+class TinyMLP(pl.LightningModule):
+    """A model whose step takes 1-2 ms on two CPU cores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def tiny_loader(steps: int) -> DataLoader:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64 * steps, 128), torch.randint(0, 10, (64 * steps,)))
+    return DataLoader(data, batch_size=64)
+
+
+def plain_tiny(steps: int) -> None:
+    model = TinyMLP()
+    optimizer = model.configure_optimizers()
+    for step, (inputs, targets) in enumerate(tiny_loader(steps)):
+        loss = F.cross_entropy(model.net(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step + 1 == steps:
+            break
+
+
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "gradient_clip_val": 1.0,
+}
+
+
+def lightning_tiny(steps: int, callbacks: list[pl.Callback]) -> None:
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, callbacks=callbacks, **QUIET
+    )
+    trainer.fit(TinyMLP(), tiny_loader(steps))
+
+
+def accel_tiny(steps: int) -> None:
+    callbacks = [SpeedMonitor(), RunSummary(print_table=False), XLARecompileGuard()]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(
+            "cpu", "default", callbacks=callbacks, max_steps=steps, default_root_dir=tmp, **QUIET
+        )
+        trainer.fit(TinyMLP(), tiny_loader(steps))
+
+
+TINY_SETUPS: dict[str, Callable[[int], None]] = {
+    "plain PyTorch": plain_tiny,
+    "plain Lightning": lambda steps: lightning_tiny(steps, []),
+    "Lightning + SpeedMonitor": lambda steps: lightning_tiny(steps, [SpeedMonitor()]),
+    "lightning-accel": accel_tiny,
+}
+
+
+def speed_monitor_hook_ms(calls: int = 20_000) -> float:
+    """Milliseconds per step the speed monitor's per-step hooks take, called directly on a
+    fitted trainer (between logging steps, which are the only ones that synchronize)."""
+    monitor = SpeedMonitor(warmup_steps=0, log_every_n_steps=10**9)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, callbacks=[monitor], **QUIET)
+    model, loader = TinyMLP(), tiny_loader(3)
+    trainer.fit(model, loader)
+    batch = next(iter(loader))
+    started = time.perf_counter()
+    for index in range(calls):
+        monitor.on_train_batch_start(trainer, model, batch, index)
+        monitor.on_train_batch_end(trainer, model, None, batch, index)
+    return (time.perf_counter() - started) / calls * 1000
+
+
+def per_step_ms(train: Callable[[int], None], short: int, long: int) -> float:
+    """Milliseconds per step of ``train``, start-up costs differenced out."""
+    times = {}
+    for steps in (short, long):
+        started = time.perf_counter()
+        train(steps)
+        times[steps] = time.perf_counter() - started
+    return (times[long] - times[short]) / (long - short) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--parts", nargs="+", choices=["recipe", "tiny"], default=["recipe", "tiny"]
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    console = Console()
+    result: dict[str, object] = {"repeats": args.repeats}
+
+    if "tiny" in args.parts:
+        import lightning_accel.cli.console as cli_console
+
+        cli_console.quiet_upstream()
+        torch.set_num_threads(1)  # a 1 ms step gains nothing from a second thread but noise
+        runs: dict[str, list[float]] = {name: [] for name in TINY_SETUPS}
+        for _ in range(args.repeats):
+            for name, train in TINY_SETUPS.items():
+                runs[name].append(per_step_ms(train, 200, 1200))
+        medians = {name: statistics.median(values) for name, values in runs.items()}
+        base = medians["plain Lightning"]
+        table = Table(title=f"Tiny MLP, ms per step (medians of {args.repeats})")
+        for column in ("setup", "ms / step", "vs plain Lightning"):
+            table.add_column(column, justify="right")
+        for name, value in medians.items():
+            table.add_row(name, f"{value:.3f}", f"{value - base:+.3f} ms")
+        console.print(table)
+        hooks = statistics.median(speed_monitor_hook_ms() for _ in range(args.repeats))
+        console.print(f"SpeedMonitor per-step hooks alone: {hooks * 1000:.1f} µs per step")
+        result["tiny_ms_per_step"] = medians
+        result["speed_monitor_hooks_ms_per_step"] = hooks
+        result["tiny_runs"] = runs
+
+    if "recipe" in args.parts:
+        pairs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for number in range(args.repeats):
+                pairs.append(recipe_pair(Path(tmp), number))
+        plain = statistics.median(p["plain_ms"] for p in pairs)
+        accel = statistics.median(p["accel_ms"] for p in pairs)
+        overhead = statistics.median(p["accel_ms"] / p["plain_ms"] - 1 for p in pairs)
+        table = Table(title=f"Default recipe, {RECIPE_STEPS} steps (medians of {args.repeats})")
+        for column in ("plain PyTorch ms", "lightning-accel ms", "overhead"):
+            table.add_column(column, justify="right")
+        table.add_row(f"{plain:.1f}", f"{accel:.1f}", f"{overhead:+.1%}")
+        console.print(table)
+        result["recipe"] = {
+            "plain_ms": plain,
+            "accel_ms": accel,
+            "overhead": overhead,
+            "runs": pairs,
+        }
+
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
