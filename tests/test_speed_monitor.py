@@ -168,6 +168,15 @@ def test_flops_of_a_known_model_and_mfu_against_a_given_peak(tmp_path: Path) -> 
     assert written["peak_flops_source"] == "given"
 
 
+def test_attention_on_the_cpu_is_counted() -> None:
+    batch, heads, tokens, width = 2, 4, 64, 16
+    q, k, v = (torch.randn(batch, heads, tokens, width) for _ in range(3))
+    with speed_module.flop_counter() as counter:
+        nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # two batched matmuls, scores and weighted values, of 2·b·h·t·t·d FLOPs each
+    assert counter.get_total_flops() == 2 * (2 * batch * heads * tokens * tokens * width)
+
+
 def test_model_flops_utilization_arithmetic() -> None:
     assert speed_module.model_flops_utilization(6e12, 0.5, 24e12) == (12e12, 0.5)
     assert speed_module.model_flops_utilization(6e12, 2.0, None) == (3e12, None)
