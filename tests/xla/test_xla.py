@@ -191,3 +191,10 @@ def test_spmd_bad_input_exits_2_before_compiling(
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_speed_monitor_counts_the_same_flops_on_xla_as_on_the_cpu(runs: XLARuns) -> None:
+    eager = runs.summary(runs.train("cpu", "hardware=cpu"))
+    xla = runs.summary(runs.train("xla_cpu", "hardware=xla_cpu"))
+    assert xla["flops_per_step"] == eager["flops_per_step"] > 0
+    assert 0 < xla["mfu"] < 1 and xla["peak_flops_source"].startswith("measured float32")
