@@ -11,8 +11,8 @@ USAGE = """usage: lightning-accel VERB [ARGS]
 verbs:
   train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
                              choices (lightning-accel train --help lists every option)
-  consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
-                             loads without a process group and resumes on one device
+  consolidate SHARDED OUT    write a sharded (FSDP2, XLA SPMD) checkpoint directory as one file
+                             that loads without a process group and resumes on one device
 """
 
 VERBS = ("train", "consolidate")
