@@ -159,9 +159,12 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         ]
         return checkpoint
 
-    def _target(self, entry: Any) -> torch.Tensor:
-        """An empty tensor to read a saved tensor into: on the devices and split as the
-        parameters are when it has a parameter's rank, else in host memory."""
+    def _target(self, entry: Any) -> torch.Tensor | None:
+        """An empty tensor to read a saved tensor into: on the devices, split as a parameter
+        of its shape is, when the ``fsdp`` axis splits it, else in host memory (``None``
+        for a saved Python value)."""
+        if not hasattr(entry, "size"):
+            return None
         tensor = torch.empty(entry.size, dtype=entry.properties.dtype)
         spec = self._spec(entry.size)
         if "fsdp" not in spec:

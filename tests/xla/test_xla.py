@@ -154,6 +154,18 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
 
 
+def test_tpu_profile_at_one_device_runs_the_multi_process_path_like_xla_cpu(
+    runs: XLARuns,
+) -> None:
+    # Lightning's XLAStrategy and launcher, the one process started through torch_xla's spawn
+    one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    spawned = runs.train(
+        "tpu_one_process", "hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1"
+    )
+    assert runs.summary(spawned)["strategy"] == "xla_processes"
+    assert _max_gap(runs.losses(spawned), one) < 1e-4
+
+
 def test_each_device_holds_a_quarter_of_each_sharded_parameter(tmp_path: Path) -> None:
     env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4"}
     code = (
