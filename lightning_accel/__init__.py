@@ -39,6 +39,8 @@ _PUBLIC = {
     "FSDP2Strategy": "lightning_accel.strategies",
     "PJRTAccelerator": "lightning_accel.xla.accelerator",
     "XLASPMDStrategy": "lightning_accel.xla.spmd",
+    "XLASingleStrategy": "lightning_accel.xla.strategies",
+    "XLAProcessesStrategy": "lightning_accel.xla.strategies",
     "AccelXLAPrecision": "lightning_accel.xla.precision",
 }
 
@@ -55,7 +57,7 @@ def __getattr__(name: str) -> Any:
 if not os.environ.get("LIGHTNING_ACCEL_DEFER_IMPORTS"):
     importlib.import_module("lightning_accel.strategies")
     importlib.import_module("lightning_accel.xla.accelerator")
-    importlib.import_module("lightning_accel.xla.spmd")
+    importlib.import_module("lightning_accel.xla.strategies")
 
 __version__ = "0.1.0"
 

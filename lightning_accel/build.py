@@ -17,6 +17,7 @@ from lightning_accel.profiles import as_hardware, as_optimization
 from lightning_accel.strategies import FSDP2Strategy  # importing registers the strategies
 from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
+from lightning_accel.xla.strategies import XLAProcessesStrategy, XLASingleStrategy
 
 
 def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
@@ -78,17 +79,21 @@ def _xla_arguments(arguments: dict[str, Any]) -> None:
     """On XLA the accelerator is passed as an instance (Lightning picks its XLA strategies
     for XLA accelerator instances, not for registered names), the precision is a plugin
     instance (Lightning's own sets process-wide environment switches), an SPMD run is one
-    process on one logical device, and one TPU device needs no process group."""
+    process on one logical device, and Lightning's own XLA strategies (``auto``, ``xla``)
+    become the pack's, which feed batches through the parallel device loader, keep exact
+    mid-epoch resume and run the multi-process path at one device too."""
     from lightning_accel.xla.precision import AccelXLAPrecision
 
     arguments["accelerator"] = PJRTAccelerator()
     arguments["plugins"] = [AccelXLAPrecision(arguments.pop("precision"))]
-    if isinstance(arguments["strategy"], XLASPMDStrategy):
+    strategy = arguments["strategy"]
+    if isinstance(strategy, XLASPMDStrategy):
         arguments["devices"] = 1
-    elif isinstance(arguments["strategy"], XLAStrategy) and arguments["devices"] == 1:
-        # Lightning's multi-process XLA strategy refuses one device under PJRT and names
-        # its single-device strategy instead
-        arguments["strategy"] = "auto"
+    elif strategy == "auto":
+        one = arguments["devices"] == 1
+        arguments["strategy"] = XLASingleStrategy() if one else XLAProcessesStrategy()
+    elif type(strategy) is XLAStrategy:
+        arguments["strategy"] = XLAProcessesStrategy()
 
 
 def trainer_arguments(

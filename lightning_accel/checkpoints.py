@@ -32,10 +32,8 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
             raise ConfigError(
                 key, str(path), f"is not a complete sharded checkpoint: {required} is missing"
             )
-    from torch.distributed.checkpoint import FileSystemReader
-
     try:
-        metadata = FileSystemReader(str(path)).read_metadata()
+        metadata = _read_metadata(path)
     except Exception as error:  # noqa: BLE001 - any failure to parse means a corrupt index
         raise ConfigError(key, str(path), f"has an unreadable {DCP_METADATA} ({error})") from error
     needed: dict[str, int] = {}
@@ -55,7 +53,19 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
             )
 
 
-def _optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
+def _read_metadata(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return FileSystemReader(str(path)).read_metadata()
+
+
+def sharded_metadata(path: Path) -> dict[str, Any]:
+    """What a sharded checkpoint holds: each saved value's flattened name (``state_dict.<key>``,
+    ``optimizer_<i>.state.<parameter>.<key>``, ...) and its size and dtype."""
+    return dict(_read_metadata(path).state_dict_metadata)
+
+
+def optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
     """An optimizer state keyed by parameter name (torch.distributed.checkpoint's layout)
     re-keyed by parameter position, the layout ``Optimizer.load_state_dict`` takes."""
     index: dict[str, int] = {}
@@ -89,7 +99,7 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
         checkpoint = torch.load(sharded / SHARDED_META, map_location="cpu", weights_only=False)
         checkpoint["state_dict"] = flat["state_dict"]
         optimizers = sorted(k for k in flat if k.startswith("optimizer_"))
-        checkpoint["optimizer_states"] = [_optimizer_by_index(flat[k]) for k in optimizers]
+        checkpoint["optimizer_states"] = [optimizer_by_index(flat[k]) for k in optimizers]
         torch.save(checkpoint, staging)
         staging.replace(output)
     finally:

@@ -28,6 +28,7 @@ PRECISIONS = (
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+XLA_CHECKPOINTS = ("gathered", "sharded")  # how the xla_spmd strategy writes checkpoints
 
 
 def require_positive(key: str, value: Any) -> None:
@@ -72,6 +73,12 @@ class HardwareConfig:
                 )
             require_positive("hardware.devices", self.devices)
         require_positive("hardware.num_nodes", self.num_nodes)
+        if self.strategy == "xla_spmd" and "checkpoint" in self.strategy_options:
+            require_choice(
+                "hardware.strategy_options.checkpoint",
+                self.strategy_options["checkpoint"],
+                XLA_CHECKPOINTS,
+            )
 
 
 @dataclass

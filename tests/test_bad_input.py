@@ -78,6 +78,10 @@ CASES = {
         ["data.tokenizer=FILE"],
         ["data.tokenizer='FILE' is not a tokenizers tokenizer.json file"],
     ),
+    "unknown XLA checkpoint form": (
+        ["hardware=xla_cpu_spmd", "hardware.strategy_options.checkpoint=full"],
+        ["hardware.strategy_options.checkpoint='full'", "gathered, sharded"],
+    ),
     "XLA profile without torch_xla": (
         ["hardware=xla_cpu_spmd"],
         ["hardware.accelerator='pjrt'", "pip install 'lightning-accel[xla]'"],

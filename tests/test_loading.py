@@ -69,6 +69,17 @@ def test_a_loader_restored_mid_epoch_yields_the_rest_of_that_epoch() -> None:
     assert _batches(resumed) == expected, "the epoch after a resumed one is whole again"
 
 
+def test_a_loader_read_ahead_of_the_trainer_saves_what_the_trainer_took() -> None:
+    loader = _loader()
+    loader.load_state_dict({"epoch": 0, "batches_taken": 2})
+    iterator = iter(loader)
+    for _ in range(5):  # a device loader's thread reads 5 batches ahead...
+        next(iterator)
+    # ...of which the trainer took 1: the position is the 2 skipped plus that one
+    assert loader.state_dict(consumed=1) == {"epoch": 0, "batches_taken": 3}
+    assert loader.state_dict() == {"epoch": 0, "batches_taken": 7}
+
+
 def test_a_loader_saved_at_an_epoch_end_resumes_with_the_next_epoch() -> None:
     finished = _loader()
     _batches(finished)

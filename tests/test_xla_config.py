@@ -8,6 +8,7 @@ import warnings
 import pytest
 
 from lightning_accel.callbacks.recompile_guard import RecompilationError, XLARecompileGuard
+from lightning_accel.config import HardwareConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.precision import resolve_precision
 from lightning_accel.xla import runtime
@@ -25,6 +26,13 @@ def test_mesh_axes_fill_the_devices(data: int, fsdp: int, expected: tuple[int, i
 def test_a_mesh_that_does_not_fit_the_devices_names_their_count(data: int, fsdp: int) -> None:
     with pytest.raises(ConfigError, match="hardware.strategy_options.mesh"):
         mesh_shape(data, fsdp, 4)
+
+
+def test_spmd_checkpoint_form_is_checked_by_the_schema() -> None:
+    options = {"data": 1, "fsdp": -1, "checkpoint": "sharded"}
+    assert HardwareConfig(strategy="xla_spmd", strategy_options=options).strategy_options == options
+    with pytest.raises(ConfigError, match=r"checkpoint='full' .*valid choices: gathered, sharded"):
+        HardwareConfig(strategy="xla_spmd", strategy_options={"checkpoint": "full"})
 
 
 def test_parameters_split_on_their_first_dimension_when_the_axis_divides_it() -> None:

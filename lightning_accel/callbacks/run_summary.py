@@ -114,6 +114,7 @@ class RunSummary(pl.Callback):
             "steps": trainer.global_step,
             "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
             "world_size": world,
+            "strategy": getattr(trainer.strategy, "strategy_name", type(trainer.strategy).__name__),
             "precision": str(trainer.precision),
             "precision_reason": _precision_reason(trainer),
             "first_train_loss": self.train_losses[0] if self.train_losses else None,

@@ -14,8 +14,8 @@ verbs:
   bench [OPTIONS] OVERRIDES  train each cell of a matrix (e.g. hardware=cpu,ddp_cpu
                              optimization=default,fast) in its own process and compare
                              their speed: table, results.csv/json, chart.png
-  consolidate SHARDED OUT    write a sharded (FSDP2) checkpoint directory as one file that
-                             loads without a process group and resumes on one device
+  consolidate SHARDED OUT    write a sharded (FSDP2, XLA SPMD) checkpoint directory as one file
+                             that loads without a process group and resumes on one device
   doctor [--json] [hardware=NAMES]
                              what this machine has, which hardware profiles run here, what
                              auto picks, and the command that fixes each problem found

@@ -74,6 +74,20 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[start:])
 
 
+def counted(batches: Iterator[Any], counter: Any) -> Iterator[Any]:
+    """Yield ``batches``, adding one to ``counter.batches_taken`` for each and the time the
+    consumer waited for it to ``counter.wait_seconds``."""
+    while True:
+        asked = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        counter.wait_seconds += time.perf_counter() - asked
+        counter.batches_taken += 1
+        yield batch
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position inside the epoch goes into Lightning's checkpoints.
 
@@ -87,6 +101,7 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, dataset: Dataset, sampler: ResumableSampler, **kwargs: Any) -> None:
         super().__init__(dataset, sampler=sampler, drop_last=True, **kwargs)
         self.batches_taken = 0
+        self.epoch_start = 0  # batches the current pass skipped (trained before a resume)
         self.wait_seconds = 0.0  # time the training loop spent waiting for batches
         self._resume_at = 0
         self._resume_epoch = 0
@@ -99,21 +114,17 @@ class ResumableDataLoader(DataLoader):
         skip = self._resume_at if self.sampler.epoch == self._resume_epoch else 0
         self._resume_at = 0
         self.sampler.start = skip * self.batch_size
+        self.epoch_start = skip
         self.batches_taken = skip
-        batches = super().__iter__()
-        while True:
-            asked = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            self.wait_seconds += time.perf_counter() - asked
-            self.batches_taken += 1
-            yield batch
+        yield from counted(super().__iter__(), self)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
+        """The epoch and the batches of it trained on. ``consumed``: the batches of this
+        epoch's pass the trainer took, when a device loader reads ahead of it (default:
+        every batch handed out)."""
         assert isinstance(self.sampler, ResumableSampler)
-        return {"epoch": self.sampler.epoch, "batches_taken": self.batches_taken}
+        taken = self.batches_taken if consumed is None else self.epoch_start + consumed
+        return {"epoch": self.sampler.epoch, "batches_taken": taken}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         assert isinstance(self.sampler, ResumableSampler)

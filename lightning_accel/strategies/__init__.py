@@ -6,10 +6,16 @@ from lightning_accel.strategies.comm_hooks import COMM_HOOKS
 from lightning_accel.strategies.ddp import AccelDDPStrategy
 from lightning_accel.strategies.fsdp2 import FSDP2Strategy
 
-for _strategy in (AccelDDPStrategy, FSDP2Strategy):
-    if _strategy.strategy_name not in StrategyRegistry:
-        StrategyRegistry.register(
-            _strategy.strategy_name, _strategy, description=(_strategy.__doc__ or "").split("\n")[0]
-        )
 
-__all__ = ["COMM_HOOKS", "AccelDDPStrategy", "FSDP2Strategy"]
+def register(*strategies: type) -> None:
+    """Register each strategy class with Lightning under its ``strategy_name`` (once)."""
+    for strategy in strategies:
+        name = strategy.strategy_name  # type: ignore[attr-defined]
+        if name not in StrategyRegistry:
+            description = (strategy.__doc__ or "").split("\n")[0]
+            StrategyRegistry.register(name, strategy, description=description)
+
+
+register(AccelDDPStrategy, FSDP2Strategy)
+
+__all__ = ["COMM_HOOKS", "AccelDDPStrategy", "FSDP2Strategy", "register"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,14 +114,66 @@ def mark_sharding(tensor: torch.Tensor, device_mesh: Any, spec: Sequence[Any]) -
     xs.mark_sharding(tensor, device_mesh, tuple(spec))
 
 
-def send_sharded(tensor: torch.Tensor, device_mesh: Any, spec: Sequence[Any]) -> torch.Tensor:
-    """Copy a host tensor to the devices already split as ``spec`` says (each device gets
-    only its piece; annotating a copied tensor instead reshards it on every step)."""
-    import torch_xla.core.xla_model as xm
-    import torch_xla.distributed.spmd as xs
+class _FirstDimensionSharding:
+    """torch_xla's input sharding for the parallel device loader, per tensor: split on the
+    first dimension over ``axes`` whatever the tensor's rank (a ``ShardingSpec`` fits one
+    rank only, and leaves the others whole on every device)."""
 
-    sharding = xs.ShardingSpec(device_mesh, tuple(spec))
-    return xm.send_cpu_data_to_device([tensor], device(), sharding)[0]
+    minibatch = False  # the loader holds the whole global batch, not this host's part
+
+    def __init__(self, device_mesh: Any, axes: Sequence[str]) -> None:
+        self.mesh = device_mesh
+        self.axes = tuple(axes)
+
+    def xla_spec(self, tensor: torch.Tensor) -> Any:
+        import torch_xla.distributed.spmd as xs
+
+        if not tensor.ndim:
+            return None
+        spec = (self.axes,) + (None,) * (tensor.ndim - 1)
+        return xs.ShardingSpec(self.mesh, spec).xla_spec(tensor)
+
+
+def batch_sharding(device_mesh: Any, axes: Sequence[str]) -> Any:
+    """How the device loader splits each batch tensor: its first dimension over ``axes``
+    of ``device_mesh`` (each device receives only its piece)."""
+    return _FirstDimensionSharding(device_mesh, axes)
+
+
+def device_loader(loader: Iterable[Any], target: torch.device, sharding: Any = None) -> Any:
+    """torch_xla's parallel device loader over ``loader``: a background thread copies
+    batches to ``target`` (split as ``sharding`` says, under SPMD) ahead of the step."""
+    from torch_xla.distributed.parallel_loader import MpDeviceLoader
+
+    return MpDeviceLoader(loader, target, input_sharding=sharding)
+
+
+def save_sharded(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` with torch.distributed.checkpoint into the directory ``path``: each
+    device's piece of a split tensor as its own shard, one process, no process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch_xla.experimental.distributed_checkpoint import SPMDSavePlanner
+
+    dcp.save(
+        state,
+        storage_writer=dcp.FileSystemWriter(str(path)),
+        planner=SPMDSavePlanner(),
+        no_dist=True,
+    )
+
+
+def load_sharded(state: dict[str, Any], path: Path) -> None:
+    """Read a checkpoint :func:`save_sharded` wrote into ``state``'s tensors, in place:
+    each device reads the shards of its own piece."""
+    import torch.distributed.checkpoint as dcp
+    from torch_xla.experimental.distributed_checkpoint import SPMDLoadPlanner
+
+    dcp.load(
+        state,
+        storage_reader=dcp.FileSystemReader(str(path)),
+        planner=SPMDLoadPlanner(),
+        no_dist=True,
+    )
 
 
 def local_shard_shapes(tensor: torch.Tensor) -> list[tuple[int, ...]]:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.apply_func import apply_to_collection
-from lightning.pytorch.strategies import SingleDeviceXLAStrategy, StrategyRegistry
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.strategies import SingleDeviceXLAStrategy
 
+from lightning_accel.checkpoints import SHARDED_META, optimizer_by_index, sharded_metadata
+from lightning_accel.config import XLA_CHECKPOINTS, require_choice
 from lightning_accel.errors import ConfigError
 from lightning_accel.xla import runtime
+from lightning_accel.xla.loader import DeviceLoading
 
 MESH_AXES = ("data", "fsdp")
 
@@ -41,28 +45,43 @@ def parameter_spec(shape: Sequence[int], fsdp: int) -> tuple[Any, ...]:
     return ("fsdp",) + (None,) * (len(shape) - 1)
 
 
-class XLASPMDStrategy(SingleDeviceXLAStrategy):
+class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
     """Lightning strategy for XLA SPMD: one process, every device of a ``data`` x ``fsdp``
-    mesh. Each batch is split on its first dimension over both axes as it reaches the device;
-    each parameter is split on its first dimension over ``fsdp`` (kept whole where the axis
-    does not divide it). Registered as ``"xla_spmd"``.
+    mesh. Each batch is split on its first dimension over both axes by the parallel device
+    loader on its way to the devices; each parameter is split on its first dimension over
+    ``fsdp`` (kept whole where the axis does not divide it). Registered as ``"xla_spmd"``.
 
     Args:
         data: devices along the data-parallel axis (-1: all that ``fsdp`` leaves).
         fsdp: devices along the parameter-sharding axis (-1: all that ``data`` leaves).
+        checkpoint: ``gathered`` (one file of CPU tensors, Lightning's XLA layout) or
+            ``sharded`` (a directory: each device's pieces written by
+            torch.distributed.checkpoint, the loop state in ``meta.pt``; the layout of the
+            FSDP2 strategy's checkpoints, so ``lightning-accel consolidate`` turns it into
+            one file).
     """
 
     strategy_name = "xla_spmd"
 
-    def __init__(self, data: int = -1, fsdp: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, data: int = -1, fsdp: int = 1, checkpoint: str = "gathered", **kwargs: Any
+    ) -> None:
+        require_choice("hardware.strategy_options.checkpoint", checkpoint, XLA_CHECKPOINTS)
         runtime.use_spmd()  # before any tensor reaches an XLA device
         super().__init__(device=0, **kwargs)
         self.mesh_sizes = mesh_shape(data, fsdp, runtime.global_device_count())
         self.mesh = runtime.mesh(self.mesh_sizes, MESH_AXES)
+        self.checkpoint_format = checkpoint
 
     @property
     def data_parallel_size(self) -> int:
         return math.prod(self.mesh_sizes)
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        # a checkpoint is read once the parameters are on the devices and split, so a
+        # sharded one is read piece by piece onto the devices that hold each piece
+        return True
 
     def setup(self, trainer: pl.Trainer) -> None:
         self._check_batch_size(trainer)
@@ -73,8 +92,10 @@ class XLASPMDStrategy(SingleDeviceXLAStrategy):
     def shard_parameters(self, module: torch.nn.Module) -> None:
         """Split each parameter of ``module`` (on the XLA device) FSDP-style over the mesh."""
         for parameter in module.parameters():
-            spec = parameter_spec(parameter.shape, self.mesh_sizes[1])
-            runtime.mark_sharding(parameter, self.mesh, spec)
+            runtime.mark_sharding(parameter, self.mesh, self._spec(parameter.shape))
+
+    def _spec(self, shape: Sequence[int]) -> tuple[Any, ...]:
+        return parameter_spec(shape, self.mesh_sizes[1])
 
     def _check_batch_size(self, trainer: pl.Trainer) -> None:
         batch_size = getattr(trainer.datamodule, "batch_size", None)
@@ -85,23 +106,89 @@ class XLASPMDStrategy(SingleDeviceXLAStrategy):
                 f"is not divisible by the {self.data_parallel_size} devices it is split over",
             )
 
-    def batch_to_device(
-        self, batch: Any, device: torch.device | None = None, dataloader_idx: int = 0
-    ) -> Any:
-        def split(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.device.type == "xla" or not tensor.ndim:
-                return tensor
-            spec = (MESH_AXES,) + (None,) * (tensor.ndim - 1)
-            return runtime.send_sharded(tensor, self.mesh, spec)
+    def batch_sharding(self) -> Any:
+        return runtime.batch_sharding(self.mesh, MESH_AXES)
 
-        # split on the way to the devices; then the module's own transfer hooks run
-        batch = apply_to_collection(batch, torch.Tensor, split)
-        return super().batch_to_device(batch, device, dataloader_idx)
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
+    ) -> None:
+        if self.checkpoint_format == "gathered":
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        path = Path(filepath)
+        if path.is_file():
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        names = self._parameter_names()
+        shards: dict[str, Any] = {"state_dict": checkpoint.pop("state_dict")}
+        for index, state in enumerate(checkpoint.pop("optimizer_states", [])):
+            shards[f"optimizer_{index}"] = _optimizer_by_name(state, self.optimizers[index], names)
+        runtime.save_sharded(shards, path)
+        torch.save(move_data_to_device(checkpoint, "cpu"), path / SHARDED_META)
 
-    @classmethod
-    def register_strategies(cls, strategy_registry: Any) -> None:
-        strategy_registry.register(cls.strategy_name, cls, description=cls.__doc__)
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        path = Path(checkpoint_path)
+        if not path.is_dir():
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        assert self.lightning_module is not None
+        metadata = sharded_metadata(path)
+        names = self._parameter_names()
+        targets: dict[str, Any] = {
+            "state_dict": {
+                key: self._target(metadata[f"state_dict.{key}"])
+                for key in self.lightning_module.state_dict()
+            }
+        }
+        for index, optimizer in enumerate(self.optimizers):
+            prefix = f"optimizer_{index}"
+            targets[prefix] = _optimizer_by_name(optimizer.state_dict(), optimizer, names)
+            targets[prefix]["state"] = {
+                name: {
+                    key.rsplit(".", 1)[1]: self._target(entry)
+                    for key, entry in metadata.items()
+                    if key.rsplit(".", 1)[0] == f"{prefix}.state.{name}"
+                }
+                for name in names.values()
+            }
+        runtime.load_sharded(targets, path)
+        checkpoint = torch.load(path / SHARDED_META, map_location="cpu", weights_only=False)
+        checkpoint["state_dict"] = targets["state_dict"]
+        checkpoint["optimizer_states"] = [
+            optimizer_by_index(targets[f"optimizer_{index}"])
+            for index in range(len(self.optimizers))
+        ]
+        return checkpoint
+
+    def _target(self, entry: Any) -> torch.Tensor | None:
+        """An empty tensor to read a saved tensor into: on the devices, split as a parameter
+        of its shape is, when the ``fsdp`` axis splits it, else in host memory (``None``
+        for a saved Python value)."""
+        if not hasattr(entry, "size"):
+            return None
+        tensor = torch.empty(entry.size, dtype=entry.properties.dtype)
+        spec = self._spec(entry.size)
+        if "fsdp" not in spec:
+            return tensor
+        tensor = tensor.to(self.root_device)
+        runtime.mark_sharding(tensor, self.mesh, spec)
+        return tensor
+
+    def _parameter_names(self) -> dict[int, str]:
+        assert self.lightning_module is not None
+        return {id(p): name for name, p in self.lightning_module.named_parameters()}
 
 
-if XLASPMDStrategy.strategy_name not in StrategyRegistry:
-    XLASPMDStrategy.register_strategies(StrategyRegistry)
+def _optimizer_by_name(
+    state: dict[str, Any], optimizer: Any, names: dict[int, str]
+) -> dict[str, Any]:
+    """An optimizer's ``state_dict`` keyed by parameter name instead of position (the
+    layout of torch.distributed.checkpoint's optimizer states), with host learning rates."""
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = []
+    for group in state["param_groups"]:
+        values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+        groups.append({**values, "params": [order[i] for i in group["params"]]})
+    return {
+        "state": {order[i]: value for i, value in state["state"].items()},
+        "param_groups": groups,
+    }

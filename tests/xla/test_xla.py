@@ -18,6 +18,8 @@ import pytest
 import torch
 from helpers import TEST_IMPORTS, run_cli
 
+from lightning_accel.checkpoints import consolidate_checkpoint, sharded_metadata
+
 pytest.importorskip("torch_xla", reason="torch_xla is installed only in the XLA environment")
 
 pytestmark = pytest.mark.slow
@@ -97,31 +99,70 @@ def test_compilations_stop_after_warm_up(runs: XLARuns) -> None:
         assert summary["xla_compilations"] > 0 and summary["xla_compile_seconds"] > 0
 
 
-def test_checkpoint_resumes_to_the_same_weights(runs: XLARuns) -> None:
-    uninterrupted = runs.train("xla_cpu", "hardware=xla_cpu")
-    first = runs.train(
-        "xla_cpu_stopped_at_10",
-        "hardware=xla_cpu",
+def _stopped_and_resumed(runs: XLARuns, name: str, *overrides: str) -> tuple[Path, Path]:
+    """A run stopped after 10 of its 20 steps (mid-epoch), and its resumption to 20 steps."""
+    stopped = runs.train(
+        f"{name}_stopped_at_10",
+        *overrides,
         "+callbacks.stop._target_=helpers.StopAtStep",
         "+callbacks.stop.step=10",
     )
-    checkpoint = first / "checkpoints" / "last.ckpt"
-    resumed = runs.train("xla_cpu_resumed", "hardware=xla_cpu", f"ckpt_path={checkpoint}")
-    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
-    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    return stopped, runs.train(f"{name}_resumed", *overrides, f"ckpt_path={checkpoint}")
+
+
+def _assert_same_weights(expected: dict, got: dict) -> None:
     assert got["global_step"] == expected["global_step"] == 20
     for key, value in expected["state_dict"].items():
         assert got["state_dict"][key].device.type == "cpu", "checkpoints hold CPU tensors"
         torch.testing.assert_close(got["state_dict"][key], value, rtol=0, atol=1e-5)
 
 
-def test_tpu_profile_at_one_device_trains_like_xla_cpu(runs: XLARuns) -> None:
-    # Lightning's multi-process XLA strategy refuses a single PJRT device (and with several
-    # CPU devices its all-reduce hangs), so one device runs the single-device strategy
+def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XLARuns) -> None:
+    uninterrupted = runs.train("xla_cpu", "hardware=xla_cpu")
+    stopped, resumed = _stopped_and_resumed(runs, "xla_cpu", "hardware=xla_cpu")
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
+    # the device loader reads batches ahead; the checkpoint counts those the trainer took
+    loader_state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_state == [{"epoch": 0, "batches_taken": 10}]
+    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    _assert_same_weights(expected, got)
+    whole, tail = runs.losses(uninterrupted), runs.losses(resumed)
+    assert len(tail) == 10, "a loss for each resumed step"
+    assert max(abs(x - y) for x, y in zip(tail, whole[10:], strict=True)) < 1e-4
+
+
+def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
+    runs: XLARuns,
+) -> None:
+    uninterrupted = runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd")
+    options = ("hardware=xla_cpu_spmd", "hardware.strategy_options.checkpoint=sharded")
+    stopped, resumed = _stopped_and_resumed(runs, "xla_cpu_spmd_sharded", *options)
+    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_dir() and (checkpoint / "meta.pt").is_file()
+    metadata = sharded_metadata(checkpoint)
+    weight = metadata["state_dict.model.blocks.0.mlp.0.weight"]
+    moment = metadata["optimizer_0.state.model.blocks.0.mlp.0.weight.exp_avg"]
+    for entry in (weight, moment):
+        rows = entry.size[0]
+        assert [list(c.offsets) for c in entry.chunks] == [[i * rows // 4, 0] for i in range(4)]
+        assert all(list(c.sizes) == [rows // 4, entry.size[1]] for c in entry.chunks)
+    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    final = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", runs.root / "spmd.ckpt")
+    _assert_same_weights(expected, torch.load(final, weights_only=False))
+    assert runs.summary(resumed)["strategy"] == "xla_spmd"
+
+
+def test_tpu_profile_at_one_device_runs_the_multi_process_path_like_xla_cpu(
+    runs: XLARuns,
+) -> None:
+    # Lightning's XLAStrategy and launcher, the one process started through torch_xla's spawn
     one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
     spawned = runs.train(
         "tpu_one_process", "hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1"
     )
+    assert runs.summary(spawned)["strategy"] == "xla_processes"
     assert _max_gap(runs.losses(spawned), one) < 1e-4
 
 

@@ -1,0 +1,74 @@
+"""The XLA input pipeline: torch_xla's parallel device loader, with exact mid-epoch resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from lightning_accel.data.loading import counted
+from lightning_accel.xla import runtime
+
+
+class DeviceLoader:
+    """A DataLoader whose batches arrive on the XLA device through torch_xla's parallel
+    device loader: a background thread copies batches ahead of the training step (split
+    over the SPMD mesh when ``sharding`` is given, each device receiving only its piece).
+
+    Because that thread reads ahead, the wrapped loader's own count of batches is too high
+    for a checkpoint; this one counts the batches the trainer took and saves that count
+    through the wrapped loader's ``state_dict(consumed=...)`` (a
+    :class:`~lightning_accel.data.loading.ResumableDataLoader`), so a resumed run sees
+    exactly the batches an uninterrupted one sees. Other attributes (``sampler``,
+    ``dataset``, ...) are the wrapped loader's, so Lightning treats it as that loader.
+
+    Args:
+        loader: the host DataLoader.
+        device: the XLA device the batches go to.
+        sharding: how each batch tensor is split over the mesh (:func:`runtime.batch_sharding`),
+            or ``None`` for one device.
+    """
+
+    def __init__(self, loader: Any, device: torch.device, sharding: Any = None) -> None:
+        self.loader = loader
+        self._device_batches = runtime.device_loader(loader, device, sharding)
+        self.batches_taken = 0  # batches of the current pass the trainer took
+        self.wait_seconds = 0.0  # time the trainer waited for the device queue
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batches_taken = 0
+        return counted(iter(self._device_batches), self)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def state_dict(self) -> dict[str, Any]:
+        if not hasattr(self.loader, "state_dict"):
+            return {}
+        return self.loader.state_dict(consumed=self.batches_taken)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.loader.load_state_dict(state)
+
+
+class DeviceLoading:
+    """Strategy mixin for XLA: every DataLoader Lightning hands the strategy goes through a
+    :class:`DeviceLoader`, split as :meth:`batch_sharding` says."""
+
+    root_device: torch.device
+
+    def batch_sharding(self) -> Any:
+        """How batches are split over the devices (``None``: one device, whole batches)."""
+        return None
+
+    def process_dataloader(self, dataloader: Any) -> Any:
+        if isinstance(dataloader, DeviceLoader):
+            return dataloader
+        return DeviceLoader(dataloader, self.root_device, self.batch_sharding())
