@@ -128,6 +128,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed save
+            stale.unlink(missing_ok=True)
         staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             with staging.open("wb") as handle:

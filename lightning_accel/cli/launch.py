@@ -62,10 +62,11 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
 
 @contextmanager
 def _rank_environment(processes: int) -> Iterator[None]:
-    """The environment the ranks inherit: the cores shared between them, torch's C++ log
-    level as the user left it."""
-    changes = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
-    changes.update(rank_environment())
+    """The environment the ranks inherit: the cores shared between them (unless the user
+    set ``OMP_NUM_THREADS``), torch's C++ log level as the user left it."""
+    changes = rank_environment()
+    if "OMP_NUM_THREADS" not in os.environ:
+        changes["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
     previous = {name: os.environ.get(name) for name in changes}
     try:
         for name, value in changes.items():

@@ -233,7 +233,22 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         check_hardware(run)
         check_writable(run_dir)
         runs.append(run)
+    _check_one_world_per_sweep(runs)
     return runs
+
+
+def _check_one_world_per_sweep(runs: list[RunConfig]) -> None:
+    """submitit asks the scheduler for one set of resources for a whole sweep: its jobs must
+    not differ in nodes or ranks."""
+    worlds = {(r.launcher.nnodes, r.hardware.devices) for r in runs}
+    if runs[0].launcher.name in SUBMITIT_LAUNCHERS and len(worlds) > 1:
+        shown = ", ".join(f"{n} x {d}" for n, d in sorted(worlds, key=str))
+        raise ConfigError(
+            "launcher.nnodes x hardware.devices",
+            shown,
+            f"differ between the jobs of one launcher={runs[0].launcher.name} sweep, which "
+            "share one resource request; sweep them in separate commands",
+        )
 
 
 def prepare_data(runs: list[RunConfig]) -> None:
