@@ -154,7 +154,8 @@ def test_slurm_local_sweep_runs_each_job_as_ranks(runs: Runs, small_corpus: Path
     reference = _weights(runs.local("one_node"))
     sweep_root = runs.root / "sweep"
     sweep_root.mkdir()
-    args = [*runs.base, "--multirun", "launcher=slurm_local", "hardware=ddp_cpu", "seed=0,1"]
+    args = ["train", "--multirun", *runs.base[1:], "launcher=slurm_local", "hardware=ddp_cpu"]
+    args += ["seed=0,1"]
     result = run_cli([*args, "hydra.sweep.dir=jobs"], cwd=sweep_root, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [sweep_root / "jobs" / str(n) for n in (0, 1)]
@@ -166,7 +167,8 @@ def test_slurm_local_sweep_runs_each_job_as_ranks(runs: Runs, small_corpus: Path
     assert not torch.equal(
         seed_1["model.token_embedding.weight"], reference["model.token_embedding.weight"]
     )
-    assert len(list((sweep_root / "jobs" / ".submitit").rglob("*_1_log.out"))) == 1, "2 tasks"
+    task_logs = list((sweep_root / "jobs" / ".submitit").rglob("*_log.out"))
+    assert len(task_logs) == 4, "two jobs of two tasks (ranks) each"
 
 
 def test_process_killed_while_saving_leaves_the_last_checkpoint_and_resumes(

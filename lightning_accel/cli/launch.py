@@ -62,11 +62,18 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
 
 @contextmanager
 def _rank_environment(processes: int) -> Iterator[None]:
-    """The environment the ranks inherit: the cores shared between them (unless the user
-    set ``OMP_NUM_THREADS``), torch's C++ log level as the user left it."""
+    """The environment of the elastic agent and the ranks it starts: the cores shared
+    between the ranks (unless the user set ``OMP_NUM_THREADS``), torch's C++ log level as
+    the user left it, a rendezvous store per attempt."""
     changes = rank_environment()
-    if "OMP_NUM_THREADS" not in os.environ:
-        changes["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    # torch elastic shares its rendezvous store with the ranks by default, across restarts:
+    # restarted ranks then read the previous attempt's addresses and fail to connect. Own
+    # stores, new at every attempt, avoid that (the agent reads this when it re-rendezvous).
+    defaults = {
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)),
+    }
+    changes.update({k: v for k, v in defaults.items() if k not in os.environ})
     previous = {name: os.environ.get(name) for name in changes}
     try:
         for name, value in changes.items():
