@@ -132,6 +132,19 @@ def test_two_torchrun_nodes_end_like_one_node_with_two_ranks(
     _assert_same(_weights(two_nodes), _weights(reference), atol=tolerance)
 
 
+def test_ranks_started_by_an_outside_torchrun_train_as_one_run(runs: Runs) -> None:
+    reference = runs.local("one_node")
+    run_dir = runs.root / "outside_torchrun"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "lightning_accel"]
+    command += [*runs.base, "hardware=ddp_cpu", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=runs.root, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("lightning-accel: training recipe=gpt on CPU x2") == 1, "rank 0 only"
+    assert '"world_size": 2' in (run_dir / "summary.json").read_text()
+    _assert_same(_weights(run_dir), _weights(reference), atol=0.0)
+
+
 def test_killed_worker_restarts_the_group_which_resumes_to_the_same_weights(runs: Runs) -> None:
     reference = runs.local("one_node")
     restarted = runs.local(
