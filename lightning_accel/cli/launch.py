@@ -91,51 +91,6 @@ def _set(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
-    """LaunchConfig's rendezvous arguments: a free local port for one node, the configured
-    endpoint, run id and bounded timeouts for several."""
-    if launcher is None or launcher.name != "torchrun":
-        return {
-            "min_nodes": 1,
-            "max_nodes": 1,
-            "run_id": uuid.uuid4().hex[:12],
-            "rdzv_backend": "c10d",
-            "rdzv_endpoint": "127.0.0.1:0",
-            "max_restarts": 0 if launcher is None else launcher.max_restarts,
-        }
-    timeout = max(1, round(launcher.rdzv_timeout_s))
-    # join: waiting for the other nodes; read: each request to the rendezvous store
-    options: dict[str, Any] = {"timeout": timeout, "join_timeout": timeout}
-    options["read_timeout"] = timeout
-    if launcher.node_rank is not None:
-        options["rank"] = launcher.node_rank  # static rendezvous
-        if launcher.rdzv_backend == "c10d":
-            options["is_host"] = launcher.node_rank == 0
-    return {
-        "min_nodes": launcher.nnodes,
-        "max_nodes": launcher.nnodes,
-        "run_id": launcher.run_id,
-        "rdzv_backend": launcher.rdzv_backend,
-        "rdzv_endpoint": launcher.rdzv_endpoint,
-        "rdzv_configs": options,
-        "max_restarts": launcher.max_restarts,
-    }
-
-
-@contextmanager
-def _threads_per_rank(processes: int) -> Iterator[None]:
-    """Share the cores between the ranks (workers inherit the environment)."""
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
-
-
 def launch_ranks(
     config_path: Path,
     processes: int,
