@@ -187,16 +187,19 @@ def check_launcher(run: RunConfig, cfg: DictConfig) -> None:
     need a multi-node launcher or an outside one, an outside launcher must have started
     ``nnodes x devices`` ranks, and a SLURM job gets one task per rank."""
     from lightning_accel.cli.cluster import check_world_size, external_world
+    from lightning_accel.hardware import resolve_hardware
 
     launcher, devices = run.launcher, run.hardware.devices
-    if devices == "auto" and (launcher.name in SUBMITIT_LAUNCHERS or launcher.nnodes > 1):
+    if devices == "auto" and launcher.name in SUBMITIT_LAUNCHERS:
         raise ConfigError(
             "hardware.devices",
             "auto",
-            f"must be a count under launcher={launcher.name} with launcher.nnodes="
-            f"{launcher.nnodes}: every node must start the same number of ranks",
+            f"must be a count under launcher={launcher.name}: it sets the SLURM tasks per node",
         )
-    processes = 1 if run.hardware.accelerator == "pjrt" else devices
+    if launcher.name == "slurm":  # counted where the job runs, not on the submitting machine
+        processes = 1 if run.hardware.accelerator == "pjrt" else devices
+    else:
+        processes = resolve_hardware(run.hardware).processes
     world = external_world()
     if world is not None and launcher.name in ("local", "torchrun"):
         check_world_size(launcher.nnodes, processes, world)
