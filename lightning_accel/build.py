@@ -6,8 +6,10 @@ import inspect
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
 
+from lightning_accel.checkpoints import AtomicCheckpointIO
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import resolve_hardware
@@ -72,6 +74,9 @@ def _resolve(
     }
     if hw.accelerator == "pjrt":
         _xla_arguments(arguments)
+    else:
+        # XLA keeps its own checkpoint I/O (it gathers device tensors first)
+        arguments["plugins"] = [AtomicCheckpointIO()]
     return arguments, precision
 
 
@@ -129,6 +134,12 @@ def build_trainer(
     """
     opt = as_optimization(optimization)
     arguments, precision = _resolve(hardware, opt)
+    plugins = list(arguments.pop("plugins", []))
+    user_plugins = trainer_kwargs.pop("plugins", None) or []
+    user_plugins = user_plugins if isinstance(user_plugins, list) else [user_plugins]
+    if any(isinstance(p, CheckpointIO) for p in user_plugins):
+        plugins = [p for p in plugins if not isinstance(p, CheckpointIO)]
     arguments.update(trainer_kwargs)
+    arguments["plugins"] = [*plugins, *user_plugins]
     arguments["callbacks"] = [*(callbacks or []), ModelOptimizations(opt, precision)]
     return pl.Trainer(**arguments)

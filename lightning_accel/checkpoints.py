@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lightning_accel.errors import ConfigError
 
@@ -105,3 +109,107 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     finally:
         staging.unlink(missing_ok=True)
     return output
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a crash after it keeps the new name)."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoint I/O, made crash-safe on local file systems.
+
+    A checkpoint is written to a hidden temporary file in its own directory, flushed to
+    disk (``fsync``), then renamed over the target with ``os.replace``: a process killed
+    while saving leaves the previous checkpoint intact and loadable, never a truncated
+    file. Remote paths (``s3://``, ...) keep Lightning's own transactional write.
+    ``build_trainer`` installs it for every non-XLA profile.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        target = Path(path) if "://" not in str(path) else None
+        if target is None or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed save
+            stale.unlink(missing_ok=True)
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with staging.open("wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, target)
+        finally:
+            staging.unlink(missing_ok=True)
+        _fsync_directory(target.parent)
+
+
+def _staging_directory(target: Path) -> Path:
+    # The same name on every rank: each one writes its shard into it.
+    return target.with_name(f".{target.name}.tmp")
+
+
+def _previous_directory(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+@contextmanager
+def atomic_directory(target: Path, is_writer: bool, barrier: Any) -> Iterator[Path]:
+    """Write a checkpoint directory (one shard per rank) so that it appears whole or not at
+    all: every rank writes into a staging directory beside ``target``; after all of them are
+    done (``barrier``), the writer renames the old directory aside, the staging directory
+    into place, and deletes the old one. A process killed at any point leaves either the
+    previous checkpoint under ``target`` or, between the two renames, under a name that
+    :func:`recover_checkpoint` restores.
+    """
+    staging = _staging_directory(target)
+    if is_writer:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    yield staging
+    barrier()
+    if is_writer:
+        previous = _previous_directory(target)
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.is_file():
+            target.unlink()
+        elif target.exists():
+            target.rename(previous)
+        staging.rename(target)
+        _fsync_directory(target.parent)
+        shutil.rmtree(previous, ignore_errors=True)
+    barrier()
+
+
+def recover_checkpoint(target: Path) -> None:
+    """Restore a sharded checkpoint that a process killed between the two renames of
+    :func:`atomic_directory` left under its temporary name."""
+    previous = _previous_directory(target)
+    if not target.exists() and previous.is_dir():
+        try:
+            previous.rename(target)
+        except FileNotFoundError:
+            pass  # another rank of the same job restored it first
+
+
+def last_checkpoint(directory: Path, name: str = "last.ckpt") -> Path | None:
+    """``directory/name`` when it holds a complete checkpoint (a file, or a sharded
+    directory whose every shard is present); ``None`` otherwise."""
+    target = directory / name
+    recover_checkpoint(target)
+    if not target.exists():
+        return None
+    try:
+        verify_checkpoint(target)
+    except ConfigError:
+        return None
+    return target

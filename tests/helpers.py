@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,20 @@ class BlocklessModule(torch.nn.Module):
         self.layer = torch.nn.Linear(4, 4)
 
 
+class KillOnce(pl.Callback):
+    """SIGKILLs global rank ``rank`` after ``step`` optimizer steps, in the first attempt
+    only (torch elastic counts restarts in ``TORCHELASTIC_RESTART_COUNT``): a worker dying
+    mid-training."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first_attempt and trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class StopAtStep(pl.Callback):
     """Ends training after ``step`` optimizer steps, as a preempted job would stop."""
 
@@ -69,3 +84,75 @@ TESTS = Path(__file__).resolve().parent
 TEST_IMPORTS = {
     "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 }
+
+
+class _KillWhenPickled:
+    """Kills its process while ``torch.save`` serializes it: a death in the middle of a save."""
+
+    def __reduce__(self) -> tuple:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (int, ())
+
+
+class KillDuringSave(pl.Callback):
+    """Makes the save of the checkpoint after ``step`` steps kill the process mid-write."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: object, checkpoint: dict) -> None:
+        if trainer.global_step == self.step:
+            checkpoint["kill"] = _KillWhenPickled()
+
+
+class TinyRegression(pl.LightningModule):
+    """Two linear layers fitting the sum of 8 inputs: a Lightning run in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+        )
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layers(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def fit_tiny(
+    run_dir: str | Path, max_steps: int, kill_saving_step: int | None = None, resume: bool = False
+) -> dict[str, torch.Tensor]:
+    """Fit :class:`TinyRegression` with the pack's Trainer, saving ``last.ckpt`` every 2 steps
+    (2 batches per epoch, no shuffling); returns the final weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_accel import build_trainer
+
+    pl.seed_everything(0, verbose=False)
+    checkpoints = Path(run_dir) / "checkpoints"
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=2, save_top_k=0, save_last=True)
+    ]
+    if kill_saving_step is not None:
+        callbacks.append(KillDuringSave(kill_saving_step))
+    trainer = build_trainer(
+        "cpu",
+        max_steps=max_steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 8, generator=generator)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16
+    )
+    model = TinyRegression()
+    ckpt_path = str(checkpoints / "last.ckpt") if resume else None
+    trainer.fit(model, train_dataloaders=data, ckpt_path=ckpt_path)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -86,6 +86,31 @@ CASES = {
         ["hardware=xla_cpu_spmd"],
         ["hardware.accelerator='pjrt'", "pip install 'lightning-accel[xla]'"],
     ),
+    "unknown launcher": (
+        ["launcher=k8s"],
+        ["launcher='k8s'", "local, slurm, slurm_local, torchrun"],
+    ),
+    "torchrun without a run id": (["launcher=torchrun"], ["launcher.run_id", "every node"]),
+    "several nodes without a multi-node launcher": (
+        ["launcher.nnodes=2"],
+        ["launcher.nnodes=2", "launcher=torchrun"],
+    ),
+    "node rank outside the nodes": (
+        ["launcher=torchrun", "launcher.run_id=a", "launcher.nnodes=2", "launcher.node_rank=2"],
+        ["launcher.node_rank=2", "0, 1"],
+    ),
+    "rendezvous endpoint without a port": (
+        ["launcher=torchrun", "launcher.run_id=a", "launcher.rdzv_endpoint=node0"],
+        ["launcher.rdzv_endpoint='node0'", "HOST:PORT"],
+    ),
+    "node counts that disagree": (
+        ["launcher=torchrun", "launcher.run_id=a", "launcher.nnodes=2", "hardware.num_nodes=3"],
+        ["launcher.nnodes=2", "hardware.num_nodes=3"],
+    ),
+    "SLURM tasks that are not one per rank": (
+        ["launcher=slurm_local", "hardware=ddp_cpu", "hydra.launcher.tasks_per_node=3"],
+        ["1 x 3 = 3", "1 x 2"],
+    ),
     "unknown verb": (None, ["'fly'", "train"]),
 }
 

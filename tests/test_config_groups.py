@@ -24,7 +24,10 @@ CUSTOM = [
 
 
 def test_groups_are_the_documented_ones() -> None:
-    assert GROUPS == ["callbacks", "hardware", "logger", "optimization", "recipe", "trainer"]
+    assert GROUPS == [
+        *("callbacks", "hardware", "launcher", "logger", "optimization", "recipe", "trainer")
+    ]
+    assert set(profile_names("launcher")) == {"local", "torchrun", "slurm", "slurm_local"}
     assert set(profile_names("hardware")) == {
         *("auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"),
         *("tpu", "tpu_spmd", "xla_cpu", "xla_cpu_spmd"),
@@ -41,6 +44,8 @@ def test_option_composes_and_validates(
     # GPU profiles are checked against a machine with 2 CUDA devices (none is used).
     monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
     extra = CUSTOM if (group, option) == ("recipe", "custom") else []
+    if (group, option) == ("launcher", "torchrun"):
+        extra = ["launcher.run_id=exp1"]  # required: every node must be given the same
     if group == "hardware" and option in XLA_PROFILES and not xla_runtime.installed():
         with pytest.raises(ConfigError, match=r"lightning-accel\[xla\]"):
             preflight([f"{group}={option}"], multirun=False)
@@ -54,6 +59,8 @@ def test_option_composes_and_validates(
         assert (run.logger is None) == (option == "none")
     elif group == "callbacks":
         assert run.callbacks["summary"]["_target_"] == "lightning_accel.callbacks.RunSummary"
+    elif group == "launcher":
+        assert run.launcher.name == option
     assert run.run_dir.startswith(str(Path("runs") / run.recipe))
     assert list(tmp_path.iterdir()) == [], "checking a config must not write anything"
 

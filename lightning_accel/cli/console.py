@@ -30,9 +30,19 @@ _IGNORED_WARNINGS = (
 )
 
 
+# Set for this process only when the user has not chosen a level: torch's C++ layer prints
+# every retry of a rendezvous connection with a stack trace. Ranks keep torch's default.
+CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
+_CPP_LOG_LEVEL_OWN = "LIGHTNING_ACCEL_QUIET_CPP"
+
+
 def quiet_upstream() -> None:
-    """Silence Lightning's tips and banners and known harmless warnings."""
+    """Silence Lightning's tips and banners, known harmless warnings and (in a process that
+    has not imported torch yet) torch's C++ log messages below FATAL."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    if CPP_LOG_LEVEL not in os.environ and "torch" not in sys.modules:
+        os.environ[CPP_LOG_LEVEL] = "FATAL"
+        os.environ[_CPP_LOG_LEVEL_OWN] = "1"
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -43,7 +53,9 @@ def quiet_upstream() -> None:
 def say(message: str) -> None:
     """A progress message for people (stderr, so stdout stays for machine-readable output);
     printed by rank 0 only."""
-    if os.environ.get("RANK", "0") != "0":
+    from lightning_accel.cli.cluster import process_rank
+
+    if process_rank() != 0:
         return
     console.print(f"[bold cyan]lightning-accel[/]: {escape(message)}", soft_wrap=True)
 
@@ -52,3 +64,11 @@ def fail(error: ConfigError | Exception | str, exit_code: int = 2) -> NoReturn:
     """Report an error in one sentence and exit (code 2: the user's input was wrong)."""
     console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
     sys.exit(exit_code)
+
+
+def rank_environment() -> dict[str, str | None]:
+    """Variables to change for the ranks this process starts (``None``: remove): torch's C++
+    log level goes back to its default when the CLI silenced it for itself."""
+    if os.environ.get(_CPP_LOG_LEVEL_OWN):
+        return {CPP_LOG_LEVEL: None, _CPP_LOG_LEVEL_OWN: None}
+    return {}

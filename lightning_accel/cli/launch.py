@@ -1,21 +1,27 @@
-"""Starting the local ranks of a multi-process run with torch's elastic launcher.
+"""Starting this node's ranks of a run with torch's elastic launcher.
 
 The job's resolved config is already in its run directory; every rank reads that file
 (``python -m lightning_accel.cli.rank CONFIG``) instead of re-running Hydra, so ranks never
-parse Hydra arguments and all of them write into the one run directory. torchrun and SLURM
-can start the same entry point.
+parse Hydra arguments and all of them write into the one run directory. ``launcher=local``
+is one node meeting on a free local port; ``launcher=torchrun`` is one node of several,
+meeting at the configured rendezvous endpoint, and restarts every rank after a failure
+(``max_restarts``), each restart resuming from the run's last checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from lightning_accel.cli.console import say
+from lightning_accel.cli.console import rank_environment, say
+from lightning_accel.cli.schema import LauncherConfig
+from lightning_accel.errors import ConfigError
 
 
 class RanksFailed(RuntimeError):
@@ -23,55 +29,122 @@ class RanksFailed(RuntimeError):
     their output is."""
 
 
+def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
+    """LaunchConfig's rendezvous arguments: a free local port for one node, the configured
+    endpoint, run id and bounded timeouts for several."""
+    if launcher is None or launcher.name != "torchrun":
+        return {
+            "min_nodes": 1,
+            "max_nodes": 1,
+            "run_id": uuid.uuid4().hex[:12],
+            "rdzv_backend": "c10d",
+            "rdzv_endpoint": "127.0.0.1:0",
+            "max_restarts": 0 if launcher is None else launcher.max_restarts,
+        }
+    timeout = max(1, round(launcher.rdzv_timeout_s))
+    # join: waiting for the other nodes; read: each request to the rendezvous store
+    options: dict[str, Any] = {"timeout": timeout, "join_timeout": timeout}
+    options["read_timeout"] = timeout
+    if launcher.node_rank is not None:
+        options["rank"] = launcher.node_rank  # static rendezvous
+        if launcher.rdzv_backend == "c10d":
+            options["is_host"] = launcher.node_rank == 0
+    return {
+        "min_nodes": launcher.nnodes,
+        "max_nodes": launcher.nnodes,
+        "run_id": launcher.run_id,
+        "rdzv_backend": launcher.rdzv_backend,
+        "rdzv_endpoint": launcher.rdzv_endpoint,
+        "rdzv_configs": options,
+        "max_restarts": launcher.max_restarts,
+    }
+
+
 @contextmanager
-def _threads_per_rank(processes: int) -> Iterator[None]:
-    """Share the cores between the ranks (workers inherit the environment)."""
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+def _rank_environment(processes: int) -> Iterator[None]:
+    """The environment of the elastic agent and the ranks it starts: the cores shared
+    between the ranks (unless the user set ``OMP_NUM_THREADS``), torch's C++ log level as
+    the user left it, a rendezvous store per attempt."""
+    changes = rank_environment()
+    # torch elastic shares its rendezvous store with the ranks by default, across restarts:
+    # restarted ranks then read the previous attempt's addresses and fail to connect. Own
+    # stores, new at every attempt, avoid that (the agent reads this when it re-rendezvous).
+    defaults = {
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)),
+    }
+    changes.update({k: v for k, v in defaults.items() if k not in os.environ})
+    previous = {name: os.environ.get(name) for name in changes}
     try:
+        for name, value in changes.items():
+            _set(name, value)
         yield
     finally:
-        if previous is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
+        for name, value in previous.items():
+            _set(name, value)
 
 
-def launch_local_ranks(config_path: Path, processes: int, monitor_interval: float = 0.2) -> None:
-    """Run ``processes`` ranks of the run described by ``config_path`` on this machine.
+def _set(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
-    Rank 0 prints to this console; the others write ``stdout.log``/``stderr.log`` under
-    ``<run_dir>/ranks/``. If any rank fails, the launcher stops the others at once.
+
+def launch_ranks(
+    config_path: Path,
+    processes: int,
+    launcher: LauncherConfig | None = None,
+    monitor_interval: float = 0.2,
+) -> None:
+    """Run this node's ``processes`` ranks of the run described by ``config_path``.
+
+    Local rank 0 of node 0 prints to this console; the others write
+    ``stdout.log``/``stderr.log`` under ``<run_dir>/ranks/`` (per node with several). If any
+    rank fails, the launcher stops the others at once, then restarts them all while
+    ``launcher.max_restarts`` allows.
 
     Raises:
-        RanksFailed: a rank exited non-zero or was killed.
+        RanksFailed: a rank exited non-zero or was killed, and no restart was left.
+        ConfigError: the rendezvous endpoint did not answer within ``rdzv_timeout_s``.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    rendezvous = _rendezvous(launcher)
     log_dir = config_path.parent / "ranks"
+    quiet = range(1, processes)
+    if rendezvous["max_nodes"] > 1:
+        node = launcher.node_rank if launcher.node_rank is not None else socket.gethostname()
+        log_dir = log_dir / f"node-{node}"
+        quiet = range(1 if launcher.node_rank == 0 else 0, processes)
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
         nproc_per_node=processes,
-        run_id=uuid.uuid4().hex[:12],
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
-        max_restarts=0,
         monitor_interval=monitor_interval,
         start_method="spawn",
         shutdown_timeout=10,  # a stopped rank ignores SIGTERM; SIGKILL follows after this
-        logs_specs=DefaultLogsSpecs(
-            log_dir=str(log_dir), redirects={r: Std.ALL for r in range(1, processes)}
-        ),
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects={r: Std.ALL for r in quiet}),
+        **rendezvous,
     )
-    others = "rank 1 logs" if processes == 2 else f"ranks 1-{processes - 1} log"
-    say(f"starting {processes} ranks; {others} to {log_dir}")
+    nodes = rendezvous["max_nodes"]
+    where = f" on this node (1 of {nodes}, meeting at {rendezvous['rdzv_endpoint']})" * (nodes > 1)
+    say(f"starting {processes} rank{'s' * (processes > 1)}{where}; logs in {log_dir}")
     entry = ["-m", "lightning_accel.cli.rank", str(config_path)]
     try:
-        with _threads_per_rank(processes):
+        with _rank_environment(processes):
             elastic_launch(config, sys.executable)(*entry)
+    except RendezvousError as error:
+        assert launcher is not None
+        raise ConfigError(
+            "launcher.rdzv_endpoint",
+            launcher.rdzv_endpoint,
+            f"did not form a rendezvous of {launcher.nnodes} nodes within "
+            f"launcher.rdzv_timeout_s={launcher.rdzv_timeout_s:g} ({type(error).__name__}); "
+            "check the address and port, and that every node was started with the same "
+            "launcher.run_id",
+        ) from None
     except ChildFailedError as error:
         failures = ", ".join(
             f"rank {rank} (exit code {failure.exitcode})"

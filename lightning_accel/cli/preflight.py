@@ -15,19 +15,42 @@ from typing import Any
 from hydra._internal.utils import _locate
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from lightning_accel.cli.compose import compose_job, job_overrides, value_error
-from lightning_accel.cli.schema import RunConfig
+from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
 
 
 def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
     """The directory Hydra will create for this job."""
     HydraConfig.instance().set_config(cfg)
-    if multirun:
-        return Path(str(cfg.hydra.sweep.dir)) / str(job_number)
-    return Path(str(cfg.hydra.run.dir))
+    try:
+        if multirun:
+            return Path(str(cfg.hydra.sweep.dir)) / str(job_number)
+        return Path(str(cfg.hydra.run.dir))
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as error:
+        raise _missing(error, cfg) from error
+
+
+def _missing(
+    error: MissingMandatoryValue | InterpolationToMissingValueError, cfg: DictConfig
+) -> ConfigError:
+    key = str(error.full_key)
+    if key.startswith("hydra."):  # the run directory names the run by launcher.run_id
+        key = "launcher.run_id"
+    if key == "launcher.run_id":
+        return ConfigError(
+            key,
+            "???",
+            f"must be set for launcher={cfg.launcher.name}: give every node the same id "
+            "(it names the rendezvous and the run directory)",
+        )
+    return ConfigError(key, "???", f"must be set for recipe={cfg.recipe}")
 
 
 def check_writable(directory: Path) -> None:
@@ -54,9 +77,9 @@ def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
     try:
         return OmegaConf.to_object(job)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
-        raise ConfigError(
-            str(error.full_key), "???", f"must be set for recipe={cfg.recipe}"
-        ) from error
+        raise _missing(error, cfg) from error
+    except ConfigError:
+        raise
     except OmegaConfBaseException as error:
         raise value_error(error, []) from error
 
@@ -147,14 +170,56 @@ def check_checkpoint(run: RunConfig) -> None:
 
 
 def check_hardware(run: RunConfig) -> None:
-    """Fail unless this machine has the devices and the strategy can be built as configured."""
+    """Fail unless this machine has the devices and the strategy can be built as configured.
+    Skipped for ``launcher=slurm``: jobs run on the cluster's nodes, not where they are
+    submitted (a login node has no GPUs)."""
     from lightning_accel.build import trainer_arguments
 
-    if run.hardware.num_nodes > 1:
+    if run.launcher.name != "slurm":
+        trainer_arguments(run.hardware, run.optimization)
+
+
+SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")
+
+
+def check_launcher(run: RunConfig, cfg: DictConfig) -> None:
+    """Fail unless the launcher can start the world the config describes: several nodes
+    need a multi-node launcher or an outside one, an outside launcher must have started
+    ``nnodes x devices`` ranks, and a SLURM job gets one task per rank."""
+    from lightning_accel.cli.cluster import check_world_size, external_world
+    from lightning_accel.hardware import resolve_hardware
+
+    launcher, devices = run.launcher, run.hardware.devices
+    if devices == "auto" and launcher.name in SUBMITIT_LAUNCHERS:
         raise ConfigError(
-            "hardware.num_nodes", run.hardware.num_nodes, "needs a multi-node launcher; use 1"
+            "hardware.devices",
+            "auto",
+            f"must be a count under launcher={launcher.name}: it sets the SLURM tasks per node",
         )
-    trainer_arguments(run.hardware, run.optimization)
+    if launcher.name == "slurm":  # counted where the job runs, not on the submitting machine
+        processes = 1 if run.hardware.accelerator == "pjrt" else devices
+    else:
+        processes = resolve_hardware(run.hardware).processes
+    world = external_world()
+    if world is not None and launcher.name in ("local", "torchrun"):
+        check_world_size(launcher.nnodes, processes, world)
+    elif launcher.name == "local" and launcher.nnodes > 1:
+        raise ConfigError(
+            "launcher.nnodes",
+            launcher.nnodes,
+            "needs launcher=torchrun or launcher=slurm, or an outside torchrun or srun that "
+            "starts every rank",
+            list(LAUNCHERS),
+        )
+    if launcher.name in SUBMITIT_LAUNCHERS:
+        tasks = cfg.hydra.launcher.nodes * cfg.hydra.launcher.tasks_per_node
+        if tasks != launcher.nnodes * processes:
+            raise ConfigError(
+                "hydra.launcher.nodes x hydra.launcher.tasks_per_node",
+                f"{cfg.hydra.launcher.nodes} x {cfg.hydra.launcher.tasks_per_node} = {tasks}",
+                f"disagrees with launcher.nnodes x hardware.devices = "
+                f"{launcher.nnodes} x {processes}; one SLURM task runs one rank",
+            )
 
 
 def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
@@ -167,10 +232,26 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         check_targets(run)
         check_checkpoint(run)
         check_model_and_data(run)
+        check_launcher(run, cfg)
         check_hardware(run)
         check_writable(run_dir)
         runs.append(run)
+    _check_one_world_per_sweep(runs)
     return runs
+
+
+def _check_one_world_per_sweep(runs: list[RunConfig]) -> None:
+    """submitit asks the scheduler for one set of resources for a whole sweep: its jobs must
+    not differ in nodes or ranks."""
+    worlds = {(r.launcher.nnodes, r.hardware.devices) for r in runs}
+    if runs[0].launcher.name in SUBMITIT_LAUNCHERS and len(worlds) > 1:
+        shown = ", ".join(f"{n} x {d}" for n, d in sorted(worlds, key=str))
+        raise ConfigError(
+            "launcher.nnodes x hardware.devices",
+            shown,
+            f"differ between the jobs of one launcher={runs[0].launcher.name} sweep, which "
+            "share one resource request; sweep them in separate commands",
+        )
 
 
 def prepare_data(runs: list[RunConfig]) -> None:

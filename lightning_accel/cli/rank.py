@@ -32,8 +32,12 @@ def main(argv: list[str]) -> None:
         fit_run(load_run(Path(argv[0])))
     except ConfigError as error:
         fail(error)
-    # Leave together and close the process group: a rank that exits while its gloo threads
-    # still run aborts (SIGABRT) and fails the whole run after the work is done.
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave together and close the process group: a rank that exits while its gloo threads
+    still run aborts (SIGABRT) and fails the whole run after the work is done."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
 from lightning_accel.build import build_trainer
+from lightning_accel.checkpoints import last_checkpoint
+from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
@@ -24,10 +27,14 @@ from lightning_accel.precision import resolve_precision
 
 
 def save_resolved_config(run: RunConfig) -> Path:
-    """Write the run's fully resolved config to ``<run_dir>/config.yaml``."""
+    """Write the run's fully resolved config to ``<run_dir>/config.yaml`` (through a
+    temporary file: on several nodes sharing the directory, a rank may read it while another
+    node's launcher writes the same content)."""
     path = Path(run.run_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    staging = path.with_name(f".config.yaml.{os.getpid()}.tmp")
+    staging.write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
+    os.replace(staging, path)
     return path
 
 
@@ -81,9 +88,23 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=any(isinstance(c, ModelSummary) for c in callbacks),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        plugins=cluster_plugins(),
         **asdict(run.trainer),
     )
     return trainer, model, datamodule
+
+
+def resume_checkpoint(run: RunConfig, trainer: pl.Trainer) -> str | None:
+    """The checkpoint the run starts from: ``ckpt_path`` when given, else the complete
+    ``last`` checkpoint its own checkpoint directory already holds (a restarted, requeued
+    or repeated run continues where it stopped), else none."""
+    if run.ckpt_path is not None:
+        return run.ckpt_path
+    saver = trainer.checkpoint_callback
+    if not isinstance(saver, ModelCheckpoint) or not saver.dirpath or not saver.save_last:
+        return None
+    found = last_checkpoint(Path(saver.dirpath), saver.CHECKPOINT_NAME_LAST + saver.FILE_EXTENSION)
+    return None if found is None else str(found)
 
 
 def fit_run(run: RunConfig) -> None:
@@ -94,4 +115,7 @@ def fit_run(run: RunConfig) -> None:
         f"training recipe={run.recipe} on {device} x{trainer.num_devices}"
         f" ({trainer.precision}); outputs in {run.run_dir}"
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    ckpt_path = resume_checkpoint(run, trainer)
+    if ckpt_path is not None and run.ckpt_path is None:
+        say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -10,8 +10,68 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
 
-from lightning_accel.config import HardwareConfig, OptimizationConfig, TrainerConfig
+from lightning_accel.config import (
+    HardwareConfig,
+    OptimizationConfig,
+    TrainerConfig,
+    require_choice,
+    require_positive,
+)
+from lightning_accel.errors import ConfigError
+
+LAUNCHERS = ("local", "torchrun", "slurm", "slurm_local")
+RENDEZVOUS_BACKENDS = ("c10d", "static")
+
+
+@dataclass
+class LauncherConfig:
+    """How the ranks of a run are started.
+
+    ``local`` starts this machine's ranks with torch elastic (one node). ``torchrun`` runs
+    torch elastic's agent for one node of ``nnodes``: every node runs the same command with
+    the same ``run_id`` (it names the rendezvous and the run directory) and
+    ``rdzv_endpoint`` (``host:port`` of node 0); ``node_rank`` is required by the
+    ``static`` rendezvous, and with ``c10d`` it only says which node hosts the rendezvous
+    store (node 0). ``rdzv_timeout_s`` bounds the wait for the other nodes;
+    ``max_restarts`` restarts every rank after a failure, resuming from the last
+    checkpoint. ``slurm`` and ``slurm_local`` submit each job through Hydra's submitit
+    launcher (``hydra.launcher.*``: partition, time, GPUs), one SLURM task per rank.
+    """
+
+    name: str = "local"
+    nnodes: int = 1
+    node_rank: int | None = None
+    rdzv_endpoint: str = "127.0.0.1:29400"
+    rdzv_backend: str = "c10d"
+    rdzv_timeout_s: float = 300.0
+    max_restarts: int = 0
+    run_id: str = MISSING
+
+    def __post_init__(self) -> None:
+        require_choice("launcher.name", self.name, LAUNCHERS)
+        require_choice("launcher.rdzv_backend", self.rdzv_backend, RENDEZVOUS_BACKENDS)
+        require_positive("launcher.nnodes", self.nnodes)
+        require_positive("launcher.rdzv_timeout_s", self.rdzv_timeout_s)
+        if self.max_restarts < 0:
+            raise ConfigError("launcher.max_restarts", self.max_restarts, "must be 0 or more")
+        if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(
+                "launcher.node_rank",
+                self.node_rank,
+                f"is not a node of launcher.nnodes={self.nnodes}",
+                list(range(self.nnodes)),
+            )
+        if self.rdzv_backend == "static" and self.node_rank is None and self.nnodes > 1:
+            raise ConfigError(
+                "launcher.node_rank", None, "must be set for launcher.rdzv_backend='static'"
+            )
+        host, _, port = self.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                "launcher.rdzv_endpoint", self.rdzv_endpoint, "is not HOST:PORT (e.g. node0:29400)"
+            )
 
 
 @dataclass
@@ -20,14 +80,17 @@ class RunConfig:
     and ``data``, each a ``_target_`` node), logging, callbacks and where outputs go.
 
     Key options: ``recipe`` (name of the preset that filled model and data), ``seed``,
-    ``ckpt_path`` (a Lightning checkpoint to resume from), ``run_dir`` (Hydra's output
-    directory unless overridden).
+    ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
+    already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
+    (Hydra's output directory unless overridden), ``launcher`` (how ranks are started).
+    ``hardware.num_nodes`` and ``launcher.nnodes`` are one number: setting either sets both.
     """
 
     recipe: str = "custom"
     seed: int = 0
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: str | None = None
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -36,7 +99,22 @@ class RunConfig:
     logger: dict[str, Any] | None = None
     callbacks: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        nodes, hardware_nodes = self.launcher.nnodes, self.hardware.num_nodes
+        if nodes != hardware_nodes and 1 not in (nodes, hardware_nodes):
+            raise ConfigError(
+                "launcher.nnodes",
+                nodes,
+                f"disagrees with hardware.num_nodes={hardware_nodes}; set one of them",
+            )
+        self.launcher.nnodes = self.hardware.num_nodes = max(nodes, hardware_nodes)
+
 
 def register_schemas() -> None:
-    """Register :class:`RunConfig` with Hydra (idempotent)."""
+    """Register :class:`RunConfig` with Hydra, and the ``accel_run_id`` resolver the default
+    run directory uses (idempotent)."""
+    from lightning_accel.cli.cluster import default_run_id
+
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("accel_run_id"):
+        OmegaConf.register_new_resolver("accel_run_id", default_run_id, use_cache=True)

@@ -11,28 +11,50 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream, say
-from lightning_accel.cli.preflight import preflight, prepare_data, validated_run
+from lightning_accel.cli.preflight import (
+    SUBMITIT_LAUNCHERS,
+    preflight,
+    prepare_data,
+    validated_run,
+)
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir
 
 
 def run_job(cfg: DictConfig) -> None:
-    """Hydra's task function: one job, in its own run directory, in this process or in
-    several local ranks that read the job's resolved config."""
-    from lightning_accel.cli.launch import RanksFailed, launch_local_ranks
+    """Hydra's task function: one job, in its own run directory.
+
+    Started by hand (or by ``launcher=torchrun``), it resolves the job's config once, writes
+    it into the run directory and fits in this process or starts this node's ranks, which
+    read that file. Started as one rank of a world that an outside launcher created (a
+    SLURM or submitit task, a torchrun worker), it fits as that rank.
+    """
+    from lightning_accel.cli.cluster import check_world_size, external_world
+    from lightning_accel.cli.launch import RanksFailed, launch_ranks
+    from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import fit_run, measure_precision, save_resolved_config
     from lightning_accel.hardware import resolve_hardware
 
     quiet_upstream()
     try:
-        run = measure_precision(validated_run(cfg, Path(HydraConfig.get().runtime.output_dir)))
-        config_path = save_resolved_config(run)
+        run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
         processes = resolve_hardware(run.hardware).processes
-        if processes > 1:
-            launch_local_ranks(config_path, processes)
-        else:
+        world = external_world()
+        if world is not None:
+            check_world_size(run.launcher.nnodes, processes, world)
+            if world.rank == 0:
+                save_resolved_config(run)
             fit_run(run)
+            leave_process_group()
+        else:
+            if run.launcher.nnodes == 1:  # nodes measuring apart could disagree
+                run = measure_precision(run)
+            config_path = save_resolved_config(run)
+            if processes > 1 or run.launcher.name == "torchrun":
+                launch_ranks(config_path, processes, run.launcher)
+            else:
+                fit_run(run)
     except ConfigError as error:
         fail(error)
     except RanksFailed as error:
@@ -61,6 +83,10 @@ def main(args: list[str]) -> int:
             overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
         try:
             runs = preflight(overrides, options.multirun)
+            if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
+                # Hydra hands jobs to a launcher plugin only in a sweep: one job is a sweep of one
+                args = ["--multirun", *args]
+                runs = preflight(overrides, multirun=True)
         except ConfigError as error:
             fail(error)
         if options.cfg == "job" and not options.package:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.utilities.init import _materialize_distributed_module
@@ -14,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.fsdp import FSDPModule
 from torchmetrics import Metric
 
+from lightning_accel.checkpoints import atomic_directory
 from lightning_accel.config import require_positive
 from lightning_accel.strategies.sharding import shard_model
 
@@ -39,6 +42,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
         timeout_s: how long a collective may wait for a peer before the rank fails.
         save_distributed_checkpoint: save one shard per rank (``False``: one full file).
+            Either way a checkpoint appears whole or not at all: shards are written into a
+            staging directory that is renamed into place once every rank has finished.
     """
 
     strategy_name = "fsdp2"
@@ -112,3 +117,13 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.setup_precision_plugin()
         if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        if not self._save_distributed_checkpoint or storage_options is not None:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        target = Path(self.broadcast(filepath))
+        with atomic_directory(target, self.global_rank == 0, self.barrier) as staging:
+            super().save_checkpoint(checkpoint, staging)
