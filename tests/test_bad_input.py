@@ -168,3 +168,12 @@ def test_text_that_is_not_utf8_is_named_before_any_run_starts(tmp_path: Path) ->
         "(byte 3); valid choices: convert it to UTF-8, data.skip_undecodable=true."
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "no run directory"
+
+
+def test_validation_interval_longer_than_an_epoch_exits_2(tmp_path: Path) -> None:
+    result = run_cli(["train", *TINY, "trainer.val_check_interval=10000000"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("lightning-accel: error: trainer.val_check_interval=10000000 is more")
+    assert "limit_val_batches=0" in error

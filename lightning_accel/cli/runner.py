@@ -118,4 +118,15 @@ def fit_run(run: RunConfig) -> None:
     ckpt_path = resume_checkpoint(run, trainer)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except ValueError as error:
+        # The epoch's length is known only once the loaders exist, inside fit.
+        if "`val_check_interval`" not in str(error):
+            raise
+        raise ConfigError(
+            "trainer.val_check_interval",
+            run.trainer.val_check_interval,
+            f"is more than the {trainer.num_training_batches} training batches of an epoch;"
+            " give at most that many, or trainer.limit_val_batches=0 for no validation",
+        ) from None
