@@ -27,6 +27,7 @@ _IGNORED_WARNINGS = (
     r".*is not supported by the model summary.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
+    r".*TypedStorage is deprecated.*",
 )
 
 

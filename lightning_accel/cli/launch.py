@@ -10,6 +10,7 @@ meeting at the configured rendezvous endpoint, and restarts every rank after a f
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -120,13 +121,16 @@ def launch_ranks(
         node = launcher.node_rank if launcher.node_rank is not None else socket.gethostname()
         log_dir = log_dir / f"node-{node}"
         quiet = range(1 if launcher.node_rank == 0 else 0, processes)
+    options: dict[str, Any] = {}
+    if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:  # not in torch 2.9
+        options["shutdown_timeout"] = 10  # a stopped rank ignores SIGTERM; SIGKILL follows
     config = LaunchConfig(
         nproc_per_node=processes,
         monitor_interval=monitor_interval,
         start_method="spawn",
-        shutdown_timeout=10,  # a stopped rank ignores SIGTERM; SIGKILL follows after this
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects={r: Std.ALL for r in quiet}),
         **rendezvous,
+        **options,
     )
     nodes = rendezvous["max_nodes"]
     where = f" on this node (1 of {nodes}, meeting at {rendezvous['rdzv_endpoint']})" * (nodes > 1)
