@@ -104,7 +104,7 @@ def test_a_cuda_build_without_a_driver_asks_for_the_driver() -> None:
 
 def test_a_tpu_host_with_torch_xla_runs_the_tpu_profiles_in_bf16() -> None:
     report = diagnose(TPU_HOST)
-    assert report.verdict("tpu").resolved == "pjrt x 4, strategy xla"
+    assert report.verdict("tpu").resolved == "pjrt x 4, strategy xla_processes"
     assert report.verdict("tpu_spmd").resolved == "pjrt x 4, strategy xla_spmd"
     assert report.verdict("xla_cpu_spmd").runs
     assert (report.auto.accelerator, report.auto.devices) == ("tpu", 4)
