@@ -1,37 +1,35 @@
-"""Running ``lightning-accel train`` as a user does and reading back its run summary."""
+"""Running ``lightning-accel train`` as a user does and reading back its run summary,
+through the same cell runner and medians as ``lightning-accel bench``."""
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from lightning_accel.cli.bench import Cell, cell_figures, median_figures, run_cell
 
 
 def run_cli(overrides: list[str], run_dir: Path) -> dict:
     """One run of the CLI in a fresh process; its ``summary.json`` plus the command's wall
     time (imports, checks and process start-up included) as ``command_seconds``."""
-    command = [sys.executable, "-m", "lightning_accel", "train", "callbacks=minimal"]
-    command += [f"hydra.run.dir={run_dir}", *overrides]
+    cell = Cell(label=" ".join(overrides), overrides=overrides)
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=run_dir.parent)
+    summary = run_cell(cell, run_dir)
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary is None:
+        raise RuntimeError(f"{cell.label} failed: {cell.error} (log: {run_dir / 'bench.log'})")
     return {"command_seconds": round(wall, 2), **summary}
 
 
 def medians(runs: list[dict]) -> dict[str, float]:
     """Median step time (ms), samples and tokens per second and largest per-rank peak memory
     (MiB) of repeated runs of one setup."""
+    figures = median_figures([cell_figures(run) for run in runs])
     return {
-        "step_ms": statistics.median(r["step_seconds"] * 1000 for r in runs),
-        "samples_per_second": statistics.median(r["samples_per_second"] for r in runs),
-        "tokens_per_second": statistics.median(r["tokens_per_second"] or 0 for r in runs),
-        "peak_mb": statistics.median(max(r["peak_memory_mb_per_rank"]) for r in runs),
+        "step_ms": figures["step_seconds"] * 1000,
+        "samples_per_second": figures["samples_per_second"],
+        "tokens_per_second": figures["tokens_per_second"] or 0,
+        "peak_mb": figures["peak_memory_mb"],
     }
 
 
