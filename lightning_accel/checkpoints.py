@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,21 +12,31 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.safe_load import (
+    DCP_METADATA,
+    UnsafeCheckpointError,
+    check_data_file,
+    load_data_file,
+    read_dcp_metadata,
+    unsafe_checkpoint_error,
+)
 
 SHARDED_META = "meta.pt"  # Lightning's loop and callback state beside the shards
-DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
 
 
 def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
-    """Fail with a clear sentence unless ``path`` is a complete checkpoint.
+    """Fail with a clear sentence unless ``path`` is a complete checkpoint that is data only.
 
-    A file must exist; a sharded directory must hold its metadata, its loop state and
-    every shard the metadata names, each long enough for the data it should hold. Nothing
-    is loaded partially.
+    A file must exist and load with ``weights_only=True`` (its tensors are mapped, not
+    read); a sharded directory must hold its index (checked with an allow-list before torch
+    unpickles it), its loop state (loaded as data) and every shard the index names, each
+    long enough for the data it should hold. Nothing is loaded partially.
     """
     if path.is_file():
+        check_data_file(path, key)
         return
     if not path.is_dir():
         raise ConfigError(
@@ -36,10 +47,8 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
             raise ConfigError(
                 key, str(path), f"is not a complete sharded checkpoint: {required} is missing"
             )
-    try:
-        metadata = _read_metadata(path)
-    except Exception as error:  # noqa: BLE001 - any failure to parse means a corrupt index
-        raise ConfigError(key, str(path), f"has an unreadable {DCP_METADATA} ({error})") from error
+    metadata = read_dcp_metadata(path, key)
+    check_data_file(path / SHARDED_META, key)
     needed: dict[str, int] = {}
     for info in metadata.storage_data.values():
         needed[info.relative_path] = max(
@@ -57,16 +66,10 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
             )
 
 
-def _read_metadata(path: Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemReader
-
-    return FileSystemReader(str(path)).read_metadata()
-
-
 def sharded_metadata(path: Path) -> dict[str, Any]:
     """What a sharded checkpoint holds: each saved value's flattened name (``state_dict.<key>``,
     ``optimizer_<i>.state.<parameter>.<key>``, ...) and its size and dtype."""
-    return dict(_read_metadata(path).state_dict_metadata)
+    return dict(read_dcp_metadata(path).state_dict_metadata)
 
 
 def optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
@@ -94,13 +97,13 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     """
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    verify_checkpoint(sharded)
+    verify_checkpoint(sharded, "SHARDED")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         dcp_to_torch_save(str(sharded), str(staging))
-        flat = torch.load(staging, map_location="cpu", weights_only=False)
-        checkpoint = torch.load(sharded / SHARDED_META, map_location="cpu", weights_only=False)
+        flat = load_data_file(staging, "OUT")
+        checkpoint = load_data_file(sharded / SHARDED_META, "SHARDED")
         checkpoint["state_dict"] = flat["state_dict"]
         optimizers = sorted(k for k in flat if k.startswith("optimizer_"))
         checkpoint["optimizer_states"] = [optimizer_by_index(flat[k]) for k in optimizers]
@@ -126,10 +129,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     A checkpoint is written to a hidden temporary file in its own directory, flushed to
     disk (``fsync``), then renamed over the target with ``os.replace``: a process killed
     while saving leaves the previous checkpoint intact and loadable, never a truncated
-    file. Remote paths (``s3://``, ...) keep Lightning's own transactional write.
-    ``build_trainer`` installs it for every non-XLA profile.
+    file. Remote paths (``s3://``, ...) keep Lightning's own transactional write. Loading
+    refuses a file that would import code (``weights_only``) with a :class:`ConfigError`
+    naming it. ``build_trainer`` installs it for every non-XLA profile.
     """
 
+    @override
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        location = {} if map_location is None else {"map_location": map_location}
+        try:
+            return super().load_checkpoint(path, weights_only=weights_only, **location)
+        except pickle.UnpicklingError as error:
+            raise unsafe_checkpoint_error("ckpt_path", path, error) from None
+
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
@@ -203,13 +218,16 @@ def recover_checkpoint(target: Path) -> None:
 
 def last_checkpoint(directory: Path, name: str = "last.ckpt") -> Path | None:
     """``directory/name`` when it holds a complete checkpoint (a file, or a sharded
-    directory whose every shard is present); ``None`` otherwise."""
+    directory whose every shard is present); ``None`` otherwise. A checkpoint there that
+    would run code when loaded is refused (:class:`ConfigError`), never skipped silently."""
     target = directory / name
     recover_checkpoint(target)
     if not target.exists():
         return None
     try:
         verify_checkpoint(target)
+    except UnsafeCheckpointError:
+        raise
     except ConfigError:
         return None
     return target

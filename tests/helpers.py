@@ -156,3 +156,26 @@ def fit_tiny(
     ckpt_path = str(checkpoints / "last.ckpt") if resume else None
     trainer.fit(model, train_dataloaders=data, ckpt_path=ckpt_path)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _CreatesFileWhenUnpickled:
+    """Unpickles into ``os.system("touch MARKER")``: the payload of a crafted checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_crafted_checkpoint(path: Path, marker: Path, plain_pickle: bool = False) -> None:
+    """Write a file that creates ``marker`` when loaded without ``weights_only``: a
+    ``torch.save`` archive (a checkpoint file, ``meta.pt``) or, with ``plain_pickle``, a
+    bare pickle (the ``.metadata`` index torch's distributed checkpoint unpickles)."""
+    import pickle
+
+    payload = {"state_dict": {}, "global_step": _CreatesFileWhenUnpickled(marker)}
+    if plain_pickle:
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, run_cli
+from helpers import TINY, run_cli, write_crafted_checkpoint
 
 from lightning_accel.cli.main import main
+from lightning_accel.safe_load import read_dcp_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +113,46 @@ def test_consolidate_bad_input_exits_2(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("crafted_file", "plain_pickle"), [("meta.pt", False), (".metadata", True)]
+)
+@pytest.mark.parametrize("verb", ["consolidate", "train"])
+def test_a_sharded_checkpoint_with_a_crafted_pickle_is_refused_and_runs_nothing(
+    sharded: Path,
+    crafted_file: str,
+    plain_pickle: bool,
+    verb: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copy = tmp_path / "copy.ckpt"
+    shutil.copytree(sharded, copy)
+    marker = tmp_path / "payload-ran"
+    write_crafted_checkpoint(copy / crafted_file, marker, plain_pickle)
+    monkeypatch.chdir(tmp_path)
+    arguments = {
+        "consolidate": ["consolidate", str(copy), "out.ckpt"],
+        "train": ["train", "logger=none", f"ckpt_path={copy}"],
+    }[verb]
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{copy / crafted_file}' would run code when loaded" in err
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.ckpt"], "nothing written"
+
+
+def test_a_real_sharded_index_passes_the_allow_list_and_matches_torchs_reader(
+    sharded: Path,
+) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    ours = read_dcp_metadata(sharded)
+    torchs = FileSystemReader(str(sharded)).read_metadata()
+    assert ours.state_dict_metadata == torchs.state_dict_metadata
+    assert ours.storage_data == torchs.storage_data

@@ -162,11 +162,17 @@ def check_model_and_data(run: RunConfig) -> None:
 
 
 def check_checkpoint(run: RunConfig) -> None:
-    """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory."""
-    from lightning_accel.checkpoints import verify_checkpoint
+    """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory that
+    holds data only; without it, fail when the ``last`` checkpoint the run would resume from
+    by itself would run code when loaded."""
+    from lightning_accel.checkpoints import last_checkpoint, verify_checkpoint
 
     if run.ckpt_path is not None:
         verify_checkpoint(Path(run.ckpt_path))
+        return
+    for node in run.callbacks.values():
+        if node and node.get("save_last") and node.get("dirpath"):
+            last_checkpoint(Path(node["dirpath"]))
 
 
 def check_hardware(run: RunConfig) -> None:

@@ -15,8 +15,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.fsdp import FSDPModule
 from torchmetrics import Metric
+from typing_extensions import override
 
-from lightning_accel.checkpoints import atomic_directory
+from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
 from lightning_accel.config import require_positive
 from lightning_accel.strategies.sharding import shard_model
 
@@ -118,6 +119,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
 
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
+        """Refuse a checkpoint that would run code (its index, loop state or file) before
+        torch's distributed checkpoint unpickles anything."""
+        if "://" not in str(checkpoint_path):
+            verify_checkpoint(Path(checkpoint_path))
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:

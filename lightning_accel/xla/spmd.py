@@ -13,9 +13,15 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import SingleDeviceXLAStrategy
 
-from lightning_accel.checkpoints import SHARDED_META, optimizer_by_index, sharded_metadata
+from lightning_accel.checkpoints import (
+    SHARDED_META,
+    optimizer_by_index,
+    sharded_metadata,
+    verify_checkpoint,
+)
 from lightning_accel.config import XLA_CHECKPOINTS, require_choice
 from lightning_accel.errors import ConfigError
+from lightning_accel.safe_load import load_data_file
 from lightning_accel.xla import runtime
 from lightning_accel.xla.loader import DeviceLoading
 
@@ -128,6 +134,7 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
         path = Path(checkpoint_path)
+        verify_checkpoint(path)
         if not path.is_dir():
             return super().load_checkpoint(checkpoint_path, weights_only)
         assert self.lightning_module is not None
@@ -151,7 +158,7 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
                 for name in names.values()
             }
         runtime.load_sharded(targets, path)
-        checkpoint = torch.load(path / SHARDED_META, map_location="cpu", weights_only=False)
+        checkpoint = load_data_file(path / SHARDED_META)
         checkpoint["state_dict"] = targets["state_dict"]
         checkpoint["optimizer_states"] = [
             optimizer_by_index(targets[f"optimizer_{index}"])

@@ -1,0 +1,96 @@
+"""Checkpoints are data: a file crafted to run code when unpickled is refused, naming it,
+and its payload never runs (single files, the pack's Trainer, automatic resume)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TinyRegression, write_crafted_checkpoint
+
+from lightning_accel import build_trainer
+from lightning_accel.checkpoints import AtomicCheckpointIO
+from lightning_accel.cli.main import main
+from lightning_accel.errors import ConfigError
+from lightning_accel.safe_load import read_dcp_metadata
+
+
+@pytest.fixture
+def crafted(tmp_path: Path) -> tuple[Path, Path]:
+    """A crafted checkpoint file and the file its payload would create."""
+    marker = tmp_path / "payload-ran"
+    checkpoint = tmp_path / "evil.ckpt"
+    write_crafted_checkpoint(checkpoint, marker)
+    return checkpoint, marker
+
+
+def test_the_crafted_file_really_runs_code_when_loaded_without_weights_only(
+    crafted: tuple[Path, Path],
+) -> None:
+    checkpoint, marker = crafted
+    torch.load(checkpoint, weights_only=False)
+    assert marker.exists(), "the payload must be live for the refusals below to mean anything"
+
+
+def test_train_refuses_a_crafted_checkpoint_with_exit_2_naming_the_file(
+    crafted: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checkpoint, marker = crafted
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", f"ckpt_path={checkpoint}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"ckpt_path='{checkpoint}' would run code when loaded" in err
+    assert "posix.system" in err
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"], "no run directory"
+
+
+def test_automatic_resume_refuses_a_crafted_last_checkpoint_in_the_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "payload-ran"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    write_crafted_checkpoint(checkpoints / "last.ckpt", marker)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", "hydra.run.dir=run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "last.ckpt' would run code when loaded" in err
+    assert not marker.exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
+
+
+def test_the_packs_trainer_refuses_a_crafted_checkpoint_in_drop_in_use(
+    crafted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    checkpoint, marker = crafted
+    trainer = build_trainer(
+        "cpu", max_steps=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(4, 8), torch.randn(4, 1)), batch_size=2
+    )
+    with pytest.raises(ConfigError, match="would run code when loaded"):
+        trainer.fit(TinyRegression(), train_dataloaders=data, ckpt_path=checkpoint)
+    assert not marker.exists()
+
+
+def test_a_crafted_sharded_index_is_refused_before_it_is_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    write_crafted_checkpoint(tmp_path / ".metadata", marker, plain_pickle=True)
+    with pytest.raises(ConfigError, match=r"\.metadata' would run code .* posix\.system"):
+        read_dcp_metadata(tmp_path)
+    assert not marker.exists()
+    pickle.loads((tmp_path / ".metadata").read_bytes())
+    assert marker.exists(), "the index's payload is live"
