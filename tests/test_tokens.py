@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -69,6 +70,19 @@ def test_windows_pair_inputs_with_next_byte_targets() -> None:
     inputs, targets = windows[3]
     assert inputs.tolist() == list(range(30, 40))
     assert targets.tolist() == list(range(31, 41))
+
+
+def test_windows_pickle_as_their_memory_map_not_a_copy_of_the_tokens(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    cache = build_token_cache(corpus_files(str(small_corpus), (".py",)), 0.1, tmp_path / "c")
+    windows = TokenWindows(open_tokens(cache, "train"), seq_len=16, stride=8)
+    data = pickle.dumps(windows)
+    assert len(data) < 1000 < windows.tokens.nbytes
+    copy = pickle.loads(data)
+    assert isinstance(copy.tokens, np.memmap) and len(copy) == len(windows)
+    for index in (0, 7, len(windows) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(copy[index], windows[index], strict=True))
 
 
 def _first_batch(source: Path, seed: int) -> torch.Tensor:

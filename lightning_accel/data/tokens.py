@@ -10,6 +10,7 @@ import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -176,6 +177,20 @@ class TokenWindows(Dataset):
 
     def __len__(self) -> int:
         return max(0, (len(self.tokens) - self.seq_len - 1) // self.stride + 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker started by spawn or a fork server gets the memory map's file, not a
+        # pickled copy of every token.
+        state = dict(self.__dict__)
+        if isinstance(self.tokens, np.memmap) and self.tokens.filename is not None:
+            state["tokens"] = (self.tokens.filename, self.tokens.dtype.str, self.tokens.offset)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["tokens"], tuple):
+            filename, dtype, offset = state["tokens"]
+            state["tokens"] = np.memmap(filename, np.dtype(dtype), mode="r", offset=offset)
+        self.__dict__.update(state)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = index * self.stride

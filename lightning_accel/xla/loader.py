@@ -20,7 +20,8 @@ class DeviceLoader:
     for a checkpoint; this one counts the batches the trainer took and saves that count
     through the wrapped loader's ``state_dict(consumed=...)`` (a
     :class:`~lightning_accel.data.loading.ResumableDataLoader`), so a resumed run sees
-    exactly the batches an uninterrupted one sees. Other attributes (``sampler``,
+    exactly the batches an uninterrupted one sees. Worker processes of the wrapped loader
+    start from a fork server, never by forking the threaded training process. Other attributes (``sampler``,
     ``dataset``, ...) are the wrapped loader's, so Lightning treats it as that loader.
 
     Args:
@@ -31,6 +32,12 @@ class DeviceLoader:
     """
 
     def __init__(self, loader: Any, device: torch.device, sharding: Any = None) -> None:
+        if getattr(loader, "num_workers", 0) > 0 and loader.multiprocessing_context is None:
+            # The device loader iterates in a thread of its own while the XLA runtime runs
+            # others: a worker forked from there can inherit a lock another thread held and
+            # hang for ever (seen in torch.manual_seed). A fork server forks from a process
+            # with one thread.
+            loader.multiprocessing_context = "forkserver"
         self.loader = loader
         self._device_batches = runtime.device_loader(loader, device, sharding)
         self.batches_taken = 0  # batches of the current pass the trainer took

@@ -239,3 +239,18 @@ def test_the_speed_monitor_counts_the_same_flops_on_xla_as_on_the_cpu(runs: XLAR
     xla = runs.summary(runs.train("xla_cpu", "hardware=xla_cpu"))
     assert xla["flops_per_step"] == eager["flops_per_step"] > 0
     assert 0 < xla["mfu"] < 1 and xla["peak_flops_source"].startswith("measured float32")
+
+
+def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_batches() -> None:
+    """Workers forked from the device loader's thread could inherit a held lock and hang;
+    they come from a fork server instead, and batches are unchanged."""
+    from lightning_accel.xla import runtime
+    from lightning_accel.xla.loader import DeviceLoader
+
+    data = torch.utils.data.TensorDataset(torch.arange(24, dtype=torch.float32).view(12, 2))
+    host = list(torch.utils.data.DataLoader(data, batch_size=4))
+    workers = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1)
+    loader = DeviceLoader(workers, runtime.device())
+    assert workers.multiprocessing_context.get_start_method() == "forkserver"
+    device_batches = [batch[0].cpu() for batch in loader]
+    assert [b[0].tolist() for b in host] == [b.tolist() for b in device_batches]
