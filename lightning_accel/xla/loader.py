@@ -21,8 +21,9 @@ class DeviceLoader:
     through the wrapped loader's ``state_dict(consumed=...)`` (a
     :class:`~lightning_accel.data.loading.ResumableDataLoader`), so a resumed run sees
     exactly the batches an uninterrupted one sees. Worker processes of the wrapped loader
-    start from a fork server, never by forking the threaded training process. Other attributes (``sampler``,
-    ``dataset``, ...) are the wrapped loader's, so Lightning treats it as that loader.
+    start from a fork server, never by forking the threaded training process. Other
+    attributes (``sampler``, ``dataset``, ...) are the wrapped loader's, so Lightning treats
+    it as that loader.
 
     Args:
         loader: the host DataLoader.
