@@ -156,6 +156,25 @@ class MachineFacts:
         return self.xla.pjrt_device
 
 
+MEMINFO = Path("/proc/meminfo")
+CGROUP_MEMORY = Path("/sys/fs/cgroup")
+
+
+def host_memory_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP_MEMORY) -> int:
+    """Bytes of host memory a new process can take: the kernel's ``MemAvailable``, capped
+    by this process's cgroup limit (``memory.max`` less ``memory.current``) where one is set."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if meminfo.is_file():
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
+        available = int(match.group(1)) * 1024 if match else available
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = int((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    return available if limit == "max" else min(available, int(limit) - used)
+
+
 def package_version(distribution: str) -> str | None:
     """The installed version of ``distribution``, or ``None``."""
     try:

@@ -18,7 +18,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_accel.callbacks import RunSummary, SpeedMonitor, peak_flops, throughput
+from lightning_accel import devices, flops
+from lightning_accel.callbacks import RunSummary, SpeedMonitor, throughput
 from lightning_accel.callbacks import speed as speed_module
 
 SLOW_SAVE_SECONDS = 1000.0
@@ -171,7 +172,7 @@ def test_flops_of_a_known_model_and_mfu_against_a_given_peak(tmp_path: Path) -> 
 def test_attention_on_the_cpu_is_counted() -> None:
     batch, heads, tokens, width = 2, 4, 64, 16
     q, k, v = (torch.randn(batch, heads, tokens, width) for _ in range(3))
-    with speed_module.flop_counter() as counter:
+    with flops.flop_counter() as counter:
         nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     # two batched matmuls, scores and weighted values, of 2·b·h·t·t·d FLOPs each
     assert counter.get_total_flops() == 2 * (2 * batch * heads * tokens * tokens * width)
@@ -219,7 +220,7 @@ def test_speed_is_logged_every_interval_without_synchronizing_each_step(
 def test_gpu_peaks_come_from_the_datasheet_table(
     name: str, precision: str, matmul: str, tflops: float | None
 ) -> None:
-    peak = peak_flops.gpu_peak(name, precision, matmul)
+    peak = devices.gpu_peak(name, precision, matmul)
     if tflops is None:
         assert peak is None
     else:
@@ -231,5 +232,5 @@ def test_gpu_peaks_come_from_the_datasheet_table(
     [("TPU v4", 275.0), ("TPU v5litepod", 197.0), ("TPU v5p", 459.0), ("TPU v6e", 918.0)],
 )
 def test_tpu_peaks_come_from_the_published_figures(kind: str, tflops: float) -> None:
-    peak = peak_flops.tpu_peak(kind)
+    peak = devices.tpu_peak(kind)
     assert peak is not None and peak.flops_per_second == pytest.approx(tflops * 1e12)

@@ -8,32 +8,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_accel.callbacks.memory import peak_memory_mb
-from lightning_accel.callbacks.peak_flops import PeakFlops, device_peak
 from lightning_accel.callbacks.throughput import ThroughputClock, synchronized_time
-
-# A training step costs about three forward passes: the backward pass computes gradients
-# of both activations and weights, two matmuls for each one of the forward pass.
-STEP_FLOPS_PER_FORWARD_FLOP = 3
-
-
-def _cpu_attention_flops(
-    query_shape: torch.Size,
-    key_shape: torch.Size,
-    value_shape: torch.Size,
-    *args: Any,
-    **kwargs: Any,
-) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def flop_counter() -> FlopCounterMode:
-    """torch's FLOP counter, taught the CPU's fused attention kernel (it knows the CUDA ones
-    only, and would count no FLOPs for attention on a CPU)."""
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    return FlopCounterMode(display=False, custom_mapping={cpu_attention: _cpu_attention_flops})
+from lightning_accel.devices import PeakFlops, device_peak
+from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 
 
 def batch_inputs(batch: Any) -> torch.Tensor | None:

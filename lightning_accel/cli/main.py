@@ -14,6 +14,10 @@ verbs:
   bench [OPTIONS] OVERRIDES  train each cell of a matrix (e.g. hardware=cpu,ddp_cpu
                              optimization=default,fast) in its own process and compare
                              their speed: table, results.csv/json, chart.png
+  plan [--world N,M] [--device NAME] [--json] [OVERRIDES]
+                             before anything runs: memory per rank, FLOPs, communication
+                             and predicted speed of the run's model per layout and world
+                             size, ranked among those that fit
   consolidate SHARDED OUT    write a sharded (FSDP2, XLA SPMD) checkpoint directory as one file
                              that loads without a process group and resumes on one device
   doctor [--json] [hardware=NAMES]
@@ -21,7 +25,7 @@ verbs:
                              auto picks, and the command that fixes each problem found
 """
 
-VERBS = ("train", "bench", "consolidate", "doctor")
+VERBS = ("train", "bench", "plan", "consolidate", "doctor")
 
 
 def consolidate(args: list[str]) -> int:
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_accel.cli.bench import main as bench
 
         return bench(rest)
+    if verb == "plan":
+        from lightning_accel.cli.plan import main as plan
+
+        return plan(rest)
     if verb == "consolidate":
         return consolidate(rest)
     if verb == "doctor":

@@ -18,6 +18,7 @@ from lightning_accel.data.loading import (
     data_parallel_share,
     loader_options,
 )
+from lightning_accel.data.tokens import token_batch_example
 
 
 class SyntheticTokenDataModule(pl.LightningDataModule):
@@ -62,6 +63,10 @@ class SyntheticTokenDataModule(pl.LightningDataModule):
         self.seed = seed
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
+
+    def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch's shapes, on the meta device (no data made)."""
+        return token_batch_example(self.batch_size, self.seq_len)
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
@@ -145,6 +150,15 @@ class SyntheticImageDataModule(DeviceImageDataModule):
         self.samples = samples
         self.val_samples = val_samples
         self.check_statistics()
+
+    def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch as the model receives it (normalized float images and labels),
+        on the meta device (no data made)."""
+        shape = (self.batch_size, self.channels, self.image_size, self.image_size)
+        images = torch.empty(shape, device="meta")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, torch.empty(self.batch_size, dtype=torch.long, device="meta")
 
     def setup(self, stage: str) -> None:
         if self.train_set is not None:

@@ -166,6 +166,14 @@ def open_tokens(directory: Path, split: str) -> np.ndarray:
     return np.memmap(directory / f"{split}.bin", np.dtype(dtype), mode="r")
 
 
+def token_batch_example(batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (inputs, targets) batch of token ids on the meta device: shapes only."""
+    shape = (batch_size, seq_len)
+    return torch.empty(shape, dtype=torch.long, device="meta"), torch.empty(
+        shape, dtype=torch.long, device="meta"
+    )
+
+
 class TokenWindows(Dataset):
     """Windows of ``seq_len + 1`` tokens starting every ``stride`` tokens, returned as
     (inputs, targets); a stride of ``seq_len`` gives non-overlapping windows."""
@@ -268,6 +276,10 @@ class TokenDataModule(pl.LightningDataModule):
         self.cache = build_token_cache(
             self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
         )
+
+    def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch's shapes, on the meta device (no data read)."""
+        return token_batch_example(self.batch_size, self.seq_len)
 
     def setup(self, stage: str) -> None:
         if self.cache is None:

@@ -1,4 +1,5 @@
-"""Peak dense matmul throughput of a device, the denominator of model FLOPs utilization.
+"""What the pack knows of devices: peak dense matmul throughput (the denominator of model
+FLOPs utilization), memory and interconnect bandwidth.
 
 Accelerators are looked up in a table of vendor figures (dense, without sparsity); a CPU's
 peak is measured once per process with a large matmul in the precision the run computes in.
@@ -46,6 +47,63 @@ _TPU_PEAK_TFLOPS: dict[str, float] = {
     "TPU v5p": 459.0,
     "TPU v6e": 918.0,
 }
+
+# Memory per device (GiB, datasheet capacity) and interconnect bandwidth to peers (GB/s,
+# one direction: half the bidirectional figure), from the same datasheets and pages.
+# NVLink 4 (H100 SXM, H200): 900 GB/s bidirectional; H100 NVL's bridge 600; H100 PCIe and
+# L4: PCIe Gen5 x16 (128 GB/s) and Gen4 x16 (64 GB/s); A100 SXM: NVLink 3, 600; B200:
+# NVLink 5, 1.8 TB/s. TPUs: bidirectional ICI per chip (v5e 400, v5p 1200, v6e 800 GB/s);
+# v4's page gives none, so its all-reduce bandwidth per pod over its chips (1.1 PB/s / 4096).
+_MEMORY_GIB: dict[str, float] = {
+    "H100 SXM": 80, "H100 PCIe": 80, "H100 NVL": 94, "H200 SXM": 141, "H200 NVL": 141,
+    "B200": 180, "A100": 80, "L4": 24,
+    "TPU v4": 32, "TPU v5e": 16, "TPU v5p": 95, "TPU v6e": 32,
+}  # fmt: skip
+_LINK_GBPS: dict[str, float] = {
+    "H100 SXM": 450, "H100 PCIe": 64, "H100 NVL": 300, "H200 SXM": 450, "H200 NVL": 450,
+    "B200": 900, "A100": 300, "L4": 32,
+    "TPU v4": 268, "TPU v5e": 200, "TPU v5p": 600, "TPU v6e": 400,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device of the datasheet table, as ``lightning-accel plan`` models it.
+
+    Args:
+        name: the table's name (``H100 SXM``, ``TPU v5p``, ...).
+        memory_bytes: memory per device.
+        peak_tflops: dense peak per number format (``bf16``, ``fp16``, ``tf32``, ``fp32``).
+        link_bytes_per_second: bandwidth to peers in one direction (NVLink, ICI or PCIe).
+    """
+
+    name: str
+    memory_bytes: int
+    peak_tflops: dict[str, float]
+    link_bytes_per_second: float
+
+    def peak(self, precision: str, float32_matmul_precision: str = "highest") -> float:
+        """Peak FLOP/s for a run in ``precision``."""
+        return self.peak_tflops[number_format(precision, float32_matmul_precision)] * TERA
+
+
+def known_devices() -> list[str]:
+    """Names of the devices in the table, GPUs first."""
+    return [*_GPU_PEAK_TFLOPS, *_TPU_PEAK_TFLOPS]
+
+
+def device_spec(name: str) -> DeviceSpec | None:
+    """The table's entry for ``name`` (a table name such as ``H100 SXM``, or a driver's name
+    such as ``NVIDIA H100 80GB HBM3`` or a TPU kind); None for a device it does not know."""
+    known = name if name in known_devices() else _match(name, _GPU_NAMES + _TPU_KINDS)
+    if known is None:
+        return None
+    if known in _TPU_PEAK_TFLOPS:  # fp32 matmuls run at bf16 speed on TPUs
+        peaks = dict.fromkeys(("bf16", "fp16", "tf32", "fp32"), _TPU_PEAK_TFLOPS[known])
+    else:
+        peaks = _GPU_PEAK_TFLOPS[known]
+    return DeviceSpec(known, int(_MEMORY_GIB[known] * 2**30), peaks, _LINK_GBPS[known] * 1e9)
+
 
 # How drivers name the devices above, checked in order (most specific first).
 _GPU_NAMES: tuple[tuple[tuple[str, ...], str], ...] = (

@@ -1,0 +1,284 @@
+"""What one training step of a model needs, measured without memory: parameter shapes,
+optimizer state, the tensors the forward pass saves for backward (per precision and per
+repeated block) and the FLOPs of a forward pass.
+
+The model runs on fake tensors (:mod:`lightning_accel.plan.fake`): its own
+``training_step`` (or ``forward`` on ``example_input_array``), its own optimizer from
+``configure_optimizers``, one step of it, and nothing allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_accel.flops import flop_counter
+from lightning_accel.optimize.blocks import find_repeated_blocks
+from lightning_accel.plan.fake import fake_batch, fake_mode, fake_module
+
+# Precisions whose activations are in a reduced type (measured under autocast).
+_AUTOCAST = {
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "bf16-true": torch.bfloat16,
+    "16-true": torch.float16,
+}
+# "-true" precisions hold parameters, gradients and optimizer state in the reduced type.
+HALF_PRECISIONS = ("bf16-true", "16-true")
+
+
+@dataclass(frozen=True)
+class ActivationFootprint:
+    """The tensors a forward pass keeps for backward, in one precision.
+
+    Args:
+        saved_bytes: every saved tensor's storage, once (parameters not counted).
+        largest_bytes: the largest one.
+        block_saved_bytes: the part saved inside each repeated block.
+        block_input_bytes: each repeated block's input.
+    """
+
+    saved_bytes: int
+    largest_bytes: int
+    block_saved_bytes: tuple[int, ...]
+    block_input_bytes: tuple[int, ...]
+
+    def peak_bytes(self, checkpoint_every: int | None = None) -> int:
+        """Activation memory at its peak (the start of backward): the saved tensors, and the
+        gradient of the largest one with its input alive together. With activation
+        checkpointing on every ``checkpoint_every``-th block, those blocks keep only their
+        input, and backward recomputes one block at a time."""
+        temporary = 2 * self.largest_bytes
+        if not checkpoint_every or not self.block_saved_bytes:
+            return self.saved_bytes + temporary
+        checkpointed = range(0, len(self.block_saved_bytes), checkpoint_every)
+        kept = self.saved_bytes - sum(self.block_saved_bytes[i] for i in checkpointed)
+        kept += sum(self.block_input_bytes[i] for i in checkpointed)
+        recomputed = max(self.block_saved_bytes[i] for i in checkpointed)
+        return kept + recomputed + temporary
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """What a model's training step needs, independent of how it is laid out on devices.
+
+    Args:
+        parameter_shapes: the shape of each trainable parameter (tied ones once).
+        parameter_itemsize: bytes per element of the parameters as built.
+        frozen_bytes: parameters that do not train, and buffers.
+        optimizer_state_per_parameter_byte: optimizer state bytes per parameter byte (2 for
+            Adam's two moments, 1 for momentum SGD), from one step of the module's optimizer.
+        unit_parameter_bytes: trainable parameters of each repeated block (FSDP2's units).
+        forward_flops: FLOPs of one forward pass over the batch.
+        activations: by precision, what the forward pass saves for backward.
+        samples: samples in the measured batch.
+    """
+
+    parameter_shapes: tuple[tuple[int, ...], ...]
+    parameter_itemsize: int
+    frozen_bytes: int
+    optimizer_state_per_parameter_byte: float
+    unit_parameter_bytes: tuple[int, ...]
+    forward_flops: int
+    activations: dict[str, ActivationFootprint]
+    samples: int
+
+    @property
+    def parameters(self) -> int:
+        """Trainable parameters."""
+        return sum(math.prod(shape) for shape in self.parameter_shapes)
+
+    def parameter_bytes(self, itemsize: int | None = None) -> int:
+        """Bytes of the trainable parameters (at ``itemsize`` bytes each, if given)."""
+        return self.parameters * (itemsize or self.parameter_itemsize)
+
+    def sharded_parameter_bytes(self, world: int, itemsize: int | None = None) -> int:
+        """Bytes of the largest shard FSDP2 gives a rank: each parameter split on its
+        first dimension into ``world`` chunks of ``ceil(rows / world)`` rows."""
+        size = itemsize or self.parameter_itemsize
+        total = 0
+        for shape in self.parameter_shapes:
+            rows = shape[0] if shape else 1
+            total += math.ceil(rows / world) * math.prod(shape[1:]) * size
+        return total
+
+    def root_parameter_bytes(self) -> int:
+        """Trainable parameter bytes outside the repeated blocks (embeddings, heads, ...)."""
+        return self.parameter_bytes() - sum(self.unit_parameter_bytes)
+
+
+def _training_loss(output: Any) -> torch.Tensor:
+    return output["loss"] if isinstance(output, dict) else output
+
+
+@contextmanager
+def _no_logging(module: pl.LightningModule) -> Iterator[None]:
+    # self.log needs a running loop; the measured step has none
+    module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    module.log_dict = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+def _autocast(precision: str) -> AbstractContextManager:
+    dtype = _AUTOCAST.get(precision)
+    return torch.autocast("cpu", dtype=dtype) if dtype else nullcontext()
+
+
+class _SavedTensors:
+    """Counts the storages a forward pass saves for backward, attributing each to the
+    repeated block that saved it first."""
+
+    def __init__(self, parameters: Sequence[torch.Tensor], blocks: Sequence[nn.Module]) -> None:
+        self.ignored = {p.untyped_storage()._cdata for p in parameters}
+        self.sizes: dict[int, int] = {}
+        self.block_saved = [0] * len(blocks)
+        self.block_input = [0] * len(blocks)
+        self.current: int | None = None
+        self.blocks = blocks
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key not in self.ignored and key not in self.sizes:
+            self.sizes[key] = storage.nbytes()
+            if self.current is not None:
+                self.block_saved[self.current] += storage.nbytes()
+        return tensor
+
+    def hooks(self) -> list[Any]:
+        handles = []
+        for index, block in enumerate(self.blocks):
+
+            def enter(module: nn.Module, args: Any, index: int = index) -> None:
+                self.current = index
+                self.block_input[index] = sum(
+                    a.untyped_storage().nbytes() for a in args if isinstance(a, torch.Tensor)
+                )
+
+            def leave(module: nn.Module, args: Any, output: Any) -> None:
+                self.current = None
+
+            handles += [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
+        return handles
+
+    def footprint(self) -> ActivationFootprint:
+        return ActivationFootprint(
+            saved_bytes=sum(self.sizes.values()),
+            largest_bytes=max(self.sizes.values(), default=0),
+            block_saved_bytes=tuple(self.block_saved),
+            block_input_bytes=tuple(self.block_input),
+        )
+
+
+def _measure_activations(
+    step: Callable[[], Any], parameters: Sequence[torch.Tensor], blocks: Sequence[nn.Module]
+) -> ActivationFootprint:
+    saved = _SavedTensors(parameters, blocks)
+    handles = saved.hooks()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+            step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved.footprint()
+
+
+def _optimizer_state_ratio(module: pl.LightningModule, parameters: list[nn.Parameter]) -> float:
+    """Optimizer state bytes per parameter byte, after one step of the module's own first
+    optimizer (0 when it configures none)."""
+    configured = module.configure_optimizers()
+    optimizer = configured
+    while not isinstance(optimizer, torch.optim.Optimizer):
+        if isinstance(optimizer, dict):
+            optimizer = optimizer["optimizer"]
+        elif isinstance(optimizer, (list, tuple)) and optimizer:
+            optimizer = optimizer[0]
+        else:
+            return 0.0
+    for parameter in parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    state = sum(
+        value.untyped_storage().nbytes()
+        for entry in optimizer.state.values()
+        for value in entry.values()
+        if isinstance(value, torch.Tensor) and value.dim() > 0
+    )
+    for parameter in parameters:
+        parameter.grad = None
+    parameter_bytes = sum(p.numel() * p.element_size() for p in parameters)
+    return state / parameter_bytes if parameter_bytes else 0.0
+
+
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: the first dimension of its first tensor."""
+    leaves = [t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, torch.Tensor)]
+    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
+
+
+def measure_footprint(
+    module: pl.LightningModule,
+    batch: Any,
+    precisions: Sequence[str] = ("32-true",),
+    through_forward: bool = False,
+) -> ModelFootprint:
+    """Measure ``module`` (built on the meta device; its tensors become fake, in place) on
+    ``batch`` (meta or real tensors, only their shapes are used).
+
+    Args:
+        module: the LightningModule, attached to a Trainer if its ``configure_optimizers``
+            reads one.
+        batch: one training batch, or the ``forward`` input with ``through_forward``.
+        precisions: Lightning precision names to measure activations in.
+        through_forward: run ``module(batch)`` instead of ``training_step`` (for a module
+            described by its ``example_input_array``).
+    """
+    mode = fake_mode()
+    fake_module(module, mode)
+    batch = fake_batch(batch, mode)
+    trainable = list({id(p): p for p in module.parameters() if p.requires_grad}.values())
+    blocks = find_repeated_blocks(module)
+    block_ids = [{id(p) for p in block.parameters() if p.requires_grad} for block in blocks]
+
+    def step() -> Any:
+        if through_forward:
+            args = batch if isinstance(batch, tuple) else (batch,)
+            return module(*args)
+        return _training_loss(module.training_step(batch, 0))
+
+    activations = {}
+    module.train()
+    with mode, _no_logging(module):
+        for precision in dict.fromkeys(precisions):
+            with _autocast(precision):
+                activations[precision] = _measure_activations(step, trainable, blocks)
+        with flop_counter() as counter:
+            step()
+        ratio = _optimizer_state_ratio(module, trainable)
+    trainable_ids = {id(p) for p in trainable}
+    others = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    frozen = sum(t.numel() * t.element_size() for k, t in others.items() if k not in trainable_ids)
+    return ModelFootprint(
+        parameter_shapes=tuple(tuple(p.shape) for p in trainable),
+        parameter_itemsize=trainable[0].element_size() if trainable else 4,
+        frozen_bytes=frozen,
+        optimizer_state_per_parameter_byte=ratio,
+        unit_parameter_bytes=tuple(
+            sum(p.numel() * p.element_size() for p in trainable if id(p) in ids)
+            for ids in block_ids
+        ),
+        forward_flops=int(counter.get_total_flops()),
+        activations=activations,
+        samples=batch_samples(batch),
+    )

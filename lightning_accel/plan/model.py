@@ -1,0 +1,82 @@
+"""A run's model and one example batch, built without memory: the model on the meta device,
+the batch from its DataModule's :class:`BatchExample` or the module's
+``example_input_array``, no data read."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+
+from lightning_accel.errors import ConfigError
+
+
+@runtime_checkable
+class BatchExample(Protocol):
+    """A DataModule that can describe one training batch without reading data."""
+
+    def example_batch(self) -> Any:
+        """One training batch (per process) of tensors on the meta device: the shapes and
+        dtypes the training step receives."""
+        ...
+
+
+def _target(node: dict[str, Any]) -> str:
+    return str(node.get("_target_"))
+
+
+def meta_model(node: dict[str, Any]) -> pl.LightningModule:
+    """The LightningModule of a ``_target_`` node built on the meta device.
+
+    Raises:
+        ConfigError: it cannot be built there, or it allocated real memory anyway (naming the
+            module that did).
+    """
+    try:
+        with torch.device("meta"):
+            model = instantiate(node)
+    except ConfigError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure is the model's own
+        cause = error.__cause__ or error
+        raise ConfigError(
+            "model._target_",
+            _target(node),
+            f"cannot be built on the meta device ({type(cause).__name__}: {cause})",
+        ) from None
+    if not isinstance(model, pl.LightningModule):
+        raise ConfigError("model._target_", _target(node), "is not a LightningModule")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device.type != "meta":
+            raise ConfigError(
+                "model._target_",
+                _target(node),
+                f"allocated real memory while built on the meta device: {name} is on "
+                f"{tensor.device} (created with an explicit device?); the plan never "
+                "allocates a model's weights",
+            )
+    return model
+
+
+def example_batch(data_node: dict[str, Any], model: pl.LightningModule) -> tuple[Any, bool]:
+    """One training batch on the meta device, and whether it is the module's ``forward``
+    input rather than a batch for ``training_step``: from the DataModule's
+    :class:`BatchExample`, else the module's ``example_input_array``.
+
+    Raises:
+        ConfigError: neither describes a batch.
+    """
+    datamodule = instantiate(data_node) if data_node else None
+    if isinstance(datamodule, BatchExample):
+        return datamodule.example_batch(), False
+    example = getattr(model, "example_input_array", None)
+    if example is not None:
+        return example, True
+    raise ConfigError(
+        "data._target_",
+        _target(data_node) if data_node else None,
+        "describes no batch without reading data; give the DataModule an example_batch() "
+        "method returning meta tensors, or set example_input_array on the LightningModule",
+    )

@@ -1,0 +1,170 @@
+"""Ranking the layouts a model can train in on a device: which fit, which is fastest, and
+the command-line overrides that run each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lightning_accel.devices import DeviceSpec, device_spec, known_devices, measured_cpu_peak
+from lightning_accel.errors import ConfigError
+from lightning_accel.machine import host_memory_available
+from lightning_accel.plan.footprint import ModelFootprint
+from lightning_accel.plan.layouts import LayoutEstimate, Target, estimate
+from lightning_accel.precision import cpu_bf16_units
+
+THIS_CPU = "cpu"
+# Collectives on this CPU (gloo over loopback between processes sharing its cores),
+# measured with 2 processes: about 1 ms each, and about 0.5 GB/s of all-reduce bandwidth.
+CPU_COLLECTIVE_SECONDS = 1e-3
+CPU_LINK_BYTES_PER_SECOND = 0.5e9
+# One collective between accelerators of a node (NCCL over NVLink, XLA over ICI).
+DEVICE_COLLECTIVE_SECONDS = 20e-6
+# World sizes searched for the smallest one that fits.
+SEARCHED_WORLDS = tuple(2**k for k in range(1, 13))
+
+
+@dataclass(frozen=True)
+class PlannedLayout:
+    """A ranked row of the plan: the estimate and the overrides that run it."""
+
+    estimate: LayoutEstimate
+    overrides: tuple[str, ...]
+
+
+def device_choices() -> list[str]:
+    """What ``--device`` accepts: this machine's CPU and the datasheet table's devices."""
+    return [THIS_CPU, *known_devices()]
+
+
+def resolve_device(name: str) -> DeviceSpec | None:
+    """The table entry for ``name`` (None: this CPU, measured).
+
+    Raises:
+        ConfigError: a name the table does not know.
+    """
+    if name.lower() == THIS_CPU:
+        return None
+    spec = device_spec(name)
+    if spec is None:
+        raise ConfigError("--device", name, "is not a known device", device_choices())
+    return spec
+
+
+def precisions_for(spec: DeviceSpec | None) -> tuple[str, ...]:
+    """The precisions planned on a device: fp32, and bf16 mixed where it computes bf16."""
+    if spec is None and cpu_bf16_units() is None:
+        return ("32-true",)
+    return ("32-true", "bf16-mixed")
+
+
+def target(spec: DeviceSpec | None, precision: str) -> Target:
+    """The step-time and memory model's view of a device in ``precision``."""
+    if spec is None:
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        return Target(
+            name=f"{THIS_CPU} ({measured_cpu_peak(dtype).source})",
+            peak_flops=measured_cpu_peak(dtype).flops_per_second,
+            memory_bytes=host_memory_available(),
+            link_bytes_per_second=CPU_LINK_BYTES_PER_SECOND,
+            collective_seconds=CPU_COLLECTIVE_SECONDS,
+            shared_host=True,
+        )
+    return Target(
+        name=spec.name,
+        peak_flops=spec.peak(precision),
+        memory_bytes=spec.memory_bytes,
+        link_bytes_per_second=spec.link_bytes_per_second,
+        collective_seconds=DEVICE_COLLECTIVE_SECONDS,
+    )
+
+
+def layouts_for(spec: DeviceSpec | None, world: int) -> tuple[str, ...]:
+    """The layouts a device runs at ``world`` ranks: one device alone; DDP and FSDP2 at two
+    or more (FSDP2 offload only where a device has its own memory; TPUs shard by SPMD)."""
+    if world == 1:
+        return ("single",)
+    if spec is None:
+        return ("ddp", "fsdp2")
+    if spec.name.startswith("TPU"):
+        return ("fsdp2",)
+    return ("ddp", "fsdp2", "fsdp2_offload")
+
+
+def overrides_for(spec: DeviceSpec | None, row: LayoutEstimate) -> tuple[str, ...]:
+    """The ``lightning-accel train`` overrides that run ``row``."""
+    tpu = spec is not None and spec.name.startswith("TPU")
+    if spec is None:
+        profiles = {"single": "cpu", "ddp": "ddp_cpu", "fsdp2": "fsdp2_cpu"}
+    elif tpu:
+        profiles = {"single": "tpu", "fsdp2": "tpu_spmd"}
+    else:
+        profiles = {"single": "auto", "ddp": "ddp", "fsdp2": "fsdp2", "fsdp2_offload": "fsdp2"}
+    chosen = [f"hardware={profiles[row.layout]}"]
+    if row.world > 1 or tpu:
+        chosen.append(f"hardware.devices={row.world}")
+    if row.layout == "fsdp2_offload":
+        chosen.append("optimization.cpu_offload=true")
+    chosen.append(f"optimization.precision={row.precision}")
+    if row.activation_checkpointing:
+        chosen.append("optimization.activation_checkpointing.enabled=true")
+    return tuple(chosen)
+
+
+def plan_layouts(
+    footprint: ModelFootprint,
+    spec: DeviceSpec | None,
+    worlds: Sequence[int],
+    accumulate: int = 1,
+    checkpoint_every: int = 1,
+) -> list[PlannedLayout]:
+    """Every layout, world size, precision and activation-checkpointing choice on a device,
+    fitting ones first, each group fastest first (by samples per second)."""
+    rows = []
+    recomputable = bool(footprint.unit_parameter_bytes)
+    for precision in precisions_for(spec):
+        device = target(spec, precision)
+        for world in worlds:
+            for layout in layouts_for(spec, world):
+                for checkpointing in (False, True) if recomputable else (False,):
+                    every = checkpoint_every if checkpointing else None
+                    row = estimate(footprint, device, layout, world, precision, every, accumulate)
+                    rows.append(PlannedLayout(row, overrides_for(spec, row)))
+    return sorted(rows, key=lambda r: (not r.estimate.fits, -r.estimate.samples_per_second))
+
+
+def smallest_fitting_world(
+    footprint: ModelFootprint, spec: DeviceSpec | None, accumulate: int = 1
+) -> int | None:
+    """The smallest world size at which some layout fits (activation checkpointing on,
+    FSDP2 sharding), or None up to :data:`SEARCHED_WORLDS`' largest."""
+    for world in SEARCHED_WORLDS:
+        rows = plan_layouts(footprint, spec, [world], accumulate)
+        if any(r.estimate.fits for r in rows):
+            return world
+    return None
+
+
+def gib(value: float) -> str:
+    """Bytes as GiB (or MiB below one GiB), for people."""
+    if value >= 2**30:
+        return f"{value / 2**30:.2f} GiB"
+    return f"{value / 2**20:.1f} MiB"
+
+
+def fits_nowhere(footprint: ModelFootprint, spec: DeviceSpec | None, worlds: Sequence[int]) -> str:
+    """The sentence for a model that fits at none of ``worlds``."""
+    smallest = smallest_fitting_world(footprint, spec)
+    name = spec.name if spec else THIS_CPU
+    asked = ",".join(map(str, worlds))
+    if smallest is None:
+        return (
+            f"the model fits on no world of {name} devices up to {SEARCHED_WORLDS[-1]}, even "
+            "sharded with activation checkpointing"
+        )
+    return (
+        f"the model fits on no layout at world sizes {asked} of {name}; the smallest world "
+        f"that fits is {smallest} (--world {smallest})"
+    )
