@@ -37,6 +37,12 @@ def require_positive(key: str, value: Any) -> None:
         raise ConfigError(key, value, "must be a positive number")
 
 
+def require_not_negative(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is a number of 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(key, value, "must be a number of 0 or more")
+
+
 def require_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
     """Raise a ConfigError unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -179,7 +185,8 @@ class TrainerConfig:
             require_positive("trainer.max_epochs", self.max_epochs)
         require_positive("trainer.val_check_interval", self.val_check_interval)
         require_positive("trainer.limit_train_batches", self.limit_train_batches)
-        require_positive("trainer.limit_val_batches", self.limit_val_batches)
+        # 0 turns validation off, as in Lightning
+        require_not_negative("trainer.limit_val_batches", self.limit_val_batches)
         require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
         if self.num_sanity_val_steps < 0:
             raise ConfigError(

@@ -179,3 +179,41 @@ def write_crafted_checkpoint(path: Path, marker: Path, plain_pickle: bool = Fals
         path.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, path)
+
+
+class ForwardOnlyData(pl.LightningDataModule):
+    """A user's DataModule that cannot describe a batch without reading its data."""
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.utils.data.TensorDataset(torch.randn(16, 8), torch.randn(16, 1))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+class ExampleInputRegression(TinyRegression):
+    """A user's module that describes its input the Lightning way: ``example_input_array``."""
+
+    def __init__(self, width: int = 16, batch: int = 4) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(8, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)
+        )
+        self.example_input_array = torch.zeros(batch, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class AllocatingModule(TinyRegression):
+    """A module that creates a weight on the CPU explicitly, whatever the default device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(4, 4, device="cpu"))
+
+
+class MetaHostileModule(TinyRegression):
+    """A module whose constructor reads a tensor's value, which the meta device has not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = float(torch.ones(1).sum().item())

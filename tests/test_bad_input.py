@@ -21,6 +21,10 @@ CASES = {
     "zero size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative size": (["model.d_model=-8"], ["model.d_model=-8", "positive"]),
     "negative trainer size": (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "positive"]),
+    "negative validation batches": (
+        ["trainer.limit_val_batches=-1"],
+        ["trainer.limit_val_batches=-1", "0 or more"],
+    ),
     "missing data path": (["data.source=/no/such/dir"], ["data.source='/no/such/dir'", "stdlib"]),
     "unwritable output directory": (
         ["hydra.run.dir=FILE/run"],
@@ -177,3 +181,9 @@ def test_validation_interval_longer_than_an_epoch_exits_2(tmp_path: Path) -> Non
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("lightning-accel: error: trainer.val_check_interval=10000000 is more")
     assert "limit_val_batches=0" in error
+
+
+def test_no_validation_is_a_valid_choice_as_the_interval_error_suggests() -> None:
+    from lightning_accel.config import TrainerConfig
+
+    assert TrainerConfig(limit_val_batches=0).limit_val_batches == 0

@@ -41,28 +41,50 @@ class ActivationFootprint:
     Args:
         saved_bytes: every saved tensor's storage, once (parameters not counted).
         largest_bytes: the largest one.
+        outside_largest_bytes: the largest one saved outside the repeated blocks.
+        leading_bytes: saved outside and before the repeated blocks (kept until the end of
+            backward; what follows the blocks is freed before backward reaches them).
         block_saved_bytes: the part saved inside each repeated block.
+        block_largest_bytes: the largest tensor saved inside each repeated block.
         block_input_bytes: each repeated block's input.
     """
 
     saved_bytes: int
     largest_bytes: int
+    outside_largest_bytes: int
+    leading_bytes: int
     block_saved_bytes: tuple[int, ...]
+    block_largest_bytes: tuple[int, ...]
     block_input_bytes: tuple[int, ...]
 
     def peak_bytes(self, checkpoint_every: int | None = None) -> int:
-        """Activation memory at its peak (the start of backward): the saved tensors, and the
-        gradient of the largest one with its input alive together. With activation
-        checkpointing on every ``checkpoint_every``-th block, those blocks keep only their
-        input, and backward recomputes one block at a time."""
-        temporary = 2 * self.largest_bytes
+        """Activation memory at its peak. Without activation checkpointing that is the start
+        of backward: every saved tensor, and the gradient of the largest one alive with its
+        input's. With it on every ``checkpoint_every``-th block, those blocks keep only
+        their input; the peak is the end of forward (the kept tensors and the temporaries
+        of the largest one outside the blocks) or the recomputation of the largest block
+        in backward (its tensors and temporaries on top of what is kept), whichever is
+        larger."""
         if not checkpoint_every or not self.block_saved_bytes:
-            return self.saved_bytes + temporary
+            return self.saved_bytes + 2 * self.largest_bytes
         checkpointed = range(0, len(self.block_saved_bytes), checkpoint_every)
-        kept = self.saved_bytes - sum(self.block_saved_bytes[i] for i in checkpointed)
-        kept += sum(self.block_input_bytes[i] for i in checkpointed)
-        recomputed = max(self.block_saved_bytes[i] for i in checkpointed)
-        return kept + recomputed + temporary
+        in_blocks = sum(self.block_inputs_kept(checkpointed))
+        kept = self.saved_bytes - sum(self.block_saved_bytes) + in_blocks
+        end_of_forward = kept + 2 * self.outside_largest_bytes
+        recompute = (
+            self.leading_bytes
+            + in_blocks
+            + max(self.block_saved_bytes[i] + self.block_largest_bytes[i] for i in checkpointed)
+        )
+        return max(end_of_forward, recompute)
+
+    def block_inputs_kept(self, checkpointed: range) -> list[int]:
+        """What each block keeps for backward: its input when checkpointed, else every
+        tensor it saved."""
+        return [
+            self.block_input_bytes[i] if i in checkpointed else self.block_saved_bytes[i]
+            for i in range(len(self.block_saved_bytes))
+        ]
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,10 @@ class _SavedTensors:
     def __init__(self, parameters: Sequence[torch.Tensor], blocks: Sequence[nn.Module]) -> None:
         self.ignored = {p.untyped_storage()._cdata for p in parameters}
         self.sizes: dict[int, int] = {}
+        self.outside_largest = 0
+        self.leading = 0
+        self.blocks_done = 0
+        self.block_largest = [0] * len(blocks)
         self.block_saved = [0] * len(blocks)
         self.block_input = [0] * len(blocks)
         self.current: int | None = None
@@ -150,9 +176,13 @@ class _SavedTensors:
         storage = tensor.untyped_storage()
         key = storage._cdata
         if key not in self.ignored and key not in self.sizes:
-            self.sizes[key] = storage.nbytes()
-            if self.current is not None:
-                self.block_saved[self.current] += storage.nbytes()
+            size = self.sizes[key] = storage.nbytes()
+            if self.current is None:
+                self.outside_largest = max(self.outside_largest, size)
+                self.leading += size if not self.blocks_done else 0
+            else:
+                self.block_saved[self.current] += size
+                self.block_largest[self.current] = max(self.block_largest[self.current], size)
         return tensor
 
     def hooks(self) -> list[Any]:
@@ -167,6 +197,7 @@ class _SavedTensors:
 
             def leave(module: nn.Module, args: Any, output: Any) -> None:
                 self.current = None
+                self.blocks_done += 1
 
             handles += [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
         return handles
@@ -175,7 +206,10 @@ class _SavedTensors:
         return ActivationFootprint(
             saved_bytes=sum(self.sizes.values()),
             largest_bytes=max(self.sizes.values(), default=0),
+            outside_largest_bytes=self.outside_largest,
+            leading_bytes=self.leading,
             block_saved_bytes=tuple(self.block_saved),
+            block_largest_bytes=tuple(self.block_largest),
             block_input_bytes=tuple(self.block_input),
         )
 

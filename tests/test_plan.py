@@ -1,0 +1,206 @@
+"""``lightning-accel plan``: a model's footprint measured without memory, exact parameter
+and optimizer-state figures, predicted peak memory against measured memory, the ranked
+table for the default recipe and a user's module, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TEST_IMPORTS, run_cli
+
+from lightning_accel import build_trainer
+from lightning_accel.callbacks.memory_probe import MemoryProbe
+from lightning_accel.config import ActivationCheckpointingConfig, OptimizationConfig
+from lightning_accel.data import SyntheticTokenDataModule
+from lightning_accel.flops import flop_counter
+from lightning_accel.models import GPTLanguageModel
+from lightning_accel.plan import example_batch, measure_footprint, meta_model
+from lightning_accel.plan.layouts import rank_memory
+
+GPT = {"_target_": "lightning_accel.models.GPTLanguageModel", "n_head": 4}
+QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+def _shape(n_layer: int, d_model: int, seq_len: int) -> dict:
+    return {**GPT, "n_layer": n_layer, "d_model": d_model, "seq_len": seq_len}
+
+
+def _footprint(n_layer: int, d_model: int, seq_len: int, batch: int, precisions: tuple):
+    model = meta_model(_shape(n_layer, d_model, seq_len))
+    data = {
+        "_target_": "lightning_accel.data.SyntheticTokenDataModule",
+        "batch_size": batch,
+        "seq_len": seq_len,
+    }
+    example, through_forward = example_batch(data, model)
+    model.trainer = pl.Trainer(max_steps=10, enable_checkpointing=False, **QUIET)
+    return measure_footprint(model, example, precisions, through_forward)
+
+
+def test_parameters_optimizer_state_and_flops_match_the_real_model() -> None:
+    footprint = _footprint(2, 64, 32, 4, ("32-true",))
+    real = GPTLanguageModel(n_layer=2, d_model=64, n_head=4, seq_len=32)
+    real.trainer = pl.Trainer(max_steps=10, enable_checkpointing=False, **QUIET)
+    parameters = list(real.parameters())  # tied embedding and head weights once
+    assert footprint.parameters == sum(p.numel() for p in parameters)
+    assert footprint.parameter_bytes() == sum(p.numel() * 4 for p in parameters)
+    optimizer = real.configure_optimizers()["optimizer"]
+    tokens = torch.zeros(4, 32).long()
+    torch.nn.functional.cross_entropy(real(tokens).flatten(0, 1), tokens.flatten()).backward()
+    optimizer.step()
+    state = sum(
+        v.numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if v.dim()
+    )
+    assert footprint.optimizer_state_per_parameter_byte * footprint.parameter_bytes() == state
+    with flop_counter() as counter:
+        real(torch.zeros(4, 32).long())
+    assert footprint.forward_flops == counter.get_total_flops()
+    assert len(footprint.unit_parameter_bytes) == 2, "one FSDP2 unit per transformer block"
+
+
+def test_fsdp2_shards_are_counted_as_fsdp2_pads_them() -> None:
+    footprint = _footprint(1, 64, 32, 4, ("32-true",))
+    shards = footprint.sharded_parameter_bytes(3)
+    shapes = footprint.parameter_shapes
+    expected = sum(math.ceil(s[0] / 3) * math.prod(s[1:]) * 4 for s in shapes)
+    assert shards == expected > footprint.parameter_bytes() / 3
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_predicted_peak_memory_is_within_10_percent_of_a_measured_step(
+    precision: str, checkpointing: bool, tmp_path: Path
+) -> None:
+    footprint = _footprint(3, 96, 96, 8, (precision,))
+    predicted = rank_memory(footprint, "single", 1, precision, 1 if checkpointing else None)
+    probe = MemoryProbe(step=2)
+    optimization = OptimizationConfig(
+        precision=precision,
+        activation_checkpointing=ActivationCheckpointingConfig(enabled=checkpointing),
+    )
+    trainer = build_trainer(
+        "cpu", optimization, callbacks=[probe], max_steps=3, enable_checkpointing=False,
+        default_root_dir=tmp_path, **QUIET,
+    )  # fmt: skip
+    pl.seed_everything(0, verbose=False)
+    model = GPTLanguageModel(n_layer=3, d_model=96, n_head=4, seq_len=96)
+    trainer.fit(model, datamodule=SyntheticTokenDataModule(batch_size=8, seq_len=96, samples=64))
+    assert predicted.parameters == probe.peak["parameter_bytes"]
+    assert predicted.optimizer == probe.peak["optimizer_state_bytes"]
+    error = predicted.device_bytes / probe.peak["Total"] - 1
+    assert abs(error) <= 0.10, f"predicted {predicted.device_bytes}, measured {probe.peak}"
+
+
+def _plan(args: list[str], cwd: Path) -> dict:
+    result = run_cli(["plan", "--json", *args], cwd=cwd, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_plan_ranks_the_default_recipes_layouts_and_names_the_best(tmp_path: Path) -> None:
+    plan = _plan(["--world", "1,2,4"], tmp_path)
+    rows = plan["layouts"]
+    assert {(r["layout"], r["world"]) for r in rows} == {
+        ("single", 1), ("ddp", 2), ("fsdp2", 2), ("ddp", 4), ("fsdp2", 4),
+    }  # fmt: skip
+    fitting = [r for r in rows if r["fits"]]
+    speeds = [r["samples_per_second"] for r in fitting]
+    assert speeds == sorted(speeds, reverse=True)
+    assert plan["best"] == rows[0]["overrides"]
+    single = next(r for r in rows if r["layout"] == "single" and r["precision"] == "32-true")
+    sharded = next(
+        r for r in rows
+        if r["layout"] == "fsdp2" and r["world"] == 4 and r["precision"] == "32-true"
+        and r["activation_checkpointing"] is False
+    )  # fmt: skip
+    assert sharded["memory"]["parameters"] < single["memory"]["parameters"] / 3
+    assert sharded["comm_bytes_per_step"] > 0 == single["comm_bytes_per_step"]
+    assert list(tmp_path.iterdir()) == [], "plan writes nothing"
+
+
+def test_plan_of_a_users_own_module_on_a_datasheet_device(tmp_path: Path) -> None:
+    args = [
+        "--device", "H100", "--world", "1,8", "recipe=custom",
+        "model._target_=helpers.ExampleInputRegression", "+model.width=64",
+        "data._target_=helpers.ForwardOnlyData",
+    ]  # fmt: skip
+    plan = _plan(args, tmp_path)
+    assert plan["device"] == "H100 SXM"
+    assert plan["parameters"] == 8 * 64 + 64 + 64 + 1
+    assert {r["layout"] for r in plan["layouts"]} == {"single", "ddp", "fsdp2", "fsdp2_offload"}
+    assert all(r["fits"] for r in plan["layouts"])
+
+
+def test_plan_never_allocates_the_weights_of_a_7b_model(tmp_path: Path) -> None:
+    args = [
+        "--device", "H100", "--world", "1,8", "model.n_layer=32", "model.d_model=4096",
+        "model.n_head=32", "data.seq_len=2048", "data.batch_size=1",
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    plan = _plan(args, tmp_path)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert plan["parameters"] > 6e9
+    assert max(before, peak_kib) < 4 * 2**20, "the plan process stayed under 4 GiB"
+    fitting = {(r["layout"], r["world"]) for r in plan["layouts"] if r["fits"]}
+    assert ("single", 1) not in {
+        (r["layout"], r["world"])
+        for r in plan["layouts"]
+        if r["fits"] and r["precision"] == "32-true" and not r["activation_checkpointing"]
+    }
+    assert ("fsdp2", 8) in fitting
+
+
+def test_a_model_that_fits_nowhere_names_the_smallest_world_that_fits(tmp_path: Path) -> None:
+    args = [
+        "plan", "--device", "L4", "--world", "1", "model.n_layer=32", "model.d_model=4096",
+        "model.n_head=32", "data.seq_len=2048", "data.batch_size=1",
+    ]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "fits on no layout at world sizes 1 of L4; the smallest world that fits is 2" in (
+        " ".join(result.stderr.split())
+    )
+
+
+def _custom(model: str) -> list[str]:
+    return [
+        "recipe=custom",
+        f"model._target_=helpers.{model}",
+        "data._target_=helpers.ForwardOnlyData",
+    ]
+
+
+BAD_PLANS = {
+    "unknown device": (
+        ["--device", "Z80"], "--device='Z80' is not a known device; valid choices: cpu, H100 SXM"
+    ),
+    "world of 0": (["--world", "0,2"], "--world='0,2' must list world sizes of 1 or more"),
+    "world not a count": (["--world", "two"], "--world='two' is not a list of counts"),
+    "unknown option": (["--fast"], "plan option='--fast' is unknown"),
+    "real allocation": (
+        _custom("AllocatingModule"),
+        "allocated real memory while built on the meta device: table is on cpu",
+    ),
+    "meta-hostile model": (_custom("MetaHostileModule"), "cannot be built on the meta device"),
+    "no batch description": (_custom("TinyRegression"), "describes no batch without reading data"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_PLANS))
+def test_bad_plan_input_exits_2_with_one_sentence(case: str, tmp_path: Path) -> None:
+    args, expected = BAD_PLANS[case]
+    result = run_cli(["plan", *args], cwd=tmp_path, env=TEST_IMPORTS)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
