@@ -29,7 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 SIZES = {
-    "S (2x64, 8x64)": ["model.n_layer=2", "model.d_model=64", "data.seq_len=64", "data.batch_size=8"],
+    "S (2x64, 8x64)": [
+        "model.n_layer=2", "model.d_model=64", "data.seq_len=64", "data.batch_size=8",
+    ],
     "M (4x128, 16x128)": [
         "model.n_layer=4", "model.d_model=128", "data.seq_len=128", "data.batch_size=16",
     ],
