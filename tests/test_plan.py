@@ -16,11 +16,14 @@ from helpers import TEST_IMPORTS, run_cli
 
 from lightning_accel import build_trainer
 from lightning_accel.callbacks.memory_probe import MemoryProbe
+from lightning_accel.cli.main import main
 from lightning_accel.config import ActivationCheckpointingConfig, OptimizationConfig
 from lightning_accel.data import SyntheticTokenDataModule
+from lightning_accel.errors import ConfigError
 from lightning_accel.flops import flop_counter
 from lightning_accel.models import GPTLanguageModel
-from lightning_accel.plan import example_batch, measure_footprint, meta_model
+from lightning_accel.plan import measure_footprint, meta_model, required_example_batch
+from lightning_accel.plan.fit import check_fits
 from lightning_accel.plan.layouts import rank_memory
 
 GPT = {"_target_": "lightning_accel.models.GPTLanguageModel", "n_head": 4}
@@ -38,7 +41,7 @@ def _footprint(n_layer: int, d_model: int, seq_len: int, batch: int, precisions:
         "batch_size": batch,
         "seq_len": seq_len,
     }
-    example, through_forward = example_batch(data, model)
+    example, through_forward = required_example_batch(data, model)
     model.trainer = pl.Trainer(max_steps=10, enable_checkpointing=False, **QUIET)
     return measure_footprint(model, example, precisions, through_forward)
 
@@ -204,3 +207,38 @@ def test_bad_plan_input_exits_2_with_one_sentence(case: str, tmp_path: Path) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", "data.seq_len=100000"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "hardware='auto' (single) is predicted to need" in err
+    assert "this machine has free for each of its 1 rank(s)" in err
+    assert "add force=true to run anyway." in err
+    assert list(tmp_path.iterdir()) == [], "no run directory"
+    forced = ["train", "logger=none", "data.seq_len=100000", "force=true", "--cfg", "job"]
+    assert main(forced) == 0, "force=true skips the check"
+    assert "seq_len: 100000" in capsys.readouterr().out
+
+
+def test_a_refusal_names_the_settings_that_would_fit() -> None:
+    footprint = _footprint(3, 96, 96, 8, ("32-true",))
+    needed = rank_memory(footprint, "single", 1, "32-true", None)
+    checkpointed = rank_memory(footprint, "single", 1, "32-true", 1)
+    limit = (needed.device_bytes + checkpointed.device_bytes) // 2
+    with pytest.raises(ConfigError) as refused:
+        check_fits(footprint, "single", 1, "32-true", None, 1, limit, "here", 8, "cpu")
+    message = str(refused.value)
+    assert message.startswith("hardware='cpu' (single) is predicted to need")
+    assert "optimization.activation_checkpointing.enabled=true or data.batch_size=" in message
+    fitting_batch = int(message.split("data.batch_size=")[1].split()[0])
+    assert 0 < fitting_batch < 8
+    assert check_fits(footprint, "single", 1, "32-true", 1, 1, limit, "here", 8, "cpu") == (
+        checkpointed
+    )

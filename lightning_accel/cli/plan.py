@@ -66,10 +66,10 @@ def model_footprint(run: RunConfig, precisions: tuple[str, ...]) -> Any:
     """The run's model measured without memory (see :mod:`lightning_accel.plan`)."""
     import lightning.pytorch as pl
 
-    from lightning_accel.plan import example_batch, measure_footprint, meta_model
+    from lightning_accel.plan import measure_footprint, meta_model, required_example_batch
 
     model = meta_model(run.model)
-    batch, through_forward = example_batch(run.data, model)
+    batch, through_forward = required_example_batch(run.data, model)
     model.trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,

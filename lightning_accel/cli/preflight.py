@@ -138,7 +138,7 @@ def check_model_and_data(run: RunConfig) -> None:
     from lightning_accel.strategies import FSDP2Strategy
     from lightning_accel.strategies.sharding import shard_units
 
-    build_object(run.data, "data")
+    datamodule = build_object(run.data, "data")
     if run.logger:
         try:
             build_object(run.logger, "logger")
@@ -159,6 +159,61 @@ def check_model_and_data(run: RunConfig) -> None:
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
+    check_memory(run, model, datamodule)
+
+
+def check_memory(run: RunConfig, model: Any, datamodule: Any) -> None:
+    """Refuse a run the plan predicts will not fit in memory: host memory shared by the
+    local ranks on CPUs, the device's memory on CUDA. Skipped with ``force=true``, for XLA
+    and SLURM runs (judged where they run) and for data that cannot describe a batch
+    without reading it."""
+    import lightning.pytorch as pl
+    import torch
+
+    from lightning_accel.hardware import resolve_hardware
+    from lightning_accel.machine import host_memory_available
+    from lightning_accel.plan import example_batch, measure_footprint
+    from lightning_accel.plan.fit import check_fits, run_layout
+    from lightning_accel.precision import resolve_precision
+
+    if run.force or run.launcher.name == "slurm":
+        return
+    hw = resolve_hardware(run.hardware)
+    layout = run_layout(hw.strategy, run.optimization.cpu_offload, hw.devices)
+    example = example_batch(datamodule, model)
+    if layout is None or hw.accelerator not in ("cpu", "cuda") or example is None:
+        return
+    optimization = run.optimization
+    precision = "32-true"  # `fastest` may keep fp32, which needs the most memory
+    if optimization.precision != "fastest":
+        precision = resolve_precision(optimization.precision, hw.accelerator, hw.strategy).precision
+    model.trainer = pl.Trainer(
+        max_steps=run.trainer.max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
+    if hw.accelerator == "cpu":
+        available = host_memory_available() // hw.devices
+        where = f"this machine has free for each of its {hw.devices} rank(s)"
+    else:
+        available = torch.cuda.get_device_properties(0).total_memory
+        where = f"each {torch.cuda.get_device_name(0)} holds"
+    checkpointing = optimization.activation_checkpointing
+    check_fits(
+        footprint,
+        layout,
+        hw.devices * hw.num_nodes,
+        precision,
+        checkpointing.every_k_blocks if checkpointing.enabled else None,
+        optimization.accumulate_grad_batches,
+        available,
+        where,
+        getattr(datamodule, "batch_size", None),
+        run.hardware.name,
+    )
 
 
 def check_checkpoint(run: RunConfig) -> None:

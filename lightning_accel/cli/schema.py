@@ -82,7 +82,8 @@ class RunConfig:
     Key options: ``recipe`` (name of the preset that filled model and data), ``seed``,
     ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
     already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
-    (Hydra's output directory unless overridden), ``launcher`` (how ranks are started).
+    (Hydra's output directory unless overridden), ``launcher`` (how ranks are started),
+    ``force`` (start even when the plan predicts the run will not fit in memory).
     ``hardware.num_nodes`` and ``launcher.nnodes`` are one number: setting either sets both.
     """
 
@@ -90,6 +91,7 @@ class RunConfig:
     seed: int = 0
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: str | None = None
+    force: bool = False
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)

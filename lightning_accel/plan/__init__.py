@@ -3,7 +3,12 @@ nothing allocated), and its memory, communication and speed under each layout.""
 
 from lightning_accel.plan.footprint import ActivationFootprint, ModelFootprint, measure_footprint
 from lightning_accel.plan.layouts import LAYOUTS, LayoutEstimate, RankMemory, Target, estimate
-from lightning_accel.plan.model import BatchExample, example_batch, meta_model
+from lightning_accel.plan.model import (
+    BatchExample,
+    example_batch,
+    meta_model,
+    required_example_batch,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -17,4 +22,5 @@ __all__ = [
     "example_batch",
     "measure_footprint",
     "meta_model",
+    "required_example_batch",
 ]

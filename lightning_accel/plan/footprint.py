@@ -266,6 +266,7 @@ def measure_footprint(
     batch: Any,
     precisions: Sequence[str] = ("32-true",),
     through_forward: bool = False,
+    count_flops: bool = True,
 ) -> ModelFootprint:
     """Measure ``module`` (built on the meta device; its tensors become fake, in place) on
     ``batch`` (meta or real tensors, only their shapes are used).
@@ -277,6 +278,7 @@ def measure_footprint(
         precisions: Lightning precision names to measure activations in.
         through_forward: run ``module(batch)`` instead of ``training_step`` (for a module
             described by its ``example_input_array``).
+        count_flops: count the forward pass's FLOPs (one more pass; 0 when not counted).
     """
     mode = fake_mode()
     fake_module(module, mode)
@@ -297,8 +299,11 @@ def measure_footprint(
         for precision in dict.fromkeys(precisions):
             with _autocast(precision):
                 activations[precision] = _measure_activations(step, trainable, blocks)
-        with flop_counter() as counter:
-            step()
+        forward_flops = 0
+        if count_flops:
+            with flop_counter() as counter:
+                step()
+            forward_flops = int(counter.get_total_flops())
         ratio = _optimizer_state_ratio(module, trainable)
     trainable_ids = {id(p) for p in trainable}
     others = {id(t): t for t in [*module.parameters(), *module.buffers()]}
@@ -312,7 +317,7 @@ def measure_footprint(
             sum(p.numel() * p.element_size() for p in trainable if id(p) in ids)
             for ids in block_ids
         ),
-        forward_flops=int(counter.get_total_flops()),
+        forward_flops=forward_flops,
         activations=activations,
         samples=batch_samples(batch),
     )

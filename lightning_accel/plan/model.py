@@ -60,23 +60,31 @@ def meta_model(node: dict[str, Any]) -> pl.LightningModule:
     return model
 
 
-def example_batch(data_node: dict[str, Any], model: pl.LightningModule) -> tuple[Any, bool]:
+def example_batch(datamodule: object | None, model: pl.LightningModule) -> tuple[Any, bool] | None:
     """One training batch on the meta device, and whether it is the module's ``forward``
     input rather than a batch for ``training_step``: from the DataModule's
-    :class:`BatchExample`, else the module's ``example_input_array``.
-
-    Raises:
-        ConfigError: neither describes a batch.
-    """
-    datamodule = instantiate(data_node) if data_node else None
+    :class:`BatchExample`, else the module's ``example_input_array``; None when neither
+    describes one."""
     if isinstance(datamodule, BatchExample):
         return datamodule.example_batch(), False
     example = getattr(model, "example_input_array", None)
-    if example is not None:
-        return example, True
-    raise ConfigError(
-        "data._target_",
-        _target(data_node) if data_node else None,
-        "describes no batch without reading data; give the DataModule an example_batch() "
-        "method returning meta tensors, or set example_input_array on the LightningModule",
-    )
+    return None if example is None else (example, True)
+
+
+def required_example_batch(
+    data_node: dict[str, Any], model: pl.LightningModule
+) -> tuple[Any, bool]:
+    """:func:`example_batch` of the DataModule a ``_target_`` node builds.
+
+    Raises:
+        ConfigError: neither the DataModule nor the module describes a batch.
+    """
+    found = example_batch(instantiate(data_node) if data_node else None, model)
+    if found is None:
+        raise ConfigError(
+            "data._target_",
+            _target(data_node) if data_node else None,
+            "describes no batch without reading data; give the DataModule an example_batch() "
+            "method returning meta tensors, or set example_input_array on the LightningModule",
+        )
+    return found

@@ -1,0 +1,69 @@
+"""Whether a run fits in its memory, decided before it starts: the plan's per-rank memory
+of the run's own layout against what the machine has free, and what would fit instead."""
+
+from __future__ import annotations
+
+import math
+
+from lightning_accel.errors import ConfigError
+from lightning_accel.plan.footprint import ModelFootprint
+from lightning_accel.plan.layouts import RankMemory, rank_memory
+from lightning_accel.plan.planner import gib
+
+# The pack's strategies and the layout each one is (XLA strategies are not modelled).
+STRATEGY_LAYOUTS = {"auto": "single", "accel_ddp": "ddp", "ddp": "ddp", "fsdp2": "fsdp2"}
+
+
+def run_layout(strategy: str, cpu_offload: bool, world: int) -> str | None:
+    """The plan's layout for a run's strategy (None where the plan has no model of it)."""
+    layout = STRATEGY_LAYOUTS.get(strategy)
+    if layout == "single" and world > 1:
+        return "ddp"  # Lightning's choice for several devices
+    if layout == "fsdp2" and cpu_offload:
+        return "fsdp2_offload"
+    return layout
+
+
+def _breakdown(memory: RankMemory) -> str:
+    states = memory.parameters + memory.gradients + memory.optimizer
+    parts = [f"activations {gib(memory.activations)}", f"weights and optimizer {gib(states)}"]
+    if memory.gathered:
+        parts.append(f"gathered units {gib(memory.gathered)}")
+    return ", ".join(parts)
+
+
+def check_fits(
+    footprint: ModelFootprint,
+    layout: str,
+    world: int,
+    precision: str,
+    checkpoint_every: int | None,
+    accumulate: int,
+    available_per_rank: int,
+    where: str,
+    batch_size: int | None,
+    profile: str,
+) -> RankMemory:
+    """The run's predicted memory per rank; a :class:`ConfigError` when it exceeds
+    ``available_per_rank``, saying what the run needs and which settings would fit."""
+    needed = rank_memory(footprint, layout, world, precision, checkpoint_every, accumulate)
+    if needed.device_bytes <= available_per_rank:
+        return needed
+    advice = []
+    if not checkpoint_every and footprint.unit_parameter_bytes:
+        with_checkpointing = rank_memory(footprint, layout, world, precision, 1, accumulate)
+        if with_checkpointing.device_bytes <= available_per_rank:
+            advice.append("optimization.activation_checkpointing.enabled=true")
+    states = needed.device_bytes - needed.activations
+    if batch_size and needed.activations and states < available_per_rank:
+        fitting = math.floor(batch_size * (available_per_rank - states) / needed.activations)
+        if 0 < fitting < batch_size:
+            advice.append(f"data.batch_size={fitting}")
+    would_fit = f"{' or '.join(advice)} would fit; " if advice else ""
+    raise ConfigError(
+        "hardware",
+        profile,
+        f"({layout}) is predicted to need {gib(needed.device_bytes)} per rank for this run "
+        f"({_breakdown(needed)}), more than the {gib(available_per_rank)} {where}; "
+        f"{would_fit}lightning-accel plan compares the layouts; add force=true to run anyway",
+    )
