@@ -22,7 +22,12 @@ from lightning_accel.data import SyntheticTokenDataModule
 from lightning_accel.errors import ConfigError
 from lightning_accel.flops import flop_counter
 from lightning_accel.models import GPTLanguageModel
-from lightning_accel.plan import measure_footprint, meta_model, required_example_batch
+from lightning_accel.plan import (
+    attach_trainer,
+    measure_footprint,
+    meta_model,
+    required_example_batch,
+)
 from lightning_accel.plan.fit import check_fits
 from lightning_accel.plan.layouts import rank_memory
 
@@ -42,14 +47,14 @@ def _footprint(n_layer: int, d_model: int, seq_len: int, batch: int, precisions:
         "seq_len": seq_len,
     }
     example, through_forward = required_example_batch(data, model)
-    model.trainer = pl.Trainer(max_steps=10, enable_checkpointing=False, **QUIET)
+    attach_trainer(model, max_steps=10)
     return measure_footprint(model, example, precisions, through_forward)
 
 
 def test_parameters_optimizer_state_and_flops_match_the_real_model() -> None:
     footprint = _footprint(2, 64, 32, 4, ("32-true",))
     real = GPTLanguageModel(n_layer=2, d_model=64, n_head=4, seq_len=32)
-    real.trainer = pl.Trainer(max_steps=10, enable_checkpointing=False, **QUIET)
+    attach_trainer(real, max_steps=10)
     parameters = list(real.parameters())  # tied embedding and head weights once
     assert footprint.parameters == sum(p.numel() for p in parameters)
     assert footprint.parameter_bytes() == sum(p.numel() * 4 for p in parameters)

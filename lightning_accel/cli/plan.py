@@ -64,21 +64,16 @@ def run_config(overrides: list[str]) -> RunConfig:
 
 def model_footprint(run: RunConfig, precisions: tuple[str, ...]) -> Any:
     """The run's model measured without memory (see :mod:`lightning_accel.plan`)."""
-    import lightning.pytorch as pl
-
-    from lightning_accel.plan import measure_footprint, meta_model, required_example_batch
+    from lightning_accel.plan import (
+        attach_trainer,
+        measure_footprint,
+        meta_model,
+        required_example_batch,
+    )
 
     model = meta_model(run.model)
     batch, through_forward = required_example_batch(run.data, model)
-    model.trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=run.trainer.max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    attach_trainer(model, run.trainer.max_steps)
     return measure_footprint(model, batch, precisions, through_forward)
 
 

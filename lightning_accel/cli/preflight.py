@@ -167,12 +167,11 @@ def check_memory(run: RunConfig, model: Any, datamodule: Any) -> None:
     local ranks on CPUs, the device's memory on CUDA. Skipped with ``force=true``, for XLA
     and SLURM runs (judged where they run) and for data that cannot describe a batch
     without reading it."""
-    import lightning.pytorch as pl
     import torch
 
     from lightning_accel.hardware import resolve_hardware
     from lightning_accel.machine import host_memory_available
-    from lightning_accel.plan import example_batch, measure_footprint
+    from lightning_accel.plan import attach_trainer, example_batch, measure_footprint
     from lightning_accel.plan.fit import check_fits, run_layout
     from lightning_accel.precision import resolve_precision
 
@@ -187,13 +186,7 @@ def check_memory(run: RunConfig, model: Any, datamodule: Any) -> None:
     precision = "32-true"  # `fastest` may keep fp32, which needs the most memory
     if optimization.precision != "fastest":
         precision = resolve_precision(optimization.precision, hw.accelerator, hw.strategy).precision
-    model.trainer = pl.Trainer(
-        max_steps=run.trainer.max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    attach_trainer(model, run.trainer.max_steps)
     footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
     if hw.accelerator == "cpu":
         available = host_memory_available() // hw.devices

@@ -5,6 +5,7 @@ from lightning_accel.plan.footprint import ActivationFootprint, ModelFootprint, 
 from lightning_accel.plan.layouts import LAYOUTS, LayoutEstimate, RankMemory, Target, estimate
 from lightning_accel.plan.model import (
     BatchExample,
+    attach_trainer,
     example_batch,
     meta_model,
     required_example_batch,
@@ -13,6 +14,7 @@ from lightning_accel.plan.model import (
 __all__ = [
     "LAYOUTS",
     "ActivationFootprint",
+    "attach_trainer",
     "BatchExample",
     "LayoutEstimate",
     "ModelFootprint",

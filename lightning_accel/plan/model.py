@@ -4,6 +4,7 @@ the batch from its DataModule's :class:`BatchExample` or the module's
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
@@ -88,3 +89,23 @@ def required_example_batch(
             "method returning meta tensors, or set example_input_array on the LightningModule",
         )
     return found
+
+
+def attach_trainer(model: pl.LightningModule, max_steps: int) -> None:
+    """Give ``model`` a Trainer of ``max_steps`` steps on the CPU, for a
+    ``configure_optimizers`` that reads it (schedules do), without Lightning's banner."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=max_steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    finally:
+        logger.setLevel(level)
