@@ -9,14 +9,12 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
 
+from lightning_accel import strategies  # noqa: F401 - importing registers the strategies
 from lightning_accel.checkpoints import AtomicCheckpointIO
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.hardware import resolve_hardware
 from lightning_accel.optimize import ModelOptimizations
-from lightning_accel.precision import PrecisionChoice, resolve_precision
-from lightning_accel.profiles import as_hardware, as_optimization
-from lightning_accel.strategies import FSDP2Strategy  # importing registers the strategies
+from lightning_accel.plan.run import RunPlan, plan_run
 from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
 from lightning_accel.xla.strategies import XLAProcessesStrategy, XLASingleStrategy
@@ -47,37 +45,23 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
     return entry["strategy"](**{**entry["init_params"], **options})
 
 
-def _strategy_options(profile: HardwareConfig, optimization: OptimizationConfig) -> dict[str, Any]:
-    """The hardware profile's strategy options, plus the optimization profile's CPU offload
-    when the strategy is FSDP2 (the only one that offloads)."""
-    options = dict(profile.strategy_options)
-    if optimization.cpu_offload and profile.strategy == FSDP2Strategy.strategy_name:
-        options["cpu_offload"] = True
-    return options
-
-
-def _resolve(
-    hardware: HardwareConfig | str, optimization: OptimizationConfig | str
-) -> tuple[dict[str, Any], PrecisionChoice]:
-    profile = as_hardware(hardware)
-    hw = resolve_hardware(profile)
-    opt = as_optimization(optimization)
-    precision = resolve_precision(opt.precision, hw.accelerator, hw.strategy, opt.precision_reason)
+def plan_arguments(plan: RunPlan) -> dict[str, Any]:
+    """The ``lightning.Trainer`` keyword arguments a :class:`RunPlan` stands for."""
     arguments = {
-        "accelerator": hw.accelerator,
-        "devices": hw.devices,
-        "num_nodes": hw.num_nodes,
-        "strategy": build_strategy(hw.strategy, _strategy_options(profile, opt)),
-        "precision": precision.precision,
-        "accumulate_grad_batches": opt.accumulate_grad_batches,
-        "gradient_clip_val": opt.gradient_clip_val,
+        "accelerator": plan.accelerator,
+        "devices": plan.devices,
+        "num_nodes": plan.num_nodes,
+        "strategy": build_strategy(plan.strategy, plan.strategy_options),
+        "precision": plan.precision.precision,
+        "accumulate_grad_batches": plan.optimization.accumulate_grad_batches,
+        "gradient_clip_val": plan.optimization.gradient_clip_val,
     }
-    if hw.accelerator == "pjrt":
+    if plan.accelerator == "pjrt":
         _xla_arguments(arguments)
     else:
         # XLA keeps its own checkpoint I/O (it gathers device tensors first)
         arguments["plugins"] = [AtomicCheckpointIO()]
-    return arguments, precision
+    return arguments
 
 
 def _xla_arguments(arguments: dict[str, Any]) -> None:
@@ -105,12 +89,13 @@ def trainer_arguments(
     hardware: HardwareConfig | str = "auto",
     optimization: OptimizationConfig | str = "default",
 ) -> dict[str, Any]:
-    """The ``lightning.Trainer`` keyword arguments a pair of profiles stands for.
+    """The ``lightning.Trainer`` keyword arguments a pair of profiles stands for on this
+    machine.
 
     Useful to build the Trainer yourself: ``Trainer(**trainer_arguments("cpu"), max_steps=10)``
     (model transforms then need :class:`~lightning_accel.optimize.ModelOptimizations`).
     """
-    return _resolve(hardware, optimization)[0]
+    return plan_arguments(plan_run(hardware, optimization))
 
 
 def build_trainer(
@@ -132,8 +117,8 @@ def build_trainer(
         >>> trainer = build_trainer("cpu", "default", max_steps=100)  # doctest: +SKIP
         >>> trainer.fit(MyLightningModule(), datamodule=MyDataModule())  # doctest: +SKIP
     """
-    opt = as_optimization(optimization)
-    arguments, precision = _resolve(hardware, opt)
+    plan = plan_run(hardware, optimization)
+    arguments = plan_arguments(plan)
     plugins = list(arguments.pop("plugins", []))
     user_plugins = trainer_kwargs.pop("plugins", None) or []
     user_plugins = user_plugins if isinstance(user_plugins, list) else [user_plugins]
@@ -141,5 +126,6 @@ def build_trainer(
         plugins = [p for p in plugins if not isinstance(p, CheckpointIO)]
     arguments.update(trainer_kwargs)
     arguments["plugins"] = [*plugins, *user_plugins]
-    arguments["callbacks"] = [*(callbacks or []), ModelOptimizations(opt, precision)]
+    transforms = ModelOptimizations(plan.optimization, plan.precision, plan.transforms)
+    arguments["callbacks"] = [*(callbacks or []), transforms]
     return pl.Trainer(**arguments)

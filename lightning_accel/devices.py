@@ -212,3 +212,15 @@ def device_peak(device: torch.device, precision: str) -> PeakFlops | None:
 def _cpu_dtype(precision: str) -> torch.dtype:
     fmt = number_format(precision)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fmt, torch.float32)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished its queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synchronized_time(device: torch.device) -> float:
+    """The wall clock once ``device`` has finished its queued work."""
+    synchronize(device)
+    return time.perf_counter()

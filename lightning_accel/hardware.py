@@ -1,17 +1,13 @@
-"""What this machine has, and how a hardware profile maps onto it."""
+"""How a hardware profile maps onto a machine: the accelerator ``auto`` picks, the devices
+it takes, and the refusal of what the machine cannot run."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
 
 from lightning_accel.config import HardwareConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.xla import runtime as xla_runtime
+from lightning_accel.machine import THIS_MACHINE, Machine
 
 
 @dataclass(frozen=True)
@@ -30,89 +26,8 @@ class ResolvedHardware:
         return 1 if self.accelerator == "pjrt" else self.devices
 
 
-def cuda_device_count() -> int:
-    """Number of CUDA devices torch can use (0 on a CPU-only build)."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def torch_xla_installed() -> bool:
-    """Whether torch_xla can be imported (checked without importing it)."""
-    return importlib.util.find_spec("torch_xla") is not None
-
-
 # CPU "devices" are processes (the CPU twins of multi-GPU runs); a few per core still run.
 CPU_PROCESSES_PER_CORE = 4
-
-
-def available_devices(accelerator: str) -> int:
-    """How many devices of ``accelerator`` this machine offers (``devices=auto`` takes all)."""
-    if accelerator in ("cuda", "gpu"):
-        return cuda_device_count()
-    if accelerator == "cpu":
-        return os.cpu_count() or 1
-    if accelerator == "tpu":
-        from lightning.pytorch.accelerators import XLAAccelerator
-
-        return XLAAccelerator.auto_device_count() if XLAAccelerator.is_available() else 0
-    if accelerator == "mps":
-        return 1 if torch.backends.mps.is_available() else 0
-    if accelerator == "pjrt":
-        return xla_runtime.device_count()
-    return 0
-
-
-def configure_pjrt(profile: HardwareConfig) -> None:
-    """Point torch_xla at the profile's PJRT device type (before torch_xla starts): ``CPU``
-    gets as many virtual devices as the profile asks for."""
-    xla_runtime.require("hardware.accelerator", profile.accelerator)
-    os.environ["PJRT_DEVICE"] = profile.pjrt_device
-    if profile.pjrt_device == "CPU" and profile.devices != "auto":
-        os.environ["CPU_NUM_DEVICES"] = str(profile.devices)
-
-
-class Machine(Protocol):
-    """What the hardware rules ask of a machine. :data:`THIS_MACHINE` asks this one, lazily
-    and only what a profile needs; ``lightning-accel doctor`` answers from facts it gathered
-    once (or that a test made up)."""
-
-    def cuda_devices(self) -> int:
-        """CUDA devices torch can use."""
-        ...
-
-    def tpu_available(self) -> bool:
-        """Whether ``auto`` may pick a TPU: torch_xla, a TPU, and ``PJRT_DEVICE`` unset or TPU."""
-        ...
-
-    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
-        """Devices of ``accelerator`` that ``profile`` can use (``pjrt``: of its PJRT device).
-
-        Raises:
-            ConfigError: ``pjrt`` without torch_xla.
-        """
-        ...
-
-
-class ThisMachine:
-    """The machine this process runs on (see :class:`Machine`); ``devices_for`` points
-    torch_xla at a ``pjrt`` profile's device type first."""
-
-    def cuda_devices(self) -> int:
-        return cuda_device_count()
-
-    def tpu_available(self) -> bool:
-        if not torch_xla_installed() or os.environ.get("PJRT_DEVICE", "TPU").upper() != "TPU":
-            return False
-        from lightning.pytorch.accelerators import XLAAccelerator
-
-        return XLAAccelerator.is_available()
-
-    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
-        if accelerator == "pjrt":
-            configure_pjrt(profile)
-        return available_devices(accelerator)
-
-
-THIS_MACHINE = ThisMachine()
 
 
 def auto_accelerator(machine: Machine = THIS_MACHINE) -> str:

@@ -1,23 +1,27 @@
-"""Facts about a machine, gathered once: versions, CUDA devices, TPU chips, CPU features and
-the cluster environment. Nothing here judges them; ``lightning-accel doctor`` does, through
-the same rules a run uses (``hardware.resolve_hardware``, ``precision.auto_precision``),
-which :class:`MachineFacts` answers in place of the live machine."""
+"""What a machine has, behind one :class:`Machine` protocol: :data:`THIS_MACHINE` asks the
+machine this process runs on, lazily and only what a rule needs; :class:`MachineFacts`
+answers from facts gathered once (versions, CUDA devices, TPU chips, CPU features, the
+cluster environment) or made up by a test. Nothing here judges them: the run's own rules
+(``hardware.resolve_hardware``, ``precision.auto_precision``, the run plan) do, whichever
+machine they are given."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import platform
 import re
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from lightning_accel.config import HardwareConfig
-from lightning_accel.precision import bf16_units, cpu_flags
 from lightning_accel.xla import runtime as xla_runtime
 
 # Distributions whose versions doctor reports (Python's and torch's come from themselves).
@@ -33,6 +37,154 @@ CPUINFO = Path("/proc/cpuinfo")
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 PCI_DEVICES = Path("/sys/bus/pci/devices")
 NVIDIA_PCI_VENDOR = "0x10de"
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+MEMINFO = Path("/proc/meminfo")
+CGROUP_MEMORY = Path("/sys/fs/cgroup")
+
+
+class Machine(Protocol):
+    """Every question the pack's rules ask of a machine."""
+
+    def cuda_devices(self) -> int:
+        """CUDA devices torch can use."""
+        ...
+
+    def tpu_available(self) -> bool:
+        """Whether ``auto`` may pick a TPU: torch_xla, a TPU, and ``PJRT_DEVICE`` unset or TPU."""
+        ...
+
+    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
+        """Devices of ``accelerator`` that ``profile`` can use (``pjrt``: of its PJRT device).
+
+        Raises:
+            ConfigError: ``pjrt`` without torch_xla.
+        """
+        ...
+
+    def cpu_bf16_units(self) -> str | None:
+        """The CPU's bf16 matrix instruction set, if any."""
+        ...
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        """The first CUDA device's compute capability, if there is one."""
+        ...
+
+    def pjrt_device(self) -> str:
+        """The PJRT device type in use (``TPU``, ``CUDA``, ``CPU``, or empty)."""
+        ...
+
+    def memory_bytes(self, accelerator: str) -> int | None:
+        """Memory one run can take on ``accelerator``: host memory free now (``cpu``, shared
+        by its ranks), or one device's (``cuda``); None where unknown."""
+        ...
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags, from the first ``flags`` (x86) or ``Features`` (Arm) line of
+    ``cpuinfo``; empty where the file is absent."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def bf16_units(flags: Collection[str]) -> str | None:
+    """The bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``) among ``flags``."""
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices torch can use (0 on a CPU-only build)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def torch_xla_installed() -> bool:
+    """Whether torch_xla can be imported (checked without importing it)."""
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def available_devices(accelerator: str) -> int:
+    """How many devices of ``accelerator`` this machine offers (``devices=auto`` takes all)."""
+    if accelerator in ("cuda", "gpu"):
+        return cuda_device_count()
+    if accelerator == "cpu":
+        return os.cpu_count() or 1
+    if accelerator == "tpu":
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        return XLAAccelerator.auto_device_count() if XLAAccelerator.is_available() else 0
+    if accelerator == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    if accelerator == "pjrt":
+        return xla_runtime.device_count()
+    return 0
+
+
+def configure_pjrt(profile: HardwareConfig) -> None:
+    """Point torch_xla at the profile's PJRT device type (before torch_xla starts): ``CPU``
+    gets as many virtual devices as the profile asks for."""
+    xla_runtime.require("hardware.accelerator", profile.accelerator)
+    os.environ["PJRT_DEVICE"] = profile.pjrt_device
+    if profile.pjrt_device == "CPU" and profile.devices != "auto":
+        os.environ["CPU_NUM_DEVICES"] = str(profile.devices)
+
+
+def host_memory_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP_MEMORY) -> int:
+    """Bytes of host memory a new process can take: the kernel's ``MemAvailable``, capped
+    by this process's cgroup limit (``memory.max`` less ``memory.current``) where one is set."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if meminfo.is_file():
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
+        available = int(match.group(1)) * 1024 if match else available
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        used = int((cgroup / "memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    return available if limit == "max" else min(available, int(limit) - used)
+
+
+class LiveMachine:
+    """The machine this process runs on (see :class:`Machine`), asked lazily: only what a
+    rule needs, when it needs it. ``devices_for`` points torch_xla at a ``pjrt`` profile's
+    device type first."""
+
+    def cuda_devices(self) -> int:
+        return cuda_device_count()
+
+    def tpu_available(self) -> bool:
+        if not torch_xla_installed() or os.environ.get("PJRT_DEVICE", "TPU").upper() != "TPU":
+            return False
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        return XLAAccelerator.is_available()
+
+    def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
+        if accelerator == "pjrt":
+            configure_pjrt(profile)
+        return available_devices(accelerator)
+
+    def cpu_bf16_units(self) -> str | None:
+        return bf16_units(cpu_flags())
+
+    def cuda_capability(self) -> tuple[int, int] | None:
+        return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+
+    def pjrt_device(self) -> str:
+        return xla_runtime.pjrt_device()
+
+    def memory_bytes(self, accelerator: str) -> int | None:
+        if accelerator == "cpu":
+            return host_memory_available()
+        if accelerator == "cuda" and torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory
+        return None
+
+
+THIS_MACHINE = LiveMachine()
 
 
 @dataclass(frozen=True)
@@ -97,10 +249,8 @@ class ClusterFacts:
 class MachineFacts:
     """Everything doctor knows about a machine (see :func:`gather`; tests build one by hand).
 
-    It answers the questions the pack's rules ask of a machine
-    (:class:`lightning_accel.hardware.Machine`,
-    :class:`lightning_accel.precision.PrecisionMachine`) from these facts, so a judgement
-    about a faked machine is the judgement a run on that machine would make.
+    It answers the questions of :class:`Machine` from these facts, so a judgement about a
+    faked machine is the judgement a run on that machine would make.
     """
 
     versions: dict[str, str | None]
@@ -109,6 +259,7 @@ class MachineFacts:
     xla: XlaFacts = field(default_factory=XlaFacts)
     cluster: ClusterFacts = field(default_factory=ClusterFacts)
     mps: bool = False
+    host_memory: int | None = None
 
     def cuda_devices(self) -> int:
         """CUDA devices torch can use."""
@@ -123,8 +274,8 @@ class MachineFacts:
         )
 
     def devices_for(self, accelerator: str, profile: HardwareConfig) -> int:
-        """Devices of ``accelerator`` that ``profile`` can use, as ``hardware.ThisMachine``
-        counts them once ``configure_pjrt`` has set a ``pjrt`` profile's device type.
+        """Devices of ``accelerator`` that ``profile`` can use, as :class:`LiveMachine`
+        counts them once :func:`configure_pjrt` has set a ``pjrt`` profile's device type.
 
         Raises:
             ConfigError: ``pjrt`` without torch_xla.
@@ -155,24 +306,13 @@ class MachineFacts:
         """The PJRT device type the environment sets."""
         return self.xla.pjrt_device
 
-
-MEMINFO = Path("/proc/meminfo")
-CGROUP_MEMORY = Path("/sys/fs/cgroup")
-
-
-def host_memory_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP_MEMORY) -> int:
-    """Bytes of host memory a new process can take: the kernel's ``MemAvailable``, capped
-    by this process's cgroup limit (``memory.max`` less ``memory.current``) where one is set."""
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    if meminfo.is_file():
-        match = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
-        available = int(match.group(1)) * 1024 if match else available
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        used = int((cgroup / "memory.current").read_text())
-    except (OSError, ValueError):
-        return available
-    return available if limit == "max" else min(available, int(limit) - used)
+    def memory_bytes(self, accelerator: str) -> int | None:
+        """Host memory free (``cpu``) or the first CUDA device's memory (``cuda``)."""
+        if accelerator == "cpu":
+            return self.host_memory
+        if accelerator == "cuda" and self.cuda.devices:
+            return int(self.cuda.devices[0].memory_gib * 2**30)
+        return None
 
 
 def package_version(distribution: str) -> str | None:
@@ -314,4 +454,5 @@ def gather(cpuinfo: Path = CPUINFO) -> MachineFacts:
         xla=gather_xla(),
         cluster=gather_cluster(),
         mps=torch.backends.mps.is_available(),
+        host_memory=host_memory_available(),
     )

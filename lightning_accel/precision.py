@@ -3,15 +3,10 @@ precisions the hardware or strategy cannot run."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
-
-import torch
 
 from lightning_accel.errors import ConfigError
-from lightning_accel.xla.runtime import pjrt_device
+from lightning_accel.machine import THIS_MACHINE, Machine
 
 KEY = "optimization.precision"
 # What each accelerator can run (Lightning's names).
@@ -24,7 +19,6 @@ RUNNABLE = {
 }
 # FSDP2 (Lightning's ModelParallelStrategy) has no gradient scaler for fp16 mixed precision.
 REFUSED_BY_STRATEGY = {"fsdp2": ("16-mixed",)}
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @dataclass(frozen=True)
@@ -35,65 +29,13 @@ class PrecisionChoice:
     reason: str
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The CPU's feature flags, from the first ``flags`` (x86) or ``Features`` (Arm) line of
-    ``cpuinfo``; empty where the file is absent."""
-    text = cpuinfo.read_text() if cpuinfo.exists() else ""
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+def bf16_gpu(capability: tuple[int, int] | None) -> bool:
+    """Whether a GPU of compute ``capability`` computes in bf16 (Ampere, sm_80, and newer);
+    the one bf16 rule for GPUs, used to choose and to refuse."""
+    return (capability or (0, 0)) >= (8, 0)
 
 
-def bf16_units(flags: Collection[str]) -> str | None:
-    """The bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``) among ``flags``."""
-    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
-
-
-def cpu_bf16_units() -> str | None:
-    """This CPU's bf16 matrix instruction set (``amx_bf16``, ``avx512_bf16``), if any."""
-    return bf16_units(cpu_flags())
-
-
-def cuda_capability() -> tuple[int, int] | None:
-    """The first CUDA device's compute capability, if there is one."""
-    return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
-
-
-class PrecisionMachine(Protocol):
-    """What ``precision=auto`` asks of a machine. :data:`THIS_MACHINE` asks this one, and
-    only what the accelerator needs; ``lightning-accel doctor`` answers from gathered facts."""
-
-    def cpu_bf16_units(self) -> str | None:
-        """The CPU's bf16 matrix instruction set, if any."""
-        ...
-
-    def cuda_capability(self) -> tuple[int, int] | None:
-        """The first CUDA device's compute capability, if there is one."""
-        ...
-
-    def pjrt_device(self) -> str:
-        """The PJRT device type in use (``TPU``, ``CUDA``, ``CPU``, or empty)."""
-        ...
-
-
-class ThisMachine:
-    """The machine this process runs on (see :class:`PrecisionMachine`)."""
-
-    def cpu_bf16_units(self) -> str | None:
-        return cpu_bf16_units()
-
-    def cuda_capability(self) -> tuple[int, int] | None:
-        return cuda_capability()
-
-    def pjrt_device(self) -> str:
-        return pjrt_device()
-
-
-THIS_MACHINE = ThisMachine()
-
-
-def auto_precision(accelerator: str, machine: PrecisionMachine = THIS_MACHINE) -> PrecisionChoice:
+def auto_precision(accelerator: str, machine: Machine = THIS_MACHINE) -> PrecisionChoice:
     """What ``precision=auto`` means on ``accelerator`` of ``machine`` (this one unless given)."""
     if accelerator == "cpu":
         units = machine.cpu_bf16_units()
@@ -102,7 +44,7 @@ def auto_precision(accelerator: str, machine: PrecisionMachine = THIS_MACHINE) -
         return PrecisionChoice("32-true", "the CPU has no bf16 matrix units")
     if accelerator == "cuda":
         capability = machine.cuda_capability() or (0, 0)
-        if capability >= (8, 0):
+        if bf16_gpu(capability):
             return PrecisionChoice(
                 "bf16-mixed", f"the GPU (sm_{capability[0]}{capability[1]}) computes in bf16"
             )
@@ -123,17 +65,22 @@ def auto_precision(accelerator: str, machine: PrecisionMachine = THIS_MACHINE) -
 
 
 def resolve_precision(
-    requested: str, accelerator: str, strategy: str = "auto", reason: str | None = None
+    requested: str,
+    accelerator: str,
+    strategy: str = "auto",
+    reason: str | None = None,
+    machine: Machine = THIS_MACHINE,
 ) -> PrecisionChoice:
-    """The precision to run: ``auto`` (and ``fastest``, when nothing measured it) resolved
-    by the hardware, anything else checked against the hardware; ``reason`` says why a
-    concrete precision was chosen, if something else chose it.
+    """The precision to run on ``machine`` (this one unless given): ``auto`` (and
+    ``fastest``, when nothing measured it) resolved by the hardware, anything else checked
+    against the hardware; ``reason`` says why a concrete precision was chosen, if something
+    else chose it.
 
     Raises:
         ConfigError: the accelerator or the strategy cannot run the precision.
     """
     if requested in ("auto", "fastest"):
-        choice = auto_precision(accelerator)
+        choice = auto_precision(accelerator, machine)
     else:
         choice = PrecisionChoice(requested, reason or "as configured")
     runnable = RUNNABLE.get(accelerator, RUNNABLE["cpu"])
@@ -141,11 +88,8 @@ def resolve_precision(
         raise ConfigError(
             KEY, choice.precision, f"cannot run on {accelerator}", ("auto", *runnable)
         )
-    if (
-        accelerator == "cuda"
-        and choice.precision.startswith("bf16")
-        and (cuda_capability() or (8, 0)) < (8, 0)
-    ):
+    gpu_without_bf16 = accelerator == "cuda" and not bf16_gpu(machine.cuda_capability() or (8, 0))
+    if choice.precision.startswith("bf16") and gpu_without_bf16:
         raise ConfigError(
             KEY,
             choice.precision,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_accel import hardware
+from lightning_accel import machine
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
@@ -42,7 +42,7 @@ def test_option_composes_and_validates(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     # GPU profiles are checked against a machine with 2 CUDA devices (none is used).
-    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(machine, "cuda_device_count", lambda: 2)
     extra = CUSTOM if (group, option) == ("recipe", "custom") else []
     if (group, option) == ("launcher", "torchrun"):
         extra = ["launcher.run_id=exp1"]  # required: every node must be given the same

@@ -6,20 +6,20 @@ import os
 
 import pytest
 
-from lightning_accel import hardware
+from lightning_accel import hardware, machine
 from lightning_accel.config import HardwareConfig
 from lightning_accel.errors import ConfigError
 
 
 def test_auto_picks_the_cpu_without_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 0)
-    monkeypatch.setattr(hardware, "torch_xla_installed", lambda: False)
+    monkeypatch.setattr(machine, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(machine, "torch_xla_installed", lambda: False)
     resolved = hardware.resolve_hardware(HardwareConfig())
     assert (resolved.accelerator, resolved.devices) == ("cpu", 1)
 
 
 def test_auto_prefers_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(machine, "cuda_device_count", lambda: 2)
     resolved = hardware.resolve_hardware(HardwareConfig(devices="auto"))
     assert (resolved.accelerator, resolved.devices) == ("cuda", 2)
 
@@ -30,13 +30,13 @@ def test_devices_auto_counts_cpu_processes() -> None:
 
 
 def test_absent_accelerator_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(machine, "cuda_device_count", lambda: 0)
     with pytest.raises(ConfigError, match="hardware.accelerator='cuda' is not available"):
         hardware.resolve_hardware(HardwareConfig(accelerator="gpu"))
 
 
 def test_more_devices_than_present_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(machine, "cuda_device_count", lambda: 1)
     with pytest.raises(ConfigError, match="hardware.devices=4 exceeds the 1 cuda device"):
         hardware.resolve_hardware(HardwareConfig(accelerator="cuda", devices=4))
 

@@ -12,19 +12,24 @@ from helpers import TINY, run_cli
 
 from lightning_accel import precision
 from lightning_accel.errors import ConfigError
+from lightning_accel.machine import THIS_MACHINE, CpuFacts, CudaDevice, CudaFacts, MachineFacts
 from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize.probe import fastest_precision, measure_step_seconds
+
+
+def gpu(capability: tuple[int, int]) -> MachineFacts:
+    """A machine with one GPU of compute ``capability``."""
+    device = CudaDevice(0, "GPU", capability, 16.0)
+    return MachineFacts(versions={}, cuda=CudaFacts(devices=(device,)))
 
 
 @pytest.mark.parametrize(
     ("units", "expected"),
     [("amx_bf16", "bf16-mixed"), ("avx512_bf16", "bf16-mixed"), (None, "32-true")],
 )
-def test_auto_on_cpu_follows_bf16_matrix_units(
-    units: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
-    choice = precision.resolve_precision("auto", "cpu")
+def test_auto_on_cpu_follows_bf16_matrix_units(units: str | None, expected: str) -> None:
+    machine = MachineFacts(versions={}, cpu=CpuFacts(features=(units,) if units else ()))
+    choice = precision.resolve_precision("auto", "cpu", machine=machine)
     assert choice.precision == expected
     assert ("bf16 matrix units" in choice.reason) and ((units or "no ") in choice.reason)
 
@@ -34,10 +39,9 @@ def test_auto_on_cpu_follows_bf16_matrix_units(
     [((9, 0), "bf16-mixed"), ((8, 0), "bf16-mixed"), ((7, 5), "16-mixed")],
 )
 def test_auto_on_gpus_follows_compute_capability(
-    capability: tuple[int, int], expected: str, monkeypatch: pytest.MonkeyPatch
+    capability: tuple[int, int], expected: str
 ) -> None:
-    monkeypatch.setattr(precision, "cuda_capability", lambda: capability)
-    choice = precision.resolve_precision("auto", "cuda")
+    choice = precision.resolve_precision("auto", "cuda", machine=gpu(capability))
     assert choice.precision == expected
     assert f"sm_{capability[0]}{capability[1]}" in choice.reason
 
@@ -48,7 +52,7 @@ def test_auto_on_tpu_is_bf16() -> None:
 
 def test_this_machine_resolves_auto_to_a_runnable_cpu_precision() -> None:
     choice = precision.resolve_precision("auto", "cpu")
-    assert choice.precision == ("bf16-mixed" if precision.cpu_bf16_units() else "32-true")
+    assert choice.precision == ("bf16-mixed" if THIS_MACHINE.cpu_bf16_units() else "32-true")
 
 
 def test_fp16_on_cpu_is_refused_with_the_choices() -> None:
@@ -58,17 +62,16 @@ def test_fp16_on_cpu_is_refused_with_the_choices() -> None:
         precision.resolve_precision("16-mixed", "cpu")
 
 
-def test_bf16_on_an_old_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cuda_capability", lambda: (7, 0))
+def test_bf16_on_an_old_gpu_is_refused() -> None:
     with pytest.raises(ConfigError, match="compute capability 8.0"):
-        precision.resolve_precision("bf16-mixed", "cuda")
+        precision.resolve_precision("bf16-mixed", "cuda", machine=gpu((7, 0)))
 
 
-def test_fp16_mixed_under_fsdp2_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cuda_capability", lambda: (9, 0))
+def test_fp16_mixed_under_fsdp2_is_refused() -> None:
     with pytest.raises(ConfigError, match="not supported by the fsdp2 strategy"):
-        precision.resolve_precision("16-mixed", "cuda", "fsdp2")
-    assert precision.resolve_precision("bf16-mixed", "cuda", "fsdp2").precision == "bf16-mixed"
+        precision.resolve_precision("16-mixed", "cuda", "fsdp2", machine=gpu((9, 0)))
+    chosen = precision.resolve_precision("bf16-mixed", "cuda", "fsdp2", machine=gpu((9, 0)))
+    assert chosen.precision == "bf16-mixed"
 
 
 CANDIDATE = precision.PrecisionChoice("bf16-mixed", "the CPU has bf16 matrix units: amx_bf16")
@@ -114,7 +117,7 @@ def test_fast_profile_records_its_measured_choice(tmp_path: Path, small_corpus: 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert config["optimization"]["precision"] == summary["precision"]
-    expected = "bf16-mixed" if precision.cpu_bf16_units() else "32-true"
+    expected = "bf16-mixed" if THIS_MACHINE.cpu_bf16_units() else "32-true"
     if expected == "32-true":
         assert summary["precision_reason"] == "the CPU has no bf16 matrix units"
     else:

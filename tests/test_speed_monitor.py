@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel import devices, flops
-from lightning_accel.callbacks import RunSummary, SpeedMonitor, throughput
+from lightning_accel.callbacks import RunSummary, SpeedMonitor
 from lightning_accel.callbacks import speed as speed_module
 
 SLOW_SAVE_SECONDS = 1000.0
@@ -67,7 +67,7 @@ def test_checkpoint_saving_is_not_training_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validate_every: int | None
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(throughput, "time", clock)
+    monkeypatch.setattr(devices, "time", clock)
     data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
     loader = DataLoader(data, batch_size=4)
     checkpoint = SlowCheckpoint(clock, dirpath=tmp_path / "checkpoints", save_last=True)
@@ -98,7 +98,7 @@ def test_data_wait_share_counts_the_time_spent_fetching_batches(
     from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
 
     clock = FakeClock()
-    monkeypatch.setattr(throughput, "time", clock)
+    monkeypatch.setattr(devices, "time", clock)
     monkeypatch.setattr(loading, "time", clock)
 
     class SlowData(TensorDataset):
@@ -187,7 +187,7 @@ def test_speed_is_logged_every_interval_without_synchronizing_each_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synchronized: list[torch.device] = []
-    monkeypatch.setattr(throughput, "synchronize", synchronized.append)
+    monkeypatch.setattr(devices, "synchronize", synchronized.append)
     written = _fit_mlp(tmp_path, SpeedMonitor(warmup_steps=2), steps=24, log_every=6)
 
     with (tmp_path / "metrics.csv").open() as handle:

@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_accel.callbacks.memory import peak_memory_mb
-from lightning_accel.callbacks.throughput import ThroughputClock, synchronized_time
-from lightning_accel.devices import PeakFlops, device_peak
+from lightning_accel.callbacks.throughput import ThroughputClock
+from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 
 

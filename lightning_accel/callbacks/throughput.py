@@ -2,22 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait until ``device`` has finished its queued work (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def synchronized_time(device: torch.device) -> float:
-    """The wall clock once ``device`` has finished its queued work."""
-    synchronize(device)
-    return time.perf_counter()
-
 
 class ThroughputClock:
     """Counts samples and tokens over a stretch of training and the wall time it took, with

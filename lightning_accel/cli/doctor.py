@@ -17,11 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.console import fail
-from lightning_accel.config import HardwareConfig
+from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.hardware import auto_accelerator, resolve_hardware
+from lightning_accel.hardware import auto_accelerator
 from lightning_accel.machine import MachineFacts, gather
-from lightning_accel.precision import auto_precision
+from lightning_accel.plan.run import plan_run
 from lightning_accel.profiles import as_hardware, profile_names
 from lightning_accel.xla.runtime import INSTALL as XLA_INSTALL
 
@@ -193,26 +193,25 @@ def judge_profile(name: str, facts: MachineFacts, problems: list[Problem]) -> Pr
     blocking = [problem for problem in problems if problem.need in needs(profile, accelerator)]
     fix = blocking[0].fix if blocking else None
     try:
-        resolved = resolve_hardware(profile, facts)
+        plan = plan_run(profile, OptimizationConfig(), facts)
     except ConfigError as error:
         reason = str(ConfigError(error.key, error.value, error.problem)).rstrip(".")
         return ProfileVerdict(name, False, reason=reason, fix=fix)
     if blocking:
         return ProfileVerdict(name, False, reason=blocking[0].what, fix=fix)
-    described = f"{resolved.accelerator} x {resolved.devices}, strategy {resolved.strategy}"
+    described = f"{plan.accelerator} x {plan.devices}, strategy {plan.strategy}"
     return ProfileVerdict(name, True, resolved=described)
 
 
 def diagnose(facts: MachineFacts) -> Report:
     """Judge ``facts``: ``auto``'s picks, every hardware profile, and the problems found."""
     problems = find_problems(facts)
-    accelerator = auto_accelerator(facts)
-    choice = auto_precision(accelerator, facts)
+    plan = plan_run(HardwareConfig(devices="auto"), OptimizationConfig(precision="auto"), facts)
     auto = AutoPick(
-        accelerator=accelerator,
-        devices=facts.devices_for(accelerator, HardwareConfig(devices="auto")),
-        precision=choice.precision,
-        reason=choice.reason,
+        accelerator=plan.accelerator,
+        devices=plan.devices,
+        precision=plan.precision.precision,
+        reason=plan.precision.reason,
     )
     verdicts = tuple(judge_profile(name, facts, problems) for name in profile_names("hardware"))
     return Report(facts=facts, auto=auto, profiles=verdicts, problems=tuple(problems))

@@ -10,7 +10,7 @@ import copy
 import inspect
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra._internal.utils import _locate
 from hydra.core.hydra_config import HydraConfig
@@ -24,6 +24,9 @@ from omegaconf.errors import (
 from lightning_accel.cli.compose import compose_job, job_overrides, value_error
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lightning_accel.plan.run import RunPlan
 
 
 def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
@@ -127,10 +130,11 @@ def check_targets(run: RunConfig) -> None:
             _check_arguments(key, node)
 
 
-def check_model_and_data(run: RunConfig) -> None:
+def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     """Build the DataModule and the logger, and the model on the meta device (no memory
     used), so that their own argument checks run before any process starts. None of them
-    writes anything when constructed."""
+    writes anything when constructed. Returns the model (None when it cannot be built on
+    the meta device) and the DataModule."""
     import torch
 
     from lightning_accel.cli.runner import build_object
@@ -155,53 +159,45 @@ def check_model_and_data(run: RunConfig) -> None:
         except ConfigError:
             raise
         except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
-            return
+            return None, datamodule
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
-    check_memory(run, model, datamodule)
+    return model, datamodule
 
 
-def check_memory(run: RunConfig, model: Any, datamodule: Any) -> None:
+def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: Any) -> None:
     """Refuse a run the plan predicts will not fit in memory: host memory shared by the
-    local ranks on CPUs, the device's memory on CUDA. Skipped with ``force=true``, for XLA
-    and SLURM runs (judged where they run) and for data that cannot describe a batch
-    without reading it."""
-    import torch
-
-    from lightning_accel.hardware import resolve_hardware
-    from lightning_accel.machine import host_memory_available
+    local ranks on CPUs, the device's memory on CUDA. Skipped with ``force=true``, for runs
+    planned where they run (SLURM), for layouts the planner does not model (XLA), and for
+    models and data that cannot be measured without memory."""
+    from lightning_accel.machine import THIS_MACHINE
     from lightning_accel.plan import attach_trainer, example_batch, measure_footprint
-    from lightning_accel.plan.fit import check_fits, run_layout
-    from lightning_accel.precision import resolve_precision
+    from lightning_accel.plan.fit import check_fits
 
-    if run.force or run.launcher.name == "slurm":
+    if run.force or plan is None or plan.layout is None or model is None:
         return
-    hw = resolve_hardware(run.hardware)
-    layout = run_layout(hw.strategy, run.optimization.cpu_offload, hw.devices)
     example = example_batch(datamodule, model)
-    if layout is None or hw.accelerator not in ("cpu", "cuda") or example is None:
+    memory = THIS_MACHINE.memory_bytes(plan.accelerator)
+    if example is None or memory is None:
         return
-    optimization = run.optimization
-    precision = "32-true"  # `fastest` may keep fp32, which needs the most memory
-    if optimization.precision != "fastest":
-        precision = resolve_precision(optimization.precision, hw.accelerator, hw.strategy).precision
+    # `fastest` may keep fp32, which needs the most memory
+    precision = "32-true" if run.optimization.precision == "fastest" else plan.precision.precision
     attach_trainer(model, run.trainer.max_steps)
     footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    if hw.accelerator == "cpu":
-        available = host_memory_available() // hw.devices
-        where = f"this machine has free for each of its {hw.devices} rank(s)"
+    if plan.accelerator == "cpu":  # the ranks share the host's memory
+        available = memory // plan.devices
+        where = f"this machine has free for each of its {plan.devices} rank(s)"
     else:
-        available = torch.cuda.get_device_properties(0).total_memory
-        where = f"each {torch.cuda.get_device_name(0)} holds"
-    checkpointing = optimization.activation_checkpointing
+        available, where = memory, "each device holds"
+    checkpointing = run.optimization.activation_checkpointing
     check_fits(
         footprint,
-        layout,
-        hw.devices * hw.num_nodes,
+        plan.layout,
+        plan.world_size,
         precision,
         checkpointing.every_k_blocks if checkpointing.enabled else None,
-        optimization.accumulate_grad_batches,
+        run.optimization.accumulate_grad_batches,
         available,
         where,
         getattr(datamodule, "batch_size", None),
@@ -223,25 +219,31 @@ def check_checkpoint(run: RunConfig) -> None:
             last_checkpoint(Path(node["dirpath"]))
 
 
-def check_hardware(run: RunConfig) -> None:
-    """Fail unless this machine has the devices and the strategy can be built as configured.
-    Skipped for ``launcher=slurm``: jobs run on the cluster's nodes, not where they are
-    submitted (a login node has no GPUs)."""
-    from lightning_accel.build import trainer_arguments
+def run_plan(run: RunConfig) -> RunPlan | None:
+    """The run's plan on this machine, which fails unless the machine has the devices and
+    precision the profiles ask for; None for ``launcher=slurm``: jobs run on the cluster's
+    nodes, not where they are submitted (a login node has no GPUs)."""
+    from lightning_accel.plan.run import plan_run
 
-    if run.launcher.name != "slurm":
-        trainer_arguments(run.hardware, run.optimization)
+    return None if run.launcher.name == "slurm" else plan_run(run.hardware, run.optimization)
+
+
+def check_strategy(plan: RunPlan | None) -> None:
+    """Fail unless the plan's strategy can be built with its options."""
+    from lightning_accel.build import plan_arguments
+
+    if plan is not None:
+        plan_arguments(plan)
 
 
 SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")
 
 
-def check_launcher(run: RunConfig, cfg: DictConfig) -> None:
+def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> None:
     """Fail unless the launcher can start the world the config describes: several nodes
     need a multi-node launcher or an outside one, an outside launcher must have started
     ``nnodes x devices`` ranks, and a SLURM job gets one task per rank."""
     from lightning_accel.cli.cluster import check_world_size, external_world
-    from lightning_accel.hardware import resolve_hardware
 
     launcher, devices = run.launcher, run.hardware.devices
     if devices == "auto" and launcher.name in SUBMITIT_LAUNCHERS:
@@ -250,10 +252,10 @@ def check_launcher(run: RunConfig, cfg: DictConfig) -> None:
             "auto",
             f"must be a count under launcher={launcher.name}: it sets the SLURM tasks per node",
         )
-    if launcher.name == "slurm":  # counted where the job runs, not on the submitting machine
+    if plan is None:  # counted where the job runs, not on the submitting machine
         processes = 1 if run.hardware.accelerator == "pjrt" else devices
     else:
-        processes = resolve_hardware(run.hardware).processes
+        processes = plan.processes
     world = external_world()
     if world is not None and launcher.name in ("local", "torchrun"):
         check_world_size(launcher.nnodes, processes, world)
@@ -285,9 +287,11 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         run = validated_run(cfg, run_dir)
         check_targets(run)
         check_checkpoint(run)
-        check_model_and_data(run)
-        check_launcher(run, cfg)
-        check_hardware(run)
+        model, datamodule = check_model_and_data(run)
+        plan = run_plan(run)
+        check_launcher(run, cfg, plan)
+        check_strategy(plan)
+        check_memory(run, plan, model, datamodule)
         check_writable(run_dir)
         runs.append(run)
     _check_one_world_per_sweep(runs)

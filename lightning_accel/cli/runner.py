@@ -21,9 +21,8 @@ from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.hardware import resolve_hardware
 from lightning_accel.optimize.probe import fastest_precision
-from lightning_accel.precision import resolve_precision
+from lightning_accel.plan.run import plan_run
 
 
 def save_resolved_config(run: RunConfig) -> Path:
@@ -55,9 +54,9 @@ def measure_precision(run: RunConfig) -> RunConfig:
     before any rank starts, so every rank uses the same precision."""
     if run.optimization.precision != "fastest":
         return run
-    hw = resolve_hardware(run.hardware)
-    candidate = resolve_precision("auto", hw.accelerator, hw.strategy)
-    device = torch.device("cuda", 0) if hw.accelerator == "cuda" else torch.device("cpu")
+    plan = plan_run(run.hardware, run.optimization)  # `fastest` plans as `auto`
+    candidate = plan.precision
+    device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_object(run.data, "data")
     datamodule.prepare_data()

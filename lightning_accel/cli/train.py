@@ -34,12 +34,12 @@ def run_job(cfg: DictConfig) -> None:
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import fit_run, measure_precision, save_resolved_config
-    from lightning_accel.hardware import resolve_hardware
+    from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
     try:
         run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        processes = resolve_hardware(run.hardware).processes
+        processes = plan_run(run.hardware, run.optimization).processes
         world = external_world()
         if world is not None:
             check_world_size(run.launcher.nnodes, processes, world)

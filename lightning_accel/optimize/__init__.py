@@ -6,6 +6,7 @@ from lightning_accel.optimize.transforms import (
     ModelOptimizations,
     apply_model_optimizations,
     check_model_optimizations,
+    model_transforms,
 )
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "apply_model_optimizations",
     "check_model_optimizations",
     "find_repeated_blocks",
+    "model_transforms",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_accel.callbacks.throughput import synchronize
+from lightning_accel.devices import synchronize
 from lightning_accel.precision import PrecisionChoice
 
 # A reduced precision is kept only when it is clearly faster than fp32.

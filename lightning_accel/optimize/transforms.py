@@ -1,7 +1,10 @@
-"""Apply an optimization profile's model transforms, in place, in torchtitan's order:
-activation checkpointing, then compile, then memory format."""
+"""Apply an optimization profile's model transforms, in place, in one ordered function:
+activation checkpointing, then compile, then memory format (torchtitan's order; FSDP2
+sharding, applied by its strategy, comes after them)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -16,6 +19,25 @@ from lightning_accel.config import OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.precision import PrecisionChoice
+
+# Model transforms in the order they are applied: activation checkpointing, then compile,
+# then sharding (torchtitan's order); the memory format is independent of the others.
+TRANSFORM_ORDER = ("activation_checkpointing", "compile", "channels_last", "fsdp2")
+FSDP2 = "fsdp2"
+
+
+def model_transforms(
+    optimization: OptimizationConfig, accelerator: str, strategy: str = "auto"
+) -> tuple[str, ...]:
+    """The transforms a run applies to its model on ``accelerator`` under ``strategy``, in
+    :data:`TRANSFORM_ORDER`."""
+    wanted = {
+        "activation_checkpointing": optimization.activation_checkpointing.enabled,
+        "compile": optimization.compile.active_on(accelerator),
+        "channels_last": optimization.channels_last,
+        FSDP2: strategy == FSDP2,
+    }
+    return tuple(name for name in TRANSFORM_ORDER if wanted[name])
 
 
 def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
@@ -76,42 +98,57 @@ def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) 
 
 
 def apply_model_optimizations(
-    model: nn.Module, optimization: OptimizationConfig, accelerator: str = "cpu"
+    model: nn.Module,
+    optimization: OptimizationConfig,
+    device_type: str = "cpu",
+    transforms: Sequence[str] | None = None,
 ) -> None:
-    """Transform ``model`` in place as ``optimization`` asks (and set the process-wide
-    float32 matmul precision when the profile names one)."""
+    """Transform ``model`` in place: each of ``transforms`` in order (default: those the
+    profile asks for on ``device_type``), except ``fsdp2``, which the FSDP2 strategy applies
+    after these; and set the process-wide float32 matmul precision when the profile names
+    one."""
+    if transforms is None:
+        transforms = model_transforms(optimization, "cuda" if device_type == "cuda" else "cpu")
     check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
-    if optimization.activation_checkpointing.enabled:
-        every_k = optimization.activation_checkpointing.every_k_blocks
-        _checkpoint_blocks(model, every_k, accelerator)
-    if optimization.compile.active_on(accelerator):
-        compile_config = optimization.compile
-        _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)
-    if optimization.channels_last:
-        model.to(memory_format=torch.channels_last)
+    compile_config = optimization.compile
+    for name in transforms:
+        if name == "activation_checkpointing":
+            every_k = optimization.activation_checkpointing.every_k_blocks
+            _checkpoint_blocks(model, every_k, device_type)
+        elif name == "compile":
+            _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)
+        elif name == "channels_last":
+            model.to(memory_format=torch.channels_last)
 
 
 class ModelOptimizations(pl.Callback):
-    """Applies an optimization profile's model transforms when training is set up, so they
-    work on any LightningModule passed to ``Trainer.fit``.
+    """Applies a run's model transforms when training is set up, so they work on any
+    LightningModule passed to ``Trainer.fit``.
 
     Args:
         optimization: the profile; only its model transforms are read here (precision and
             step knobs go to the Trainer).
         precision: the precision the Trainer was given and why, for the run's records.
+        transforms: the transforms the run plan chose, in order (default: those the profile
+            asks for on the device the strategy runs on).
     """
 
     def __init__(
-        self, optimization: OptimizationConfig, precision: PrecisionChoice | None = None
+        self,
+        optimization: OptimizationConfig,
+        precision: PrecisionChoice | None = None,
+        transforms: Sequence[str] | None = None,
     ) -> None:
         self.optimization = optimization
         self.precision = precision
+        self.transforms = transforms
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return
         # the model may still be on the CPU here; the strategy knows where it will run
-        apply_model_optimizations(pl_module, self.optimization, trainer.strategy.root_device.type)
+        device_type = trainer.strategy.root_device.type
+        apply_model_optimizations(pl_module, self.optimization, device_type, self.transforms)
         pl_module._lightning_accel_optimized = True

@@ -10,19 +10,6 @@ from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import RankMemory, rank_memory
 from lightning_accel.plan.planner import gib
 
-# The pack's strategies and the layout each one is (XLA strategies are not modelled).
-STRATEGY_LAYOUTS = {"auto": "single", "accel_ddp": "ddp", "ddp": "ddp", "fsdp2": "fsdp2"}
-
-
-def run_layout(strategy: str, cpu_offload: bool, world: int) -> str | None:
-    """The plan's layout for a run's strategy (None where the plan has no model of it)."""
-    layout = STRATEGY_LAYOUTS.get(strategy)
-    if layout == "single" and world > 1:
-        return "ddp"  # Lightning's choice for several devices
-    if layout == "fsdp2" and cpu_offload:
-        return "fsdp2_offload"
-    return layout
-
 
 def _breakdown(memory: RankMemory) -> str:
     states = memory.parameters + memory.gradients + memory.optimizer

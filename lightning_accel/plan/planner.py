@@ -10,10 +10,9 @@ import torch
 
 from lightning_accel.devices import DeviceSpec, device_spec, known_devices, measured_cpu_peak
 from lightning_accel.errors import ConfigError
-from lightning_accel.machine import host_memory_available
+from lightning_accel.machine import THIS_MACHINE
 from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import LayoutEstimate, Target, estimate
-from lightning_accel.precision import cpu_bf16_units
 
 THIS_CPU = "cpu"
 # Collectives on this CPU (gloo over loopback between processes sharing its cores),
@@ -55,7 +54,7 @@ def resolve_device(name: str) -> DeviceSpec | None:
 
 def precisions_for(spec: DeviceSpec | None) -> tuple[str, ...]:
     """The precisions planned on a device: fp32, and bf16 mixed where it computes bf16."""
-    if spec is None and cpu_bf16_units() is None:
+    if spec is None and THIS_MACHINE.cpu_bf16_units() is None:
         return ("32-true",)
     return ("32-true", "bf16-mixed")
 
@@ -67,7 +66,7 @@ def target(spec: DeviceSpec | None, precision: str) -> Target:
         return Target(
             name=f"{THIS_CPU} ({measured_cpu_peak(dtype).source})",
             peak_flops=measured_cpu_peak(dtype).flops_per_second,
-            memory_bytes=host_memory_available(),
+            memory_bytes=THIS_MACHINE.memory_bytes("cpu") or 0,
             link_bytes_per_second=CPU_LINK_BYTES_PER_SECOND,
             collective_seconds=CPU_COLLECTIVE_SECONDS,
             shared_host=True,

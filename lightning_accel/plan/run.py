@@ -1,0 +1,96 @@
+"""One decision of what a run will do: :func:`plan_run` turns a hardware and an
+optimization profile into a :class:`RunPlan` on a machine, once. ``build_trainer``, the
+preflight, the runner, ``doctor`` and the precision measurement read the plan; none of
+them applies the hardware or precision rules again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_accel.config import HardwareConfig, OptimizationConfig
+from lightning_accel.hardware import resolve_hardware
+from lightning_accel.machine import THIS_MACHINE, Machine
+from lightning_accel.optimize.transforms import FSDP2, model_transforms
+from lightning_accel.precision import PrecisionChoice, resolve_precision
+from lightning_accel.profiles import as_hardware, as_optimization
+
+# The pack's strategies and the plan's layout for each (XLA's are not modelled).
+STRATEGY_LAYOUTS = {"auto": "single", "accel_ddp": "ddp", "ddp": "ddp", FSDP2: "fsdp2"}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do on a machine, decided once by :func:`plan_run`.
+
+    Args:
+        hardware, optimization: the profiles it was planned from.
+        accelerator, devices, num_nodes: Lightning's arguments.
+        processes: processes the runner starts on each node (one per device; XLA starts
+            its own, or drives every device from one under SPMD).
+        strategy, strategy_options: the registered strategy and its keyword arguments
+            (FSDP2's CPU offload from the optimization profile included).
+        precision: the precision and why it was chosen.
+        transforms: the model transforms, in the order they are applied (``fsdp2`` is
+            applied by the strategy, after the others).
+    """
+
+    hardware: HardwareConfig
+    optimization: OptimizationConfig
+    accelerator: str
+    devices: int
+    num_nodes: int
+    processes: int
+    strategy: str
+    precision: PrecisionChoice
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    transforms: tuple[str, ...] = ()
+
+    @property
+    def world_size(self) -> int:
+        """Devices over every node."""
+        return self.devices * self.num_nodes
+
+    @property
+    def layout(self) -> str | None:
+        """The memory planner's layout for this run (None where it has no model of it)."""
+        if self.accelerator not in ("cpu", "cuda"):
+            return None
+        layout = STRATEGY_LAYOUTS.get(self.strategy)
+        if layout == "single" and self.devices > 1:
+            return "ddp"  # Lightning's choice for several devices
+        if layout == "fsdp2" and self.strategy_options.get("cpu_offload"):
+            return "fsdp2_offload"
+        return layout
+
+
+def plan_run(
+    hardware: HardwareConfig | str = "auto",
+    optimization: OptimizationConfig | str = "default",
+    machine: Machine = THIS_MACHINE,
+) -> RunPlan:
+    """Decide what a run of these profiles does on ``machine`` (this one unless given).
+
+    Raises:
+        ConfigError: the machine cannot run the hardware profile, or the precision.
+    """
+    profile, opt = as_hardware(hardware), as_optimization(optimization)
+    hw = resolve_hardware(profile, machine)
+    precision = resolve_precision(
+        opt.precision, hw.accelerator, hw.strategy, opt.precision_reason, machine
+    )
+    options = dict(profile.strategy_options)
+    if opt.cpu_offload and profile.strategy == FSDP2:
+        options["cpu_offload"] = True
+    return RunPlan(
+        hardware=profile,
+        optimization=opt,
+        accelerator=hw.accelerator,
+        devices=hw.devices,
+        num_nodes=hw.num_nodes,
+        processes=hw.processes,
+        strategy=hw.strategy,
+        precision=precision,
+        strategy_options=options,
+        transforms=model_transforms(opt, hw.accelerator, hw.strategy),
+    )
