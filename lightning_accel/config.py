@@ -28,7 +28,8 @@ PRECISIONS = (
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
-XLA_CHECKPOINTS = ("gathered", "sharded")  # how the xla_spmd strategy writes checkpoints
+XLA_CHECKPOINTS = ("gathered", "sharded")
+MICRO_BATCHES = (None, "auto")  # how the xla_spmd strategy writes checkpoints
 
 
 def require_positive(key: str, value: Any) -> None:
@@ -89,8 +90,10 @@ class HardwareConfig:
 
 @dataclass
 class CompileConfig:
-    """torch.compile settings: ``enabled`` (true, false, or ``auto``: on GPUs only, where it
-    pays; measured on CPUs at about 1.02x, not worth its compile time), ``mode`` (None,
+    """torch.compile settings: ``enabled`` (true, false, or ``auto``: the runner times eager
+    against compiled steps of the run's model before it starts and compiles only where the
+    saving over the run's steps exceeds the compile time, saying why in ``reason``; a
+    Trainer built without the runner compiles ``auto`` on GPUs only), ``mode`` (None,
     default, reduce-overhead, max-autotune), ``backend`` (inductor, aot_eager, eager) and
     ``per_block`` (compile each repeated block rather than the whole model: smaller graphs,
     and the order FSDP2 wants)."""
@@ -99,6 +102,8 @@ class CompileConfig:
     mode: str | None = None
     backend: str = "inductor"
     per_block: bool = False
+    # Why compile is on or off, written by the runner when it measured `auto`.
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("optimization.compile.enabled", self.enabled, (True, False, "auto"))
@@ -134,7 +139,9 @@ class OptimizationConfig:
     hardware's pick against fp32 on the real model and keeps the faster, when the runner
     starts the run; or Lightning's names, e.g. ``32-true``, ``bf16-mixed``),
     ``compile``, ``activation_checkpointing``, ``channels_last`` (conv nets), ``cpu_offload``
-    (FSDP2 keeps shards in CPU memory),
+    (FSDP2 keeps shards in CPU memory), ``micro_batch`` (``auto``: the runner splits each
+    batch into the largest micro-batches the plan predicts to fit, with gradient
+    accumulation keeping the batch and the update the same; ``null``: as configured),
     ``accumulate_grad_batches``, ``gradient_clip_val`` and ``float32_matmul_precision``.
     """
 
@@ -148,12 +155,16 @@ class OptimizationConfig:
     )
     channels_last: bool = False
     cpu_offload: bool = False
+    micro_batch: str | None = None
+    # What the runner chose for `micro_batch: auto`, and why.
+    micro_batch_reason: str | None = None
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     float32_matmul_precision: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("optimization.precision", self.precision, PRECISIONS)
+        require_choice("optimization.micro_batch", self.micro_batch, MICRO_BATCHES)
         require_positive("optimization.accumulate_grad_batches", self.accumulate_grad_batches)
         if self.gradient_clip_val is not None:
             require_positive("optimization.gradient_clip_val", self.gradient_clip_val)

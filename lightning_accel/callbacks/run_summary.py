@@ -116,7 +116,6 @@ class RunSummary(pl.Callback):
             "world_size": world,
             "strategy": getattr(trainer.strategy, "strategy_name", type(trainer.strategy).__name__),
             "precision": str(trainer.precision),
-            "precision_reason": _precision_reason(trainer),
             "first_train_loss": self.train_losses[0] if self.train_losses else None,
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
@@ -144,15 +143,6 @@ class RunSummary(pl.Callback):
         self.summary["summary"] = str(path)
         if self.print_table:
             Console(stderr=True).print(summary_table(self.summary))
-
-
-def _precision_reason(trainer: pl.Trainer) -> str | None:
-    """Why the run computes in its precision, when the pack's Trainer builder chose it."""
-    for callback in trainer.callbacks:
-        choice = getattr(callback, "precision", None)
-        if choice is not None and hasattr(choice, "reason"):
-            return choice.reason
-    return None
 
 
 def _checkpoint_path(trainer: pl.Trainer) -> str | None:
@@ -186,6 +176,16 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("steps", summary["steps"]),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
         ("precision", _with_reason(summary["precision"], summary.get("precision_reason"))),
+    ]
+    if summary.get("compile_reason"):
+        compiled = "on" if summary.get("compile") else "off"
+        rows.append(("compile", _with_reason(compiled, summary["compile_reason"])))
+    if summary.get("micro_batch_reason"):
+        accumulate = summary.get("accumulate_grad_batches")
+        rows.append(
+            ("micro-batches", _with_reason(f"x{accumulate}", summary["micro_batch_reason"]))
+        )
+    rows += [
         ("train loss", _first_last(summary["first_train_loss"], summary["last_train_loss"])),
     ]
     if validations:

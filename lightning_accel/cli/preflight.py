@@ -168,38 +168,41 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
 
 def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: Any) -> None:
     """Refuse a run the plan predicts will not fit in memory: host memory shared by the
-    local ranks on CPUs, the device's memory on CUDA. Skipped with ``force=true``, for runs
-    planned where they run (SLURM), for layouts the planner does not model (XLA), and for
-    models and data that cannot be measured without memory."""
-    from lightning_accel.machine import THIS_MACHINE
+    local ranks on CPUs, the device's memory on CUDA (with ``micro_batch: auto``, not even
+    at one sample per micro-batch). Skipped with ``force=true``, for runs planned where they
+    run (SLURM), for layouts the planner does not model (XLA), and for models and data that
+    cannot be measured without memory."""
     from lightning_accel.plan import attach_trainer, example_batch, measure_footprint
-    from lightning_accel.plan.fit import check_fits
+    from lightning_accel.plan.fit import available_per_rank, check_fits, largest_micro_batch
 
     if run.force or plan is None or plan.layout is None or model is None:
         return
     example = example_batch(datamodule, model)
-    memory = THIS_MACHINE.memory_bytes(plan.accelerator)
-    if example is None or memory is None:
+    available = available_per_rank(plan)
+    if example is None or available is None:
         return
+    optimization = run.optimization
     # `fastest` may keep fp32, which needs the most memory
-    precision = "32-true" if run.optimization.precision == "fastest" else plan.precision.precision
+    precision = "32-true" if optimization.precision == "fastest" else plan.precision.precision
     attach_trainer(model, run.trainer.max_steps)
     footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    if plan.accelerator == "cpu":  # the ranks share the host's memory
-        available = memory // plan.devices
-        where = f"this machine has free for each of its {plan.devices} rank(s)"
-    else:
-        available, where = memory, "each device holds"
-    checkpointing = run.optimization.activation_checkpointing
+    checkpointing = optimization.activation_checkpointing
+    every = checkpointing.every_k_blocks if checkpointing.enabled else None
+    accumulate = optimization.accumulate_grad_batches
+    if optimization.micro_batch == "auto":
+        args = (plan.layout, plan.world_size, precision, every, accumulate, available[0])
+        if largest_micro_batch(footprint, *args) is not None:
+            return
+        footprint = footprint.with_samples(1)
     check_fits(
         footprint,
         plan.layout,
         plan.world_size,
         precision,
-        checkpointing.every_k_blocks if checkpointing.enabled else None,
-        run.optimization.accumulate_grad_batches,
-        available,
-        where,
+        every,
+        accumulate,
+        available[0],
+        available[1],
         getattr(datamodule, "batch_size", None),
         run.hardware.name,
     )

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
-from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import OmegaConf
 
 from lightning_accel.build import build_trainer
@@ -21,8 +19,6 @@ from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.optimize.probe import fastest_precision
-from lightning_accel.plan.run import plan_run
 
 
 def save_resolved_config(run: RunConfig) -> Path:
@@ -46,29 +42,6 @@ def build_object(node: dict[str, Any], key: str) -> Any:
         if isinstance(error.__cause__, (ConfigError, ImportError)):
             raise error.__cause__ from None
         raise
-
-
-def measure_precision(run: RunConfig) -> RunConfig:
-    """For ``precision=fastest``: measure the hardware's reduced precision against fp32 on
-    the run's own model and first batch, and return the run with the faster one. Done once,
-    before any rank starts, so every rank uses the same precision."""
-    if run.optimization.precision != "fastest":
-        return run
-    plan = plan_run(run.hardware, run.optimization)  # `fastest` plans as `auto`
-    candidate = plan.precision
-    device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
-    pl.seed_everything(run.seed, workers=True, verbose=False)
-    datamodule = build_object(run.data, "data")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
-    model = build_object(run.model, "model").to(device)
-    choice = fastest_precision(candidate, model, batch)
-    say(f"precision {choice.precision}: {choice.reason}")
-    optimization = replace(
-        run.optimization, precision=choice.precision, precision_reason=choice.reason
-    )
-    return replace(run, optimization=optimization)
 
 
 def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:

@@ -30,10 +30,11 @@ def run_job(cfg: DictConfig) -> None:
     read that file. Started as one rank of a world that an outside launcher created (a
     SLURM or submitit task, a torchrun worker), it fits as that rank.
     """
+    from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
-    from lightning_accel.cli.runner import fit_run, measure_precision, save_resolved_config
+    from lightning_accel.cli.runner import fit_run, save_resolved_config
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -49,7 +50,7 @@ def run_job(cfg: DictConfig) -> None:
             leave_process_group()
         else:
             if run.launcher.nnodes == 1:  # nodes measuring apart could disagree
-                run = measure_precision(run)
+                run = measure_choices(run)
             config_path = save_resolved_config(run)
             if processes > 1 or run.launcher.name == "torchrun":
                 launch_ranks(config_path, processes, run.launcher)

@@ -5,6 +5,7 @@ sharding, applied by its strategy, comes after them)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -15,7 +16,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torchmetrics import Metric
 
-from lightning_accel.config import OptimizationConfig
+from lightning_accel.config import CompileConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.precision import PrecisionChoice
@@ -83,9 +84,11 @@ def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu")
     return wrapped
 
 
-def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) -> None:
-    # nn.Module.compile works in place, so state_dict keys carry no `_orig_mod.` prefix.
-    if per_block:
+def compile_model(model: nn.Module, config: CompileConfig) -> None:
+    """Compile ``model`` in place as ``config`` says: each repeated block, or each child
+    module that holds parameters (``nn.Module.compile`` keeps ``state_dict`` keys free of
+    ``_orig_mod.``)."""
+    if config.per_block:
         targets = find_repeated_blocks(model)
     else:
         targets = [
@@ -94,7 +97,7 @@ def _compile(model: nn.Module, mode: str | None, backend: str, per_block: bool) 
             if not isinstance(child, Metric) and any(True for _ in child.parameters())
         ]
     for target in targets:
-        target.compile(mode=mode, backend=backend)
+        target.compile(mode=config.mode, backend=config.backend)
 
 
 def apply_model_optimizations(
@@ -112,13 +115,12 @@ def apply_model_optimizations(
     check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
-    compile_config = optimization.compile
     for name in transforms:
         if name == "activation_checkpointing":
             every_k = optimization.activation_checkpointing.every_k_blocks
             _checkpoint_blocks(model, every_k, device_type)
         elif name == "compile":
-            _compile(model, compile_config.mode, compile_config.backend, compile_config.per_block)
+            compile_model(model, optimization.compile)
         elif name == "channels_last":
             model.to(memory_format=torch.channels_last)
 
@@ -144,6 +146,17 @@ class ModelOptimizations(pl.Callback):
         self.optimization = optimization
         self.precision = precision
         self.transforms = transforms
+
+    def summary_figures(self) -> dict[str, Any]:
+        """The run's choices and their reasons, for the run summary."""
+        return {
+            "precision_reason": self.precision.reason if self.precision else None,
+            "compile": "compile" in (self.transforms or ()),
+            "compile_reason": self.optimization.compile.reason,
+            "micro_batch_reason": self.optimization.micro_batch_reason,
+            "accumulate_grad_batches": self.optimization.accumulate_grad_batches,
+            "transforms": list(self.transforms or ()),
+        }
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(pl_module, "_lightning_accel_optimized", False):

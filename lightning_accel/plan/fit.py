@@ -6,9 +6,25 @@ from __future__ import annotations
 import math
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.machine import THIS_MACHINE, Machine
 from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import RankMemory, rank_memory
 from lightning_accel.plan.planner import gib
+from lightning_accel.plan.run import RunPlan
+
+
+def available_per_rank(plan: RunPlan, machine: Machine = THIS_MACHINE) -> tuple[int, str] | None:
+    """Memory one rank of the plan can take, and where it is (for messages): on CPUs the
+    host's free memory shared by the node's ranks, on a GPU its own; None where unknown."""
+    memory = machine.memory_bytes(plan.accelerator)
+    if memory is None:
+        return None
+    if plan.accelerator == "cpu":
+        return (
+            memory // plan.devices,
+            f"this machine has free for each of its {plan.devices} rank(s)",
+        )
+    return memory, "each device holds"
 
 
 def _breakdown(memory: RankMemory) -> str:
@@ -54,3 +70,26 @@ def check_fits(
         f"({_breakdown(needed)}), more than the {gib(available_per_rank)} {where}; "
         f"{would_fit}lightning-accel plan compares the layouts; add force=true to run anyway",
     )
+
+
+def largest_micro_batch(
+    footprint: ModelFootprint,
+    layout: str,
+    world: int,
+    precision: str,
+    checkpoint_every: int | None,
+    accumulate: int,
+    available_per_rank: int,
+) -> tuple[int, RankMemory] | None:
+    """The largest micro-batch that divides the measured batch evenly and that the plan
+    predicts to fit (activations shrink with it; gradients then outlive each micro-batch),
+    with its memory; None when even one sample does not fit."""
+    batch = footprint.samples
+    for micro in sorted((d for d in range(1, batch + 1) if batch % d == 0), reverse=True):
+        steps = accumulate * (batch // micro)
+        memory = rank_memory(
+            footprint.with_samples(micro), layout, world, precision, checkpoint_every, steps
+        )
+        if memory.device_bytes <= available_per_rank:
+            return micro, memory
+    return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -78,6 +78,22 @@ class ActivationFootprint:
         )
         return max(end_of_forward, recompute)
 
+    def scaled(self, fraction: float) -> ActivationFootprint:
+        """The same activations for a batch ``fraction`` as large (they grow with it)."""
+
+        def scale(value: int) -> int:
+            return math.ceil(value * fraction)
+
+        return ActivationFootprint(
+            saved_bytes=scale(self.saved_bytes),
+            largest_bytes=scale(self.largest_bytes),
+            outside_largest_bytes=scale(self.outside_largest_bytes),
+            leading_bytes=scale(self.leading_bytes),
+            block_saved_bytes=tuple(map(scale, self.block_saved_bytes)),
+            block_largest_bytes=tuple(map(scale, self.block_largest_bytes)),
+            block_input_bytes=tuple(map(scale, self.block_input_bytes)),
+        )
+
     def block_inputs_kept(self, checkpointed: range) -> list[int]:
         """What each block keeps for backward: its input when checkpointed, else every
         tensor it saved."""
@@ -130,6 +146,13 @@ class ModelFootprint:
             rows = shape[0] if shape else 1
             total += math.ceil(rows / world) * math.prod(shape[1:]) * size
         return total
+
+    def with_samples(self, samples: int) -> ModelFootprint:
+        """The footprint of the same step on ``samples`` samples per rank."""
+        fraction = samples / self.samples
+        activations = {k: v.scaled(fraction) for k, v in self.activations.items()}
+        flops = round(self.forward_flops * fraction)
+        return replace(self, activations=activations, forward_flops=flops, samples=samples)
 
     def root_parameter_bytes(self) -> int:
         """Trainable parameter bytes outside the repeated blocks (embeddings, heads, ...)."""

@@ -1,0 +1,149 @@
+"""The choices an optimization profile leaves to measurement, made once on the run's own
+model and data before any rank starts, so that every rank runs the same choices:
+``micro_batch: auto`` (from the plan's memory prediction, confirmed by a trial step),
+``precision: fastest`` and ``compile.enabled: auto`` (timed). Each is written into the
+run's config with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+
+from lightning_accel.cli.console import say
+from lightning_accel.cli.runner import build_object
+from lightning_accel.cli.schema import RunConfig
+from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.probe import (
+    CompileChoice,
+    compile_pays,
+    fastest_precision,
+    measure_step_times,
+)
+from lightning_accel.plan import attach_trainer, example_batch, measure_footprint, meta_model
+from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
+from lightning_accel.plan.planner import gib
+from lightning_accel.plan.run import RunPlan, plan_run
+
+
+def _planned_precision(run: RunConfig, plan: RunPlan) -> str:
+    # `fastest` may keep fp32, which needs the most memory
+    return "32-true" if run.optimization.precision == "fastest" else plan.precision.precision
+
+
+def _with_micro_batches(run: RunConfig, micro: int, reason: str) -> RunConfig:
+    """The run with each batch split into micro-batches of ``micro`` samples, gradient
+    accumulation and the loop's batch counts scaled so that every optimizer step sees the
+    same samples and validation the same data."""
+    splits = run.data["batch_size"] // micro
+    trainer = run.trainer
+    counts = {
+        key: getattr(trainer, key) * splits
+        for key in ("val_check_interval", "limit_train_batches", "limit_val_batches")
+        if isinstance(getattr(trainer, key), int) and not isinstance(getattr(trainer, key), bool)
+    }
+    optimization = replace(
+        run.optimization,
+        accumulate_grad_batches=run.optimization.accumulate_grad_batches * splits,
+        micro_batch_reason=reason,
+    )
+    return replace(
+        run,
+        data={**run.data, "batch_size": micro},
+        trainer=replace(trainer, **counts),
+        optimization=optimization,
+    )
+
+
+def choose_micro_batch(run: RunConfig) -> RunConfig:
+    """For ``micro_batch: auto``: the largest micro-batch the plan predicts to fit."""
+    optimization = run.optimization
+    plan = plan_run(run.hardware, optimization)
+    available = available_per_rank(plan)
+    batch_size = run.data.get("batch_size")
+    model = meta_model(run.model)
+    example = example_batch(build_object(run.data, "data"), model)
+    if plan.layout is None or available is None or example is None or not batch_size:
+        reason = "kept the configured batch: the plan has no memory model of this run"
+        return replace(run, optimization=replace(optimization, micro_batch_reason=reason))
+    precision = _planned_precision(run, plan)
+    attach_trainer(model, run.trainer.max_steps)
+    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
+    checkpointing = optimization.activation_checkpointing
+    found = largest_micro_batch(
+        footprint,
+        plan.layout,
+        plan.world_size,
+        precision,
+        checkpointing.every_k_blocks if checkpointing.enabled else None,
+        optimization.accumulate_grad_batches,
+        available[0],
+    )
+    if found is None:
+        raise ConfigError(
+            "data.batch_size",
+            batch_size,
+            f"does not fit even one sample per micro-batch in the {gib(available[0])} "
+            f"{available[1]}; lightning-accel plan compares the layouts",
+        )
+    micro, memory = found
+    predicted = f"predicted {gib(memory.device_bytes)} of {gib(available[0])} per rank"
+    if micro == batch_size:
+        reason = f"the batch of {batch_size} fits ({predicted})"
+        return replace(run, optimization=replace(optimization, micro_batch_reason=reason))
+    splits = batch_size // micro
+    reason = (
+        f"the batch of {batch_size} does not fit; {splits} micro-batches of {micro} with "
+        f"gradient accumulation keep the batch and the update ({predicted})"
+    )
+    return _with_micro_batches(run, micro, reason)
+
+
+def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.LightningModule]:
+    """The run's model on ``device`` and its first training batch (seeded as the run is)."""
+    pl.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule = build_object(run.data, "data")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
+    return batch, build_object(run.model, "model").to(device)
+
+
+def measure_choices(run: RunConfig) -> RunConfig:
+    """Make every choice the optimization profile leaves to measurement; the run with the
+    choices made and their reasons in its config."""
+    if run.optimization.micro_batch == "auto":
+        run = choose_micro_batch(run)
+        say(f"micro-batch: {run.optimization.micro_batch_reason}")
+    optimization = run.optimization
+    timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
+    if not timed and optimization.micro_batch != "auto":
+        return run
+    plan = plan_run(run.hardware, optimization)  # `fastest` plans as `auto`
+    device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
+    batch, model = _first_batch(run, device)
+    if not timed:  # the trial step of the chosen micro-batch
+        measure_step_times(model, batch, plan.precision.precision, steps=1)
+        return run
+    if optimization.precision == "fastest":
+        choice = fastest_precision(plan.precision, model, batch)
+        say(f"precision {choice.precision}: {choice.reason}")
+        optimization = replace(
+            optimization, precision=choice.precision, precision_reason=choice.reason
+        )
+    if optimization.compile.enabled == "auto":
+        if plan.accelerator == "pjrt":
+            compiled = CompileChoice(False, "XLA compiles every step's graph itself")
+        else:
+            compiled = compile_pays(
+                model, batch, optimization.precision, optimization.compile, run.trainer.max_steps
+            )
+        say(f"compile {'on' if compiled.enabled else 'off'}: {compiled.reason}")
+        optimization = replace(
+            optimization,
+            compile=replace(optimization.compile, enabled=compiled.enabled, reason=compiled.reason),
+        )
+    return replace(run, optimization=optimization)

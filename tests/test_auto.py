@@ -1,0 +1,106 @@
+"""``optimization=auto``: compile kept only where it pays, the largest micro-batch that
+fits with the same update, and every choice recorded with its reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import TINY, run_cli
+
+from lightning_accel.cli.choices import _with_micro_batches
+from lightning_accel.cli.compose import compose_job
+from lightning_accel.cli.preflight import validated_run
+from lightning_accel.cli.runner import fit_run
+from lightning_accel.config import CompileConfig
+from lightning_accel.optimize.probe import StepTimes, compile_pays
+from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
+from lightning_accel.plan.fit import largest_micro_batch
+from lightning_accel.plan.layouts import rank_memory
+
+
+def _timings(eager: StepTimes, compiled: StepTimes):  # noqa: ANN202 - a stand-in measurement
+    return lambda module, batch, precision, config: eager if config is None else compiled
+
+
+@pytest.mark.parametrize(
+    ("run_steps", "enabled"), [(1000, True), (50, False)], ids=["long run", "short run"]
+)
+def test_compile_is_kept_only_when_its_saving_exceeds_its_compile_time(
+    run_steps: int, enabled: bool
+) -> None:
+    # compiled: 20 s to compile, then 0.08 s a step instead of eager's 0.10 s
+    measure = _timings(StepTimes(0.1, 0.1), StepTimes(20.08, 0.08))
+    choice = compile_pays(None, None, "32-true", CompileConfig(), run_steps, measure)
+    assert choice.enabled is enabled
+    assert "1.25x the speed of eager; 20.0 s of compilation against" in choice.reason
+    assert choice.reason.endswith("compiled" if enabled else "kept eager")
+
+
+def test_compile_that_is_slower_is_never_kept() -> None:
+    measure = _timings(StepTimes(0.1, 0.1), StepTimes(0.12, 0.12))
+    assert not compile_pays(None, None, "32-true", CompileConfig(), 10**6, measure).enabled
+
+
+def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:
+    model = meta_model({"_target_": "lightning_accel.models.GPTLanguageModel", "seq_len": 64})
+    attach_trainer(model, 10)
+    batch = (torch.empty(12, 64, dtype=torch.long, device="meta"),) * 2
+    footprint = measure_footprint(model, batch, count_flops=False)
+    full = rank_memory(footprint, "single", 1, "32-true", None)
+    quarter = rank_memory(footprint.with_samples(3), "single", 1, "32-true", None, 4)
+    limit = (full.device_bytes + quarter.device_bytes) // 2
+    micro, memory = largest_micro_batch(footprint, "single", 1, "32-true", None, 1, limit)
+    assert micro in (3, 4, 6) and 12 % micro == 0 and memory.device_bytes <= limit
+    assert memory.gradients == footprint.parameter_bytes(), "gradients outlive micro-batches"
+    assert largest_micro_batch(footprint, "single", 1, "32-true", None, 1, 10**12)[0] == 12
+    assert largest_micro_batch(footprint, "single", 1, "32-true", None, 1, 1000) is None
+
+
+def _run(tmp_path: Path, name: str, overrides: list[str]):  # noqa: ANN202 - a RunConfig
+    job = [*TINY, "callbacks=minimal", "logger=none", "trainer.max_steps=6", *overrides]
+    return validated_run(compose_job(job), tmp_path / name)
+
+
+def test_micro_batches_with_accumulation_make_the_same_updates(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = [f"data.source={small_corpus}", "data.batch_size=8", "trainer.val_check_interval=3"]
+    whole = _run(tmp_path, "whole", data)
+    split = _with_micro_batches(_run(tmp_path, "split", data), 2, "test")
+    assert split.data["batch_size"] == 2 and split.optimization.accumulate_grad_batches == 4
+    assert split.trainer.val_check_interval == 12 and split.trainer.limit_val_batches == 8
+    weights = []
+    for run in (whole, split):
+        fit_run(run)
+        checkpoint = torch.load(Path(run.run_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == 6
+        weights.append(checkpoint["state_dict"])
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_optimization_auto_records_every_choice_with_its_reason(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    args = [
+        "train", *TINY, f"data.source={small_corpus}", "optimization=auto", "callbacks=minimal",
+        "optimization.compile.backend=aot_eager", "hydra.run.dir=out",
+    ]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["optimization"]
+    assert summary["micro_batch_reason"].startswith("the batch of 8 fits (predicted")
+    assert config["micro_batch_reason"] == summary["micro_batch_reason"]
+    assert "measured" in summary["precision_reason"] or "no bf16" in summary["precision_reason"]
+    assert config["compile"]["enabled"] in (True, False)
+    assert summary["compile"] is config["compile"]["enabled"]
+    assert "compiled steps measured" in summary["compile_reason"]
+    assert config["compile"]["reason"] == summary["compile_reason"]
+    for line in ("micro-batch: the batch of 8 fits", "compile o"):
+        assert line in result.stderr
