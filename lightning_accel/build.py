@@ -126,6 +126,8 @@ def build_trainer(
         plugins = [p for p in plugins if not isinstance(p, CheckpointIO)]
     arguments.update(trainer_kwargs)
     arguments["plugins"] = [*plugins, *user_plugins]
-    transforms = ModelOptimizations(plan.optimization, plan.precision, plan.transforms)
+    transforms = ModelOptimizations(
+        plan.optimization, plan.precision, plan.transforms, plan.hardware.strategy_reason
+    )
     arguments["callbacks"] = [*(callbacks or []), transforms]
     return pl.Trainer(**arguments)

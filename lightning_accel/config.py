@@ -57,7 +57,9 @@ class HardwareConfig:
     Key options: ``accelerator`` (``auto`` picks CUDA, then TPU, then CPU), ``strategy`` (a
     name from Lightning's StrategyRegistry, or ``auto``), ``devices`` (a count, or ``auto``
     for every device of the accelerator), ``num_nodes``, and ``strategy_options`` (keyword
-    arguments for the strategy, so a new profile is a YAML file, not new code). With
+    arguments for the strategy, so a new profile is a YAML file, not new code; ``auto`` on
+    several CUDA or CPU devices becomes the layout ``lightning-accel plan`` ranks first,
+    when the runner starts the run, with its reason in ``strategy_reason``). With
     ``accelerator: pjrt`` (XLA on any PJRT device), ``pjrt_device`` names the device type
     (``TPU``, ``CUDA``, ``CPU``; ``CPU`` gets ``devices`` virtual devices).
     """
@@ -69,6 +71,8 @@ class HardwareConfig:
     num_nodes: int = 1
     pjrt_device: str = "TPU"
     strategy_options: dict[str, Any] = field(default_factory=dict)
+    # Why the strategy was chosen, written by the runner when `auto` ran on several devices.
+    strategy_reason: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("hardware.accelerator", self.accelerator, ACCELERATORS)

@@ -104,3 +104,28 @@ def test_optimization_auto_records_every_choice_with_its_reason(
     assert config["compile"]["reason"] == summary["compile_reason"]
     for line in ("micro-batch: the batch of 8 fits", "compile o"):
         assert line in result.stderr
+
+
+def test_strategy_auto_on_several_devices_runs_the_layout_the_plan_ranks_first(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    args = [
+        "train", *TINY, f"data.source={small_corpus}", "hardware.accelerator=cpu",
+        "hardware.devices=2", "callbacks=minimal", "hydra.run.dir=out",
+    ]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["hardware"]
+    plan = json.loads(
+        run_cli(["plan", "--json", *TINY, f"data.source={small_corpus}"], cwd=tmp_path).stdout
+    )
+    first = next(
+        r
+        for r in plan["layouts"]
+        if r["world"] == 2 and r["precision"] == "32-true" and not r["activation_checkpointing"]
+    )
+    expected = {"ddp": "accel_ddp", "fsdp2": "fsdp2"}[first["layout"]]
+    assert config["strategy"] == expected == summary["strategy"]
+    assert summary["strategy_reason"].startswith(f"{first['layout']} ranks first of")
+    assert summary["world_size"] == 2

@@ -173,6 +173,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         (key, summary.get(key)) for key in ("recipe", "hardware", "optimization") if key in summary
     ]
     rows += [
+        ("strategy", _with_reason(summary["strategy"], summary.get("strategy_reason"))),
         ("steps", summary["steps"]),
         ("wall time", f"{summary['wall_seconds']:.1f} s"),
         ("precision", _with_reason(summary["precision"], summary.get("precision_reason"))),

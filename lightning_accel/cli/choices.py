@@ -1,5 +1,6 @@
 """The choices an optimization profile leaves to measurement, made once on the run's own
 model and data before any rank starts, so that every rank runs the same choices:
+``strategy: auto`` on several devices (the layout the plan ranks first),
 ``micro_batch: auto`` (from the plan's memory prediction, confirmed by a trial step),
 ``precision: fastest`` and ``compile.enabled: auto`` (timed). Each is written into the
 run's config with its reason."""
@@ -16,6 +17,7 @@ from lightning.pytorch.utilities import move_data_to_device
 from lightning_accel.cli.console import say
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.probe import (
     CompileChoice,
@@ -25,7 +27,7 @@ from lightning_accel.optimize.probe import (
 )
 from lightning_accel.plan import attach_trainer, example_batch, measure_footprint, meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
-from lightning_accel.plan.planner import gib
+from lightning_accel.plan.planner import gib, plan_layouts
 from lightning_accel.plan.run import RunPlan, plan_run
 
 
@@ -102,6 +104,52 @@ def choose_micro_batch(run: RunConfig) -> RunConfig:
     return _with_micro_batches(run, micro, reason)
 
 
+# The strategy each planned layout runs with.
+LAYOUT_STRATEGIES = {"ddp": ("accel_ddp", {}), "fsdp2": ("fsdp2", {}), "fsdp2_offload": (
+    "fsdp2", {"cpu_offload": True}
+)}  # fmt: skip
+
+
+def choose_layout(run: RunConfig) -> RunConfig:
+    """For ``strategy: auto`` on several devices: the layout the plan ranks first."""
+    plan = plan_run(run.hardware, run.optimization)
+    if run.hardware.strategy != "auto" or plan.devices < 2 or plan.layout is None:
+        return run
+    model = meta_model(run.model)
+    example = example_batch(build_object(run.data, "data"), model)
+    if example is None:
+        return run
+    precision = _planned_precision(run, plan)
+    attach_trainer(model, run.trainer.max_steps)
+    footprint = measure_footprint(model, example[0], (precision,), example[1])
+    spec = device_spec(torch.cuda.get_device_name(0)) if plan.accelerator == "cuda" else None
+    ranked = [
+        row
+        for row in plan_layouts(
+            footprint, spec, [plan.world_size], run.optimization.accumulate_grad_batches
+        )
+        if row.estimate.precision == precision
+        and row.estimate.activation_checkpointing
+        == run.optimization.activation_checkpointing.enabled
+    ]
+    if not ranked or not ranked[0].estimate.fits:
+        return run
+    best = ranked[0].estimate
+    strategy, options = LAYOUT_STRATEGIES[best.layout]
+    reason = (
+        f"{best.layout} ranks first of {', '.join(r.estimate.layout for r in ranked)} at "
+        f"{best.world} devices in the plan (predicted {best.samples_per_second:,.1f} samples/s, "
+        f"{gib(best.memory.device_bytes)} per rank)"
+    )
+    hardware = replace(
+        run.hardware,
+        strategy=strategy,
+        strategy_options={**run.hardware.strategy_options, **options},
+        strategy_reason=reason,
+    )
+    return replace(run, hardware=hardware)
+
+
 def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.LightningModule]:
     """The run's model on ``device`` and its first training batch (seeded as the run is)."""
     pl.seed_everything(run.seed, workers=True, verbose=False)
@@ -115,6 +163,9 @@ def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.Lightnin
 def measure_choices(run: RunConfig) -> RunConfig:
     """Make every choice the optimization profile leaves to measurement; the run with the
     choices made and their reasons in its config."""
+    run = choose_layout(run)
+    if run.hardware.strategy_reason:
+        say(f"strategy {run.hardware.strategy}: {run.hardware.strategy_reason}")
     if run.optimization.micro_batch == "auto":
         run = choose_micro_batch(run)
         say(f"micro-batch: {run.optimization.micro_batch_reason}")

@@ -135,6 +135,7 @@ class ModelOptimizations(pl.Callback):
         precision: the precision the Trainer was given and why, for the run's records.
         transforms: the transforms the run plan chose, in order (default: those the profile
             asks for on the device the strategy runs on).
+        strategy_reason: why the run plan chose the strategy, when it did.
     """
 
     def __init__(
@@ -142,14 +143,17 @@ class ModelOptimizations(pl.Callback):
         optimization: OptimizationConfig,
         precision: PrecisionChoice | None = None,
         transforms: Sequence[str] | None = None,
+        strategy_reason: str | None = None,
     ) -> None:
         self.optimization = optimization
         self.precision = precision
         self.transforms = transforms
+        self.strategy_reason = strategy_reason
 
     def summary_figures(self) -> dict[str, Any]:
         """The run's choices and their reasons, for the run summary."""
         return {
+            "strategy_reason": self.strategy_reason,
             "precision_reason": self.precision.reason if self.precision else None,
             "compile": "compile" in (self.transforms or ()),
             "compile_reason": self.optimization.compile.reason,
