@@ -4,6 +4,7 @@ fits with the same update, and every choice recorded with its reason."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from lightning_accel.config import CompileConfig
 from lightning_accel.optimize.probe import StepTimes, compile_pays
 from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
 from lightning_accel.plan.fit import largest_micro_batch
-from lightning_accel.plan.layouts import rank_memory
+from lightning_accel.plan.layouts import Placement, rank_memory
+
+SINGLE = Placement("single", 1, "32-true")
 
 
 def _timings(eager: StepTimes, compiled: StepTimes):  # noqa: ANN202 - a stand-in measurement
@@ -50,14 +53,14 @@ def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:
     attach_trainer(model, 10)
     batch = (torch.empty(12, 64, dtype=torch.long, device="meta"),) * 2
     footprint = measure_footprint(model, batch, count_flops=False)
-    full = rank_memory(footprint, "single", 1, "32-true", None)
-    quarter = rank_memory(footprint.with_samples(3), "single", 1, "32-true", None, 4)
+    full = rank_memory(footprint, SINGLE)
+    quarter = rank_memory(footprint.with_samples(3), replace(SINGLE, accumulate=4))
     limit = (full.device_bytes + quarter.device_bytes) // 2
-    micro, memory = largest_micro_batch(footprint, "single", 1, "32-true", None, 1, limit)
+    micro, memory = largest_micro_batch(footprint, SINGLE, limit)
     assert micro in (3, 4, 6) and 12 % micro == 0 and memory.device_bytes <= limit
     assert memory.gradients == footprint.parameter_bytes(), "gradients outlive micro-batches"
-    assert largest_micro_batch(footprint, "single", 1, "32-true", None, 1, 10**12)[0] == 12
-    assert largest_micro_batch(footprint, "single", 1, "32-true", None, 1, 1000) is None
+    assert largest_micro_batch(footprint, SINGLE, 10**12)[0] == 12
+    assert largest_micro_batch(footprint, SINGLE, 1000) is None
 
 
 def _run(tmp_path: Path, name: str, overrides: list[str]):  # noqa: ANN202 - a RunConfig

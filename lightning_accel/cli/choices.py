@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from lightning_accel.cli.console import say
+from lightning_accel.cli.preflight import run_placement
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.devices import device_spec
@@ -74,16 +75,8 @@ def choose_micro_batch(run: RunConfig) -> RunConfig:
     precision = _planned_precision(run, plan)
     attach_trainer(model, run.trainer.max_steps)
     footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    checkpointing = optimization.activation_checkpointing
-    found = largest_micro_batch(
-        footprint,
-        plan.layout,
-        plan.world_size,
-        precision,
-        checkpointing.every_k_blocks if checkpointing.enabled else None,
-        optimization.accumulate_grad_batches,
-        available[0],
-    )
+    placement = run_placement(run, plan, precision)
+    found = largest_micro_batch(footprint, placement, available[0])
     if found is None:
         raise ConfigError(
             "data.batch_size",

@@ -26,6 +26,7 @@ from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
 
 if TYPE_CHECKING:
+    from lightning_accel.plan.layouts import Placement
     from lightning_accel.plan.run import RunPlan
 
 
@@ -186,25 +187,26 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
     precision = "32-true" if optimization.precision == "fastest" else plan.precision.precision
     attach_trainer(model, run.trainer.max_steps)
     footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    checkpointing = optimization.activation_checkpointing
-    every = checkpointing.every_k_blocks if checkpointing.enabled else None
-    accumulate = optimization.accumulate_grad_batches
+    placement = run_placement(run, plan, precision)
     if optimization.micro_batch == "auto":
-        args = (plan.layout, plan.world_size, precision, every, accumulate, available[0])
-        if largest_micro_batch(footprint, *args) is not None:
+        if largest_micro_batch(footprint, placement, available[0]) is not None:
             return
         footprint = footprint.with_samples(1)
-    check_fits(
-        footprint,
-        plan.layout,
+    batch_size = getattr(datamodule, "batch_size", None)
+    check_fits(footprint, placement, *available, batch_size, run.hardware.name)
+
+
+def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
+    """How the run sits on its ranks, for the memory model."""
+    from lightning_accel.plan.layouts import Placement
+
+    checkpointing = run.optimization.activation_checkpointing
+    return Placement(
+        plan.layout or "single",
         plan.world_size,
         precision,
-        every,
-        accumulate,
-        available[0],
-        available[1],
-        getattr(datamodule, "batch_size", None),
-        run.hardware.name,
+        checkpointing.every_k_blocks if checkpointing.enabled else None,
+        run.optimization.accumulate_grad_batches,
     )
 
 

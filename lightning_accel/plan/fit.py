@@ -4,11 +4,12 @@ of the run's own layout against what the machine has free, and what would fit in
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE, Machine
 from lightning_accel.plan.footprint import ModelFootprint
-from lightning_accel.plan.layouts import RankMemory, rank_memory
+from lightning_accel.plan.layouts import Placement, RankMemory, rank_memory
 from lightning_accel.plan.planner import gib
 from lightning_accel.plan.run import RunPlan
 
@@ -37,11 +38,7 @@ def _breakdown(memory: RankMemory) -> str:
 
 def check_fits(
     footprint: ModelFootprint,
-    layout: str,
-    world: int,
-    precision: str,
-    checkpoint_every: int | None,
-    accumulate: int,
+    placement: Placement,
     available_per_rank: int,
     where: str,
     batch_size: int | None,
@@ -49,12 +46,12 @@ def check_fits(
 ) -> RankMemory:
     """The run's predicted memory per rank; a :class:`ConfigError` when it exceeds
     ``available_per_rank``, saying what the run needs and which settings would fit."""
-    needed = rank_memory(footprint, layout, world, precision, checkpoint_every, accumulate)
+    needed = rank_memory(footprint, placement)
     if needed.device_bytes <= available_per_rank:
         return needed
     advice = []
-    if not checkpoint_every and footprint.unit_parameter_bytes:
-        with_checkpointing = rank_memory(footprint, layout, world, precision, 1, accumulate)
+    if not placement.checkpoint_every and footprint.unit_parameter_bytes:
+        with_checkpointing = rank_memory(footprint, replace(placement, checkpoint_every=1))
         if with_checkpointing.device_bytes <= available_per_rank:
             advice.append("optimization.activation_checkpointing.enabled=true")
     states = needed.device_bytes - needed.activations
@@ -66,30 +63,22 @@ def check_fits(
     raise ConfigError(
         "hardware",
         profile,
-        f"({layout}) is predicted to need {gib(needed.device_bytes)} per rank for this run "
-        f"({_breakdown(needed)}), more than the {gib(available_per_rank)} {where}; "
+        f"({placement.layout}) is predicted to need {gib(needed.device_bytes)} per rank for "
+        f"this run ({_breakdown(needed)}), more than the {gib(available_per_rank)} {where}; "
         f"{would_fit}lightning-accel plan compares the layouts; add force=true to run anyway",
     )
 
 
 def largest_micro_batch(
-    footprint: ModelFootprint,
-    layout: str,
-    world: int,
-    precision: str,
-    checkpoint_every: int | None,
-    accumulate: int,
-    available_per_rank: int,
+    footprint: ModelFootprint, placement: Placement, available_per_rank: int
 ) -> tuple[int, RankMemory] | None:
     """The largest micro-batch that divides the measured batch evenly and that the plan
     predicts to fit (activations shrink with it; gradients then outlive each micro-batch),
     with its memory; None when even one sample does not fit."""
     batch = footprint.samples
     for micro in sorted((d for d in range(1, batch + 1) if batch % d == 0), reverse=True):
-        steps = accumulate * (batch // micro)
-        memory = rank_memory(
-            footprint.with_samples(micro), layout, world, precision, checkpoint_every, steps
-        )
+        steps = placement.accumulate * (batch // micro)
+        memory = rank_memory(footprint.with_samples(micro), replace(placement, accumulate=steps))
         if memory.device_bytes <= available_per_rank:
             return micro, memory
     return None

@@ -41,6 +41,25 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """How a run sits on its ranks, as the memory and step-time models see it.
+
+    Args:
+        layout: one of :data:`LAYOUTS`.
+        world: ranks.
+        precision: Lightning's precision name.
+        checkpoint_every: activation checkpointing on every k-th block (None: off).
+        accumulate: micro-batches per optimizer step.
+    """
+
+    layout: str
+    world: int
+    precision: str
+    checkpoint_every: int | None = None
+    accumulate: int = 1
+
+
+@dataclass(frozen=True)
 class RankMemory:
     """Bytes one rank holds at its peak, by kind; ``host`` is offloaded to CPU memory."""
 
@@ -84,27 +103,21 @@ def _itemsizes(precision: str) -> tuple[int, int]:
     return stored, computed
 
 
-def rank_memory(
-    footprint: ModelFootprint,
-    layout: str,
-    world: int,
-    precision: str,
-    checkpoint_every: int | None,
-    accumulate: int = 1,
-) -> RankMemory:
+def rank_memory(footprint: ModelFootprint, placement: Placement) -> RankMemory:
     """Peak bytes one rank holds: parameters, gradients and optimizer state (exact, from the
     shapes; FSDP2 shards padded as it pads them), activations (measured) and, under FSDP2,
     the full parameters of the root and of the two units being computed and prefetched."""
+    layout, precision = placement.layout, placement.precision
     stored, computed = _itemsizes(precision)
     activation = footprint.activations.get(precision) or footprint.activations["32-true"]
-    activations = activation.peak_bytes(checkpoint_every)
+    activations = activation.peak_bytes(placement.checkpoint_every)
     if layout in ("fsdp2", "fsdp2_offload"):
-        parameters = footprint.sharded_parameter_bytes(world, stored)
+        parameters = footprint.sharded_parameter_bytes(placement.world, stored)
     else:
         parameters = footprint.parameter_bytes(stored)
     optimizer = round(parameters * footprint.optimizer_state_per_parameter_byte)
     # gradients outlive the step only in DDP's buckets or while micro-batches accumulate
-    gradients = parameters if layout == "ddp" or accumulate > 1 else 0
+    gradients = parameters if layout == "ddp" or placement.accumulate > 1 else 0
     if layout == "single" or layout == "ddp":
         return RankMemory(parameters, gradients, optimizer, activations)
     scale = computed / footprint.parameter_itemsize
@@ -115,16 +128,15 @@ def rank_memory(
     return RankMemory(0, 0, 0, activations, gathered, host=parameters * 2 + optimizer)
 
 
-def communication(
-    footprint: ModelFootprint, layout: str, world: int, precision: str, accumulate: int = 1
-) -> tuple[float, int]:
+def communication(footprint: ModelFootprint, placement: Placement) -> tuple[float, int]:
     """Bytes one rank sends per training batch over ring collectives, and how many
     collectives it starts: DDP all-reduces gradients once per optimizer step (in buckets);
     FSDP2 all-gathers each unit in forward and again in backward, and reduce-scatters
     gradients once per optimizer step."""
+    layout, world, accumulate = placement.layout, placement.world, placement.accumulate
     if layout == "single" or world == 1:
         return 0.0, 0
-    stored, computed = _itemsizes(precision)
+    stored, computed = _itemsizes(placement.precision)
     share = (world - 1) / world
     elements = footprint.parameters
     if layout == "ddp":
@@ -137,20 +149,14 @@ def communication(
     return gathers + reduce, 2 * units + math.ceil(units / accumulate)
 
 
-def estimate(
-    footprint: ModelFootprint,
-    target: Target,
-    layout: str,
-    world: int,
-    precision: str,
-    checkpoint_every: int | None = None,
-    accumulate: int = 1,
-) -> LayoutEstimate:
+def estimate(footprint: ModelFootprint, target: Target, placement: Placement) -> LayoutEstimate:
     """One layout's figures on ``target``. The step time is compute at
     :data:`STEP_EFFICIENCY` of the peak (recomputed blocks included) plus the part of the
     communication that does not overlap it, plus each collective's latency; with CPU
     offload, plus the host copies and the host optimizer step."""
-    memory = rank_memory(footprint, layout, world, precision, checkpoint_every, accumulate)
+    memory = rank_memory(footprint, placement)
+    layout, world, accumulate = placement.layout, placement.world, placement.accumulate
+    checkpoint_every = placement.checkpoint_every
     forward = footprint.forward_flops
     recomputed = 0.0
     if checkpoint_every and footprint.unit_parameter_bytes:
@@ -161,7 +167,7 @@ def estimate(
     model_flops = 3 * forward
     peak = target.peak_flops / (world if target.shared_host else 1)
     compute = flops / (peak * STEP_EFFICIENCY)
-    comm_bytes, collectives = communication(footprint, layout, world, precision, accumulate)
+    comm_bytes, collectives = communication(footprint, placement)
     transfer = comm_bytes / target.link_bytes_per_second
     # the CPU twins' collectives run on the same cores as the model: nothing overlaps
     exposed = transfer if target.shared_host else max(0.0, transfer - compute)
@@ -173,7 +179,7 @@ def estimate(
     return LayoutEstimate(
         layout=layout,
         world=world,
-        precision=precision,
+        precision=placement.precision,
         activation_checkpointing=bool(checkpoint_every),
         memory=memory,
         flops_per_rank_step=flops,

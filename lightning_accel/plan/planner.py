@@ -12,7 +12,7 @@ from lightning_accel.devices import DeviceSpec, device_spec, known_devices, meas
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE
 from lightning_accel.plan.footprint import ModelFootprint
-from lightning_accel.plan.layouts import LayoutEstimate, Target, estimate
+from lightning_accel.plan.layouts import LayoutEstimate, Placement, Target, estimate
 
 THIS_CPU = "cpu"
 # Collectives on this CPU (gloo over loopback between processes sharing its cores),
@@ -129,7 +129,8 @@ def plan_layouts(
             for layout in layouts_for(spec, world):
                 for checkpointing in (False, True) if recomputable else (False,):
                     every = checkpoint_every if checkpointing else None
-                    row = estimate(footprint, device, layout, world, precision, every, accumulate)
+                    placement = Placement(layout, world, precision, every, accumulate)
+                    row = estimate(footprint, device, placement)
                     rows.append(PlannedLayout(row, overrides_for(spec, row)))
     return sorted(rows, key=lambda r: (not r.estimate.fits, -r.estimate.samples_per_second))
 
