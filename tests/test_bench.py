@@ -46,7 +46,7 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
         ("hardware=cpu,nope", "hardware='nope' is not a hardware option; valid choices: auto,"),
         (
             "optimization=fast,quick",
-            "'quick' is not an optimization option; valid choices: default",
+            "'quick' is not an optimization option; valid choices: auto, default",
         ),
     ],
 )

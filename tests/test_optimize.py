@@ -125,3 +125,30 @@ def test_compiled_and_eager_runs_resume_from_each_others_checkpoints(
         result = run_cli([*args, f"hydra.run.dir={name}"], cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
         assert json.loads((tmp_path / name / "summary.json").read_text())["steps"] == 6
+
+
+def test_every_transform_runs_in_one_ordered_function_with_the_sharding_last() -> None:
+    from types import SimpleNamespace
+
+    from lightning_accel.optimize import ModelOptimizations
+    from lightning_accel.optimize.transforms import ShardsAfterTransforms
+
+    optimization = OptimizationConfig(
+        activation_checkpointing=ActivationCheckpointingConfig(enabled=True),
+        compile=CompileConfig(enabled=True, backend="eager", per_block=True),
+    )
+    names = ("activation_checkpointing", "compile", "fsdp2")
+    strategy = SimpleNamespace(model_transforms=None, root_device=torch.device("cpu"))
+    assert isinstance(strategy, ShardsAfterTransforms)
+    model = _gpt()
+    trainer = SimpleNamespace(strategy=strategy)
+    ModelOptimizations(optimization, transforms=names).setup(trainer, model, "fit")
+    assert strategy.model_transforms == (optimization, names), "handed to the strategy"
+    assert type(model.blocks[0]) is type(_gpt().blocks[0]), "nothing applied by the callback"
+    seen = []
+
+    def shard(module: nn.Module) -> None:  # what the strategy's sharding sees
+        seen.append([(type(b).__name__, b._compiled_call_impl is not None) for b in module.blocks])
+
+    apply_model_optimizations(model, optimization, "cpu", names, shard)
+    assert seen == [[("CheckpointWrapper", True)] * CONFIG.n_layer]

@@ -1,11 +1,12 @@
-"""Apply an optimization profile's model transforms, in place, in one ordered function:
-activation checkpointing, then compile, then memory format (torchtitan's order; FSDP2
-sharding, applied by its strategy, comes after them)."""
+"""Apply a run's model transforms, in place, in one ordered function: activation
+checkpointing, then compile, then memory format, then FSDP2 sharding (torchtitan's
+order). Under FSDP2 the strategy calls it from its ``setup`` with its sharding step; else
+the :class:`ModelOptimizations` callback does."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -100,18 +101,29 @@ def compile_model(model: nn.Module, config: CompileConfig) -> None:
         target.compile(mode=config.mode, backend=config.backend)
 
 
+@runtime_checkable
+class ShardsAfterTransforms(Protocol):
+    """A strategy that applies the run's model transforms itself, in their order, ending
+    with its own sharding (FSDP2): :class:`ModelOptimizations` hands them over (the
+    profile and the transforms' names) instead of applying them."""
+
+    model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None
+
+
 def apply_model_optimizations(
     model: nn.Module,
     optimization: OptimizationConfig,
     device_type: str = "cpu",
     transforms: Sequence[str] | None = None,
+    shard: Callable[[nn.Module], None] | None = None,
 ) -> None:
-    """Transform ``model`` in place: each of ``transforms`` in order (default: those the
-    profile asks for on ``device_type``), except ``fsdp2``, which the FSDP2 strategy applies
-    after these; and set the process-wide float32 matmul precision when the profile names
-    one."""
+    """Transform ``model`` in place: each of ``transforms`` in :data:`TRANSFORM_ORDER`
+    (default: those the profile asks for on ``device_type``), ``fsdp2`` by calling
+    ``shard``; and set the process-wide float32 matmul precision when the profile names
+    one. The one function every model transform of a run goes through."""
     if transforms is None:
-        transforms = model_transforms(optimization, "cuda" if device_type == "cuda" else "cpu")
+        accelerator = "cuda" if device_type == "cuda" else "cpu"
+        transforms = model_transforms(optimization, accelerator, FSDP2 if shard else "auto")
     check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
@@ -123,6 +135,8 @@ def apply_model_optimizations(
             compile_model(model, optimization.compile)
         elif name == "channels_last":
             model.to(memory_format=torch.channels_last)
+        elif name == FSDP2 and shard is not None:
+            shard(model)
 
 
 class ModelOptimizations(pl.Callback):
@@ -165,7 +179,12 @@ class ModelOptimizations(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return
-        # the model may still be on the CPU here; the strategy knows where it will run
-        device_type = trainer.strategy.root_device.type
-        apply_model_optimizations(pl_module, self.optimization, device_type, self.transforms)
+        strategy = trainer.strategy
+        if isinstance(strategy, ShardsAfterTransforms):
+            # applied by the strategy's setup, in order, with its sharding last
+            strategy.model_transforms = (self.optimization, self.transforms)
+        else:
+            # the model may still be on the CPU here; the strategy knows where it will run
+            device_type = strategy.root_device.type
+            apply_model_optimizations(pl_module, self.optimization, device_type, self.transforms)
         pl_module._lightning_accel_optimized = True

@@ -18,7 +18,8 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
-from lightning_accel.config import require_positive
+from lightning_accel.config import OptimizationConfig, require_positive
+from lightning_accel.optimize.transforms import apply_model_optimizations
 from lightning_accel.strategies.sharding import shard_model
 
 
@@ -29,7 +30,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     Every process holds a 1/N shard of each parameter, gradient and optimizer state. The
     model is sharded unit by unit (named classes, or the repeated blocks found in it), then
     at the root. Activation checkpointing and compile from the optimization profile are
-    applied before sharding (torchtitan's order). A LightningModule that already calls
+    applied in ``setup``, before the sharding, by the one ordered transform function
+    (torchtitan's order). A LightningModule that already calls
     ``fully_shard`` in ``configure_model`` is left as it is. Checkpoints are sharded
     (torch.distributed.checkpoint) and resume at any world size.
 
@@ -70,6 +72,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
         self.sharded_units = 0
+        # the run's model transforms, handed over by ModelOptimizations: applied in setup,
+        # in order, with the sharding last
+        self.model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None = None
 
     def setup_environment(self) -> None:
         # Lightning's defaults (data-parallel size = node count) would give every rank of a
@@ -94,14 +99,12 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup(self, trainer: pl.Trainer) -> None:
         assert self.model is not None and self.accelerator is not None
         self.accelerator.setup(trainer)
-        self.sharded_units = shard_model(
-            self.model,
-            self.device_mesh["data_parallel"],
-            self.shard_classes,
-            self.reshard_after_forward,
-            str(self.precision_plugin.precision),
-            self.cpu_offload,
-        )
+        if self.model_transforms is None:
+            self._shard(self.model)
+        else:
+            optimization, names = self.model_transforms
+            device_type = self.root_device.type
+            apply_model_optimizations(self.model, optimization, device_type, names, self._shard)
         _materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
         if self.cpu_offload:
@@ -118,6 +121,16 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.setup_precision_plugin()
         if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
+
+    def _shard(self, model: Any) -> None:
+        self.sharded_units = shard_model(
+            model,
+            self.device_mesh["data_parallel"],
+            self.shard_classes,
+            self.reshard_after_forward,
+            str(self.precision_plugin.precision),
+            self.cpu_offload,
+        )
 
     @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
