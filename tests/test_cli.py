@@ -67,7 +67,7 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     assert result.returncode == 0
     for line in (
         "hardware: auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, tpu, tpu_spmd, xla_cpu, xla_cpu_spmd",
-        "optimization: default",
+        "optimization: auto, default, fast, memory",
         "recipe: custom, gpt, image",
     ):
         assert line in result.stdout
