@@ -13,6 +13,7 @@ Speed: ``lightning-accel bench`` over cpu, ddp_cpu and fsdp2_cpu on the default 
 (medians of repeats), ranked by samples per second, against the plan's ranking.
 
     python benchmarks/plan_accuracy.py --out docs/results/plan_accuracy.json
+    (--skip-memory or --skip-speed runs one half)
 """
 
 from __future__ import annotations
@@ -165,11 +166,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        rows = memory_rows(Path(work))
+        rows = [] if options.skip_memory else memory_rows(Path(work))
         ranking = None if options.skip_speed else speed_ranking(Path(work), options.repeats)
-    Console().print(table(rows))
+    if rows:
+        Console().print(table(rows))
     if ranking:
         print(
             "measured order:", ranking["measured_order"], "predicted:", ranking["predicted_order"]
