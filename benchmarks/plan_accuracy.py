@@ -128,11 +128,11 @@ def speed_ranking(work: Path, repeats: int) -> dict[str, Any]:
     """Measured (bench) and predicted (plan) order of the CPU layouts on the default recipe."""
     steps = [f"trainer.max_steps={SPEED_STEPS}", f"trainer.val_check_interval={SPEED_STEPS}"]
     lightning_accel(
-        "bench", "--repeats", str(repeats), "--out", str(work / "bench"),
+        "bench", "--repeats", str(repeats), "--out", str(work / "bench"), "logger=none",
         "hardware=cpu,ddp_cpu,fsdp2_cpu", "trainer.limit_val_batches=2", *steps,
     )  # fmt: skip
     cells = json.loads((work / "bench" / "results.json").read_text())["cells"]
-    measured = {c["label"]: c["samples_per_second"] for c in cells}
+    measured = {c["cell"]: c["samples_per_second"] for c in cells}
     plan = planned_rows([], "1,2")
     layouts = {"cpu": ("single", 1), "ddp_cpu": ("ddp", 2), "fsdp2_cpu": ("fsdp2", 2)}
     predicted = {

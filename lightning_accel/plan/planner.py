@@ -15,9 +15,11 @@ from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import LayoutEstimate, Placement, Target, estimate
 
 THIS_CPU = "cpu"
-# Collectives on this CPU (gloo over loopback between processes sharing its cores),
-# measured with 2 processes: about 1 ms each, and about 0.5 GB/s of all-reduce bandwidth.
-CPU_COLLECTIVE_SECONDS = 1e-3
+# Collectives on this CPU (gloo between processes that share its cores): a 2-rank
+# all-reduce moves about 0.5 GB/s, and each of FSDP2's per-unit collectives costs about
+# 12 ms of the step with its copies and bookkeeping (fitted to the default recipe's
+# measured FSDP2 step, benchmarks/plan_accuracy.py).
+CPU_COLLECTIVE_SECONDS = 12e-3
 CPU_LINK_BYTES_PER_SECOND = 0.5e9
 # One collective between accelerators of a node (NCCL over NVLink, XLA over ICI).
 DEVICE_COLLECTIVE_SECONDS = 20e-6
