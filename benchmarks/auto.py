@@ -20,7 +20,7 @@ from common import run_cli
 from rich.console import Console
 from rich.table import Table
 
-RECIPES = {"gpt": [], "image": ["recipe=image"]}
+RECIPES = {"gpt": [], "image": ["recipe=image", "trainer.val_check_interval=1.0"]}
 
 
 def cells() -> dict[str, list[str]]:
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--recipes", default="gpt,image", help="comma list of " + ",".join(RECIPES))
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
     options = parser.parse_args()
     loop = [
         f"trainer.max_steps={options.steps}",
@@ -54,13 +56,15 @@ def main() -> None:
         "trainer.limit_val_batches=2",
         "logger=none",
     ]
+    recipes = {name: RECIPES[name] for name in options.recipes.split(",")}
     matrix = cells()
     runs: dict[tuple[str, str], list[dict]] = {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as scratch:
+        work = options.work or Path(scratch)
         for repeat in range(options.repeats):
-            for recipe, recipe_overrides in RECIPES.items():
+            for recipe, recipe_overrides in recipes.items():
                 for number, (label, overrides) in enumerate(matrix.items()):
-                    run_dir = Path(work) / f"{recipe}-{number}-{repeat}"
+                    run_dir = work / f"{recipe}-{number}-{repeat}"
                     summary = run_cli([*loop, *recipe_overrides, *overrides], run_dir)
                     runs.setdefault((recipe, label), []).append(summary)
                     print(recipe, label, summary["samples_per_second"], flush=True)
@@ -86,7 +90,7 @@ def main() -> None:
     for header in ("recipe", "cell", "precision", "compile", "samples/s", "vs fastest", "fit s"):
         table.add_column(header)
     verdicts = {}
-    for recipe in RECIPES:
+    for recipe in recipes:
         rows = [r for r in results if r["recipe"] == recipe]
         fastest = max(r["samples_per_second"] for r in rows)
         for row in sorted(rows, key=lambda r: -r["samples_per_second"]):
