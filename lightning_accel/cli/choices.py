@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from lightning_accel.cli.console import say
-from lightning_accel.cli.preflight import run_placement
+from lightning_accel.cli.preflight import measure_run, planned_precision, run_placement
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.devices import device_spec
@@ -26,15 +26,11 @@ from lightning_accel.optimize.probe import (
     fastest_precision,
     measure_step_times,
 )
-from lightning_accel.plan import attach_trainer, example_batch, measure_footprint, meta_model
+from lightning_accel.plan import meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
+from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.planner import gib, plan_layouts
-from lightning_accel.plan.run import RunPlan, plan_run
-
-
-def _planned_precision(run: RunConfig, plan: RunPlan) -> str:
-    # `fastest` may keep fp32, which needs the most memory
-    return "32-true" if run.optimization.precision == "fastest" else plan.precision.precision
+from lightning_accel.plan.run import plan_run
 
 
 def _with_micro_batches(run: RunConfig, micro: int, reason: str) -> RunConfig:
@@ -61,21 +57,17 @@ def _with_micro_batches(run: RunConfig, micro: int, reason: str) -> RunConfig:
     )
 
 
-def choose_micro_batch(run: RunConfig) -> RunConfig:
-    """For ``micro_batch: auto``: the largest micro-batch the plan predicts to fit."""
+def choose_micro_batch(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig:
+    """For ``micro_batch: auto``: the largest micro-batch the plan predicts to fit
+    (``footprint``: the run's model measured, None where it cannot be)."""
     optimization = run.optimization
     plan = plan_run(run.hardware, optimization)
     available = available_per_rank(plan)
     batch_size = run.data.get("batch_size")
-    model = meta_model(run.model)
-    example = example_batch(build_object(run.data, "data"), model)
-    if plan.layout is None or available is None or example is None or not batch_size:
+    if plan.layout is None or available is None or footprint is None or not batch_size:
         reason = "kept the configured batch: the plan has no memory model of this run"
         return replace(run, optimization=replace(optimization, micro_batch_reason=reason))
-    precision = _planned_precision(run, plan)
-    attach_trainer(model, run.trainer.max_steps)
-    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    placement = run_placement(run, plan, precision)
+    placement = run_placement(run, plan, planned_precision(run, plan))
     found = largest_micro_batch(footprint, placement, available[0])
     if found is None:
         raise ConfigError(
@@ -103,18 +95,12 @@ LAYOUT_STRATEGIES = {"ddp": ("accel_ddp", {}), "fsdp2": ("fsdp2", {}), "fsdp2_of
 )}  # fmt: skip
 
 
-def choose_layout(run: RunConfig) -> RunConfig:
+def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig:
     """For ``strategy: auto`` on several devices: the layout the plan ranks first."""
     plan = plan_run(run.hardware, run.optimization)
-    if run.hardware.strategy != "auto" or plan.devices < 2 or plan.layout is None:
+    if run.hardware.strategy != "auto" or plan.devices < 2 or footprint is None:
         return run
-    model = meta_model(run.model)
-    example = example_batch(build_object(run.data, "data"), model)
-    if example is None:
-        return run
-    precision = _planned_precision(run, plan)
-    attach_trainer(model, run.trainer.max_steps)
-    footprint = measure_footprint(model, example[0], (precision,), example[1])
+    precision = planned_precision(run, plan)
     spec = device_spec(torch.cuda.get_device_name(0)) if plan.accelerator == "cuda" else None
     ranked = [
         row
@@ -156,11 +142,19 @@ def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.Lightnin
 def measure_choices(run: RunConfig) -> RunConfig:
     """Make every choice the optimization profile leaves to measurement; the run with the
     choices made and their reasons in its config."""
-    run = choose_layout(run)
+    plan = plan_run(run.hardware, run.optimization)
+    choose_strategy = run.hardware.strategy == "auto" and plan.devices > 1
+    footprint = None
+    if run.optimization.micro_batch == "auto" or choose_strategy:
+        # one measurement of the model on fake tensors serves both choices
+        model, datamodule = meta_model(run.model), build_object(run.data, "data")
+        measured = measure_run(run, plan, model, datamodule, count_flops=True)
+        footprint = measured[0] if measured else None
+    run = choose_layout(run, footprint)
     if run.hardware.strategy_reason:
         say(f"strategy {run.hardware.strategy}: {run.hardware.strategy_reason}")
     if run.optimization.micro_batch == "auto":
-        run = choose_micro_batch(run)
+        run = choose_micro_batch(run, footprint)
         say(f"micro-batch: {run.optimization.micro_batch_reason}")
     optimization = run.optimization
     timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"

@@ -26,6 +26,7 @@ from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
 
 if TYPE_CHECKING:
+    from lightning_accel.plan.footprint import ModelFootprint
     from lightning_accel.plan.layouts import Placement
     from lightning_accel.plan.run import RunPlan
 
@@ -173,27 +174,44 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
     at one sample per micro-batch). Skipped with ``force=true``, for runs planned where they
     run (SLURM), for layouts the planner does not model (XLA), and for models and data that
     cannot be measured without memory."""
-    from lightning_accel.plan import attach_trainer, example_batch, measure_footprint
     from lightning_accel.plan.fit import available_per_rank, check_fits, largest_micro_batch
 
-    if run.force or plan is None or plan.layout is None or model is None:
+    if run.force or plan is None:
         return
-    example = example_batch(datamodule, model)
     available = available_per_rank(plan)
-    if example is None or available is None:
+    measured = measure_run(run, plan, model, datamodule)
+    if available is None or measured is None:
         return
-    optimization = run.optimization
-    # `fastest` may keep fp32, which needs the most memory
-    precision = "32-true" if optimization.precision == "fastest" else plan.precision.precision
-    attach_trainer(model, run.trainer.max_steps)
-    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops=False)
-    placement = run_placement(run, plan, precision)
-    if optimization.micro_batch == "auto":
+    footprint, placement = measured
+    if run.optimization.micro_batch == "auto":
         if largest_micro_batch(footprint, placement, available[0]) is not None:
             return
         footprint = footprint.with_samples(1)
     batch_size = getattr(datamodule, "batch_size", None)
     check_fits(footprint, placement, *available, batch_size, run.hardware.name)
+
+
+def planned_precision(run: RunConfig, plan: RunPlan) -> str:
+    """The precision the memory model assumes: the plan's; for ``fastest``, fp32, which it
+    may keep and which needs the most memory."""
+    return "32-true" if run.optimization.precision == "fastest" else plan.precision.precision
+
+
+def measure_run(
+    run: RunConfig, plan: RunPlan, model: Any, datamodule: Any, count_flops: bool = False
+) -> tuple[ModelFootprint, Placement] | None:
+    """The run's model (built on the meta device; made fake in place) measured on one
+    example batch, and how the run sits on its ranks; None where the planner cannot
+    measure it (an unmodelled layout, a model not built on meta, no example batch)."""
+    from lightning_accel.plan import attach_trainer, example_batch, measure_footprint
+
+    example = example_batch(datamodule, model) if model is not None else None
+    if plan.layout is None or example is None:
+        return None
+    precision = planned_precision(run, plan)
+    attach_trainer(model, run.trainer.max_steps)
+    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops)
+    return footprint, run_placement(run, plan, precision)
 
 
 def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
