@@ -75,6 +75,10 @@ class Machine(Protocol):
         """The PJRT device type in use (``TPU``, ``CUDA``, ``CPU``, or empty)."""
         ...
 
+    def cpu_cores(self) -> int:
+        """Cores of the CPU this process may run on."""
+        ...
+
     def memory_bytes(self, accelerator: str) -> int | None:
         """Memory one run can take on ``accelerator``: host memory free now (``cpu``, shared
         by its ranks), or one device's (``cuda``); None where unknown."""
@@ -121,6 +125,11 @@ def available_devices(accelerator: str) -> int:
     if accelerator == "pjrt":
         return xla_runtime.device_count()
     return 0
+
+
+def usable_cores() -> int:
+    """Processor cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_pjrt(profile: HardwareConfig) -> None:
@@ -175,6 +184,9 @@ class LiveMachine:
 
     def pjrt_device(self) -> str:
         return xla_runtime.pjrt_device()
+
+    def cpu_cores(self) -> int:
+        return usable_cores()
 
     def memory_bytes(self, accelerator: str) -> int | None:
         if accelerator == "cpu":
@@ -305,6 +317,10 @@ class MachineFacts:
     def pjrt_device(self) -> str:
         """The PJRT device type the environment sets."""
         return self.xla.pjrt_device
+
+    def cpu_cores(self) -> int:
+        """Cores of the CPU."""
+        return self.cpu.cores
 
     def memory_bytes(self, accelerator: str) -> int | None:
         """Host memory free (``cpu``) or the first CUDA device's memory (``cuda``)."""

@@ -31,6 +31,7 @@ def test_train_writes_checkpoint_summary_metrics_and_config(
     assert [v["step"] for v in summary["validation"]] == [2, 4]
     assert summary["tokens_per_second"] > 0
     assert summary["hardware"] == "cpu" and summary["optimization"] == "default"
+    assert summary["loader"] == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
 
     checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4

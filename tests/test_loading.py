@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from lightning_accel.data import loading
-from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler, loader_options
+from lightning_accel.data.loading import (
+    LoaderPlan,
+    ResumableDataLoader,
+    ResumableSampler,
+    loader_options,
+)
 from lightning_accel.errors import ConfigError
+from lightning_accel.machine import CpuFacts, CudaDevice, CudaFacts, MachineFacts
+from lightning_accel.plan.run import plan_run
+
+H100 = CudaDevice(index=0, name="NVIDIA H100", capability=(9, 0), memory_gib=80)
 
 DATASET = list(range(40))
 
@@ -116,6 +125,31 @@ def test_auto_loader_on_cuda_shares_the_cores_between_ranks_and_pins(eight_cores
         "prefetch_factor": 4,
     }
     assert loader_options(_trainer("xla", devices=1))["pin_memory"] is False
+
+
+@pytest.mark.parametrize(
+    ("machine", "profile", "expected"),
+    [
+        (MachineFacts(versions={}, cpu=CpuFacts(cores=8)), "cpu", LoaderPlan(0, 4, False)),
+        (MachineFacts(versions={}, cpu=CpuFacts(cores=8)), "ddp_cpu", LoaderPlan(0, 2, False)),
+        (
+            MachineFacts(versions={}, cpu=CpuFacts(cores=16), cuda=CudaFacts(devices=(H100, H100))),
+            "ddp",
+            LoaderPlan(7, 7, True),
+        ),
+    ],
+)
+def test_the_run_plan_decides_the_loader_as_the_data_modules_apply_it(
+    machine: MachineFacts, profile: str, expected: LoaderPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_run(profile, "default", machine)
+    assert plan.loader == expected
+    monkeypatch.setattr(loading, "usable_cores", lambda: machine.cpu.cores)
+    trainer = _trainer(plan.accelerator, plan.devices)
+    for decodes in (False, True):
+        options = loader_options(trainer, decodes=decodes)
+        assert options["num_workers"] == plan.loader.workers_for(decodes)
+        assert options["pin_memory"] == plan.loader.pin_memory
 
 
 def test_explicit_loader_settings_win(eight_cores: None) -> None:

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import DataLoader
 
 from lightning_accel.callbacks.memory import model_state_bytes
 
@@ -127,6 +128,7 @@ class RunSummary(pl.Callback):
                 if hasattr(c, "summary_figures")
                 for k, v in c.summary_figures().items()
             },
+            "loader": _loader_settings(trainer),
             "checkpoint": _checkpoint_path(trainer),
             "metrics": _metrics_path(trainer),
         }
@@ -143,6 +145,18 @@ class RunSummary(pl.Callback):
         self.summary["summary"] = str(path)
         if self.print_table:
             Console(stderr=True).print(summary_table(self.summary))
+
+
+def _loader_settings(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The training DataLoader's worker and memory settings, as the run used them."""
+    loader = trainer.train_dataloader
+    if not isinstance(loader, DataLoader):
+        return None
+    return {
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "persistent_workers": loader.persistent_workers,
+    }
 
 
 def _checkpoint_path(trainer: pl.Trainer) -> str | None:
@@ -210,6 +224,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
                 f" TFLOP/s ({summary['peak_flops_source']})",
             )
         )
+    if summary.get("loader"):
+        loader = summary["loader"]
+        pinned = ", pinned" if loader["pin_memory"] else ""
+        rows.append(("loader", f"{loader['num_workers']} worker(s) per rank{pinned}"))
     if summary.get("data_wait_share") is not None:
         rows.append(("waiting for data", f"{summary['data_wait_share']:.1%} of step time"))
     for key in ("checkpoint", "metrics", "summary"):

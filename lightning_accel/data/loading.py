@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sized
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.machine import usable_cores
 
 SAMPLING_CHOICES = ("shuffled", "sequential", "random")
 Sampling = Literal["shuffled", "sequential", "random"]
@@ -136,9 +137,39 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = state["batches_taken"]
 
 
-def usable_cores() -> int:
-    """Processor cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+@dataclass(frozen=True)
+class LoaderPlan:
+    """The DataLoader settings ``auto`` stands for on a node (see :func:`plan_loader`).
+
+    Args:
+        workers: loader worker processes per rank for data read as it is stored.
+        decoding_workers: worker processes per rank for data that must be decoded.
+        pin_memory: whether batches are staged in pinned memory (copies to a CUDA device).
+    """
+
+    workers: int
+    decoding_workers: int
+    pin_memory: bool
+
+    def workers_for(self, decodes: bool) -> int:
+        """Worker processes per rank for data that does (or does not) need decoding."""
+        return self.decoding_workers if decodes else self.workers
+
+
+def plan_loader(accelerator: str, local_processes: int, cores: int) -> LoaderPlan:
+    """What ``auto`` loader settings mean for ``local_processes`` ranks of ``accelerator``
+    sharing a node's ``cores``.
+
+    On accelerators (CUDA, XLA) the ranks share the cores, one each left to the training
+    process, at most 8 workers; on CPUs the cores compute the model, so workers are only
+    worth it for data that must be decoded (half of a rank's cores) and none otherwise.
+    Pinned memory only when copying to a CUDA device.
+    """
+    per_rank = max(1, cores // max(1, local_processes))
+    if "cpu" in accelerator:
+        return LoaderPlan(workers=0, decoding_workers=per_rank // 2, pin_memory=False)
+    workers = min(8, per_rank - 1)
+    return LoaderPlan(workers=workers, decoding_workers=workers, pin_memory="cuda" in accelerator)
 
 
 def loader_options(
@@ -149,27 +180,19 @@ def loader_options(
     prefetch_factor: int | None = None,
     decodes: bool = False,
 ) -> dict[str, Any]:
-    """DataLoader keyword arguments for the hardware the trainer runs on.
-
-    ``auto`` workers: on accelerators (CUDA, XLA) the cores of this node shared by its
-    ranks, one left to the training process, at most 8; on CPUs the cores compute the model,
-    so workers are only worth it for data that must be decoded (``decodes``: half of this
-    rank's cores), and none otherwise. Pinned memory only when copying to a CUDA device.
-    Workers persist across epochs whenever there are any. Explicit values win.
+    """DataLoader keyword arguments for the hardware the trainer runs on: ``auto`` values
+    as :func:`plan_loader` decides them for this node (``decodes``: the data must be
+    decoded); workers persist across epochs whenever there are any. Explicit values win.
     """
     accelerator = type(trainer.accelerator).__name__.lower() if trainer is not None else "cpu"
-    on_cpu = "cpu" in accelerator
-    local_ranks = max(1, getattr(trainer, "num_devices", 1) if trainer is not None else 1)
-    per_rank = max(1, usable_cores() // local_ranks)
+    local_ranks = getattr(trainer, "num_devices", 1) if trainer is not None else 1
+    plan = plan_loader(accelerator, local_ranks, usable_cores())
     if num_workers == "auto":
-        if on_cpu:
-            num_workers = per_rank // 2 if decodes else 0
-        else:
-            num_workers = min(8, per_rank - 1)
+        num_workers = plan.workers_for(decodes)
     elif not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError("data.num_workers", num_workers, "must be a count of 0 or more", ["auto"])
     if pin_memory == "auto":
-        pin_memory = "cuda" in accelerator
+        pin_memory = plan.pin_memory
     if persistent_workers == "auto":
         persistent_workers = num_workers > 0
     options: dict[str, Any] = {

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_accel.config import HardwareConfig, OptimizationConfig
+from lightning_accel.data.loading import LoaderPlan, plan_loader
 from lightning_accel.hardware import resolve_hardware
 from lightning_accel.machine import THIS_MACHINE, Machine
 from lightning_accel.optimize.transforms import FSDP2, model_transforms
@@ -33,6 +34,7 @@ class RunPlan:
         precision: the precision and why it was chosen.
         transforms: the model transforms, in the order they are applied (``fsdp2`` is
             applied by the strategy, after the others).
+        loader: what ``auto`` DataLoader settings mean for this run's ranks on a node.
     """
 
     hardware: HardwareConfig
@@ -45,6 +47,7 @@ class RunPlan:
     precision: PrecisionChoice
     strategy_options: dict[str, Any] = field(default_factory=dict)
     transforms: tuple[str, ...] = ()
+    loader: LoaderPlan = LoaderPlan(workers=0, decoding_workers=0, pin_memory=False)
 
     @property
     def world_size(self) -> int:
@@ -82,6 +85,8 @@ def plan_run(
     options = dict(profile.strategy_options)
     if opt.cpu_offload and profile.strategy == FSDP2:
         options["cpu_offload"] = True
+    # the ranks on a node that load their own batches (SPMD feeds every device from one)
+    loading_ranks = 1 if hw.strategy == "xla_spmd" else hw.devices
     return RunPlan(
         hardware=profile,
         optimization=opt,
@@ -93,4 +98,5 @@ def plan_run(
         precision=precision,
         strategy_options=options,
         transforms=model_transforms(opt, hw.accelerator, hw.strategy),
+        loader=plan_loader(hw.accelerator, loading_ranks, machine.cpu_cores()),
     )
