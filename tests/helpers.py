@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,12 @@ TINY = [
     "data.seq_len=32",
     "data.batch_size=8",
 ]
+
+# the hardware profiles, as error messages and help list them
+HARDWARE_PROFILES = (
+    "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, fsdp2_tp, fsdp2_tp_cpu, hsdp, hsdp_cpu, "
+    "tp, tp_cpu, tpu, tpu_spmd, xla_cpu, xla_cpu_spmd"
+)
 
 
 def cli_command() -> list[str]:
@@ -217,3 +225,60 @@ class MetaHostileModule(TinyRegression):
     def __init__(self) -> None:
         super().__init__()
         self.scale = float(torch.ones(1).sum().item())
+
+
+# Parallel runs through the CLI: one small GPT, the same global batch whatever the layout.
+MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
+SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
+GLOBAL_BATCH = 8
+# 2 epochs of 10 steps, validation (and a checkpoint) every 5.
+LOOP = [
+    "trainer.max_steps=20",
+    "trainer.limit_train_batches=10",
+    "trainer.val_check_interval=5",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks=minimal",
+]
+
+
+class Runs:
+    """Runs the CLI once per configuration (a small GPT, 2 epochs of 10 steps) and reads
+    back its outputs."""
+
+    def __init__(self, root: Path, corpus: Path) -> None:
+        self.root = root
+        self.base = ["train", *SHAPE, f"data.source={corpus}"]
+
+    def train(
+        self, name: str, hardware: str, ranks: int, *extra: str, data_parallel: int | None = None
+    ) -> Path:
+        """Train (once) on ``ranks`` ranks, ``data_parallel`` of which (default all) see
+        different data, with the global batch split between those."""
+        run_dir = self.root / name
+        if not (run_dir / "summary.json").exists():
+            batch = GLOBAL_BATCH // (data_parallel or ranks)
+            args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
+            args += [f"data.batch_size={batch}", f"hydra.run.dir={run_dir}", *extra]
+            result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
+            assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    @staticmethod
+    def losses(run_dir: Path) -> dict[int, float]:
+        with (run_dir / "metrics.csv").open() as handle:
+            return {
+                int(r["step"]): float(r["train/loss"])
+                for r in csv.DictReader(handle)
+                if r["train/loss"]
+            }
+
+    @staticmethod
+    def summary(run_dir: Path) -> dict:
+        return json.loads((run_dir / "summary.json").read_text())
+
+
+def max_difference(a: dict[int, float], b: dict[int, float]) -> float:
+    """The largest difference between two runs' losses at the steps both logged."""
+    steps = sorted(set(a) & set(b))
+    return max(abs(a[s] - b[s]) for s in steps)

@@ -30,6 +30,7 @@ def test_groups_are_the_documented_ones() -> None:
     assert set(profile_names("launcher")) == {"local", "torchrun", "slurm", "slurm_local"}
     assert set(profile_names("hardware")) == {
         *("auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"),
+        *("tp", "tp_cpu", "fsdp2_tp", "fsdp2_tp_cpu", "hsdp", "hsdp_cpu"),
         *("tpu", "tpu_spmd", "xla_cpu", "xla_cpu_spmd"),
     }
     assert "default" in profile_names("optimization")

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import HARDWARE_PROFILES
 
 from lightning_accel import machine
 from lightning_accel.cli import doctor as doctor_cli
@@ -84,6 +85,8 @@ def test_a_cpu_only_machine_without_torch_xla_runs_no_xla_profile() -> None:
         "ddp_cpu": True,
         "fsdp2": False,
         "fsdp2_cpu": True,
+        **dict.fromkeys(("tp", "fsdp2_tp", "hsdp"), False),
+        **dict.fromkeys(("tp_cpu", "fsdp2_tp_cpu", "hsdp_cpu"), True),
         **dict.fromkeys(XLA_PROFILES, False),
     }
     for name in XLA_PROFILES:
@@ -255,5 +258,5 @@ def test_an_unknown_profile_exits_2_with_the_valid_choices(capsys: pytest.Captur
     assert code == 2 and out == ""
     assert err.strip() == (
         "lightning-accel: error: hardware='nope' is not a hardware profile; valid choices: "
-        "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, tpu, tpu_spmd, xla_cpu, xla_cpu_spmd."
+        f"{HARDWARE_PROFILES}."
     )

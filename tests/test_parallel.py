@@ -3,61 +3,17 @@ compressed all-reduce, sharded resume at other world sizes, consolidation, sweep
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TEST_IMPORTS, run_cli
+from helpers import GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
 
 pytestmark = pytest.mark.slow
-
-MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
-SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
-GLOBAL_BATCH = 8
-# 2 epochs of 10 steps, validation (and a checkpoint) every 5.
-LOOP = [
-    "trainer.max_steps=20",
-    "trainer.limit_train_batches=10",
-    "trainer.val_check_interval=5",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "callbacks=minimal",
-]
-
-
-class Runs:
-    """Runs the CLI once per configuration and reads back its outputs."""
-
-    def __init__(self, root: Path, corpus: Path) -> None:
-        self.root = root
-        self.base = ["train", *SHAPE, f"data.source={corpus}"]
-
-    def train(self, name: str, hardware: str, ranks: int, *extra: str) -> Path:
-        run_dir = self.root / name
-        if not (run_dir / "summary.json").exists():
-            args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
-            args += [f"data.batch_size={GLOBAL_BATCH // ranks}", f"hydra.run.dir={run_dir}", *extra]
-            result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
-            assert result.returncode == 0, result.stderr[-3000:]
-        return run_dir
-
-    @staticmethod
-    def losses(run_dir: Path) -> dict[int, float]:
-        with (run_dir / "metrics.csv").open() as handle:
-            return {
-                int(r["step"]): float(r["train/loss"])
-                for r in csv.DictReader(handle)
-                if r["train/loss"]
-            }
-
-    @staticmethod
-    def summary(run_dir: Path) -> dict:
-        return json.loads((run_dir / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +21,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
     return Runs(tmp_path_factory.mktemp("parallel"), small_corpus)
 
 
-def _max_difference(a: dict[int, float], b: dict[int, float]) -> float:
-    steps = sorted(set(a) & set(b))
-    return max(abs(a[s] - b[s]) for s in steps)
-
-
 def test_ddp_on_two_ranks_follows_one_process(runs: Runs) -> None:
     single = runs.losses(runs.train("single", "cpu", 1))
     ddp = runs.losses(runs.train("ddp", "ddp_cpu", 2))
     assert len(single) == len(ddp) == 20
-    assert _max_difference(single, ddp) < 1e-5
+    assert max_difference(single, ddp) < 1e-5
     assert single[max(single)] < single[min(single)] - 0.3, "and the model learns"
 
 
@@ -82,7 +33,7 @@ def test_fsdp2_follows_ddp(runs: Runs) -> None:
     ddp = runs.losses(runs.train("ddp", "ddp_cpu", 2))
     fsdp = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
     assert len(fsdp) == 20
-    assert _max_difference(ddp, fsdp) < 1e-5
+    assert max_difference(ddp, fsdp) < 1e-5
 
 
 def test_fsdp2_rank_holds_half_of_ddp_state(runs: Runs) -> None:
@@ -101,7 +52,7 @@ def test_bf16_hook_halves_allreduce_bytes_and_converges(runs: Runs) -> None:
     assert half["allreduce_bytes_per_step"] == pytest.approx(full["allreduce_bytes_per_step"] / 2)
     losses = runs.losses(bf16_dir)
     assert losses[max(losses)] < losses[min(losses)] - 0.3
-    assert _max_difference(losses, runs.losses(ddp_dir)) < 1e-2, "bf16 rounding only"
+    assert max_difference(losses, runs.losses(ddp_dir)) < 1e-2, "bf16 rounding only"
 
 
 @pytest.mark.parametrize("ranks", [1, 4])
@@ -116,7 +67,7 @@ def test_sharded_checkpoint_from_2_ranks_resumes_at_other_world_sizes(
         runs.train(f"fsdp2_resume_{ranks}", "fsdp2_cpu", ranks, f"ckpt_path={checkpoint}")
     )
     assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
-    assert _max_difference(uninterrupted, resumed) < 1e-5
+    assert max_difference(uninterrupted, resumed) < 1e-5
 
 
 def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: Runs) -> None:
@@ -136,7 +87,7 @@ def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: R
     resumed = runs.losses(runs.train("from_consolidated", "cpu", 1, f"ckpt_path={single_file}"))
     uninterrupted = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
     assert min(resumed) == 10
-    assert _max_difference(uninterrupted, resumed) < 1e-5
+    assert max_difference(uninterrupted, resumed) < 1e-5
 
 
 def test_multirun_of_two_jobs_on_two_ranks_each(tmp_path: Path, small_corpus: Path) -> None:
@@ -167,7 +118,7 @@ def test_fsdp2_with_checkpointing_and_per_block_compile_matches_and_keeps_keys(r
         "optimization.compile.per_block=true",
         "optimization.compile.backend=eager",
     )
-    assert _max_difference(plain, runs.losses(optimized)) < 1e-5
+    assert max_difference(plain, runs.losses(optimized)) < 1e-5
     single_file = consolidate_checkpoint(
         optimized / "checkpoints" / "last.ckpt", runs.root / "ac.ckpt"
     )
@@ -180,7 +131,7 @@ def test_fsdp2_cpu_offload_matches_plain_fsdp2(runs: Runs) -> None:
     offloaded = runs.train(
         "fsdp2_offload", "fsdp2_cpu", 2, "hardware.strategy_options.cpu_offload=true"
     )
-    assert _max_difference(plain, runs.losses(offloaded)) < 1e-5
+    assert max_difference(plain, runs.losses(offloaded)) < 1e-5
 
 
 SELF_SHARDING_MODULE = '''
@@ -279,11 +230,11 @@ def test_bf16_mixed_behaves_alike_in_one_process_ddp_and_fsdp2(runs: Runs) -> No
     bf16 = "optimization.precision=bf16-mixed"
     single = runs.losses(runs.train("single_bf16", "cpu", 1, bf16))
     fp32 = runs.losses(runs.train("single", "cpu", 1))
-    assert _max_difference(single, fp32) > 0, "bf16 really computed in lower precision"
+    assert max_difference(single, fp32) > 0, "bf16 really computed in lower precision"
     for name, hardware in (("ddp_bf16_mixed", "ddp_cpu"), ("fsdp2_bf16_mixed", "fsdp2_cpu")):
         parallel = runs.losses(runs.train(name, hardware, 2, bf16))
         assert runs.summary(runs.root / name)["precision"] == "bf16-mixed"
-        assert _max_difference(single, parallel) < 2e-2, name
+        assert max_difference(single, parallel) < 2e-2, name
 
 
 STOP_AT_15 = ["+callbacks.stop._target_=helpers.StopAtStep", "+callbacks.stop.step=15"]

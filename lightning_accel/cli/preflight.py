@@ -259,6 +259,17 @@ def check_strategy(plan: RunPlan | None) -> None:
         plan_arguments(plan)
 
 
+def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:
+    """Fail unless the tensor parallel plan (given, declared by the model, or found by
+    shape) names modules of the model and its size divides their widths and head counts."""
+    from lightning_accel.strategies.tensor_parallel import check_divisible, resolve_plan
+
+    if plan is None or plan.mesh is None or plan.mesh.tensor == 1 or model is None:
+        return
+    configured = run.hardware.strategy_options.get("tensor_parallel_plan")
+    check_divisible(model, resolve_plan(model, configured), plan.mesh.tensor)
+
+
 SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")
 
 
@@ -314,6 +325,7 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
         check_strategy(plan)
+        check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
         check_writable(run_dir)
         runs.append(run)

@@ -22,19 +22,26 @@ class GPTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees only earlier positions."""
+    """Multi-head self-attention where each position sees only earlier positions.
+
+    The query/key/value projection is one layer whose outputs are grouped by head (each
+    head's query, key and value together), so splitting its outputs into equal parts, as
+    tensor parallelism does, gives each part whole heads; ``n_head`` is then the heads of
+    this part.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.head_dim = config.d_model // config.n_head
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+        batch, length = x.shape[:2]
+        heads = self.qkv(x).view(batch, length, self.n_head, 3, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in heads.unbind(3))
         dropout = self.dropout if self.training else 0.0
         on_cpu_in_bf16 = q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")
         if x.device.type == "cpu" and on_cpu_in_bf16:
@@ -46,7 +53,7 @@ class CausalSelfAttention(nn.Module):
                 ).to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        return self.proj(y.transpose(1, 2).reshape(batch, length, -1))
 
 
 class TransformerBlock(nn.Module):
@@ -71,7 +78,20 @@ class TransformerBlock(nn.Module):
 
 class GPT(nn.Module):
     """Token and position embeddings, ``n_layer`` :class:`TransformerBlock`s, a LayerNorm and
-    a language-model head tied to the token embedding. Returns logits ``[batch, seq, vocab]``."""
+    a language-model head tied to the token embedding. Returns logits ``[batch, seq, vocab]``.
+
+    ``tensor_parallel_plan`` is its Megatron-style split: attention heads and the MLP's
+    hidden units divided between ranks, norms on sequence slices.
+    """
+
+    tensor_parallel_plan = {
+        "blocks.*.attn_norm": "sequence_parallel",
+        "blocks.*.attn.qkv": "colwise",
+        "blocks.*.attn.proj": "rowwise",
+        "blocks.*.mlp_norm": "sequence_parallel",
+        "blocks.*.mlp.0": "colwise",
+        "blocks.*.mlp.2": "rowwise",
+    }
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()

@@ -10,11 +10,13 @@ from typing import Any
 
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.data.loading import LoaderPlan, plan_loader
+from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import resolve_hardware
 from lightning_accel.machine import THIS_MACHINE, Machine
 from lightning_accel.optimize.transforms import FSDP2, model_transforms
 from lightning_accel.precision import PrecisionChoice, resolve_precision
 from lightning_accel.profiles import as_hardware, as_optimization
+from lightning_accel.strategies.mesh import MESH_KEYS, MeshShape, resolve_mesh
 
 # The pack's strategies and the plan's layout for each (XLA's are not modelled).
 STRATEGY_LAYOUTS = {"auto": "single", "accel_ddp": "ddp", "ddp": "ddp", FSDP2: "fsdp2"}
@@ -35,6 +37,8 @@ class RunPlan:
         transforms: the model transforms, in the order they are applied (``fsdp2`` is
             applied by the strategy, after the others).
         loader: what ``auto`` DataLoader settings mean for this run's ranks on a node.
+        mesh: FSDP2's device mesh (replicas x shards x tensor parallel), None for other
+            strategies.
     """
 
     hardware: HardwareConfig
@@ -48,6 +52,7 @@ class RunPlan:
     strategy_options: dict[str, Any] = field(default_factory=dict)
     transforms: tuple[str, ...] = ()
     loader: LoaderPlan = LoaderPlan(workers=0, decoding_workers=0, pin_memory=False)
+    mesh: MeshShape | None = None
 
     @property
     def world_size(self) -> int:
@@ -62,6 +67,8 @@ class RunPlan:
         layout = STRATEGY_LAYOUTS.get(self.strategy)
         if layout == "single" and self.devices > 1:
             return "ddp"  # Lightning's choice for several devices
+        if layout == "fsdp2" and self.mesh is not None and self.mesh.layout != "fsdp2":
+            return None  # tensor parallel and HSDP are not in the memory model yet
         if layout == "fsdp2" and self.strategy_options.get("cpu_offload"):
             return "fsdp2_offload"
         return layout
@@ -85,6 +92,20 @@ def plan_run(
     options = dict(profile.strategy_options)
     if opt.cpu_offload and profile.strategy == FSDP2:
         options["cpu_offload"] = True
+    mesh = None
+    if hw.strategy == FSDP2:
+        sizes = {key: options[key] for key in MESH_KEYS if key in options}
+        mesh = resolve_mesh(hw.devices * hw.num_nodes, **sizes)
+    else:
+        for key in (*MESH_KEYS, "tensor_parallel_plan"):
+            if key in options:
+                raise ConfigError(
+                    f"hardware.strategy_options.{key}",
+                    options[key],
+                    f"is a device-mesh option that strategy {hw.strategy} cannot run; "
+                    "the fsdp2 strategy can (hardware=tp_cpu, fsdp2_tp_cpu, hsdp_cpu and "
+                    "their GPU profiles)",
+                )
     # the ranks on a node that load their own batches (SPMD feeds every device from one)
     loading_ranks = 1 if hw.strategy == "xla_spmd" else hw.devices
     return RunPlan(
@@ -99,4 +120,5 @@ def plan_run(
         strategy_options=options,
         transforms=model_transforms(opt, hw.accelerator, hw.strategy),
         loader=plan_loader(hw.accelerator, loading_ranks, machine.cpu_cores()),
+        mesh=mesh,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from lightning.fabric.utilities.init import _materialize_distributed_module
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule
 from torchmetrics import Metric
 from typing_extensions import override
@@ -20,18 +22,28 @@ from typing_extensions import override
 from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
 from lightning_accel.config import OptimizationConfig, require_positive
 from lightning_accel.optimize.transforms import apply_model_optimizations
+from lightning_accel.strategies.mesh import MeshShape, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
+from lightning_accel.strategies.tensor_parallel import (
+    apply_tensor_parallel,
+    check_divisible,
+    resolve_plan,
+)
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, on CUDA (NCCL)
-    and CPU (gloo), without any ``configure_model`` code in the LightningModule.
+    """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, with tensor
+    parallelism (2D) or replica groups (HSDP) on one device mesh, on CUDA (NCCL) and CPU
+    (gloo), without any ``configure_model`` code in the LightningModule.
 
     Every process holds a 1/N shard of each parameter, gradient and optimizer state. The
     model is sharded unit by unit (named classes, or the repeated blocks found in it), then
-    at the root. Activation checkpointing and compile from the optimization profile are
-    applied in ``setup``, before the sharding, by the one ordered transform function
-    (torchtitan's order). A LightningModule that already calls
+    at the root. With ``tensor_parallel`` > 1 each layer is first split over a tensor
+    parallel group (the plan the model declares, one given here, or one found by shape;
+    see :mod:`~lightning_accel.strategies.tensor_parallel`), then FSDP2 shards over the data
+    parallel ranks, if there are several. Activation checkpointing and compile from the
+    optimization profile are applied in ``setup`` before the split and the sharding, by
+    the one ordered transform function. A LightningModule that already calls
     ``fully_shard`` in ``configure_model`` is left as it is. Checkpoints are sharded
     (torch.distributed.checkpoint) and resume at any world size.
 
@@ -44,6 +56,11 @@ class FSDP2Strategy(ModelParallelStrategy):
             more all-gather in backward).
         cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
         timeout_s: how long a collective may wait for a peer before the rank fails.
+        data_parallel_replicate, data_parallel_shard, tensor_parallel: the mesh's sizes, whose
+            product is the world size; one may be -1, meaning what the others leave.
+            Replicas > 1 is HSDP: each replica group holds a whole sharded copy.
+        tensor_parallel_plan: module path glob -> ``colwise`` | ``rowwise`` |
+            ``sequence_parallel`` | ``replicate``; empty: the model's own or one by shape.
         save_distributed_checkpoint: save one shard per rank (``False``: one full file).
             Either way a checkpoint appears whole or not at all: shards are written into a
             staging directory that is renamed into place once every rank has finished.
@@ -57,10 +74,20 @@ class FSDP2Strategy(ModelParallelStrategy):
         reshard_after_forward: bool = True,
         cpu_offload: bool = False,
         timeout_s: float = 1800.0,
+        data_parallel_replicate: int = 1,
+        data_parallel_shard: int = -1,
+        tensor_parallel: int = 1,
+        tensor_parallel_plan: Mapping[str, str] | None = None,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
     ) -> None:
         require_positive("hardware.strategy_options.timeout_s", timeout_s)
+        # the sizes are checked now; that they fill the world, once it is known
+        self.mesh_sizes = (data_parallel_replicate, data_parallel_shard, tensor_parallel)
+        resolve_mesh(math.prod(abs(size) for size in self.mesh_sizes), *self.mesh_sizes)
+        self.tensor_parallel_plan = dict(tensor_parallel_plan or {})
+        self.mesh_shape = MeshShape()
+        self.replica_mesh: DeviceMesh | None = None
         super().__init__(
             data_parallel_size=1,  # both sizes are set in setup_environment, from the world size
             tensor_parallel_size=1,
@@ -78,10 +105,18 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def setup_environment(self) -> None:
         # Lightning's defaults (data-parallel size = node count) would give every rank of a
-        # node the same data; plain FSDP is data parallel over the whole world.
-        self._data_parallel_size = self.num_nodes * self.num_processes
-        self._tensor_parallel_size = 1
-        super().setup_environment()
+        # node the same data; the sizes come from the mesh options instead.
+        self.mesh_shape = resolve_mesh(self.num_nodes * self.num_processes, *self.mesh_sizes)
+        self._data_parallel_size = self.mesh_shape.data_parallel
+        self._tensor_parallel_size = self.mesh_shape.tensor
+        super().setup_environment()  # Lightning's ("data_parallel", "tensor_parallel") mesh
+        shape = self.mesh_shape
+        if shape.replicate > 1:
+            self.replica_mesh = init_device_mesh(
+                self.root_device.type,
+                (shape.replicate, shape.shard),
+                mesh_dim_names=("data_parallel_replicate", "data_parallel_shard"),
+            )
 
     @contextmanager
     def block_backward_sync(self) -> Iterator[None]:
@@ -123,9 +158,16 @@ class FSDP2Strategy(ModelParallelStrategy):
             _optimizers_to_device(self.optimizers, self.root_device)
 
     def _shard(self, model: Any) -> None:
+        shape = self.mesh_shape
+        if shape.tensor > 1:
+            plan = resolve_plan(model, self.tensor_parallel_plan)
+            check_divisible(model, plan, shape.tensor)
+            apply_tensor_parallel(model, self.device_mesh["tensor_parallel"], plan)
+            if shape.data_parallel == 1:
+                return
         self.sharded_units = shard_model(
             model,
-            self.device_mesh["data_parallel"],
+            self.replica_mesh or self.device_mesh["data_parallel"],
             self.shard_classes,
             self.reshard_after_forward,
             str(self.precision_plugin.precision),
