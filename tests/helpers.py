@@ -9,9 +9,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from lightning_accel.models import GPTLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model and a few steps: end-to-end runs in seconds.
@@ -248,6 +251,7 @@ class Runs:
 
     def __init__(self, root: Path, corpus: Path) -> None:
         self.root = root
+        self.corpus = corpus
         self.base = ["train", *SHAPE, f"data.source={corpus}"]
 
     def train(
@@ -282,3 +286,77 @@ def max_difference(a: dict[int, float], b: dict[int, float]) -> float:
     """The largest difference between two runs' losses at the steps both logged."""
     steps = sorted(set(a) & set(b))
     return max(abs(a[s] - b[s]) for s in steps)
+
+
+class SeparateProjectionAttention(torch.nn.Module):
+    """Attention with one layer each for query, key, value and output (Llama-style)."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.out = (
+            torch.nn.Linear(width, width, bias=False) for _ in range(4)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length = x.shape[:2]
+        q, k, v = (
+            p(x).view(batch, length, self.num_heads, -1).transpose(1, 2)
+            for p in (self.q, self.k, self.v)
+        )
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(batch, length, -1))
+
+
+class GatedMLP(torch.nn.Module):
+    """A SwiGLU MLP: gate and up projections, then a down projection."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(width, 2 * width, bias=False)
+        self.up = torch.nn.Linear(width, 2 * width, bias=False)
+        self.down = torch.nn.Linear(2 * width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class UserBlock(torch.nn.Module):
+    """A pre-norm transformer layer as users write them: RMSNorm, attention, gated MLP."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.attention_norm = torch.nn.RMSNorm(width)
+        self.attention = SeparateProjectionAttention(width, num_heads)
+        self.ffn_norm = torch.nn.RMSNorm(width)
+        self.feed_forward = GatedMLP(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class UserTransformer(torch.nn.Module):
+    """Embedding, :class:`UserBlock` layers, a norm and an output layer; no TP plan of its own."""
+
+    def __init__(self, vocab_size: int, width: int, depth: int, num_heads: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, width)
+        self.layers = torch.nn.ModuleList(UserBlock(width, num_heads) for _ in range(depth))
+        self.norm = torch.nn.RMSNorm(width)
+        self.output = torch.nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return self.output(self.norm(x))
+
+
+class UserLanguageModel(GPTLanguageModel):
+    """The pack's language-model training loop around a user's :class:`UserTransformer`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        hp = self.hparams
+        self.model = UserTransformer(hp.vocab_size, hp.d_model, hp.n_layer, hp.n_head)

@@ -55,6 +55,33 @@ CASES = {
         ["shard_classes=['Layer']", "GPTLanguageModel", "TransformerBlock"],
     ),
     "unknown strategy": (["hardware.strategy=ddp9"], ["hardware.strategy", "fsdp2"]),
+    "mesh that does not fill the world": (
+        ["hardware=fsdp2_tp_cpu", "hardware.devices=3"],
+        ["data_parallel_shard=-1 cannot fill a world of 3 ranks", "multiply to 2"],
+    ),
+    "mesh that multiplies to another world": (
+        ["hardware=hsdp_cpu", "hardware.strategy_options.data_parallel_shard=3"],
+        ["hardware.strategy_options='2 x 3 x 1'", "not the world size 4"],
+    ),
+    "tensor parallel size that does not divide the width": (
+        ["hardware=tp_cpu", "hardware.devices=3"],
+        ["tensor_parallel=3 does not divide the width", "1, 2, 4"],
+    ),
+    "tensor parallel plan matching nothing": (
+        ["hardware=tp_cpu", "+hardware.strategy_options.tensor_parallel_plan={decoder.*:colwise}"],
+        ["tensor_parallel_plan='decoder.*' matches no module", "model.blocks.0.attn.qkv"],
+    ),
+    "unknown tensor parallel style": (
+        [
+            "hardware=tp_cpu",
+            "+hardware.strategy_options.tensor_parallel_plan={model.head:diagonal}",
+        ],
+        ["model.head='diagonal' is not a style", "colwise, rowwise, sequence_parallel"],
+    ),
+    "tensor parallel on a strategy that cannot run it": (
+        ["hardware=ddp_cpu", "+hardware.strategy_options.tensor_parallel=2"],
+        ["tensor_parallel=2 is a device-mesh option that strategy accel_ddp cannot run", "tp_cpu"],
+    ),
     "precision the device cannot run": (
         ["optimization.precision=16-mixed", "hardware=cpu"],
         ["optimization.precision='16-mixed' cannot run on cpu", "bf16-mixed"],

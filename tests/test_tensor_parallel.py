@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MODEL, Runs, max_difference
+from helpers import MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 from lightning_accel.models import GPTLanguageModel
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,8 @@ def _split_parameters(model: GPTLanguageModel) -> int:
 
 def test_a_tensor_parallel_rank_holds_half_of_the_split_layers(runs: Runs) -> None:
     single = runs.summary(runs.train("single", "cpu", 1))["model_state_bytes"]["parameters"]
-    per_rank = runs.summary(runs.root / "tp")["model_state_bytes_per_rank"]
+    tp = runs.summary(runs.train("tp", "tp_cpu", 2, data_parallel=1))
+    per_rank = tp["model_state_bytes_per_rank"]
     model = GPTLanguageModel(**MODEL, seq_len=32)
     halved = _split_parameters(model) * 4 // 2  # fp32 bytes each rank does not hold
     full_state = runs.summary(runs.root / "single")["model_state_bytes_per_rank"][0]
@@ -90,3 +92,39 @@ def test_a_2d_checkpoint_resumes_under_tensor_parallel_and_consolidates(runs: Ru
     single_file = consolidate_checkpoint(checkpoint, runs.root / "2d.ckpt")
     state = torch.load(single_file, map_location="cpu", weights_only=True)["state_dict"]
     GPTLanguageModel(**MODEL, seq_len=32).load_state_dict(state)  # strict: whole tensors
+
+
+def _user_model_run(runs: Runs, name: str, hardware: str, ranks: int) -> dict[int, float]:
+    """20 steps of a user's Llama-style model (no plan of its own) on the custom recipe."""
+    run_dir = runs.root / name
+    args = ["train", "recipe=custom", "model._target_=helpers.UserLanguageModel"]
+    args += ["data._target_=lightning_accel.data.TokenDataModule", f"+data.source={runs.corpus}"]
+    args += [f"+model.{key}={value}" for key, value in {**MODEL, "seq_len": 32}.items()]
+    args += ["+data.seq_len=32", "+data.batch_size=8", "trainer.max_steps=20"]
+    args += ["trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "callbacks=minimal"]
+    args += [f"hardware={hardware}", f"hardware.devices={ranks}", f"hydra.run.dir={run_dir}"]
+    result = run_cli(args, cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs.losses(run_dir)
+
+
+def test_a_users_model_is_split_by_shape_and_follows_one_process(runs: Runs) -> None:
+    single = _user_model_run(runs, "user_single", "cpu", 1)
+    split = _user_model_run(runs, "user_tp", "tp_cpu", 2)
+    assert len(split) == 20
+    assert max_difference(single, split) < 1e-5
+    assert single[19] < single[0] - 0.3, "and the model learns"
+
+
+def test_a_tensor_parallel_rank_counts_the_flops_it_computes(runs: Runs) -> None:
+    single = runs.summary(runs.train("single", "cpu", 1))["flops_per_step"]
+    split = runs.summary(runs.train("tp", "tp_cpu", 2, data_parallel=1))["flops_per_step"]
+    model = GPTLanguageModel(**MODEL, seq_len=32).model
+    with flop_counter() as counter:
+        model(torch.zeros(8, 32, dtype=torch.long))
+    counts = counter.get_flop_counts()
+    blocks = sum(sum(counts[f"GPT.blocks.{i}"].values()) for i in range(MODEL["n_layer"]))
+    total = sum(counts["Global"].values())
+    assert single == STEP_FLOPS_PER_FORWARD_FLOP * total
+    # the blocks are split in two; embeddings and the output layer run whole on each rank
+    assert split == STEP_FLOPS_PER_FORWARD_FLOP * (total - blocks // 2)
