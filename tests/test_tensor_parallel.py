@@ -128,3 +128,11 @@ def test_a_tensor_parallel_rank_counts_the_flops_it_computes(runs: Runs) -> None
     assert single == STEP_FLOPS_PER_FORWARD_FLOP * total
     # the blocks are split in two; embeddings and the output layer run whole on each rank
     assert split == STEP_FLOPS_PER_FORWARD_FLOP * (total - blocks // 2)
+
+
+def test_throughput_counts_a_tensor_parallel_groups_shared_batch_once(runs: Runs) -> None:
+    tp = runs.summary(runs.train("tp", "tp_cpu", 2, data_parallel=1))
+    ddp = runs.summary(runs.train("ddp", "ddp_cpu", 2))
+    # 8 samples a step: the TP pair shares them, the DDP pair takes 4 each
+    assert tp["samples_per_second"] == pytest.approx(8 / tp["step_seconds"], rel=0.01)
+    assert ddp["samples_per_second"] == pytest.approx(8 / ddp["step_seconds"], rel=0.01)

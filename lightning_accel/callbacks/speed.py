@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_accel.callbacks.memory import peak_memory_mb
 from lightning_accel.callbacks.throughput import ThroughputClock
+from lightning_accel.data.loading import data_parallel_share
 from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 
@@ -215,12 +216,13 @@ class SpeedMonitor(pl.Callback):
         device: torch.device,
         rounded: bool = True,
     ) -> dict[str, Any]:
-        """Step time, throughput (all ranks), data wait share and MFU of a measured stretch."""
+        """Step time, throughput (every data-parallel rank's batches; the ranks of a tensor
+        parallel group share one), data wait share and MFU of a measured stretch."""
 
         def keep(value: float, digits: int) -> float:
             return float(f"{value:.{digits}g}") if rounded else value
 
-        world = trainer.world_size
+        world = data_parallel_share(trainer)["num_replicas"]
         step = seconds / clock.steps if clock.steps and seconds > 0 else None
         figures: dict[str, Any] = {
             "step_ms": keep(step * 1000, 6) if step else None,
