@@ -10,13 +10,12 @@ its throughput is within 5% of the fastest cell's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from common import run_cli
+from common import benchmark_parser, run_cli
 from rich.console import Console
 from rich.table import Table
 
@@ -43,10 +42,7 @@ def cells() -> dict[str, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = benchmark_parser(__doc__, repeats=3, steps=60)
     parser.add_argument("--recipes", default="gpt,image", help="comma list of " + ",".join(RECIPES))
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
     options = parser.parse_args()

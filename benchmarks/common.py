@@ -3,10 +3,30 @@ through the same cell runner and medians as ``lightning-accel bench``."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
+from rich.table import Table
+
 from lightning_accel.cli.bench import Cell, cell_figures, median_figures, run_cell
+
+
+def benchmark_parser(doc: str, repeats: int, steps: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--repeats``, ``--steps`` and ``--json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser
+
+
+def results_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A rich table of ``columns``, numbers right-aligned."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    return table
 
 
 def run_cli(overrides: list[str], run_dir: Path) -> dict:

@@ -10,12 +10,11 @@ speedup over ``default``, as a table and as JSON. Compile time is not in the ste
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-from common import medians, run_cli, speed_cells
+from common import benchmark_parser, medians, run_cli, speed_cells
 from rich.console import Console
 from rich.table import Table
 
@@ -35,10 +34,7 @@ PROFILES = ("default", "fast", "memory")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = benchmark_parser(__doc__, repeats=2, steps=40)
     args = parser.parse_args()
     loop = [f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=2", "logger=none"]
 

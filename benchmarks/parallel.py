@@ -1,71 +1,85 @@
-"""Step time and per-rank peak memory of one process, DDP and FSDP2 on this machine.
+"""Step time, per-rank peak memory and per-rank model state of each parallel layout on
+this machine.
 
-Runs the default recipe (shortened) on ``hardware=cpu``, ``ddp_cpu`` and ``fsdp2_cpu``
-with the same global batch, REPEATS times each, interleaved, and reports medians: step
-time, tokens/s, per-rank peak memory and per-rank model state, as a table and as JSON.
+Runs the GPT recipe (shortened) in one process and in the chosen layouts on the CPU
+twins, all with the same global batch, REPEATS times each, interleaved, and reports
+medians: step time, tokens/s, per-rank peak memory and per-rank model state (parameters,
+gradients and AdamW state) with its share of one process's, as a table and as JSON.
 
+    # one process, DDP and FSDP2 on the default recipe
     python benchmarks/parallel.py --repeats 3 --json docs/results/parallel.json
+    # every layout (TP, 2D, HSDP too) on a medium GPT
+    python benchmarks/parallel.py --size medium --layouts all --repeats 3 --steps 8 \\
+        --json docs/results/layouts.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-from common import medians, run_cli, speed_cells
+from common import benchmark_parser, medians, results_table, run_cli, speed_cells
 from rich.console import Console
-from rich.table import Table
 
-GLOBAL_BATCH = 32
-SETUPS = {
-    "1 process": ("cpu", 1),
-    "DDP, 2 ranks": ("ddp_cpu", 2),
-    "FSDP2, 2 ranks": ("fsdp2_cpu", 2),
+# name: (hardware profile, ranks, data-parallel ranks)
+LAYOUTS = {
+    "1 process": ("cpu", 1, 1),
+    "DDP x2": ("ddp_cpu", 2, 2),
+    "FSDP2 x2": ("fsdp2_cpu", 2, 2),
+    "TP x2": ("tp_cpu", 2, 1),
+    "FSDP2 x4": ("fsdp2_cpu", 4, 4),
+    "2D 2x2 (FSDP2 x TP)": ("fsdp2_tp_cpu", 4, 2),
+    "HSDP 2x2": ("hsdp_cpu", 4, 4),
+}
+DATA_PARALLEL = ("1 process", "DDP x2", "FSDP2 x2")
+# size: (model overrides, global batch)
+SIZES = {
+    "default": ([], 32),
+    "medium": (["model.n_layer=6", "model.d_model=384", "model.n_head=6"], 16),
 }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser = benchmark_parser(__doc__, repeats=3, steps=150)
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--layouts", choices=("data_parallel", "all"), default="data_parallel")
     args = parser.parse_args()
-    loop = [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
-    loop += ["trainer.limit_val_batches=2", "logger=none"]
+    shape, global_batch = SIZES[args.size]
+    layouts = LAYOUTS if args.layouts == "all" else {n: LAYOUTS[n] for n in DATA_PARALLEL}
+    loop = [f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "logger=none"]
+    loop += ["callbacks=minimal", f"callbacks.speed.warmup_steps={min(5, args.steps // 4)}"]
 
-    results: dict[str, list[dict]] = {name: [] for name in SETUPS}
+    results: dict[str, list[dict]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for index, (name, (hardware, ranks)) in enumerate(SETUPS.items()):
-                overrides = [
-                    *loop,
-                    f"hardware={hardware}",
-                    f"data.batch_size={GLOBAL_BATCH // ranks}",
-                ]
+            for index, (name, (hardware, ranks, data_parallel)) in enumerate(layouts.items()):
+                overrides = [*loop, *shape, f"hardware={hardware}", f"hardware.devices={ranks}"]
+                overrides.append(f"data.batch_size={global_batch // data_parallel}")
                 results[name].append(run_cli(overrides, Path(tmp) / f"{repeat}-{index}"))
 
-    table = Table(
-        title=f"Default recipe, global batch {GLOBAL_BATCH} x 128 bytes, medians of {args.repeats}"
+    table = results_table(
+        f"GPT ({args.size}), global batch {global_batch} x 128 tokens, medians of {args.repeats}",
+        (
+            "layout",
+            "step ms",
+            "tokens/s",
+            "vs 1 process",
+            "peak MiB / rank",
+            "model state MiB / rank",
+            "share of 1 process",
+        ),
     )
-    for column in (
-        "setup",
-        "step ms",
-        "tokens/s",
-        "vs 1 process",
-        "peak MiB / rank",
-        "model state KiB / rank",
-    ):
-        table.add_column(column, justify="right")
-    baseline = None
+    baseline_speed = baseline_state = None
     report = {}
     for name, runs in results.items():
         figures = medians(runs)
-        state = runs[0]["model_state_bytes_per_rank"][0] / 1024
-        baseline = baseline or figures["samples_per_second"]
-        report[name] = {**figures, "model_state_kib_per_rank": state, "runs": runs}
-        table.add_row(name, *speed_cells(figures, baseline), f"{state:,.0f}")
+        state = max(runs[0]["model_state_bytes_per_rank"]) / 2**20
+        baseline_speed = baseline_speed or figures["samples_per_second"]
+        baseline_state = baseline_state or state
+        share = state / baseline_state
+        report[name] = {**figures, "model_state_mib_per_rank": state, "state_share": share}
+        table.add_row(name, *speed_cells(figures, baseline_speed), f"{state:,.1f}", f"{share:.2f}")
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

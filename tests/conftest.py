@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated token cache, a small real-text corpus, and CLI runners."""
+"""Shared fixtures: an isolated token cache, a small real-text corpus, and parallel runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Runs
 
 from lightning_accel.data.corpus import stdlib_dir
 
@@ -36,3 +37,13 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target.parent.mkdir(exist_ok=True)
         shutil.copy(stdlib_dir() / name, target)
     return corpus
+
+
+@pytest.fixture(scope="module")
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, small_corpus: Path
+) -> Runs:
+    """Parallel CLI runs of the small GPT, shared by the tests of one module."""
+    return Runs(
+        tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_")), small_corpus
+    )

@@ -16,11 +16,6 @@ from lightning_accel.models import GPTLanguageModel
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
-    return Runs(tmp_path_factory.mktemp("parallel"), small_corpus)
-
-
 def test_ddp_on_two_ranks_follows_one_process(runs: Runs) -> None:
     single = runs.losses(runs.train("single", "cpu", 1))
     ddp = runs.losses(runs.train("ddp", "ddp_cpu", 2))

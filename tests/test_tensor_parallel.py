@@ -3,8 +3,6 @@ parity with one process, per-rank state, sharded checkpoints resumed across layo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
@@ -16,30 +14,24 @@ from lightning_accel.models import GPTLanguageModel
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
-    return Runs(tmp_path_factory.mktemp("tensor_parallel"), small_corpus)
-
-
-def test_tensor_parallel_on_two_ranks_follows_one_process(runs: Runs) -> None:
-    single = runs.losses(runs.train("single", "cpu", 1))
-    split = runs.losses(runs.train("tp", "tp_cpu", 2, data_parallel=1))
-    assert len(split) == 20
-    assert max_difference(single, split) < 1e-5
-
-
-def test_2d_on_two_by_two_ranks_follows_one_process(runs: Runs) -> None:
-    single = runs.losses(runs.train("single", "cpu", 1))
-    two_d = runs.losses(runs.train("fsdp2_tp", "fsdp2_tp_cpu", 4, data_parallel=2))
-    assert len(two_d) == 20
-    assert max_difference(single, two_d) < 1e-5
-
-
-def test_hsdp_on_two_by_two_ranks_follows_fsdp2_on_four(runs: Runs) -> None:
-    fsdp = runs.losses(runs.train("fsdp2_4", "fsdp2_cpu", 4))
-    hsdp = runs.losses(runs.train("hsdp", "hsdp_cpu", 4))
-    assert len(hsdp) == 20
-    assert max_difference(fsdp, hsdp) < 1e-5
+@pytest.mark.parametrize(
+    ("reference", "candidate"),
+    [
+        (("single", "cpu", 1, 1), ("tp", "tp_cpu", 2, 1)),
+        (("single", "cpu", 1, 1), ("fsdp2_tp", "fsdp2_tp_cpu", 4, 2)),
+        (("fsdp2_4", "fsdp2_cpu", 4, 4), ("hsdp", "hsdp_cpu", 4, 4)),
+    ],
+    ids=["tp 2 vs one process", "2d 2x2 vs one process", "hsdp 2x2 vs fsdp2 4"],
+)
+def test_a_layout_follows_its_reference_over_20_steps(
+    runs: Runs, reference: tuple[str, str, int, int], candidate: tuple[str, str, int, int]
+) -> None:
+    """Each run is (name, hardware profile, ranks, data-parallel ranks)."""
+    (name, hardware, ranks, data_parallel), expected = candidate, reference
+    expected_losses = runs.losses(runs.train(*expected[:3], data_parallel=expected[3]))
+    losses = runs.losses(runs.train(name, hardware, ranks, data_parallel=data_parallel))
+    assert len(losses) == 20
+    assert max_difference(expected_losses, losses) < 1e-5
 
 
 def test_tensor_parallel_in_bf16_mixed_follows_one_process(runs: Runs) -> None:
@@ -132,7 +124,7 @@ def test_a_tensor_parallel_rank_counts_the_flops_it_computes(runs: Runs) -> None
 
 def test_throughput_counts_a_tensor_parallel_groups_shared_batch_once(runs: Runs) -> None:
     tp = runs.summary(runs.train("tp", "tp_cpu", 2, data_parallel=1))
-    ddp = runs.summary(runs.train("ddp", "ddp_cpu", 2))
-    # 8 samples a step: the TP pair shares them, the DDP pair takes 4 each
+    two_d = runs.summary(runs.train("fsdp2_tp", "fsdp2_tp_cpu", 4, data_parallel=2))
+    # 8 samples a step: the TP pair shares them; in 2D, each of the two pairs takes 4
     assert tp["samples_per_second"] == pytest.approx(8 / tp["step_seconds"], rel=0.01)
-    assert ddp["samples_per_second"] == pytest.approx(8 / ddp["step_seconds"], rel=0.01)
+    assert two_d["samples_per_second"] == pytest.approx(8 / two_d["step_seconds"], rel=0.01)
