@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,6 +232,8 @@ class MetaHostileModule(TinyRegression):
 
 
 # Parallel runs through the CLI: one small GPT, the same global batch whatever the layout.
+# Accumulating 2 micro-batches per step: an epoch of 20 micro-batches holds the same 10 steps.
+ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_batches=20"]
 MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
 SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
 GLOBAL_BATCH = 8
@@ -276,6 +279,13 @@ class Runs:
                 for r in csv.DictReader(handle)
                 if r["train/loss"]
             }
+
+    def final_weights(self, run_dir: Path) -> dict[str, torch.Tensor]:
+        """The weights of a run's last checkpoint (a sharded one consolidated first)."""
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        if checkpoint.is_dir():
+            checkpoint = consolidate_checkpoint(checkpoint, self.root / f"{run_dir.name}.ckpt")
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
     @staticmethod
     def summary(run_dir: Path) -> dict:

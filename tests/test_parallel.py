@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference, run_cli
+from helpers import ACCUMULATE, GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
@@ -182,17 +182,6 @@ def test_fsdp2_leaves_a_module_that_shards_itself(tmp_path: Path) -> None:
     assert rank_parameter_bytes < full_parameter_bytes, "the module's own sharding stands"
 
 
-def _final_weights(run_dir: Path, root: Path) -> dict[str, torch.Tensor]:
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if checkpoint.is_dir():
-        checkpoint = consolidate_checkpoint(checkpoint, root / f"{run_dir.name}.ckpt")
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-# Accumulating 2 micro-batches per step: an epoch of 20 micro-batches holds the same 10 steps.
-ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_batches=20"]
-
-
 @pytest.mark.parametrize(
     ("name", "hardware", "ranks"),
     [("single", "cpu", 1), ("ddp", "ddp_cpu", 2), ("fsdp2", "fsdp2_cpu", 2)],
@@ -200,13 +189,13 @@ ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_bat
 def test_gradient_accumulation_gives_the_update_of_one_large_batch(
     runs: Runs, name: str, hardware: str, ranks: int
 ) -> None:
-    reference = _final_weights(runs.train("single", "cpu", 1), runs.root)
+    reference = runs.final_weights(runs.train("single", "cpu", 1))
     micro_batch = GLOBAL_BATCH // ranks // 2
     accumulated = runs.train(
         f"{name}_accumulate", hardware, ranks, *ACCUMULATE, f"data.batch_size={micro_batch}"
     )
     assert runs.summary(accumulated)["steps"] == 20
-    weights = _final_weights(accumulated, runs.root)
+    weights = runs.final_weights(accumulated)
     assert weights.keys() == reference.keys()
     for key, value in reference.items():
         torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5, msg=key)
@@ -252,7 +241,7 @@ def test_resuming_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(
     steps_after_resume = {s: v for s, v in runs.losses(resumed).items() if s > 15}
     reference = runs.losses(uninterrupted)
     assert steps_after_resume == {s: reference[s] for s in steps_after_resume}
-    expected = _final_weights(uninterrupted, runs.root)
-    weights = _final_weights(resumed, runs.root)
+    expected = runs.final_weights(uninterrupted)
+    weights = runs.final_weights(resumed)
     for key, value in expected.items():
         assert torch.equal(weights[key], value), key

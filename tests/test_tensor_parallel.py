@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
+from helpers import ACCUMULATE, MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
 
-from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 from lightning_accel.models import GPTLanguageModel
 
@@ -70,20 +69,66 @@ def test_a_tensor_parallel_rank_holds_half_of_the_split_layers(runs: Runs) -> No
         assert rank_bytes == full_state - 4 * halved
 
 
-def test_a_2d_checkpoint_resumes_under_tensor_parallel_and_consolidates(runs: Runs) -> None:
-    uninterrupted = runs.losses(runs.train("fsdp2_tp", "fsdp2_tp_cpu", 4, data_parallel=2))
-    first_half = runs.train(
-        "fsdp2_tp_half", "fsdp2_tp_cpu", 4, "trainer.max_steps=10", data_parallel=2
-    )
+@pytest.mark.parametrize(
+    ("name", "hardware", "ranks", "data_parallel"),
+    [("2d", "fsdp2_tp_cpu", 4, 2), ("tp", "tp_cpu", 2, 1)],
+)
+def test_an_fsdp2_checkpoint_resumes_under_another_layout(
+    runs: Runs, name: str, hardware: str, ranks: int, data_parallel: int
+) -> None:
+    uninterrupted = runs.losses(runs.train("fsdp2_4", "fsdp2_cpu", 4))
+    first_half = runs.train("fsdp2_4_half", "fsdp2_cpu", 4, "trainer.max_steps=10")
     checkpoint = first_half / "checkpoints" / "last.ckpt"
     resumed = runs.losses(
-        runs.train("tp_resume", "tp_cpu", 2, f"ckpt_path={checkpoint}", data_parallel=1)
+        runs.train(
+            f"{name}_resume",
+            hardware,
+            ranks,
+            f"ckpt_path={checkpoint}",
+            data_parallel=data_parallel,
+        )
     )
     assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
     assert max_difference(uninterrupted, resumed) < 1e-5
-    single_file = consolidate_checkpoint(checkpoint, runs.root / "2d.ckpt")
-    state = torch.load(single_file, map_location="cpu", weights_only=True)["state_dict"]
-    GPTLanguageModel(**MODEL, seq_len=32).load_state_dict(state)  # strict: whole tensors
+
+
+@pytest.mark.parametrize(
+    ("name", "hardware", "ranks", "data_parallel"),
+    [("tp", "tp_cpu", 2, 1), ("fsdp2_tp", "fsdp2_tp_cpu", 4, 2)],
+)
+def test_a_tensor_parallel_checkpoint_consolidates_into_whole_weights(
+    runs: Runs, name: str, hardware: str, ranks: int, data_parallel: int
+) -> None:
+    reference = runs.final_weights(runs.train("single", "cpu", 1))
+    weights = runs.final_weights(runs.train(name, hardware, ranks, data_parallel=data_parallel))
+    GPTLanguageModel(**MODEL, seq_len=32).load_state_dict(weights)  # strict: whole tensors
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-4, msg=key)
+
+
+def test_tensor_parallel_composes_with_checkpointing_compile_and_accumulation(
+    runs: Runs,
+) -> None:
+    """Activation checkpointing and per-block compile are applied before the split;
+    accumulating two half batches gives the update of one whole batch."""
+    plain = runs.losses(runs.train("tp", "tp_cpu", 2, data_parallel=1))
+    optimized = runs.train(
+        "tp_ac_compile",
+        "tp_cpu",
+        2,
+        "optimization.activation_checkpointing.enabled=true",
+        "optimization.compile.enabled=true",
+        "optimization.compile.per_block=true",
+        "optimization.compile.backend=eager",
+        data_parallel=1,
+    )
+    assert max_difference(plain, runs.losses(optimized)) < 1e-5
+    reference = runs.final_weights(runs.train("single", "cpu", 1))
+    accumulated = runs.train("tp_accumulate", "tp_cpu", 2, *ACCUMULATE, "data.batch_size=4")
+    assert runs.summary(accumulated)["steps"] == 20
+    weights = runs.final_weights(accumulated)
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5, msg=key)
 
 
 def _user_model_run(runs: Runs, name: str, hardware: str, ranks: int) -> dict[int, float]:

@@ -4,6 +4,7 @@ split and how, what is refused, and how mesh sizes fill the world."""
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import UserTransformer
 from torch import nn
 
@@ -134,3 +135,14 @@ def test_a_mesh_that_does_not_fit_the_world_is_refused(
     with pytest.raises(ConfigError, match="hardware.strategy_options") as error:
         resolve_mesh(world, *sizes)
     assert message in str(error.value)
+
+
+def test_a_plan_by_shape_sees_through_checkpointed_and_compiled_blocks() -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    plain = resolve_plan(UserTransformer(vocab_size=64, width=32, depth=2, num_heads=4))
+    model = UserTransformer(vocab_size=64, width=32, depth=2, num_heads=4)
+    for index, layer in enumerate(model.layers):
+        model.layers[index] = torch.compile(checkpoint_wrapper(layer), backend="eager")
+    wrapped = resolve_plan(model)
+    assert wrapped == plain

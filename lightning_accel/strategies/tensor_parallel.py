@@ -65,7 +65,13 @@ def canonical_path(path: str) -> str:
 
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Module path (without wrapper segments) -> the innermost module at that path."""
     return {canonical_path(name): module for name, module in model.named_modules() if name}
+
+
+def _paths(model: nn.Module) -> dict[int, str]:
+    """id of every module, wrappers included -> its path without wrapper segments."""
+    return {id(module): canonical_path(name) for name, module in model.named_modules() if name}
 
 
 def declared_plan(model: nn.Module) -> dict[str, str] | None:
@@ -91,7 +97,7 @@ def plan_by_shape(model: nn.Module) -> dict[str, str]:
             module with one fused query/key/value projection (its layout is unknown).
     """
     blocks = find_repeated_blocks(model)
-    names = {id(module): path for path, module in _modules(model).items()}
+    names = _paths(model)
     if not blocks:
         raise ConfigError(
             PLAN_KEY, "{}", f"is needed: {type(model).__name__} has no repeated blocks"
@@ -103,7 +109,17 @@ def plan_by_shape(model: nn.Module) -> dict[str, str]:
     return plan
 
 
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The module inside activation checkpointing and compile wrappers."""
+    for segment in WRAPPER_SEGMENTS:
+        inner = getattr(module, segment, None)
+        if isinstance(inner, nn.Module):
+            return _unwrapped(inner)
+    return module
+
+
 def _block_plan(block: nn.Module) -> dict[str, str]:
+    block = _unwrapped(block)
     inner = _modules(block)
     norms = [path for path, module in inner.items() if isinstance(module, NORMS)]
     if not norms:
@@ -172,7 +188,7 @@ def resolve_plan(
             examples = [p for p in modules if isinstance(modules[p], (nn.Linear, *NORMS))][:6]
             raise ConfigError(PLAN_KEY, pattern, "matches no module of the model", examples)
         styles.update(dict.fromkeys(matched, style))
-    names = {id(module): path for path, module in modules.items()}
+    names = _paths(model)
     blocks = tuple(names[id(block)] for block in find_repeated_blocks(model))
     return TensorParallelPlan(styles, blocks, "sequence_parallel" in styles.values())
 
