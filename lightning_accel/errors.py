@@ -31,6 +31,10 @@ class ConfigError(ValueError):
             message += f"; valid choices: {', '.join(str(c) for c in self.choices)}"
         super().__init__(message + ".")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its parts when it crosses a process boundary (a trial process)
+        return (type(self), (self.key, self.value, self.problem, self.choices))
+
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)

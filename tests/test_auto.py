@@ -4,6 +4,7 @@ fits with the same update, and every choice recorded with its reason."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,15 +13,17 @@ import torch
 import yaml
 from helpers import TINY, run_cli
 
-from lightning_accel.cli.choices import _with_micro_batches
+from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process
 from lightning_accel.cli.compose import compose_job
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.runner import fit_run
-from lightning_accel.config import CompileConfig
+from lightning_accel.config import CompileConfig, HardwareConfig
+from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.probe import StepTimes, compile_pays
 from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
 from lightning_accel.plan.fit import largest_micro_batch
 from lightning_accel.plan.layouts import Placement, rank_memory
+from lightning_accel.plan.run import plan_run
 
 SINGLE = Placement("single", 1, "32-true")
 
@@ -132,3 +135,9 @@ def test_strategy_auto_on_several_devices_runs_the_layout_the_plan_ranks_first(
     assert config["strategy"] == expected == summary["strategy"]
     assert summary["strategy_reason"].startswith(f"{first['layout']} ranks first of")
     assert summary["world_size"] == 2
+
+
+def test_timed_trials_run_in_a_process_of_their_own_and_report_its_errors() -> None:
+    assert in_a_fresh_process(os.getpid) != os.getpid()
+    with pytest.raises(ConfigError, match="hardware.devices"):
+        in_a_fresh_process(plan_run, HardwareConfig(accelerator="cpu", devices=1000))

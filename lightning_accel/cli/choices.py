@@ -7,8 +7,12 @@ run's config with its reason."""
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -18,6 +22,7 @@ from lightning_accel.cli.console import say
 from lightning_accel.cli.preflight import measure_run, planned_precision, run_placement
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.config import OptimizationConfig
 from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.probe import (
@@ -31,6 +36,8 @@ from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
 from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.planner import gib, plan_layouts
 from lightning_accel.plan.run import plan_run
+
+T = TypeVar("T")
 
 
 def _with_micro_batches(run: RunConfig, micro: int, reason: str) -> RunConfig:
@@ -160,12 +167,40 @@ def measure_choices(run: RunConfig) -> RunConfig:
     timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     if not timed and optimization.micro_batch != "auto":
         return run
+    try:
+        optimization = in_a_fresh_process(timed_choices, run)
+    except BrokenProcessPool as error:
+        raise ConfigError(
+            "optimization",
+            run.optimization.name,
+            "could not be measured: the trial process died (out of memory?); set precision, "
+            "compile and micro_batch by hand",
+        ) from error
+    return replace(run, optimization=optimization)
+
+
+def in_a_fresh_process(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` run in a spawned child process: what a timed trial leaves behind
+    (compiled code and compile workers, loader workers, allocator caches, device memory)
+    then never touches the run that follows. Its exceptions are raised here; a child that
+    dies raises ``BrokenProcessPool``."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def timed_choices(run: RunConfig) -> OptimizationConfig:
+    """The optimization profile with its timed choices made on the run's model and first
+    batch: ``precision: fastest`` and ``compile.enabled: auto``, or, with neither, the
+    trial step of the chosen micro-batch."""
+    optimization = run.optimization
+    timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     plan = plan_run(run.hardware, optimization)  # `fastest` plans as `auto`
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = _first_batch(run, device)
     if not timed:  # the trial step of the chosen micro-batch
         measure_step_times(model, batch, plan.precision.precision, steps=1)
-        return run
+        return optimization
     if optimization.precision == "fastest":
         choice = fastest_precision(plan.precision, model, batch)
         say(f"precision {choice.precision}: {choice.reason}")
@@ -184,4 +219,4 @@ def measure_choices(run: RunConfig) -> RunConfig:
             optimization,
             compile=replace(optimization.compile, enabled=compiled.enabled, reason=compiled.reason),
         )
-    return replace(run, optimization=optimization)
+    return optimization
