@@ -176,21 +176,20 @@ def _previous_directory(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
-@contextmanager
-def atomic_directory(target: Path, is_writer: bool, barrier: Any) -> Iterator[Path]:
-    """Write a checkpoint directory (one shard per rank) so that it appears whole or not at
-    all: every rank writes into a staging directory beside ``target``; after all of them are
-    done (``barrier``), the writer renames the old directory aside, the staging directory
-    into place, and deletes the old one. A process killed at any point leaves either the
-    previous checkpoint under ``target`` or, between the two renames, under a name that
-    :func:`recover_checkpoint` restores.
-    """
+def stage_directory(target: Path, is_writer: bool, barrier: Any) -> Path:
+    """An empty staging directory beside ``target`` (the same on every rank), made by the
+    writer before any rank writes its shard into it."""
     staging = _staging_directory(target)
     if is_writer:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     barrier()
-    yield staging
+    return staging
+
+
+def publish_directory(target: Path, staging: Path, is_writer: bool, barrier: Any) -> None:
+    """Once every rank has written its shard into ``staging`` (``barrier``), the writer
+    renames the old ``target`` aside, ``staging`` into place, and deletes the old one."""
     barrier()
     if is_writer:
         previous = _previous_directory(target)
@@ -203,6 +202,20 @@ def atomic_directory(target: Path, is_writer: bool, barrier: Any) -> Iterator[Pa
         _fsync_directory(target.parent)
         shutil.rmtree(previous, ignore_errors=True)
     barrier()
+
+
+@contextmanager
+def atomic_directory(target: Path, is_writer: bool, barrier: Any) -> Iterator[Path]:
+    """Write a checkpoint directory (one shard per rank) so that it appears whole or not at
+    all: every rank writes into a staging directory beside ``target``
+    (:func:`stage_directory`); after all of them are done, it is renamed into place
+    (:func:`publish_directory`). A process killed at any point leaves either the previous
+    checkpoint under ``target`` or, between the two renames, under a name that
+    :func:`recover_checkpoint` restores.
+    """
+    staging = stage_directory(target, is_writer, barrier)
+    yield staging
+    publish_directory(target, staging, is_writer, barrier)
 
 
 def recover_checkpoint(target: Path) -> None:

@@ -21,9 +21,9 @@ from lightning_accel.callbacks.memory import model_state_bytes
 
 class RunSummary(pl.Callback):
     """Records losses, validation metrics, model state sizes and output paths, adds the
-    figures other callbacks report (the speed monitor's throughput and MFU, the XLA
-    recompile guard's compilations), then writes ``summary.json`` and prints a table when
-    fitting ends (rank 0 only).
+    figures other callbacks and the strategy report (the speed monitor's throughput and
+    MFU, the XLA recompile guard's compilations, time spent saving checkpoints), then
+    writes ``summary.json`` and prints a table when fitting ends (rank 0 only).
 
     Args:
         output_dir: where ``summary.json`` goes; default the trainer's ``default_root_dir``.
@@ -121,10 +121,11 @@ class RunSummary(pl.Callback):
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
             **self.memory,
-            # figures other callbacks report (the speed monitor, the XLA recompile guard)
+            # figures other callbacks and the strategy report (the speed monitor, the XLA
+            # recompile guard, checkpoint saving)
             **{
                 k: v
-                for c in trainer.callbacks
+                for c in [*trainer.callbacks, trainer.strategy]
                 if hasattr(c, "summary_figures")
                 for k, v in c.summary_figures().items()
             },
@@ -224,6 +225,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
                 f" TFLOP/s ({summary['peak_flops_source']})",
             )
         )
+    if summary.get("checkpoint_blocked_seconds"):
+        mode = "asynchronous" if summary.get("checkpoint_async") else "synchronous"
+        blocked = f"{summary['checkpoint_blocked_seconds']:.2f} s of training ({mode})"
+        rows.append(("checkpoint saves", blocked))
     if summary.get("loader"):
         loader = summary["loader"]
         pinned = ", pinned" if loader["pin_memory"] else ""

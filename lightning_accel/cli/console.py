@@ -17,6 +17,9 @@ console = Console(stderr=True, highlight=False)
 
 # Upstream messages that carry no information for a user of this CLI.
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
+# performance hints that name no action for a user: clipping gradients over a 2D (FSDP2 x
+# TP) mesh reduces the norm over each dimension in turn, which DTensor logs at every step
+_HINT_LOGGERS = ("torch.distributed.tensor._redistribute",)
 _IGNORED_WARNINGS = (
     r".*does not have many workers.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
@@ -46,6 +49,8 @@ def quiet_upstream() -> None:
         os.environ[_CPP_LOG_LEVEL_OWN] = "1"
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _HINT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)

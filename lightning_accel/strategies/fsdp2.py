@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.init import _materialize_distributed_module
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -22,6 +24,7 @@ from typing_extensions import override
 from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
 from lightning_accel.config import OptimizationConfig, require_positive
 from lightning_accel.optimize.transforms import apply_model_optimizations
+from lightning_accel.strategies.async_save import AsyncShardWriter
 from lightning_accel.strategies.mesh import MeshShape, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
 from lightning_accel.strategies.tensor_parallel import (
@@ -64,6 +67,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: save one shard per rank (``False``: one full file).
             Either way a checkpoint appears whole or not at all: shards are written into a
             staging directory that is renamed into place once every rank has finished.
+        async_save: write sharded checkpoints in the background while training goes on
+            (:class:`~lightning_accel.strategies.async_save.AsyncShardWriter`); each is
+            renamed into place at the next save or when training ends.
     """
 
     strategy_name = "fsdp2"
@@ -79,6 +85,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         tensor_parallel: int = 1,
         tensor_parallel_plan: Mapping[str, str] | None = None,
         save_distributed_checkpoint: bool = True,
+        async_save: bool = False,
         process_group_backend: str | None = None,
     ) -> None:
         require_positive("hardware.strategy_options.timeout_s", timeout_s)
@@ -88,6 +95,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.tensor_parallel_plan = dict(tensor_parallel_plan or {})
         self.mesh_shape = MeshShape()
         self.replica_mesh: DeviceMesh | None = None
+        self.async_writer = AsyncShardWriter() if async_save else None
+        self.save_blocked_seconds = 0.0  # training time spent in checkpoint saves
+        self.saves = 0
         super().__init__(
             data_parallel_size=1,  # both sizes are set in setup_environment, from the world size
             tensor_parallel_size=1,
@@ -190,5 +200,29 @@ class FSDP2Strategy(ModelParallelStrategy):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
         target = Path(self.broadcast(filepath))
-        with atomic_directory(target, self.global_rank == 0, self.barrier) as staging:
-            super().save_checkpoint(checkpoint, staging)
+        started = time.perf_counter()
+        if self.async_writer is not None:
+            # the layout Lightning's ModelParallelStrategy saves and loads
+            state = {"state_dict": checkpoint.pop("state_dict")}
+            optimizers = checkpoint.pop("optimizer_states", [])
+            state.update({f"optimizer_{index}": o for index, o in enumerate(optimizers)})
+            self.async_writer.save(state, checkpoint, target, self.global_rank == 0, self.barrier)
+        else:
+            with atomic_directory(target, self.global_rank == 0, self.barrier) as staging:
+                super().save_checkpoint(checkpoint, staging)
+        self.save_blocked_seconds += time.perf_counter() - started
+        self.saves += 1
+
+    def summary_figures(self) -> dict[str, Any]:
+        """Training time spent saving checkpoints, for the run summary."""
+        return {
+            "checkpoint_async": self.async_writer is not None,
+            "checkpoint_blocked_seconds": round(self.save_blocked_seconds, 3),
+            "checkpoint_saves": self.saves,
+        }
+
+    @override
+    def teardown(self) -> None:
+        if self.async_writer is not None and torch.distributed.is_initialized():
+            self.async_writer.finish(self.global_rank == 0, self.barrier)
+        super().teardown()
