@@ -60,17 +60,18 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
     Args:
         data: devices along the data-parallel axis (-1: all that ``fsdp`` leaves).
         fsdp: devices along the parameter-sharding axis (-1: all that ``data`` leaves).
-        checkpoint: ``gathered`` (one file of CPU tensors, Lightning's XLA layout) or
-            ``sharded`` (a directory: each device's pieces written by
+        checkpoint: ``sharded`` (default: a directory of each device's pieces written by
             torch.distributed.checkpoint, the loop state in ``meta.pt``; the layout of the
             FSDP2 strategy's checkpoints, so ``lightning-accel consolidate`` turns it into
-            one file).
+            one file) or ``gathered`` (one file of CPU tensors, Lightning's XLA layout;
+            gathering compiles one graph per parameter and optimizer tensor, seconds each
+            on a TPU). The compilations each save costs are counted for the run summary.
     """
 
     strategy_name = "xla_spmd"
 
     def __init__(
-        self, data: int = -1, fsdp: int = 1, checkpoint: str = "gathered", **kwargs: Any
+        self, data: int = -1, fsdp: int = 1, checkpoint: str = "sharded", **kwargs: Any
     ) -> None:
         require_choice("hardware.strategy_options.checkpoint", checkpoint, XLA_CHECKPOINTS)
         runtime.use_spmd()  # before any tensor reaches an XLA device
@@ -78,6 +79,8 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         self.mesh_sizes = mesh_shape(data, fsdp, runtime.global_device_count())
         self.mesh = runtime.mesh(self.mesh_sizes, MESH_AXES)
         self.checkpoint_format = checkpoint
+        self.saves = 0
+        self.save_compilations = 0
 
     @property
     def data_parallel_size(self) -> int:
@@ -118,6 +121,16 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
     ) -> None:
+        before = runtime.compilations()[0]
+        self._save(checkpoint, filepath, storage_options)
+        self.save_compilations += runtime.compilations()[0] - before
+        self.saves += 1
+
+    def summary_figures(self) -> dict[str, Any]:
+        """Checkpoint saves and the XLA compilations they cost, for the run summary."""
+        return {"checkpoint_saves": self.saves, "checkpoint_compilations": self.save_compilations}
+
+    def _save(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any) -> None:
         if self.checkpoint_format == "gathered":
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return

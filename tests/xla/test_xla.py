@@ -137,7 +137,7 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     runs: XLARuns,
 ) -> None:
     uninterrupted = runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd")
-    options = ("hardware=xla_cpu_spmd", "hardware.strategy_options.checkpoint=sharded")
+    options = ("hardware=xla_cpu_spmd",)  # sharded by default
     stopped, resumed = _stopped_and_resumed(runs, "xla_cpu_spmd_sharded", *options)
     checkpoint = stopped / "checkpoints" / "last.ckpt"
     assert checkpoint.is_dir() and (checkpoint / "meta.pt").is_file()
@@ -148,10 +148,33 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
         rows = entry.size[0]
         assert [list(c.offsets) for c in entry.chunks] == [[i * rows // 4, 0] for i in range(4)]
         assert all(list(c.sizes) == [rows // 4, entry.size[1]] for c in entry.chunks)
-    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
+    whole = consolidate_checkpoint(
+        uninterrupted / "checkpoints" / "last.ckpt", runs.root / "u.ckpt"
+    )
     final = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", runs.root / "spmd.ckpt")
+    expected = torch.load(whole, weights_only=False)
     _assert_same_weights(expected, torch.load(final, weights_only=False))
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
+
+
+def test_spmd_checkpoint_saves_cost_a_handful_of_compilations(runs: XLARuns) -> None:
+    sharded = runs.summary(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    unsaved = runs.summary(
+        runs.train("xla_cpu_spmd_unsaved", "hardware=xla_cpu_spmd", "callbacks.checkpoint=null")
+    )
+    gathered = runs.summary(
+        runs.train(
+            "xla_cpu_spmd_gathered",
+            "hardware=xla_cpu_spmd",
+            "hardware.strategy_options.checkpoint=gathered",
+        )
+    )
+    assert sharded["checkpoint_saves"] == gathered["checkpoint_saves"] >= 2
+    assert unsaved["checkpoint_saves"] == 0
+    assert sharded["xla_compilations"] - unsaved["xla_compilations"] <= 5
+    assert sharded["checkpoint_compilations"] <= 5
+    # gathering compiles a graph for (nearly) every parameter and optimizer tensor
+    assert gathered["checkpoint_compilations"] > 10 * max(1, sharded["checkpoint_compilations"])
 
 
 def test_tpu_profile_at_one_device_runs_the_multi_process_path_like_xla_cpu(
