@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
 from lightning_accel.config import OptimizationConfig, require_positive
 from lightning_accel.optimize.transforms import apply_model_optimizations
 from lightning_accel.strategies.async_save import AsyncShardWriter
-from lightning_accel.strategies.mesh import MeshShape, resolve_mesh
+from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
 from lightning_accel.strategies.tensor_parallel import (
     apply_tensor_parallel,
@@ -91,7 +90,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         require_positive("hardware.strategy_options.timeout_s", timeout_s)
         # the sizes are checked now; that they fill the world, once it is known
         self.mesh_sizes = (data_parallel_replicate, data_parallel_shard, tensor_parallel)
-        resolve_mesh(math.prod(abs(size) for size in self.mesh_sizes), *self.mesh_sizes)
+        check_mesh_sizes(*self.mesh_sizes)
         self.tensor_parallel_plan = dict(tensor_parallel_plan or {})
         self.mesh_shape = MeshShape()
         self.replica_mesh: DeviceMesh | None = None

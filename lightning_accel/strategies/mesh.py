@@ -41,6 +41,30 @@ class MeshShape:
         return "fsdp2"
 
 
+def check_mesh_sizes(
+    data_parallel_replicate: int = 1, data_parallel_shard: int = -1, tensor_parallel: int = 1
+) -> dict[str, int]:
+    """The mesh sizes by option name, once each is a positive count or -1 and at most one
+    is -1 (what they must multiply to is known only with the world size).
+
+    Raises:
+        ConfigError: naming the first size that breaks this.
+    """
+    given = (data_parallel_replicate, data_parallel_shard, tensor_parallel)
+    sizes = dict(zip(MESH_KEYS, given, strict=True))
+    for key, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
+            raise ConfigError(f"{OPTIONS_KEY}.{key}", size, "must be a positive size or -1")
+    open_keys = [key for key, size in sizes.items() if size == -1]
+    if len(open_keys) > 1:
+        raise ConfigError(
+            f"{OPTIONS_KEY}.{open_keys[1]}",
+            -1,
+            f"is the second size of -1 (with {open_keys[0]}); only one size may be left open",
+        )
+    return sizes
+
+
 def resolve_mesh(
     world_size: int,
     data_parallel_replicate: int = 1,
@@ -53,19 +77,8 @@ def resolve_mesh(
         ConfigError: a size that is not a positive count or -1, two sizes of -1, sizes whose
             product is not the world size, or replicas combined with tensor parallelism.
     """
-    sizes = dict(
-        zip(MESH_KEYS, (data_parallel_replicate, data_parallel_shard, tensor_parallel), strict=True)
-    )
-    for key, size in sizes.items():
-        if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
-            raise ConfigError(f"{OPTIONS_KEY}.{key}", size, "must be a positive size or -1")
+    sizes = check_mesh_sizes(data_parallel_replicate, data_parallel_shard, tensor_parallel)
     open_keys = [key for key, size in sizes.items() if size == -1]
-    if len(open_keys) > 1:
-        raise ConfigError(
-            f"{OPTIONS_KEY}.{open_keys[1]}",
-            -1,
-            f"is the second size of -1 (with {open_keys[0]}); only one size may be left open",
-        )
     fixed = math.prod(size for size in sizes.values() if size != -1)
     if open_keys:
         if world_size % fixed:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
@@ -327,6 +328,4 @@ def _replicate(module: nn.Module, mesh: DeviceMesh, replicated: dict[int, nn.Par
 
 
 def _is_plain_tensor(value: Any) -> bool:
-    import torch
-
     return isinstance(value, torch.Tensor) and not isinstance(value, DTensor)
