@@ -13,7 +13,8 @@ import torch
 import yaml
 from helpers import TINY, run_cli
 
-from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process
+from lightning_accel.cli import choices
+from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process, timed_choices
 from lightning_accel.cli.compose import compose_job
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.runner import fit_run
@@ -29,7 +30,9 @@ SINGLE = Placement("single", 1, "32-true")
 
 
 def _timings(eager: StepTimes, compiled: StepTimes):  # noqa: ANN202 - a stand-in measurement
-    return lambda module, batch, precision, config: eager if config is None else compiled
+    return lambda module, batch, candidates: {
+        name: eager if c.compile_config is None else compiled for name, c in candidates.items()
+    }
 
 
 @pytest.mark.parametrize(
@@ -141,3 +144,20 @@ def test_timed_trials_run_in_a_process_of_their_own_and_report_its_errors() -> N
     assert in_a_fresh_process(os.getpid) != os.getpid()
     with pytest.raises(ConfigError, match="hardware.devices"):
         in_a_fresh_process(plan_run, HardwareConfig(accelerator="cpu", devices=1000))
+
+
+def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _run(tmp_path, "trial", [f"data.source={small_corpus}", "optimization=auto"])
+    optimization = replace(
+        run.optimization,
+        precision="32-true",
+        compile=replace(run.optimization.compile, enabled=False),
+        micro_batch=None,
+    )
+    trials: list[dict] = []
+    monkeypatch.setattr(choices, "step_times", lambda *args, **kw: trials.append(args[2]))
+    assert timed_choices(replace(run, optimization=optimization)) is optimization
+    assert [{n: c.precision for n, c in t.items()} for t in trials] == [{"trial": "32-true"}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -14,7 +15,7 @@ from lightning_accel import precision
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE, CpuFacts, CudaDevice, CudaFacts, MachineFacts
 from lightning_accel.models import GPTLanguageModel
-from lightning_accel.optimize.probe import fastest_precision, measure_step_seconds
+from lightning_accel.optimize.probe import Candidate, StepTimes, fastest_precision, step_times
 
 
 def gpu(capability: tuple[int, int]) -> MachineFacts:
@@ -78,7 +79,10 @@ CANDIDATE = precision.PrecisionChoice("bf16-mixed", "the CPU has bf16 matrix uni
 
 
 def _timings(seconds: dict[str, float]):  # noqa: ANN202 - a stand-in for the measurement
-    return lambda module, batch, name: seconds[name]
+    return lambda module, batch, candidates: {
+        name: StepTimes(seconds[c.precision], seconds[c.precision])
+        for name, c in candidates.items()
+    }
 
 
 def test_fastest_keeps_the_reduced_precision_when_it_measures_faster() -> None:
@@ -105,9 +109,42 @@ def test_measuring_leaves_the_model_untouched() -> None:
     module = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     batch = (torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
-    assert measure_step_seconds(module, batch, "bf16-mixed") > 0
+    candidates = {"fp32": Candidate("32-true"), "bf16": Candidate("bf16-mixed")}
+    timings = step_times(module, batch, candidates, min_seconds=0.0, min_rounds=2)
+    assert set(timings) == {"fp32", "bf16"}
+    assert all(t.first > 0 and t.steady > 0 for t in timings.values())
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
     assert all(p.grad is None for p in module.parameters())
+
+
+class _RecordingModule(pl.LightningModule):
+    """A linear model whose training steps record whether they ran under autocast."""
+
+    calls: list[str] = []  # shared by the copies the trial makes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        _RecordingModule.calls.append("bf16" if torch.is_autocast_enabled("cpu") else "fp32")
+        return self.layer(batch).sum()
+
+
+def test_trial_steps_alternate_so_no_candidate_always_runs_second() -> None:
+    _RecordingModule.calls = []
+    candidates = {"fp32": Candidate("32-true"), "bf16": Candidate("bf16-mixed")}
+    step_times(_RecordingModule(), torch.ones(2, 4), candidates, min_seconds=0.0, min_rounds=4)
+    first_steps, rounds = _RecordingModule.calls[:2], _RecordingModule.calls[2:]
+    assert first_steps == ["fp32", "bf16"]
+    assert rounds == ["fp32", "bf16", "bf16", "fp32", "fp32", "bf16", "bf16", "fp32"]
+
+
+def test_trial_runs_until_each_candidate_has_its_minimum_time_within_the_round_cap() -> None:
+    _RecordingModule.calls = []
+    candidates = {"fp32": Candidate("32-true")}
+    step_times(_RecordingModule(), torch.ones(2, 4), candidates, min_seconds=60.0, max_rounds=7)
+    assert len(_RecordingModule.calls) == 1 + 7
 
 
 def test_fast_profile_records_its_measured_choice(tmp_path: Path, small_corpus: Path) -> None:

@@ -26,10 +26,11 @@ from lightning_accel.config import OptimizationConfig
 from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.probe import (
+    Candidate,
     CompileChoice,
     compile_pays,
     fastest_precision,
-    measure_step_times,
+    step_times,
 )
 from lightning_accel.plan import meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
@@ -199,7 +200,8 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = _first_batch(run, device)
     if not timed:  # the trial step of the chosen micro-batch
-        measure_step_times(model, batch, plan.precision.precision, steps=1)
+        trial = {"trial": Candidate(plan.precision.precision)}
+        step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)
         return optimization
     if optimization.precision == "fastest":
         choice = fastest_precision(plan.precision, model, batch)

@@ -4,9 +4,10 @@ candidate precision, and eager against compiled, keeping what is faster over the
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -39,72 +40,97 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def measure_step_seconds(module: pl.LightningModule, batch: Any, precision: str) -> float:
-    """Seconds per training step of ``module`` on ``batch`` in ``precision``, after one
-    warm-up step, on a copy of the module (see :func:`measure_step_times`)."""
-    return measure_step_times(module, batch, precision).steady
+@dataclass(frozen=True)
+class Candidate:
+    """One way of running the training step that a trial times: its ``precision`` and,
+    when given, the ``compile_config`` it is compiled with."""
+
+    precision: str
+    compile_config: CompileConfig | None = None
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Seconds of a first training step (compilation included) and the median of the
+    later ones."""
+
+    first: float
+    steady: float
+
+
+# What a trial measures: each candidate's step times on the module and batch.
+Measure = Callable[[pl.LightningModule, Any, Mapping[str, Candidate]], dict[str, StepTimes]]
+
+
+def _training_step(
+    module: pl.LightningModule, batch: Any, candidate: Candidate
+) -> Callable[[], float]:
+    """A timed training step (forward, backward, gradients dropped) of a copy of
+    ``module`` run as ``candidate`` says; each call returns its seconds."""
+    model = copy.deepcopy(module).train()
+    if candidate.compile_config is not None:
+        compile_model(model, candidate.compile_config)
+    device = next(model.parameters()).device
+    precision = candidate.precision
+    if precision.endswith("-true") and precision != "32-true":
+        model = model.to(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+
+    def step() -> float:
+        started = time.perf_counter()
+        with _autocast(precision, device), _quiet():
+            output = model.training_step(batch, 0)
+        loss = output["loss"] if isinstance(output, dict) else output
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    return step
+
+
+def step_times(
+    module: pl.LightningModule,
+    batch: Any,
+    candidates: Mapping[str, Candidate],
+    min_seconds: float = 2.0,
+    min_rounds: int = 5,
+    max_rounds: int = 300,
+) -> dict[str, StepTimes]:
+    """Time the training step of each candidate on copies of ``module`` (it is not
+    changed): one first step each (compilation included), then rounds of one step per
+    candidate, in alternating order so that no candidate always runs warmer, until every
+    candidate has ``min_seconds`` of steps and ``min_rounds`` rounds are done (at most
+    ``max_rounds``). Steady time is the median step: a noisy neighbour moves it little."""
+    steps = {name: _training_step(module, batch, c) for name, c in candidates.items()}
+    first = {name: step() for name, step in steps.items()}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for done in range(max_rounds):
+        timed_enough = min(sum(times) for times in samples.values()) >= min_seconds
+        if done >= min_rounds and timed_enough:
+            break
+        for name in order if done % 2 == 0 else reversed(order):
+            samples[name].append(steps[name]())
+    return {name: StepTimes(first[name], statistics.median(samples[name])) for name in steps}
 
 
 def fastest_precision(
     candidate: PrecisionChoice,
     module: pl.LightningModule,
     batch: Any,
-    measure: Callable[[pl.LightningModule, Any, str], float] = measure_step_seconds,
+    measure: Measure = step_times,
 ) -> PrecisionChoice:
     """Keep ``candidate`` (the hardware's reduced precision) only if it trains ``module``
-    at least 5% faster than fp32 on ``batch``; otherwise fp32."""
+    at least 5% faster than fp32 on ``batch``, timed interleaved; otherwise fp32."""
     if candidate.precision == "32-true":
         return candidate
-    timings = {p: measure(module, batch, p) for p in ("32-true", candidate.precision)}
-    speedup = timings["32-true"] / timings[candidate.precision]
+    names = ("32-true", candidate.precision)
+    timings = measure(module, batch, {name: Candidate(name) for name in names})
+    speedup = timings["32-true"].steady / timings[candidate.precision].steady
     measured = f"measured {speedup:.2f}x the speed of 32-true on this model"
     if speedup >= REQUIRED_SPEEDUP:
         return PrecisionChoice(candidate.precision, f"{candidate.reason}; {measured}")
     return PrecisionChoice("32-true", f"{candidate.precision} {measured}; kept 32-true")
-
-
-@dataclass(frozen=True)
-class StepTimes:
-    """Seconds of a first training step (compilation included) and of each later one."""
-
-    first: float
-    steady: float
-
-
-def measure_step_times(
-    module: pl.LightningModule,
-    batch: Any,
-    precision: str,
-    compile_config: CompileConfig | None = None,
-    steps: int = 3,
-) -> StepTimes:
-    """Time ``module.training_step`` with backward on ``batch`` in ``precision``, on a copy
-    of the module (it is not changed), compiled as ``compile_config`` says when given: the
-    first step, then the mean of ``steps`` more."""
-    model = copy.deepcopy(module).train()
-    if compile_config is not None:
-        compile_model(model, compile_config)
-    device = next(model.parameters()).device
-    if precision.endswith("-true") and precision != "32-true":
-        model = model.to(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-    def step() -> None:
-        with _autocast(precision, device):
-            output = model.training_step(batch, 0)
-        loss = output["loss"] if isinstance(output, dict) else output
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-
-    with _quiet():
-        started = time.perf_counter()
-        step()
-        synchronize(device)
-        first = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-    return StepTimes(first, (time.perf_counter() - started) / steps)
 
 
 @dataclass(frozen=True)
@@ -121,12 +147,16 @@ def compile_pays(
     precision: str,
     compile_config: CompileConfig,
     run_steps: int,
-    measure: Callable[..., StepTimes] = measure_step_times,
+    measure: Measure = step_times,
 ) -> CompileChoice:
     """Compile only if it pays over the run: the time compiled steps save over ``run_steps``
     steps must exceed the compilation's own time (the first compiled step's excess)."""
-    eager = measure(module, batch, precision, None)
-    compiled = measure(module, batch, precision, compile_config)
+    timings = measure(
+        module,
+        batch,
+        {"eager": Candidate(precision), "compiled": Candidate(precision, compile_config)},
+    )
+    eager, compiled = timings["eager"], timings["compiled"]
     compile_seconds = max(0.0, compiled.first - compiled.steady)
     speedup = eager.steady / compiled.steady
     saved = (eager.steady - compiled.steady) * run_steps
