@@ -39,11 +39,8 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return corpus
 
 
-@pytest.fixture(scope="module")
-def runs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, small_corpus: Path
-) -> Runs:
-    """Parallel CLI runs of the small GPT, shared by the tests of one module."""
-    return Runs(
-        tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_")), small_corpus
-    )
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
+    """Parallel CLI runs of the small GPT, shared by every test: a run's name stands for
+    its configuration, and each configuration trains once per session."""
+    return Runs(tmp_path_factory.mktemp("runs"), small_corpus)

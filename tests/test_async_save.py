@@ -16,7 +16,7 @@ ASYNC = "hardware.strategy_options.async_save=true"
 
 
 def test_asynchronous_saves_resume_exactly_and_record_their_cost(runs: Runs) -> None:
-    uninterrupted = runs.losses(runs.train("sync", "fsdp2_cpu", 2))
+    uninterrupted = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
     asynchronous = runs.train("async", "fsdp2_cpu", 2, ASYNC)
     assert runs.losses(asynchronous) == uninterrupted, "saving in the background changes nothing"
     summary = runs.summary(asynchronous)

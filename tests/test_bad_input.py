@@ -67,6 +67,10 @@ CASES = {
         ["hardware=tp_cpu", "hardware.devices=3"],
         ["tensor_parallel=3 does not divide the width", "1, 2, 4"],
     ),
+    "sequence the tensor parallel size does not divide": (
+        ["hardware=tp_cpu", "data.seq_len=33"],
+        ["data.seq_len=33 is not divisible by", "tensor_parallel=2", "32, 34"],
+    ),
     "tensor parallel plan matching nothing": (
         ["hardware=tp_cpu", "+hardware.strategy_options.tensor_parallel_plan={decoder.*:colwise}"],
         ["tensor_parallel_plan='decoder.*' matches no module", "model.blocks.0.attn.qkv"],

@@ -30,7 +30,9 @@ from lightning_accel.plan import (
     required_example_batch,
 )
 from lightning_accel.plan.fit import check_fits
-from lightning_accel.plan.layouts import Placement, rank_memory
+from lightning_accel.plan.footprint import TensorParallelFootprint
+from lightning_accel.plan.layouts import Placement, communication, rank_memory
+from lightning_accel.strategies.mesh import MeshShape
 
 GPT = {"_target_": "lightning_accel.models.GPTLanguageModel", "n_head": 4}
 SINGLE = Placement("single", 1, "32-true")
@@ -85,6 +87,41 @@ def test_fsdp2_shards_are_counted_as_fsdp2_pads_them() -> None:
     assert shards == expected > footprint.parameter_bytes() / 3
 
 
+def _mesh_placement(layout: str, replicate: int = 1, shard: int = 1, tensor: int = 1):
+    mesh = MeshShape(replicate, shard, tensor)
+    return Placement(layout, replicate * shard * tensor, "32-true", mesh=mesh)
+
+
+def test_tensor_parallel_ranks_hold_a_slice_of_the_split_layers_and_the_rest_whole() -> None:
+    footprint = _footprint(2, 64, 32, 4, ("32-true",))
+    model = GPTLanguageModel(n_layer=2, d_model=64, n_head=4, seq_len=32)
+    split_names = ("attn.qkv.", "attn.proj.weight", "mlp.0.", "mlp.2.weight")
+    split = sum(p.numel() for n, p in model.named_parameters() if any(s in n for s in split_names))
+    assert footprint.tensor_parallel == TensorParallelFootprint(split, (2, 4), 4, True)
+    whole = footprint.parameters
+    tp = rank_memory(footprint, _mesh_placement("tp", tensor=2))
+    assert tp.parameters == (whole - split // 2) * 4
+    two_d = rank_memory(footprint, _mesh_placement("fsdp2_tp", shard=2, tensor=2))
+    assert tp.parameters / 2 <= two_d.parameters <= tp.parameters / 2 * 1.01
+    hsdp = rank_memory(footprint, _mesh_placement("hsdp", replicate=2, shard=2))
+    assert hsdp.parameters == footprint.sharded_parameter_bytes(2)
+
+
+def test_tensor_parallel_moves_the_hidden_state_twice_each_way_per_region() -> None:
+    footprint = _footprint(2, 64, 32, 4, ("32-true",))
+    hidden = 4 * 32 * 64 * 4  # batch x sequence x width, fp32
+    sent = communication(footprint, _mesh_placement("tp", tensor=2))
+    # 2 blocks x (attention, MLP); an all-gather and a reduce-scatter each way, half each
+    assert (sent.exposed, sent.overlappable) == (4 * 4 * hidden / 2, 0)
+    assert sent.collectives == 4 * 4
+    fsdp2 = communication(footprint, Placement("fsdp2", 2, "32-true"))
+    hsdp = communication(footprint, _mesh_placement("hsdp", replicate=2, shard=2))
+    # HSDP gathers within its shard group of 2, as FSDP2 at 2 does, then all-reduces
+    # the fp32 gradient shard between the two replicas
+    replicas = 2 * (1 / 2) * footprint.parameters / 2 * 4
+    assert hsdp.overlappable == pytest.approx(fsdp2.overlappable + replicas)
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_predicted_peak_memory_is_within_10_percent_of_a_measured_step(
@@ -121,8 +158,9 @@ def _plan(args: list[str], cwd: Path) -> dict:
 def test_plan_ranks_the_default_recipes_layouts_and_names_the_best(tmp_path: Path) -> None:
     plan = _plan(["--world", "1,2,4"], tmp_path)
     rows = plan["layouts"]
-    assert {(r["layout"], r["world"]) for r in rows} == {
-        ("single", 1), ("ddp", 2), ("fsdp2", 2), ("ddp", 4), ("fsdp2", 4),
+    assert {(r["label"], r["world"]) for r in rows} == {
+        ("single", 1), ("ddp", 2), ("fsdp2", 2), ("tp 2", 2), ("ddp", 4), ("fsdp2", 4),
+        ("tp 4", 4), ("fsdp2_tp 2x2", 4), ("hsdp 2x2", 4),
     }  # fmt: skip
     fitting = [r for r in rows if r["fits"]]
     speeds = [r["samples_per_second"] for r in fitting]
@@ -136,6 +174,9 @@ def test_plan_ranks_the_default_recipes_layouts_and_names_the_best(tmp_path: Pat
     )  # fmt: skip
     assert sharded["memory"]["parameters"] < single["memory"]["parameters"] / 3
     assert sharded["comm_bytes_per_step"] > 0 == single["comm_bytes_per_step"]
+    two_d = next(r for r in rows if r["label"] == "fsdp2_tp 2x2")
+    assert "hardware.strategy_options.tensor_parallel=2" in two_d["overrides"]
+    assert two_d["memory"]["parameters"] < single["memory"]["parameters"] / 3
     assert list(tmp_path.iterdir()) == [], "plan writes nothing"
 
 
@@ -148,6 +189,7 @@ def test_plan_of_a_users_own_module_on_a_datasheet_device(tmp_path: Path) -> Non
     plan = _plan(args, tmp_path)
     assert plan["device"] == "H100 SXM"
     assert plan["parameters"] == 8 * 64 + 64 + 64 + 1
+    # no repeated blocks: no tensor parallel plan; one node of 8: no HSDP
     assert {r["layout"] for r in plan["layouts"]} == {"single", "ddp", "fsdp2", "fsdp2_offload"}
     assert all(r["fits"] for r in plan["layouts"])
 

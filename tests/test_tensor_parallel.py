@@ -7,8 +7,13 @@ import pytest
 import torch
 from helpers import ACCUMULATE, MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
 
+from lightning_accel.data.tokens import token_batch_example
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 from lightning_accel.models import GPTLanguageModel
+from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
+from lightning_accel.plan.footprint import ModelFootprint, tensor_parallel_footprint
+from lightning_accel.plan.layouts import Placement, rank_memory
+from lightning_accel.strategies.mesh import MeshShape
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +46,14 @@ def test_tensor_parallel_in_bf16_mixed_follows_one_process(runs: Runs) -> None:
     assert max_difference(single, split) < 2e-2
 
 
+def _footprint() -> ModelFootprint:
+    """The plan's footprint of the runs' model (built anew on the meta device)."""
+    config = {"_target_": "lightning_accel.models.GPTLanguageModel", **MODEL, "seq_len": 32}
+    meta = meta_model(config)
+    attach_trainer(meta, max_steps=20)
+    return measure_footprint(meta, token_batch_example(4, 32))
+
+
 def _split_parameters(model: GPTLanguageModel) -> int:
     """Parameters tensor parallelism splits: the blocks' column-wise layers whole, the
     row-wise layers' weights (their biases are added after the reduction, on every rank)."""
@@ -67,6 +80,12 @@ def test_a_tensor_parallel_rank_holds_half_of_the_split_layers(runs: Runs) -> No
     assert single == sum(p.numel() for p in model.parameters()) * 4
     for rank_bytes in per_rank:
         assert rank_bytes == full_state - 4 * halved
+    # the plan predicts what each rank holds (weights, gradients, AdamW) before anything runs
+    split = tensor_parallel_footprint(model)
+    assert split is not None and split.split_elements == _split_parameters(model)
+    footprint = _footprint()
+    predicted = rank_memory(footprint, Placement("tp", 2, "32-true", mesh=MeshShape(tensor=2)))
+    assert 2 * predicted.parameters + predicted.optimizer == per_rank[0]
 
 
 @pytest.mark.parametrize(

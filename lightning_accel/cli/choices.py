@@ -32,11 +32,14 @@ from lightning_accel.optimize.probe import (
     fastest_precision,
     step_times,
 )
+from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.plan import meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
 from lightning_accel.plan.footprint import ModelFootprint
+from lightning_accel.plan.layouts import LayoutEstimate
 from lightning_accel.plan.planner import gib, plan_layouts
 from lightning_accel.plan.run import plan_run
+from lightning_accel.strategies.mesh import MESH_KEYS
 
 T = TypeVar("T")
 
@@ -97,10 +100,16 @@ def choose_micro_batch(run: RunConfig, footprint: ModelFootprint | None) -> RunC
     return _with_micro_batches(run, micro, reason)
 
 
-# The strategy each planned layout runs with.
-LAYOUT_STRATEGIES = {"ddp": ("accel_ddp", {}), "fsdp2": ("fsdp2", {}), "fsdp2_offload": (
-    "fsdp2", {"cpu_offload": True}
-)}  # fmt: skip
+def layout_strategy(row: LayoutEstimate) -> tuple[str, dict[str, Any]]:
+    """The strategy and options that run a planned layout."""
+    if row.layout == "ddp":
+        return "accel_ddp", {}
+    if row.layout == "fsdp2_offload":
+        return FSDP2, {"cpu_offload": True}
+    if row.layout in ("tp", "fsdp2_tp", "hsdp"):
+        sizes = (row.mesh.replicate, row.mesh.shard, row.mesh.tensor)
+        return FSDP2, dict(zip(MESH_KEYS, sizes, strict=True))
+    return FSDP2, {}
 
 
 def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig:
@@ -122,9 +131,9 @@ def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig
     if not ranked or not ranked[0].estimate.fits:
         return run
     best = ranked[0].estimate
-    strategy, options = LAYOUT_STRATEGIES[best.layout]
+    strategy, options = layout_strategy(best)
     reason = (
-        f"{best.layout} ranks first of {', '.join(r.estimate.layout for r in ranked)} at "
+        f"{best.label} ranks first of {', '.join(r.estimate.label for r in ranked)} at "
         f"{best.world} devices in the plan (predicted {best.samples_per_second:,.1f} samples/s, "
         f"{gib(best.memory.device_bytes)} per rank)"
     )

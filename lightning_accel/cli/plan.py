@@ -74,7 +74,10 @@ def model_footprint(run: RunConfig, precisions: tuple[str, ...]) -> Any:
     model = meta_model(run.model)
     batch, through_forward = required_example_batch(run.data, model)
     attach_trainer(model, run.trainer.max_steps)
-    return measure_footprint(model, batch, precisions, through_forward)
+    configured = run.hardware.strategy_options.get("tensor_parallel_plan")
+    return measure_footprint(
+        model, batch, precisions, through_forward, tensor_parallel_plan=configured
+    )
 
 
 def _row(number: int, planned: Any) -> list[str]:
@@ -84,7 +87,7 @@ def _row(number: int, planned: Any) -> list[str]:
     states = memory.parameters + memory.gradients + memory.optimizer
     return [
         str(number),
-        row.layout,
+        row.label or row.layout,
         str(row.world),
         row.precision,
         "yes" if row.activation_checkpointing else "no",

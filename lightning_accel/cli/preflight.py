@@ -210,13 +210,17 @@ def measure_run(
         return None
     precision = planned_precision(run, plan)
     attach_trainer(model, run.trainer.max_steps)
-    footprint = measure_footprint(model, example[0], (precision,), example[1], count_flops)
+    configured = run.hardware.strategy_options.get("tensor_parallel_plan")
+    footprint = measure_footprint(
+        model, example[0], (precision,), example[1], count_flops, configured
+    )
     return footprint, run_placement(run, plan, precision)
 
 
 def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
     """How the run sits on its ranks, for the memory model."""
     from lightning_accel.plan.layouts import Placement
+    from lightning_accel.strategies.mesh import MeshShape
 
     checkpointing = run.optimization.activation_checkpointing
     return Placement(
@@ -225,6 +229,7 @@ def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
         precision,
         checkpointing.every_k_blocks if checkpointing.enabled else None,
         run.optimization.accumulate_grad_batches,
+        plan.mesh or MeshShape(),
     )
 
 
@@ -261,13 +266,28 @@ def check_strategy(plan: RunPlan | None) -> None:
 
 def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:
     """Fail unless the tensor parallel plan (given, declared by the model, or found by
-    shape) names modules of the model and its size divides their widths and head counts."""
-    from lightning_accel.strategies.tensor_parallel import check_divisible, resolve_plan
+    shape) names modules of the model and its size divides their widths and head counts
+    and, where norms run sequence parallel, the data's ``seq_len``."""
+    from lightning_accel.strategies.tensor_parallel import (
+        SIZE_KEY,
+        check_divisible,
+        resolve_plan,
+    )
 
     if plan is None or plan.mesh is None or plan.mesh.tensor == 1 or model is None:
         return
     configured = run.hardware.strategy_options.get("tensor_parallel_plan")
-    check_divisible(model, resolve_plan(model, configured), plan.mesh.tensor)
+    tensor_plan = resolve_plan(model, configured)
+    check_divisible(model, tensor_plan, plan.mesh.tensor)
+    seq_len = run.data.get("seq_len")
+    if tensor_plan.sequence_parallel and isinstance(seq_len, int) and seq_len % plan.mesh.tensor:
+        raise ConfigError(
+            "data.seq_len",
+            seq_len,
+            f"is not divisible by {SIZE_KEY}={plan.mesh.tensor}: sequence parallelism splits "
+            "each sequence between the tensor-parallel ranks",
+            [seq_len - seq_len % plan.mesh.tensor, seq_len + (-seq_len) % plan.mesh.tensor],
+        )
 
 
 SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")

@@ -10,7 +10,7 @@ The model runs on fake tensors (:mod:`lightning_accel.plan.fake`): its own
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_accel.errors import ConfigError
 from lightning_accel.flops import flop_counter
 from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.plan.fake import fake_batch, fake_mode, fake_module
@@ -104,6 +105,31 @@ class ActivationFootprint:
 
 
 @dataclass(frozen=True)
+class TensorParallelFootprint:
+    """What tensor parallelism splits of a model, from its plan (configured, declared or
+    found by shape; see :mod:`lightning_accel.strategies.tensor_parallel`).
+
+    Args:
+        split_elements: trainable parameter elements the plan divides between the ranks
+            (column-wise weights and biases, row-wise weights).
+        sizes: the sizes up to :data:`TENSOR_PARALLEL_SIZES`' largest that divide every
+            split width and head count.
+        regions: column-wise-to-row-wise regions per forward pass; each moves the
+            hidden state (a block's input) twice each way between the ranks.
+        sequence_parallel: norms run on sequence slices (activations between the regions
+            split too; two collectives each way per region instead of one all-reduce).
+    """
+
+    split_elements: int
+    sizes: tuple[int, ...]
+    regions: int
+    sequence_parallel: bool
+
+
+TENSOR_PARALLEL_SIZES = (2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
 class ModelFootprint:
     """What a model's training step needs, independent of how it is laid out on devices.
 
@@ -117,6 +143,8 @@ class ModelFootprint:
         forward_flops: FLOPs of one forward pass over the batch.
         activations: by precision, what the forward pass saves for backward.
         samples: samples in the measured batch.
+        tensor_parallel: what tensor parallelism would split (None: no plan fits the
+            model).
     """
 
     parameter_shapes: tuple[tuple[int, ...], ...]
@@ -127,6 +155,7 @@ class ModelFootprint:
     forward_flops: int
     activations: dict[str, ActivationFootprint]
     samples: int
+    tensor_parallel: TensorParallelFootprint | None = None
 
     @property
     def parameters(self) -> int:
@@ -284,12 +313,44 @@ def batch_samples(batch: Any) -> int:
     return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
 
 
+def tensor_parallel_footprint(
+    module: nn.Module, configured: Mapping[str, str] | None = None
+) -> TensorParallelFootprint | None:
+    """What tensor parallelism would split of ``module`` under the ``configured`` plan
+    (globs), or the one the model declares or that is found by shape; None when no plan is
+    configured and none fits the model.
+
+    Raises:
+        ConfigError: a configured plan that does not fit the model.
+    """
+    from lightning_accel.strategies.tensor_parallel import (
+        dividing_sizes,
+        resolve_plan,
+        split_parameters,
+    )
+
+    try:
+        plan = resolve_plan(module, configured)
+    except ConfigError:
+        if configured:
+            raise
+        return None
+    split = {id(p): p for p in split_parameters(module, plan) if p.requires_grad}
+    return TensorParallelFootprint(
+        split_elements=sum(p.numel() for p in split.values()),
+        sizes=dividing_sizes(module, plan, TENSOR_PARALLEL_SIZES),
+        regions=sum(1 for style in plan.styles.values() if style == "rowwise"),
+        sequence_parallel=plan.sequence_parallel,
+    )
+
+
 def measure_footprint(
     module: pl.LightningModule,
     batch: Any,
     precisions: Sequence[str] = ("32-true",),
     through_forward: bool = False,
     count_flops: bool = True,
+    tensor_parallel_plan: Mapping[str, str] | None = None,
 ) -> ModelFootprint:
     """Measure ``module`` (built on the meta device; its tensors become fake, in place) on
     ``batch`` (meta or real tensors, only their shapes are used).
@@ -302,7 +363,9 @@ def measure_footprint(
         through_forward: run ``module(batch)`` instead of ``training_step`` (for a module
             described by its ``example_input_array``).
         count_flops: count the forward pass's FLOPs (one more pass; 0 when not counted).
+        tensor_parallel_plan: the run's configured tensor parallel plan, if any.
     """
+    tensor_parallel = tensor_parallel_footprint(module, tensor_parallel_plan)
     mode = fake_mode()
     fake_module(module, mode)
     batch = fake_batch(batch, mode)
@@ -343,4 +406,5 @@ def measure_footprint(
         forward_flops=forward_flops,
         activations=activations,
         samples=batch_samples(batch),
+        tensor_parallel=tensor_parallel,
     )

@@ -13,6 +13,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE
 from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import LayoutEstimate, Placement, Target, estimate
+from lightning_accel.strategies.mesh import MeshShape
 
 THIS_CPU = "cpu"
 # Collectives on this CPU (gloo between processes that share its cores): a 2-rank
@@ -23,6 +24,8 @@ CPU_COLLECTIVE_SECONDS = 12e-3
 CPU_LINK_BYTES_PER_SECOND = 0.5e9
 # One collective between accelerators of a node (NCCL over NVLink, XLA over ICI).
 DEVICE_COLLECTIVE_SECONDS = 20e-6
+# Devices of a node: tensor parallelism stays within one, HSDP shards within one.
+NODE_DEVICES = 8
 # World sizes searched for the smallest one that fits.
 SEARCHED_WORLDS = tuple(2**k for k in range(1, 13))
 
@@ -82,30 +85,54 @@ def target(spec: DeviceSpec | None, precision: str) -> Target:
     )
 
 
-def layouts_for(spec: DeviceSpec | None, world: int) -> tuple[str, ...]:
-    """The layouts a device runs at ``world`` ranks: one device alone; DDP and FSDP2 at two
-    or more (FSDP2 offload only where a device has its own memory; TPUs shard by SPMD)."""
+def layouts_for(
+    spec: DeviceSpec | None, world: int, footprint: ModelFootprint
+) -> list[tuple[str, MeshShape]]:
+    """The layouts a device runs at ``world`` ranks, with their meshes: one device alone;
+    DDP and FSDP2 at two or more (FSDP2 offload only where a device has its own memory;
+    TPUs shard by SPMD); where the model has a tensor parallel plan, tensor parallel over
+    the whole world and 2D (FSDP2 x TP) for each size it divides, up to a node's
+    :data:`NODE_DEVICES`; and HSDP: a replica per node of shards within it (on the CPU
+    twin, two replicas)."""
     if world == 1:
-        return ("single",)
-    if spec is None:
-        return ("ddp", "fsdp2")
-    if spec.name.startswith("TPU"):
-        return ("fsdp2",)
-    return ("ddp", "fsdp2", "fsdp2_offload")
+        return [("single", MeshShape())]
+    if spec is not None and spec.name.startswith("TPU"):
+        return [("fsdp2", MeshShape(shard=world))]
+    layouts = [("ddp", MeshShape()), ("fsdp2", MeshShape(shard=world))]
+    if spec is not None:
+        layouts.append(("fsdp2_offload", MeshShape(shard=world)))
+    split = footprint.tensor_parallel
+    sizes = [t for t in (split.sizes if split else ()) if t <= NODE_DEVICES and world % t == 0]
+    if world in sizes:
+        layouts.append(("tp", MeshShape(tensor=world)))
+    layouts += [("fsdp2_tp", MeshShape(shard=world // t, tensor=t)) for t in sizes if t < world]
+    if spec is None and world >= 4 and world % 2 == 0:  # the CPU twin: two replicas
+        layouts.append(("hsdp", MeshShape(replicate=2, shard=world // 2)))
+    elif spec is not None and world > NODE_DEVICES and world % NODE_DEVICES == 0:
+        layouts.append(("hsdp", MeshShape(replicate=world // NODE_DEVICES, shard=NODE_DEVICES)))
+    return layouts
 
 
 def overrides_for(spec: DeviceSpec | None, row: LayoutEstimate) -> tuple[str, ...]:
     """The ``lightning-accel train`` overrides that run ``row``."""
     tpu = spec is not None and spec.name.startswith("TPU")
+    suffix = "_cpu" if spec is None else ""
     if spec is None:
         profiles = {"single": "cpu", "ddp": "ddp_cpu", "fsdp2": "fsdp2_cpu"}
     elif tpu:
         profiles = {"single": "tpu", "fsdp2": "tpu_spmd"}
     else:
         profiles = {"single": "auto", "ddp": "ddp", "fsdp2": "fsdp2", "fsdp2_offload": "fsdp2"}
+    profiles.update({name: name + suffix for name in ("tp", "fsdp2_tp", "hsdp")})
     chosen = [f"hardware={profiles[row.layout]}"]
-    if row.world > 1 or tpu:
+    if row.layout == "hsdp" and spec is not None:  # one replica per node
+        chosen += [f"hardware.devices={row.mesh.shard}", f"hardware.num_nodes={row.mesh.replicate}"]
+    elif row.world > 1 or tpu:
         chosen.append(f"hardware.devices={row.world}")
+    if row.layout == "fsdp2_tp":
+        chosen.append(f"hardware.strategy_options.tensor_parallel={row.mesh.tensor}")
+    if row.layout == "hsdp" and spec is None:
+        chosen.append(f"hardware.strategy_options.data_parallel_replicate={row.mesh.replicate}")
     if row.layout == "fsdp2_offload":
         chosen.append("optimization.cpu_offload=true")
     chosen.append(f"optimization.precision={row.precision}")
@@ -128,10 +155,10 @@ def plan_layouts(
     for precision in precisions_for(spec):
         device = target(spec, precision)
         for world in worlds:
-            for layout in layouts_for(spec, world):
+            for layout, mesh in layouts_for(spec, world, footprint):
                 for checkpointing in (False, True) if recomputable else (False,):
                     every = checkpoint_every if checkpointing else None
-                    placement = Placement(layout, world, precision, every, accumulate)
+                    placement = Placement(layout, world, precision, every, accumulate, mesh)
                     row = estimate(footprint, device, placement)
                     rows.append(PlannedLayout(row, overrides_for(spec, row)))
     return sorted(rows, key=lambda r: (not r.estimate.fits, -r.estimate.samples_per_second))

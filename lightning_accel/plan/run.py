@@ -68,7 +68,7 @@ class RunPlan:
         if layout == "single" and self.devices > 1:
             return "ddp"  # Lightning's choice for several devices
         if layout == "fsdp2" and self.mesh is not None and self.mesh.layout != "fsdp2":
-            return None  # tensor parallel and HSDP are not in the memory model yet
+            return self.mesh.layout
         if layout == "fsdp2" and self.strategy_options.get("cpu_offload"):
             return "fsdp2_offload"
         return layout

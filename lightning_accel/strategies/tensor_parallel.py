@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,33 @@ def check_divisible(model: nn.Module, plan: TensorParallelPlan, size: int) -> No
             raise ConfigError(
                 SIZE_KEY, size, f"does not divide {path}.{name}={heads}", _divisors(heads)
             )
+
+
+def split_parameters(model: nn.Module, plan: TensorParallelPlan) -> list[nn.Parameter]:
+    """The parameters ``plan`` divides between the ranks: column-wise weights and biases,
+    row-wise weights (a row-wise bias is added once, whole)."""
+    modules = _modules(model)
+    split: list[nn.Parameter] = []
+    for path, style in plan.styles.items():
+        if style == "colwise":
+            split += modules[path].parameters(recurse=False)
+        elif style == "rowwise":
+            split.append(modules[path].weight)
+    return split
+
+
+def dividing_sizes(
+    model: nn.Module, plan: TensorParallelPlan, candidates: Sequence[int]
+) -> tuple[int, ...]:
+    """The ``candidates`` that divide every width and head count ``plan`` splits."""
+    sizes = []
+    for size in candidates:
+        try:
+            check_divisible(model, plan, size)
+        except ConfigError:
+            continue
+        sizes.append(size)
+    return tuple(sizes)
 
 
 def _split_width(module: nn.Module, style: str) -> int | None:
