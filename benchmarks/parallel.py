@@ -101,6 +101,7 @@ def main() -> None:
             "model state MiB / rank (plan)",
             "share of 1 process",
             "MiB sent / rank / step (plan)",
+            "samples/s (plan)",
         ),
     )
     baseline_speed = baseline_state = None
@@ -125,6 +126,7 @@ def main() -> None:
             "planned_model_state_mib_per_rank": plan_state,
             "sent_mib_per_rank_step": sent,
             "planned_sent_mib_per_rank_step": plan_sent,
+            "planned_samples_per_second": plan["samples_per_second"],
         }
         table.add_row(
             name,
@@ -132,6 +134,7 @@ def main() -> None:
             f"{state:,.1f} ({plan_state:,.1f})",
             f"{share:.2f}",
             f"{sent:,.2f} ({plan_sent:,.2f})",
+            f"{figures['samples_per_second']:,.1f} ({plan['samples_per_second']:,.1f})",
         )
     Console().print(table)
     if args.json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 import platform
 import re
@@ -115,7 +116,7 @@ def available_devices(accelerator: str) -> int:
     if accelerator in ("cuda", "gpu"):
         return cuda_device_count()
     if accelerator == "cpu":
-        return os.cpu_count() or 1
+        return usable_cores()
     if accelerator == "tpu":
         from lightning.pytorch.accelerators import XLAAccelerator
 
@@ -127,9 +128,28 @@ def available_devices(accelerator: str) -> int:
     return 0
 
 
+# cgroup v2's CPU bandwidth limit of this process's container: "QUOTA PERIOD" or "max PERIOD"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> int | None:
+    """The cores a cgroup CPU quota allows (rounded up), None without a quota."""
+    try:
+        quota, period = path.read_text().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def usable_cores() -> int:
-    """Processor cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Processor cores this process may run on: its CPU affinity (``taskset``, SLURM's
+    cpusets), capped by a container's cgroup CPU quota."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
 
 
 def configure_pjrt(profile: HardwareConfig) -> None:

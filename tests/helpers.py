@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ class StopAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+class HangAtStart(pl.Callback):
+    """Stops for ``seconds`` before the first training step, as a hung rank would."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+        time.sleep(self.seconds)
 
 
 TESTS = Path(__file__).resolve().parent

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import TINY, run_cli
+from helpers import TEST_IMPORTS, TINY, run_cli
 
 from lightning_accel.cli import bench
+from lightning_accel.cli.compose import job_overrides
 
 
 def test_a_failed_cell_is_reported_and_the_others_still_run(
@@ -86,3 +88,30 @@ def test_repeated_runs_give_medians_and_compile_counts_prefer_xla() -> None:
         {"xla_compilations": 19, "compiled_graphs": 0, "peak_memory_mb_per_rank": [5.0, 7.0]}
     )
     assert figures["compilations"] == 19 and figures["peak_memory_mb"] == 7.0
+
+
+def test_a_cell_past_its_timeout_is_stopped_with_its_processes_and_the_others_go_on(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    out = tmp_path / "bench"
+    args = [
+        "bench", "--out", str(out), "--cell-timeout", "45", *TINY, f"data.source={small_corpus}",
+        "+callbacks.hang._target_=helpers.HangAtStart", "+callbacks.hang.seconds=600,0",
+    ]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path, timeout=200, env=TEST_IMPORTS)
+    assert result.returncode == 1
+    assert "600 timed out: timed out after 45 s and was stopped" in result.stderr
+    hung, finished = json.loads((out / "results.json").read_text())["cells"]
+    assert (hung["cell"], hung["status"], hung["samples_per_second"]) == ("600", "timed out", None)
+    assert (finished["cell"], finished["status"]) == ("0", "ok")
+    assert finished["samples_per_second"] > 0
+    survivors = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert survivors.stdout == "", "no process of the stopped cell is left"
+
+
+def test_sweeps_written_as_range_choice_or_lists_are_labelled_by_what_varies() -> None:
+    overrides = ["seed=range(1,3)", "trainer.max_steps=choice(5,6)", "+data.sizes=[1,2]"]
+    jobs = job_overrides(overrides, multirun=True)
+    assert bench.swept_keys(jobs) == ["seed", "trainer.max_steps"]
+    assert bench.swept_keys(job_overrides(["seed=range(3)"], multirun=True)) == ["seed"]
+    assert bench.swept_keys(job_overrides(["+data.sizes=[1,2]"], multirun=True)) == []

@@ -3,11 +3,15 @@ settings chosen per hardware."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from lightning_accel import machine
+from lightning_accel.cli import launch
 from lightning_accel.data import loading
 from lightning_accel.data.loading import (
     LoaderPlan,
@@ -180,3 +184,29 @@ def test_an_epoch_cut_short_by_the_trainer_resumes_with_the_next_epoch_whole() -
     following = _loader()
     following.sampler.set_epoch(1)
     assert _batches(resumed) == _batches(following)
+
+
+@pytest.mark.parametrize(
+    ("content", "cores"), [("150000 100000\n", 2), ("max 100000\n", None), (None, None)]
+)
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(
+    tmp_path: Path, content: str | None, cores: int | None
+) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    if content is not None:
+        cpu_max.write_text(content)
+    assert machine.cgroup_cpu_limit(cpu_max) == cores
+
+
+def test_rank_threads_follow_the_cores_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: None)
+    assert machine.usable_cores() == machine.available_devices("cpu") == 8
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: 6)
+    assert machine.usable_cores() == 6
+    with launch._rank_environment(processes=2):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in os.environ

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,11 +25,13 @@ from lightning_accel.cli.preflight import validated_run
 from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir, profile_names
 
-USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] OVERRIDES...
+USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] [--cell-timeout S] OVERRIDES...
 
-Trains one run per cell of the matrix the overrides span (comma lists, as with --multirun),
-each in its own process, and compares them. Warm-up and compile steps are left out of the
-figures. Writes results.json, results.csv and chart.png to DIR.
+Trains one run per cell of the matrix the overrides span (comma lists, range(...) and
+choice(...), as with --multirun), each in its own process, and compares them. Warm-up and
+compile steps are left out of the figures. A cell that runs longer than --cell-timeout
+seconds is stopped and reported as timed out; the others go on. Writes results.json,
+results.csv and chart.png to DIR.
 
   lightning-accel bench hardware=cpu,ddp_cpu optimization=default,fast trainer.max_steps=60
 """
@@ -55,29 +59,42 @@ class Cell:
     run_dirs: list[Path] = field(default_factory=list)
     figures: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``failed`` or ``timed out``."""
+        return "ok" if self.ok else "timed out" if self.timed_out else "failed"
 
 
 def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lightning-accel bench", add_help=False)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cell-timeout", type=float, default=None)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*")
     options, unknown = parser.parse_known_args(args)
     if unknown:
-        raise ConfigError("bench option", unknown[0], "is unknown", ["--out", "--repeats"])
+        choices = ["--out", "--repeats", "--cell-timeout"]
+        raise ConfigError("bench option", unknown[0], "is unknown", choices)
     if options.repeats < 1:
         raise ConfigError("--repeats", options.repeats, "must be at least 1")
+    if options.cell_timeout is not None and options.cell_timeout <= 0:
+        raise ConfigError("--cell-timeout", options.cell_timeout, "must be a number of seconds")
     return options
 
 
-def swept_keys(overrides: list[str]) -> list[str]:
-    """The keys given several values: the dimensions of the matrix."""
-    return [o.partition("=")[0] for o in overrides if "," in o.partition("=")[2]]
+def swept_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys whose value differs between the expanded jobs: the dimensions of the
+    matrix (a list value such as ``[1,2]`` is one value, ``range(3)`` three)."""
+    values = [dict(o.partition("=")[::2] for o in job) for job in jobs]
+    keys = dict.fromkeys(key for job in values for key in job)
+    return [key for key in keys if len({job.get(key) for job in values}) > 1]
 
 
 def matrix(overrides: list[str]) -> list[Cell]:
@@ -92,9 +109,10 @@ def matrix(overrides: list[str]) -> list[Cell]:
             raise ConfigError(
                 key, value, "lists no values, so the matrix is empty; give one or more", choices
             )
-    swept = swept_keys(overrides)
+    jobs = job_overrides(overrides, multirun=True)
+    swept = swept_keys(jobs)
     cells = []
-    for job in job_overrides(overrides, multirun=True):
+    for job in jobs:
         validated_run(compose_job(job), Path("."))
         values = dict(o.partition("=")[::2] for o in job)
         label = " · ".join(values[key] for key in swept) or "default"
@@ -119,16 +137,28 @@ def _error_of(log: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit code {returncode}"
 
 
-def run_cell(cell: Cell, run_dir: Path) -> dict[str, Any] | None:
-    """Train one cell in a fresh process; its summary, or None with ``cell.error`` set."""
+def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[str, Any] | None:
+    """Train one cell in a fresh process; its summary, or None with ``cell.error`` set. A
+    run past ``timeout`` seconds is killed with every process it started."""
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "lightning_accel", "train", "callbacks=minimal"]
     command += [*cell.overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    (run_dir / "bench.log").write_text(result.stdout + result.stderr)
+    # a session of its own: a timed-out cell's ranks are killed with it
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        (run_dir / "bench.log").write_text(stdout + stderr)
+        cell.error, cell.timed_out = f"timed out after {timeout:g} s and was stopped", True
+        return None
+    (run_dir / "bench.log").write_text(stdout + stderr)
     summary_path = run_dir / "summary.json"
-    if result.returncode != 0 or not summary_path.is_file():
-        cell.error = _error_of(result.stderr, result.returncode)
+    if process.returncode != 0 or not summary_path.is_file():
+        cell.error = _error_of(stderr, process.returncode)
         return None
     return json.loads(summary_path.read_text())
 
@@ -158,9 +188,12 @@ def median_figures(runs: list[dict[str, float | None]]) -> dict[str, float | Non
     return medians
 
 
-def run_matrix(cells: list[Cell], out: Path, repeats: int) -> None:
+def run_matrix(
+    cells: list[Cell], out: Path, repeats: int, cell_timeout: float | None = None
+) -> None:
     """Run every cell ``repeats`` times, interleaved, so that drifts of the machine's speed
-    touch every cell alike; a failed cell is not run again."""
+    touch every cell alike, each run stopped after ``cell_timeout`` seconds; a failed or
+    timed-out cell is not run again."""
     measured: dict[int, list[dict[str, float | None]]] = {i: [] for i in range(len(cells))}
     columns = (
         TextColumn("{task.description}"),
@@ -177,7 +210,7 @@ def run_matrix(cells: list[Cell], out: Path, repeats: int) -> None:
                     run_dir = out / _directory_name(number, cell.label)
                     if repeats > 1:
                         run_dir = run_dir / f"run{repeat}"
-                    summary = run_cell(cell, run_dir)
+                    summary = run_cell(cell, run_dir, cell_timeout)
                     cell.run_dirs.append(run_dir)
                     if summary is not None:
                         measured[number].append(cell_figures(summary))
@@ -223,7 +256,7 @@ def results_table(cells: list[Cell], title: str, dimensions: str) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for cell, speedup in zip(cells, speedups(cells), strict=True):
         if not cell.ok:
-            table.add_row(cell.label, "[red]failed[/]", "", "", "", "", "")
+            table.add_row(cell.label, f"[red]{cell.status}[/]", "", "", "", "", "")
             continue
         f = cell.figures
         rate, unit = _throughput(f)
@@ -245,7 +278,7 @@ def result_rows(cells: list[Cell]) -> list[dict[str, Any]]:
     return [
         {
             "cell": cell.label,
-            "status": "ok" if cell.ok else "failed",
+            "status": cell.status,
             "error": cell.error,
             "speedup": speedup,
             **{name: cell.figures.get(name) for name in FIGURES},
@@ -289,18 +322,19 @@ def main(args: list[str]) -> int:
             print(USAGE, end="")
             return 0
         cells = matrix(options.overrides)
+        jobs = [cell.overrides for cell in cells]
     except ConfigError as error:
         fail(error)
     out = options.out or Path("runs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     say(f"benchmarking {len(cells)} cells x {options.repeats} runs; runs in {out}")
-    run_matrix(cells, out, options.repeats)
-    dimensions = " · ".join(swept_keys(options.overrides)) or "cell"
+    run_matrix(cells, out, options.repeats, options.cell_timeout)
+    dimensions = " · ".join(swept_keys(jobs)) or "cell"
     title = f"bench: {' '.join(options.overrides) or 'defaults'}"
     console.print(results_table(cells, title, dimensions))
     failed = [c for c in cells if not c.ok]
     for cell in failed:
-        say(f"{cell.label} failed: {cell.error} (log: {cell.run_dirs[-1] / 'bench.log'})")
+        say(f"{cell.label} {cell.status}: {cell.error} (log: {cell.run_dirs[-1] / 'bench.log'})")
     written = write_results(cells, out, options.repeats)
     say(f"results in {', '.join(str(p) for p in written)}")
     return 1 if failed else 0

@@ -23,6 +23,7 @@ from typing import Any
 from lightning_accel.cli.console import rank_environment, say
 from lightning_accel.cli.schema import LauncherConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.machine import usable_cores
 
 
 class RanksFailed(RuntimeError):
@@ -72,7 +73,7 @@ def _rank_environment(processes: int) -> Iterator[None]:
     # stores, new at every attempt, avoid that (the agent reads this when it re-rendezvous).
     defaults = {
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)),
+        "OMP_NUM_THREADS": str(max(1, usable_cores() // processes)),
     }
     changes.update({k: v for k, v in defaults.items() if k not in os.environ})
     previous = {name: os.environ.get(name) for name in changes}
