@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -215,3 +216,14 @@ def test_importing_the_package_registers_its_strategies() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.stdout.split() == ["True", "True"], result.stderr
+
+
+def test_upstream_deprecations_are_filtered_by_module_and_the_users_own_are_kept() -> None:
+    from lightning_accel.cli.console import quiet_upstream
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a user who asks for deprecations gets
+        quiet_upstream()
+        for module in ("torch.distributed.fsdp", "lightning.pytorch.trainer", "my_project.data"):
+            warnings.warn_explicit("old API", DeprecationWarning, f"{module}.py", 1, module)
+    assert [str(w.filename) for w in caught] == ["my_project.data.py"]

@@ -20,6 +20,10 @@ _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "
 # performance hints that name no action for a user: clipping gradients over a 2D (FSDP2 x
 # TP) mesh reduces the norm over each dimension in turn, which DTensor logs at every step
 _HINT_LOGGERS = ("torch.distributed.tensor._redistribute",)
+_UPSTREAM_MODULES = (
+    r"(torch|torchvision|torchmetrics|torch_xla|lightning|lightning_fabric|pytorch_lightning"
+    r"|lightning_utilities|hydra|omegaconf|tensorboardX|google\.protobuf)(\.|$)"
+)
 _IGNORED_WARNINGS = (
     r".*does not have many workers.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
@@ -41,9 +45,10 @@ _CPP_LOG_LEVEL_OWN = "LIGHTNING_ACCEL_QUIET_CPP"
 
 
 def quiet_upstream() -> None:
-    """Silence Lightning's tips and banners, known harmless warnings and (in a process that
-    has not imported torch yet) torch's C++ log messages below FATAL."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    """Silence Lightning's tips and banners, known harmless warnings (by message), the
+    deprecation warnings raised inside upstream libraries (by module: a user's own code
+    keeps its warnings) and (in a process that has not imported torch yet) torch's C++ log
+    messages below FATAL."""
     if CPP_LOG_LEVEL not in os.environ and "torch" not in sys.modules:
         os.environ[CPP_LOG_LEVEL] = "FATAL"
         os.environ[_CPP_LOG_LEVEL_OWN] = "1"
@@ -51,7 +56,8 @@ def quiet_upstream() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _HINT_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # deprecations inside the libraries we drive, not the user's own code's
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=_UPSTREAM_MODULES)
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
 
