@@ -38,6 +38,10 @@ CASES = {
     "too many devices": (["hardware.devices=64"], ["hardware.devices=64", "device"]),
     "unimportable target": (["model._target_=no_pkg.Model"], ["model._target_='no_pkg.Model'"]),
     "argument the model lacks": (["+model.depth=3"], ["model.depth=3", "n_layer"]),
+    "a key given twice, the first time invalid": (
+        ["trainer.max_steps=abc", "trainer.max_steps=2"],
+        ["trainer.max_steps='abc' is not a valid integer"],
+    ),
     "sweep without --multirun": (["seed=1,2"], ["seed='1,2'", "--multirun"]),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'", "sharded"]),

@@ -41,7 +41,9 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
             sweeps[0].input_line.partition("=")[2],
             "lists several values; add --multirun to run one job per value",
         )
-    return BasicSweeper.split_arguments(parsed, None)[0] if parsed else [[]]
+    if not sweeps:  # as Hydra composes a single job: every override, in order
+        return [[o.input_line for o in parsed]]
+    return BasicSweeper.split_arguments(parsed, None)[0]
 
 
 def compose_job(overrides: list[str]) -> DictConfig:
