@@ -192,3 +192,32 @@ def test_throughput_counts_a_tensor_parallel_groups_shared_batch_once(runs: Runs
     # 8 samples a step: the TP pair shares them; in 2D, each of the two pairs takes 4
     assert tp["samples_per_second"] == pytest.approx(8 / tp["step_seconds"], rel=0.01)
     assert two_d["samples_per_second"] == pytest.approx(8 / two_d["step_seconds"], rel=0.01)
+
+
+# (name, hardware profile, ranks, data-parallel ranks): every layout of the CPU twins
+EVERY_LAYOUT = [
+    ("single", "cpu", 1, 1),
+    ("ddp", "ddp_cpu", 2, 2),
+    ("fsdp2", "fsdp2_cpu", 2, 2),
+    ("tp", "tp_cpu", 2, 1),
+    ("fsdp2_tp", "fsdp2_tp_cpu", 4, 2),
+    ("hsdp", "hsdp_cpu", 4, 4),
+]
+
+
+def test_mfu_per_device_is_its_own_flops_over_its_step_on_every_layout(runs: Runs) -> None:
+    """Every layout reports a device's MFU as the FLOPs that device computes per step over
+    its step time and its own peak (never the world's FLOPs, never the mesh's peak), and
+    data-parallel ranks count exactly their share of the one-process step's FLOPs."""
+    single = runs.summary(runs.train("single", "cpu", 1))["flops_per_step"]
+    for name, hardware, ranks, data_parallel in EVERY_LAYOUT:
+        summary = runs.summary(runs.train(name, hardware, ranks, data_parallel=data_parallel))
+        peak = summary["peak_tflops_per_device"] * 1e12
+        achieved = summary["flops_per_step"] / summary["step_seconds"]
+        assert summary["mfu"] == pytest.approx(achieved / peak, rel=0.01), name
+        tensor_parallel = ranks // data_parallel
+        if tensor_parallel == 1:
+            assert summary["flops_per_step"] * ranks == single, name
+        else:  # each TP rank computes half of the blocks and the whole embeddings and head
+            replica = summary["flops_per_step"] * tensor_parallel
+            assert single / data_parallel < replica < 1.5 * single / data_parallel, name
