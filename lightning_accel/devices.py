@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_accel.xla import runtime as xla_runtime
+
 TERA = 1e12
 
 # Dense tensor-core figures per GPU, in TFLOP/s, by number format. Datasheets quote bf16,
@@ -215,9 +217,16 @@ def _cpu_dtype(precision: str) -> torch.dtype:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait until ``device`` has finished its queued work (a no-op on the CPU)."""
+    """Wait until ``device`` has finished its queued work: CUDA, XLA, MPS and XPU devices
+    run it asynchronously; the CPU has finished when the call returns."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "xla":
+        xla_runtime.wait()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
 
 
 def synchronized_time(device: torch.device) -> float:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel import devices, flops
-from lightning_accel.callbacks import RunSummary, SpeedMonitor
+from lightning_accel.callbacks import RunSummary, SpeedMonitor, memory
 from lightning_accel.callbacks import speed as speed_module
 
 SLOW_SAVE_SECONDS = 1000.0
@@ -234,3 +234,25 @@ def test_gpu_peaks_come_from_the_datasheet_table(
 def test_tpu_peaks_come_from_the_published_figures(kind: str, tflops: float) -> None:
     peak = devices.tpu_peak(kind)
     assert peak is not None and peak.flops_per_second == pytest.approx(tflops * 1e12)
+
+
+def test_timing_waits_for_queued_work_on_every_asynchronous_accelerator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waited: list[str] = []
+    monkeypatch.setattr(devices.xla_runtime, "wait", lambda: waited.append("xla"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: waited.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    for kind in ("xla", "cuda", "mps", "cpu"):
+        devices.synchronized_time(torch.device(kind))
+    assert waited == ["xla", "cuda", "mps"]
+
+
+def test_peak_memory_on_xla_comes_from_the_device_where_it_reports_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    xla = torch.device("xla", 0)
+    monkeypatch.setattr(memory.xla_runtime, "peak_memory_bytes", lambda device: 3 * 2**30)
+    assert memory.peak_memory_mb(xla) == 3 * 1024
+    monkeypatch.setattr(memory.xla_runtime, "peak_memory_bytes", lambda device: None)
+    assert memory.peak_memory_mb(xla) == memory.peak_process_memory_mb()  # PJRT on the CPU

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch.distributed.tensor import DTensor
 
+from lightning_accel.xla import runtime as xla_runtime
+
 
 def _local_bytes(tensor: torch.Tensor) -> int:
     local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
@@ -43,7 +45,12 @@ def peak_process_memory_mb() -> float:
 
 def peak_memory_mb(device: torch.device) -> float:
     """The most memory this process has held for training, in MiB: allocated device memory
-    on a CUDA device, resident process memory everywhere else."""
+    on a CUDA device, the device's own peak on an XLA device that reports it (TPUs, GPUs),
+    resident process memory everywhere else (the CPU, PJRT on the CPU)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "xla":
+        peak = xla_runtime.peak_memory_bytes(device)
+        if peak is not None:
+            return peak / 2**20
     return peak_process_memory_mb()

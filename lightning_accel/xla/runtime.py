@@ -84,6 +84,26 @@ def sync() -> None:
     torch_xla.sync()
 
 
+def wait() -> None:
+    """Block until every computation queued on this process's XLA devices has finished."""
+    import torch_xla.core.xla_model as xm
+
+    xm.wait_device_ops()
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """The most memory ``device`` has held, from its own allocator's statistics; None where
+    the runtime keeps none (PJRT on the CPU)."""
+    import torch_xla.core.xla_model as xm
+
+    try:
+        info = xm.get_memory_info(device)
+    except RuntimeError:  # UNIMPLEMENTED: GetAllocatorStats is not supported
+        return None
+    peak = info.get("peak_bytes_used", info.get("bytes_used"))
+    return int(peak) if peak is not None else None
+
+
 def use_spmd() -> None:
     """Switch the runtime to SPMD: one process drives every device through a mesh. Must
     run before any tensor is placed on an XLA device."""

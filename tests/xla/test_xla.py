@@ -262,6 +262,25 @@ def test_the_speed_monitor_counts_the_same_flops_on_xla_as_on_the_cpu(runs: XLAR
     xla = runs.summary(runs.train("xla_cpu", "hardware=xla_cpu"))
     assert xla["flops_per_step"] == eager["flops_per_step"] > 0
     assert 0 < xla["mfu"] < 1 and xla["peak_flops_source"].startswith("measured float32")
+    # one process drives 4 devices: each device computes a quarter of the step, and its MFU
+    # is that quarter over the step time and one device's peak (not the mesh's 4)
+    spmd = runs.summary(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    assert spmd["flops_per_step"] * 4 == eager["flops_per_step"]
+    achieved = spmd["flops_per_step"] / spmd["step_seconds"]
+    peak = spmd["peak_tflops_per_device"] * 1e12
+    assert spmd["mfu"] == pytest.approx(achieved / peak, rel=0.01)
+
+
+def test_the_runtime_waits_for_queued_work_and_reports_no_allocator_peak_on_the_cpu() -> None:
+    from lightning_accel.devices import synchronized_time
+    from lightning_accel.xla import runtime
+
+    device = runtime.device()
+    product = torch.ones(256, 256, device=device) @ torch.ones(256, 256, device=device)
+    runtime.sync()
+    assert synchronized_time(device) > 0
+    assert float(product[0, 0].cpu()) == 256.0
+    assert runtime.peak_memory_bytes(device) is None  # PJRT's CPU client keeps no statistics
 
 
 def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_batches() -> None:
