@@ -12,6 +12,7 @@ from helpers import ACCUMULATE, GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference
 
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
+from lightning_accel.safe_load import load_data_file
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +235,7 @@ def test_resuming_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(
     stopped = runs.train(f"{name}_stopped_at_15", hardware, ranks, *STOP_AT_15)
     assert runs.summary(stopped)["steps"] == 15, "stopped half-way through the second epoch"
     checkpoint = stopped / "checkpoints" / "last.ckpt"
-    loader_state = torch.load(checkpoint, weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    loader_state = load_data_file(checkpoint)["loops"]["fit_loop"]["state_dict"]
     assert loader_state["combined_loader"] == [{"epoch": 1, "batches_taken": 5}]
     resumed = runs.train(f"{name}_resumed", hardware, ranks, f"ckpt_path={checkpoint}")
     assert runs.summary(resumed)["steps"] == 20

@@ -19,6 +19,7 @@ import torch
 from helpers import TEST_IMPORTS, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint, sharded_metadata
+from lightning_accel.safe_load import load_data_file
 
 pytest.importorskip("torch_xla", reason="torch_xla is installed only in the XLA environment")
 
@@ -121,12 +122,12 @@ def _assert_same_weights(expected: dict, got: dict) -> None:
 def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XLARuns) -> None:
     uninterrupted = runs.train("xla_cpu", "hardware=xla_cpu")
     stopped, resumed = _stopped_and_resumed(runs, "xla_cpu", "hardware=xla_cpu")
-    saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = load_data_file(stopped / "checkpoints" / "last.ckpt")
     # the device loader reads batches ahead; the checkpoint counts those the trainer took
     loader_state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_state == [{"epoch": 0, "batches_taken": 10}]
-    expected = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=False)
-    got = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    expected = load_data_file(uninterrupted / "checkpoints" / "last.ckpt")
+    got = load_data_file(resumed / "checkpoints" / "last.ckpt")
     _assert_same_weights(expected, got)
     whole, tail = runs.losses(uninterrupted), runs.losses(resumed)
     assert len(tail) == 10, "a loss for each resumed step"
@@ -152,8 +153,8 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
         uninterrupted / "checkpoints" / "last.ckpt", runs.root / "u.ckpt"
     )
     final = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", runs.root / "spmd.ckpt")
-    expected = torch.load(whole, weights_only=False)
-    _assert_same_weights(expected, torch.load(final, weights_only=False))
+    expected = load_data_file(whole)
+    _assert_same_weights(expected, load_data_file(final))
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
 
 
