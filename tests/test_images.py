@@ -78,6 +78,11 @@ def test_folder_gives_the_right_labels_and_pixels(tmp_path: Path) -> None:
     images, labels = next(iter(data.train_dataloader()))
     assert images.shape == (2, 3, 5, 6) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
+    # what the plan measures: the batch as the step receives it, converted on the device
+    example_images, example_labels = data.example_batch()
+    assert example_images.shape == images.shape and example_images.dtype == torch.float32
+    assert example_labels.shape == labels.shape and example_labels.dtype == labels.dtype
+    assert example_images.device.type == "meta"
 
 
 def test_folder_images_are_resized_and_grayscale_kept(tmp_path: Path) -> None:
@@ -93,6 +98,7 @@ def test_folder_images_are_resized_and_grayscale_kept(tmp_path: Path) -> None:
     data.setup("fit")
     assert data.channels == 1
     assert all(data.train_set[i][0].shape == (1, 8, 10) for i in range(len(data.train_set)))
+    assert data.example_batch()[0].shape == (1, 1, 8, 10)
 
 
 LAYOUTS = {
@@ -119,6 +125,7 @@ def test_npz_arrays_in_each_layout(layout: str, dtype: str, tmp_path: Path) -> N
     for image, label in pairs:
         assert torch.equal(image, torch.from_numpy(images[int(label)]))
     assert data.train_set[0][0].dtype == (torch.uint8 if dtype == "uint8" else torch.float32)
+    assert data.example_batch()[0].shape == (4, channels, 6, 7)
 
 
 def test_digits_load_and_split_by_the_split_seed() -> None:
@@ -128,6 +135,7 @@ def test_digits_load_and_split_by_the_split_seed() -> None:
     assert len(data.val_set) == 359
     images = data.train_set.tensors[0]
     assert images.shape[1:] == (1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    assert data.example_batch()[0].shape == (32, 1, 8, 8)
     assert set(data.train_set.tensors[1].tolist()) == set(range(10))
 
     def val_labels(**options: int) -> list[int]:

@@ -97,6 +97,7 @@ class ImageDataModule(DeviceImageDataModule):
         self.split_seed = split_seed
         self.layout = layout
         self.image_size = self._size(image_size)
+        self.height_width = (0, 0)  # of the images the training step receives
         self.samples = 0
         self.files: list[Path] = []
         self.file_labels: list[int] = []
@@ -144,6 +145,7 @@ class ImageDataModule(DeviceImageDataModule):
                 "data.source", DIGITS, f"needs scikit-learn, not installed: {INSTALL_IMAGES}"
             )
         self.channels, self.num_classes, self.samples = 1, 10, 1797
+        self.height_width = (8, 8)
 
     def _check_folder(self, root: Path) -> None:
         self.files, self.file_labels, self.classes = scan_image_folder(root)
@@ -156,6 +158,8 @@ class ImageDataModule(DeviceImageDataModule):
                 f"must be set: the images in {root} differ in size ({shown})",
             )
         self.channels = 1 if modes <= {"1", "L"} else 3
+        width, height = next(iter(sizes))
+        self.height_width = self.image_size or (height, width)
         self.num_classes = len(self.classes)
         self.samples = len(self.files)
         self.decodes = True
@@ -179,6 +183,7 @@ class ImageDataModule(DeviceImageDataModule):
             )
         self.layout = array_layout(path, shape, layout)
         self.channels = 1 if self.layout == "NHW" else shape[self.layout.index("C")]
+        self.height_width = (shape[self.layout.index("H")], shape[self.layout.index("W")])
         if len(label_shape) != 1 or label_dtype.kind not in "iu":
             raise ConfigError(
                 "data.source",
@@ -199,6 +204,12 @@ class ImageDataModule(DeviceImageDataModule):
             )
         self.num_classes = int(labels.max()) + 1
         self.samples = shape[0]
+
+    def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch as the training step receives it (float images, converted on
+        the device, and their labels), on the meta device: no image read."""
+        images = torch.empty(self.batch_size, self.channels, *self.height_width, device="meta")
+        return images, torch.empty(self.batch_size, dtype=torch.long, device="meta")
 
     def _split(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and validation indices: a permutation seeded by ``split_seed``."""
