@@ -66,6 +66,11 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
             )
 
 
+def is_sharded(path: Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint directory (torch.distributed.checkpoint's)."""
+    return path.is_dir() and (path / DCP_METADATA).is_file()
+
+
 def sharded_metadata(path: Path) -> dict[str, Any]:
     """What a sharded checkpoint holds: each saved value's flattened name (``state_dict.<key>``,
     ``optimizer_<i>.state.<parameter>.<key>``, ...) and its size and dtype."""

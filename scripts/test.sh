@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"
 if [[ $# -gt 0 || "${SKIP_XLA:-0}" == "1" ]]; then
     exit 0
 fi
 xla_env="$(bash scripts/setup_xla.sh)"
-PJRT_DEVICE=CPU PYTHONPATH="$PWD" "$xla_env/bin/python" -m pytest tests/xla
+PJRT_DEVICE=CPU PYTHONPATH="$PWD" "$xla_env/bin/python" -m pytest --durations=10 tests/xla

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, run_cli, write_crafted_checkpoint
+from helpers import Runs, run_cli, write_crafted_checkpoint
 
 from lightning_accel.cli.main import main
 from lightning_accel.safe_load import read_dcp_metadata
@@ -16,19 +16,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Path:
-    """A checkpoint saved by FSDP2 on 2 ranks."""
-    root = tmp_path_factory.mktemp("sharded")
-    args = [
-        "train",
-        *TINY,
-        f"data.source={small_corpus}",
-        "hardware=fsdp2_cpu",
-        "callbacks=minimal",
-    ]
-    result = run_cli([*args, "hydra.run.dir=run"], cwd=root, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    checkpoint = root / "run" / "checkpoints" / "last.ckpt"
+def sharded(runs: Runs) -> Path:
+    """A checkpoint saved by FSDP2 on 2 ranks after 10 steps (the parallel tests' run)."""
+    run_dir = runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         ".metadata",
         "__0_0.distcp",
@@ -84,7 +75,7 @@ def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: P
     result = run_cli(["consolidate", str(sharded), str(output)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     checkpoint = torch.load(output, map_location="cpu", weights_only=True)
-    assert checkpoint["global_step"] == 4
+    assert checkpoint["global_step"] == 10
     assert checkpoint["state_dict"]["model.token_embedding.weight"].shape == (256, 32)
     assert len(checkpoint["optimizer_states"]) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"], "no temporary file is left"

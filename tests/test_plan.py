@@ -22,7 +22,7 @@ from lightning_accel.config import ActivationCheckpointingConfig, OptimizationCo
 from lightning_accel.data import SyntheticTokenDataModule
 from lightning_accel.errors import ConfigError
 from lightning_accel.flops import flop_counter
-from lightning_accel.models import GPTLanguageModel
+from lightning_accel.models import GPTLanguageModel, ImageClassifier
 from lightning_accel.plan import (
     attach_trainer,
     measure_footprint,
@@ -192,6 +192,16 @@ def test_plan_of_a_users_own_module_on_a_datasheet_device(tmp_path: Path) -> Non
     # no repeated blocks: no tensor parallel plan; one node of 8: no HSDP
     assert {r["layout"] for r in plan["layouts"]} == {"single", "ddp", "fsdp2", "fsdp2_offload"}
     assert all(r["fits"] for r in plan["layouts"])
+
+
+def test_plan_of_the_image_recipe_counts_the_resnet_exactly(tmp_path: Path) -> None:
+    plan = _plan(["--world", "1", "recipe=image", "data.batch_size=16"], tmp_path)
+    model = ImageClassifier(in_channels=1, num_classes=10, widths=[16, 32, 64], blocks_per_stage=2)
+    assert plan["parameters"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert plan["samples_per_rank"] == 16
+    single = next(r for r in plan["layouts"] if r["precision"] == "32-true")
+    assert single["memory"]["parameters"] == 4 * plan["parameters"]
+    assert single["memory"]["activations"] > 0 and plan["forward_flops"] > 0
 
 
 def test_plan_never_allocates_the_weights_of_a_7b_model(tmp_path: Path) -> None:

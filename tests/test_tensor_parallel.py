@@ -90,25 +90,29 @@ def test_a_tensor_parallel_rank_holds_half_of_the_split_layers(runs: Runs) -> No
 
 @pytest.mark.parametrize(
     ("name", "hardware", "ranks", "data_parallel"),
-    [("2d", "fsdp2_tp_cpu", 4, 2), ("tp", "tp_cpu", 2, 1)],
+    [
+        ("2d", "fsdp2_tp_cpu", 4, 2),
+        ("tp", "tp_cpu", 2, 1),
+        ("ddp", "ddp_cpu", 2, 2),
+        ("single", "cpu", 1, 1),
+    ],
 )
 def test_an_fsdp2_checkpoint_resumes_under_another_layout(
     runs: Runs, name: str, hardware: str, ranks: int, data_parallel: int
 ) -> None:
-    uninterrupted = runs.losses(runs.train("fsdp2_4", "fsdp2_cpu", 4))
+    uninterrupted = runs.train("fsdp2_4", "fsdp2_cpu", 4)
     first_half = runs.train("fsdp2_4_half", "fsdp2_cpu", 4, "trainer.max_steps=10")
     checkpoint = first_half / "checkpoints" / "last.ckpt"
-    resumed = runs.losses(
-        runs.train(
-            f"{name}_resume",
-            hardware,
-            ranks,
-            f"ckpt_path={checkpoint}",
-            data_parallel=data_parallel,
-        )
-    )
-    assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
-    assert max_difference(uninterrupted, resumed) < 1e-5
+    resumed = runs.train(
+        f"{name}_from_fsdp2_4", hardware, ranks, f"ckpt_path={checkpoint}",
+        data_parallel=data_parallel,
+    )  # fmt: skip
+    losses = runs.losses(resumed)
+    assert min(losses) == 10 and len(losses) == 10, "steps 10-19 only"
+    assert max_difference(runs.losses(uninterrupted), losses) < 1e-5
+    expected = runs.final_weights(uninterrupted)
+    for key, value in runs.final_weights(resumed).items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5, msg=key)
 
 
 @pytest.mark.parametrize(

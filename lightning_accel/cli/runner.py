@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressB
 from omegaconf import OmegaConf
 
 from lightning_accel.build import build_trainer
-from lightning_accel.checkpoints import last_checkpoint
+from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
@@ -77,6 +77,22 @@ def resume_checkpoint(run: RunConfig, trainer: pl.Trainer) -> str | None:
         return None
     found = last_checkpoint(Path(saver.dirpath), saver.CHECKPOINT_NAME_LAST + saver.FILE_EXTENSION)
     return None if found is None else str(found)
+
+
+# Strategies that load a sharded (torch.distributed.checkpoint) directory themselves.
+SHARD_LOADING_STRATEGIES = ("fsdp2", "xla_spmd")
+
+
+def whole_checkpoint_for(run: RunConfig, strategy: str) -> RunConfig:
+    """The run resuming from a checkpoint its strategy can load: a sharded FSDP2 directory
+    given to a strategy that loads whole files (DDP, one process) is consolidated into the
+    run directory first, once, before any rank starts."""
+    source = Path(run.ckpt_path) if run.ckpt_path else None
+    if strategy in SHARD_LOADING_STRATEGIES or source is None or not is_sharded(source):
+        return run
+    output = consolidate_checkpoint(source, Path(run.run_dir) / f"consolidated-{source.name}")
+    say(f"{strategy} loads whole checkpoints: consolidated {source} into {output}")
+    return replace(run, ckpt_path=str(output))
 
 
 def fit_run(run: RunConfig) -> None:

@@ -34,7 +34,7 @@ def run_job(cfg: DictConfig) -> None:
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
-    from lightning_accel.cli.runner import fit_run, save_resolved_config
+    from lightning_accel.cli.runner import fit_run, save_resolved_config, whole_checkpoint_for
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -51,6 +51,7 @@ def run_job(cfg: DictConfig) -> None:
         else:
             if run.launcher.nnodes == 1:  # nodes measuring apart could disagree
                 run = measure_choices(run)
+            run = whole_checkpoint_for(run, plan_run(run.hardware, run.optimization).strategy)
             config_path = save_resolved_config(run)
             if processes > 1 or run.launcher.name == "torchrun":
                 launch_ranks(config_path, processes, run.launcher)
