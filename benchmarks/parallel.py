@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from common import benchmark_parser, medians, results_table, run_cli, speed_cells
 from loopback_bytes import LoopbackBytes
 from rich.console import Console
+
+from lightning_accel.cli.plan import model_footprint, run_config
+from lightning_accel.plan.layouts import LayoutEstimate
+from lightning_accel.plan.planner import plan_layouts
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,19 +51,18 @@ SIZES = {
 }
 
 
-def predicted(shape: list[str], ranks: int, batch: int, label: str) -> dict:
-    """The plan's row for a layout: fp32, no activation checkpointing, ``batch`` samples
-    per rank."""
-    command = [sys.executable, "-m", "lightning_accel", "plan", "--json", "--world", str(ranks)]
-    command += [*shape, f"data.batch_size={batch}"]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    rows = json.loads(result.stdout)["layouts"]
+def predicted(shape: list[str], ranks: int, batch: int, label: str) -> LayoutEstimate:
+    """The plan's row for a layout (fp32, no activation checkpointing, ``batch`` samples per
+    rank), computed in this process so that every row uses one measurement of the CPU's
+    peak."""
+    run = run_config([*shape, f"data.batch_size={batch}"])
+    footprint = model_footprint(run, ("32-true",))
     return next(
-        row
-        for row in rows
-        if row["label"] == label
-        and row["precision"] == "32-true"
-        and not row["activation_checkpointing"]
+        row.estimate
+        for row in plan_layouts(footprint, None, [ranks])
+        if row.estimate.label == label
+        and row.estimate.precision == "32-true"
+        and not row.estimate.activation_checkpointing
     )
 
 
@@ -109,10 +110,9 @@ def main() -> None:
     for name, runs in results.items():
         hardware, ranks, data_parallel, label = layouts[name]
         plan = predicted(shape, ranks, global_batch // data_parallel, label)
-        memory = plan["memory"]
         # what the run summary counts: weights, gradients and AdamW's two moments
-        plan_state = (2 * memory["parameters"] + memory["optimizer"]) / 2**20
-        plan_sent = plan["comm_bytes_per_step"] / 2**20
+        plan_state = (2 * plan.memory.parameters + plan.memory.optimizer) / 2**20
+        plan_sent = plan.comm_bytes_per_step / 2**20
         figures = medians(runs)
         state = max(runs[0]["model_state_bytes_per_rank"]) / 2**20
         sent = statistics.median(run["bytes_per_rank_step"] for run in runs) / 2**20
@@ -126,7 +126,7 @@ def main() -> None:
             "planned_model_state_mib_per_rank": plan_state,
             "sent_mib_per_rank_step": sent,
             "planned_sent_mib_per_rank_step": plan_sent,
-            "planned_samples_per_second": plan["samples_per_second"],
+            "planned_samples_per_second": plan.samples_per_second,
         }
         table.add_row(
             name,
@@ -134,7 +134,7 @@ def main() -> None:
             f"{state:,.1f} ({plan_state:,.1f})",
             f"{share:.2f}",
             f"{sent:,.2f} ({plan_sent:,.2f})",
-            f"{figures['samples_per_second']:,.1f} ({plan['samples_per_second']:,.1f})",
+            f"{figures['samples_per_second']:,.1f} ({plan.samples_per_second:,.1f})",
         )
     Console().print(table)
     if args.json:

@@ -114,6 +114,9 @@ def test_tensor_parallel_moves_the_hidden_state_twice_each_way_per_region() -> N
     # 2 blocks x (attention, MLP); an all-gather and a reduce-scatter each way, half each
     assert (sent.exposed, sent.overlappable) == (4 * 4 * hidden / 2, 0)
     assert sent.collectives == 4 * 4
+    # on gloo a reduce-scatter sends what an all-reduce does: twice a ring's bytes
+    gloo = communication(footprint, _mesh_placement("tp", tensor=2), reduce_scatter_cost=2)
+    assert gloo.exposed == 4 * (1 + 2) * 2 * hidden / 2
     fsdp2 = communication(footprint, Placement("fsdp2", 2, "32-true"))
     hsdp = communication(footprint, _mesh_placement("hsdp", replicate=2, shard=2))
     # HSDP gathers within its shard group of 2, as FSDP2 at 2 does, then all-reduces

@@ -40,7 +40,9 @@ HOST_MEMORY_BYTES_PER_SECOND = 20e9
 class Target:
     """Where the layouts run: one device's peak FLOP/s in the run's precision, its memory,
     its link bandwidth to peers and the latency of one collective. ``shared_host`` means
-    the ranks of a world share one machine's compute and memory (the CPU twins)."""
+    the ranks of a world share one machine's compute and memory (the CPU twins);
+    ``reduce_scatter_cost`` is the bytes a reduce-scatter sends relative to a ring's (2 on
+    gloo, which reduces the whole tensor as an all-reduce does; measured)."""
 
     name: str
     peak_flops: float
@@ -48,6 +50,7 @@ class Target:
     link_bytes_per_second: float
     collective_seconds: float
     shared_host: bool = False
+    reduce_scatter_cost: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -252,13 +255,16 @@ def _ring_share(ranks: int) -> float:
     return (ranks - 1) / ranks
 
 
-def communication(footprint: ModelFootprint, placement: Placement) -> Communication:
+def communication(
+    footprint: ModelFootprint, placement: Placement, reduce_scatter_cost: float = 1.0
+) -> Communication:
     """Bytes one rank sends per training batch, and collectives it starts: DDP all-reduces
     gradients once per optimizer step (in buckets); FSDP2 all-gathers each unit in forward
     and again in backward, and reduce-scatters gradients once per optimizer step, within
     its shard group; HSDP then all-reduces the gradient shards between replicas; tensor
     parallelism moves the hidden state twice each way per region (an all-gather and a
-    reduce-scatter with sequence parallelism, else one all-reduce)."""
+    reduce-scatter with sequence parallelism, else one all-reduce). A reduce-scatter
+    sends ``reduce_scatter_cost`` times a ring's bytes (see :class:`Target`)."""
     layout, accumulate, mesh = placement.layout, placement.accumulate, placement.mesh
     if layout == "single" or placement.world == 1:
         return Communication()
@@ -274,7 +280,8 @@ def communication(footprint: ModelFootprint, placement: Placement) -> Communicat
         units = len(footprint.unit_parameter_bytes) + 1
         share = _ring_share(placement.shards)
         gathers = 2 * share * elements * computed
-        reduce = share * elements * 4 / accumulate  # gradients reduce in fp32
+        # gradients reduce in fp32
+        reduce = reduce_scatter_cost * share * elements * 4 / accumulate
         sent += Communication(gathers + reduce, 0, 2 * units + math.ceil(units / accumulate))
         if mesh.replicate > 1:
             shard = elements / placement.shards * 4
@@ -284,7 +291,8 @@ def communication(footprint: ModelFootprint, placement: Placement) -> Communicat
         split = _split(footprint)
         activation = footprint.activations.get(placement.precision)
         hidden = _hidden_bytes(activation or footprint.activations["32-true"])
-        moved = 4 * _ring_share(mesh.tensor) * hidden * split.regions
+        each_way = 1 + (reduce_scatter_cost if split.sequence_parallel else 1)
+        moved = 2 * each_way * _ring_share(mesh.tensor) * hidden * split.regions
         sent += Communication(0, moved, split.regions * (4 if split.sequence_parallel else 2))
     return sent
 
@@ -309,7 +317,7 @@ def estimate(footprint: ModelFootprint, target: Target, placement: Placement) ->
     model_flops = 3 * forward
     peak = target.peak_flops / (world if target.shared_host else 1)
     compute = flops / (peak * STEP_EFFICIENCY)
-    sent = communication(footprint, placement)
+    sent = communication(footprint, placement, target.reduce_scatter_cost)
     overlappable = sent.overlappable / target.link_bytes_per_second
     exposed = sent.exposed / target.link_bytes_per_second
     exposed += overlappable if target.shared_host else max(0.0, overlappable - compute)

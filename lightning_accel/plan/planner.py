@@ -22,6 +22,9 @@ THIS_CPU = "cpu"
 # measured FSDP2 step, benchmarks/plan_accuracy.py).
 CPU_COLLECTIVE_SECONDS = 12e-3
 CPU_LINK_BYTES_PER_SECOND = 0.5e9
+# gloo reduce-scatters as it all-reduces: each rank sends twice a ring reduce-scatter's
+# bytes (measured on the loopback interface: benchmarks/parallel.py).
+GLOO_REDUCE_SCATTER_COST = 2.0
 # One collective between accelerators of a node (NCCL over NVLink, XLA over ICI).
 DEVICE_COLLECTIVE_SECONDS = 20e-6
 # Devices of a node: tensor parallelism stays within one, HSDP shards within one.
@@ -75,6 +78,7 @@ def target(spec: DeviceSpec | None, precision: str) -> Target:
             link_bytes_per_second=CPU_LINK_BYTES_PER_SECOND,
             collective_seconds=CPU_COLLECTIVE_SECONDS,
             shared_host=True,
+            reduce_scatter_cost=GLOO_REDUCE_SCATTER_COST,
         )
     return Target(
         name=spec.name,
