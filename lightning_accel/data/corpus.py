@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,14 +36,17 @@ def corpus_files(source: str, suffixes: Sequence[str], key: str = "data.source")
         )
     if root.is_file():
         return [root.resolve()]
-    files = sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file()
-        and path.suffix in suffixes
-        # the standard library's folder also holds the base interpreter's installed packages
-        and not (source == STDLIB and "site-packages" in path.relative_to(root).parts)
-    )
+    # the standard library's folder also holds the base interpreter's installed packages,
+    # often tens of thousands of files: their folders are never entered
+    skipped = {"site-packages", "__pycache__"} if source == STDLIB else {"__pycache__"}
+    files = []
+    for directory, folders, names in os.walk(root):
+        folders[:] = [name for name in folders if name not in skipped]
+        for name in names:
+            path = Path(directory, name)
+            if os.path.splitext(name)[1] in suffixes and path.is_file():
+                files.append(path)
+    files.sort()
     if not files:
         raise ConfigError(key, source, f"holds no file ending in {', '.join(suffixes)}")
     return files
