@@ -98,6 +98,7 @@ class SpeedMonitor(pl.Callback):
         self.forward_flops: int | None = None
         self.peak: PeakFlops | None = None
         self._counter: FlopCounterMode | None = None
+        self._devices_per_process = 1
         self._wait_at_steady_start: float | None = None
         self._wait_at_window_start: float | None = None
         self._paused = False
@@ -112,6 +113,7 @@ class SpeedMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self.figures = {}
+        self._devices_per_process = getattr(trainer.strategy, "devices_per_process", 1)
         if self.count_flops:
             if self.peak_flops:
                 self.peak = PeakFlops(self.peak_flops, "given")
@@ -149,7 +151,8 @@ class SpeedMonitor(pl.Callback):
     def _stop_counting(self) -> None:
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
-            self.forward_flops = self._counter.get_total_flops()
+            # one process driving several devices (XLA SPMD) counts the global step's FLOPs
+            self.forward_flops = self._counter.get_total_flops() // self._devices_per_process
             self._counter = None
 
     def on_exception(

@@ -87,6 +87,12 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         return math.prod(self.mesh_sizes)
 
     @property
+    def devices_per_process(self) -> int:
+        """Devices this one process drives; FLOPs counted on its global tensors are split
+        between them (the speed monitor reads this)."""
+        return math.prod(self.mesh_sizes)
+
+    @property
     def restore_checkpoint_after_setup(self) -> bool:
         # a checkpoint is read once the parameters are on the devices and split, so a
         # sharded one is read piece by piece onto the devices that hold each piece
