@@ -95,12 +95,12 @@ def test_a_cell_past_its_timeout_is_stopped_with_its_processes_and_the_others_go
 ) -> None:
     out = tmp_path / "bench"
     args = [
-        "bench", "--out", str(out), "--cell-timeout", "45", *TINY, f"data.source={small_corpus}",
+        "bench", "--out", str(out), "--cell-timeout", "30", *TINY, f"data.source={small_corpus}",
         "+callbacks.hang._target_=helpers.HangAtStart", "+callbacks.hang.seconds=600,0",
     ]  # fmt: skip
     result = run_cli(args, cwd=tmp_path, timeout=200, env=TEST_IMPORTS)
     assert result.returncode == 1
-    assert "600 timed out: timed out after 45 s and was stopped" in result.stderr
+    assert "600 timed out: timed out after 30 s and was stopped" in result.stderr
     hung, finished = json.loads((out / "results.json").read_text())["cells"]
     assert (hung["cell"], hung["status"], hung["samples_per_second"]) == ("600", "timed out", None)
     assert (finished["cell"], finished["status"]) == ("0", "ok")
