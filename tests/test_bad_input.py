@@ -38,6 +38,18 @@ CASES = {
     "too many devices": (["hardware.devices=64"], ["hardware.devices=64", "device"]),
     "unimportable target": (["model._target_=no_pkg.Model"], ["model._target_='no_pkg.Model'"]),
     "argument the model lacks": (["+model.depth=3"], ["model.depth=3", "n_layer"]),
+    "misspelt option added to a fixed section": (
+        ["+trainer.max_step=5"],
+        ["trainer.max_step=5 is not an option of trainer", "max_steps"],
+    ),
+    "misspelt option added to a nested section": (
+        ["+optimization.compile.bakend=eager"],
+        ["optimization.compile.bakend='eager' is not an option of optimization.compile", "backend"],
+    ),
+    "interpolation that resolves to nothing": (
+        ["trainer.max_steps=${nope}"],
+        ["trainer.max_steps='${nope}' is invalid", "Interpolation key 'nope' not found"],
+    ),
     "a key given twice, the first time invalid": (
         ["trainer.max_steps=abc", "trainer.max_steps=2"],
         ["trainer.max_steps='abc' is not a valid integer"],

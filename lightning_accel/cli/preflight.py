@@ -7,6 +7,7 @@ valid choices). Nothing is written and no process is started while checking.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -79,6 +80,7 @@ def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
     with open_dict(job):
         job.pop("hydra", None)
     job.run_dir = str(run_dir)
+    _check_known_keys(job, "")
     try:
         return OmegaConf.to_object(job)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
@@ -86,7 +88,31 @@ def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
     except ConfigError:
         raise
     except OmegaConfBaseException as error:
-        raise value_error(error, []) from error
+        # the value as written (an interpolation that failed to resolve has none yet)
+        key = str(error.full_key)
+        written: Any = OmegaConf.to_container(job, resolve=False)
+        for part in key.split("."):
+            written = written.get(part) if isinstance(written, dict) else None
+        given = [f"{key}={written}"] if isinstance(written, str) else []
+        raise value_error(error, given) from error
+
+
+def _check_known_keys(node: DictConfig, prefix: str) -> None:
+    """Fail on a key added (``+key=...``) to a section the schema fixes: converting the
+    config to its dataclasses would drop it silently, and a misspelt option would be
+    ignored."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    fields = [field.name for field in dataclasses.fields(schema)]
+    section = prefix.rstrip(".") or "the run"
+    given = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(given, dict)
+    for key, value in given.items():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", value, f"is not an option of {section}", fields)
+        if isinstance(value, dict):
+            _check_known_keys(node.get(key), f"{prefix}{key}.")
 
 
 def _check_arguments(key: str, node: dict[str, Any]) -> None:
