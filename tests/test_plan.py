@@ -97,7 +97,13 @@ def test_tensor_parallel_ranks_hold_a_slice_of_the_split_layers_and_the_rest_who
     model = GPTLanguageModel(n_layer=2, d_model=64, n_head=4, seq_len=32)
     split_names = ("attn.qkv.", "attn.proj.weight", "mlp.0.", "mlp.2.weight")
     split = sum(p.numel() for n, p in model.named_parameters() if any(s in n for s in split_names))
-    assert footprint.tensor_parallel == TensorParallelFootprint(split, (2, 4), 4, True)
+    assert footprint.tensor_parallel.styles[:2] == (
+        ("model.blocks.*.attn_norm", "sequence_parallel"),
+        ("model.blocks.*.attn.qkv", "colwise"),
+    )
+    assert footprint.tensor_parallel == TensorParallelFootprint(
+        split, (2, 4), 4, True, footprint.tensor_parallel.styles
+    )
     whole = footprint.parameters
     tp = rank_memory(footprint, _mesh_placement("tp", tensor=2))
     assert tp.parameters == (whole - split // 2) * 4
@@ -177,6 +183,8 @@ def test_plan_ranks_the_default_recipes_layouts_and_names_the_best(tmp_path: Pat
     )  # fmt: skip
     assert sharded["memory"]["parameters"] < single["memory"]["parameters"] / 3
     assert sharded["comm_bytes_per_step"] > 0 == single["comm_bytes_per_step"]
+    assert plan["tensor_parallel_plan"]["model.blocks.*.attn.qkv"] == "colwise"
+    assert plan["tensor_parallel_plan"]["model.blocks.*.mlp.2"] == "rowwise"
     two_d = next(r for r in rows if r["label"] == "fsdp2_tp 2x2")
     assert "hardware.strategy_options.tensor_parallel=2" in two_d["overrides"]
     assert two_d["memory"]["parameters"] < single["memory"]["parameters"] / 3

@@ -142,6 +142,9 @@ def plan_json(run: RunConfig, device: str, footprint: Any, rows: list[Any]) -> d
             for r in rows
         ],
         "best": list(rows[0].overrides) if rows and rows[0].estimate.fits else None,
+        "tensor_parallel_plan": dict(footprint.tensor_parallel.styles)
+        if footprint.tensor_parallel
+        else None,
     }
 
 
@@ -185,6 +188,9 @@ def main(args: list[str]) -> int:
         f"{footprint.samples} samples per rank per step) on {device}"
     )
     console.print(plan_table(rows, title))
+    if footprint.tensor_parallel:
+        split = ", ".join(f"{path} {style}" for path, style in footprint.tensor_parallel.styles)
+        console.print(f"tensor parallel plan (rows tp, fsdp2_tp): {escape(split)}")
     if not rows[0].estimate.fits:
         console.print(
             f"[bold red]lightning-accel:[/] {escape(fits_nowhere(footprint, spec, worlds))}."

@@ -118,12 +118,14 @@ class TensorParallelFootprint:
             hidden state (a block's input) twice each way between the ranks.
         sequence_parallel: norms run on sequence slices (activations between the regions
             split too; two collectives each way per region instead of one all-reduce).
+        styles: the plan, as (module path with block numbers written ``*``, style) pairs.
     """
 
     split_elements: int
     sizes: tuple[int, ...]
     regions: int
     sequence_parallel: bool
+    styles: tuple[tuple[str, str], ...] = ()
 
 
 TENSOR_PARALLEL_SIZES = (2, 4, 8, 16)
@@ -313,6 +315,17 @@ def batch_samples(batch: Any) -> int:
     return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
 
 
+def _block_pattern(path: str, blocks: Sequence[str]) -> str:
+    """``path`` with the repeated block it lies in written ``*`` (``blocks.3.attn.qkv`` ->
+    ``blocks.*.attn.qkv``)."""
+    for block in blocks:
+        if path.startswith(f"{block}."):
+            parent = block.rpartition(".")[0]
+            pattern = f"{parent}.*" if parent else "*"
+            return pattern + path.removeprefix(block)
+    return path
+
+
 def tensor_parallel_footprint(
     module: nn.Module, configured: Mapping[str, str] | None = None
 ) -> TensorParallelFootprint | None:
@@ -341,6 +354,11 @@ def tensor_parallel_footprint(
         sizes=dividing_sizes(module, plan, TENSOR_PARALLEL_SIZES),
         regions=sum(1 for style in plan.styles.values() if style == "rowwise"),
         sequence_parallel=plan.sequence_parallel,
+        styles=tuple(
+            dict.fromkeys(
+                (_block_pattern(path, plan.blocks), style) for path, style in plan.styles.items()
+            )
+        ),
     )
 
 
