@@ -19,6 +19,7 @@ from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.transforms import FSDP2
 
 
 def save_resolved_config(run: RunConfig) -> Path:
@@ -80,7 +81,7 @@ def resume_checkpoint(run: RunConfig, trainer: pl.Trainer) -> str | None:
 
 
 # Strategies that load a sharded (torch.distributed.checkpoint) directory themselves.
-SHARD_LOADING_STRATEGIES = ("fsdp2", "xla_spmd")
+SHARD_LOADING_STRATEGIES = (FSDP2, "xla_spmd")
 
 
 def whole_checkpoint_for(run: RunConfig, strategy: str) -> RunConfig:
