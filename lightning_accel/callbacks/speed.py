@@ -280,7 +280,8 @@ class SpeedMonitor(pl.Callback):
             **self._warmup_figures(pl_module, step_seconds, now),
             **speed,
             "flops_per_step": self.flops_per_step,
-            "peak_tflops_per_device": round(self.peak.flops_per_second / 1e12, 3)
+            # significant digits: a CPU core's peak is a fraction of a TFLOP/s
+            "peak_tflops_per_device": float(f"{self.peak.flops_per_second / 1e12:.4g}")
             if self.peak
             else None,
             "peak_flops_source": self.peak.source if self.peak else None,
