@@ -77,6 +77,51 @@ def sharded_metadata(path: Path) -> dict[str, Any]:
     return dict(read_dcp_metadata(path).state_dict_metadata)
 
 
+def saved_model_shapes(path: Path, key: str = "ckpt_path") -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of the model state a checkpoint holds, by ``state_dict``
+    key, read from a sharded checkpoint's index or a mapped file (no tensor is read)."""
+    if is_sharded(path):
+        prefix = "state_dict."
+        return {
+            name.removeprefix(prefix): tuple(entry.size)
+            for name, entry in sharded_metadata(path).items()
+            if name.startswith(prefix) and hasattr(entry, "size")
+        }
+    state = load_data_file(path, key, mmap=True).get("state_dict") or {}
+    return {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
+
+
+def check_same_model(
+    path: Path, expected: dict[str, tuple[int, ...]], strict: bool = True, key: str = "ckpt_path"
+) -> None:
+    """Fail with a sentence unless the checkpoint at ``path`` holds the model state of a
+    model with these tensor shapes (``expected``: ``state_dict`` key -> shape); with
+    ``strict`` (Lightning's ``strict_loading``) the keys must match too."""
+    saved = saved_model_shapes(path, key)
+    for name, shape in expected.items():
+        if name in saved and saved[name] != shape:
+            raise ConfigError(
+                key,
+                str(path),
+                f"was saved from a different model: {name} is {list(saved[name])} there and "
+                f"{list(shape)} in this run's model; resume with the model.* settings of "
+                "the run that wrote it",
+            )
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if strict and (missing or unexpected):
+        shown = ", ".join(
+            [f"{name} is not in the checkpoint" for name in missing[:2]]
+            + [f"{name} is not in this run's model" for name in unexpected[:2]]
+        )
+        raise ConfigError(
+            key,
+            str(path),
+            f"was saved from a different model ({shown}); resume with the model.* settings "
+            "of the run that wrote it",
+        )
+
+
 def optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
     """An optimizer state keyed by parameter name (torch.distributed.checkpoint's layout)
     re-keyed by parameter position, the layout ``Optimizer.load_state_dict`` takes."""

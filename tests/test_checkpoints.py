@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import Runs, run_cli, write_crafted_checkpoint
+from helpers import MODEL, SHAPE, Runs, run_cli, write_crafted_checkpoint
 
+from lightning_accel.checkpoints import check_same_model, consolidate_checkpoint
 from lightning_accel.cli.main import main
+from lightning_accel.errors import ConfigError
+from lightning_accel.models import GPTLanguageModel
 from lightning_accel.safe_load import read_dcp_metadata
 
 pytestmark = pytest.mark.slow
@@ -147,3 +150,42 @@ def test_a_real_sharded_index_passes_the_allow_list_and_matches_torchs_reader(
     torchs = FileSystemReader(str(sharded)).read_metadata()
     assert ours.state_dict_metadata == torchs.state_dict_metadata
     assert ours.storage_data == torchs.storage_data
+
+
+@pytest.mark.parametrize("form", ["sharded", "single file"])
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("model.d_model=64", "model.token_embedding.weight is [256, 32] there and [256, 64]"),
+        ("model.n_layer=3", "model.blocks.2.attn.proj.bias is not in the checkpoint"),
+    ],
+)
+def test_a_checkpoint_of_another_model_is_refused_before_the_run(
+    sharded: Path,
+    form: str,
+    change: str,
+    fragment: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checkpoint = sharded
+    if form == "single file":
+        checkpoint = consolidate_checkpoint(sharded, tmp_path / "model.ckpt")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", *SHAPE, change, f"ckpt_path={checkpoint}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{checkpoint}' was saved from a different model" in err and fragment in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no run directory"
+
+
+def test_a_checkpoint_of_the_same_model_passes_the_check(sharded: Path) -> None:
+    model = GPTLanguageModel(seq_len=32, **MODEL)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_same_model(sharded, expected)
+    with pytest.raises(ConfigError, match="model.extra.weight is not in the checkpoint"):
+        check_same_model(sharded, {**expected, "model.extra.weight": (256, 32)})

@@ -259,18 +259,32 @@ def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
     )
 
 
-def check_checkpoint(run: RunConfig) -> None:
+def check_checkpoint(run: RunConfig) -> Path | None:
     """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory that
     holds data only; without it, fail when the ``last`` checkpoint the run would resume from
-    by itself would run code when loaded."""
+    by itself would run code when loaded. Returns the checkpoint the run will resume from."""
     from lightning_accel.checkpoints import last_checkpoint, verify_checkpoint
 
     if run.ckpt_path is not None:
         verify_checkpoint(Path(run.ckpt_path))
-        return
+        return Path(run.ckpt_path)
     for node in run.callbacks.values():
         if node and node.get("save_last") and node.get("dirpath"):
-            last_checkpoint(Path(node["dirpath"]))
+            found = last_checkpoint(Path(node["dirpath"]))
+            if found is not None:
+                return found
+    return None
+
+
+def check_checkpoint_model(checkpoint: Path | None, model: Any) -> None:
+    """Fail unless the checkpoint the run resumes from was written by a model of the same
+    parameter names and shapes (the model built on the meta device; skipped without one)."""
+    from lightning_accel.checkpoints import check_same_model
+
+    if checkpoint is None or model is None:
+        return
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_same_model(checkpoint, expected, strict=getattr(model, "strict_loading", True))
 
 
 def run_plan(run: RunConfig) -> RunPlan | None:
@@ -366,8 +380,9 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
         check_targets(run)
-        check_checkpoint(run)
+        checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)
+        check_checkpoint_model(checkpoint, model)
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
         check_strategy(plan)
