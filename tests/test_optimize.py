@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_compiled_and_eager_runs_resume_from_each_others_checkpoints(
         assert json.loads((tmp_path / name / "summary.json").read_text())["steps"] == 6
 
 
-def test_every_transform_runs_in_one_ordered_function_with_the_sharding_last() -> None:
+def test_every_transform_runs_in_one_ordered_function_with_the_parallel_steps_last() -> None:
     from types import SimpleNamespace
 
     from lightning_accel.optimize import ModelOptimizations
@@ -137,7 +138,7 @@ def test_every_transform_runs_in_one_ordered_function_with_the_sharding_last() -
         activation_checkpointing=ActivationCheckpointingConfig(enabled=True),
         compile=CompileConfig(enabled=True, backend="eager", per_block=True),
     )
-    names = ("activation_checkpointing", "compile", "fsdp2")
+    names = ("activation_checkpointing", "compile", "tensor_parallel", "fsdp2")
     strategy = SimpleNamespace(model_transforms=None, root_device=torch.device("cpu"))
     assert isinstance(strategy, ShardsAfterTransforms)
     model = _gpt()
@@ -147,8 +148,12 @@ def test_every_transform_runs_in_one_ordered_function_with_the_sharding_last() -
     assert type(model.blocks[0]) is type(_gpt().blocks[0]), "nothing applied by the callback"
     seen = []
 
-    def shard(module: nn.Module) -> None:  # what the strategy's sharding sees
-        seen.append([(type(b).__name__, b._compiled_call_impl is not None) for b in module.blocks])
+    def step(name: str) -> Callable[[nn.Module], None]:  # what each strategy step sees
+        return lambda module: seen.append(
+            (name, [(type(b).__name__, b._compiled_call_impl is not None) for b in module.blocks])
+        )
 
-    apply_model_optimizations(model, optimization, "cpu", names, shard)
-    assert seen == [[("CheckpointWrapper", True)] * CONFIG.n_layer]
+    parallelize = {"fsdp2": step("fsdp2"), "tensor_parallel": step("tensor_parallel")}
+    apply_model_optimizations(model, optimization, "cpu", names, parallelize)
+    blocks = [("CheckpointWrapper", True)] * CONFIG.n_layer
+    assert seen == [("tensor_parallel", blocks), ("fsdp2", blocks)]

@@ -38,11 +38,13 @@ def test_a_layout_follows_its_reference_over_20_steps(
     assert max_difference(expected_losses, losses) < 1e-5
 
 
-def test_tensor_parallel_in_bf16_mixed_follows_one_process(runs: Runs) -> None:
+def test_2d_in_bf16_mixed_follows_one_process(runs: Runs) -> None:
+    """bf16-mixed under FSDP2 x TP: FSDP2's mixed-precision policy over DTensor shards."""
     bf16 = "optimization.precision=bf16-mixed"
     single = runs.losses(runs.train("single_bf16", "cpu", 1, bf16))
-    split = runs.losses(runs.train("tp_bf16", "tp_cpu", 2, bf16, data_parallel=1))
-    assert runs.summary(runs.root / "tp_bf16")["precision"] == "bf16-mixed"
+    split = runs.losses(runs.train("2d_bf16", "fsdp2_tp_cpu", 4, bf16, data_parallel=2))
+    assert runs.summary(runs.root / "2d_bf16")["precision"] == "bf16-mixed"
+    assert len(split) == 20
     assert max_difference(single, split) < 2e-2
 
 
@@ -129,26 +131,28 @@ def test_a_tensor_parallel_checkpoint_consolidates_into_whole_weights(
         torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-4, msg=key)
 
 
-def test_tensor_parallel_composes_with_checkpointing_compile_and_accumulation(
-    runs: Runs,
-) -> None:
-    """Activation checkpointing and per-block compile are applied before the split;
-    accumulating two half batches gives the update of one whole batch."""
-    plain = runs.losses(runs.train("tp", "tp_cpu", 2, data_parallel=1))
+def test_layouts_compose_with_checkpointing_compile_and_accumulation(runs: Runs) -> None:
+    """Activation checkpointing and per-block compile are applied before the tensor parallel
+    split and the FSDP2 sharding (2D); accumulating two half batches under TP gives the
+    update of one whole batch."""
+    plain = runs.losses(runs.train("fsdp2_tp", "fsdp2_tp_cpu", 4, data_parallel=2))
     optimized = runs.train(
-        "tp_ac_compile",
-        "tp_cpu",
-        2,
+        "2d_ac_compile",
+        "fsdp2_tp_cpu",
+        4,
         "optimization.activation_checkpointing.enabled=true",
         "optimization.compile.enabled=true",
         "optimization.compile.per_block=true",
         "optimization.compile.backend=eager",
-        data_parallel=1,
+        data_parallel=2,
     )
     assert max_difference(plain, runs.losses(optimized)) < 1e-5
+    order = ["activation_checkpointing", "compile", "tensor_parallel", "fsdp2"]
+    assert runs.summary(optimized)["transforms"] == order
     reference = runs.final_weights(runs.train("single", "cpu", 1))
     accumulated = runs.train("tp_accumulate", "tp_cpu", 2, *ACCUMULATE, "data.batch_size=4")
     assert runs.summary(accumulated)["steps"] == 20
+    assert runs.summary(accumulated)["transforms"] == ["tensor_parallel"]
     weights = runs.final_weights(accumulated)
     for key, value in reference.items():
         torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5, msg=key)

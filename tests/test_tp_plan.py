@@ -120,6 +120,13 @@ def test_mesh_layouts_are_named() -> None:
     assert [MeshShape(1, 2, 2).layout, MeshShape(2, 2, 1).layout] == ["fsdp2_tp", "hsdp"]
 
 
+def test_each_mesh_takes_its_parallel_steps_in_order() -> None:
+    """TP alone never shards; FSDP2 alone (even on one rank) never splits; 2D does both."""
+    steps = [MeshShape(*sizes).parallel_steps for sizes in ((1, 1, 2), (1, 1, 1), (1, 2, 2))]
+    assert steps == [("tensor_parallel",), ("fsdp2",), ("tensor_parallel", "fsdp2")]
+    assert MeshShape(2, 2, 1).parallel_steps == ("fsdp2",)
+
+
 @pytest.mark.parametrize(
     ("world", "sizes", "message"),
     [

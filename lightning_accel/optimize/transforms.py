@@ -1,11 +1,11 @@
 """Apply a run's model transforms, in place, in one ordered function: activation
-checkpointing, then compile, then memory format, then FSDP2 sharding (torchtitan's
-order). Under FSDP2 the strategy calls it from its ``setup`` with its sharding step; else
-the :class:`ModelOptimizations` callback does."""
+checkpointing, then compile, then memory format, then the tensor parallel split, then
+FSDP2 sharding (torchtitan's order). Under FSDP2 the strategy calls it from its ``setup``
+with its own parallelizing steps; else the :class:`ModelOptimizations` callback does."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
@@ -22,22 +22,28 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.precision import PrecisionChoice
 
-# Model transforms in the order they are applied: activation checkpointing, then compile,
-# then sharding (torchtitan's order); the memory format is independent of the others.
-TRANSFORM_ORDER = ("activation_checkpointing", "compile", "channels_last", "fsdp2")
 FSDP2 = "fsdp2"
+TENSOR_PARALLEL = "tensor_parallel"
+# Model transforms in the order they are applied: activation checkpointing, then compile,
+# then the tensor parallel split, then sharding (torchtitan's order); the memory format is
+# independent of the others.
+TRANSFORM_ORDER = ("activation_checkpointing", "compile", "channels_last", TENSOR_PARALLEL, FSDP2)
+# a parallelizing step of the strategy: changes the model in place
+ParallelStep = Callable[[nn.Module], None]
 
 
 def model_transforms(
-    optimization: OptimizationConfig, accelerator: str, strategy: str = "auto"
+    optimization: OptimizationConfig, accelerator: str, parallel: Sequence[str] = ()
 ) -> tuple[str, ...]:
-    """The transforms a run applies to its model on ``accelerator`` under ``strategy``, in
-    :data:`TRANSFORM_ORDER`."""
+    """The transforms a run applies to its model on ``accelerator``, in
+    :data:`TRANSFORM_ORDER`: the profile's, then the strategy's ``parallel`` steps
+    (``tensor_parallel``, ``fsdp2``)."""
     wanted = {
         "activation_checkpointing": optimization.activation_checkpointing.enabled,
         "compile": optimization.compile.active_on(accelerator),
         "channels_last": optimization.channels_last,
-        FSDP2: strategy == FSDP2,
+        TENSOR_PARALLEL: TENSOR_PARALLEL in parallel,
+        FSDP2: FSDP2 in parallel,
     }
     return tuple(name for name in TRANSFORM_ORDER if wanted[name])
 
@@ -104,8 +110,8 @@ def compile_model(model: nn.Module, config: CompileConfig) -> None:
 @runtime_checkable
 class ShardsAfterTransforms(Protocol):
     """A strategy that applies the run's model transforms itself, in their order, ending
-    with its own sharding (FSDP2): :class:`ModelOptimizations` hands them over (the
-    profile and the transforms' names) instead of applying them."""
+    with its own parallelizing steps (tensor parallel, FSDP2): :class:`ModelOptimizations`
+    hands them over (the profile and the transforms' names) instead of applying them."""
 
     model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None
 
@@ -115,15 +121,17 @@ def apply_model_optimizations(
     optimization: OptimizationConfig,
     device_type: str = "cpu",
     transforms: Sequence[str] | None = None,
-    shard: Callable[[nn.Module], None] | None = None,
+    parallelize: Mapping[str, ParallelStep] | None = None,
 ) -> None:
     """Transform ``model`` in place: each of ``transforms`` in :data:`TRANSFORM_ORDER`
-    (default: those the profile asks for on ``device_type``), ``fsdp2`` by calling
-    ``shard``; and set the process-wide float32 matmul precision when the profile names
-    one. The one function every model transform of a run goes through."""
+    (default: those the profile asks for on ``device_type``, then every step of
+    ``parallelize``), ``tensor_parallel`` and ``fsdp2`` by calling the strategy's step in
+    ``parallelize``; and set the process-wide float32 matmul precision when the profile
+    names one. The one function every model transform of a run goes through."""
+    parallelize = parallelize or {}
     if transforms is None:
         accelerator = "cuda" if device_type == "cuda" else "cpu"
-        transforms = model_transforms(optimization, accelerator, FSDP2 if shard else "auto")
+        transforms = model_transforms(optimization, accelerator, tuple(parallelize))
     check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
@@ -135,8 +143,8 @@ def apply_model_optimizations(
             compile_model(model, optimization.compile)
         elif name == "channels_last":
             model.to(memory_format=torch.channels_last)
-        elif name == FSDP2 and shard is not None:
-            shard(model)
+        elif name in parallelize:
+            parallelize[name](model)
 
 
 class ModelOptimizations(pl.Callback):

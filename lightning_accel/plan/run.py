@@ -34,8 +34,8 @@ class RunPlan:
         strategy, strategy_options: the registered strategy and its keyword arguments
             (FSDP2's CPU offload from the optimization profile included).
         precision: the precision and why it was chosen.
-        transforms: the model transforms, in the order they are applied (``fsdp2`` is
-            applied by the strategy, after the others).
+        transforms: the model transforms, in the order they are applied (``tensor_parallel``
+            and ``fsdp2`` are applied by the strategy, after the others).
         loader: what ``auto`` DataLoader settings mean for this run's ranks on a node.
         mesh: FSDP2's device mesh (replicas x shards x tensor parallel), None for other
             strategies.
@@ -118,7 +118,7 @@ def plan_run(
         strategy=hw.strategy,
         precision=precision,
         strategy_options=options,
-        transforms=model_transforms(opt, hw.accelerator, hw.strategy),
+        transforms=model_transforms(opt, hw.accelerator, mesh.parallel_steps if mesh else ()),
         loader=plan_loader(hw.accelerator, loading_ranks, machine.cpu_cores()),
         mesh=mesh,
     )

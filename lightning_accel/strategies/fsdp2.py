@@ -22,7 +22,11 @@ from typing_extensions import override
 
 from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
 from lightning_accel.config import OptimizationConfig, require_positive
-from lightning_accel.optimize.transforms import apply_model_optimizations
+from lightning_accel.optimize.transforms import (
+    FSDP2,
+    TENSOR_PARALLEL,
+    apply_model_optimizations,
+)
 from lightning_accel.strategies.async_save import AsyncShardWriter
 from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
@@ -143,12 +147,15 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup(self, trainer: pl.Trainer) -> None:
         assert self.model is not None and self.accelerator is not None
         self.accelerator.setup(trainer)
+        steps = {TENSOR_PARALLEL: self._split, FSDP2: self._shard}
+        parallelize = {name: steps[name] for name in self.mesh_shape.parallel_steps}
         if self.model_transforms is None:
-            self._shard(self.model)
+            for step in parallelize.values():
+                step(self.model)
         else:
             optimization, names = self.model_transforms
             device_type = self.root_device.type
-            apply_model_optimizations(self.model, optimization, device_type, names, self._shard)
+            apply_model_optimizations(self.model, optimization, device_type, names, parallelize)
         _materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
         if self.cpu_offload:
@@ -166,14 +173,12 @@ class FSDP2Strategy(ModelParallelStrategy):
         if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
 
+    def _split(self, model: Any) -> None:
+        plan = resolve_plan(model, self.tensor_parallel_plan)
+        check_divisible(model, plan, self.mesh_shape.tensor)
+        apply_tensor_parallel(model, self.device_mesh["tensor_parallel"], plan)
+
     def _shard(self, model: Any) -> None:
-        shape = self.mesh_shape
-        if shape.tensor > 1:
-            plan = resolve_plan(model, self.tensor_parallel_plan)
-            check_divisible(model, plan, shape.tensor)
-            apply_tensor_parallel(model, self.device_mesh["tensor_parallel"], plan)
-            if shape.data_parallel == 1:
-                return
         self.sharded_units = shard_model(
             model,
             self.replica_mesh or self.device_mesh["data_parallel"],

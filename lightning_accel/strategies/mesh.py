@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.transforms import FSDP2, TENSOR_PARALLEL
 
 OPTIONS_KEY = "hardware.strategy_options"
 MESH_KEYS = ("data_parallel_replicate", "data_parallel_shard", "tensor_parallel")
@@ -39,6 +40,13 @@ class MeshShape:
         if self.tensor > 1:
             return "fsdp2_tp" if self.shard > 1 else "tp"
         return "fsdp2"
+
+    @property
+    def parallel_steps(self) -> tuple[str, ...]:
+        """The model transforms this mesh takes, in order: the tensor parallel split (over
+        ``tensor`` > 1), then FSDP2 sharding (unless tensor parallel is the whole mesh)."""
+        steps = (TENSOR_PARALLEL,) if self.tensor > 1 else ()
+        return steps + (FSDP2,) if self.tensor == 1 or self.data_parallel > 1 else steps
 
 
 def check_mesh_sizes(
