@@ -119,9 +119,9 @@ def test_an_fsdp2_checkpoint_resumes_under_another_layout(
 
 @pytest.mark.parametrize(
     ("name", "hardware", "ranks", "data_parallel"),
-    [("tp", "tp_cpu", 2, 1), ("fsdp2_tp", "fsdp2_tp_cpu", 4, 2)],
+    [("tp", "tp_cpu", 2, 1), ("fsdp2_tp", "fsdp2_tp_cpu", 4, 2), ("hsdp", "hsdp_cpu", 4, 4)],
 )
-def test_a_tensor_parallel_checkpoint_consolidates_into_whole_weights(
+def test_a_tp_2d_or_hsdp_checkpoint_consolidates_into_whole_weights(
     runs: Runs, name: str, hardware: str, ranks: int, data_parallel: int
 ) -> None:
     reference = runs.final_weights(runs.train("single", "cpu", 1))
