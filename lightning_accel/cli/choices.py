@@ -158,7 +158,32 @@ def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.Lightnin
 
 def measure_choices(run: RunConfig) -> RunConfig:
     """Make every choice the optimization profile leaves to measurement; the run with the
-    choices made and their reasons in its config."""
+    choices made and their reasons in its config. The measurements run in a fresh process:
+    what they leave behind (fake tensors, compiled code and compile workers, allocator
+    caches) never slows the run that follows in this one."""
+    plan = plan_run(run.hardware, run.optimization)
+    optimization = run.optimization
+    measured = (
+        optimization.micro_batch == "auto"
+        or optimization.precision == "fastest"
+        or optimization.compile.enabled == "auto"
+        or (run.hardware.strategy == "auto" and plan.devices > 1)
+    )
+    if not measured:
+        return run
+    try:
+        return in_a_fresh_process(measured_run, run)
+    except BrokenProcessPool as error:
+        raise ConfigError(
+            "optimization",
+            run.optimization.name,
+            "could not be measured: the trial process died (out of memory?); set precision, "
+            "compile and micro_batch by hand",
+        ) from error
+
+
+def measured_run(run: RunConfig) -> RunConfig:
+    """The run with its layout, micro-batch and timed choices made (in the trial process)."""
     plan = plan_run(run.hardware, run.optimization)
     choose_strategy = run.hardware.strategy == "auto" and plan.devices > 1
     footprint = None
@@ -177,16 +202,7 @@ def measure_choices(run: RunConfig) -> RunConfig:
     timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     if not timed and optimization.micro_batch != "auto":
         return run
-    try:
-        optimization = in_a_fresh_process(timed_choices, run)
-    except BrokenProcessPool as error:
-        raise ConfigError(
-            "optimization",
-            run.optimization.name,
-            "could not be measured: the trial process died (out of memory?); set precision, "
-            "compile and micro_batch by hand",
-        ) from error
-    return replace(run, optimization=optimization)
+    return replace(run, optimization=timed_choices(run))
 
 
 def in_a_fresh_process(function: Callable[..., T], *args: Any) -> T:
