@@ -81,6 +81,18 @@ class KillOnce(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class MarkTraining(pl.Callback):
+    """Creates ``<directory>/rank-<N>.training`` once rank N has made ``step`` optimizer
+    steps: tests wait for it instead of guessing how long start-up takes."""
+
+    def __init__(self, directory: str, step: int = 2) -> None:
+        self.directory, self.step = Path(directory), step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            (self.directory / f"rank-{trainer.global_rank}.training").touch()
+
+
 class StopAtStep(pl.Callback):
     """Ends training after ``step`` optimizer steps, as a preempted job would stop."""
 
@@ -381,3 +393,14 @@ class UserLanguageModel(GPTLanguageModel):
         super().__init__(**kwargs)
         hp = self.hparams
         self.model = UserTransformer(hp.vocab_size, hp.d_model, hp.n_layer, hp.n_head)
+
+
+class RankZeroLogsOnce(GPTLanguageModel):
+    """The GPT whose rank 0 alone logs a value with ``sync_dist`` at step 3: a collective
+    the other ranks never make."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step == 3 and self.global_rank == 0:
+            self.log("rank_zero_only", loss.detach(), sync_dist=True)
+        return loss

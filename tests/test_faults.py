@@ -4,13 +4,14 @@ with a message naming the rank, within a bounded time."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import cli_command
+from helpers import TEST_IMPORTS, cli_command, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -48,21 +49,26 @@ def _rank_process(parent: int, local_rank: int, timeout: float = 60) -> int:
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    mark = [
+        "+callbacks.mark._target_=helpers.MarkTraining",
+        f"+callbacks.mark.directory={tmp_path}",
+    ]
     return subprocess.Popen(
-        [*cli_command(), *TINY_LONG_RUN, *extra],
+        [*cli_command(), *TINY_LONG_RUN, *mark, *extra],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, **TEST_IMPORTS, "COLUMNS": "200"},
     )
 
 
-def _wait_for_training(run_dir: Path, timeout: float = 90) -> None:
+def _wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) -> None:
+    """Until every rank has made two optimizer steps (helpers.MarkTraining)."""
     deadline = time.monotonic() + timeout
-    while not list(run_dir.rglob("config.yaml")) and time.monotonic() < deadline:
+    while len(list(directory.glob("rank-*.training"))) < ranks:
+        assert time.monotonic() < deadline, "the ranks never started training"
         time.sleep(0.2)
-    time.sleep(4)  # model built, steps running
 
 
 def test_killed_rank_stops_the_others_quickly(tmp_path: Path, small_corpus: Path) -> None:
@@ -99,3 +105,31 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
     assert process.returncode == 1
     assert "rank 0 (exit code 1)" in stderr, stderr[-2000:]
     assert 4 < elapsed < 60
+    # the final message says where rank 0 waited, and that rank 1 never came
+    assert re.search(r"Rank 0 waited in \w+ #\d+.* at step \d+", stderr), stderr[-2000:]
+    assert "rank 1 never arrived" in stderr
+
+
+def test_a_collective_one_rank_skips_is_named_with_its_hook_and_the_rank_that_skipped(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """Rank 0 alone logs a value with sync_dist at step 3 (RankZeroLogsOnce): Lightning's
+    barrier before the reduction meets rank 1's gradient all-reduce, and both wait."""
+    args = [*TINY_LONG_RUN, "model._target_=helpers.RankZeroLogsOnce", "trainer.max_steps=10"]
+    args += [f"data.source={small_corpus}", "hardware.strategy_options.timeout_s=8"]
+    started = time.monotonic()
+    result = run_cli([*args, "hydra.run.dir=run"], cwd=tmp_path, timeout=180, env=TEST_IMPORTS)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-2000:]
+    final = result.stderr.strip().splitlines()[-1]
+    skipped = re.search(
+        r"Rank 1 did not make the barrier #(\d+) that rank 0 made in "
+        r"RankZeroLogsOnce\.training_step at step 3 \(helpers\.py:\d+\); rank 1 made "
+        r"all_reduce #(\d+) of [\d,]+ elements in RankZeroLogsOnce\.backward at step 3",
+        final,
+    )
+    assert skipped and skipped.group(1) == skipped.group(2), final
+    assert elapsed < 8 + 60, "the configured timeout ends the wait"
+    report = run_cli(["doctor", "--trace", str(tmp_path / "run")], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "Rank 1 did not make the barrier" in " ".join(report.stdout.split())

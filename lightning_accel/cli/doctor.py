@@ -11,12 +11,14 @@ import json
 import re
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.console import fail
+from lightning_accel.cli.trace_report import report_traces
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import auto_accelerator
@@ -26,9 +28,12 @@ from lightning_accel.profiles import as_hardware, profile_names
 from lightning_accel.xla.runtime import INSTALL as XLA_INSTALL
 
 USAGE = """usage: lightning-accel doctor [--json] [hardware=NAME[,NAME...]]
+       lightning-accel doctor --trace RUN_DIR [--json]
 
   --json           print one JSON object on stdout instead of tables
   hardware=NAMES   check these hardware profiles: exit 1 if one cannot run here
+  --trace RUN_DIR  what the ranks of a failed distributed run were doing: the collective,
+                   step and Lightning hook of each, and which ranks did not arrive
 """
 CUDA_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cu128"
 
@@ -277,23 +282,32 @@ def render(report: Report, console: Console) -> None:
         console.print(escape(f"  - {problem.what}\n    fix: {problem.fix}"), soft_wrap=True)
 
 
-def parse(args: list[str]) -> tuple[bool, list[str]]:
-    """``--json`` and the profile names asked about (each one checked to exist).
+def parse(args: list[str]) -> tuple[bool, list[str], Path | None]:
+    """``--json``, the profile names asked about (each one checked to exist) and the run
+    directory of ``--trace``.
 
     Raises:
-        ConfigError: an unknown argument or hardware profile.
+        ConfigError: an unknown argument or hardware profile, or ``--trace`` without a
+            directory.
     """
-    as_json, names = False, []
-    for arg in args:
+    as_json, names, trace = False, [], None
+    arguments = iter(args)
+    for arg in arguments:
         if arg == "--json":
             as_json = True
+        elif arg == "--trace":
+            given = next(arguments, None)
+            if given is None:
+                raise ConfigError("doctor --trace", "", "needs a run directory")
+            trace = Path(given)
         elif arg.startswith("hardware="):
             names += [name.strip() for name in arg.partition("=")[2].split(",")]
         else:
-            raise ConfigError("doctor", arg, "is not an argument", ["--json", "hardware=NAME"])
+            choices = ["--json", "hardware=NAME", "--trace RUN_DIR"]
+            raise ConfigError("doctor", arg, "is not an argument", choices)
     for name in names:
         as_hardware(name)
-    return as_json, names
+    return as_json, names, trace
 
 
 def main(args: list[str]) -> int:
@@ -303,7 +317,10 @@ def main(args: list[str]) -> int:
         print(USAGE, end="")
         return 0
     try:
-        as_json, names = parse(args)
+        as_json, names, trace = parse(args)
+        if trace is not None:
+            report_traces(trace, as_json)
+            return 0
     except ConfigError as error:
         fail(error)
     report = diagnose(gather())

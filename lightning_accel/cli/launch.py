@@ -22,6 +22,12 @@ from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
 from lightning_accel.cli.schema import LauncherConfig
+from lightning_accel.collectives import (
+    FLIGHT_RECORDER_ENTRIES,
+    TRACE_DIRECTORY,
+    diagnose,
+    read_traces,
+)
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import usable_cores
 
@@ -66,7 +72,8 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
 def _rank_environment(processes: int) -> Iterator[None]:
     """The environment of the elastic agent and the ranks it starts: the cores shared
     between the ranks (unless the user set ``OMP_NUM_THREADS``), torch's C++ log level as
-    the user left it, a rendezvous store per attempt."""
+    the user left it, a rendezvous store per attempt, torch's flight recorder on (it keeps
+    each rank's recent collectives for the traces of a failed run)."""
     changes = rank_environment()
     # torch elastic shares its rendezvous store with the ranks by default, across restarts:
     # restarted ranks then read the previous attempt's addresses and fail to connect. Own
@@ -74,6 +81,7 @@ def _rank_environment(processes: int) -> Iterator[None]:
     defaults = {
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "OMP_NUM_THREADS": str(max(1, usable_cores() // processes)),
+        "TORCH_FR_BUFFER_SIZE": str(FLIGHT_RECORDER_ENTRIES),
     }
     changes.update({k: v for k, v in defaults.items() if k not in os.environ})
     previous = {name: os.environ.get(name) for name in changes}
@@ -104,7 +112,8 @@ def launch_ranks(
     Local rank 0 of node 0 prints to this console; the others write
     ``stdout.log``/``stderr.log`` under ``<run_dir>/ranks/`` (per node with several). If any
     rank fails, the launcher stops the others at once, then restarts them all while
-    ``launcher.max_restarts`` allows.
+    ``launcher.max_restarts`` allows; the final error then says what the ranks' traces
+    (:mod:`~lightning_accel.collectives`) tell about the failure.
 
     Raises:
         RanksFailed: a rank exited non-zero or was killed, and no restart was left.
@@ -155,6 +164,11 @@ def launch_ranks(
             f"rank {rank} (exit code {failure.exitcode})"
             for rank, failure in sorted(error.failures.items())
         )
-        raise RanksFailed(
-            f"{failures} failed; the other ranks were stopped; logs in {log_dir}"
-        ) from None
+        run_dir = config_path.parent
+        traces = read_traces(run_dir)
+        message = f"{failures} failed; the other ranks were stopped; logs in {log_dir}"
+        if traces:
+            diagnosis = diagnose(traces, processes * rendezvous["max_nodes"])
+            message += f". {diagnosis[0].upper()}{diagnosis[1:]}; traces in "
+            message += f"{run_dir / TRACE_DIRECTORY} (lightning-accel doctor --trace {run_dir})"
+        raise RanksFailed(message) from None

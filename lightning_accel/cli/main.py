@@ -23,6 +23,8 @@ verbs:
   doctor [--json] [hardware=NAMES]
                              what this machine has, which hardware profiles run here, what
                              auto picks, and the command that fixes each problem found
+  doctor --trace RUN_DIR     what the ranks of a failed distributed run were doing: the
+                             collective, step and hook of each, and who did not arrive
 """
 
 VERBS = ("train", "bench", "plan", "consolidate", "doctor")

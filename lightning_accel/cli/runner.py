@@ -14,10 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressB
 from omegaconf import OmegaConf
 
 from lightning_accel.build import build_trainer
+from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.transforms import FSDP2
 
@@ -51,6 +53,7 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     datamodule = build_object(run.data, "data")
     model = build_object(run.model, "model")
     callbacks = [instantiate(node) for node in run.callbacks.values() if node]
+    callbacks.append(CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY))
     logger = instantiate(run.logger) if run.logger else False
     trainer = build_trainer(
         run.hardware,

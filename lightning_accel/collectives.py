@@ -1,0 +1,223 @@
+"""What each rank was doing with its collectives when a distributed run failed: the trace
+file every rank writes (``<run_dir>/traces/rank-<N>.json``), and the diagnosis read from
+all of them — which collective, at which step, in which Lightning hook, and which ranks
+did not arrive.
+
+A rank's collectives come from torch's flight recorder, which records gloo and NCCL
+collectives alike once ``TORCH_FR_BUFFER_SIZE`` is set before the process group is
+created (the runner sets it for every rank). Collectives are numbered per process group
+in the order each rank makes them, so ranks whose collective of one number differs (a
+barrier on one rank, a gradient all-reduce on another) disagree about what comes next:
+one of them made a collective the others skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRACE_DIRECTORY = "traces"
+# how many collectives the flight recorder keeps per process
+FLIGHT_RECORDER_ENTRIES = 2000
+RECENT_SHOWN = 20
+_TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One collective of a rank.
+
+    Args:
+        op: its name (``all_reduce``, ``barrier``, ...).
+        sequence: its number within its process group (None when not known).
+        sizes: the shape of each input tensor (``[]`` for a scalar).
+        completed: whether it finished on this rank.
+        group: the flight recorder's process group id.
+    """
+
+    op: str
+    sequence: int | None = None
+    sizes: tuple[tuple[int, ...], ...] = ()
+    completed: bool = False
+    group: int = 0
+
+    def describe(self) -> str:
+        """``all_reduce #57 of a scalar``, ``all_reduce #58 of 1,234 elements``."""
+        number = f" #{self.sequence}" if self.sequence is not None else ""
+        if not self.sizes:
+            return f"{self.op}{number}"
+        elements = [math.prod(shape) for shape in self.sizes]
+        if len(elements) == 1 and not self.sizes[0]:
+            return f"{self.op}{number} of a scalar"
+        return f"{self.op}{number} of {sum(elements):,} element{'s' * (sum(elements) != 1)}"
+
+
+def _flight_recorder(include_collectives: bool = True) -> dict[str, Any]:
+    import torch
+
+    # private API (pinned by tests/test_collective_trace.py): torch's own dump, as JSON
+    dump = torch._C._distributed_c10d._dump_fr_trace_json  # noqa: SLF001
+    try:
+        return json.loads(dump(includeCollectives=include_collectives))
+    except RuntimeError:  # the recorder is off
+        return {}
+
+
+def recent_collectives(limit: int = RECENT_SHOWN) -> list[Collective]:
+    """This process's last ``limit`` collectives, oldest first (empty when the flight
+    recorder is off)."""
+    entries = sorted(
+        _flight_recorder().get("entries", []), key=lambda e: e.get("time_created_ns", 0)
+    )
+    return [
+        Collective(
+            op=e.get("profiling_name", "?").split(":")[-1],
+            sequence=e.get("collective_seq_id"),
+            sizes=tuple(tuple(s) for s in e.get("input_sizes", [])),
+            completed=bool(e.get("retired")),
+            group=int(e.get("pg_id", 0)),
+        )
+        for e in entries[-limit:]
+    ]
+
+
+def pending_collectives() -> dict[str, int]:
+    """For each process group with a collective not yet completed on this rank, the last
+    one enqueued (by flight recorder group id); cheap enough to poll."""
+    status = _flight_recorder(include_collectives=False).get("pg_status", {})
+    return {
+        group: int(s["last_enqueued_collective"])
+        for group, s in status.items()
+        if int(s["last_enqueued_collective"]) > int(s["last_completed_collective"])
+    }
+
+
+@dataclass
+class RankTrace:
+    """One rank's account of where it was when its run failed or a collective hung.
+
+    Args:
+        rank, world: the rank and world size.
+        attempt: the launcher's restart count (0 for the first attempt).
+        step: the optimizer step it was in.
+        hook: the Lightning hook it was running (``MyModule.training_step``), None outside
+            any hook.
+        where: ``file:line`` in that hook.
+        collective: the collective it waited in or failed in, when known.
+        error: the error that ended it (its first line), None while still waiting.
+        recent: its last collectives, oldest first.
+        waited_seconds: how long the collective had been pending when written.
+    """
+
+    rank: int
+    world: int
+    attempt: int = 0
+    step: int | None = None
+    hook: str | None = None
+    where: str | None = None
+    collective: Collective | None = None
+    error: str | None = None
+    recent: list[Collective] = field(default_factory=list)
+    waited_seconds: float | None = None
+
+    def context(self) -> str:
+        """``in MyModule.training_step at step 3 (model.py:42)``."""
+        hook = f"in {self.hook}" if self.hook else "outside any Lightning hook"
+        step = f" at step {self.step}" if self.step is not None else ""
+        where = f" ({self.where})" if self.where else ""
+        return f"{hook}{step}{where}"
+
+
+def write_trace(directory: Path, trace: RankTrace) -> Path:
+    """Write ``trace`` to ``directory/rank-<N>.json`` whole (written aside, then renamed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"rank-{trace.rank}.json"
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(asdict(trace), indent=1))
+    staging.replace(target)
+    return target
+
+
+def _collective(data: dict[str, Any] | None) -> Collective | None:
+    if data is None:
+        return None
+    sizes = tuple(tuple(s) for s in data.get("sizes", ()))
+    return Collective(**{**data, "sizes": sizes})
+
+
+def read_traces(run_dir: Path) -> list[RankTrace]:
+    """The traces of a run's latest attempt, by rank (none when no rank wrote one)."""
+    traces = []
+    for path in sorted((run_dir / TRACE_DIRECTORY).glob("rank-*.json")):
+        data = json.loads(path.read_text())
+        data["collective"] = _collective(data.get("collective"))
+        data["recent"] = [_collective(c) for c in data.get("recent", [])]
+        traces.append(RankTrace(**data))
+    latest = max((t.attempt for t in traces), default=0)
+    return sorted((t for t in traces if t.attempt == latest), key=lambda t: t.rank)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+
+
+def _signature(collective: Collective) -> tuple[str, tuple[tuple[int, ...], ...]]:
+    return collective.op, collective.sizes
+
+
+def diagnose(traces: list[RankTrace], world: int) -> str:
+    """One paragraph: what the ranks were doing when the run failed, naming the collective,
+    the step, the hook and the ranks that did not arrive."""
+    by_rank = {t.rank: t for t in traces}
+    numbered = {
+        t.rank: t.collective
+        for t in traces
+        if t.collective is not None and t.collective.sequence is not None
+    }
+    parts = _mismatches(numbered, by_rank)
+    if not parts:
+        for trace in traces:
+            collective = trace.collective.describe() if trace.collective else "a collective"
+            timed_out = trace.error is None or _TIMEOUT.search(trace.error)
+            verb = "waited" if timed_out else "failed"
+            waited = f" {trace.waited_seconds:.0f} s" if trace.waited_seconds else ""
+            parts.append(f"rank {trace.rank} {verb}{waited} in {collective} {trace.context()}")
+    silent = [r for r in range(world) if r not in by_rank]
+    if silent:
+        parts.append(
+            f"{_ranks(silent)} never arrived (no trace: stopped, dead, or busy outside collectives)"
+        )
+    return "; ".join(parts) if parts else "no rank left a trace"
+
+
+def _mismatches(numbered: dict[int, Collective], by_rank: dict[int, RankTrace]) -> list[str]:
+    """For each collective number that ranks disagree about, the ranks that did not make
+    the collective most ranks (or, on a tie, the lowest rank) made there, and what they
+    made instead."""
+    slots: dict[tuple[int, int], list[int]] = {}
+    for rank, collective in numbered.items():
+        assert collective.sequence is not None
+        slots.setdefault((collective.group, collective.sequence), []).append(rank)
+    found = []
+    for ranks in slots.values():
+        signatures = {r: _signature(numbered[r]) for r in ranks}
+        if len(set(signatures.values())) < 2:
+            continue
+        counts = Counter(signatures.values())
+        reference = min(ranks, key=lambda r: (-counts[signatures[r]], r))
+        makers = sorted(r for r in ranks if signatures[r] == signatures[reference])
+        others = sorted(r for r in ranks if r not in makers)
+        sentence = (
+            f"{_ranks(others)} did not make the {numbered[reference].describe()} that "
+            f"{_ranks(makers)} made {by_rank[reference].context()}"
+        )
+        for rank in others:
+            sentence += f"; rank {rank} made {numbered[rank].describe()} {by_rank[rank].context()}"
+        found.append(sentence)
+    return found

@@ -1,0 +1,148 @@
+"""Hangs that name their cause: each rank's trace (step, hook, collective) and the
+diagnosis that compares them; the flight recorder they are read from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_accel.callbacks.collective_trace import hook_of
+from lightning_accel.cli.main import main
+from lightning_accel.collectives import (
+    Collective,
+    RankTrace,
+    diagnose,
+    read_traces,
+    write_trace,
+)
+
+BARRIER = Collective("barrier", 37)
+GRADIENTS = Collective("all_reduce", 37, ((21984,),))
+
+
+def _trace(rank: int, collective: Collective | None, hook: str, world: int = 2) -> RankTrace:
+    return RankTrace(rank, world, step=3, hook=hook, where="model.py:42", collective=collective)
+
+
+def test_ranks_that_made_another_collective_are_named_with_the_hook_of_the_one_skipped() -> None:
+    traces = [_trace(0, BARRIER, "Model.training_step"), _trace(1, GRADIENTS, "Model.backward")]
+    assert diagnose(traces, world=2) == (
+        "rank 1 did not make the barrier #37 that rank 0 made in Model.training_step at step "
+        "3 (model.py:42); rank 1 made all_reduce #37 of 21,984 elements in Model.backward at "
+        "step 3 (model.py:42)"
+    )
+
+
+def test_the_collective_most_ranks_made_is_the_reference() -> None:
+    traces = [
+        _trace(0, GRADIENTS, "Model.backward", 3),
+        _trace(1, BARRIER, "Model.training_step", 3),
+        _trace(2, GRADIENTS, "Model.backward", 3),
+    ]
+    assert diagnose(traces, world=3).startswith(
+        "rank 1 did not make the all_reduce #37 of 21,984 elements that ranks 0, 2 made in "
+        "Model.backward"
+    )
+
+
+def test_a_rank_without_a_trace_never_arrived() -> None:
+    waiting = _trace(0, GRADIENTS, "Model.backward", world=3)
+    waiting.waited_seconds = 15.2
+    assert diagnose([waiting], world=3) == (
+        "rank 0 waited 15 s in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
+        "(model.py:42); ranks 1, 2 never arrived (no trace: stopped, dead, or busy outside "
+        "collectives)"
+    )
+
+
+def test_traces_round_trip_and_only_the_latest_attempt_counts(tmp_path: Path) -> None:
+    old = _trace(0, BARRIER, "Model.training_step")
+    new = RankTrace(1, 2, attempt=1, step=7, collective=GRADIENTS, recent=[BARRIER, GRADIENTS])
+    for trace in (old, new):
+        write_trace(tmp_path / "traces", trace)
+    assert read_traces(tmp_path) == [new]
+    assert [p.name for p in (tmp_path / "traces").iterdir()] == ["rank-0.json", "rank-1.json"]
+
+
+class _Failing(pl.LightningModule):
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return torch.distributed.all_reduce(batch)  # no process group: fails here
+
+
+def test_the_hook_is_the_innermost_lightning_method_on_the_stack() -> None:
+    module = _Failing()
+    with pytest.raises(ValueError) as error:
+        module.training_step(torch.ones(1), 0)
+    frames = []
+    traceback = error.value.__traceback__
+    while traceback is not None:
+        frames.insert(0, traceback.tb_frame)
+        traceback = traceback.tb_next
+    hook, where, collective = hook_of(frames)
+    assert hook == "_Failing.training_step"
+    assert where == f"test_collective_trace.py:{_Failing.training_step.__code__.co_firstlineno + 1}"
+    assert collective == "all_reduce"
+
+
+FLIGHT_RECORDER = """
+import os, tempfile, torch, torch.distributed as dist
+from lightning_accel.collectives import pending_collectives, recent_collectives
+os.environ["TORCH_FR_BUFFER_SIZE"] = "100"
+store = dist.FileStore(tempfile.mktemp(), 1)
+dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+dist.all_reduce(torch.ones(3, 4))
+dist.barrier()
+print([(c.op, c.sequence, c.sizes, c.completed) for c in recent_collectives()])
+print(pending_collectives())
+"""
+
+
+def test_the_flight_recorder_records_gloo_collectives_with_their_numbers_and_sizes() -> None:
+    """Pins torch's private ``_dump_fr_trace_json``, which the traces read."""
+    result = subprocess.run(
+        [sys.executable, "-c", FLIGHT_RECORDER], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    recent, pending = result.stdout.splitlines()[-2:]
+    assert recent == "[('all_reduce', 1, ((3, 4),), True), ('barrier', 2, (), True)]"
+    assert pending == "{}"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--trace"], "needs a run directory"),
+        (["--trace", "no-such-run"], "'no-such-run' is not a run directory"),
+        (["--trace", "."], "holds no traces (traces/rank-N.json)"),
+    ],
+)
+def test_doctor_trace_bad_input_exits_2(
+    arguments: list[str],
+    fragment: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", *arguments])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_doctor_trace_prints_each_rank_and_the_diagnosis(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for trace in (_trace(0, BARRIER, "Model.training_step"), _trace(1, GRADIENTS, "M.backward")):
+        write_trace(tmp_path / "traces", trace)
+    assert main(["doctor", "--trace", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["diagnosis"].startswith("rank 1 did not make the barrier #37")
+    assert [t["hook"] for t in report["traces"]] == ["Model.training_step", "M.backward"]
