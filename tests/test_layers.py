@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lightning_accel"
 # Lowest first. A module belongs to the layer of its longest matching name.
 LAYERS = (
     ("errors", "config"),
-    ("machine", "devices", "flops", "safe_load", "profiles", "environments", "xla.runtime"),
+    ("machine", "devices", "flops", "safe_load", "profiles", "environments", "collectives")
+    + ("xla.runtime",),
     ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),
     ("plan", "build", "xla"),
     ("callbacks",),
