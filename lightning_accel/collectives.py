@@ -26,6 +26,8 @@ TRACE_DIRECTORY = "traces"
 # how many collectives the flight recorder keeps per process
 FLIGHT_RECORDER_ENTRIES = 2000
 RECENT_SHOWN = 20
+# the error of a rank the launcher stopped (SIGTERM) after another rank failed
+STOPPED = "stopped by the launcher"
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 
 
@@ -181,13 +183,23 @@ def diagnose(traces: list[RankTrace], world: int) -> str:
         if t.collective is not None and t.collective.sequence is not None
     }
     parts = _mismatches(numbered, by_rank)
+    stopped = [t for t in traces if t.error == STOPPED and t.collective is None]
     if not parts:
         for trace in traces:
+            if trace in stopped:
+                continue
             collective = trace.collective.describe() if trace.collective else "a collective"
             timed_out = trace.error is None or _TIMEOUT.search(trace.error)
             verb = "waited" if timed_out else "failed"
+            if trace.error == STOPPED:
+                verb = "was stopped by the launcher while"
             waited = f" {trace.waited_seconds:.0f} s" if trace.waited_seconds else ""
             parts.append(f"rank {trace.rank} {verb}{waited} in {collective} {trace.context()}")
+    for trace in stopped:
+        parts.append(
+            f"rank {trace.rank} never arrived: the launcher stopped it {trace.context()}, "
+            "outside any collective"
+        )
     silent = [r for r in range(world) if r not in by_rank]
     if silent:
         parts.append(

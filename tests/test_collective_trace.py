@@ -15,6 +15,7 @@ import torch
 from lightning_accel.callbacks.collective_trace import hook_of
 from lightning_accel.cli.main import main
 from lightning_accel.collectives import (
+    STOPPED,
     Collective,
     RankTrace,
     diagnose,
@@ -58,6 +59,18 @@ def test_a_rank_without_a_trace_never_arrived() -> None:
         "rank 0 waited 15 s in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
         "(model.py:42); ranks 1, 2 never arrived (no trace: stopped, dead, or busy outside "
         "collectives)"
+    )
+
+
+def test_a_rank_the_launcher_stopped_outside_collectives_never_arrived() -> None:
+    waiting = _trace(0, GRADIENTS, "Model.backward")
+    waiting.error = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
+    stopped = _trace(1, None, "Model.training_step")
+    stopped.error = STOPPED
+    assert diagnose([waiting, stopped], world=2) == (
+        "rank 0 waited in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
+        "(model.py:42); rank 1 never arrived: the launcher stopped it in "
+        "Model.training_step at step 3 (model.py:42), outside any collective"
     )
 
 

@@ -3,6 +3,7 @@ with a message naming the rank, within a bounded time."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -71,6 +72,18 @@ def _wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) ->
         time.sleep(0.2)
 
 
+def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> dict:
+    """The trace rank ``rank`` writes when its collective fails, once it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in directory.rglob(f"traces/rank-{rank}.json"):
+            trace = json.loads(path.read_text())
+            if trace["error"]:
+                return trace
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} wrote no trace of a failed collective")
+
+
 def test_killed_rank_stops_the_others_quickly(tmp_path: Path, small_corpus: Path) -> None:
     process = _start(tmp_path, f"data.source={small_corpus}")
     try:
@@ -98,16 +111,22 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
         _wait_for_training(tmp_path)
         stopped_at = time.monotonic()
         os.kill(stuck, signal.SIGSTOP)  # alive but silent: only the timeout can end the wait
-        _, stderr = process.communicate(timeout=120)
+        failed = _wait_for_failed_trace(tmp_path, rank=0)
         elapsed = time.monotonic() - stopped_at
+        # a hung rank that is not stopped takes the launcher's SIGTERM; a stopped one would
+        # hold it for the agent's 30 s before SIGKILL
+        os.kill(stuck, signal.SIGCONT)
+        _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 1
     assert "rank 0 (exit code 1)" in stderr, stderr[-2000:]
     assert 4 < elapsed < 60
+    assert "Timed out" in failed["error"] and failed["collective"] is not None
     # the final message says where rank 0 waited, and that rank 1 never came
     assert re.search(r"Rank 0 waited in \w+ #\d+.* at step \d+", stderr), stderr[-2000:]
-    assert "rank 1 never arrived" in stderr
+    # stopped in its computation or inside the collective, it is stopped by the launcher
+    assert re.search(r"rank 1 (never arrived|was stopped by the launcher while in)", stderr)
 
 
 def test_a_collective_one_rank_skips_is_named_with_its_hook_and_the_rank_that_skipped(

@@ -15,8 +15,10 @@ from types import FrameType, TracebackType
 import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.core.hooks import CheckpointHooks, DataHooks, ModelHooks
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_accel.collectives import (
+    STOPPED,
     Collective,
     RankTrace,
     pending_collectives,
@@ -122,8 +124,11 @@ class CollectiveTrace(pl.Callback):
             return
         self._stop.set()
         frames = _traceback_frames_innermost_first(exception.__traceback__)
-        error = f"{type(exception).__name__}: {exception}".strip()
-        self._write(frames, error=error[:4000])
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            self._write(frames, error=STOPPED)
+        else:
+            error = f"{type(exception).__name__}: {exception}".strip()
+            self._write(frames, error=error[:4000])
 
     def _write(
         self, frames: list[FrameType], error: str | None = None, waited: float | None = None
@@ -131,11 +136,12 @@ class CollectiveTrace(pl.Callback):
         assert self._trainer is not None
         hook, where, called = hook_of(frames)
         recent = recent_collectives()
-        # waiting: the last collective not completed; failed: the last one made (a failed
-        # collective is retired like a completed one)
-        candidates = [c for c in recent if not c.completed] if error is None else recent
+        # waiting or stopped: the last collective not completed; failed: the last one made
+        # (a failed collective is retired like a completed one)
+        failed = error is not None and error != STOPPED
+        candidates = recent if failed else [c for c in recent if not c.completed]
         collective = candidates[-1] if candidates else None
-        if collective is None and called is not None:  # the flight recorder is off
+        if collective is None and called is not None and failed:  # the recorder is off
             collective = Collective(called)
         trace = RankTrace(
             rank=self._trainer.global_rank,
