@@ -4,6 +4,7 @@ writes, and the bad input of multi-node runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -145,22 +146,45 @@ def test_ranks_started_by_an_outside_torchrun_train_as_one_run(runs: Runs) -> No
     _assert_same(_weights(run_dir), _weights(reference), atol=0.0)
 
 
-def test_killed_worker_restarts_the_group_which_resumes_to_the_same_weights(runs: Runs) -> None:
-    reference = runs.local("one_node")
+# The fault matrix's CI subset (benchmarks/fault_matrix.py runs 10 points per profile):
+# (profile, point, step, rank, weight tolerance)
+FAULTS = [
+    ("ddp_cpu", "training_step", 6, 1, 0.0),
+    ("ddp_cpu", "data_loading", 5, 1, 0.0),
+    ("fsdp2_cpu", "checkpoint_write", 4, 0, 1e-6),
+]
+
+
+@pytest.mark.parametrize(
+    ("hardware", "point", "step", "rank", "atol"), FAULTS, ids=[f[1] for f in FAULTS]
+)
+def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_same_weights(
+    runs: Runs, hardware: str, point: str, step: int, rank: int, atol: float
+) -> None:
+    # the uninterrupted runs (Runs.local trains ddp_cpu unless told otherwise)
+    reference = runs.local(
+        *{"ddp_cpu": ["one_node"]}.get(hardware, [hardware, f"hardware={hardware}"])
+    )
+    name = f"killed_{point}"
     restarted = runs.local(
-        "restarted",
+        name,
+        f"hardware={hardware}",
+        "data.num_workers=0",
         "launcher=torchrun",
-        "launcher.run_id=restarted",
+        f"launcher.run_id={name}",
         f"launcher.rdzv_endpoint=127.0.0.1:{_free_port()}",
         "launcher.max_restarts=1",
-        "+callbacks.kill._target_=helpers.KillOnce",
-        "+callbacks.kill.step=6",
+        "+callbacks.kill._target_=lightning_accel.callbacks.fault_injection.KillRank",
+        f"+callbacks.kill.point={point}",
+        f"+callbacks.kill.step={step}",
+        f"+callbacks.kill.rank={rank}",
     )
     attempts = sorted(p.name for p in (restarted / "ranks").rglob("attempt_*"))
-    assert attempts == ["attempt_0", "attempt_1"], "rank 1 died once; the group restarted once"
-    assert "resuming from" in runs.stderr["restarted"]
-    assert '"steps": 12' in (restarted / "summary.json").read_text()
-    _assert_same(_weights(restarted), _weights(reference), atol=0.0)
+    assert attempts == ["attempt_0", "attempt_1"], "one rank died once; the group restarted once"
+    assert "resuming from" in runs.stderr[name]
+    summary = json.loads((restarted / "summary.json").read_text())
+    assert (summary["steps"], summary["restarts"]) == (12, 1)
+    _assert_same(_weights(restarted), _weights(reference), atol=atol)
 
 
 def test_slurm_local_sweep_runs_each_job_as_ranks(runs: Runs, small_corpus: Path) -> None:

@@ -115,6 +115,8 @@ class RunSummary(pl.Callback):
             "steps": trainer.global_step,
             "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
             "world_size": world,
+            # torch elastic's restarts of every rank before the one that finished
+            "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
             "strategy": getattr(trainer.strategy, "strategy_name", type(trainer.strategy).__name__),
             "precision": str(trainer.precision),
             "first_train_loss": self.train_losses[0] if self.train_losses else None,
