@@ -151,7 +151,7 @@ def test_ranks_started_by_an_outside_torchrun_train_as_one_run(runs: Runs) -> No
 FAULTS = [
     ("ddp_cpu", "training_step", 6, 1, 0.0),
     ("ddp_cpu", "data_loading", 5, 1, 0.0),
-    ("fsdp2_cpu", "checkpoint_write", 4, 0, 1e-6),
+    ("fsdp2_cpu", "checkpoint_write", 5, 0, 1e-6),  # the save at step 8: 4 is kept
 ]
 
 
