@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import results_table, run_cli
 from rich.console import Console
 
-from common import results_table, run_cli
 from lightning_accel.callbacks.fault_injection import KillRank, fault_schedule
-from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.checkpoints import run_weights
 
 # a tiny GPT, a global batch of 8 over 2 ranks, 24 steps in epochs of 8 batches; validation
 # and a checkpoint every 4 steps; batches loaded in the training process
@@ -49,14 +48,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a run's last checkpoint (a sharded one consolidated first)."""
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if checkpoint.is_dir():
-        checkpoint = consolidate_checkpoint(checkpoint, run_dir / "consolidated.ckpt")
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def fault_overrides(fault: KillRank, run_id: str) -> list[str]:
@@ -87,17 +78,15 @@ def main() -> None:
             base = [*RUN, f"hardware={hardware}", f"hardware.devices={RANKS}"]
             reference_dir = Path(scratch) / hardware / "uninterrupted"
             reference = run_cli(base, reference_dir)
-            expected = final_weights(reference_dir)
+            expected = run_weights(reference_dir)
             schedule = fault_schedule(options.seed, options.points, MAX_STEPS, RANKS)
             for number, fault in enumerate(schedule):
                 run_dir = Path(scratch) / hardware / f"point-{number}"
                 started = time.perf_counter()
                 summary = run_cli([*base, *fault_overrides(fault, f"p{number}")], run_dir)
                 wall = time.perf_counter() - started
-                weights = final_weights(run_dir)
-                difference = max(
-                    (weights[k] - expected[k]).abs().max().item() for k in expected
-                )
+                weights = run_weights(run_dir)
+                difference = max((weights[k] - expected[k]).abs().max().item() for k in expected)
                 rows.append(
                     {
                         "hardware": hardware,
@@ -108,8 +97,7 @@ def main() -> None:
                         "restarts": summary["restarts"],
                         "lost_seconds": round(wall - reference["command_seconds"], 1),
                         "max_weight_difference": difference,
-                        "same_weights": difference <= TOLERANCE
-                        and summary["steps"] == MAX_STEPS,
+                        "same_weights": difference <= TOLERANCE and summary["steps"] == MAX_STEPS,
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)

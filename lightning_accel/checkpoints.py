@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,6 +163,17 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     finally:
         staging.unlink(missing_ok=True)
     return output
+
+
+def run_weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
+    """The model weights (``state_dict``) of a run directory's checkpoint ``name``, a sharded
+    one consolidated on the way (in a temporary directory; nothing is written to the run)."""
+    checkpoint = run_dir / "checkpoints" / name
+    if not checkpoint.is_dir():
+        return load_data_file(checkpoint)["state_dict"]
+    with tempfile.TemporaryDirectory() as scratch:
+        whole = consolidate_checkpoint(checkpoint, Path(scratch) / name)
+        return load_data_file(whole)["state_dict"]
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.checkpoints import run_weights
 from lightning_accel.models import GPTLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -303,12 +303,10 @@ class Runs:
                 if r["train/loss"]
             }
 
-    def final_weights(self, run_dir: Path) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
         """The weights of a run's last checkpoint (a sharded one consolidated first)."""
-        checkpoint = run_dir / "checkpoints" / "last.ckpt"
-        if checkpoint.is_dir():
-            checkpoint = consolidate_checkpoint(checkpoint, self.root / f"{run_dir.name}.ckpt")
-        return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        return run_weights(run_dir)
 
     @staticmethod
     def summary(run_dir: Path) -> dict:

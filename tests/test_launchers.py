@@ -20,8 +20,8 @@ from helpers import TEST_IMPORTS, cli_command, fit_tiny, run_cli
 from lightning_accel.checkpoints import (
     AtomicCheckpointIO,
     atomic_directory,
-    consolidate_checkpoint,
     last_checkpoint,
+    run_weights,
 )
 from lightning_accel.cli.main import main
 
@@ -49,13 +49,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if checkpoint.is_dir():
-        checkpoint = consolidate_checkpoint(checkpoint, run_dir / "consolidated.ckpt")
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
@@ -130,7 +123,7 @@ def test_two_torchrun_nodes_end_like_one_node_with_two_ranks(
     summary = (two_nodes / "summary.json").read_text()
     assert '"world_size": 2' in summary and '"steps": 12' in summary
     assert sorted(p.name for p in (two_nodes / "ranks").iterdir()) == ["node-0", "node-1"]
-    _assert_same(_weights(two_nodes), _weights(reference), atol=tolerance)
+    _assert_same(run_weights(two_nodes), run_weights(reference), atol=tolerance)
 
 
 def test_ranks_started_by_an_outside_torchrun_train_as_one_run(runs: Runs) -> None:
@@ -143,7 +136,7 @@ def test_ranks_started_by_an_outside_torchrun_train_as_one_run(runs: Runs) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("lightning-accel: training recipe=gpt on CPU x2") == 1, "rank 0 only"
     assert '"world_size": 2' in (run_dir / "summary.json").read_text()
-    _assert_same(_weights(run_dir), _weights(reference), atol=0.0)
+    _assert_same(run_weights(run_dir), run_weights(reference), atol=0.0)
 
 
 # The fault matrix's CI subset (benchmarks/fault_matrix.py runs 10 points per profile):
@@ -158,7 +151,7 @@ FAULTS = [
 @pytest.mark.parametrize(
     ("hardware", "point", "step", "rank", "atol"), FAULTS, ids=[f[1] for f in FAULTS]
 )
-def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_same_weights(
+def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_samerun_weights(
     runs: Runs, hardware: str, point: str, step: int, rank: int, atol: float
 ) -> None:
     # the uninterrupted runs (Runs.local trains ddp_cpu unless told otherwise)
@@ -184,11 +177,11 @@ def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_
     assert "resuming from" in runs.stderr[name]
     summary = json.loads((restarted / "summary.json").read_text())
     assert (summary["steps"], summary["restarts"]) == (12, 1)
-    _assert_same(_weights(restarted), _weights(reference), atol=atol)
+    _assert_same(run_weights(restarted), run_weights(reference), atol=atol)
 
 
 def test_slurm_local_sweep_runs_each_job_as_ranks(runs: Runs, small_corpus: Path) -> None:
-    reference = _weights(runs.local("one_node"))
+    reference = run_weights(runs.local("one_node"))
     sweep_root = runs.root / "sweep"
     sweep_root.mkdir()
     args = ["train", "--multirun", *runs.base[1:], "launcher=slurm_local", "hardware=ddp_cpu"]
@@ -199,8 +192,8 @@ def test_slurm_local_sweep_runs_each_job_as_ranks(runs: Runs, small_corpus: Path
     for job in jobs:
         summary = (job / "summary.json").read_text()
         assert '"world_size": 2' in summary and '"steps": 12' in summary
-    _assert_same(_weights(jobs[0]), reference, atol=0.0)  # seed 0: the reference run
-    seed_1 = _weights(jobs[1])
+    _assert_same(run_weights(jobs[0]), reference, atol=0.0)  # seed 0: the reference run
+    seed_1 = run_weights(jobs[1])
     assert not torch.equal(
         seed_1["model.token_embedding.weight"], reference["model.token_embedding.weight"]
     )
