@@ -260,7 +260,8 @@ ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_bat
 MODEL = {"n_layer": 2, "d_model": 32, "n_head": 2}
 SHAPE = [*(f"model.{k}={v}" for k, v in MODEL.items()), "data.seq_len=32"]
 GLOBAL_BATCH = 8
-# 2 epochs of 10 steps, validation (and a checkpoint) every 5.
+# 2 epochs of 10 steps, validation (and a checkpoint, all kept: step-5.ckpt ... step-20.ckpt)
+# every 5.
 LOOP = [
     "trainer.max_steps=20",
     "trainer.limit_train_batches=10",
@@ -268,6 +269,7 @@ LOOP = [
     "trainer.limit_val_batches=2",
     "trainer.log_every_n_steps=1",
     "callbacks=minimal",
+    "callbacks.checkpoint.save_top_k=-1",
 ]
 
 
@@ -293,6 +295,11 @@ class Runs:
             result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
             assert result.returncode == 0, result.stderr[-3000:]
         return run_dir
+
+    @staticmethod
+    def checkpoint(run_dir: Path, step: int) -> Path:
+        """The checkpoint a run saved after ``step`` steps (at its validation)."""
+        return run_dir / "checkpoints" / f"step-{step}.ckpt"
 
     @staticmethod
     def losses(run_dir: Path) -> dict[int, float]:

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sharded(runs: Runs) -> Path:
     """A checkpoint saved by FSDP2 on 2 ranks after 10 steps (the parallel tests' run)."""
-    run_dir = runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = runs.checkpoint(runs.train("fsdp2", "fsdp2_cpu", 2), step=10)
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         ".metadata",
         "__0_0.distcp",

@@ -55,9 +55,9 @@ def test_bf16_hook_halves_allreduce_bytes_and_converges(runs: Runs) -> None:
 def test_sharded_checkpoint_from_2_ranks_resumes_at_other_world_sizes(
     runs: Runs, ranks: int
 ) -> None:
-    uninterrupted = runs.losses(runs.train("fsdp2", "fsdp2_cpu", 2))
-    first_half = runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
-    checkpoint = first_half / "checkpoints" / "last.ckpt"
+    fsdp2 = runs.train("fsdp2", "fsdp2_cpu", 2)
+    uninterrupted = runs.losses(fsdp2)
+    checkpoint = runs.checkpoint(fsdp2, step=10)
     assert (checkpoint / "meta.pt").is_file() and len(list(checkpoint.glob("*.distcp"))) == 2
     resumed = runs.losses(
         runs.train(f"fsdp2_resume_{ranks}", "fsdp2_cpu", ranks, f"ckpt_path={checkpoint}")
@@ -67,11 +67,7 @@ def test_sharded_checkpoint_from_2_ranks_resumes_at_other_world_sizes(
 
 
 def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: Runs) -> None:
-    sharded = (
-        runs.train("fsdp2_half", "fsdp2_cpu", 2, "trainer.max_steps=10")
-        / "checkpoints"
-        / "last.ckpt"
-    )
+    sharded = runs.checkpoint(runs.train("fsdp2", "fsdp2_cpu", 2), step=10)
     single_file = consolidate_checkpoint(sharded, runs.root / "consolidated.ckpt")
     checkpoint = torch.load(single_file, map_location="cpu", weights_only=True)
     assert not torch.distributed.is_initialized()

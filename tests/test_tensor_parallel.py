@@ -103,8 +103,7 @@ def test_an_fsdp2_checkpoint_resumes_under_another_layout(
     runs: Runs, name: str, hardware: str, ranks: int, data_parallel: int
 ) -> None:
     uninterrupted = runs.train("fsdp2_4", "fsdp2_cpu", 4)
-    first_half = runs.train("fsdp2_4_half", "fsdp2_cpu", 4, "trainer.max_steps=10")
-    checkpoint = first_half / "checkpoints" / "last.ckpt"
+    checkpoint = runs.checkpoint(uninterrupted, step=10)
     resumed = runs.train(
         f"{name}_from_fsdp2_4", hardware, ranks, f"ckpt_path={checkpoint}",
         data_parallel=data_parallel,
