@@ -180,30 +180,91 @@ class OptimizationConfig:
             )
 
 
+# lightning.Trainer arguments the profiles and config groups set: the key to use instead
+TRAINER_ARGUMENTS_SET_ELSEWHERE = {
+    "accelerator": "hardware.accelerator",
+    "strategy": "hardware.strategy",
+    "devices": "hardware.devices",
+    "num_nodes": "hardware.num_nodes (launcher.nnodes with a launcher)",
+    "plugins": "the hardware profile",
+    "precision": "optimization.precision",
+    "accumulate_grad_batches": "optimization.accumulate_grad_batches",
+    "gradient_clip_val": "optimization.gradient_clip_val",
+    "gradient_clip_algorithm": "optimization.gradient_clip_val (clipping by norm)",
+    "logger": "logger=NAME",
+    "callbacks": "callbacks.NAME, or callbacks.extra=[{_target_: ...}]",
+    "enable_checkpointing": "callbacks.checkpoint (null turns it off)",
+    "enable_progress_bar": "callbacks.progress_bar (null turns it off)",
+    "enable_model_summary": "callbacks.model_summary (null turns it off)",
+    "default_root_dir": "hydra.run.dir",
+}
+
+
 @dataclass
 class TrainerConfig:
-    """Loop settings passed to ``lightning.Trainer``: steps, epochs, batches per epoch,
-    validation cadence, logging interval and determinism."""
+    """Every ``lightning.Trainer`` argument the profiles do not set (those are listed in
+    :data:`TRAINER_ARGUMENTS_SET_ELSEWHERE`), with Lightning's defaults except where noted:
+    the loop's length (``max_steps``, 500 here; -1 for no limit with ``max_epochs``,
+    ``max_time``), batches per epoch (``limit_*_batches``, ``overfit_batches``), validation
+    cadence (``val_check_interval``, 100 steps here; ``check_val_every_n_epoch``), logging
+    (``log_every_n_steps``, 50 here), sanity checks (``num_sanity_val_steps``, 0 here),
+    determinism and debugging (``deterministic``, ``benchmark``, ``detect_anomaly``,
+    ``profiler``, ``fast_dev_run``, ``barebones``), and the rest of Lightning's switches.
+    A test holds these fields to Trainer's own signature."""
 
     max_steps: int = 500
     max_epochs: int | None = None
+    min_steps: int | None = None
+    min_epochs: int | None = None
+    max_time: Any = None
     val_check_interval: Any = 100
+    check_val_every_n_epoch: int | None = 1
     limit_train_batches: Any = 1.0
     limit_val_batches: Any = 1.0
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
     log_every_n_steps: int = 50
     num_sanity_val_steps: int = 0
-    deterministic: bool = False
+    deterministic: Any = False
+    benchmark: bool | None = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: str | None = None
+    detect_anomaly: bool = False
+    fast_dev_run: Any = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    enable_autolog_hparams: bool = True
+    model_registry: str | None = None
 
     def __post_init__(self) -> None:
-        require_positive("trainer.max_steps", self.max_steps)
-        if self.max_epochs is not None:
-            require_positive("trainer.max_epochs", self.max_epochs)
+        # -1 means "no limit" for the loop's length, and "every batch" for sanity checks
+        unlimited = {"max_steps": self.max_steps, "max_epochs": self.max_epochs}
+        for key, value in unlimited.items():
+            if value is not None and value != -1:
+                require_positive(f"trainer.{key}", value)
+        for key in ("min_steps", "min_epochs", "check_val_every_n_epoch"):
+            if getattr(self, key) is not None:
+                require_positive(f"trainer.{key}", getattr(self, key))
         require_positive("trainer.val_check_interval", self.val_check_interval)
         require_positive("trainer.limit_train_batches", self.limit_train_batches)
-        # 0 turns validation off, as in Lightning
-        require_not_negative("trainer.limit_val_batches", self.limit_val_batches)
+        # 0 turns validation (test, prediction) off, as in Lightning
+        for key in ("limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+            if getattr(self, key) is not None:
+                require_not_negative(f"trainer.{key}", getattr(self, key))
+        require_not_negative("trainer.overfit_batches", self.overfit_batches)
         require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
-        if self.num_sanity_val_steps < 0:
+        if self.num_sanity_val_steps < -1:
             raise ConfigError(
-                "trainer.num_sanity_val_steps", self.num_sanity_val_steps, "must be 0 or more"
+                "trainer.num_sanity_val_steps",
+                self.num_sanity_val_steps,
+                "must be -1 (all) or more",
             )
+        require_not_negative(
+            "trainer.reload_dataloaders_every_n_epochs", self.reload_dataloaders_every_n_epochs
+        )
+        require_choice("trainer.deterministic", self.deterministic, (True, False, "warn"))
+        if not isinstance(self.fast_dev_run, bool):
+            require_positive("trainer.fast_dev_run", self.fast_dev_run)

@@ -52,6 +52,14 @@ def test_compile_is_kept_only_when_its_saving_exceeds_its_compile_time(
 def test_compile_that_is_slower_is_never_kept() -> None:
     measure = _timings(StepTimes(0.1, 0.1), StepTimes(0.12, 0.12))
     assert not compile_pays(None, None, "32-true", CompileConfig(), 10**6, measure).enabled
+    assert not compile_pays(None, None, "32-true", CompileConfig(), None, measure).enabled
+
+
+def test_a_run_of_no_set_length_compiles_whenever_compiled_steps_are_faster() -> None:
+    measure = _timings(StepTimes(0.1, 0.1), StepTimes(20.08, 0.08))
+    choice = compile_pays(None, None, "32-true", CompileConfig(), None, measure)
+    assert choice.enabled
+    assert "20.0 s of compilation over a run of no set length" in choice.reason
 
 
 def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:

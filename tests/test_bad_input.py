@@ -18,12 +18,24 @@ CASES = {
             HARDWARE_PROFILES,
         ],
     ),
-    "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "limit_train_batches"]),
+    "unknown key": (["trainer.max_stepz=3"], ["trainer.max_stepz", "closest: max_steps"]),
+    "trainer argument a profile sets": (
+        ["trainer.devices=4"],
+        ["trainer.devices='4' is set by the run's profiles; use hardware.devices instead"],
+    ),
+    "added trainer argument a profile sets": (
+        ["+trainer.precision=bf16-mixed"],
+        ["trainer.precision", "use optimization.precision instead"],
+    ),
+    "wrong type of a trainer argument": (
+        ["trainer.check_val_every_n_epoch=often"],
+        ["trainer.check_val_every_n_epoch='often' is not a valid integer"],
+    ),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
     "wrong type": (["trainer.max_steps=many"], ["trainer.max_steps='many'", "integer"]),
     "zero size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative size": (["model.d_model=-8"], ["model.d_model=-8", "positive"]),
-    "negative trainer size": (["trainer.max_steps=-1"], ["trainer.max_steps=-1", "positive"]),
+    "negative trainer size": (["trainer.max_steps=-2"], ["trainer.max_steps=-2", "positive"]),
     "negative validation batches": (
         ["trainer.limit_val_batches=-1"],
         ["trainer.limit_val_batches=-1", "0 or more"],

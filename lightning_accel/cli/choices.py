@@ -238,8 +238,9 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
         if plan.accelerator == "pjrt":
             compiled = CompileChoice(False, "XLA compiles every step's graph itself")
         else:
+            steps = run.trainer.max_steps if run.trainer.max_steps > 0 else None
             compiled = compile_pays(
-                model, batch, optimization.precision, optimization.compile, run.trainer.max_steps
+                model, batch, optimization.precision, optimization.compile, steps
             )
         say(f"compile {'on' if compiled.enabled else 'off'}: {compiled.reason}")
         optimization = replace(

@@ -3,6 +3,9 @@ into one-sentence :class:`ConfigError`s that name the key, the value and the val
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -17,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_accel.cli.schema import RunConfig, register_schemas
+from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
 from lightning_accel.errors import ConfigError, article
 from lightning_accel.profiles import config_dir
 
@@ -101,14 +105,27 @@ def value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigEr
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        where = f"under '{parent}'" if parent else "at the top level"
         if parent in ("model", "data"):
             return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
-        return ConfigError(key, given, f"is not a known key {where}", _keys(parent))
+        return unknown_key(key, given, _keys(parent))
     if "could not be converted to" in message:
         expected = message.split("could not be converted to")[-1].strip().lower()
         return ConfigError(key, given, f"is not a valid {expected}")
     return ConfigError(key, given, f"is invalid ({message})")
+
+
+def unknown_key(key: str, given: Any, keys: list[str]) -> ConfigError:
+    """The ConfigError for ``key``, which its section (holding ``keys``) does not have: the
+    key to use instead for a Trainer argument the profiles set, else the closest keys."""
+    parent, _, name = key.rpartition(".")
+    if parent == "trainer" and name in TRAINER_ARGUMENTS_SET_ELSEWHERE:
+        instead = TRAINER_ARGUMENTS_SET_ELSEWHERE[name]
+        return ConfigError(key, given, f"is set by the run's profiles; use {instead} instead")
+    where = f"under '{parent}'" if parent else "at the top level"
+    closest = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
+    if closest:
+        return ConfigError(key, given, f"is not a known key {where}; closest: {', '.join(closest)}")
+    return ConfigError(key, given, f"is not a known key {where}", keys)
 
 
 def _keys(parent: str) -> list[str]:

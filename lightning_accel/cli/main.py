@@ -7,6 +7,7 @@ import sys
 from lightning_accel.cli.console import fail
 
 USAGE = """usage: lightning-accel VERB [ARGS]
+       lightning-accel --version
 
 verbs:
   train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return 0
+    if args[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"lightning-accel {version('lightning-accel')}")
         return 0
     verb, rest = args[0], args[1:]
     if verb == "train":

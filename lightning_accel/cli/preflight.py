@@ -22,7 +22,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from lightning_accel.cli.compose import compose_job, job_overrides, value_error
+from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
 
@@ -105,12 +105,11 @@ def _check_known_keys(node: DictConfig, prefix: str) -> None:
     if not dataclasses.is_dataclass(schema):
         return
     fields = [field.name for field in dataclasses.fields(schema)]
-    section = prefix.rstrip(".") or "the run"
     given = OmegaConf.to_container(node, resolve=False)
     assert isinstance(given, dict)
     for key, value in given.items():
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}", value, f"is not an option of {section}", fields)
+            raise unknown_key(f"{prefix}{key}", value, fields)
         if isinstance(value, dict):
             _check_known_keys(node.get(key), f"{prefix}{key}.")
 
@@ -152,7 +151,7 @@ def check_targets(run: RunConfig) -> None:
     """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported and
     takes the arguments the config gives it."""
     nodes = {"model": run.model, "data": run.data, "logger": run.logger}
-    nodes.update({f"callbacks.{name}": node for name, node in run.callbacks.items()})
+    nodes.update(run.callback_nodes())
     for key, node in nodes.items():
         if node:
             _check_arguments(key, node)
@@ -268,8 +267,8 @@ def check_checkpoint(run: RunConfig) -> Path | None:
     if run.ckpt_path is not None:
         verify_checkpoint(Path(run.ckpt_path))
         return Path(run.ckpt_path)
-    for node in run.callbacks.values():
-        if node and node.get("save_last") and node.get("dirpath"):
+    for node in run.callback_nodes().values():
+        if node.get("save_last") and node.get("dirpath"):
             found = last_checkpoint(Path(node["dirpath"]))
             if found is not None:
                 return found

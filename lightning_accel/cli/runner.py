@@ -52,7 +52,7 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_object(run.data, "data")
     model = build_object(run.model, "model")
-    callbacks = [instantiate(node) for node in run.callbacks.values() if node]
+    callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
     callbacks.append(CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY))
     logger = instantiate(run.logger) if run.logger else False
     trainer = build_trainer(

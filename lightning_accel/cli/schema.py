@@ -80,6 +80,7 @@ class RunConfig:
     and ``data``, each a ``_target_`` node), logging, callbacks and where outputs go.
 
     Key options: ``recipe`` (name of the preset that filled model and data), ``seed``,
+    ``callbacks`` (``_target_`` nodes by name, or lists of them such as ``callbacks.extra``),
     ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
     already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
     (Hydra's output directory unless overridden), ``launcher`` (how ranks are started),
@@ -110,6 +111,17 @@ class RunConfig:
                 f"disagrees with hardware.num_nodes={hardware_nodes}; set one of them",
             )
         self.launcher.nnodes = self.hardware.num_nodes = max(nodes, hardware_nodes)
+
+    def callback_nodes(self) -> dict[str, dict[str, Any]]:
+        """Each callback's ``_target_`` node by its key (``callbacks.extra[0]`` for the
+        entries of a list such as ``callbacks.extra``); switched-off (null) ones left out."""
+        nodes: dict[str, dict[str, Any]] = {}
+        for name, node in self.callbacks.items():
+            if isinstance(node, list):
+                nodes.update({f"callbacks.{name}[{i}]": item for i, item in enumerate(node)})
+            elif node:
+                nodes[f"callbacks.{name}"] = node
+        return nodes
 
 
 def register_schemas() -> None:

@@ -146,11 +146,12 @@ def compile_pays(
     batch: Any,
     precision: str,
     compile_config: CompileConfig,
-    run_steps: int,
+    run_steps: int | None,
     measure: Measure = step_times,
 ) -> CompileChoice:
     """Compile only if it pays over the run: the time compiled steps save over ``run_steps``
-    steps must exceed the compilation's own time (the first compiled step's excess)."""
+    steps must exceed the compilation's own time (the first compiled step's excess); a run
+    of no set length (None) compiles whenever compiled steps are faster."""
     timings = measure(
         module,
         batch,
@@ -159,11 +160,17 @@ def compile_pays(
     eager, compiled = timings["eager"], timings["compiled"]
     compile_seconds = max(0.0, compiled.first - compiled.steady)
     speedup = eager.steady / compiled.steady
-    saved = (eager.steady - compiled.steady) * run_steps
-    measured = (
-        f"compiled steps measured {speedup:.2f}x the speed of eager; {compile_seconds:.1f} s "
-        f"of compilation against {max(saved, 0.0):.1f} s saved over {run_steps} steps"
-    )
-    if saved > compile_seconds:
+    measured = f"compiled steps measured {speedup:.2f}x the speed of eager"
+    if run_steps is None:
+        pays = speedup > 1.0
+        measured += f"; {compile_seconds:.1f} s of compilation over a run of no set length"
+    else:
+        saved = (eager.steady - compiled.steady) * run_steps
+        pays = saved > compile_seconds
+        measured += (
+            f"; {compile_seconds:.1f} s of compilation against {max(saved, 0.0):.1f} s saved "
+            f"over {run_steps} steps"
+        )
+    if pays:
         return CompileChoice(True, f"{measured}: compiled")
     return CompileChoice(False, f"{measured}: kept eager")
