@@ -8,6 +8,7 @@ from lightning_accel.cli.console import fail
 
 USAGE = """usage: lightning-accel VERB [ARGS]
        lightning-accel --version
+       eval "$(lightning-accel --completion bash)"   # or zsh: completes verbs, groups and keys
 
 verbs:
   train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
@@ -52,6 +53,27 @@ def consolidate(args: list[str]) -> int:
     return 0
 
 
+def complete(args: list[str]) -> int:
+    """``--completion SHELL`` (the script that installs completion) and ``--complete LINE``
+    (the candidates for the command line typed so far, one per line)."""
+    from lightning_accel.cli.completion import candidates, completion_script
+    from lightning_accel.errors import ConfigError
+
+    if len(args) != 2:
+        fail(
+            f"{args[0]} takes one argument: "
+            + ("bash or zsh" if args[0] == "--completion" else "the command line")
+        )
+    try:
+        if args[0] == "--completion":
+            print(completion_script(args[1]), end="")
+        else:
+            print("\n".join(candidates(args[1])))
+    except ConfigError as error:
+        fail(error)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -63,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"lightning-accel {version('lightning-accel')}")
         return 0
+    if args[0] in ("--completion", "--complete"):
+        return complete(args)
     verb, rest = args[0], args[1:]
     if verb == "train":
         from lightning_accel.cli.train import main as train
