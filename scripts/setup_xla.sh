@@ -17,7 +17,7 @@ if [[ ! -f "$env_dir/.installed" ]]; then
     rm -rf "$staging"
     mkdir -p "$cache"
     "$PYTHON" -m venv "$staging"
-    "$staging/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "$staging/bin/python" -m pip install --progress-bar off --disable-pip-version-check \
         -r constraints/xla.txt 2>&1 | grep -v "^WARNING: Location 'file:" >&2 || true
     PJRT_DEVICE=CPU "$staging/bin/python" -c "import torch_xla, lightning, hydra" \
         || { echo "setup: the torch-xla install failed" >&2; rm -rf "$staging"; exit 1; }

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -60,6 +60,12 @@ def quiet_upstream() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_UPSTREAM_MODULES)
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def working(message: str) -> Any:
+    """A spinner with ``message`` on a terminal while a step runs (nothing in logs or pipes):
+    ``with working("checking ..."):``."""
+    return console.status(f"[bold cyan]lightning-accel[/]: {escape(message)}")
 
 
 def say(message: str) -> None:

@@ -37,7 +37,7 @@ def consolidate(args: list[str]) -> int:
     from pathlib import Path
 
     from lightning_accel.checkpoints import consolidate_checkpoint
-    from lightning_accel.cli.console import say
+    from lightning_accel.cli.console import say, working
     from lightning_accel.errors import ConfigError
 
     if len(args) != 2:
@@ -46,7 +46,9 @@ def consolidate(args: list[str]) -> int:
     if output.is_dir():
         fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))
     try:
-        consolidate_checkpoint(source, output)
+        shards = sum(p.stat().st_size for p in source.glob("*.distcp")) / 2**20
+        with working(f"consolidating {source} ({shards:.1f} MiB of shards) into {output}"):
+            consolidate_checkpoint(source, output)
     except ConfigError as error:
         fail(error)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) from {source}")

@@ -10,7 +10,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_accel.cli.console import fail, quiet_upstream, say
+from lightning_accel.cli.console import fail, quiet_upstream, say, working
 from lightning_accel.cli.preflight import (
     SUBMITIT_LAUNCHERS,
     preflight,
@@ -84,7 +84,8 @@ def main(args: list[str]) -> int:
         if options.config_dir:
             overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
         try:
-            runs = preflight(overrides, options.multirun)
+            with working("checking the command: config, model, data, memory"):
+                runs = preflight(overrides, options.multirun)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
                 # Hydra hands jobs to a launcher plugin only in a sweep: one job is a sweep of one
                 args = ["--multirun", *args]

@@ -15,6 +15,8 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_accel.config import require_positive
@@ -77,10 +79,35 @@ def read_text(path: Path, skip_undecodable: bool) -> str | None:
         ) from error
 
 
-def _tokenize(files: Sequence[Path], tokenizer: Tokenizer, skip_undecodable: bool) -> np.ndarray:
+def _tokenize(
+    files: Sequence[Path],
+    tokenizer: Tokenizer,
+    skip_undecodable: bool,
+    progress: Progress,
+    split: str,
+) -> np.ndarray:
     dtype = token_dtype(tokenizer.vocab_size)
-    parts = [tokenizer.encode(text) for p in files if (text := read_text(p, skip_undecodable))]
+    task = progress.add_task(split, total=sum(p.stat().st_size for p in files))
+    parts = []
+    for path in files:
+        if text := read_text(path, skip_undecodable):
+            parts.append(tokenizer.encode(text))
+        progress.advance(task, path.stat().st_size)
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def _cache_progress(files: int, directory: Path) -> Progress:
+    """A progress bar (on stderr, gone when done) for building the cache of ``files``."""
+    return Progress(
+        TextColumn(
+            f"building the token cache of {files:,} files in {directory}: " + "{task.description}"
+        ),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def build_token_cache(
@@ -108,15 +135,16 @@ def build_token_cache(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     train, val = _split(files, val_fraction)
-    if not train or not val:  # a single file or a tiny corpus: hold out its tail instead
-        tokens = _tokenize(files, tokenizer, skip_undecodable)
-        cut = int(len(tokens) * (1 - val_fraction))
-        splits = {"train": tokens[:cut], "val": tokens[cut:]}
-    else:
-        splits = {
-            "train": _tokenize(train, tokenizer, skip_undecodable),
-            "val": _tokenize(val, tokenizer, skip_undecodable),
-        }
+    with _cache_progress(len(files), directory) as progress:
+        if not train or not val:  # a single file or a tiny corpus: hold out its tail instead
+            tokens = _tokenize(files, tokenizer, skip_undecodable, progress, "all")
+            cut = int(len(tokens) * (1 - val_fraction))
+            splits = {"train": tokens[:cut], "val": tokens[cut:]}
+        else:
+            splits = {
+                "train": _tokenize(train, tokenizer, skip_undecodable, progress, "train"),
+                "val": _tokenize(val, tokenizer, skip_undecodable, progress, "val"),
+            }
     for name, tokens in splits.items():
         tokens.tofile(staging / f"{name}.bin")
     meta = {
