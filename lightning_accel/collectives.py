@@ -29,6 +29,7 @@ RECENT_SHOWN = 20
 # the error of a rank the launcher stopped (SIGTERM) after another rank failed
 STOPPED = "stopped by the launcher"
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_PEER_GONE = re.compile(r"(closed|reset) by peer|broken pipe", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -184,13 +185,21 @@ def diagnose(traces: list[RankTrace], world: int) -> str:
     }
     parts = _mismatches(numbered, by_rank)
     stopped = [t for t in traces if t.error == STOPPED and t.collective is None]
+    waiting = [t.rank for t in traces if t.error is None or _TIMEOUT.search(t.error)]
+    # ranks that failed only because the waiting ones gave up and closed their connections
+    late = [t for t in traces if waiting and _PEER_GONE.search(t.error or "")]
     if not parts:
         for trace in traces:
             if trace in stopped:
                 continue
             collective = trace.collective.describe() if trace.collective else "a collective"
-            timed_out = trace.error is None or _TIMEOUT.search(trace.error)
-            verb = "waited" if timed_out else "failed"
+            if trace in late:
+                parts.append(
+                    f"rank {trace.rank} was in {collective} {trace.context()} but did not "
+                    f"finish it before {_ranks(waiting)} gave up (it then lost its peers)"
+                )
+                continue
+            verb = "waited" if trace.rank in waiting else "failed"
             if trace.error == STOPPED:
                 verb = "was stopped by the launcher while"
             waited = f" {trace.waited_seconds:.0f} s" if trace.waited_seconds else ""

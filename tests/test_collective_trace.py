@@ -74,6 +74,18 @@ def test_a_rank_the_launcher_stopped_outside_collectives_never_arrived() -> None
     )
 
 
+def test_a_rank_that_lost_its_peers_inside_the_collective_did_not_finish_it() -> None:
+    waiting = _trace(0, BARRIER, "Model.training_step")
+    waiting.error = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
+    late = _trace(1, BARRIER, "Model.training_step")
+    late.error = "RuntimeError: Connection closed by peer [127.0.0.1]:18660"
+    assert diagnose([waiting, late], world=2) == (
+        "rank 0 waited in barrier #37 in Model.training_step at step 3 (model.py:42); rank 1 "
+        "was in barrier #37 in Model.training_step at step 3 (model.py:42) but did not finish "
+        "it before rank 0 gave up (it then lost its peers)"
+    )
+
+
 def test_traces_round_trip_and_only_the_latest_attempt_counts(tmp_path: Path) -> None:
     old = _trace(0, BARRIER, "Model.training_step")
     new = RankTrace(1, 2, attempt=1, step=7, collective=GRADIENTS, recent=[BARRIER, GRADIENTS])
