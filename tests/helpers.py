@@ -409,3 +409,10 @@ class RankZeroLogsOnce(GPTLanguageModel):
         if self.global_step == 3 and self.global_rank == 0:
             self.log("rank_zero_only", loss.detach(), sync_dist=True)
         return loss
+
+
+class TrainOnlyLanguageModel(GPTLanguageModel):
+    """The GPT without test and predict steps, as a user's module that only trains."""
+
+    test_step = pl.LightningModule.test_step
+    predict_step = pl.LightningModule.predict_step

@@ -15,13 +15,16 @@ from lightning_accel.profiles import config_dir, profile_names
 SHELLS = ("bash", "zsh")
 VERB_OPTIONS = {
     "train": ["--multirun", "--cfg", "--help"],
+    "validate": ["--cfg", "--help"],
+    "test": ["--cfg", "--help"],
+    "predict": ["--cfg", "--help"],
     "bench": ["--out", "--repeats", "--cell-timeout", "--help"],
     "plan": ["--world", "--device", "--json", "--help"],
     "doctor": ["--json", "--trace", "--help"],
     "consolidate": [],
 }
 TOP_LEVEL = ["--help", "--version", "--completion"]
-_OVERRIDE_VERBS = ("train", "bench", "plan")
+_OVERRIDE_VERBS = ("train", "validate", "test", "predict", "bench", "plan")
 
 BASH = r"""_lightning_accel()
 {

@@ -35,6 +35,8 @@ _IGNORED_WARNINGS = (
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
     r".*TypedStorage is deprecated.*",
+    # evaluating a checkpoint from another run directory (validate, test, predict)
+    r".*The dirpath has changed from .* won't be reloaded.*",
 )
 
 

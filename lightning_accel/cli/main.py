@@ -13,6 +13,9 @@ USAGE = """usage: lightning-accel VERB [ARGS]
 verbs:
   train [OVERRIDES]          train with Hydra-composed hardware=, optimization= and recipe=
                              choices (lightning-accel train --help lists every option)
+  validate|test|predict ckpt_path=CKPT [OVERRIDES]
+                             evaluate a checkpoint: metrics as a table and <stage>.json, or
+                             predictions as predictions-rank<N>.pt, in the run directory
   bench [OPTIONS] OVERRIDES  train each cell of a matrix (e.g. hardware=cpu,ddp_cpu
                              optimization=default,fast) in its own process and compare
                              their speed: table, results.csv/json, chart.png
@@ -29,7 +32,7 @@ verbs:
                              collective, step and hook of each, and who did not arrive
 """
 
-VERBS = ("train", "bench", "plan", "consolidate", "doctor")
+VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate", "doctor")
 
 
 def consolidate(args: list[str]) -> int:
@@ -90,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in ("--completion", "--complete"):
         return complete(args)
     verb, rest = args[0], args[1:]
-    if verb == "train":
+    if verb in ("train", "validate", "test", "predict"):
         from lightning_accel.cli.train import main as train
 
-        return train(rest)
+        return train(rest, "fit" if verb == "train" else verb)
     if verb == "bench":
         from lightning_accel.cli.bench import main as bench
 

@@ -275,6 +275,30 @@ def check_checkpoint(run: RunConfig) -> Path | None:
     return None
 
 
+# the LightningModule method each evaluation stage needs
+STAGE_STEPS = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
+
+
+def check_stage(run: RunConfig, model: Any) -> None:
+    """Fail unless an evaluation stage has a checkpoint to evaluate and a model that defines
+    the stage's step (checked on the model built on the meta device, when it builds)."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if run.stage == "fit":
+        return
+    if run.ckpt_path is None:
+        raise ConfigError(
+            "ckpt_path", None, f"is required by {run.stage}: give the checkpoint to evaluate"
+        )
+    step = STAGE_STEPS[run.stage]
+    if model is not None and not is_overridden(step, model):
+        raise ConfigError(
+            "model._target_",
+            run.model.get("_target_"),
+            f"defines no {step}, which {run.stage} runs; add one to the LightningModule",
+        )
+
+
 def check_checkpoint_model(checkpoint: Path | None, model: Any) -> None:
     """Fail unless the checkpoint the run resumes from was written by a model of the same
     parameter names and shapes (the model built on the meta device; skipped without one)."""
@@ -381,6 +405,7 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         check_targets(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)
+        check_stage(run, model)
         check_checkpoint_model(checkpoint, model)
         plan = run_plan(run)
         check_launcher(run, cfg, plan)

@@ -24,12 +24,13 @@ def load_run(config_path: Path) -> RunConfig:
 
 
 def main(argv: list[str]) -> None:
-    """Fit the run whose config path is the only argument."""
-    from lightning_accel.cli.runner import fit_run
+    """Run (fit, or validate, test, predict) the run whose config path is the only
+    argument."""
+    from lightning_accel.cli.runner import run_stage
 
     quiet_upstream()
     try:
-        fit_run(load_run(Path(argv[0])))
+        run_stage(load_run(Path(argv[0])))
     except ConfigError as error:
         fail(error)
     leave_process_group()

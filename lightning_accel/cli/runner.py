@@ -1,17 +1,22 @@
-"""Builds and fits one validated run: the code every rank of a job executes."""
+"""Builds and fits (or validates, tests, predicts with) one validated run: the code every
+rank of a job executes."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
 
 from lightning_accel.build import build_trainer
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
@@ -122,3 +127,52 @@ def fit_run(run: RunConfig) -> None:
             f"is more than the {trainer.num_training_batches} training batches of an epoch;"
             " give at most that many, or trainer.limit_val_batches=0 for no validation",
         ) from None
+
+
+def run_stage(run: RunConfig) -> None:
+    """Fit the run, or run its ``stage`` (validate, test, predict) on its ``ckpt_path``."""
+    if run.stage == "fit":
+        fit_run(run)
+    else:
+        evaluate_run(run)
+
+
+def evaluate_run(run: RunConfig) -> None:
+    """Validate, test or predict with the model of ``run.ckpt_path``: metrics into
+    ``<run_dir>/<stage>.json`` and a table (rank 0); predictions into
+    ``<run_dir>/predictions-rank<N>.pt`` (each rank's share of the batches)."""
+    trainer, model, datamodule = build_run(run)
+    device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    say(f"{run.stage} with {run.ckpt_path} on {device} x{trainer.num_devices}")
+    run_dir = Path(run.run_dir)
+    if run.stage == "predict":
+        batches = trainer.predict(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+        path = run_dir / f"predictions-rank{trainer.global_rank}.pt"
+        write_atomically(path, lambda staging: torch.save(batches, staging))
+        say(f"{len(batches or [])} batches of predictions in {run_dir}/predictions-rank*.pt")
+        return
+    evaluate = trainer.validate if run.stage == "validate" else trainer.test
+    results = evaluate(model, datamodule=datamodule, ckpt_path=run.ckpt_path, verbose=False)
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for result in results for k, v in result.items()}
+        path = run_dir / f"{run.stage}.json"
+        write_atomically(path, lambda staging: staging.write_text(json.dumps(metrics, indent=2)))
+        print_metrics(f"{run.stage}: {run.ckpt_path}", metrics)
+        say(f"metrics in {path}")
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Call ``write(staging)`` on a file beside ``path``, then rename it into place."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(staging)
+    staging.replace(path)
+
+
+def print_metrics(title: str, metrics: dict[str, float]) -> None:
+    """A table of ``metrics`` for people (stdout)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(metrics.items()):
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)

@@ -22,6 +22,8 @@ from lightning_accel.config import (
 from lightning_accel.errors import ConfigError
 
 LAUNCHERS = ("local", "torchrun", "slurm", "slurm_local")
+# what a run does: the verbs train, validate, test and predict
+STAGES = ("fit", "validate", "test", "predict")
 RENDEZVOUS_BACKENDS = ("c10d", "static")
 
 
@@ -79,7 +81,8 @@ class RunConfig:
     """One run: three profiles (hardware, optimization, trainer), what to train (``model``
     and ``data``, each a ``_target_`` node), logging, callbacks and where outputs go.
 
-    Key options: ``recipe`` (name of the preset that filled model and data), ``seed``,
+    Key options: ``recipe`` (name of the preset that filled model and data), ``stage``
+    (``fit``; the verbs ``validate``, ``test`` and ``predict`` set it), ``seed``,
     ``callbacks`` (``_target_`` nodes by name, or lists of them such as ``callbacks.extra``),
     ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
     already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
@@ -89,6 +92,7 @@ class RunConfig:
     """
 
     recipe: str = "custom"
+    stage: str = "fit"
     seed: int = 0
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: str | None = None
@@ -103,6 +107,7 @@ class RunConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        require_choice("stage", self.stage, STAGES)
         nodes, hardware_nodes = self.launcher.nnodes, self.hardware.num_nodes
         if nodes != hardware_nodes and 1 not in (nodes, hardware_nodes):
             raise ConfigError(

@@ -34,7 +34,7 @@ def run_job(cfg: DictConfig) -> None:
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
-    from lightning_accel.cli.runner import fit_run, save_resolved_config, whole_checkpoint_for
+    from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -46,17 +46,17 @@ def run_job(cfg: DictConfig) -> None:
             check_world_size(run.launcher.nnodes, processes, world)
             if world.rank == 0:
                 save_resolved_config(run)
-            fit_run(run)
+            run_stage(run)
             leave_process_group()
         else:
-            if run.launcher.nnodes == 1:  # nodes measuring apart could disagree
+            if run.launcher.nnodes == 1 and run.stage == "fit":  # nodes could disagree
                 run = measure_choices(run)
             run = whole_checkpoint_for(run, plan_run(run.hardware, run.optimization).strategy)
             config_path = save_resolved_config(run)
             if processes > 1 or run.launcher.name == "torchrun":
                 launch_ranks(config_path, processes, run.launcher)
             else:
-                fit_run(run)
+                run_stage(run)
     except ConfigError as error:
         fail(error)
     except RanksFailed as error:
@@ -73,10 +73,13 @@ def print_resolved(runs: list[RunConfig]) -> None:
         print(OmegaConf.to_yaml(OmegaConf.structured(run)), end="")
 
 
-def main(args: list[str]) -> int:
-    """Run ``lightning-accel train`` with the arguments after the verb."""
+def main(args: list[str], stage: str = "fit") -> int:
+    """Run ``lightning-accel train`` (``stage`` fit) or ``validate``, ``test``, ``predict``
+    with the arguments after the verb."""
     quiet_upstream()
     register_schemas()
+    if stage != "fit":
+        args = [*args, f"stage={stage}"]
     options = get_args_parser().parse_args(args)
     informational = options.help or options.hydra_help or options.info or options.shell_completion
     if not informational:

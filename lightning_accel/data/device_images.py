@@ -217,3 +217,11 @@ class DeviceImageDataModule(pl.LightningDataModule):
             sampler=sampler,
             **loader_options(self.trainer, **self.loader_settings, decodes=self.decodes),
         )
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split (the one validation uses)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split, in order."""
+        return self.val_dataloader()

@@ -347,3 +347,11 @@ class TokenDataModule(pl.LightningDataModule):
             drop_last=len(sampler) >= self.batch_size,
             **loader_options(self.trainer, **self.loader_settings),
         )
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split (the one validation uses)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split, in order."""
+        return self.val_dataloader()

@@ -82,12 +82,29 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
         self.val_accuracy.update(logits, labels)
 
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
     def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def _log_evaluation(self, prefix: str) -> None:
         # the metrics are already reduced over ranks; sync_dist only states it
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
-        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
         self.val_loss.reset()
         self.val_accuracy.reset()
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Each image's class probabilities and its most likely class."""
+        images, _ = batch
+        probabilities = self(images).float().softmax(-1)
+        return {"label": probabilities.argmax(-1), "probabilities": probabilities}
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
         return adamw_with_warmup_cosine(

@@ -85,14 +85,32 @@ class GPTLanguageModel(pl.LightningModule):
         )
         self.val_perplexity.update(logits, targets)
 
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
     def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def _log_evaluation(self, prefix: str) -> None:
         loss = self.val_loss.compute()
         # the metrics are already reduced over ranks; sync_dist only states it
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("val/bits_per_byte", loss / math.log(2), sync_dist=True)
-        self.log("val/perplexity", self.val_perplexity.compute(), sync_dist=True)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/bits_per_byte", loss / math.log(2), sync_dist=True)
+        self.log(f"{prefix}/perplexity", self.val_perplexity.compute(), sync_dist=True)
         self.val_loss.reset()
         self.val_perplexity.reset()
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """The most likely next token at every position, and each sample's loss."""
+        inputs, targets = batch
+        logits = self(inputs).float()
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
+        return {"next_tokens": logits.argmax(-1), "loss": loss}
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
         return adamw_with_warmup_cosine(

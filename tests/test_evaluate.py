@@ -1,0 +1,91 @@
+"""``validate``, ``test`` and ``predict`` on a checkpoint: the metrics of the run that wrote
+it, single-file and sharded, one process and two; predictions as data; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import SHAPE, TEST_IMPORTS, Runs, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _evaluate(runs: Runs, verb: str, name: str, checkpoint: Path, *extra: str) -> Path:
+    run_dir = runs.root / name
+    args = [verb, *SHAPE, f"data.source={runs.corpus}", "data.batch_size=8", "logger=none"]
+    args += ["trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "callbacks=minimal"]
+    args += [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *extra]
+    result = run_cli(args, cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _validation_at(run_dir: Path, step: int) -> float:
+    validations = json.loads((run_dir / "summary.json").read_text())["validation"]
+    return next(v["val/loss"] for v in validations if v["step"] == step)
+
+
+def test_validate_and_test_give_the_checkpoints_own_validation_loss(runs: Runs) -> None:
+    single = runs.train("single", "cpu", 1)
+    checkpoint = runs.checkpoint(single, step=10)
+    expected = _validation_at(single, 10)
+    validated = _evaluate(runs, "validate", "validate_single", checkpoint)
+    metrics = json.loads((validated / "validate.json").read_text())
+    assert metrics["val/loss"] == pytest.approx(expected, abs=1e-6)
+    tested = _evaluate(runs, "test", "test_single", checkpoint)
+    metrics = json.loads((tested / "test.json").read_text())
+    assert metrics["test/loss"] == pytest.approx(expected, abs=1e-6), "the held-out split"
+    assert set(metrics) == {"test/loss", "test/bits_per_byte", "test/perplexity"}
+
+
+def test_a_sharded_checkpoint_evaluates_under_fsdp2_and_in_one_process(runs: Runs) -> None:
+    fsdp2 = runs.train("fsdp2", "fsdp2_cpu", 2)
+    checkpoint = runs.checkpoint(fsdp2, step=10)
+    expected = _validation_at(fsdp2, 10)
+    sharded = _evaluate(
+        runs, "validate", "validate_fsdp2", checkpoint, "hardware=fsdp2_cpu", "data.batch_size=4"
+    )
+    assert json.loads((sharded / "validate.json").read_text())["val/loss"] == pytest.approx(
+        expected, abs=1e-5
+    )
+    whole = _evaluate(runs, "validate", "validate_fsdp2_in_one", checkpoint)
+    assert json.loads((whole / "validate.json").read_text())["val/loss"] == pytest.approx(
+        expected, abs=1e-5
+    )
+
+
+def test_predict_writes_each_batchs_next_tokens_and_losses_as_data(runs: Runs) -> None:
+    checkpoint = runs.checkpoint(runs.train("single", "cpu", 1), step=10)
+    predicted = _evaluate(runs, "predict", "predict_single", checkpoint)
+    batches = torch.load(predicted / "predictions-rank0.pt", weights_only=True)
+    assert len(batches) > 2 and batches[0]["next_tokens"].shape == (8, 32)
+    assert batches[0]["loss"].shape == (8,) and bool((batches[0]["loss"] > 0).all())
+    assert int(batches[0]["next_tokens"].max()) < 256
+
+
+@pytest.mark.parametrize(
+    ("verb", "extra", "fragment"),
+    [
+        ("test", [], "ckpt_path=None is required by test: give the checkpoint to evaluate"),
+        (
+            "predict",
+            ["model._target_=helpers.TrainOnlyLanguageModel", "ckpt_path=CKPT"],
+            "defines no predict_step, which predict runs",
+        ),
+    ],
+)
+def test_evaluation_bad_input_exits_2_before_anything_runs(
+    runs: Runs, tmp_path: Path, verb: str, extra: list[str], fragment: str
+) -> None:
+    checkpoint = runs.checkpoint(runs.train("single", "cpu", 1), step=10)
+    args = [verb, *SHAPE, f"data.source={runs.corpus}", "hydra.run.dir=out"]
+    args += [e.replace("CKPT", str(checkpoint)) for e in extra]
+    result = run_cli(args, cwd=tmp_path, env=TEST_IMPORTS)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"lightning-accel: error: {fragment}."] or (
+        fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "out").exists()
