@@ -62,27 +62,34 @@ def test_a_rank_without_a_trace_never_arrived() -> None:
     )
 
 
-def test_a_rank_the_launcher_stopped_outside_collectives_never_arrived() -> None:
+TIMED_OUT = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
+# what rank 1's trace says -> how the diagnosis continues after rank 0's wait
+OTHER_RANK = {
+    "stopped outside collectives": (
+        None,
+        STOPPED,
+        "rank 1 never arrived: the launcher stopped it in Model.training_step at step 3 "
+        "(model.py:42), outside any collective",
+    ),
+    "lost its peers inside the collective": (
+        GRADIENTS,
+        "RuntimeError: Connection closed by peer [127.0.0.1]:18660",
+        "rank 1 was in all_reduce #37 of 21,984 elements in Model.training_step at step 3 "
+        "(model.py:42) but did not finish it before rank 0 gave up (it then lost its peers)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_RANK))
+def test_a_rank_that_never_finished_what_rank_0_waited_in_is_named(case: str) -> None:
+    collective, error, expected = OTHER_RANK[case]
     waiting = _trace(0, GRADIENTS, "Model.backward")
-    waiting.error = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
-    stopped = _trace(1, None, "Model.training_step")
-    stopped.error = STOPPED
-    assert diagnose([waiting, stopped], world=2) == (
+    waiting.error = TIMED_OUT
+    other = _trace(1, collective, "Model.training_step")
+    other.error = error
+    assert diagnose([waiting, other], world=2) == (
         "rank 0 waited in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
-        "(model.py:42); rank 1 never arrived: the launcher stopped it in "
-        "Model.training_step at step 3 (model.py:42), outside any collective"
-    )
-
-
-def test_a_rank_that_lost_its_peers_inside_the_collective_did_not_finish_it() -> None:
-    waiting = _trace(0, BARRIER, "Model.training_step")
-    waiting.error = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
-    late = _trace(1, BARRIER, "Model.training_step")
-    late.error = "RuntimeError: Connection closed by peer [127.0.0.1]:18660"
-    assert diagnose([waiting, late], world=2) == (
-        "rank 0 waited in barrier #37 in Model.training_step at step 3 (model.py:42); rank 1 "
-        "was in barrier #37 in Model.training_step at step 3 (model.py:42) but did not finish "
-        "it before rank 0 gave up (it then lost its peers)"
+        f"(model.py:42); {expected}"
     )
 
 
