@@ -72,6 +72,20 @@ def _wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) ->
         time.sleep(0.2)
 
 
+def _wait_until_exited(pid: int, timeout: float = 60) -> None:
+    """Until process ``pid`` has exited (gone, or a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not exit")
+
+
 def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> dict:
     """The trace rank ``rank`` writes when its collective fails, once it exists."""
     deadline = time.monotonic() + timeout
@@ -108,13 +122,16 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
     )
     try:
         stuck = _rank_process(process.pid, local_rank=1)
+        waiting = _rank_process(process.pid, local_rank=0)
         _wait_for_training(tmp_path)
         stopped_at = time.monotonic()
         os.kill(stuck, signal.SIGSTOP)  # alive but silent: only the timeout can end the wait
         failed = _wait_for_failed_trace(tmp_path, rank=0)
         elapsed = time.monotonic() - stopped_at
         # a hung rank that is not stopped takes the launcher's SIGTERM; a stopped one would
-        # hold it for the agent's 30 s before SIGKILL
+        # hold it for the agent's 30 s before SIGKILL. Resumed only once rank 0 has exited,
+        # so that rank 0's timeout stays the failure the launcher sees first.
+        _wait_until_exited(waiting)
         os.kill(stuck, signal.SIGCONT)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -122,7 +139,9 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
     assert process.returncode == 1
     assert "rank 0 (exit code 1)" in stderr, stderr[-2000:]
     assert 4 < elapsed < 60
-    assert "Timed out" in failed["error"] and failed["collective"] is not None
+    # gloo words it "Timed out waiting ..." or "Application timeout caused pair closure"
+    assert re.search(r"(?i)timed out|timeout", failed["error"]), failed["error"]
+    assert failed["collective"] is not None
     # the final message says where rank 0 waited, and that rank 1 never came
     assert re.search(r"Rank 0 waited in \w+ #\d+.* at step \d+", stderr), stderr[-2000:]
     # stopped in its computation, or inside the collective (then it fails once resumed)
