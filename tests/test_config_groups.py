@@ -37,6 +37,9 @@ def test_groups_are_the_documented_ones() -> None:
     assert "gpt" in profile_names("recipe")
 
 
+CALLBACK_SETS = ("default", "minimal")
+
+
 @pytest.mark.parametrize(("group", "option"), CHOICES, ids=[f"{g}={o}" for g, o in CHOICES])
 def test_option_composes_and_validates(
     group: str, option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -58,8 +61,10 @@ def test_option_composes_and_validates(
         assert getattr(run, group).name == option
     elif group == "logger":
         assert (run.logger is None) == (option == "none")
-    elif group == "callbacks":
+    elif group == "callbacks" and option in CALLBACK_SETS:
         assert run.callbacks["summary"]["_target_"] == "lightning_accel.callbacks.RunSummary"
+    elif group == "callbacks":  # one callback, added to a set in a list: [default,ema]
+        assert list(run.callbacks) == [option] and run.callbacks[option]["_target_"]
     elif group == "launcher":
         assert run.launcher.name == option
     assert run.run_dir.startswith(str(Path("runs") / run.recipe))
