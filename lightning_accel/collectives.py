@@ -113,7 +113,8 @@ class RankTrace:
             any hook.
         where: ``file:line`` in that hook.
         collective: the collective it waited in or failed in, when known.
-        error: the error that ended it (its first line), None while still waiting.
+        error: the error that ended it (at most 4,000 characters), :data:`STOPPED` when
+            the launcher stopped it, None while it was still waiting.
         recent: its last collectives, oldest first.
         waited_seconds: how long the collective had been pending when written.
     """
