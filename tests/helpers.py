@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_accel.callbacks.fault_injection import KillRank
 from lightning_accel.checkpoints import run_weights
 from lightning_accel.models import GPTLanguageModel
 
@@ -121,25 +122,6 @@ TEST_IMPORTS = {
 }
 
 
-class _KillWhenPickled:
-    """Kills its process while ``torch.save`` serializes it: a death in the middle of a save."""
-
-    def __reduce__(self) -> tuple:
-        os.kill(os.getpid(), signal.SIGKILL)
-        return (int, ())
-
-
-class KillDuringSave(pl.Callback):
-    """Makes the save of the checkpoint after ``step`` steps kill the process mid-write."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, module: object, checkpoint: dict) -> None:
-        if trainer.global_step == self.step:
-            checkpoint["kill"] = _KillWhenPickled()
-
-
 class TinyRegression(pl.LightningModule):
     """Two linear layers fitting the sum of 8 inputs: a Lightning run in a second."""
 
@@ -172,7 +154,7 @@ def fit_tiny(
         ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=2, save_top_k=0, save_last=True)
     ]
     if kill_saving_step is not None:
-        callbacks.append(KillDuringSave(kill_saving_step))
+        callbacks.append(KillRank("checkpoint_write", kill_saving_step))
     trainer = build_trainer(
         "cpu",
         max_steps=max_steps,
