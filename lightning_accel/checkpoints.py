@@ -16,6 +16,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import replaced_whole
 from lightning_accel.safe_load import (
     DCP_METADATA,
     UnsafeCheckpointError,
@@ -149,9 +150,7 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     verify_checkpoint(sharded, "SHARDED")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_whole(output) as staging:
         dcp_to_torch_save(str(sharded), str(staging))
         flat = load_data_file(staging, "OUT")
         checkpoint = load_data_file(sharded / SHARDED_META, "SHARDED")
@@ -159,9 +158,6 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
         optimizers = sorted(k for k in flat if k.startswith("optimizer_"))
         checkpoint["optimizer_states"] = [optimizer_by_index(flat[k]) for k in optimizers]
         torch.save(checkpoint, staging)
-        staging.replace(output)
-    finally:
-        staging.unlink(missing_ok=True)
     return output
 
 

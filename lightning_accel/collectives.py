@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lightning_accel.files import write_text_whole
 
 TRACE_DIRECTORY = "traces"
 # how many collectives the flight recorder keeps per process
@@ -140,12 +141,7 @@ class RankTrace:
 
 def write_trace(directory: Path, trace: RankTrace) -> Path:
     """Write ``trace`` to ``directory/rank-<N>.json`` whole (written aside, then renamed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"rank-{trace.rank}.json"
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(asdict(trace), indent=1))
-    staging.replace(target)
-    return target
+    return write_text_whole(directory / f"rank-{trace.rank}.json", json.dumps(asdict(trace)))
 
 
 def _collective(data: dict[str, Any] | None) -> Collective | None:

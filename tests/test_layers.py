@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "lightning_accel"
 # Lowest first. A module belongs to the layer of its longest matching name.
 LAYERS = (
-    ("errors", "config"),
+    ("errors", "config", "files"),
     ("machine", "devices", "flops", "safe_load", "profiles", "environments", "collectives")
     + ("xla.runtime",),
     ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),

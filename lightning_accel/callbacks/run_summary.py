@@ -17,6 +17,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lightning_accel.callbacks.memory import model_state_bytes
+from lightning_accel.files import write_text_whole
 
 
 class RunSummary(pl.Callback):
@@ -139,12 +140,8 @@ class RunSummary(pl.Callback):
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer) -> None:
-        directory = Path(self.output_dir or trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "summary.json"
-        staging = path.with_suffix(f".json.{os.getpid()}.tmp")
-        staging.write_text(json.dumps(self.summary, indent=2) + "\n")
-        staging.replace(path)
+        path = Path(self.output_dir or trainer.default_root_dir) / "summary.json"
+        write_text_whole(path, json.dumps(self.summary, indent=2) + "\n")
         self.summary["summary"] = str(path)
         if self.print_table:
             Console(stderr=True).print(summary_table(self.summary))

@@ -4,7 +4,6 @@ rank of a job executes."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.optimize.transforms import FSDP2
 
 
@@ -34,11 +34,7 @@ def save_resolved_config(run: RunConfig) -> Path:
     temporary file: on several nodes sharing the directory, a rank may read it while another
     node's launcher writes the same content)."""
     path = Path(run.run_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".config.yaml.{os.getpid()}.tmp")
-    staging.write_text(OmegaConf.to_yaml(OmegaConf.structured(run)))
-    os.replace(staging, path)
-    return path
+    return write_text_whole(path, OmegaConf.to_yaml(OmegaConf.structured(run)))
 
 
 def build_object(node: dict[str, Any], key: str) -> Any:
@@ -147,25 +143,17 @@ def evaluate_run(run: RunConfig) -> None:
     run_dir = Path(run.run_dir)
     if run.stage == "predict":
         batches = trainer.predict(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
-        path = run_dir / f"predictions-rank{trainer.global_rank}.pt"
-        write_atomically(path, lambda staging: torch.save(batches, staging))
+        with replaced_whole(run_dir / f"predictions-rank{trainer.global_rank}.pt") as staging:
+            torch.save(batches, staging)
         say(f"{len(batches or [])} batches of predictions in {run_dir}/predictions-rank*.pt")
         return
     evaluate = trainer.validate if run.stage == "validate" else trainer.test
     results = evaluate(model, datamodule=datamodule, ckpt_path=run.ckpt_path, verbose=False)
     if trainer.is_global_zero:
         metrics = {k: float(v) for result in results for k, v in result.items()}
-        path = run_dir / f"{run.stage}.json"
-        write_atomically(path, lambda staging: staging.write_text(json.dumps(metrics, indent=2)))
+        path = write_text_whole(run_dir / f"{run.stage}.json", json.dumps(metrics, indent=2))
         print_metrics(f"{run.stage}: {run.ckpt_path}", metrics)
         say(f"metrics in {path}")
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Call ``write(staging)`` on a file beside ``path``, then rename it into place."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(staging)
-    staging.replace(path)
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
