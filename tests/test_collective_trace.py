@@ -123,13 +123,18 @@ def test_the_hook_is_the_innermost_lightning_method_on_the_stack() -> None:
 
 
 FLIGHT_RECORDER = """
-import os, tempfile, torch, torch.distributed as dist
+import os, tempfile, time, torch, torch.distributed as dist
 from lightning_accel.collectives import pending_collectives, recent_collectives
 os.environ["TORCH_FR_BUFFER_SIZE"] = "100"
 store = dist.FileStore(tempfile.mktemp(), 1)
 dist.init_process_group("gloo", store=store, rank=0, world_size=1)
 dist.all_reduce(torch.ones(3, 4))
 dist.barrier()
+# gloo retires a finished collective in the recorder just after the call returns
+for _ in range(100):
+    if not pending_collectives():
+        break
+    time.sleep(0.05)
 print([(c.op, c.sequence, c.sizes, c.completed) for c in recent_collectives()])
 print(pending_collectives())
 """
