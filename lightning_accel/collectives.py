@@ -31,6 +31,8 @@ RECENT_SHOWN = 20
 STOPPED = "stopped by the launcher"
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _PEER_GONE = re.compile(r"(closed|reset) by peer|broken pipe", re.IGNORECASE)
+# ranks in one collective time out within moments of each other unless one was frozen in it
+_FROZEN_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,26 @@ def _flight_recorder(include_collectives: bool = True) -> dict[str, Any]:
 def recent_collectives(limit: int = RECENT_SHOWN) -> list[Collective]:
     """This process's last ``limit`` collectives, oldest first (empty when the flight
     recorder is off)."""
-    entries = sorted(
-        _flight_recorder().get("entries", []), key=lambda e: e.get("time_created_ns", 0)
-    )
+    recorder = _flight_recorder()
+    entries = sorted(recorder.get("entries", []), key=lambda e: e.get("time_created_ns", 0))
+    # gloo marks an entry retired a moment after its group counts it completed, so an entry
+    # is completed when either says so
+    last_completed = {
+        int(group): int(s["last_completed_collective"])
+        for group, s in recorder.get("pg_status", {}).items()
+    }
+
+    def completed(entry: dict[str, Any]) -> bool:
+        sequence = entry.get("collective_seq_id")
+        done = last_completed.get(int(entry.get("pg_id", 0)), -1)
+        return bool(entry.get("retired")) or (sequence is not None and sequence <= done)
+
     return [
         Collective(
             op=e.get("profiling_name", "?").split(":")[-1],
             sequence=e.get("collective_seq_id"),
             sizes=tuple(tuple(s) for s in e.get("input_sizes", [])),
-            completed=bool(e.get("retired")),
+            completed=completed(e),
             group=int(e.get("pg_id", 0)),
         )
         for e in entries[-limit:]
@@ -118,6 +131,7 @@ class RankTrace:
             the launcher stopped it, None while it was still waiting.
         recent: its last collectives, oldest first.
         waited_seconds: how long the collective had been pending when written.
+        written_at: when it was written (seconds since the epoch).
     """
 
     rank: int
@@ -130,6 +144,7 @@ class RankTrace:
     error: str | None = None
     recent: list[Collective] = field(default_factory=list)
     waited_seconds: float | None = None
+    written_at: float | None = None
 
     def context(self) -> str:
         """``in MyModule.training_step at step 3 (model.py:42)``."""
@@ -182,18 +197,27 @@ def diagnose(traces: list[RankTrace], world: int) -> str:
     }
     parts = _mismatches(numbered, by_rank)
     stopped = [t for t in traces if t.error == STOPPED and t.collective is None]
-    waiting = [t.rank for t in traces if t.error is None or _TIMEOUT.search(t.error)]
-    # ranks that failed only because the waiting ones gave up and closed their connections
-    late = [t for t in traces if waiting and _PEER_GONE.search(t.error or "")]
+    timed_out = [t for t in traces if t.error is not None and _TIMEOUT.search(t.error)]
+    first_gave_up = min((t.written_at or math.inf for t in timed_out), default=math.inf)
+    # a rank whose own timeout came well after the first was frozen inside the collective
+    frozen = [t for t in timed_out if (t.written_at or 0) > first_gave_up + _FROZEN_AFTER_SECONDS]
+    gave_up = [t.rank for t in timed_out if t not in frozen]
+    waiting = [t.rank for t in traces if t.error is None] + gave_up
+    # ranks that did not finish the collective before others gave up: they failed only
+    # because the waiting ones closed their connections, timed out themselves only once
+    # resumed, or their last word is still "waiting" (then ended by the launcher)
+    lost_peers = [t for t in traces if waiting and _PEER_GONE.search(t.error or "")]
+    late = lost_peers + frozen + [t for t in traces if gave_up and t.error is None]
     if not parts:
         for trace in traces:
             if trace in stopped:
                 continue
             collective = trace.collective.describe() if trace.collective else "a collective"
             if trace in late:
+                lost = " (it then lost its peers)" if trace in lost_peers else ""
                 parts.append(
                     f"rank {trace.rank} was in {collective} {trace.context()} but did not "
-                    f"finish it before {_ranks(waiting)} gave up (it then lost its peers)"
+                    f"finish it before {_ranks(gave_up or waiting)} gave up{lost}"
                 )
                 continue
             verb = "waited" if trace.rank in waiting else "failed"

@@ -77,6 +77,20 @@ OTHER_RANK = {
         "rank 1 was in all_reduce #37 of 21,984 elements in Model.training_step at step 3 "
         "(model.py:42) but did not finish it before rank 0 gave up (it then lost its peers)",
     ),
+    # frozen inside the collective, it timed out too, but only once resumed
+    "timed out only once resumed": (
+        GRADIENTS,
+        TIMED_OUT,
+        "rank 1 was in all_reduce #37 of 21,984 elements in Model.training_step at step 3 "
+        "(model.py:42) but did not finish it before rank 0 gave up",
+    ),
+    # frozen inside the collective: its watcher wrote "waiting", then the launcher ended it
+    "frozen inside the collective": (
+        GRADIENTS,
+        None,
+        "rank 1 was in all_reduce #37 of 21,984 elements in Model.training_step at step 3 "
+        "(model.py:42) but did not finish it before rank 0 gave up",
+    ),
 }
 
 
@@ -84,12 +98,23 @@ OTHER_RANK = {
 def test_a_rank_that_never_finished_what_rank_0_waited_in_is_named(case: str) -> None:
     collective, error, expected = OTHER_RANK[case]
     waiting = _trace(0, GRADIENTS, "Model.backward")
-    waiting.error = TIMED_OUT
+    waiting.error, waiting.written_at = TIMED_OUT, 100.0
     other = _trace(1, collective, "Model.training_step")
-    other.error = error
+    other.error, other.written_at = error, 103.0
     assert diagnose([waiting, other], world=2) == (
         "rank 0 waited in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
         f"(model.py:42); {expected}"
+    )
+
+
+def test_ranks_that_time_out_together_all_waited() -> None:
+    traces = [_trace(rank, GRADIENTS, "Model.backward") for rank in (0, 1)]
+    for trace, written_at in zip(traces, (100.0, 100.2), strict=True):
+        trace.error, trace.written_at = TIMED_OUT, written_at
+    assert diagnose(traces, world=2) == "; ".join(
+        f"rank {rank} waited in all_reduce #37 of 21,984 elements in Model.backward at step 3 "
+        "(model.py:42)"
+        for rank in (0, 1)
     )
 
 

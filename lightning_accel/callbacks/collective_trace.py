@@ -154,6 +154,7 @@ class CollectiveTrace(pl.Callback):
             error=error,
             recent=recent,
             waited_seconds=waited,
+            written_at=time.time(),
         )
         write_trace(self.directory, trace)
 
