@@ -71,8 +71,8 @@ CASES = {
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'", "sharded"]),
     "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
     "logger without its package": (
-        ["logger=csv", "logger._target_=helpers.MissingPackageLogger"],
-        ["logger._target_", "fancy_tracker", "[tracking]"],
+        ["logger=csv", "logger.csv._target_=helpers.MissingPackageLogger"],
+        ["logger.csv._target_", "fancy_tracker", "[tracking]"],
     ),
     "unknown comm hook": (
         ["hardware=ddp_cpu", "hardware.strategy_options.comm_hook=zip"],

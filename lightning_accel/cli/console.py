@@ -16,13 +16,21 @@ from lightning_accel.errors import ConfigError
 console = Console(stderr=True, highlight=False)
 
 # Upstream messages that carry no information for a user of this CLI.
-_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
-# performance hints that name no action for a user: clipping gradients over a 2D (FSDP2 x
-# TP) mesh reduces the norm over each dimension in turn, which DTensor logs at every step
-_HINT_LOGGERS = ("torch.distributed.tensor._redistribute",)
+_QUIET_LOGGERS = (
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning_fabric",
+    "pytorch_lightning",
+)
+# messages that name no action for a user: clipping gradients over a 2D (FSDP2 x TP) mesh
+# reduces the norm over each dimension in turn, which DTensor logs at every step; an MLflow
+# experiment created on first use
+_HINT_LOGGERS = ("torch.distributed.tensor._redistribute", "lightning.pytorch.loggers.mlflow")
+# the trackers' own chatter (the runner says where their runs went)
+_TRACKER_QUIET_ENVIRONMENT = {"MLFLOW_LOGGING_LEVEL": "WARNING", "WANDB_SILENT": "true"}
 _UPSTREAM_MODULES = (
     r"(torch|torchvision|torchmetrics|torch_xla|lightning|lightning_fabric|pytorch_lightning"
-    r"|lightning_utilities|hydra|omegaconf|tensorboardX|google\.protobuf)(\.|$)"
+    r"|lightning_utilities|hydra|omegaconf|tensorboardX|google\.protobuf|mlflow|wandb)(\.|$)"
 )
 _IGNORED_WARNINGS = (
     r".*does not have many workers.*",
@@ -54,6 +62,8 @@ def quiet_upstream() -> None:
     if CPP_LOG_LEVEL not in os.environ and "torch" not in sys.modules:
         os.environ[CPP_LOG_LEVEL] = "FATAL"
         os.environ[_CPP_LOG_LEVEL_OWN] = "1"
+    for name, value in _TRACKER_QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _HINT_LOGGERS:

@@ -150,7 +150,8 @@ def _check_arguments(key: str, node: dict[str, Any]) -> None:
 def check_targets(run: RunConfig) -> None:
     """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported and
     takes the arguments the config gives it."""
-    nodes = {"model": run.model, "data": run.data, "logger": run.logger}
+    nodes = {"model": run.model, "data": run.data}
+    nodes.update(run.logger_nodes())
     nodes.update(run.callback_nodes())
     for key, node in nodes.items():
         if node:
@@ -170,15 +171,15 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     from lightning_accel.strategies.sharding import shard_units
 
     datamodule = build_object(run.data, "data")
-    if run.logger:
+    for key, node in run.logger_nodes().items():
         try:
-            build_object(run.logger, "logger")
+            _check_logger(key, node)
         except ImportError as error:
             raise ConfigError(
-                "logger._target_",
-                run.logger["_target_"],
+                f"{key}._target_",
+                node["_target_"],
                 f"needs a package that is not installed ({str(error).splitlines()[0]}); "
-                "pip install 'lightning-accel[tracking]' adds TensorBoard and MLflow",
+                "pip install 'lightning-accel[tracking]' adds TensorBoard, MLflow and W&B",
             ) from error
     with torch.device("meta"):
         try:
@@ -191,6 +192,24 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
     return model, datamodule
+
+
+def _check_logger(key: str, node: dict[str, Any]) -> None:
+    """Build the logger of ``node`` (its constructor checks its arguments and its package),
+    except MLflow's: its client creates the store when constructed, so only its package
+    is looked for."""
+    from importlib.util import find_spec
+
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_accel.cli.runner import build_object
+
+    logger_class = _locate(str(node["_target_"]))
+    if isinstance(logger_class, type) and issubclass(logger_class, MLFlowLogger):
+        if find_spec("mlflow") is None:
+            raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
+        return
+    build_object(node, key)
 
 
 def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: Any) -> None:

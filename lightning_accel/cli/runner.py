@@ -23,6 +23,7 @@ from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import replaced_whole, write_text_whole
@@ -55,12 +56,12 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     model = build_object(run.model, "model")
     callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
     callbacks.append(CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY))
-    logger = instantiate(run.logger) if run.logger else False
+    loggers = [build_object(node, key) for key, node in run.logger_nodes().items()]
     trainer = build_trainer(
         run.hardware,
         run.optimization,
         callbacks=callbacks,
-        logger=logger,
+        logger=loggers or False,
         default_root_dir=run.run_dir,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=any(isinstance(c, ModelSummary) for c in callbacks),
@@ -68,6 +69,8 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         plugins=cluster_plugins(),
         **asdict(run.trainer),
     )
+    for logger in trainer.loggers:  # each logs on rank 0 only
+        logger.log_hyperparams(config_parameters(run))
     return trainer, model, datamodule
 
 
@@ -127,10 +130,15 @@ def fit_run(run: RunConfig) -> None:
 
 def run_stage(run: RunConfig) -> None:
     """Fit the run, or run its ``stage`` (validate, test, predict) on its ``ckpt_path``."""
-    if run.stage == "fit":
-        fit_run(run)
-    else:
-        evaluate_run(run)
+    try:
+        if run.stage == "fit":
+            fit_run(run)
+        else:
+            evaluate_run(run)
+    finally:
+        wandb_run = finish_wandb_run()  # now, not at exit: its upload hint comes before "done"
+        if wandb_run is not None:
+            say(wandb_run)
 
 
 def evaluate_run(run: RunConfig) -> None:

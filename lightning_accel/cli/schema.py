@@ -84,7 +84,8 @@ class RunConfig:
     Key options: ``recipe`` (name of the preset that filled model and data), ``stage``
     (``fit``; the verbs ``validate``, ``test`` and ``predict`` set it), ``seed``,
     ``callbacks`` (``_target_`` nodes by name, or lists of them such as ``callbacks.extra``),
-    ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
+    ``logger`` (``_target_`` nodes by name: ``logger=[csv,mlflow]`` selects two; null for
+    none), ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
     already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
     (Hydra's output directory unless overridden), ``launcher`` (how ranks are started),
     ``force`` (start even when the plan predicts the run will not fit in memory).
@@ -117,6 +118,11 @@ class RunConfig:
             )
         self.launcher.nnodes = self.hardware.num_nodes = max(nodes, hardware_nodes)
 
+    def logger_nodes(self) -> dict[str, dict[str, Any]]:
+        """Each logger's ``_target_`` node by its key (``logger.csv``); switched-off (null)
+        ones left out."""
+        return {f"logger.{name}": node for name, node in (self.logger or {}).items() if node}
+
     def callback_nodes(self) -> dict[str, dict[str, Any]]:
         """Each callback's ``_target_`` node by its key (``callbacks.extra[0]`` for the
         entries of a list such as ``callbacks.extra``); switched-off (null) ones left out."""
@@ -130,10 +136,13 @@ class RunConfig:
 
 
 def register_schemas() -> None:
-    """Register :class:`RunConfig` with Hydra, and the ``accel_run_id`` resolver the default
-    run directory uses (idempotent)."""
+    """Register :class:`RunConfig` with Hydra, the ``accel_run_id`` resolver the default
+    run directory uses and ``accel_wandb_offline`` (``logger=wandb``) (idempotent)."""
     from lightning_accel.cli.cluster import default_run_id
+    from lightning_accel.cli.trackers import wandb_offline
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("accel_run_id"):
         OmegaConf.register_new_resolver("accel_run_id", default_run_id, use_cache=True)
+    if not OmegaConf.has_resolver("accel_wandb_offline"):
+        OmegaConf.register_new_resolver("accel_wandb_offline", wandb_offline, use_cache=True)
