@@ -25,7 +25,16 @@ CUSTOM = [
 
 def test_groups_are_the_documented_ones() -> None:
     assert GROUPS == [
-        *("callbacks", "hardware", "launcher", "logger", "optimization", "recipe", "trainer")
+        *(
+            "callbacks",
+            "hardware",
+            "launcher",
+            "logger",
+            "optimization",
+            "recipe",
+            "search",
+            "trainer",
+        )
     ]
     assert set(profile_names("launcher")) == {"local", "torchrun", "slurm", "slurm_local"}
     assert set(profile_names("hardware")) == {

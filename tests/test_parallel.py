@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import ACCUMULATE, GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference, run_cli
 
 from lightning_accel.checkpoints import consolidate_checkpoint
@@ -82,21 +83,27 @@ def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: R
     assert max_difference(uninterrupted, resumed) < 1e-5
 
 
-def test_multirun_of_two_jobs_on_two_ranks_each(tmp_path: Path, small_corpus: Path) -> None:
+def test_a_search_of_two_trials_on_two_ranks_each(tmp_path: Path, small_corpus: Path) -> None:
+    """Each trial of an Optuna study launches its ranks; its objective is read back from
+    the summary rank 0 wrote."""
     args = ["train", "--multirun", "hardware=ddp_cpu", "trainer=smoke", "callbacks=minimal"]
-    args += [*SHAPE, f"data.source={small_corpus}"]
-    result = run_cli([*args, "data.batch_size=4", "seed=1,2"], cwd=tmp_path, timeout=300)
+    args += [*SHAPE, f"data.source={small_corpus}", "search=lr", "hydra.sweeper.n_trials=2"]
+    result = run_cli([*args, "data.batch_size=4"], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun" / "gpt").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [j.name for j in jobs] == ["0", "1"]
     assert sorted(p.name for p in (tmp_path / "multirun" / "gpt").iterdir()) == [sweep.name]
+    losses = []
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())
         assert summary["world_size"] == 2
         assert len(summary["model_state_bytes_per_rank"]) == 2, "both ranks reported"
         rank1_logs = list((job / "ranks").rglob("1/stderr.log"))
         assert len(rank1_logs) == 1, "rank 1 wrote its output into this job's directory"
+        losses.append(summary["validation"][-1]["val/loss"])
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(losses))
 
 
 def test_fsdp2_with_checkpointing_and_per_block_compile_matches_and_keeps_keys(runs: Runs) -> None:

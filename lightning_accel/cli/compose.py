@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -25,8 +26,9 @@ from lightning_accel.errors import ConfigError, article
 from lightning_accel.profiles import config_dir
 
 
-def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of each job the command line stands for (one unless ``--multirun``)."""
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """The command line's overrides as Hydra parses them; an unparseable one is a
+    ConfigError."""
     parser = OverridesParser.create()
     parsed = []
     for override in overrides:
@@ -38,6 +40,12 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
             raise ConfigError(
                 "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
             ) from error
+    return parsed
+
+
+def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job the command line stands for (one unless ``--multirun``)."""
+    parsed = parse_overrides(overrides)
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(

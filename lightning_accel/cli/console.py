@@ -21,6 +21,9 @@ _QUIET_LOGGERS = (
     "lightning.fabric",
     "lightning_fabric",
     "pytorch_lightning",
+    # a search's study: the pack prints its trials and the best one
+    "alembic",
+    "hydra_plugins.hydra_optuna_sweeper",
 )
 # messages that name no action for a user: clipping gradients over a 2D (FSDP2 x TP) mesh
 # reduces the norm over each dimension in turn, which DTensor logs at every step; an MLflow

@@ -415,9 +415,13 @@ def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> Non
 
 
 def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
-    """Check every job of the command; return their validated configs."""
+    """Check every job of the command; return their validated configs (for a search, of
+    jobs that give each search parameter every value that stands for its range)."""
+    from lightning_accel.cli.search import trial_samples
+
+    jobs = trial_samples(overrides) if multirun else None
     runs = []
-    for number, job in enumerate(job_overrides(overrides, multirun)):
+    for number, job in enumerate(jobs or job_overrides(overrides, multirun)):
         cfg = compose_job(job)
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)

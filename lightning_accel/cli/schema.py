@@ -88,7 +88,9 @@ class RunConfig:
     none), ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
     already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
     (Hydra's output directory unless overridden), ``launcher`` (how ranks are started),
-    ``force`` (start even when the plan predicts the run will not fit in memory).
+    ``force`` (start even when the plan predicts the run will not fit in memory),
+    ``objective`` (the validation metric whose last value is the job's result, which a
+    hyper-parameter search optimizes).
     ``hardware.num_nodes`` and ``launcher.nnodes`` are one number: setting either sets both.
     """
 
@@ -98,6 +100,7 @@ class RunConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: str | None = None
     force: bool = False
+    objective: str = "val/loss"
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)

@@ -22,19 +22,21 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.profiles import config_dir
 
 
-def run_job(cfg: DictConfig) -> None:
+def run_job(cfg: DictConfig) -> float | None:
     """Hydra's task function: one job, in its own run directory.
 
     Started by hand (or by ``launcher=torchrun``), it resolves the job's config once, writes
     it into the run directory and fits in this process or starts this node's ranks, which
     read that file. Started as one rank of a world that an outside launcher created (a
-    SLURM or submitit task, a torchrun worker), it fits as that rank.
+    SLURM or submitit task, a torchrun worker), it fits as that rank. Returns the fit's
+    objective (what a sweeper such as Optuna's optimizes), None for the other stages.
     """
     from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
+    from lightning_accel.cli.search import job_objective
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -63,6 +65,12 @@ def run_job(cfg: DictConfig) -> None:
         fail(error, exit_code=1)
     outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
     say(f"done; results in {run.run_dir}: {', '.join(outputs)}")
+    if run.stage != "fit" or (world is not None and world.rank != 0):
+        return None
+    try:
+        return job_objective(Path(run.run_dir), run.objective)
+    except ConfigError as error:
+        fail(error)
 
 
 def print_resolved(runs: list[RunConfig]) -> None:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_accel.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -96,7 +98,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         if config.d_model % config.n_head:
-            raise ValueError(f"d_model={config.d_model} is not divisible by n_head={config.n_head}")
+            raise ConfigError(
+                "model.n_head", config.n_head, f"does not divide model.d_model={config.d_model}"
+            )
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embedding = nn.Embedding(config.seq_len, config.d_model)

@@ -1,0 +1,143 @@
+"""Hyper-parameter search through a Hydra sweeper plugin (Optuna's): the values each search
+parameter can take, checked before any trial starts; a job's objective; and the table of a
+sweep's jobs printed when it ends."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
+from hydra.errors import OverrideParseException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.table import Table
+
+from lightning_accel.cli.compose import compose_job, parse_overrides
+from lightning_accel.cli.console import console, say
+from lightning_accel.errors import ConfigError
+
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+SUMMARY_FILE = "summary.json"
+
+
+def search_parameters(overrides: list[str]) -> dict[str, Override] | None:
+    """The search space of a ``--multirun`` whose sweeper is Optuna's: each parameter's
+    override (``hydra.sweeper.params`` of the config, then the command line's sweeps); None
+    when the sweeper is Hydra's basic one, which expands sweeps itself."""
+    parsed = parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeper = compose_job(fixed).hydra.sweeper
+    if sweeper.get("_target_") != OPTUNA_SWEEPER:
+        return None
+    parser = OverridesParser.create()
+    parameters: dict[str, Override] = {}
+    for key, value in (sweeper.get("params") or {}).items():
+        line = f"{key}={value}"
+        try:
+            (parameters[key],) = parser.parse_overrides([line])
+        except OverrideParseException as error:
+            raise ConfigError(f"hydra.sweeper.params.{key}", value, "cannot be parsed") from error
+    parameters.update({o.get_key_element(): o for o in parsed if o.is_sweep_override()})
+    return parameters
+
+
+def trial_values(key: str, parameter: Override) -> list[str]:
+    """The values of ``parameter`` that a trial can be given and that stand for all of them
+    in the checks before launch: every choice, a range's ends, an interval's bounds."""
+    if not parameter.is_sweep_override():
+        return [parameter.get_value_element_as_str()]
+    sweep = parameter.value()
+    written = parameter.input_line.partition("=")[2]
+    if isinstance(sweep, IntervalSweep):
+        low, high = sweep.start, sweep.end
+        if not low < high:
+            empty = "is an empty interval; give interval(LOW, HIGH) with LOW < HIGH"
+            raise ConfigError(key, written, empty)
+        if "log" in sweep.tags and low <= 0:
+            raise ConfigError(key, written, "samples on a log scale, which needs LOW > 0")
+        return [str(low), str(high)]
+    values = list(parameter.sweep_string_iterator())
+    if not values:
+        raise ConfigError(key, written, "gives no values to try")
+    return values if parameter.is_choice_sweep() else [values[0], values[-1]]
+
+
+def trial_samples(overrides: list[str]) -> list[list[str]] | None:
+    """For an Optuna search, the override lists that together give every search parameter
+    each of its :func:`trial_values` (the others at their first): checking these jobs checks
+    every value a trial can be given. None for Hydra's basic sweeper."""
+    parameters = search_parameters(overrides)
+    if parameters is None:
+        return None
+    fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    values = {key: trial_values(key, parameter) for key, parameter in parameters.items()}
+    first = {key: candidates[0] for key, candidates in values.items()}
+    samples: list[list[str]] = []
+    for key, candidates in values.items():
+        for value in candidates:
+            sample = [*fixed, *(f"{k}={v}" for k, v in {**first, key: value}.items())]
+            if sample not in samples:
+                samples.append(sample)
+    return samples or [fixed]
+
+
+def job_objective(run_dir: Path, metric: str) -> float:
+    """The last validation value of ``metric`` a job logged (its ``summary.json``): what a
+    hyper-parameter search optimizes."""
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    values = [v[metric] for v in summary.get("validation") or [] if metric in v]
+    if not values:
+        logged = sorted({k for v in summary.get("validation") or [] for k in v if k != "step"})
+        raise ConfigError(
+            "objective", metric, "was never logged in validation", logged or ["(none: validate)"]
+        )
+    return float(values[-1])
+
+
+class SweepReport(Callback):
+    """A Hydra callback that prints a table of a ``--multirun``'s jobs when it ends: each
+    job's swept values and its objective (the run config's ``objective`` metric), and for an
+    Optuna search the best trial the study chose. Registered in ``conf/config.yaml``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+            import optuna
+
+            # its study announcements; the table says what each trial gave
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = sorted(
+            (p for p in sweep_dir.iterdir() if (p / SUMMARY_FILE).exists()),
+            key=lambda p: int(p.name) if p.name.isdigit() else math.inf,
+        )
+        if not jobs:
+            return
+        metric = str(config.get("objective", "val/loss"))
+        table = Table(title=f"Jobs of {sweep_dir}", title_justify="left")
+        for column in ("job", "swept values", metric):
+            table.add_column(column, justify="left" if column == "swept values" else "right")
+        overrides = {
+            job: yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+            for job in jobs
+        }
+        shared = set.intersection(*(set(o) for o in overrides.values()))
+        for job in jobs:
+            try:
+                value = f"{job_objective(job, metric):.4f}"
+            except ConfigError:
+                value = "-"
+            swept = " ".join(o for o in overrides[job] if o not in shared or len(jobs) == 1)
+            table.add_row(job.name, swept, value)
+        console.print(table)
+        results = sweep_dir / "optimization_results.yaml"
+        if results.exists():
+            best = yaml.safe_load(results.read_text())
+            chosen = " ".join(f"{k}={v}" for k, v in best["best_params"].items())
+            say(f"best trial: {chosen} ({metric} {best['best_value']:.4f}); study in {results}")

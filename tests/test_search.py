@@ -1,0 +1,91 @@
+"""Hyper-parameter search through Hydra's Optuna sweeper: a real study, and its search space
+checked before any trial starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, TINY, run_cli
+
+from lightning_accel.cli.preflight import preflight
+from lightning_accel.cli.search import trial_samples
+from lightning_accel.errors import ConfigError
+
+
+def test_a_study_of_6_trials_chooses_the_learning_rate_with_the_lowest_loss(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    args = ["train", "--multirun", "search=lr", *TINY, f"data.source={small_corpus}"]
+    args += ["callbacks=minimal", "logger=none"]
+    result = run_cli(args, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (study,) = (tmp_path / "multirun" / "gpt").iterdir()
+    trials = sorted((p for p in study.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    assert [t.name for t in trials] == [str(n) for n in range(6)]
+    rates, losses = [], []
+    for trial in trials:
+        rates.append(yaml.safe_load((trial / "config.yaml").read_text())["model"]["learning_rate"])
+        losses.append(
+            json.loads((trial / "summary.json").read_text())["validation"][-1]["val/loss"]
+        )
+    assert len(set(rates)) == 6 and all(1e-4 <= r <= 3e-2 for r in rates)
+    best = yaml.safe_load((study / "optimization_results.yaml").read_text())
+    lowest = losses.index(min(losses))
+    assert best["best_value"] == pytest.approx(losses[lowest])
+    assert best["best_params"]["model.learning_rate"] == pytest.approx(rates[lowest])
+    assert f"best trial: model.learning_rate={best['best_params']['model.learning_rate']}" in (
+        result.stderr
+    )
+
+
+def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
+    samples = trial_samples(["search=lr", "model.n_head=choice(2,4)", "model.d_model=32"])
+    assert samples == [
+        ["search=lr", "model.d_model=32", f"model.learning_rate={rate}", f"model.n_head={heads}"]
+        for rate, heads in (("0.0001", 2), ("0.03", 2), ("0.0001", 4))
+    ]
+    assert trial_samples(["seed=1,2"]) is None, "Hydra's basic sweeper expands sweeps itself"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.learning_rate=tag(log, interval(0, 1))"],
+            "model.learning_rate='tag(log, interval(0, 1))' samples on a log scale, which "
+            "needs LOW > 0.",
+        ),
+        (
+            ["model.learning_rate=interval(1e-2, 1e-4)"],
+            "model.learning_rate='interval(1e-2, 1e-4)' is an empty interval; give "
+            "interval(LOW, HIGH) with LOW < HIGH.",
+        ),
+        (
+            ["model.d_model=32", "model.n_head=choice(2,3)"],
+            "model.n_head=3 does not divide model.d_model=32.",
+        ),
+        (["trainer.max_steps=choice(4,abc)"], "trainer.max_steps='abc' is not a valid integer."),
+        (  # a search preset of the user's own (conf/search/mine.yaml below)
+            ["search=mine"],
+            "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",
+        ),
+    ],
+)
+def test_a_bad_search_space_is_refused_before_any_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+) -> None:
+    own = tmp_path / "conf" / "search"
+    own.mkdir(parents=True)
+    preset = (REPO / "conf" / "search" / "lr.yaml").read_text()
+    (own / "mine.yaml").write_text(preset.replace("interval(1e-4, 3e-2)", "interval(1e-3)"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    with pytest.raises(ConfigError) as error:
+        preflight(["search=lr", searchpath, *overrides], multirun=True)
+    assert str(error.value) == message
+    assert list(work.iterdir()) == [], "nothing written"
