@@ -4,6 +4,7 @@ augmentation, the ResNet classifier, and the image recipe from the command line.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,31 @@ def test_folder_gives_the_right_labels_and_pixels(tmp_path: Path) -> None:
     assert example_images.shape == images.shape and example_images.dtype == torch.float32
     assert example_labels.shape == labels.shape and example_labels.dtype == labels.dtype
     assert example_images.device.type == "meta"
+
+
+def test_a_folder_is_verified_once_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's construction verifies every image; its ranks' constructions (and
+    later runs) read the record, until a file changes."""
+    _image_folder(tmp_path / "pets")
+    opened: list[Path] = []
+    open_image = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a: opened.append(path) or open_image(path))
+
+    def build() -> ImageDataModule:
+        return ImageDataModule(str(tmp_path / "pets"), batch_size=2, cache_dir=str(tmp_path))
+
+    first = build()
+    assert len(opened) == 8, "every image verified"
+    opened.clear()
+    again = build()
+    assert opened == [] and (again.channels, again.height_width) == (first.channels, (5, 6))
+    changed = tmp_path / "pets" / "cat" / "0.png"
+    Image.fromarray(_pixels(7, (5, 6, 3))).save(changed)
+    os.utime(changed, ns=(1, 1))  # a new modification time whatever the clock's resolution
+    build()
+    assert len(opened) == 8, "a changed folder is verified again"
 
 
 def test_folder_images_are_resized_and_grayscale_kept(tmp_path: Path) -> None:

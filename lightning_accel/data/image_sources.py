@@ -3,6 +3,7 @@ and the headers and layouts of ``.npz`` arrays."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.text import Text
 from torch.utils.data import Dataset
 
+from lightning_accel.data.cache import files_key
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import write_text_whole
 
 DIGITS = "digits"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -64,25 +70,63 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-def inspect_images(files: Sequence[Path]) -> tuple[set[str], set[tuple[int, int]]]:
-    """The modes and (width, height) sizes of image files, read from their headers (PNG
-    chunks are also checked against their CRCs); an unreadable file is named in a
-    :class:`ConfigError`."""
+# bumped when what a verification record holds changes
+VERIFIED_FORMAT = 1
+
+
+class _FilesPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} files/s")
+
+
+def _verify_images(files: Sequence[Path], root: Path) -> tuple[set[str], set[tuple[int, int]]]:
     image_module = _pillow(str(files[0]))
     modes: set[str] = set()
     sizes: set[tuple[int, int]] = set()
-    for path in files:
-        try:
-            with image_module.open(path) as image:
-                modes.add(image.mode)
-                sizes.add(image.size)
-                image.verify()
-        except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
-            raise ConfigError(
-                "data.source",
-                str(path),
-                "is not a readable PNG or JPEG image; replace or delete it",
-            ) from error
+    progress = Progress(
+        TextColumn(f"verifying the images in {root}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _FilesPerSecond(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        for path in progress.track(files, description="images"):
+            try:
+                with image_module.open(path) as image:
+                    modes.add(image.mode)
+                    sizes.add(image.size)
+                    image.verify()
+            except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
+                raise ConfigError(
+                    "data.source",
+                    str(path),
+                    "is not a readable PNG or JPEG image; replace or delete it",
+                ) from error
+    return modes, sizes
+
+
+def inspect_images(
+    files: Sequence[Path], root: Path, cache_root: Path
+) -> tuple[set[str], set[tuple[int, int]]]:
+    """The modes and (width, height) sizes of image files, read from their headers (PNG
+    chunks are also checked against their CRCs, with a progress bar); an unreadable file
+    is named in a :class:`ConfigError`. The result is recorded in ``cache_root`` (JSON) by
+    the files' names, sizes and modification times, so that the launcher verifies a folder
+    once and its ranks, and later runs, read the record while no file changes."""
+    record = cache_root / "image-folders" / f"{files_key(files, f'images-v{VERIFIED_FORMAT}')}.json"
+    try:
+        found = json.loads(record.read_text())
+        return set(found["modes"]), {(w, h) for w, h in found["sizes"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: verify
+    modes, sizes = _verify_images(files, root)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_text_whole(record, json.dumps({"modes": sorted(modes), "sizes": sorted(sizes)}))
+    except OSError:
+        pass  # a read-only cache: the next construction verifies again
     return modes, sizes
 
 

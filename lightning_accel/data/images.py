@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_accel.config import require_positive
+from lightning_accel.data.cache import default_cache_dir
 from lightning_accel.data.device_images import DeviceImageDataModule
 from lightning_accel.data.image_sources import (
     DIGITS,
@@ -33,8 +34,9 @@ class ImageDataModule(DeviceImageDataModule):
     8x8 handwritten digits that scikit-learn ships (no download).
 
     Images are split into train and validation by a permutation seeded by ``split_seed``.
-    Files are checked at construction (every image header read with Pillow) and decoded in
-    the DataLoader's workers; arrays are kept in memory as uint8 or float32 tensors.
+    Files are checked at construction (every image header read with Pillow, once per
+    unchanged folder: the result is recorded in the cache directory) and decoded in the
+    DataLoader's workers; arrays are kept in memory as uint8 or float32 tensors.
     Conversion to float, normalization and augmentation (seeded random crop, optional
     horizontal flip, training batches only) run per batch on the device (see
     :class:`DeviceImageDataModule`). Training batches resume exactly mid-epoch.
@@ -53,6 +55,8 @@ class ImageDataModule(DeviceImageDataModule):
         val_fraction: share of the images held out for validation.
         split_seed: seed of the train/validation split (``seed`` does not move it, so runs
             with different seeds are validated on the same images).
+        cache_dir: where an image folder's verification is recorded; default
+            ``$LIGHTNING_ACCEL_CACHE`` or ``~/.cache/lightning-accel``.
         Other arguments: see :class:`DeviceImageDataModule`.
     """
 
@@ -74,6 +78,7 @@ class ImageDataModule(DeviceImageDataModule):
         persistent_workers: bool | str = "auto",
         prefetch_factor: int | None = None,
         seed: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -96,6 +101,7 @@ class ImageDataModule(DeviceImageDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.layout = layout
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.image_size = self._size(image_size)
         self.height_width = (0, 0)  # of the images the training step receives
         self.samples = 0
@@ -149,7 +155,7 @@ class ImageDataModule(DeviceImageDataModule):
 
     def _check_folder(self, root: Path) -> None:
         self.files, self.file_labels, self.classes = scan_image_folder(root)
-        modes, sizes = inspect_images(self.files)
+        modes, sizes = inspect_images(self.files, root, self.cache_root)
         if self.image_size is None and len(sizes) > 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
             raise ConfigError(

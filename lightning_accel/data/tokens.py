@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_accel.config import require_positive
+from lightning_accel.data.cache import default_cache_dir, files_key
 from lightning_accel.data.corpus import STDLIB, corpus_files
 from lightning_accel.data.loading import (
     ResumableDataLoader,
@@ -37,19 +37,10 @@ CACHE_FORMAT = 3
 log = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path:
-    """``$LIGHTNING_ACCEL_CACHE``, else ``~/.cache/lightning-accel``."""
-    return Path(os.environ.get("LIGHTNING_ACCEL_CACHE", Path.home() / ".cache" / "lightning-accel"))
-
-
 def corpus_key(files: Sequence[Path], tokenizer: str = BYTES) -> str:
     """A digest of the corpus' file names, sizes and modification times, the tokenizer and
     the cache format."""
-    digest = hashlib.sha256(f"{tokenizer}-v{CACHE_FORMAT}".encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    return files_key(files, f"{tokenizer}-v{CACHE_FORMAT}")
 
 
 def _split(files: Sequence[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
