@@ -76,6 +76,7 @@ def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: P
     output = tmp_path / "model.ckpt"
     result = run_cli(["consolidate", str(sharded), str(output)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert f"wrote {output} (" in result.stderr and " MiB/s of shards)" in result.stderr
     checkpoint = torch.load(output, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 10
     assert checkpoint["state_dict"]["model.token_embedding.weight"].shape == (256, 32)

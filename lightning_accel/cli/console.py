@@ -78,9 +78,19 @@ def quiet_upstream() -> None:
 
 
 def working(message: str) -> Any:
-    """A spinner with ``message`` on a terminal while a step runs (nothing in logs or pipes):
-    ``with working("checking ..."):``."""
-    return console.status(f"[bold cyan]lightning-accel[/]: {escape(message)}")
+    """A spinner with ``message`` and the time elapsed, on a terminal while a step runs
+    (nothing in logs or pipes): ``with working("checking ..."):``."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold cyan]lightning-accel[/]: {escape(message)}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    progress.add_task(message, total=None)
+    return progress
 
 
 def say(message: str) -> None:

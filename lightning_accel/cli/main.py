@@ -37,6 +37,7 @@ VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate",
 
 def consolidate(args: list[str]) -> int:
     """``lightning-accel consolidate SHARDED OUT``."""
+    import time
     from pathlib import Path
 
     from lightning_accel.checkpoints import consolidate_checkpoint
@@ -50,11 +51,16 @@ def consolidate(args: list[str]) -> int:
         fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))
     try:
         shards = sum(p.stat().st_size for p in source.glob("*.distcp")) / 2**20
+        started = time.monotonic()
         with working(f"consolidating {source} ({shards:.1f} MiB of shards) into {output}"):
             consolidate_checkpoint(source, output)
     except ConfigError as error:
         fail(error)
-    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) from {source}")
+    seconds = time.monotonic() - started
+    say(
+        f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) from {source} in "
+        f"{seconds:.1f} s ({shards / max(seconds, 1e-3):.1f} MiB/s of shards)"
+    )
     return 0
 
 
