@@ -89,3 +89,29 @@ def test_a_bad_search_space_is_refused_before_any_trial(
         preflight(["search=lr", searchpath, *overrides], multirun=True)
     assert str(error.value) == message
     assert list(work.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("override", "group", "option", "extra"),
+    [
+        ("search=lr", "hydra/sweeper", "optuna", "search"),
+        ("launcher=slurm_local", "hydra/launcher", "submitit_local", "slurm"),
+        ("launcher=slurm", "hydra/launcher", "submitit_slurm", "slurm"),
+    ],
+)
+def test_a_missing_hydra_plugin_names_its_extra(
+    override: str, group: str, option: str, extra: str
+) -> None:
+    """What Hydra raises when the plugin a group selects is not installed, and what the
+    pack makes of it."""
+    from hydra.errors import MissingConfigException
+
+    from lightning_accel.cli.compose import _unknown_option
+
+    missing = MissingConfigException(
+        "not found", missing_cfg_file=f"{group}/{option}", options=["basic"]
+    )
+    assert str(_unknown_option(missing, [override])) == (
+        f"{group}='{option}' is a Hydra plugin that is not installed: "
+        f"pip install 'lightning-accel[{extra}]'."
+    )

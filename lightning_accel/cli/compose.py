@@ -77,9 +77,24 @@ def compose_job(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+# Hydra plugins the pack's config groups select, and the extra that installs each
+PLUGIN_EXTRAS = {
+    ("hydra/sweeper", "optuna"): "search",
+    ("hydra/launcher", "submitit_slurm"): "slurm",
+    ("hydra/launcher", "submitit_local"): "slurm",
+}
+
+
 def _unknown_option(error: MissingConfigException, overrides: list[str]) -> ConfigError:
     group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
     given = _given(overrides, group) or (error.missing_cfg_file or "").rsplit("/", 1)[-1]
+    extra = PLUGIN_EXTRAS.get((group, given))
+    if extra is not None:
+        return ConfigError(
+            group,
+            given,
+            f"is a Hydra plugin that is not installed: pip install 'lightning-accel[{extra}]'",
+        )
     if error.options is not None and group:
         return ConfigError(
             group, given, f"is not {article(group)} {group} option", sorted(error.options)
