@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from helpers import TINY
 from lightning.pytorch.callbacks import LearningRateMonitor
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.cli.compose import compose_job
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.runner import build_run
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE, TrainerConfig
+from lightning_accel.models.optimizers import adamw_with_warmup_cosine
 
 # the pack's defaults that differ from Lightning's (None there means "all" or "unset")
 OWN_DEFAULTS = {
@@ -67,3 +71,45 @@ def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture) -> Non
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"lightning-accel {version('lightning-accel')}\n"
     assert version("lightning-accel") == __import__("lightning_accel").__version__
+
+
+class _Regression(pl.LightningModule):
+    """One linear layer on 40 random samples: 5 batches of 8 per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.rates: list[float] = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_index: int) -> torch.Tensor:
+        self.rates.append(self.lr_schedulers().get_last_lr()[0])
+        features, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(features), targets)
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
+        return adamw_with_warmup_cosine(self, self.named_parameters(), 1e-2, 0.0, warmup_steps=2)
+
+    def train_dataloader(self) -> DataLoader:
+        data = TensorDataset(torch.randn(40, 4), torch.randn(40, 1))
+        return DataLoader(data, batch_size=8)
+
+
+def test_with_max_steps_minus_one_the_schedule_decays_over_the_epochs(tmp_path: Path) -> None:
+    module = _Regression()
+    trainer = pl.Trainer(
+        max_steps=-1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module)
+    rates = module.rates
+    assert len(rates) == 10
+    assert rates[:2] == pytest.approx([5e-3, 1e-2])  # warm-up
+    after = rates[2:]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False)), "decays every step"
+    # the cosine reaches its floor (10%) at step 10, the run's last: 7 of its 8 steps done
+    assert rates[-1] == pytest.approx(1e-2 * (0.1 + 0.45 * (1 + math.cos(math.pi * 7 / 8))))

@@ -28,7 +28,7 @@ class ImageClassifier(pl.LightningModule):
         widths, blocks_per_stage: the network's shape (:class:`ResNet`).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay (not applied to norms and biases).
-        warmup_steps: linear warm-up steps before cosine decay to 10% over ``max_steps``.
+        warmup_steps: linear warm-up steps before cosine decay to 10% over the run's steps.
     """
 
     def __init__(

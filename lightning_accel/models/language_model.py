@@ -24,7 +24,7 @@ class GPTLanguageModel(pl.LightningModule):
             (:class:`GPTConfig`).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
-        warmup_steps: linear warm-up steps before cosine decay to 10% over ``max_steps``.
+        warmup_steps: linear warm-up steps before cosine decay to 10% over the run's steps.
     """
 
     def __init__(

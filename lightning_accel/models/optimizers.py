@@ -21,8 +21,9 @@ def adamw_with_warmup_cosine(
     **adamw: Any,
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` result: AdamW (weight decay on matrices only,
-    not on embeddings) stepped per optimizer step along warm-up + cosine over the trainer's
-    ``max_steps``."""
+    not on embeddings) stepped per optimizer step along warm-up + cosine over the steps the
+    trainer will take (``max_steps``, or what ``max_epochs`` amounts to; no decay for a
+    loop without end)."""
     decay, no_decay = [], []
     for name, param in named_parameters:
         (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
@@ -34,11 +35,13 @@ def adamw_with_warmup_cosine(
         lr=learning_rate,
         **adamw,
     )
-    total = module.trainer.max_steps if module.trainer.max_steps > 0 else 10_000
+    total = module.trainer.estimated_stepping_batches  # max_steps when set
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if math.isinf(total):
+            return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 

@@ -93,7 +93,10 @@ def required_example_batch(
 
 def attach_trainer(model: pl.LightningModule, max_steps: int) -> None:
     """Give ``model`` a Trainer of ``max_steps`` steps on the CPU, for a
-    ``configure_optimizers`` that reads it (schedules do), without Lightning's banner."""
+    ``configure_optimizers`` that reads it (schedules do), without Lightning's banner. A
+    loop bounded by epochs (``max_steps=-1``) gets a stand-in length: outside ``fit`` the
+    trainer cannot count its steps, and a schedule's length leaves the optimizer's memory
+    as it is."""
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level
     logger.setLevel(logging.WARNING)
@@ -101,7 +104,7 @@ def attach_trainer(model: pl.LightningModule, max_steps: int) -> None:
         model.trainer = pl.Trainer(
             accelerator="cpu",
             devices=1,
-            max_steps=max_steps,
+            max_steps=max_steps if max_steps > 0 else 1000,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
