@@ -11,7 +11,7 @@ import yaml
 from helpers import REPO, TINY, run_cli
 
 from lightning_accel.cli.preflight import preflight
-from lightning_accel.cli.search import trial_samples
+from lightning_accel.cli.search import required_objective, trial_samples
 from lightning_accel.errors import ConfigError
 
 
@@ -114,4 +114,16 @@ def test_a_missing_hydra_plugin_names_its_extra(
     assert str(_unknown_option(missing, [override])) == (
         f"{group}='{option}' is a Hydra plugin that is not installed: "
         f"pip install 'lightning-accel[{extra}]'."
+    )
+
+
+def test_only_a_search_needs_the_objective_logged(tmp_path: Path) -> None:
+    summary = {"validation": [{"step": 5, "val/loss": 2.5}, {"step": 10, "val/loss": 2.0}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert required_objective(tmp_path, "val/loss", required=True) == 2.0
+    assert required_objective(tmp_path, "val/acc", required=False) is None
+    with pytest.raises(ConfigError) as error:
+        required_objective(tmp_path, "val/acc", required=True)
+    assert str(error.value) == (
+        "objective='val/acc' was never logged in validation; valid choices: val/loss."
     )

@@ -66,16 +66,20 @@ def _run(venv: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_wheel_holds_the_configs_and_recipes(wheel_env: Path, tmp_path: Path) -> None:
     probe = (
-        "import lightning_accel, lightning_accel.profiles as p;"
-        "print(lightning_accel.__file__, p.config_dir())"
+        "import lightning_accel, lightning_accel.profiles as p, importlib.metadata as m;"
+        "print(lightning_accel.__file__, p.config_dir(), lightning_accel.__version__,"
+        " m.version('lightning-accel'))"
     )
     result = _run(wheel_env, [str(wheel_env / "bin" / "python"), "-c", probe], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    module_file, conf = result.stdout.split()
+    module_file, conf, version, metadata_version = result.stdout.split()
     assert module_file.startswith(str(wheel_env)), "imported from the wheel, not the checkout"
     assert conf.startswith(str(wheel_env))
     assert (Path(conf) / "recipe" / "gpt.yaml").is_file()
     assert (Path(conf) / "hardware" / "cpu.yaml").is_file()
+    assert (Path(conf) / "search" / "lr.yaml").is_file()
+    assert (Path(module_file).parent / "py.typed").is_file(), "type checkers read its hints"
+    assert version == metadata_version, "the version is written once"
 
 
 def test_installed_cli_trains_outside_the_checkout(

@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.table import Table
 
@@ -22,6 +23,7 @@ from lightning_accel.cli.console import console, say
 from lightning_accel.errors import ConfigError
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SUMMARY_FILE = "summary.json"
 
 
@@ -86,17 +88,31 @@ def trial_samples(overrides: list[str]) -> list[list[str]] | None:
     return samples or [fixed]
 
 
-def job_objective(run_dir: Path, metric: str) -> float:
+def job_objective(run_dir: Path, metric: str) -> float | None:
     """The last validation value of ``metric`` a job logged (its ``summary.json``): what a
-    hyper-parameter search optimizes."""
+    hyper-parameter search optimizes; None when the job never logged it."""
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     values = [v[metric] for v in summary.get("validation") or [] if metric in v]
-    if not values:
-        logged = sorted({k for v in summary.get("validation") or [] for k in v if k != "step"})
-        raise ConfigError(
-            "objective", metric, "was never logged in validation", logged or ["(none: validate)"]
-        )
-    return float(values[-1])
+    return float(values[-1]) if values else None
+
+
+def searching(hydra: DictConfig) -> bool:
+    """Whether this job is a trial of a sweeper that optimizes its objective (a
+    ``--multirun`` through any sweeper but Hydra's basic one)."""
+    return hydra.mode == RunMode.MULTIRUN and hydra.sweeper.get("_target_") != BASIC_SWEEPER
+
+
+def required_objective(run_dir: Path, metric: str, required: bool) -> float | None:
+    """The job's objective; when ``required`` (a search's trial), a metric never logged is a
+    ConfigError naming those that were."""
+    value = job_objective(run_dir, metric)
+    if value is not None or not required:
+        return value
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    logged = sorted({k for v in summary.get("validation") or [] for k in v if k != "step"})
+    raise ConfigError(
+        "objective", metric, "was never logged in validation", logged or ["(none: validate)"]
+    )
 
 
 class SweepReport(Callback):
@@ -129,10 +145,8 @@ class SweepReport(Callback):
         }
         shared = set.intersection(*(set(o) for o in overrides.values()))
         for job in jobs:
-            try:
-                value = f"{job_objective(job, metric):.4f}"
-            except ConfigError:
-                value = "-"
+            objective = job_objective(job, metric)
+            value = "-" if objective is None else f"{objective:.4f}"
             swept = " ".join(o for o in overrides[job] if o not in shared or len(jobs) == 1)
             table.add_row(job.name, swept, value)
         console.print(table)

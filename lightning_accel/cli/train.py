@@ -36,7 +36,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.launch import RanksFailed, launch_ranks
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
-    from lightning_accel.cli.search import job_objective
+    from lightning_accel.cli.search import required_objective, searching
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -68,7 +68,7 @@ def run_job(cfg: DictConfig) -> float | None:
     if run.stage != "fit" or (world is not None and world.rank != 0):
         return None
     try:
-        return job_objective(Path(run.run_dir), run.objective)
+        return required_objective(Path(run.run_dir), run.objective, searching(HydraConfig.get()))
     except ConfigError as error:
         fail(error)
 

@@ -54,7 +54,6 @@ class AccelDDPStrategy(DDPStrategy):
             static_graph=static_graph,
             **kwargs,
         )
-        self.comm_hook_name = comm_hook
         self._comm_state, self._comm_hook = state, hook
 
     def allreduce_bytes_per_step(self) -> float | None:

@@ -111,7 +111,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.shard_classes = list(shard_classes)
         self.reshard_after_forward = reshard_after_forward
         self.cpu_offload = cpu_offload
-        self.sharded_units = 0
         # the run's model transforms, handed over by ModelOptimizations: applied in setup,
         # in order, with the sharding last
         self.model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None = None
@@ -179,7 +178,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         apply_tensor_parallel(model, self.device_mesh["tensor_parallel"], plan)
 
     def _shard(self, model: Any) -> None:
-        self.sharded_units = shard_model(
+        shard_model(
             model,
             self.replica_mesh or self.device_mesh["data_parallel"],
             self.shard_classes,
