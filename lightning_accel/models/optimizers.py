@@ -35,7 +35,9 @@ def adamw_with_warmup_cosine(
         lr=learning_rate,
         **adamw,
     )
-    total = module.trainer.estimated_stepping_batches  # max_steps when set
+    trainer = module.trainer
+    # estimating loads the training data early; max_steps, when set, bounds the run anyway
+    total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
