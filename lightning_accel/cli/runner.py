@@ -69,8 +69,9 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         plugins=cluster_plugins(),
         **asdict(run.trainer),
     )
+    parameters = config_parameters(run) if trainer.loggers else {}
     for logger in trainer.loggers:  # each logs on rank 0 only
-        logger.log_hyperparams(config_parameters(run))
+        logger.log_hyperparams(parameters)
     return trainer, model, datamodule
 
 

@@ -27,11 +27,10 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SUMMARY_FILE = "summary.json"
 
 
-def search_parameters(overrides: list[str]) -> dict[str, Override] | None:
+def search_parameters(parsed: list[Override]) -> dict[str, Override] | None:
     """The search space of a ``--multirun`` whose sweeper is Optuna's: each parameter's
     override (``hydra.sweeper.params`` of the config, then the command line's sweeps); None
     when the sweeper is Hydra's basic one, which expands sweeps itself."""
-    parsed = parse_overrides(overrides)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     sweeper = compose_job(fixed).hydra.sweeper
     if sweeper.get("_target_") != OPTUNA_SWEEPER:
@@ -73,10 +72,11 @@ def trial_samples(overrides: list[str]) -> list[list[str]] | None:
     """For an Optuna search, the override lists that together give every search parameter
     each of its :func:`trial_values` (the others at their first): checking these jobs checks
     every value a trial can be given. None for Hydra's basic sweeper."""
-    parameters = search_parameters(overrides)
+    parsed = parse_overrides(overrides)
+    parameters = search_parameters(parsed)
     if parameters is None:
         return None
-    fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     values = {key: trial_values(key, parameter) for key, parameter in parameters.items()}
     first = {key: candidates[0] for key, candidates in values.items()}
     samples: list[list[str]] = []
@@ -88,12 +88,19 @@ def trial_samples(overrides: list[str]) -> list[list[str]] | None:
     return samples or [fixed]
 
 
+def _validations(run_dir: Path) -> list[dict[str, float]]:
+    return json.loads((run_dir / SUMMARY_FILE).read_text()).get("validation") or []
+
+
+def _last_value(validations: list[dict[str, float]], metric: str) -> float | None:
+    values = [v[metric] for v in validations if metric in v]
+    return float(values[-1]) if values else None
+
+
 def job_objective(run_dir: Path, metric: str) -> float | None:
     """The last validation value of ``metric`` a job logged (its ``summary.json``): what a
     hyper-parameter search optimizes; None when the job never logged it."""
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    values = [v[metric] for v in summary.get("validation") or [] if metric in v]
-    return float(values[-1]) if values else None
+    return _last_value(_validations(run_dir), metric)
 
 
 def searching(hydra: DictConfig) -> bool:
@@ -105,11 +112,11 @@ def searching(hydra: DictConfig) -> bool:
 def required_objective(run_dir: Path, metric: str, required: bool) -> float | None:
     """The job's objective; when ``required`` (a search's trial), a metric never logged is a
     ConfigError naming those that were."""
-    value = job_objective(run_dir, metric)
+    validations = _validations(run_dir)
+    value = _last_value(validations, metric)
     if value is not None or not required:
         return value
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    logged = sorted({k for v in summary.get("validation") or [] for k in v if k != "step"})
+    logged = sorted({k for v in validations for k in v if k != "step"})
     raise ConfigError(
         "objective", metric, "was never logged in validation", logged or ["(none: validate)"]
     )
