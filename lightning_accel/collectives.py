@@ -53,6 +53,10 @@ class Collective:
     completed: bool = False
     group: int = 0
 
+    def signature(self) -> tuple[str, tuple[tuple[int, ...], ...]]:
+        """What ranks must agree on to make this collective together: its name and sizes."""
+        return self.op, self.sizes
+
     def describe(self) -> str:
         """``all_reduce #57 of a scalar``, ``all_reduce #58 of 1,234 elements``."""
         number = f" #{self.sequence}" if self.sequence is not None else ""
@@ -182,10 +186,6 @@ def _ranks(ranks: list[int]) -> str:
     return f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
 
 
-def _signature(collective: Collective) -> tuple[str, tuple[tuple[int, ...], ...]]:
-    return collective.op, collective.sizes
-
-
 def diagnose(traces: list[RankTrace], world: int) -> str:
     """One paragraph: what the ranks were doing when the run failed, naming the collective,
     the step, the hook and the ranks that did not arrive."""
@@ -248,7 +248,7 @@ def _mismatches(numbered: dict[int, Collective], by_rank: dict[int, RankTrace]) 
         slots.setdefault((collective.group, collective.sequence), []).append(rank)
     found = []
     for ranks in slots.values():
-        signatures = {r: _signature(numbered[r]) for r in ranks}
+        signatures = {r: numbered[r].signature() for r in ranks}
         if len(set(signatures.values())) < 2:
             continue
         counts = Counter(signatures.values())

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_accel.callbacks.collective_trace import hook_of
+from lightning_accel.callbacks.collective_trace import hook_of, in_sigterm_handler
 from lightning_accel.cli.main import main
 from lightning_accel.collectives import (
     STOPPED,
@@ -136,15 +137,46 @@ def test_the_hook_is_the_innermost_lightning_method_on_the_stack() -> None:
     module = _Failing()
     with pytest.raises(ValueError) as error:
         module.training_step(torch.ones(1), 0)
-    frames = []
-    traceback = error.value.__traceback__
-    while traceback is not None:
-        frames.insert(0, traceback.tb_frame)
-        traceback = traceback.tb_next
-    hook, where, collective = hook_of(frames)
+    hook, where, collective = hook_of(_frames(error.value))
     assert hook == "_Failing.training_step"
     assert where == f"test_collective_trace.py:{_Failing.training_step.__code__.co_firstlineno + 1}"
     assert collective == "all_reduce"
+
+
+def _frames(error: BaseException) -> list:
+    frames = []
+    traceback = error.__traceback__
+    while traceback is not None:
+        frames.insert(0, traceback.tb_frame)
+        traceback = traceback.tb_next
+    return frames
+
+
+def test_an_error_in_lightnings_sigterm_broadcast_is_told_from_the_runs_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pins Lightning's SIGTERM handler, which broadcasts wherever the signal lands: a rank
+    resumed after the launcher's SIGTERM fails in that broadcast, not in the run's
+    collective of that number."""
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    made = []
+
+    def broadcast(tensor: torch.Tensor, src: int) -> None:
+        made.append((tuple(tensor.shape), src))
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", broadcast)
+    strategy = SimpleNamespace(launcher=None, root_device=torch.device("cpu"))
+    trainer = SimpleNamespace(local_rank=1, world_size=2, strategy=strategy)
+    with pytest.raises(RuntimeError) as error:
+        _SignalConnector(trainer)._sigterm_notifier_fn(15, None)  # noqa: SLF001
+    assert made == [((1,), 0)]
+    assert in_sigterm_handler(_frames(error.value))
+    with pytest.raises(ValueError) as other:
+        _Failing().training_step(torch.ones(1), 0)
+    assert not in_sigterm_handler(_frames(other.value))
 
 
 FLIGHT_RECORDER = """

@@ -41,6 +41,13 @@ HOOKS = frozenset(
 _HOOK_OWNERS = (pl.LightningModule, pl.LightningDataModule, pl.Callback)
 # torch.distributed's Python functions that make a collective
 _COLLECTIVES_FILE = os.path.join("torch", "distributed", "distributed_c10d.py")
+# Lightning's SIGTERM handler broadcasts from rank 0 wherever the signal lands on this rank
+# (pinned by tests/test_collective_trace.py): its error means the launcher stopped the rank,
+# and its broadcast is not one of the run's collectives
+_SIGTERM_HANDLER_FILE = os.path.join(
+    "lightning", "pytorch", "trainer", "connectors", "signal_connector.py"
+)
+_SIGTERM_BROADCAST = Collective("broadcast", sizes=((1,),))
 
 
 def _frames_innermost_first(frame: FrameType | None) -> Iterator[FrameType]:
@@ -73,6 +80,11 @@ def hook_of(frames: list[FrameType]) -> tuple[str | None, str | None, str | None
             where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
             return f"{type(owner).__name__}.{frame.f_code.co_name}", where, collective
     return None, None, collective
+
+
+def in_sigterm_handler(frames: list[FrameType]) -> bool:
+    """Whether ``frames`` pass through Lightning's SIGTERM handler."""
+    return any(f.f_code.co_filename.endswith(_SIGTERM_HANDLER_FILE) for f in frames)
 
 
 class CollectiveTrace(pl.Callback):
@@ -124,18 +136,28 @@ class CollectiveTrace(pl.Callback):
             return
         self._stop.set()
         frames = _traceback_frames_innermost_first(exception.__traceback__)
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+        if in_sigterm_handler(frames):
+            self._write(frames, error=STOPPED, skip_last=True)
+        elif isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             self._write(frames, error=STOPPED)
         else:
             error = f"{type(exception).__name__}: {exception}".strip()
             self._write(frames, error=error[:4000])
 
     def _write(
-        self, frames: list[FrameType], error: str | None = None, waited: float | None = None
+        self,
+        frames: list[FrameType],
+        error: str | None = None,
+        waited: float | None = None,
+        skip_last: bool = False,
     ) -> None:
+        """Write the trace; ``skip_last`` leaves out the last collective when it is the
+        SIGTERM handler's broadcast."""
         assert self._trainer is not None
         hook, where, called = hook_of(frames)
         recent = recent_collectives()
+        if skip_last and recent and recent[-1].signature() == _SIGTERM_BROADCAST.signature():
+            recent = recent[:-1]
         # waiting or stopped: the last collective not completed; failed: the last one made
         # (a failed collective is retired like a completed one)
         failed = error is not None and error != STOPPED
