@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from types import SimpleNamespace
 
-from lightning_accel.data import SyntheticImageDataModule, SyntheticTokenDataModule
-from lightning_accel.data.loading import ResumableDataLoader
+import pytest
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator, XLAAccelerator
+
+from lightning_accel.data import SyntheticImageDataModule, SyntheticTokenDataModule, loading
+from lightning_accel.data.loading import ResumableDataLoader, needs_equal_batches
 
 
 def _tokens(seed: int) -> SyntheticTokenDataModule:
@@ -50,3 +54,22 @@ def test_synthetic_images_have_the_stated_shapes_and_follow_the_seed() -> None:
     assert prepared.dtype == torch.float32 and abs(float(prepared.mean())) < 1
     assert torch.equal(next(iter(_images(0).train_dataloader()))[0], images)
     assert not torch.equal(next(iter(_images(1).train_dataloader()))[0], images)
+
+
+def test_validation_reads_every_sample_unless_batches_must_be_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _tokens(0)
+    data.batch_size = 3
+    assert [len(inputs) for inputs, _ in data.val_dataloader()] == [3, 3, 2]
+    monkeypatch.setattr(loading, "needs_equal_batches", lambda trainer: True)
+    assert [len(inputs) for inputs, _ in data.val_dataloader()] == [3, 3]
+    data.batch_size = 10  # a split smaller than a batch is still validated
+    assert [len(inputs) for inputs, _ in data.val_dataloader()] == [8]
+
+
+def test_only_xla_needs_equal_batches() -> None:
+    xla = SimpleNamespace(accelerator=XLAAccelerator.__new__(XLAAccelerator))
+    assert needs_equal_batches(xla)
+    assert not needs_equal_batches(SimpleNamespace(accelerator=CPUAccelerator()))
+    assert not needs_equal_batches(None)

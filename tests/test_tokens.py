@@ -181,7 +181,7 @@ def test_sampling_modes_of_the_token_data(small_corpus: Path, sampling: str) -> 
     else:
         starts = [_find(tokens, row) for row in inputs]
         assert any(start % 16 for start in starts), "random windows start anywhere"
-    assert len(data.train_dataloader()) == data.windows_per_epoch // 4
+    assert len(data.train_dataloader()) == data.samples_per_epoch // 4
 
 
 def _find(tokens: torch.Tensor, row: torch.Tensor) -> int:

@@ -6,20 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from lightning_accel.config import require_positive
-from lightning_accel.data.loading import (
-    ResumableDataLoader,
-    ResumableSampler,
-    checked_loader_settings,
-    data_parallel_share,
-    loader_options,
-)
+from lightning_accel.data.loading import SplitDataModule
 from lightning_accel.errors import ConfigError
 
 
@@ -80,7 +71,7 @@ def crop_and_flip(
     return images[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-class DeviceImageDataModule(pl.LightningDataModule):
+class DeviceImageDataModule(SplitDataModule):
     """Base of the image DataModules: images stay uint8 (or float) on the host and are
     converted, normalized and augmented on the device, per batch, in
     :meth:`on_after_batch_transfer`.
@@ -101,8 +92,6 @@ class DeviceImageDataModule(pl.LightningDataModule):
         seed: seed of the training order and of the augmentation.
     """
 
-    decodes = False  # whether the workers decode files (more workers pay off on CPUs)
-
     def __init__(
         self,
         batch_size: int = 64,
@@ -117,24 +106,18 @@ class DeviceImageDataModule(pl.LightningDataModule):
         prefetch_factor: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        require_positive("data.batch_size", batch_size)
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, prefetch_factor, seed
+        )
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ConfigError("data.crop_padding", crop_padding, "must be a count of 0 or more")
-        self.batch_size = batch_size
         self.crop_padding = crop_padding
         self.horizontal_flip = horizontal_flip
         self.given_mean = list(mean) if mean is not None else None
         self.given_std = list(std) if std is not None else None
         self.channels_last = channels_last
-        self.loader_settings = checked_loader_settings(
-            num_workers, pin_memory, persistent_workers, prefetch_factor
-        )
-        self.seed = seed
         self.channels = 0
         self.num_classes = 0
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.augmented_batches = 0
@@ -199,29 +182,3 @@ class DeviceImageDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.augmented_batches = int(state_dict.get("augmented_batches", 0))
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "setup() must run first"
-        sampler = ResumableSampler(
-            self.train_set, "shuffled", seed=self.seed, **data_parallel_share(self.trainer)
-        )
-        options = loader_options(self.trainer, **self.loader_settings, decodes=self.decodes)
-        return ResumableDataLoader(self.train_set, sampler, batch_size=self.batch_size, **options)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None, "setup() must run first"
-        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
-        return DataLoader(
-            self.val_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            **loader_options(self.trainer, **self.loader_settings, decodes=self.decodes),
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        """The held-out split (the one validation uses)."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """The held-out split, in order."""
-        return self.val_dataloader()

@@ -9,8 +9,11 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.accelerators import XLAAccelerator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from typing_extensions import override
 
+from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import usable_cores
 
@@ -227,3 +230,91 @@ def data_parallel_share(trainer: pl.Trainer | None) -> dict[str, int]:
     """``num_replicas`` and ``rank`` of this process's data shard (one replica alone)."""
     strategy = trainer.strategy if trainer is not None else None
     return getattr(strategy, "distributed_sampler_kwargs", None) or {"num_replicas": 1, "rank": 0}
+
+
+def needs_equal_batches(trainer: pl.Trainer | None) -> bool:
+    """Whether every batch must have the same shape: on XLA a new shape compiles a new graph
+    and an SPMD mesh splits each batch evenly over its devices."""
+    return trainer is not None and isinstance(trainer.accelerator, XLAAccelerator)
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Base of the DataModules: a training split read by a :class:`ResumableDataLoader`
+    (exact mid-epoch resume) and a held-out split read in order for validation, test and
+    predict, each rank taking its share.
+
+    Subclasses set ``train_set`` and ``val_set`` in ``setup``; ``sampling`` and
+    ``samples_per_epoch`` (see :class:`ResumableSampler`) and ``decodes`` (the loader's
+    workers decode files, see :func:`loader_options`) may be set to change the defaults.
+
+    Args:
+        batch_size: samples per batch (per process).
+        num_workers, pin_memory, persistent_workers, prefetch_factor: DataLoader settings;
+            ``auto`` picks them for the hardware (see :func:`loader_options`).
+        seed: seed of the training order.
+    """
+
+    sampling: Sampling = "shuffled"
+    samples_per_epoch: int | None = None
+    decodes = False
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
+        persistent_workers: bool | str = "auto",
+        prefetch_factor: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        require_positive("data.batch_size", batch_size)
+        self.batch_size = batch_size
+        self.loader_settings = checked_loader_settings(
+            num_workers, pin_memory, persistent_workers, prefetch_factor
+        )
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _options(self) -> dict[str, Any]:
+        return loader_options(self.trainer, **self.loader_settings, decodes=self.decodes)
+
+    @override
+    def train_dataloader(self) -> ResumableDataLoader:
+        assert self.train_set is not None, "setup() must run first"
+        sampler = ResumableSampler(
+            self.train_set,
+            self.sampling,
+            samples_per_epoch=self.samples_per_epoch,
+            seed=self.seed,
+            **data_parallel_share(self.trainer),
+        )
+        return ResumableDataLoader(
+            self.train_set, sampler, batch_size=self.batch_size, **self._options()
+        )
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "setup() must run first"
+        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
+        # every held-out sample counts, unless the hardware needs whole batches (a split
+        # smaller than one batch is still read, as one short batch)
+        drop_last = needs_equal_batches(self.trainer) and len(sampler) >= self.batch_size
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            **self._options(),
+        )
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split (the one validation uses)."""
+        return self.val_dataloader()
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split, in order."""
+        return self.val_dataloader()

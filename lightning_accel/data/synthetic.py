@@ -5,23 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.device_images import DeviceImageDataModule
-from lightning_accel.data.loading import (
-    ResumableDataLoader,
-    ResumableSampler,
-    checked_loader_settings,
-    data_parallel_share,
-    loader_options,
-)
+from lightning_accel.data.loading import SplitDataModule
 from lightning_accel.data.tokens import token_batch_example
 
 
-class SyntheticTokenDataModule(pl.LightningDataModule):
+class SyntheticTokenDataModule(SplitDataModule):
     """Language-model batches of uniformly random tokens, as (inputs, next-token targets)
     pairs shaped [batch_size, seq_len], from the same resumable loaders as
     :class:`TokenDataModule`.
@@ -49,20 +42,15 @@ class SyntheticTokenDataModule(pl.LightningDataModule):
         prefetch_factor: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         for key in ("vocab_size", "seq_len", "batch_size", "samples", "val_samples"):
             require_positive(f"data.{key}", locals()[key])
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, prefetch_factor, seed
+        )
         self.vocab_size = vocab_size
         self.seq_len = seq_len
-        self.batch_size = batch_size
         self.samples = samples
         self.val_samples = val_samples
-        self.loader_settings = checked_loader_settings(
-            num_workers, pin_memory, persistent_workers, prefetch_factor
-        )
-        self.seed = seed
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
 
     def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch's shapes, on the meta device (no data made)."""
@@ -77,24 +65,6 @@ class SyntheticTokenDataModule(pl.LightningDataModule):
         train, val = tokens[: self.samples], tokens[self.samples :]
         self.train_set = TensorDataset(train[:, :-1], train[:, 1:])
         self.val_set = TensorDataset(val[:, :-1], val[:, 1:])
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "setup() must run first"
-        sampler = ResumableSampler(
-            self.train_set, "shuffled", seed=self.seed, **data_parallel_share(self.trainer)
-        )
-        options = loader_options(self.trainer, **self.loader_settings)
-        return ResumableDataLoader(self.train_set, sampler, batch_size=self.batch_size, **options)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_set is not None, "setup() must run first"
-        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
-        return DataLoader(
-            self.val_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            **loader_options(self.trainer, **self.loader_settings),
-        )
 
 
 class SyntheticImageDataModule(DeviceImageDataModule):

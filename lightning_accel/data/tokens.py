@@ -11,25 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.cache import default_cache_dir, files_key
 from lightning_accel.data.corpus import STDLIB, corpus_files
-from lightning_accel.data.loading import (
-    ResumableDataLoader,
-    ResumableSampler,
-    Sampling,
-    check_sampling,
-    checked_loader_settings,
-    data_parallel_share,
-    loader_options,
-)
+from lightning_accel.data.loading import Sampling, SplitDataModule, check_sampling
 from lightning_accel.data.tokenizer import BYTES, Tokenizer, load_tokenizer, token_dtype
 from lightning_accel.errors import ConfigError
 
@@ -225,7 +216,7 @@ class TokenWindows(Dataset):
         return window[:-1], window[1:]
 
 
-class TokenDataModule(pl.LightningDataModule):
+class TokenDataModule(SplitDataModule):
     """Language-model batches from text files, tokenized once into a memory-mapped cache.
 
     The corpus is read in sorted path order, split into train and validation by whole files,
@@ -270,9 +261,10 @@ class TokenDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         require_positive("data.seq_len", seq_len)
-        require_positive("data.batch_size", batch_size)
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, prefetch_factor, seed
+        )
         if not 0 < val_fraction < 1:
             raise ConfigError("data.val_fraction", val_fraction, "must lie between 0 and 1")
         check_sampling(sampling)
@@ -280,15 +272,10 @@ class TokenDataModule(pl.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
         self.seq_len = seq_len
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.sampling = sampling
         self.skip_undecodable = skip_undecodable or source == STDLIB
-        self.loader_settings = checked_loader_settings(
-            num_workers, pin_memory, persistent_workers, prefetch_factor
-        )
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.seed = seed
         self.cache: Path | None = None
 
     def prepare_data(self) -> None:
@@ -308,41 +295,12 @@ class TokenDataModule(pl.LightningDataModule):
         self.train_set = TokenWindows(
             train_tokens, self.seq_len, stride=1 if self.sampling == "random" else None
         )
-        self.windows_per_epoch = len(TokenWindows(train_tokens, self.seq_len))
+        self.samples_per_epoch = len(TokenWindows(train_tokens, self.seq_len))
         self.val_set = TokenWindows(open_tokens(self.cache, "val"), self.seq_len)
-        if self.windows_per_epoch < self.batch_size or len(self.val_set) == 0:
+        if self.samples_per_epoch < self.batch_size or len(self.val_set) == 0:
             raise ConfigError(
                 "data.seq_len",
                 self.seq_len,
                 f"leaves too few samples in {len(self.files)} file(s); "
                 "use a smaller seq_len or more text",
             )
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = ResumableSampler(
-            self.train_set,
-            self.sampling,
-            samples_per_epoch=self.windows_per_epoch,
-            seed=self.seed,
-            **data_parallel_share(self.trainer),
-        )
-        options = loader_options(self.trainer, **self.loader_settings)
-        return ResumableDataLoader(self.train_set, sampler, batch_size=self.batch_size, **options)
-
-    def val_dataloader(self) -> DataLoader:
-        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
-        return DataLoader(
-            self.val_set,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=len(sampler) >= self.batch_size,
-            **loader_options(self.trainer, **self.loader_settings),
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        """The held-out split (the one validation uses)."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """The held-out split, in order."""
-        return self.val_dataloader()
