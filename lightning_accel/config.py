@@ -28,8 +28,8 @@ PRECISIONS = (
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
-XLA_CHECKPOINTS = ("gathered", "sharded")
-MICRO_BATCHES = (None, "auto")  # how the xla_spmd strategy writes checkpoints
+XLA_CHECKPOINTS = ("gathered", "sharded")  # how the xla_spmd strategy writes checkpoints
+MICRO_BATCHES = (None, "auto")
 
 
 def require_positive(key: str, value: Any) -> None:
@@ -54,14 +54,24 @@ def require_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
 class HardwareConfig:
     """Where a run executes: accelerator, strategy, devices and nodes.
 
-    Key options: ``accelerator`` (``auto`` picks CUDA, then TPU, then CPU), ``strategy`` (a
-    name from Lightning's StrategyRegistry, or ``auto``), ``devices`` (a count, or ``auto``
-    for every device of the accelerator), ``num_nodes``, and ``strategy_options`` (keyword
-    arguments for the strategy, so a new profile is a YAML file, not new code; ``auto`` on
-    several CUDA or CPU devices becomes the layout ``lightning-accel plan`` ranks first,
-    when the runner starts the run, with its reason in ``strategy_reason``). With
-    ``accelerator: pjrt`` (XLA on any PJRT device), ``pjrt_device`` names the device type
-    (``TPU``, ``CUDA``, ``CPU``; ``CPU`` gets ``devices`` virtual devices).
+    A new profile is a YAML file, not new code: ``strategy_options`` carries the strategy's
+    keyword arguments.
+
+    Attributes:
+        name: The profile's name (the ``hardware`` config group's option).
+        accelerator: The device type: ``auto`` picks CUDA, then TPU, then CPU; ``pjrt`` is
+            XLA on any PJRT device.
+        strategy: A name from Lightning's StrategyRegistry, or ``auto``: on several CUDA or
+            CPU devices, the layout ``lightning-accel plan`` ranks first, chosen when the
+            runner starts the run.
+        devices: Devices per node: a count, or ``auto`` for every device of the accelerator.
+        num_nodes: Nodes the run spans; one number with ``launcher.nnodes`` (setting either
+            sets both).
+        pjrt_device: The PJRT device type with ``accelerator: pjrt``; ``CPU`` gets
+            ``devices`` virtual devices.
+        strategy_options: Keyword arguments for the strategy.
+        strategy_reason: Why the strategy was chosen, written by the runner when ``auto``
+            ran on several devices.
     """
 
     name: str = "auto"
@@ -71,7 +81,6 @@ class HardwareConfig:
     num_nodes: int = 1
     pjrt_device: str = "TPU"
     strategy_options: dict[str, Any] = field(default_factory=dict)
-    # Why the strategy was chosen, written by the runner when `auto` ran on several devices.
     strategy_reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -94,19 +103,24 @@ class HardwareConfig:
 
 @dataclass
 class CompileConfig:
-    """torch.compile settings: ``enabled`` (true, false, or ``auto``: the runner times eager
-    against compiled steps of the run's model before it starts and compiles only where the
-    saving over the run's steps exceeds the compile time, saying why in ``reason``; a
-    Trainer built without the runner compiles ``auto`` on GPUs only), ``mode`` (None,
-    default, reduce-overhead, max-autotune), ``backend`` (inductor, aot_eager, eager) and
-    ``per_block`` (compile each repeated block rather than the whole model: smaller graphs,
-    and the order FSDP2 wants)."""
+    """torch.compile settings.
+
+    Attributes:
+        enabled: Whether to compile: true, false, or ``auto``: the runner times eager against
+            compiled steps of the run's model before it starts and compiles only where the
+            saving over the run's steps exceeds the compile time; a Trainer built without
+            the runner compiles ``auto`` on GPUs only.
+        mode: torch.compile's ``mode`` (null: torch's default).
+        backend: torch.compile's ``backend``.
+        per_block: Compile each repeated block rather than the whole model: smaller graphs,
+            and the order FSDP2 wants.
+        reason: Why compile is on or off, written by the runner when it measured ``auto``.
+    """
 
     enabled: Any = False
     mode: str | None = None
     backend: str = "inductor"
     per_block: bool = False
-    # Why compile is on or off, written by the runner when it measured `auto`.
     reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -123,7 +137,9 @@ class CompileConfig:
 class ActivationCheckpointingConfig:
     """Recompute activations of the model's repeated blocks in the backward pass.
 
-    ``every_k_blocks=k`` checkpoints one block in every k (1 = all of them).
+    Attributes:
+        enabled: Whether to checkpoint (recompute) the blocks' activations.
+        every_k_blocks: Checkpoint one block in every k (1 = all of them).
     """
 
     enabled: bool = False
@@ -139,19 +155,30 @@ class ActivationCheckpointingConfig:
 class OptimizationConfig:
     """How fast and how lean a run computes: precision, compile, memory and step knobs.
 
-    Key options: ``precision`` (``auto`` picks per hardware; ``fastest`` also measures the
-    hardware's pick against fp32 on the real model and keeps the faster, when the runner
-    starts the run; or Lightning's names, e.g. ``32-true``, ``bf16-mixed``),
-    ``compile``, ``activation_checkpointing``, ``channels_last`` (conv nets), ``cpu_offload``
-    (FSDP2 keeps shards in CPU memory), ``micro_batch`` (``auto``: the runner splits each
-    batch into the largest micro-batches the plan predicts to fit, with gradient
-    accumulation keeping the batch and the update the same; ``null``: as configured),
-    ``accumulate_grad_batches``, ``gradient_clip_val`` and ``float32_matmul_precision``.
+    Attributes:
+        name: The profile's name (the ``optimization`` config group's option).
+        precision: Lightning's precision names (e.g. ``32-true``, ``bf16-mixed``), ``auto``
+            (picked per hardware) or ``fastest`` (the hardware's pick, measured against fp32
+            on the real model when the runner starts the run; the faster is kept).
+        precision_reason: Why the precision was chosen, written by the runner when it
+            measured ``fastest``.
+        compile: torch.compile settings.
+        activation_checkpointing: Recomputing block activations in the backward pass.
+        channels_last: Put the model (and the image recipe's batches) in channels-last
+            memory format (conv nets).
+        cpu_offload: FSDP2 keeps parameters, gradients and optimizer state in CPU memory.
+        micro_batch: ``auto``: the runner splits each batch into the largest micro-batches
+            the plan predicts to fit, with gradient accumulation keeping the batch and the
+            update the same; null: as configured.
+        micro_batch_reason: What the runner chose for ``micro_batch: auto``, and why.
+        accumulate_grad_batches: Batches whose gradients are accumulated per optimizer step.
+        gradient_clip_val: Clip the gradients' norm to this value (null: no clipping).
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` for the run
+            (``high``: TF32 matmuls on GPUs that have them); null leaves torch's setting.
     """
 
     name: str = "default"
     precision: str = "32-true"
-    # Why the precision was chosen, written by the runner when it measured `fastest`.
     precision_reason: str | None = None
     compile: CompileConfig = field(default_factory=CompileConfig)
     activation_checkpointing: ActivationCheckpointingConfig = field(
@@ -160,7 +187,6 @@ class OptimizationConfig:
     channels_last: bool = False
     cpu_offload: bool = False
     micro_batch: str | None = None
-    # What the runner chose for `micro_batch: auto`, and why.
     micro_batch_reason: str | None = None
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
@@ -203,14 +229,47 @@ TRAINER_ARGUMENTS_SET_ELSEWHERE = {
 @dataclass
 class TrainerConfig:
     """Every ``lightning.Trainer`` argument the profiles do not set (those are listed in
-    :data:`TRAINER_ARGUMENTS_SET_ELSEWHERE`), with Lightning's defaults except where noted:
-    the loop's length (``max_steps``, 500 here; -1 for no limit with ``max_epochs``,
-    ``max_time``), batches per epoch (``limit_*_batches``, ``overfit_batches``), validation
-    cadence (``val_check_interval``, 100 steps here; ``check_val_every_n_epoch``), logging
-    (``log_every_n_steps``, 50 here), sanity checks (``num_sanity_val_steps``, 0 here),
-    determinism and debugging (``deterministic``, ``benchmark``, ``detect_anomaly``,
-    ``profiler``, ``fast_dev_run``, ``barebones``), and the rest of Lightning's switches.
-    A test holds these fields to Trainer's own signature."""
+    ``TRAINER_ARGUMENTS_SET_ELSEWHERE``), with Lightning's defaults except where noted.
+    A test holds these fields to Trainer's own signature.
+
+    Attributes:
+        max_steps: Stop after this many optimizer steps (500 here); -1: no limit, with
+            ``max_epochs`` or ``max_time``.
+        max_epochs: Stop after this many epochs; -1: no limit.
+        min_steps: Train at least this many steps.
+        min_epochs: Train at least this many epochs.
+        max_time: Stop after this much time: ``DD:HH:MM:SS``, or a dict of
+            ``datetime.timedelta`` arguments.
+        val_check_interval: Validate every this many training batches (an int; 100 here),
+            after this fraction of an epoch (a float), or after this much time.
+        check_val_every_n_epoch: Validate every N epochs; null: by ``val_check_interval``
+            batches alone.
+        limit_train_batches: Training batches per epoch and device: a fraction or a count.
+        limit_val_batches: Validation batches per device: a fraction or a count (0 turns
+            validation off).
+        limit_test_batches: Test batches per device: a fraction or a count.
+        limit_predict_batches: Prediction batches per device: a fraction or a count.
+        overfit_batches: Train and validate on this fraction (or count) of the training
+            batches.
+        log_every_n_steps: Log every this many steps (50 here).
+        num_sanity_val_steps: Validation batches run before training (0 here; -1: all).
+        deterministic: Use deterministic algorithms (false here); ``warn``: where possible,
+            warning about the operations that have none.
+        benchmark: The value of ``torch.backends.cudnn.benchmark`` (null: the session's).
+        inference_mode: Evaluate under ``torch.inference_mode`` rather than
+            ``torch.no_grad``.
+        use_distributed_sampler: Give the DataLoaders a ``DistributedSampler`` where the
+            strategy needs one.
+        profiler: A Lightning profiler by name (e.g. ``simple``, ``advanced``).
+        detect_anomaly: Turn on autograd's anomaly detection.
+        fast_dev_run: Run 1 (true) or n batches of each loop, to find bugs.
+        barebones: Turn off every feature that costs speed (logging, checkpoints, progress
+            bar, model summary, ...) to measure the Trainer's own overhead.
+        sync_batchnorm: Synchronize batch-norm statistics between processes.
+        reload_dataloaders_every_n_epochs: Rebuild the DataLoaders every n epochs (0: never).
+        enable_autolog_hparams: Log the hyper-parameters when the run starts.
+        model_registry: Name of the model to upload to Lightning's model registry.
+    """
 
     max_steps: int = 500
     max_epochs: int | None = None

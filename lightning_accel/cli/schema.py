@@ -32,14 +32,22 @@ class LauncherConfig:
     """How the ranks of a run are started.
 
     ``local`` starts this machine's ranks with torch elastic (one node). ``torchrun`` runs
-    torch elastic's agent for one node of ``nnodes``: every node runs the same command with
-    the same ``run_id`` (it names the rendezvous and the run directory) and
-    ``rdzv_endpoint`` (``host:port`` of node 0); ``node_rank`` is required by the
-    ``static`` rendezvous, and with ``c10d`` it only says which node hosts the rendezvous
-    store (node 0). ``rdzv_timeout_s`` bounds the wait for the other nodes;
-    ``max_restarts`` restarts every rank after a failure, resuming from the last
-    checkpoint. ``slurm`` and ``slurm_local`` submit each job through Hydra's submitit
-    launcher (``hydra.launcher.*``: partition, time, GPUs), one SLURM task per rank.
+    torch elastic's agent for one node of ``nnodes``: every node runs the same command.
+    ``slurm`` and ``slurm_local`` submit each job through Hydra's submitit launcher
+    (``hydra.launcher.*``: partition, time, GPUs), one SLURM task per rank.
+
+    Attributes:
+        name: The launcher (the ``launcher`` config group's option).
+        nnodes: Nodes taking part, each running the same command; one number with
+            ``hardware.num_nodes`` (setting either sets both).
+        node_rank: This node's rank: required by the ``static`` rendezvous; with ``c10d`` it
+            only says which node hosts the rendezvous store (node 0).
+        rdzv_endpoint: ``host:port`` of node 0, reachable from every node.
+        rdzv_backend: ``c10d`` (nodes join in any order) or ``static`` (fixed ``node_rank``).
+        rdzv_timeout_s: Seconds to wait for the other nodes before failing.
+        max_restarts: Restarts of every rank after a failure, each resuming from the last
+            checkpoint (0: none).
+        run_id: The same on every node: it names the rendezvous and the run directory.
     """
 
     name: str = "local"
@@ -81,17 +89,29 @@ class RunConfig:
     """One run: three profiles (hardware, optimization, trainer), what to train (``model``
     and ``data``, each a ``_target_`` node), logging, callbacks and where outputs go.
 
-    Key options: ``recipe`` (name of the preset that filled model and data), ``stage``
-    (``fit``; the verbs ``validate``, ``test`` and ``predict`` set it), ``seed``,
-    ``callbacks`` (``_target_`` nodes by name, or lists of them such as ``callbacks.extra``),
-    ``logger`` (``_target_`` nodes by name: ``logger=[csv,mlflow]`` selects two; null for
-    none), ``ckpt_path`` (a Lightning checkpoint to resume from; without it a run whose directory
-    already holds a complete ``checkpoints/last.ckpt`` resumes from that), ``run_dir``
-    (Hydra's output directory unless overridden), ``launcher`` (how ranks are started),
-    ``force`` (start even when the plan predicts the run will not fit in memory),
-    ``objective`` (the validation metric whose last value is the job's result, which a
-    hyper-parameter search optimizes).
-    ``hardware.num_nodes`` and ``launcher.nnodes`` are one number: setting either sets both.
+    Attributes:
+        recipe: Name of the preset that filled ``model`` and ``data``.
+        stage: What the run does: ``fit``; the verbs ``validate``, ``test`` and ``predict``
+            set it.
+        seed: Seeds every random number generator of the run (and of its DataLoader
+            workers).
+        run_dir: Where the run writes its outputs: Hydra's output directory unless
+            overridden.
+        ckpt_path: A Lightning checkpoint to resume from; without it, a run whose directory
+            already holds a complete ``checkpoints/last.ckpt`` resumes from that.
+        force: Start even when the plan predicts the run will not fit in memory.
+        objective: The validation metric whose last value is the job's result, which a
+            hyper-parameter search optimizes.
+        launcher: How the ranks are started.
+        hardware: Where the run executes.
+        optimization: How fast and how lean the run computes.
+        trainer: The ``lightning.Trainer`` arguments the profiles do not set.
+        model: The LightningModule: a ``_target_`` node (its class and arguments).
+        data: The DataModule: a ``_target_`` node.
+        logger: Metrics loggers, ``_target_`` nodes by name (``logger=[csv,mlflow]``
+            selects two); null for none.
+        callbacks: ``_target_`` nodes by name, or lists of them such as
+            ``callbacks.extra``; a null entry switches one off.
     """
 
     recipe: str = "custom"
