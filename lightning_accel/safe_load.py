@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_accel.errors import ConfigError
 
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
@@ -90,6 +92,7 @@ class _RefusedGlobal(pickle.UnpicklingError):
 class _IndexUnpickler(pickle.Unpickler):
     """Unpickles a sharded checkpoint's index, importing only the classes it is made of."""
 
+    @override
     def find_class(self, module: str, name: str) -> Any:
         import torch
 

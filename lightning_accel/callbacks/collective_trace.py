@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from lightning_accel.collectives import (
     STOPPED,
@@ -114,6 +115,7 @@ class CollectiveTrace(pl.Callback):
     def _active(self) -> bool:
         return self._trainer is not None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.world_size < 2 or not dist.is_initialized():
             return
@@ -126,9 +128,11 @@ class CollectiveTrace(pl.Callback):
         self._watcher = threading.Thread(target=self._watch, name="collective-trace", daemon=True)
         self._watcher.start()
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stop.set()
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:

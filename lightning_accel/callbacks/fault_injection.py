@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 
@@ -75,20 +76,24 @@ class KillRank(pl.Callback):
             and not trainer.sanity_checking
         )
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
         if self.point == "data_loading" and loader is not None:
             armed = lambda: self._armed(trainer, "data_loading")  # noqa: E731
             loader.collate_fn = _KillingCollate(loader.collate_fn, armed)
 
+    @override
     def on_before_backward(self, trainer: pl.Trainer, *args: Any) -> None:
         if self._armed(trainer, "training_step"):
             _kill()
 
+    @override
     def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if self._armed(trainer, "validation"):
             _kill()
 
+    @override
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -96,6 +101,7 @@ class KillRank(pl.Callback):
             checkpoint["kill"] = _KillWhenPickled()
         self._saved = self._armed(trainer, "after_save")
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if self._saved:
             _kill()

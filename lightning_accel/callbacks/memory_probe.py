@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed.tensor import DTensor
+from typing_extensions import override
 
 
 def storage_bytes(tensors: Iterable[Any]) -> int:
@@ -47,6 +48,7 @@ class MemoryProbe(pl.Callback):
         self.peak: dict[str, int] = {}
         self._tracker: MemTracker | None = None
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -56,6 +58,7 @@ class MemoryProbe(pl.Callback):
         self._tracker.track_external(pl_module, *trainer.optimizers)
         self._tracker.__enter__()
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,

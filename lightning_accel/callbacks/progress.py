@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
+from typing_extensions import override
 
 
 class RunProgressBar(RichProgressBar):
@@ -15,11 +18,19 @@ class RunProgressBar(RichProgressBar):
     Takes the same options as :class:`~lightning.pytorch.callbacks.RichProgressBar`.
     """
 
-    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training and trainer.global_step % trainer.log_every_n_steps:
-            return
-        super()._update_metrics(trainer, pl_module)
+    _shown: dict[str, Any] | None = None  # the metrics on the bar
 
+    @override
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        if (
+            self._shown is None
+            or not trainer.training
+            or not trainer.global_step % trainer.log_every_n_steps
+        ):
+            self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown
+
+    @override  # no public hook sets the label; tests/test_upstream_pins.py pins it
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
         if trainer.max_epochs is not None and trainer.max_epochs >= 0:

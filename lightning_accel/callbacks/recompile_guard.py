@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.accelerators import XLAAccelerator
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 
@@ -68,16 +69,19 @@ class XLARecompileGuard(pl.Callback):
         self._after_warmup_validation = False
         self.active = False
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.active = isinstance(trainer.accelerator, XLAAccelerator)
 
     def _checked(self, trainer: pl.Trainer) -> bool:
         return self.active and trainer.global_step % self.check_every_n_steps == 0
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if self._checked(trainer):
             self._before_step = self.read_metrics()[0]
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         # counted inside the step only: saving checkpoints and validating compile their
         # own small programs, which say nothing about the step's graph
@@ -99,6 +103,7 @@ class XLARecompileGuard(pl.Callback):
             raise RecompilationError(message)
         rank_zero_warn(message)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active and not trainer.sanity_checking:
             self._validations += 1

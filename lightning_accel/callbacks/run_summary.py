@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from lightning_accel.callbacks.memory import model_state_bytes
 from lightning_accel.files import write_text_whole
@@ -51,13 +52,16 @@ class RunSummary(pl.Callback):
         self.memory: dict[str, Any] = {}
         self._gradient_bytes: int | None = None
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self._fit_started = time.perf_counter()
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record_validation(trainer)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -84,12 +88,14 @@ class RunSummary(pl.Callback):
         if metrics:
             self.validations.append({"step": trainer.global_step, **metrics})
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self._gradient_bytes is None:  # gradients exist only here; measured once
             self._gradient_bytes = model_state_bytes(pl_module.parameters(), [])["gradients"]
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Measured while the process group is still up: every rank contributes its figures.
         state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
@@ -107,6 +113,7 @@ class RunSummary(pl.Callback):
             "allreduce_bytes_per_step": comm() if callable(comm) else None,
         }
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from typing_extensions import override
 
 from lightning_accel.callbacks.memory import peak_memory_mb
 from lightning_accel.callbacks.throughput import ThroughputClock
@@ -110,6 +111,7 @@ class SpeedMonitor(pl.Callback):
             return None
         return STEP_FLOPS_PER_FORWARD_FLOP * self.forward_flops
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self.figures = {}
@@ -120,6 +122,7 @@ class SpeedMonitor(pl.Callback):
             else:
                 self.peak = device_peak(pl_module.device, str(trainer.precision))
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -143,6 +146,7 @@ class SpeedMonitor(pl.Callback):
     def _clocks(self) -> tuple[ThroughputClock, ...]:
         return (self.all_steps, self.steady_steps, self.window)
 
+    @override
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
@@ -155,6 +159,7 @@ class SpeedMonitor(pl.Callback):
             self.forward_flops = self._counter.get_total_flops() // self._devices_per_process
             self._counter = None
 
+    @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -162,9 +167,11 @@ class SpeedMonitor(pl.Callback):
 
     # Lightning runs checkpoint callbacks after all others: pausing here also leaves out the
     # checkpoints saved at the end of validation and of the epoch, until the next step starts.
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause(pl_module.device)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause(pl_module.device)
 
@@ -175,6 +182,7 @@ class SpeedMonitor(pl.Callback):
                 clock.pause(now)
             self._paused = True
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -260,6 +268,7 @@ class SpeedMonitor(pl.Callback):
         extra = round(max(0.0, warmup - warmup_steps * step), 3)
         return {"warmup_seconds": round(warmup, 3), "compile_seconds": extra if compiled else None}
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         steady = bool(self.steady_steps.steps)

@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.table import Table
+from typing_extensions import override
 
 from lightning_accel.cli.compose import compose_job, parse_overrides
 from lightning_accel.cli.console import console, say
@@ -127,6 +128,7 @@ class SweepReport(Callback):
     job's swept values and its objective (the run config's ``objective`` metric), and for an
     Optuna search the best trial the study chose. Registered in ``conf/config.yaml``."""
 
+    @override
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
             import optuna
@@ -134,6 +136,7 @@ class SweepReport(Callback):
             # its study announcements; the table says what each trial gave
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    @override
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = sorted(

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from typing_extensions import override
 
 from lightning_accel.data.loading import SplitDataModule
 from lightning_accel.errors import ConfigError
@@ -171,14 +172,17 @@ class DeviceImageDataModule(SplitDataModule):
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return images.contiguous(memory_format=memory_format)
 
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.prepare_batch(images, train=training), labels
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # saved in checkpoints, so a resumed run augments as an uninterrupted one does
         return {"augmented_batches": self.augmented_batches}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.augmented_batches = int(state_dict.get("augmented_batches", 0))

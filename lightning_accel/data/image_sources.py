@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from lightning_accel.data.cache import files_key
 from lightning_accel.errors import ConfigError
@@ -75,6 +76,7 @@ VERIFIED_FORMAT = 1
 
 
 class _FilesPerSecond(ProgressColumn):
+    @override
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f} files/s")
 
@@ -166,6 +168,7 @@ class ImageFiles(Dataset):
         tensor = torch.from_numpy(pixels.copy())
         return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
+    @override
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.decode(index), self.labels[index]
 

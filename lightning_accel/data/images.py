@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.cache import default_cache_dir
@@ -240,6 +241,7 @@ class ImageDataModule(DeviceImageDataModule):
             images = images.permute(0, 3, 1, 2)
         return images.contiguous(), labels
 
+    @override
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return

@@ -67,6 +67,7 @@ class ResumableSampler(DistributedSampler):
             self.total_size = self.num_samples * num_replicas
         self.start = 0  # samples of this rank's epoch to skip, set when resuming
 
+    @override
     def __iter__(self) -> Iterator[int]:
         if self.sampling == "random":
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -110,6 +111,7 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = 0
         self._resume_epoch = 0
 
+    @override
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         assert isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
         # runs at the first batch, after Lightning has set the epoch: a resumed epoch skips

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch.utils.data import TensorDataset
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.device_images import DeviceImageDataModule
@@ -56,6 +57,7 @@ class SyntheticTokenDataModule(SplitDataModule):
         """One training batch's shapes, on the meta device (no data made)."""
         return token_batch_example(self.batch_size, self.seq_len)
 
+    @override
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return
@@ -130,6 +132,7 @@ class SyntheticImageDataModule(DeviceImageDataModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return images, torch.empty(self.batch_size, dtype=torch.long, device="meta")
 
+    @override
     def setup(self, stage: str) -> None:
         if self.train_set is not None:
             return

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.cache import default_cache_dir, files_key
@@ -210,6 +211,7 @@ class TokenWindows(Dataset):
             state["tokens"] = np.memmap(filename, np.dtype(dtype), mode="r", offset=offset)
         self.__dict__.update(state)
 
+    @override
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = index * self.stride
         window = torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
@@ -278,6 +280,7 @@ class TokenDataModule(SplitDataModule):
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache: Path | None = None
 
+    @override
     def prepare_data(self) -> None:
         self.cache = build_token_cache(
             self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
@@ -287,6 +290,7 @@ class TokenDataModule(SplitDataModule):
         """One training batch's shapes, on the meta device (no data read)."""
         return token_batch_example(self.batch_size, self.seq_len)
 
+    @override
     def setup(self, stage: str) -> None:
         if self.cache is None:
             self.prepare_data()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 
@@ -40,6 +41,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.dropout
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length = x.shape[:2]
         heads = self.qkv(x).view(batch, length, self.n_head, 3, self.head_dim)
@@ -73,6 +75,7 @@ class TransformerBlock(nn.Module):
             nn.Dropout(config.dropout),
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
         return x + self.mlp(self.mlp_norm(x))
@@ -117,6 +120,7 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @override
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(positions)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
@@ -49,6 +50,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
+    @override
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         source = getattr(datamodule, "source", None)
@@ -63,10 +65,12 @@ class ImageClassifier(pl.LightningModule):
                     f"set model.{key}={expected}",
                 )
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # under a "-true" precision the weights are bf16/fp16 while the batches arrive in fp32
         return self.model(images.to(self.model.head.weight.dtype))
 
+    @override
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
@@ -76,18 +80,22 @@ class ImageClassifier(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images).float()
         self.val_loss.update(F.cross_entropy(logits, labels), weight=labels.numel())
         self.val_accuracy.update(logits, labels)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
 
@@ -98,6 +106,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss.reset()
         self.val_accuracy.reset()
 
+    @override
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
@@ -106,6 +115,7 @@ class ImageClassifier(pl.LightningModule):
         probabilities = self(images).float().softmax(-1)
         return {"label": probabilities.argmax(-1), "probabilities": probabilities}
 
+    @override
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
         return adamw_with_warmup_cosine(
             self,

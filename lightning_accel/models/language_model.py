@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
@@ -47,6 +48,7 @@ class GPTLanguageModel(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity()
 
+    @override
     def setup(self, stage: str) -> None:
         data_seq_len = getattr(self.trainer.datamodule, "seq_len", None)
         if data_seq_len is not None and data_seq_len > self.hparams.seq_len:
@@ -63,9 +65,11 @@ class GPTLanguageModel(pl.LightningModule):
                 f"is smaller than the tokenizer's vocabulary; set it to {data_vocab}",
             )
 
+    @override
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
 
+    @override
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
@@ -77,6 +81,7 @@ class GPTLanguageModel(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
         logits = self(inputs).float()
@@ -85,12 +90,15 @@ class GPTLanguageModel(pl.LightningModule):
         )
         self.val_perplexity.update(logits, targets)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
 
@@ -103,6 +111,7 @@ class GPTLanguageModel(pl.LightningModule):
         self.val_loss.reset()
         self.val_perplexity.reset()
 
+    @override
     def predict_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
@@ -112,6 +121,7 @@ class GPTLanguageModel(pl.LightningModule):
         loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
         return {"next_tokens": logits.argmax(-1), "loss": loss}
 
+    @override
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
         return adamw_with_warmup_cosine(
             self,

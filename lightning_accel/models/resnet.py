@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 
@@ -34,6 +35,7 @@ class BasicBlock(nn.Module):
                 nn.BatchNorm2d(out_channels),
             )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
@@ -85,6 +87,7 @@ class ResNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.blocks(self.stem(images))
         return self.head(self.pool(features).flatten(1))

@@ -16,6 +16,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 from torchmetrics import Metric
+from typing_extensions import override
 
 from lightning_accel.config import CompileConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
@@ -184,6 +185,7 @@ class ModelOptimizations(pl.Callback):
             "transforms": list(self.transforms or ()),
         }
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from lightning.pytorch.strategies import DDPStrategy
+from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.strategies.comm_hooks import CommStats, resolve_comm_hook
@@ -70,7 +71,9 @@ class AccelDDPStrategy(DDPStrategy):
             )
         return None
 
-    def _register_ddp_hooks(self) -> None:
+    @override
+    def configure_ddp(self) -> None:
+        super().configure_ddp()
         # Lightning registers hooks on CUDA only; these hooks work on gloo too.
         if self._comm_hook is not None and self.model is not None:
             self.model.register_comm_hook(self._comm_state, self._comm_hook)

@@ -115,6 +115,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         # in order, with the sharding last
         self.model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None = None
 
+    @override
     def setup_environment(self) -> None:
         # Lightning's defaults (data-parallel size = node count) would give every rank of a
         # node the same data; the sizes come from the mesh options instead.
@@ -131,6 +132,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             )
 
     @contextmanager
+    @override
     def block_backward_sync(self) -> Iterator[None]:
         """Inner steps of gradient accumulation keep gradients local: one reduce-scatter per
         optimizer step instead of one per micro-batch."""
@@ -143,6 +145,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         finally:
             self.model.set_requires_gradient_sync(True)
 
+    @override
     def setup(self, trainer: pl.Trainer) -> None:
         assert self.model is not None and self.accelerator is not None
         self.accelerator.setup(trainer)

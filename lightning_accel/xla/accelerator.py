@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry, XLAAccelerator
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 from lightning_accel.xla import runtime
@@ -18,14 +19,17 @@ class PJRTAccelerator(XLAAccelerator):
     Registered as ``"pjrt"``."""
 
     @staticmethod
+    @override
     def auto_device_count() -> int:
         return runtime.device_count()
 
     @staticmethod
+    @override
     def is_available() -> bool:
         return runtime.installed() and runtime.device_count() > 0
 
     @staticmethod
+    @override
     def parse_devices(devices: int | str | list[int]) -> int:
         available = runtime.device_count()
         if devices == "auto":
@@ -40,11 +44,13 @@ class PJRTAccelerator(XLAAccelerator):
         return count
 
     @staticmethod
+    @override
     def get_parallel_devices(devices: int | list[int]) -> list[torch.device]:
         count = len(devices) if isinstance(devices, list) else devices
         return [torch.device("xla", index) for index in range(count)]
 
     @classmethod
+    @override
     def register_accelerators(cls, accelerator_registry: Any) -> None:
         accelerator_registry.register("pjrt", cls, description=cls.__name__)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lightning_accel.data.loading import counted
 from lightning_accel.xla import runtime
@@ -76,6 +77,7 @@ class DeviceLoading:
         """How batches are split over the devices (``None``: one device, whole batches)."""
         return None
 
+    @override
     def process_dataloader(self, dataloader: Any) -> Any:
         if isinstance(dataloader, DeviceLoader):
             return dataloader

@@ -11,6 +11,7 @@ import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.plugins.precision import XLAPrecision
 from torch import nn
+from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
 
@@ -32,9 +33,11 @@ class AccelXLAPrecision(XLAPrecision):
         self.precision = precision  # type: ignore[assignment]
         self._desired_dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
 
+    @override
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module.to(torch.bfloat16) if self.precision == "bf16-true" else module
 
+    @override
     def convert_input(self, data: Any) -> Any:
         if self.precision != "bf16-true":
             return data
@@ -42,11 +45,13 @@ class AccelXLAPrecision(XLAPrecision):
             data, torch.Tensor, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t
         )
 
+    @override
     def optimizer_step(self, optimizer: Any, model: Any, closure: Any, **kwargs: Any) -> Any:
         _keep_optimizer_on_device(optimizer, model.device)
         return super().optimizer_step(optimizer, model, closure, **kwargs)
 
     @contextmanager
+    @override
     def forward_context(self) -> Iterator[None]:
         if self.precision == "bf16-mixed":
             with torch.autocast("xla", dtype=torch.bfloat16):

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.strategies import SingleDeviceXLAStrategy
+from typing_extensions import override
 
 from lightning_accel.checkpoints import (
     SHARDED_META,
@@ -93,11 +94,13 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         return math.prod(self.mesh_sizes)
 
     @property
+    @override
     def restore_checkpoint_after_setup(self) -> bool:
         # a checkpoint is read once the parameters are on the devices and split, so a
         # sharded one is read piece by piece onto the devices that hold each piece
         return True
 
+    @override
     def setup(self, trainer: pl.Trainer) -> None:
         self._check_batch_size(trainer)
         super().setup(trainer)
@@ -124,6 +127,7 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
     def batch_sharding(self) -> Any:
         return runtime.batch_sharding(self.mesh, MESH_AXES)
 
+    @override
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None
     ) -> None:
@@ -151,6 +155,7 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         runtime.save_sharded(shards, path)
         torch.save(move_data_to_device(checkpoint, "cpu"), path / SHARDED_META)
 
+    @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
         path = Path(checkpoint_path)
         verify_checkpoint(path)

@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import SingleDeviceXLAStrategy, XLAStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from typing_extensions import override
 
 from lightning_accel.strategies import register
 from lightning_accel.xla.loader import DeviceLoading
@@ -36,6 +37,7 @@ class XLAProcessesStrategy(DeviceLoading, XLAStrategy):
 
     strategy_name = "xla_processes"
 
+    @override
     def setup_distributed(self) -> None:
         assert self.parallel_devices is not None
         if len(self.parallel_devices) > 1:

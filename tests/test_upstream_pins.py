@@ -1,0 +1,36 @@
+"""The private upstream code the package relies on, pinned: a Lightning or Hydra upgrade that
+changes any of it fails here, by name, instead of changing a run's behaviour unnoticed."""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.callbacks import RichProgressBar
+
+from lightning_accel.callbacks.progress import RunProgressBar
+
+
+def _parameters(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_the_progress_bar_label_comes_from_get_train_description() -> None:
+    assert _parameters(RichProgressBar._get_train_description) == ["self", "current_epoch"]
+    assert "self._get_train_description(" in inspect.getsource(RichProgressBar)
+
+
+def test_the_progress_bar_reads_metrics_at_logging_steps_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads = []
+    monkeypatch.setattr(
+        RichProgressBar, "get_metrics", lambda self, trainer, module: reads.append(1) or {}
+    )
+    bar = RunProgressBar()
+    for step in range(6):
+        bar.get_metrics(SimpleNamespace(training=True, global_step=step, log_every_n_steps=5), None)
+    assert len(reads) == 2, "at steps 0 and 5"
+    bar.get_metrics(SimpleNamespace(training=False, global_step=6, log_every_n_steps=5), None)
+    assert len(reads) == 3, "validation always reads"
