@@ -147,26 +147,14 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
+        # Lightning's ModelParallelStrategy.setup (pinned in tests/test_upstream_pins.py)
+        # without its demand for a configure_model hook: the model is parallelized here
         assert self.model is not None and self.accelerator is not None
         self.accelerator.setup(trainer)
-        steps = {TENSOR_PARALLEL: self._split, FSDP2: self._shard}
-        parallelize = {name: steps[name] for name in self.mesh_shape.parallel_steps}
-        if self.model_transforms is None:
-            for step in parallelize.values():
-                step(self.model)
-        else:
-            optimization, names = self.model_transforms
-            device_type = self.root_device.type
-            apply_model_optimizations(self.model, optimization, device_type, names, parallelize)
+        self._parallelize(self.model)
         _materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
-        if self.cpu_offload:
-            # offloaded shards stay in CPU memory; metric states follow the inputs' device
-            for module in self.model.modules():
-                if isinstance(module, Metric):
-                    module.to(self.root_device)
-        else:
-            self.model_to_device()
+        self.model_to_device()
         self.barrier()
         fitting = trainer.state.fn == TrainerFn.FITTING
         if fitting:
@@ -174,6 +162,29 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.setup_precision_plugin()
         if fitting and not self.cpu_offload:
             _optimizers_to_device(self.optimizers, self.root_device)
+
+    @override
+    def model_to_device(self) -> None:
+        if not self.cpu_offload:
+            super().model_to_device()
+            return
+        assert self.model is not None
+        # offloaded shards stay in CPU memory; metric states follow the inputs' device
+        for module in self.model.modules():
+            if isinstance(module, Metric):
+                module.to(self.root_device)
+
+    def _parallelize(self, model: torch.nn.Module) -> None:
+        """The run's model transforms, then the tensor parallel split and the sharding."""
+        steps = {TENSOR_PARALLEL: self._split, FSDP2: self._shard}
+        parallelize = {name: steps[name] for name in self.mesh_shape.parallel_steps}
+        if self.model_transforms is None:
+            for step in parallelize.values():
+                step(model)
+        else:
+            optimization, names = self.model_transforms
+            device_type = self.root_device.type
+            apply_model_optimizations(model, optimization, device_type, names, parallelize)
 
     def _split(self, model: Any) -> None:
         plan = resolve_plan(model, self.tensor_parallel_plan)
