@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -19,6 +19,25 @@ from typing_extensions import override
 
 from lightning_accel.callbacks.memory import model_state_bytes
 from lightning_accel.files import write_text_whole
+
+
+@runtime_checkable
+class ReportsSummaryFigures(Protocol):
+    """A callback or strategy whose figures go into the run summary (the speed monitor, the
+    XLA recompile guard, checkpoint saving)."""
+
+    def summary_figures(self) -> dict[str, Any]:
+        """Figures for ``summary.json``, by name."""
+        ...
+
+
+@runtime_checkable
+class CountsAllreduceBytes(Protocol):
+    """A strategy that knows the gradient bytes each rank sends per optimizer step."""
+
+    def allreduce_bytes_per_step(self) -> float | None:
+        """Bytes all-reduced per rank and optimizer step (``None``: unknown)."""
+        ...
 
 
 class RunSummary(pl.Callback):
@@ -106,11 +125,12 @@ class RunSummary(pl.Callback):
             device=trainer.strategy.root_device,  # NCCL gathers GPU tensors only
         )
         everyone = trainer.strategy.all_gather(mine).reshape(-1).cpu()
-        comm = getattr(trainer.strategy, "allreduce_bytes_per_step", None)
+        strategy = trainer.strategy
+        counts = isinstance(strategy, CountsAllreduceBytes)
         self.memory = {
             "model_state_bytes": state,
             "model_state_bytes_per_rank": [int(v) for v in everyone.tolist()],
-            "allreduce_bytes_per_step": comm() if callable(comm) else None,
+            "allreduce_bytes_per_step": strategy.allreduce_bytes_per_step() if counts else None,
         }
 
     @override
@@ -131,12 +151,10 @@ class RunSummary(pl.Callback):
             "last_train_loss": self.train_losses[-1] if self.train_losses else None,
             "validation": self.validations,
             **self.memory,
-            # figures other callbacks and the strategy report (the speed monitor, the XLA
-            # recompile guard, checkpoint saving)
             **{
                 k: v
                 for c in [*trainer.callbacks, trainer.strategy]
-                if hasattr(c, "summary_figures")
+                if isinstance(c, ReportsSummaryFigures)
                 for k, v in c.summary_figures().items()
             },
             "loader": _loader_settings(trainer),

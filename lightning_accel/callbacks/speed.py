@@ -4,7 +4,7 @@ wait, FLOPs, model FLOPs utilization (MFU) and peak memory."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -13,9 +13,17 @@ from typing_extensions import override
 
 from lightning_accel.callbacks.memory import peak_memory_mb
 from lightning_accel.callbacks.throughput import ThroughputClock
-from lightning_accel.data.loading import data_parallel_share
+from lightning_accel.data.loading import CountsBatches, data_parallel_share
 from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
+
+
+@runtime_checkable
+class DrivesSeveralDevices(Protocol):
+    """A strategy whose one process drives several devices (XLA SPMD): the FLOPs counted on
+    its global tensors are shared between them."""
+
+    devices_per_process: int
 
 
 def batch_inputs(batch: Any) -> torch.Tensor | None:
@@ -31,8 +39,8 @@ def batch_inputs(batch: Any) -> torch.Tensor | None:
 
 def data_wait_seconds(trainer: pl.Trainer) -> float | None:
     """Time the loop has waited for training batches, from loaders that count it."""
-    waited = getattr(trainer.train_dataloader, "wait_seconds", None)
-    return float(waited) if waited is not None else None
+    loader = trainer.train_dataloader
+    return float(loader.wait_seconds) if isinstance(loader, CountsBatches) else None
 
 
 def model_flops_utilization(
@@ -115,7 +123,9 @@ class SpeedMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self.figures = {}
-        self._devices_per_process = getattr(trainer.strategy, "devices_per_process", 1)
+        strategy = trainer.strategy
+        several = isinstance(strategy, DrivesSeveralDevices)
+        self._devices_per_process = strategy.devices_per_process if several else 1
         if self.count_flops:
             if self.peak_flops:
                 self.peak = PeakFlops(self.peak_flops, "given")

@@ -218,6 +218,7 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
     at one sample per micro-batch). Skipped with ``force=true``, for runs planned where they
     run (SLURM), for layouts the planner does not model (XLA), and for models and data that
     cannot be measured without memory."""
+    from lightning_accel.data.loading import HasBatchSize
     from lightning_accel.plan.fit import available_per_rank, check_fits, largest_micro_batch
 
     if run.force or plan is None:
@@ -231,7 +232,7 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
         if largest_micro_batch(footprint, placement, available[0]) is not None:
             return
         footprint = footprint.with_samples(1)
-    batch_size = getattr(datamodule, "batch_size", None)
+    batch_size = datamodule.batch_size if isinstance(datamodule, HasBatchSize) else None
     check_fits(footprint, placement, *available, batch_size, run.hardware.name)
 
 

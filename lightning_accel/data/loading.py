@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -79,7 +79,24 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[start:])
 
 
-def counted(batches: Iterator[Any], counter: Any) -> Iterator[Any]:
+@runtime_checkable
+class CountsBatches(Protocol):
+    """A loader that counts the batches its consumer took and the time the consumer waited
+    for them (the speed monitor reports that wait)."""
+
+    batches_taken: int
+    wait_seconds: float
+
+
+@runtime_checkable
+class HasBatchSize(Protocol):
+    """A DataModule that states its batch size per process (checked against the memory and
+    the devices a batch is split over before a run starts)."""
+
+    batch_size: int
+
+
+def counted(batches: Iterator[Any], counter: CountsBatches) -> Iterator[Any]:
     """Yield ``batches``, adding one to ``counter.batches_taken`` for each and the time the
     consumer waited for it to ``counter.wait_seconds``."""
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -15,6 +16,14 @@ from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
 from lightning_accel.models.optimizers import adamw_with_warmup_cosine
 from lightning_accel.models.resnet import ResNet
+
+
+@runtime_checkable
+class ImageShapes(Protocol):
+    """Image data the model must fit: channels per image and classes."""
+
+    channels: int
+    num_classes: int
 
 
 class ImageClassifier(pl.LightningModule):
@@ -52,11 +61,13 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule
-        source = getattr(datamodule, "source", None)
+        data = self.trainer.datamodule
+        if not isinstance(data, ImageShapes):
+            return
+        source = getattr(data, "source", None)  # named in the message when there is one
         where = f"data.source={source!r}" if source is not None else "the data"
         for key, attribute in (("in_channels", "channels"), ("num_classes", "num_classes")):
-            expected = getattr(datamodule, attribute, None)
+            expected = getattr(data, attribute)
             if expected and expected != self.hparams[key]:
                 raise ConfigError(
                     f"model.{key}",

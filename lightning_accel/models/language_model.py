@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -15,6 +16,14 @@ from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
 from lightning_accel.models.gpt import GPT, GPTConfig
 from lightning_accel.models.optimizers import adamw_with_warmup_cosine
+
+
+@runtime_checkable
+class TokenShapes(Protocol):
+    """Token data whose samples the model must fit: tokens per sample and the vocabulary."""
+
+    seq_len: int
+    vocab_size: int
 
 
 class GPTLanguageModel(pl.LightningModule):
@@ -50,19 +59,20 @@ class GPTLanguageModel(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data_seq_len = getattr(self.trainer.datamodule, "seq_len", None)
-        if data_seq_len is not None and data_seq_len > self.hparams.seq_len:
+        data = self.trainer.datamodule
+        if not isinstance(data, TokenShapes):
+            return
+        if data.seq_len > self.hparams.seq_len:
             raise ConfigError(
                 "model.seq_len",
                 self.hparams.seq_len,
-                f"is shorter than the samples (data.seq_len={data_seq_len}); make them equal",
+                f"is shorter than the samples (data.seq_len={data.seq_len}); make them equal",
             )
-        data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
-        if data_vocab is not None and data_vocab > self.hparams.vocab_size:
+        if data.vocab_size > self.hparams.vocab_size:
             raise ConfigError(
                 "model.vocab_size",
                 self.hparams.vocab_size,
-                f"is smaller than the tokenizer's vocabulary; set it to {data_vocab}",
+                f"is smaller than the tokenizer's vocabulary; set it to {data.vocab_size}",
             )
 
     @override

@@ -21,6 +21,7 @@ from lightning_accel.checkpoints import (
     verify_checkpoint,
 )
 from lightning_accel.config import XLA_CHECKPOINTS, require_choice
+from lightning_accel.data.loading import HasBatchSize
 from lightning_accel.errors import ConfigError
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.xla import runtime
@@ -116,7 +117,8 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         return parameter_spec(shape, self.mesh_sizes[1])
 
     def _check_batch_size(self, trainer: pl.Trainer) -> None:
-        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        data = trainer.datamodule
+        batch_size = data.batch_size if isinstance(data, HasBatchSize) else None
         if batch_size is not None and batch_size % self.data_parallel_size:
             raise ConfigError(
                 "data.batch_size",
