@@ -7,13 +7,17 @@ import ast
 import hashlib
 import inspect
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lightning_accel.callbacks.progress import RunProgressBar
+from lightning_accel.cli import hydra_private
+from lightning_accel.cli.compose import parse_overrides
 
 
 def _parameters(function: object) -> list[str]:
@@ -50,3 +54,47 @@ def test_the_progress_bar_reads_metrics_at_logging_steps_only(
     assert len(reads) == 2, "at steps 0 and 5"
     bar.get_metrics(SimpleNamespace(training=False, global_step=6, log_every_n_steps=5), None)
     assert len(reads) == 3, "validation always reads"
+
+
+def test_hydra_locates_targets_with_locate() -> None:
+    from hydra._internal.utils import _locate
+
+    assert _parameters(_locate) == ["path"]
+    assert hydra_private.locate("pathlib.Path") is Path
+
+
+def test_hydra_parses_its_command_line_with_get_args_parser() -> None:
+    from hydra._internal.utils import get_args_parser
+
+    assert _parameters(get_args_parser) == []
+    options = hydra_private.command_line_parser().parse_args(["-m", "a=1,2"])
+    assert options.multirun and options.overrides == ["a=1,2"]
+    for read in ("help", "hydra_help", "info", "shell_completion", "config_dir", "cfg", "package"):
+        assert hasattr(options, read), read
+
+
+def test_hydra_expands_sweeps_with_the_basic_sweeper() -> None:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+
+    assert _parameters(BasicSweeper.split_arguments) == ["overrides", "max_batch_size"]
+    assert hydra_private.locate(hydra_private.BASIC_SWEEPER) is BasicSweeper
+    assert hydra_private.BASIC_SWEEPER == BasicSweeperConf._target_
+    parsed = parse_overrides(["a=1,2", "b=x", "c=3,4"])
+    assert hydra_private.sweep_jobs(parsed) == [
+        ["a=1", "b=x", "c=3"],
+        ["a=1", "b=x", "c=4"],
+        ["a=2", "b=x", "c=3"],
+        ["a=2", "b=x", "c=4"],
+    ]
+
+
+def test_private_torch_and_lightning_attributes_read_by_the_package() -> None:
+    # collective_trace reads the strategies' timeout, speed the compiled forward, sharding
+    # the module inside torch's checkpoint wrapper
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    assert hasattr(DDPStrategy(), "_timeout") and hasattr(ModelParallelStrategy(), "_timeout")
+    linear = torch.nn.Linear(1, 1)
+    assert getattr(linear, "_compiled_call_impl", False) is None
+    assert checkpoint_wrapper(linear)._checkpoint_wrapped_module is linear

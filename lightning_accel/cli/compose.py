@@ -7,7 +7,6 @@ import difflib
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -20,6 +19,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_accel.cli.hydra_private import sweep_jobs
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
 from lightning_accel.errors import ConfigError, article
@@ -55,7 +55,7 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
         )
     if not sweeps:  # as Hydra composes a single job: every override, in order
         return [[o.input_line for o in parsed]]
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    return sweep_jobs(parsed)
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

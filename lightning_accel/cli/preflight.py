@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra._internal.utils import _locate
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import (
@@ -23,6 +22,7 @@ from omegaconf.errors import (
 )
 
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
+from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
 
@@ -118,7 +118,7 @@ def _check_arguments(key: str, node: dict[str, Any]) -> None:
     """Fail unless the node's ``_target_`` imports and accepts the node's arguments."""
     target = node.get("_target_")
     try:
-        factory = _locate(str(target))
+        factory = locate(str(target))
     except Exception as error:
         cause = error.__cause__ or error
         raise ConfigError(
@@ -204,7 +204,7 @@ def _check_logger(key: str, node: dict[str, Any]) -> None:
 
     from lightning_accel.cli.runner import build_object
 
-    logger_class = _locate(str(node["_target_"]))
+    logger_class = locate(str(node["_target_"]))
     if isinstance(logger_class, type) and issubclass(logger_class, MLFlowLogger):
         if find_spec("mlflow") is None:
             raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")

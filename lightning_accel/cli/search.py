@@ -21,10 +21,10 @@ from typing_extensions import override
 
 from lightning_accel.cli.compose import compose_job, parse_overrides
 from lightning_accel.cli.console import console, say
+from lightning_accel.cli.hydra_private import BASIC_SWEEPER
 from lightning_accel.errors import ConfigError
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SUMMARY_FILE = "summary.json"
 
 

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream, say, working
+from lightning_accel.cli.hydra_private import command_line_parser
 from lightning_accel.cli.preflight import (
     SUBMITIT_LAUNCHERS,
     preflight,
@@ -88,7 +88,7 @@ def main(args: list[str], stage: str = "fit") -> int:
     register_schemas()
     if stage != "fit":
         args = [*args, f"stage={stage}"]
-    options = get_args_parser().parse_args(args)
+    options = command_line_parser().parse_args(args)
     informational = options.help or options.hydra_help or options.info or options.shell_completion
     if not informational:
         overrides = list(options.overrides)
