@@ -83,15 +83,18 @@ class KillOnce(pl.Callback):
 
 
 class MarkTraining(pl.Callback):
-    """Creates ``<directory>/rank-<N>.training`` once rank N has made ``step`` optimizer
-    steps: tests wait for it instead of guessing how long start-up takes."""
+    """Writes ``<directory>/rank-<N>.training`` (holding the rank's process id) once rank N
+    has made ``step`` optimizer steps: tests wait for it instead of guessing how long
+    start-up takes."""
 
     def __init__(self, directory: str, step: int = 2) -> None:
         self.directory, self.step = Path(directory), step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
-            (self.directory / f"rank-{trainer.global_rank}.training").touch()
+            mark = self.directory / f"rank-{trainer.global_rank}.training"
+            mark.with_suffix(".tmp").write_text(str(os.getpid()))
+            mark.with_suffix(".tmp").replace(mark)  # whole when it appears
 
 
 class StopAtStep(pl.Callback):

@@ -31,22 +31,9 @@ TINY_LONG_RUN = [
 ]
 
 
-def _rank_process(parent: int, local_rank: int, timeout: float = 60) -> int:
-    """The pid of the child of ``parent`` that runs ``local_rank``, once it exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == parent and f"LOCAL_RANK={local_rank}".encode() in environ:
-                return int(entry.name)
-        time.sleep(0.2)
-    raise AssertionError(f"rank {local_rank} never started")
+def _rank_process(directory: Path, rank: int) -> int:
+    """The process id of rank ``rank``, once it has started training (helpers.MarkTraining)."""
+    return int((directory / f"rank-{rank}.training").read_text())
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
@@ -101,8 +88,8 @@ def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> 
 def test_killed_rank_stops_the_others_quickly(tmp_path: Path, small_corpus: Path) -> None:
     process = _start(tmp_path, f"data.source={small_corpus}")
     try:
-        victim = _rank_process(process.pid, local_rank=1)
         _wait_for_training(tmp_path)
+        victim = _rank_process(tmp_path, rank=1)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
@@ -121,9 +108,9 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
         tmp_path, f"data.source={small_corpus}", "hardware.strategy_options.timeout_s=5"
     )
     try:
-        stuck = _rank_process(process.pid, local_rank=1)
-        waiting = _rank_process(process.pid, local_rank=0)
         _wait_for_training(tmp_path)
+        stuck = _rank_process(tmp_path, rank=1)
+        waiting = _rank_process(tmp_path, rank=0)
         stopped_at = time.monotonic()
         os.kill(stuck, signal.SIGSTOP)  # alive but silent: only the timeout can end the wait
         failed = _wait_for_failed_trace(tmp_path, rank=0)
