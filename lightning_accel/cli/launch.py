@@ -24,7 +24,7 @@ from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
 from lightning_accel.cli.rank import run_rank, set_variable
-from lightning_accel.cli.schema import LauncherConfig
+from lightning_accel.cli.schema import LauncherConfig, RunConfig
 from lightning_accel.collectives import (
     FLIGHT_RECORDER_ENTRIES,
     TRACE_DIRECTORY,
@@ -81,6 +81,19 @@ class _RankServer:
     what differs from it in its launcher's environment when it starts."""
 
     environment: dict[str, str] | None = None
+
+
+def launches_ranks(run: RunConfig) -> bool:
+    """Whether this process starts ranks for ``run`` (several processes, or one node of a
+    torchrun world) rather than fitting in itself or being a rank an outside launcher
+    started."""
+    from lightning_accel.cli.cluster import external_world
+    from lightning_accel.plan.run import plan_run
+
+    if run.launcher.name not in ("local", "torchrun") or external_world() is not None:
+        return False
+    processes = plan_run(run.hardware, run.optimization).processes
+    return processes > 1 or run.launcher.name == "torchrun"
 
 
 def start_rank_server() -> None:

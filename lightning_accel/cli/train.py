@@ -33,7 +33,7 @@ def run_job(cfg: DictConfig) -> float | None:
     """
     from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
-    from lightning_accel.cli.launch import RanksFailed, launch_ranks
+    from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
     from lightning_accel.cli.search import required_objective, searching
@@ -42,9 +42,9 @@ def run_job(cfg: DictConfig) -> float | None:
     quiet_upstream()
     try:
         run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
-        processes = plan_run(run.hardware, run.optimization).processes
         world = external_world()
         if world is not None:
+            processes = plan_run(run.hardware, run.optimization).processes
             check_world_size(run.launcher.nnodes, processes, world)
             if world.rank == 0:
                 save_resolved_config(run)
@@ -53,10 +53,11 @@ def run_job(cfg: DictConfig) -> float | None:
         else:
             if run.launcher.nnodes == 1 and run.stage == "fit":  # nodes could disagree
                 run = measure_choices(run)
-            run = whole_checkpoint_for(run, plan_run(run.hardware, run.optimization).strategy)
+            plan = plan_run(run.hardware, run.optimization)
+            run = whole_checkpoint_for(run, plan.strategy)
             config_path = save_resolved_config(run)
-            if processes > 1 or run.launcher.name == "torchrun":
-                launch_ranks(config_path, processes, run.launcher)
+            if launches_ranks(run):
+                launch_ranks(config_path, plan.processes, run.launcher)
             else:
                 run_stage(run)
     except ConfigError as error:
@@ -107,6 +108,10 @@ def main(args: list[str], stage: str = "fit") -> int:
             print_resolved(runs)
             return 0
         if not options.cfg:
+            from lightning_accel.cli.launch import launches_ranks, start_rank_server
+
+            if any(launches_ranks(run) for run in runs):
+                start_rank_server()  # its imports overlap with preparing the data and the run
             try:
                 prepare_data(runs)
             except ConfigError as error:
