@@ -140,6 +140,32 @@ def optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def optimizer_by_name(
+    state: dict[str, Any], optimizer: Any, names: dict[int, str]
+) -> dict[str, Any]:
+    """An optimizer's ``state_dict`` keyed by parameter name instead of position (the
+    layout of torch.distributed.checkpoint's optimizer states), with host learning rates."""
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = []
+    for group in state["param_groups"]:
+        values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+        groups.append({**values, "params": [order[i] for i in group["params"]]})
+    return {
+        "state": {order[i]: value for i, value in state["state"].items()},
+        "param_groups": groups,
+    }
+
+
+def sharded_entries(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Lightning ``checkpoint`` saved as shards, taken out of it: the model's
+    state (``state_dict``) and each optimizer's (``optimizer_<i>``), the layout of
+    Lightning's ModelParallelStrategy; what is left is saved whole beside them."""
+    shards = {"state_dict": checkpoint.pop("state_dict")}
+    optimizers = checkpoint.pop("optimizer_states", [])
+    shards.update({f"optimizer_{index}": state for index, state in enumerate(optimizers)})
+    return shards
+
+
 def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     """Write a sharded checkpoint as one ordinary Lightning checkpoint file.
 

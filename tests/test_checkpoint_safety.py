@@ -11,7 +11,12 @@ import torch
 from helpers import TinyRegression, write_crafted_checkpoint
 
 from lightning_accel import build_trainer
-from lightning_accel.checkpoints import AtomicCheckpointIO
+from lightning_accel.checkpoints import (
+    AtomicCheckpointIO,
+    optimizer_by_index,
+    optimizer_by_name,
+    sharded_entries,
+)
 from lightning_accel.cli.main import main
 from lightning_accel.errors import ConfigError
 from lightning_accel.safe_load import read_dcp_metadata
@@ -94,3 +99,20 @@ def test_a_crafted_sharded_index_is_refused_before_it_is_unpickled(tmp_path: Pat
     assert not marker.exists()
     pickle.loads((tmp_path / ".metadata").read_bytes())
     assert marker.exists(), "the index's payload is live"
+
+
+def test_optimizer_states_keyed_by_name_come_back_by_position() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(0.01))
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    names = {id(p): name for name, p in model.named_parameters()}
+    by_name = optimizer_by_name(optimizer.state_dict(), optimizer, names)
+    assert list(by_name["state"]) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert by_name["param_groups"][0]["lr"] == pytest.approx(0.01)
+    back = optimizer_by_index(by_name)
+    assert list(back["state"]) == [0, 1, 2, 3]
+    assert torch.equal(back["state"][2]["exp_avg"], optimizer.state_dict()["state"][2]["exp_avg"])
+    checkpoint = {"state_dict": {}, "optimizer_states": [by_name], "global_step": 1}
+    shards = sharded_entries(checkpoint)
+    assert list(shards) == ["state_dict", "optimizer_0"] and checkpoint == {"global_step": 1}

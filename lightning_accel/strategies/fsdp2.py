@@ -20,7 +20,7 @@ from torch.distributed.fsdp import FSDPModule
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_accel.checkpoints import atomic_directory, verify_checkpoint
+from lightning_accel.checkpoints import atomic_directory, sharded_entries, verify_checkpoint
 from lightning_accel.config import OptimizationConfig, require_positive
 from lightning_accel.optimize.transforms import (
     FSDP2,
@@ -219,11 +219,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         target = Path(self.broadcast(filepath))
         started = time.perf_counter()
         if self.async_writer is not None:
-            # the layout Lightning's ModelParallelStrategy saves and loads
-            state = {"state_dict": checkpoint.pop("state_dict")}
-            optimizers = checkpoint.pop("optimizer_states", [])
-            state.update({f"optimizer_{index}": o for index, o in enumerate(optimizers)})
-            self.async_writer.save(state, checkpoint, target, self.global_rank == 0, self.barrier)
+            shards = sharded_entries(checkpoint)
+            self.async_writer.save(shards, checkpoint, target, self.global_rank == 0, self.barrier)
         else:
             with atomic_directory(target, self.global_rank == 0, self.barrier) as staging:
                 super().save_checkpoint(checkpoint, staging)

@@ -17,6 +17,8 @@ from typing_extensions import override
 from lightning_accel.checkpoints import (
     SHARDED_META,
     optimizer_by_index,
+    optimizer_by_name,
+    sharded_entries,
     sharded_metadata,
     verify_checkpoint,
 )
@@ -151,10 +153,9 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
             path.unlink()
         path.mkdir(parents=True, exist_ok=True)
         names = self._parameter_names()
-        shards: dict[str, Any] = {"state_dict": checkpoint.pop("state_dict")}
-        for index, state in enumerate(checkpoint.pop("optimizer_states", [])):
-            shards[f"optimizer_{index}"] = _optimizer_by_name(state, self.optimizers[index], names)
-        runtime.save_sharded(shards, path)
+        pairs = zip(checkpoint.get("optimizer_states", []), self.optimizers, strict=False)
+        checkpoint["optimizer_states"] = [optimizer_by_name(s, o, names) for s, o in pairs]
+        runtime.save_sharded(sharded_entries(checkpoint), path)
         torch.save(move_data_to_device(checkpoint, "cpu"), path / SHARDED_META)
 
     @override
@@ -174,7 +175,7 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         }
         for index, optimizer in enumerate(self.optimizers):
             prefix = f"optimizer_{index}"
-            targets[prefix] = _optimizer_by_name(optimizer.state_dict(), optimizer, names)
+            targets[prefix] = optimizer_by_name(optimizer.state_dict(), optimizer, names)
             targets[prefix]["state"] = {
                 name: {
                     key.rsplit(".", 1)[1]: self._target(entry)
@@ -209,19 +210,3 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
     def _parameter_names(self) -> dict[int, str]:
         assert self.lightning_module is not None
         return {id(p): name for name, p in self.lightning_module.named_parameters()}
-
-
-def _optimizer_by_name(
-    state: dict[str, Any], optimizer: Any, names: dict[int, str]
-) -> dict[str, Any]:
-    """An optimizer's ``state_dict`` keyed by parameter name instead of position (the
-    layout of torch.distributed.checkpoint's optimizer states), with host learning rates."""
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    groups = []
-    for group in state["param_groups"]:
-        values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in group.items()}
-        groups.append({**values, "params": [order[i] for i in group["params"]]})
-    return {
-        "state": {order[i]: value for i, value in state["state"].items()},
-        "param_groups": groups,
-    }
