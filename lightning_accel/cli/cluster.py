@@ -96,9 +96,9 @@ def cluster_plugins() -> list[Any]:
     submitit (or the user's batch script) requeues, and the run resumes from its last
     checkpoint. A submitit local job's tasks get :class:`SubmititLocalEnvironment`.
     """
-    if "SUBMITIT_LOCAL_NTASKS" in os.environ and "SUBMITIT_LOCAL_GLOBALID" in os.environ:
-        from lightning_accel.environments import SubmititLocalEnvironment
+    from lightning_accel.environments import SubmititLocalEnvironment
 
+    if SubmititLocalEnvironment.detect():
         return [SubmititLocalEnvironment()]
     if _in_slurm_step() and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
         from lightning.pytorch.plugins.environments import SLURMEnvironment
