@@ -15,8 +15,8 @@ from typing import Any
 # Where each public name lives; imported on first use (PEP 562), so that the command line
 # can check a run's config before torch and lightning are imported.
 _PUBLIC = {
-    "build_trainer": "lightning_accel.build",
-    "trainer_arguments": "lightning_accel.build",
+    "build_trainer": "lightning_accel.trainer_factory",
+    "trainer_arguments": "lightning_accel.trainer_factory",
     "RunSummary": "lightning_accel.callbacks",
     "RunProgressBar": "lightning_accel.callbacks",
     "SpeedMonitor": "lightning_accel.callbacks",

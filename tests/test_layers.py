@@ -13,7 +13,7 @@ LAYERS = (
     ("machine", "devices", "flops", "safe_load", "profiles", "environments", "collectives")
     + ("xla.runtime",),
     ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),
-    ("plan", "build", "xla"),
+    ("plan", "trainer_factory", "xla"),
     ("callbacks",),
     ("cli", "__main__"),
 )

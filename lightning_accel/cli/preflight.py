@@ -341,7 +341,7 @@ def run_plan(run: RunConfig) -> RunPlan | None:
 
 def check_strategy(plan: RunPlan | None) -> None:
     """Fail unless the plan's strategy can be built with its options."""
-    from lightning_accel.build import plan_arguments
+    from lightning_accel.trainer_factory import plan_arguments
 
     if plan is not None:
         plan_arguments(plan)

@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lightning_accel.build import build_trainer
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
 from lightning_accel.cli.cluster import cluster_plugins
@@ -28,6 +27,7 @@ from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.optimize.transforms import FSDP2
+from lightning_accel.trainer_factory import build_trainer
 
 
 def save_resolved_config(run: RunConfig) -> Path:
