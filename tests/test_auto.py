@@ -20,7 +20,7 @@ from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.config import CompileConfig, HardwareConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.optimize.probe import StepTimes, compile_pays
+from lightning_accel.optimize.measured_choices import StepTimes, compile_pays
 from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
 from lightning_accel.plan.fit import largest_micro_batch
 from lightning_accel.plan.layouts import Placement, rank_memory

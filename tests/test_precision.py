@@ -15,7 +15,12 @@ from lightning_accel import precision
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE, CpuFacts, CudaDevice, CudaFacts, MachineFacts
 from lightning_accel.models import GPTLanguageModel
-from lightning_accel.optimize.probe import Candidate, StepTimes, fastest_precision, step_times
+from lightning_accel.optimize.measured_choices import (
+    Candidate,
+    StepTimes,
+    fastest_precision,
+    step_times,
+)
 
 
 def gpu(capability: tuple[int, int]) -> MachineFacts:

@@ -25,7 +25,7 @@ from lightning_accel.cli.schema import RunConfig
 from lightning_accel.config import OptimizationConfig
 from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
-from lightning_accel.optimize.probe import (
+from lightning_accel.optimize.measured_choices import (
     Candidate,
     CompileChoice,
     compile_pays,
