@@ -19,7 +19,7 @@ from helpers import run_cli
 from PIL import Image
 
 from lightning_accel.data import ImageDataModule, SyntheticImageDataModule
-from lightning_accel.data.device_images import crop_and_flip
+from lightning_accel.data.image_base import crop_and_flip
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import BasicBlock, ImageClassifier, ResNet
 from lightning_accel.optimize.blocks import find_repeated_blocks

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.data.cache import default_cache_dir
-from lightning_accel.data.device_images import DeviceImageDataModule
+from lightning_accel.data.image_base import DeviceImageDataModule
 from lightning_accel.data.image_sources import (
     DIGITS,
     INSTALL_IMAGES,

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from typing_extensions import override
 
 from lightning_accel.config import require_positive
-from lightning_accel.data.device_images import DeviceImageDataModule
+from lightning_accel.data.image_base import DeviceImageDataModule
 from lightning_accel.data.loading import SplitDataModule
 from lightning_accel.data.tokens import token_batch_example
 

@@ -27,7 +27,7 @@ from lightning_accel.data.loading import HasBatchSize
 from lightning_accel.errors import ConfigError
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.xla import runtime
-from lightning_accel.xla.loader import DeviceLoading
+from lightning_accel.xla.device_loader import DeviceLoading
 
 MESH_AXES = ("data", "fsdp")
 

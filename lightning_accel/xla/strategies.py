@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from lightning_accel.strategies import register
-from lightning_accel.xla.loader import DeviceLoading
+from lightning_accel.xla.device_loader import DeviceLoading
 from lightning_accel.xla.spmd import XLASPMDStrategy
 
 

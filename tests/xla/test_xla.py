@@ -288,7 +288,7 @@ def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_bat
     """Workers forked from the device loader's thread could inherit a held lock and hang;
     they come from a fork server instead, and batches are unchanged."""
     from lightning_accel.xla import runtime
-    from lightning_accel.xla.loader import DeviceLoader
+    from lightning_accel.xla.device_loader import DeviceLoader
 
     data = torch.utils.data.TensorDataset(torch.arange(24, dtype=torch.float32).view(12, 2))
     host = list(torch.utils.data.DataLoader(data, batch_size=4))
