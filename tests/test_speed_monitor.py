@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_accel import devices, flops
-from lightning_accel.callbacks import RunSummary, SpeedMonitor, memory
+from lightning_accel import devices, flops, memory
+from lightning_accel.callbacks import RunSummary, SpeedMonitor
 from lightning_accel.callbacks import speed as speed_module
 
 SLOW_SAVE_SECONDS = 1000.0

@@ -17,8 +17,8 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_accel.callbacks.memory import model_state_bytes
 from lightning_accel.files import write_text_whole
+from lightning_accel.memory import model_state_bytes
 
 
 @runtime_checkable

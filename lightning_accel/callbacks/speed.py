@@ -11,11 +11,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typing_extensions import override
 
-from lightning_accel.callbacks.memory import peak_memory_mb
-from lightning_accel.callbacks.throughput import ThroughputClock
 from lightning_accel.data.loading import CountsBatches, data_parallel_share
 from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
+from lightning_accel.memory import peak_memory_mb
+from lightning_accel.throughput import ThroughputClock
 
 
 @runtime_checkable
