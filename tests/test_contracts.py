@@ -7,9 +7,11 @@ from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuar
 from lightning_accel.callbacks.run_summary import CountsAllreduceBytes, ReportsSummaryFigures
 from lightning_accel.data import SyntheticImageDataModule, SyntheticTokenDataModule
 from lightning_accel.data.loading import CountsBatches, HasBatchSize
+from lightning_accel.models.gpt import GPT, GPTConfig
 from lightning_accel.models.image_classifier import ImageShapes
 from lightning_accel.models.language_model import TokenShapes
 from lightning_accel.strategies import AccelDDPStrategy, FSDP2Strategy
+from lightning_accel.strategies.tensor_parallel import DeclaresTensorParallelPlan
 
 
 def test_strategies_and_callbacks_report_to_the_run_summary() -> None:
@@ -28,3 +30,9 @@ def test_data_modules_and_loaders_state_what_models_and_monitors_read() -> None:
     tokens.setup("fit")
     assert isinstance(tokens.train_dataloader(), CountsBatches)
     assert not isinstance(tokens.val_dataloader(), CountsBatches)
+
+
+def test_the_gpt_declares_its_tensor_parallel_plan() -> None:
+    gpt = GPT(GPTConfig(vocab_size=16, seq_len=8, n_layer=1, d_model=8, n_head=2, dropout=0.0))
+    assert isinstance(gpt, DeclaresTensorParallelPlan)
+    assert not isinstance(gpt.head, DeclaresTensorParallelPlan)

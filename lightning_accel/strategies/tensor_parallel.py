@@ -15,7 +15,7 @@ import fnmatch
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -75,11 +75,22 @@ def _paths(model: nn.Module) -> dict[int, str]:
     return {id(module): canonical_path(name) for name, module in model.named_modules() if name}
 
 
+@runtime_checkable
+class DeclaresTensorParallelPlan(Protocol):
+    """A module that declares how tensor parallelism splits it (a class attribute): module
+    path glob (relative to the module) -> ``colwise``, ``rowwise``, ``sequence_parallel`` or
+    ``replicate`` (see :class:`~lightning_accel.models.gpt.GPT`)."""
+
+    tensor_parallel_plan: Mapping[str, str]
+
+
 def declared_plan(model: nn.Module) -> dict[str, str] | None:
-    """The plan a module of ``model`` declares (its ``tensor_parallel_plan`` attribute),
-    with the paths made relative to ``model``."""
+    """The plan a module of ``model`` declares (:class:`DeclaresTensorParallelPlan`), with
+    the paths made relative to ``model``."""
     for path, module in [("", model), *_modules(model).items()]:
-        plan = getattr(type(module), "tensor_parallel_plan", None)
+        if not isinstance(module, DeclaresTensorParallelPlan):
+            continue
+        plan = module.tensor_parallel_plan
         if isinstance(plan, Mapping):
             prefix = f"{path}." if path else ""
             return {prefix + pattern: style for pattern, style in plan.items()}
