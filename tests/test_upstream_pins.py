@@ -7,8 +7,10 @@ import ast
 import hashlib
 import inspect
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -20,13 +22,13 @@ from lightning_accel.cli import hydra_private
 from lightning_accel.cli.compose import parse_overrides
 
 
-def _parameters(function: object) -> list[str]:
-    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
 
 
-def _code_digest(function: object) -> str:
+def _code_digest(function: Callable[..., Any]) -> str:
     """A digest of ``function``'s code that ignores comments and layout."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
 
 
