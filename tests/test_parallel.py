@@ -206,11 +206,11 @@ def test_gradient_accumulation_gives_the_update_of_one_large_batch(
 
 
 def test_ddp_accumulation_skips_the_gradient_sync_of_inner_steps(runs: Runs) -> None:
-    hook = "hardware.strategy_options.comm_hook=bf16"
-    every_step = runs.summary(runs.train("ddp_bf16", "ddp_cpu", 2, hook))
+    every_step = runs.summary(runs.train("ddp", "ddp_cpu", 2))
     accumulating = runs.summary(
-        runs.train("ddp_bf16_accumulate", "ddp_cpu", 2, hook, *ACCUMULATE, "data.batch_size=2")
+        runs.train("ddp_accumulate", "ddp_cpu", 2, *ACCUMULATE, "data.batch_size=2")
     )
+    assert every_step["allreduce_bytes_per_step"] > 0
     assert accumulating["allreduce_bytes_per_step"] == every_step["allreduce_bytes_per_step"]
 
 
@@ -229,15 +229,21 @@ STOP_AT_15 = ["+callbacks.stop._target_=helpers.StopAtStep", "+callbacks.stop.st
 
 
 @pytest.mark.parametrize(
-    ("name", "hardware", "ranks"), [("single", "cpu", 1), ("ddp", "ddp_cpu", 2)]
+    ("name", "hardware", "ranks", "stopped"),
+    [("single", "cpu", 1, False), ("ddp", "ddp_cpu", 2, True)],
+    ids=["one process, from the validation's checkpoint", "2 ranks, from a stopped run's last"],
 )
 def test_resuming_mid_epoch_ends_with_the_weights_of_an_uninterrupted_run(
-    runs: Runs, name: str, hardware: str, ranks: int
+    runs: Runs, name: str, hardware: str, ranks: int, stopped: bool
 ) -> None:
+    """From step 15, half-way through the second epoch: the checkpoint the validation at
+    step 15 saved, or the last one of a run stopped there (as a preempted job is)."""
     uninterrupted = runs.train(name, hardware, ranks)
-    stopped = runs.train(f"{name}_stopped_at_15", hardware, ranks, *STOP_AT_15)
-    assert runs.summary(stopped)["steps"] == 15, "stopped half-way through the second epoch"
-    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    checkpoint = runs.checkpoint(uninterrupted, step=15)
+    if stopped:
+        stopped_run = runs.train(f"{name}_stopped_at_15", hardware, ranks, *STOP_AT_15)
+        assert runs.summary(stopped_run)["steps"] == 15
+        checkpoint = stopped_run / "checkpoints" / "last.ckpt"
     loader_state = load_data_file(checkpoint)["loops"]["fit_loop"]["state_dict"]
     assert loader_state["combined_loader"] == [{"epoch": 1, "batches_taken": 5}]
     resumed = runs.train(f"{name}_resumed", hardware, ranks, f"ckpt_path={checkpoint}")
