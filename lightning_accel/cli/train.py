@@ -88,7 +88,7 @@ def main(args: list[str], stage: str = "fit") -> int:
     quiet_upstream()
     register_schemas()
     if stage != "fit":
-        args = [*args, f"stage={stage}"]
+        args = [f"stage={stage}", *args]  # before any flag: argparse takes overrides once
     options = command_line_parser().parse_args(args)
     informational = options.help or options.hydra_help or options.info or options.shell_completion
     if not informational:
