@@ -238,17 +238,32 @@ def _modules(package_dir: Path) -> dict[str, ast.Module]:
     return modules
 
 
-def _constant(modules: dict[str, ast.Module], module: str, name: str) -> Any:
-    """The literal value of the module-level name ``name`` in ``module``, following
-    ``from ... import`` into the package's other modules; None when it is not a literal."""
-    for node in modules.get(module, ast.Module(body=[], type_ignores=[])).body:
+def _literal(node: ast.expr) -> Any:
+    """The value of a literal expression, None when it is not one."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+def _assigned(body: list[ast.stmt], name: str) -> ast.Assign | None:
+    """The statement of ``body`` that assigns ``name``, if any."""
+    for node in body:
         if isinstance(node, ast.Assign) and any(
             isinstance(target, ast.Name) and target.id == name for target in node.targets
         ):
-            try:
-                return ast.literal_eval(node.value)
-            except ValueError:
-                return None
+            return node
+    return None
+
+
+def _constant(modules: dict[str, ast.Module], module: str, name: str) -> Any:
+    """The literal value of the module-level name ``name`` in ``module``, following
+    ``from ... import`` into the package's other modules; None when it is not a literal."""
+    body = modules.get(module, ast.Module(body=[], type_ignores=[])).body
+    assignment = _assigned(body, name)
+    if assignment is not None:
+        return _literal(assignment.value)
+    for node in body:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if any((alias.asname or alias.name) == name for alias in node.names):
                 original = next(a.name for a in node.names if (a.asname or a.name) == name)
@@ -291,10 +306,7 @@ def _choices(modules: dict[str, ast.Module]) -> dict[str, tuple[str, ...]]:
             if isinstance(given, ast.Name):
                 values = _constant(modules, module, given.id)
             else:
-                try:
-                    values = ast.literal_eval(given)
-                except ValueError:
-                    values = None
+                values = _literal(given)
             if isinstance(values, (tuple, list)):
                 found[node.args[0].value] = tuple(yaml_value(v) for v in values)
     return {**refused, **required}
@@ -302,15 +314,8 @@ def _choices(modules: dict[str, ast.Module]) -> dict[str, tuple[str, ...]]:
 
 def _class_attribute(node: ast.ClassDef, name: str) -> Any:
     """The literal value a class body assigns to ``name``, or None."""
-    for item in node.body:
-        if isinstance(item, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in item.targets
-        ):
-            try:
-                return ast.literal_eval(item.value)
-            except ValueError:
-                return None
-    return None
+    assignment = _assigned(node.body, name)
+    return None if assignment is None else _literal(assignment.value)
 
 
 def _init_options(
