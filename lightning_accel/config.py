@@ -30,6 +30,7 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 XLA_CHECKPOINTS = ("gathered", "sharded")  # how the xla_spmd strategy writes checkpoints
 MICRO_BATCHES = (None, "auto")
+FLOAT8_RECIPES = ("tensorwise", "rowwise")  # torchao's float8 scaling recipes
 
 
 def require_positive(key: str, value: Any) -> None:
@@ -152,6 +153,33 @@ class ActivationCheckpointingConfig:
 
 
 @dataclass
+class Float8Config:
+    """Float8 training: torchao's float8 Linear layers, their matmuls on float8 tensor cores.
+
+    Attributes:
+        enabled: Convert the Linear layers whose in and out features are both divisible by
+            16 (and whose weight is not tied to another module) to float8 training, before
+            every other transform; needs a GPU with float8 tensor cores (compute capability
+            8.9 or newer) unless ``emulate``, and torchao (the ``fp8`` extra).
+        recipe: torchao's scaling: ``tensorwise`` (one scale per tensor; the fastest) or
+            ``rowwise`` (one scale per row: more accurate, a little slower).
+        emulate: Run float8 in torchao's emulation (casts to float8, matmuls in fp32) on
+            any hardware: for testing the numerics, not for speed.
+        fsdp_float8_all_gather: Under FSDP2, all-gather the converted layers' weights in
+            float8 (half of bf16's traffic); with the ``tensorwise`` recipe only (ignored
+            with ``rowwise``, and by the other strategies).
+    """
+
+    enabled: bool = False
+    recipe: str = "tensorwise"
+    emulate: bool = False
+    fsdp_float8_all_gather: bool = False
+
+    def __post_init__(self) -> None:
+        require_choice("optimization.fp8.recipe", self.recipe, FLOAT8_RECIPES)
+
+
+@dataclass
 class OptimizationConfig:
     """How fast and how lean a run computes: precision, compile, memory and step knobs.
 
@@ -164,6 +192,7 @@ class OptimizationConfig:
             measured ``fastest``.
         compile: torch.compile settings.
         activation_checkpointing: Recomputing block activations in the backward pass.
+        fp8: Float8 training of the Linear layers (torchao).
         channels_last: Put the model (and the image recipe's batches) in channels-last
             memory format (conv nets).
         cpu_offload: FSDP2 keeps parameters, gradients and optimizer state in CPU memory.
@@ -184,6 +213,7 @@ class OptimizationConfig:
     activation_checkpointing: ActivationCheckpointingConfig = field(
         default_factory=ActivationCheckpointingConfig
     )
+    fp8: Float8Config = field(default_factory=Float8Config)
     channels_last: bool = False
     cpu_offload: bool = False
     micro_batch: str | None = None

@@ -1,10 +1,12 @@
 """Choosing the precision a run computes in: ``auto`` per hardware, and refusing
-precisions the hardware or strategy cannot run."""
+precisions (float8 training included) the hardware or strategy cannot run."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 
+from lightning_accel.config import Float8Config
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import THIS_MACHINE, Machine
 
@@ -19,6 +21,11 @@ RUNNABLE = {
 }
 # FSDP2 (Lightning's ModelParallelStrategy) has no gradient scaler for fp16 mixed precision.
 REFUSED_BY_STRATEGY = {"fsdp2": ("16-mixed",)}
+FLOAT8_KEY = "optimization.fp8.enabled"
+FLOAT8_INSTALL_HINT = "pip install 'lightning-accel[fp8]'"
+EMULATE_HINT = (
+    "optimization.fp8.emulate=true runs torchao's emulation instead (for numerics, not speed)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,56 @@ def bf16_gpu(capability: tuple[int, int] | None) -> bool:
     """Whether a GPU of compute ``capability`` computes in bf16 (Ampere, sm_80, and newer);
     the one bf16 rule for GPUs, used to choose and to refuse."""
     return (capability or (0, 0)) >= (8, 0)
+
+
+def float8_gpu(capability: tuple[int, int] | None) -> bool:
+    """Whether a GPU of compute ``capability`` has float8 tensor cores (Ada and Hopper,
+    sm_89, and newer)."""
+    return (capability or (0, 0)) >= (8, 9)
+
+
+def resolve_float8(
+    config: Float8Config,
+    accelerator: str,
+    tensor_parallel: int = 1,
+    machine: Machine = THIS_MACHINE,
+) -> str | None:
+    """Why float8 training runs on ``accelerator`` of ``machine`` (this one unless given);
+    None when the profile does not ask for it.
+
+    Raises:
+        ConfigError: torchao is not installed; the run splits layers over
+            ``tensor_parallel`` > 1 ranks; or the device has no float8 tensor cores and
+            emulation was not asked for.
+    """
+    if not config.enabled:
+        return None
+    if find_spec("torchao") is None:
+        raise ConfigError(FLOAT8_KEY, True, f"needs torchao: {FLOAT8_INSTALL_HINT}")
+    if tensor_parallel > 1:
+        raise ConfigError(
+            FLOAT8_KEY,
+            True,
+            f"does not run with tensor parallelism (tensor_parallel={tensor_parallel}) yet: "
+            "torchao's float8 parallel styles are not wired into the split",
+        )
+    if config.emulate:
+        return f"emulated on {accelerator}: float8 casts, fp32 matmuls; numerics, not speed"
+    capability = machine.cuda_capability() if accelerator == "cuda" else None
+    if float8_gpu(capability):
+        major, minor = capability or (0, 0)
+        return f"the GPU (sm_{major}{minor}) has float8 tensor cores"
+    has = (
+        f"this GPU is sm_{capability[0]}{capability[1]}"
+        if capability
+        else f"this run's device ({accelerator}) has none"
+    )
+    raise ConfigError(
+        FLOAT8_KEY,
+        True,
+        "needs a GPU with float8 tensor cores (compute capability 8.9 or newer) and "
+        f"{has}; {EMULATE_HINT}",
+    )
 
 
 def auto_precision(accelerator: str, machine: Machine = THIS_MACHINE) -> PrecisionChoice:

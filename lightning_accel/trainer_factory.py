@@ -127,7 +127,11 @@ def build_trainer(
     arguments.update(trainer_kwargs)
     arguments["plugins"] = [*plugins, *user_plugins]
     transforms = ModelOptimizations(
-        plan.optimization, plan.precision, plan.transforms, plan.hardware.strategy_reason
+        plan.optimization,
+        plan.precision,
+        plan.transforms,
+        plan.hardware.strategy_reason,
+        plan.float8,
     )
     arguments["callbacks"] = [*(callbacks or []), transforms]
     return pl.Trainer(**arguments)

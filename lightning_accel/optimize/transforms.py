@@ -1,7 +1,8 @@
-"""Apply a run's model transforms, in place, in one ordered function: activation
-checkpointing, then compile, then memory format, then the tensor parallel split, then
-FSDP2 sharding (torchtitan's order). Under FSDP2 the strategy calls it from its ``setup``
-with its own parallelizing steps; else the :class:`ModelOptimizations` callback does."""
+"""Apply a run's model transforms, in place, in one ordered function: float8 training's
+Linear layers, then activation checkpointing, then compile, then memory format, then the
+tensor parallel split, then FSDP2 sharding (torchtitan's order). Under FSDP2 the strategy
+calls it from its ``setup`` with its own parallelizing steps; else the
+:class:`ModelOptimizations` callback does."""
 
 from __future__ import annotations
 
@@ -21,14 +22,23 @@ from typing_extensions import override
 from lightning_accel.config import CompileConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
+from lightning_accel.optimize.float8 import check_float8_layers, convert_to_float8, float8_summary
 from lightning_accel.precision import PrecisionChoice
 
 FSDP2 = "fsdp2"
 TENSOR_PARALLEL = "tensor_parallel"
-# Model transforms in the order they are applied: activation checkpointing, then compile,
-# then the tensor parallel split, then sharding (torchtitan's order); the memory format is
-# independent of the others.
-TRANSFORM_ORDER = ("activation_checkpointing", "compile", "channels_last", TENSOR_PARALLEL, FSDP2)
+FLOAT8 = "float8"
+# Model transforms in the order they are applied: float8 Linear layers, then activation
+# checkpointing, then compile, then the tensor parallel split, then sharding (torchtitan's
+# order); the memory format is independent of the others.
+TRANSFORM_ORDER = (
+    FLOAT8,
+    "activation_checkpointing",
+    "compile",
+    "channels_last",
+    TENSOR_PARALLEL,
+    FSDP2,
+)
 # a parallelizing step of the strategy: changes the model in place
 ParallelStep = Callable[[nn.Module], None]
 
@@ -40,6 +50,7 @@ def model_transforms(
     :data:`TRANSFORM_ORDER`: the profile's, then the strategy's ``parallel`` steps
     (``tensor_parallel``, ``fsdp2``)."""
     wanted = {
+        FLOAT8: optimization.fp8.enabled,
         "activation_checkpointing": optimization.activation_checkpointing.enabled,
         "compile": optimization.compile.active_on(accelerator),
         "channels_last": optimization.channels_last,
@@ -50,7 +61,8 @@ def model_transforms(
 
 
 def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig) -> None:
-    """Fail unless ``model`` has what the profile's transforms need (repeated blocks)."""
+    """Fail unless ``model`` has what the profile's transforms need: repeated blocks, and
+    Linear layers float8 training can convert."""
     compile_config = optimization.compile
     needs_blocks = {
         "optimization.activation_checkpointing.enabled": (
@@ -67,6 +79,8 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
                 f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
                 "Sequential of same-class modules",
             )
+    if optimization.fp8.enabled:
+        check_float8_layers(model)
 
 
 def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu") -> int:
@@ -137,7 +151,9 @@ def apply_model_optimizations(
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     for name in transforms:
-        if name == "activation_checkpointing":
+        if name == FLOAT8:
+            convert_to_float8(model, optimization.fp8, sharded=FSDP2 in transforms)
+        elif name == "activation_checkpointing":
             every_k = optimization.activation_checkpointing.every_k_blocks
             _checkpoint_blocks(model, every_k, device_type)
         elif name == "compile":
@@ -159,6 +175,7 @@ class ModelOptimizations(pl.Callback):
         transforms: the transforms the run plan chose, in order (default: those the profile
             asks for on the device the strategy runs on).
         strategy_reason: why the run plan chose the strategy, when it did.
+        float8_reason: why the run plan lets the Linear layers train in float8, when they do.
     """
 
     def __init__(
@@ -167,11 +184,14 @@ class ModelOptimizations(pl.Callback):
         precision: PrecisionChoice | None = None,
         transforms: Sequence[str] | None = None,
         strategy_reason: str | None = None,
+        float8_reason: str | None = None,
     ) -> None:
         self.optimization = optimization
         self.precision = precision
         self.transforms = transforms
         self.strategy_reason = strategy_reason
+        self.float8_reason = float8_reason
+        self._model: nn.Module | None = None
 
     def summary_figures(self) -> dict[str, Any]:
         """The run's choices and their reasons, for the run summary."""
@@ -183,10 +203,20 @@ class ModelOptimizations(pl.Callback):
             "micro_batch_reason": self.optimization.micro_batch_reason,
             "accumulate_grad_batches": self.optimization.accumulate_grad_batches,
             "transforms": list(self.transforms or ()),
+            "fp8": self._float8_figures(),
         }
+
+    def _float8_figures(self) -> dict[str, Any] | None:
+        """The recipe, why float8 runs, and the converted (and kept) Linear layers, under
+        float8 training."""
+        figures = float8_summary(self._model) if self._model is not None else None
+        if figures is None:
+            return None
+        return {"recipe": self.optimization.fp8.recipe, "reason": self.float8_reason, **figures}
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._model = pl_module
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return
         strategy = trainer.strategy

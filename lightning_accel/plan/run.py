@@ -14,7 +14,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import resolve_hardware
 from lightning_accel.machine import THIS_MACHINE, Machine
 from lightning_accel.optimize.transforms import FSDP2, model_transforms
-from lightning_accel.precision import PrecisionChoice, resolve_precision
+from lightning_accel.precision import PrecisionChoice, resolve_float8, resolve_precision
 from lightning_accel.profiles import as_hardware, as_optimization
 from lightning_accel.strategies.mesh import MESH_KEYS, MeshShape, resolve_mesh
 
@@ -34,6 +34,8 @@ class RunPlan:
         strategy, strategy_options: the registered strategy and its keyword arguments
             (FSDP2's CPU offload from the optimization profile included).
         precision: the precision and why it was chosen.
+        float8: why the Linear layers train in float8 (on float8 tensor cores or
+            emulated); None without float8 training.
         transforms: the model transforms, in the order they are applied (``tensor_parallel``
             and ``fsdp2`` are applied by the strategy, after the others).
         loader: what ``auto`` DataLoader settings mean for this run's ranks on a node.
@@ -53,6 +55,7 @@ class RunPlan:
     transforms: tuple[str, ...] = ()
     loader: LoaderPlan = LoaderPlan(workers=0, decoding_workers=0, pin_memory=False)
     mesh: MeshShape | None = None
+    float8: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -82,7 +85,8 @@ def plan_run(
     """Decide what a run of these profiles does on ``machine`` (this one unless given).
 
     Raises:
-        ConfigError: the machine cannot run the hardware profile, or the precision.
+        ConfigError: the machine cannot run the hardware profile, the precision or float8
+            training.
     """
     profile, opt = as_hardware(hardware), as_optimization(optimization)
     hw = resolve_hardware(profile, machine)
@@ -121,4 +125,5 @@ def plan_run(
         transforms=model_transforms(opt, hw.accelerator, mesh.parallel_steps if mesh else ()),
         loader=plan_loader(hw.accelerator, loading_ranks, machine.cpu_cores()),
         mesh=mesh,
+        float8=resolve_float8(opt.fp8, hw.accelerator, mesh.tensor if mesh else 1, machine),
     )
