@@ -18,26 +18,28 @@ from lightning_accel.xla import runtime as xla_runtime
 
 TERA = 1e12
 
-# Dense tensor-core figures per GPU, in TFLOP/s, by number format. Datasheets quote bf16,
-# fp16 and tf32 "with sparsity"; the dense figure is half of that.
+# Dense tensor-core figures per GPU, in TFLOP/s, by number format. Datasheets quote fp8,
+# bf16, fp16 and tf32 "with sparsity"; the dense figure is half of that. fp8 only where the
+# GPU has float8 tensor cores (sm_89 and newer: not the A100).
 _GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     # NVIDIA H100 datasheet (SXM5, PCIe and NVL columns):
     # https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet
-    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
-    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
-    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H100 SXM": {"fp8": 1978.9, "bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"fp8": 1513.0, "bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"fp8": 1670.5, "bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
     # NVIDIA H200 datasheet (SXM and NVL columns):
     # https://www.nvidia.com/en-us/data-center/h200/
-    "H200 SXM": {"bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
-    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
-    # NVIDIA HGX B200 datasheet, eight GPUs per board (36 PFLOPS bf16 with sparsity):
+    "H200 SXM": {"fp8": 1979.0, "bf16": 989.5, "fp16": 989.5, "tf32": 494.5, "fp32": 67.0},
+    "H200 NVL": {"fp8": 1670.5, "bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    # NVIDIA HGX B200 datasheet, eight GPUs per board (72 PFLOPS fp8 and 36 PFLOPS bf16
+    # with sparsity):
     # https://www.nvidia.com/en-us/data-center/hgx/
-    "B200": {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1125.0, "fp32": 75.0},
+    "B200": {"fp8": 4500.0, "bf16": 2250.0, "fp16": 2250.0, "tf32": 1125.0, "fp32": 75.0},
     # NVIDIA A100 datasheet (SXM4 and PCIe share these figures):
     # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
     "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
     # NVIDIA L4 datasheet: https://www.nvidia.com/en-us/data-center/l4/
-    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "L4": {"fp8": 242.5, "bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
 }
 
 # bf16 TFLOP/s per chip from Google Cloud's TPU system architecture pages
@@ -75,7 +77,8 @@ class DeviceSpec:
     Args:
         name: the table's name (``H100 SXM``, ``TPU v5p``, ...).
         memory_bytes: memory per device.
-        peak_tflops: dense peak per number format (``bf16``, ``fp16``, ``tf32``, ``fp32``).
+        peak_tflops: dense peak per number format (``bf16``, ``fp16``, ``tf32``, ``fp32``;
+            ``fp8`` for GPUs with float8 tensor cores).
         link_bytes_per_second: bandwidth to peers in one direction (NVLink, ICI or PCIe).
     """
 
@@ -157,13 +160,19 @@ def number_format(precision: str, float32_matmul_precision: str = "highest") -> 
     return "fp32" if float32_matmul_precision == "highest" else "tf32"
 
 
-def gpu_peak(device_name: str, precision: str, float32_matmul_precision: str) -> PeakFlops | None:
-    """The datasheet peak of a GPU named ``device_name`` (as its driver reports it), or
-    None for a GPU the table does not know."""
+def gpu_peak(
+    device_name: str,
+    precision: str,
+    float32_matmul_precision: str,
+    matmul_format: str | None = None,
+) -> PeakFlops | None:
+    """The datasheet peak of a GPU named ``device_name`` (as its driver reports it) in
+    ``matmul_format`` (default: the format ``precision`` computes in; ``fp8`` under float8
+    training), or None for a GPU or format the table does not know."""
     known = _match(device_name, _GPU_NAMES)
-    if known is None:
+    fmt = matmul_format or number_format(precision, float32_matmul_precision)
+    if known is None or fmt not in _GPU_PEAK_TFLOPS[known]:
         return None
-    fmt = number_format(precision, float32_matmul_precision)
     return PeakFlops(_GPU_PEAK_TFLOPS[known][fmt] * TERA, f"{known} datasheet, dense {fmt}")
 
 
@@ -193,11 +202,19 @@ def measured_cpu_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 8) ->
     return PeakFlops(2 * size**3 / fastest, source)
 
 
-def device_peak(device: torch.device, precision: str) -> PeakFlops | None:
-    """The peak FLOP/s of ``device`` for a run in ``precision``; None where unknown."""
+def device_peak(
+    device: torch.device, precision: str, matmul_format: str | None = None
+) -> PeakFlops | None:
+    """The peak FLOP/s of ``device`` for a run in ``precision`` whose matmuls compute in
+    ``matmul_format`` (default: as ``precision`` says; float8 training's layers say
+    otherwise); None where unknown."""
+    fmt = matmul_format or number_format(precision)
     if device.type == "cuda":
         return gpu_peak(
-            torch.cuda.get_device_name(device), precision, torch.get_float32_matmul_precision()
+            torch.cuda.get_device_name(device),
+            precision,
+            torch.get_float32_matmul_precision(),
+            matmul_format,
         )
     if device.type == "xla":
         from lightning_accel.xla import runtime
@@ -205,14 +222,13 @@ def device_peak(device: torch.device, precision: str) -> PeakFlops | None:
         kind = runtime.device_kind()
         if kind.startswith("TPU"):
             return tpu_peak(kind)
-        return measured_cpu_peak(_cpu_dtype(precision)) if kind == "CPU" else None
+        return measured_cpu_peak(_cpu_dtype(fmt)) if kind == "CPU" else None
     if device.type == "cpu":
-        return measured_cpu_peak(_cpu_dtype(precision))
+        return measured_cpu_peak(_cpu_dtype(fmt))
     return None
 
 
-def _cpu_dtype(precision: str) -> torch.dtype:
-    fmt = number_format(precision)
+def _cpu_dtype(fmt: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fmt, torch.float32)
 
 

@@ -220,6 +220,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
     if summary.get("compile_reason"):
         compiled = "on" if summary.get("compile") else "off"
         rows.append(("compile", _with_reason(compiled, summary["compile_reason"])))
+    if summary.get("fp8"):
+        fp8 = summary["fp8"]
+        layers = f"{fp8['recipe']}, {len(fp8['layers'])} Linear layers, {len(fp8['kept'])} kept"
+        rows.append(("fp8", _with_reason(layers, fp8["reason"])))
     if summary.get("micro_batch_reason"):
         accumulate = summary.get("accumulate_grad_batches")
         rows.append(

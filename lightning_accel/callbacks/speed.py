@@ -15,6 +15,7 @@ from lightning_accel.data.loading import CountsBatches, data_parallel_share
 from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
 from lightning_accel.memory import peak_memory_mb
+from lightning_accel.optimize.float8 import float8_matmul_format
 from lightning_accel.throughput import ThroughputClock
 
 
@@ -75,9 +76,11 @@ class SpeedMonitor(pl.Callback):
     ``FlopCounterMode``; a step is taken as three forward passes, the usual convention for
     model FLOPs, so recomputation under activation checkpointing does not count. MFU divides
     the FLOP/s each device achieves by its peak: a vendor figure for known GPUs and TPUs, a
-    matmul measured once on CPUs. The device is synchronized only at logging steps,
-    validation and the end of training, never per step. Tokens are counted when the batch
-    inputs are integer token ids; samples always. A "step" is one training batch.
+    matmul measured once on CPUs; under float8 training, the peak of the format the
+    converted layers multiply in (fp8 on float8 tensor cores, fp32 under emulation). The
+    device is synchronized only at logging steps, validation and the end of training, never
+    per step. Tokens are counted when the batch inputs are integer token ids; samples
+    always. A "step" is one training batch.
 
     Args:
         warmup_steps: leading steps left out of the summary figures.
@@ -130,7 +133,9 @@ class SpeedMonitor(pl.Callback):
             if self.peak_flops:
                 self.peak = PeakFlops(self.peak_flops, "given")
             else:
-                self.peak = device_peak(pl_module.device, str(trainer.precision))
+                self.peak = device_peak(
+                    pl_module.device, str(trainer.precision), float8_matmul_format(pl_module)
+                )
 
     @override
     def on_train_batch_start(
