@@ -126,6 +126,13 @@ def convert_to_float8(model: nn.Module, config: Float8Config, sharded: bool = Fa
     return converted
 
 
+def precompute_float8_scales(model: nn.Module) -> None:
+    """Compute the scales of FSDP2's next float8 all-gathers for every converted weight of
+    ``model`` at once (one all-reduce of their maxima, rather than one per weight), as
+    torchtitan does after each optimizer step."""
+    torchao_float8().precompute_float8_dynamic_scale_for_fsdp(model)
+
+
 def _float8_linears(model: nn.Module) -> list[nn.Module]:
     """The converted layers of ``model`` (none while torchao was never imported)."""
     module_name = "torchao.float8.float8_linear"
@@ -142,6 +149,12 @@ def float8_matmul_format(model: nn.Module) -> str | None:
     if not layers:
         return None
     return "fp32" if layers[0].config.emulate else "fp8"
+
+
+def float8_all_gathers(model: nn.Module) -> bool:
+    """Whether FSDP2 all-gathers the converted weights of ``model`` in float8."""
+    layers = _float8_linears(model)
+    return bool(layers) and layers[0].config.enable_fsdp_float8_all_gather
 
 
 def float8_summary(model: nn.Module) -> dict[str, Any] | None:

@@ -22,7 +22,13 @@ from typing_extensions import override
 from lightning_accel.config import CompileConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
-from lightning_accel.optimize.float8 import check_float8_layers, convert_to_float8, float8_summary
+from lightning_accel.optimize.float8 import (
+    check_float8_layers,
+    convert_to_float8,
+    float8_all_gathers,
+    float8_summary,
+    precompute_float8_scales,
+)
 from lightning_accel.precision import PrecisionChoice
 
 FSDP2 = "fsdp2"
@@ -166,7 +172,8 @@ def apply_model_optimizations(
 
 class ModelOptimizations(pl.Callback):
     """Applies a run's model transforms when training is set up, so they work on any
-    LightningModule passed to ``Trainer.fit``.
+    LightningModule passed to ``Trainer.fit``; under FSDP2 with float8 all-gathers, computes
+    the next all-gathers' float8 scales together after each training batch.
 
     Args:
         optimization: the profile; only its model transforms are read here (precision and
@@ -192,6 +199,7 @@ class ModelOptimizations(pl.Callback):
         self.strategy_reason = strategy_reason
         self.float8_reason = float8_reason
         self._model: nn.Module | None = None
+        self._float8_all_gathers = False
 
     def summary_figures(self) -> dict[str, Any]:
         """The run's choices and their reasons, for the run summary."""
@@ -228,3 +236,19 @@ class ModelOptimizations(pl.Callback):
             device_type = strategy.root_device.type
             apply_model_optimizations(pl_module, self.optimization, device_type, self.transforms)
         pl_module._lightning_accel_optimized = True
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._float8_all_gathers = float8_all_gathers(pl_module)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._float8_all_gathers:
+            precompute_float8_scales(pl_module)
