@@ -69,7 +69,7 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     assert result.returncode == 0
     for line in (
         f"hardware: {HARDWARE_PROFILES}",
-        "optimization: auto, default, fast, memory",
+        "optimization: auto, default, fast, fp8, memory",
         "recipe: custom, gpt, image",
     ):
         assert line in result.stdout
