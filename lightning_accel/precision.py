@@ -76,6 +76,8 @@ def resolve_float8(
     if config.emulate:
         return f"emulated on {accelerator}: float8 casts, fp32 matmuls; numerics, not speed"
     capability = machine.cuda_capability() if accelerator == "cuda" else None
+    if accelerator == "cuda" and capability is None:  # planned away from its GPUs
+        return "assumed: the GPU's compute capability is not known where the run is planned"
     if float8_gpu(capability):
         major, minor = capability or (0, 0)
         return f"the GPU (sm_{major}{minor}) has float8 tensor cores"

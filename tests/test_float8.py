@@ -86,6 +86,7 @@ def test_float8_runs_on_float8_tensor_cores_or_emulated_and_is_refused_elsewhere
         "the GPU (sm_90) has float8 tensor cores"
     )
     assert "sm_89" in str(resolve_float8(fp8, "cuda", machine=gpu((8, 9))))
+    assert str(resolve_float8(fp8, "cuda", machine=CPU_ONLY)).startswith("assumed"), "planned away"
     for accelerator, machine, has in (
         ("cuda", gpu((8, 0)), "this GPU is sm_80"),
         ("cpu", CPU_ONLY, "this run's device (cpu) has none"),
