@@ -3,7 +3,7 @@ renamed attribute fails here rather than leaving a summary figure or a check sil
 
 from __future__ import annotations
 
-from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuard
+from lightning_accel.callbacks import DeviceReport, RunSummary, SpeedMonitor, XLARecompileGuard
 from lightning_accel.callbacks.run_summary import CountsAllreduceBytes, ReportsSummaryFigures
 from lightning_accel.data import SyntheticImageDataModule, SyntheticTokenDataModule
 from lightning_accel.data.loading import CountsBatches, HasBatchSize
@@ -19,6 +19,7 @@ def test_strategies_and_callbacks_report_to_the_run_summary() -> None:
     assert isinstance(FSDP2Strategy(), ReportsSummaryFigures)
     assert isinstance(SpeedMonitor(), ReportsSummaryFigures)
     assert isinstance(XLARecompileGuard(), ReportsSummaryFigures)
+    assert isinstance(DeviceReport(), ReportsSummaryFigures)
     assert not isinstance(RunSummary(), ReportsSummaryFigures)
 
 

@@ -1,9 +1,10 @@
-"""Callbacks: the speed monitor, the end-of-run summary, the progress bar and the XLA
-recompile guard."""
+"""Callbacks: the speed monitor, the end-of-run summary, the progress bar, the XLA
+recompile guard and the report of where a run kept its state."""
 
+from lightning_accel.callbacks.device_report import DeviceReport
 from lightning_accel.callbacks.progress import RunProgressBar
 from lightning_accel.callbacks.recompile_guard import XLARecompileGuard
 from lightning_accel.callbacks.run_summary import RunSummary
 from lightning_accel.callbacks.speed import SpeedMonitor
 
-__all__ = ["RunProgressBar", "RunSummary", "SpeedMonitor", "XLARecompileGuard"]
+__all__ = ["DeviceReport", "RunProgressBar", "RunSummary", "SpeedMonitor", "XLARecompileGuard"]
