@@ -42,6 +42,7 @@ def test_bash_completes_a_groups_options_keys_and_verbs() -> None:
     ]
     assert _complete_in_bash("lightning-accel train trainer.max_st") == ["trainer.max_steps="]
     assert _complete_in_bash("lightning-accel tr") == ["train"]
+    assert _complete_in_bash("lightning-accel verify --d") == ["--dry-run"]
 
 
 def test_keys_follow_the_overrides_already_typed(capsys: pytest.CaptureFixture) -> None:

@@ -22,6 +22,7 @@ VERB_OPTIONS = {
     "plan": ["--world", "--device", "--json", "--help"],
     "doctor": ["--json", "--trace", "--help"],
     "consolidate": [],
+    "verify": ["--dry-run", "--out", "--work", "--cell-timeout", "--help"],
 }
 TOP_LEVEL = ["--help", "--version", "--completion"]
 _OVERRIDE_VERBS = ("train", "validate", "test", "predict", "bench", "plan")

@@ -30,9 +30,12 @@ verbs:
                              auto picks, and the command that fixes each problem found
   doctor --trace RUN_DIR     what the ranks of a failed distributed run were doing: the
                              collective, step and hook of each, and who did not arrive
+  verify [--dry-run] [--out DIR]
+                             run and record every CUDA path of the pack on this machine's
+                             GPUs (--dry-run: their CPU twins): <device>.json and .md
 """
 
-VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate", "doctor")
+VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate", "doctor", "verify")
 
 
 def consolidate(args: list[str]) -> int:
@@ -117,4 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_accel.cli.doctor import main as doctor
 
         return doctor(rest)
+    if verb == "verify":
+        from lightning_accel.cli.verify import main as verify
+
+        return verify(rest)
     fail(f"'{verb}' is not a lightning-accel command; valid choices: {', '.join(VERBS)}.")

@@ -1,0 +1,106 @@
+"""``lightning-accel verify`` and scripts/device_check.sh: the dry run on the CPU twins end
+to end (every cell run, passed and measured), and the refusal without CUDA."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+
+from lightning_accel.cli.verify import DRY_RUN, cells_for
+
+pytestmark = pytest.mark.slow
+
+# the cells of a dry run on a checkout with every optimization profile
+CELLS = [cell.name for cell in cells_for(DRY_RUN, ["default", "fast", "memory", "auto"])]
+TRAINED = [
+    name
+    for name in CELLS
+    if not name.startswith(("precision rules", "checkpoint · consolidate", "plain loop"))
+    and name != "precision · 16-mixed"
+]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One dry run of every cell, and the directory it wrote its results to."""
+    root = tmp_path_factory.mktemp("verify")
+    out = root / "results"
+    args = ["verify", "--dry-run", "--out", str(out), "--work", str(root / "work")]
+    return run_cli(args, cwd=REPO, timeout=300), out
+
+
+def test_dry_run_passes_every_cell_and_records_its_figures(
+    dry_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    result, out = dry_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]
+    record = json.loads((out / "cpu-dry-run.json").read_text())
+    assert record["dry_run"] is True and record["torch"] and record["machine"]
+    cells = {cell["name"]: cell for cell in record["cells"]}
+    assert list(cells) == CELLS
+    assert all(c["status"] == "passed" and c["error"] is None for c in cells.values()), [
+        (c["name"], c["error"]) for c in cells.values() if c["error"]
+    ]
+    for name in TRAINED:
+        figures = cells[name]["figures"]
+        assert figures["steps"] >= DRY_RUN.steps, name
+        assert figures["steps_per_second"] > 0 and figures["samples_per_second"] > 0, name
+        assert figures["device"] == "cpu", name
+        # a CPU's peak is measured, so every run has an MFU
+        assert figures["peak_flops_source"].startswith("measured"), name
+        assert 0 < figures["mfu"] < 1, name
+        assert cells[name]["seconds"] > 0 and cells[name]["run_dir"], name
+    assert cells["auto · default"]["figures"]["precision"] == "32-true"
+    assert cells["auto · default"]["figures"]["tokens_per_second"] > 0
+    assert cells["fsdp2 · cpu offload"]["figures"]["parameters_on"] == ["cpu"]
+    assert cells["image · channels_last"]["figures"]["channels_last"] is True
+    parity = cells["ddp · 2 devices"]["figures"]
+    assert parity["world_size"] == 2 and parity["compared_steps"] == DRY_RUN.steps
+    assert parity["max_loss_difference"] < 1e-5, "DDP on two ranks follows one process in fp32"
+    assert "cannot run on cpu" in cells["precision · 16-mixed"]["figures"]["refusal"]
+    rules = cells["precision rules"]["figures"]
+    assert rules["sm80 auto"] == "bf16-mixed" and rules["sm75 auto"] == "16-mixed"
+    assert rules["refusals"] == 3
+    assert cells["checkpoint · resume"]["figures"]["steps"] == DRY_RUN.steps + 2
+    assert cells["checkpoint · consolidate"]["figures"]["global_step"] == DRY_RUN.steps
+    for name in ("plain loop · fp32", "plain loop · bf16"):
+        plain = cells[name]["figures"]
+        assert plain["tokens_per_second"] > 0 and plain["pack_over_plain"] > 0, name
+        assert 0 < plain["mfu"] < 1, name
+
+
+def test_dry_run_writes_a_markdown_table_and_prints_it(
+    dry_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    result, out = dry_run
+    page = (out / "cpu-dry-run.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(CELLS), "a header and one row per cell"
+    assert f"{len(CELLS)} of {len(CELLS)} cells passed" in page
+    assert all("| passed |" in row for row in rows[1:])
+    assert "cpu-dry-run.json" in result.stderr.replace("\n", "")
+
+
+def test_without_cuda_and_without_dry_run_exits_2_with_one_sentence(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "device_check.sh"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "no CUDA GPU" in lines[0] and "--dry-run" in lines[0]
+    assert not out.exists(), "nothing written"
