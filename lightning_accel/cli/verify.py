@@ -42,13 +42,17 @@ the speed of a plain PyTorch loop of the same model in fp32 and bf16.
 --dry-run runs each cell's CPU twin instead (cpu, ddp_cpu, fsdp2_cpu over gloo; a tiny
 model, 4 steps), so the same code runs on a machine without a GPU. The figures go to
 DIR/<device>.json and DIR/<device>.md (DIR: default docs/results/devices); the runs
-themselves to --work (default runs/verify/<time>). Exit code 0: every cell passed; 1: one
+themselves to --work (default runs/verify/<time>). A run longer than --cell-timeout
+seconds (default 180) is stopped and fails its cell. Exit code 0: every cell passed; 1: one
 or more failed; 2: no CUDA GPU and no --dry-run.
 
   lightning-accel verify --dry-run --out /tmp/verify
 """
 
 DEFAULT_OUT = Path("docs/results/devices")
+# Seconds after which a cell's run is stopped (the GPU runs take well under a minute each):
+# a hung run fails its cell instead of the whole device check's time.
+CELL_TIMEOUT = 180.0
 # The CPU twin of each GPU hardware profile a cell runs.
 TWINS = {"auto": "cpu", "ddp": "ddp_cpu", "fsdp2": "fsdp2_cpu"}
 REPORT = "lightning_accel.callbacks.DeviceReport"
@@ -791,7 +795,7 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--cell-timeout", type=float, default=None)
+    parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT)
     parser.add_argument("-h", "--help", action="store_true")
     options, unknown = parser.parse_known_args(args)
     if unknown:
