@@ -46,15 +46,20 @@ else
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-    # one sentence for a missing package, before anything runs
-    for pair in torch:torch lightning:lightning hydra:hydra-core omegaconf:omegaconf \
-        torchmetrics:torchmetrics rich:rich matplotlib:matplotlib sklearn:scikit-learn; do
-        module="${pair%%:*}" package="${pair##*:}"
-        if ! "$python" -c "import $module" 2>/dev/null; then
-            echo "device_check: $python cannot import $module: install the package" \
-                "$package, or bring its wheel with --wheels DIR (docs/device_check.md)." >&2
-            exit 2
-        fi
-    done
+    # one sentence for a missing package, before anything runs (found, not imported)
+    missing="$("$python" -c '
+import importlib.util
+for module, package in (("torch", "torch"), ("lightning", "lightning"), ("hydra", "hydra-core"),
+        ("omegaconf", "omegaconf"), ("torchmetrics", "torchmetrics"), ("rich", "rich"),
+        ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")):
+    if importlib.util.find_spec(module) is None:
+        print(module, package)
+        break
+')"
+    if [[ -n "$missing" ]]; then
+        echo "device_check: $python cannot import ${missing%% *}: install the package" \
+            "${missing##* }, or bring its wheel with --wheels DIR (docs/device_check.md)." >&2
+        exit 2
+    fi
 fi
 exec "$python" -m lightning_accel verify "${args[@]}"
