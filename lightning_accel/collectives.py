@@ -32,7 +32,7 @@ STOPPED = "stopped by the launcher"
 _TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
 _PEER_GONE = re.compile(r"(closed|reset) by peer|broken pipe", re.IGNORECASE)
 # ranks in one collective time out within moments of each other unless one was frozen in it
-_FROZEN_AFTER_SECONDS = 1.0
+FROZEN_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def diagnose(traces: list[RankTrace], world: int) -> str:
     timed_out = [t for t in traces if t.error is not None and _TIMEOUT.search(t.error)]
     first_gave_up = min((t.written_at or math.inf for t in timed_out), default=math.inf)
     # a rank whose own timeout came well after the first was frozen inside the collective
-    frozen = [t for t in timed_out if (t.written_at or 0) > first_gave_up + _FROZEN_AFTER_SECONDS]
+    frozen = [t for t in timed_out if (t.written_at or 0) > first_gave_up + FROZEN_AFTER_SECONDS]
     gave_up = [t.rank for t in timed_out if t not in frozen]
     waiting = [t.rank for t in traces if t.error is None] + gave_up
     # ranks that did not finish the collective before others gave up: they failed only

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import TEST_IMPORTS, cli_command, run_cli
 
+from lightning_accel.collectives import FROZEN_AFTER_SECONDS
+
 pytestmark = pytest.mark.slow
 
 TINY_LONG_RUN = [
@@ -119,6 +121,9 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
         # hold it for the agent's 30 s before SIGKILL. Resumed only once rank 0 has exited,
         # so that rank 0's timeout stays the failure the launcher sees first.
         _wait_until_exited(waiting)
+        # a frozen rank stays frozen well past the others' timeout: resumed at once, its own
+        # timeout would fire within a second of rank 0's and read as waiting alongside it
+        time.sleep(3 * FROZEN_AFTER_SECONDS)
         os.kill(stuck, signal.SIGCONT)
         _, stderr = process.communicate(timeout=120)
     finally:
