@@ -1,5 +1,4 @@
-"""Entry point of one rank: :func:`run_rank` in a process forked by the launcher, or
-``python -m lightning_accel.cli.rank <run_dir>/config.yaml``.
+"""Entry point of one rank: ``python -m lightning_accel.cli.rank <run_dir>/config.yaml``.
 
 Reads the resolved config the launcher wrote and fits it; the cluster environment
 (torch elastic's variables) tells Lightning the rank and world size.
@@ -7,11 +6,9 @@ Reads the resolved config the launcher wrote and fits it; the cluster environmen
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed
 from omegaconf import OmegaConf
 
@@ -37,26 +34,6 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         fail(error)
     leave_process_group()
-
-
-def set_variable(name: str, value: str | None) -> None:
-    """Set environment variable ``name`` (None: remove it)."""
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> None:
-    """One rank forked from the launcher's rank server: its environment becomes the
-    launcher's (``environment_changes`` from the server's; torch elastic has set the rank's
-    own variables), its thread count follows ``OMP_NUM_THREADS`` (read only when torch was
-    imported, in the server), then :func:`main`."""
-    for name, value in environment_changes.items():
-        set_variable(name, value)
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    main([config_path])
 
 
 def leave_process_group() -> None:
