@@ -1,8 +1,11 @@
 """Starting this node's ranks of a run with torch's elastic launcher.
 
 The job's resolved config is already in its run directory; every rank reads that file
-(``python -m lightning_accel.cli.rank CONFIG``) instead of re-running Hydra, so ranks never
-parse Hydra arguments and all of them write into the one run directory. ``launcher=local``
+(:func:`lightning_accel.cli.rank.run_rank`) instead of re-running Hydra, so ranks never
+parse Hydra arguments and all of them write into the one run directory. Ranks are forked
+from a server process that imported torch, Lightning and the pack once
+(:func:`start_rank_server`): each rank would otherwise spend seconds of CPU importing them,
+and a restart would pay that again. ``launcher=local``
 is one node meeting on a free local port; ``launcher=torchrun`` is one node of several,
 meeting at the configured rendezvous endpoint, and restarts every rank after a failure
 (``max_restarts``), each restart resuming from the run's last checkpoint.
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
-from lightning_accel.cli.schema import LauncherConfig
+from lightning_accel.cli.rank import run_rank, set_variable
+from lightning_accel.cli.schema import LauncherConfig, RunConfig
 from lightning_accel.collectives import (
     FLIGHT_RECORDER_ENTRIES,
     TRACE_DIRECTORY,
@@ -68,6 +71,67 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
     }
 
 
+# what every rank imports: loaded once, in the server the ranks are forked from
+_RANK_MODULES = ["lightning_accel.cli.rank", "lightning_accel.cli.runner"]
+_RANK_START_METHOD = "forkserver"
+
+
+class _RankServer:
+    """The environment the rank server started with (None until started): a rank applies
+    what differs from it in its launcher's environment when it starts."""
+
+    environment: dict[str, str] | None = None
+
+
+def launches_ranks(run: RunConfig) -> bool:
+    """Whether this process starts ranks for ``run`` (several processes, or one node of a
+    torchrun world) rather than fitting in itself or being a rank an outside launcher
+    started."""
+    from lightning_accel.cli.cluster import external_world
+    from lightning_accel.plan.run import plan_run
+
+    if run.launcher.name not in ("local", "torchrun") or external_world() is not None:
+        return False
+    processes = plan_run(run.hardware, run.optimization).processes
+    return processes > 1 or run.launcher.name == "torchrun"
+
+
+def start_rank_server() -> None:
+    """Start the server the ranks are forked from, importing :data:`_RANK_MODULES` in it
+    while this process goes on preparing the run; the environment it starts with is the
+    ranks' (:func:`~lightning_accel.cli.console.rank_environment`). Started once per
+    process."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if _RankServer.environment is not None:
+        return
+    multiprocessing.get_context(_RANK_START_METHOD).set_forkserver_preload(_RANK_MODULES)
+    with _changed_environment(rank_environment()):
+        _RankServer.environment = dict(os.environ)
+        forkserver.ensure_running()
+
+
+def _environment_changes(start: dict[str, str], now: dict[str, str]) -> dict[str, str | None]:
+    """The variables to set (None: remove) to turn environment ``start`` into ``now``."""
+    changes: dict[str, str | None] = {k: v for k, v in now.items() if start.get(k) != v}
+    changes.update({k: None for k in start if k not in now})
+    return changes
+
+
+@contextmanager
+def _changed_environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """This process's environment with ``changes`` (None: removed) while inside."""
+    previous = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            set_variable(name, value)
+        yield
+    finally:
+        for name, value in previous.items():
+            set_variable(name, value)
+
+
 @contextmanager
 def _rank_environment(processes: int) -> Iterator[None]:
     """The environment of the elastic agent and the ranks it starts: the cores shared
@@ -84,21 +148,8 @@ def _rank_environment(processes: int) -> Iterator[None]:
         "TORCH_FR_BUFFER_SIZE": str(FLIGHT_RECORDER_ENTRIES),
     }
     changes.update({k: v for k, v in defaults.items() if k not in os.environ})
-    previous = {name: os.environ.get(name) for name in changes}
-    try:
-        for name, value in changes.items():
-            _set(name, value)
+    with _changed_environment(changes):
         yield
-    finally:
-        for name, value in previous.items():
-            _set(name, value)
-
-
-def _set(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
 
 
 def launch_ranks(
@@ -137,7 +188,7 @@ def launch_ranks(
     config = LaunchConfig(
         nproc_per_node=processes,
         monitor_interval=monitor_interval,
-        start_method="spawn",
+        start_method=_RANK_START_METHOD,
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects={r: Std.ALL for r in quiet}),
         **rendezvous,
         **options,
@@ -145,10 +196,12 @@ def launch_ranks(
     nodes = rendezvous["max_nodes"]
     where = f" on this node (1 of {nodes}, meeting at {rendezvous['rdzv_endpoint']})" * (nodes > 1)
     say(f"starting {processes} rank{'s' * (processes > 1)}{where}; logs in {log_dir}")
-    entry = ["-m", "lightning_accel.cli.rank", str(config_path)]
+    start_rank_server()
+    assert _RankServer.environment is not None
     try:
         with _rank_environment(processes):
-            elastic_launch(config, sys.executable)(*entry)
+            changes = _environment_changes(_RankServer.environment, dict(os.environ))
+            elastic_launch(config, run_rank)(str(config_path), changes)
     except RendezvousError as error:
         assert launcher is not None
         raise ConfigError(

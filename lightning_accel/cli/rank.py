@@ -1,4 +1,5 @@
-"""Entry point of one rank: ``python -m lightning_accel.cli.rank <run_dir>/config.yaml``.
+"""Entry point of one rank: :func:`run_rank` in a process forked by the launcher, or
+``python -m lightning_accel.cli.rank <run_dir>/config.yaml``.
 
 Reads the resolved config the launcher wrote and fits it; the cluster environment
 (torch elastic's variables) tells Lightning the rank and world size.
@@ -6,15 +7,21 @@ Reads the resolved config the launcher wrote and fits it; the cluster environmen
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
+import torch
 import torch.distributed
 from omegaconf import OmegaConf
 
 from lightning_accel.cli.console import fail, quiet_upstream
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
+
+# how long a failed rank waits before exiting: several polls of the launcher (every 0.2 s)
+FAILED_RANK_GRACE_SECONDS = 2.0
 
 
 def load_run(config_path: Path) -> RunConfig:
@@ -34,6 +41,33 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         fail(error)
     leave_process_group()
+
+
+def set_variable(name: str, value: str | None) -> None:
+    """Set environment variable ``name`` (None: remove it)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> None:
+    """One rank forked from the launcher's rank server: its environment becomes the
+    launcher's (``environment_changes`` from the server's; torch elastic has set the rank's
+    own variables), its thread count follows ``OMP_NUM_THREADS`` (read only when torch was
+    imported, in the server), then :func:`main`."""
+    for name, value in environment_changes.items():
+        set_variable(name, value)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        main([config_path])
+    except BaseException:
+        # torch elastic's multiprocessing context reports only the first failed rank its poll
+        # finds, in rank order: a rank that fails because a peer died (or was killed) leaves
+        # the launcher's poll time to find that peer first, so the message names the cause.
+        time.sleep(FAILED_RANK_GRACE_SECONDS)
+        raise
 
 
 def leave_process_group() -> None:

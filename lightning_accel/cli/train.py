@@ -33,7 +33,7 @@ def run_job(cfg: DictConfig) -> float | None:
     """
     from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
-    from lightning_accel.cli.launch import RanksFailed, launch_ranks
+    from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
     from lightning_accel.cli.search import required_objective, searching
@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> float | None:
             plan = plan_run(run.hardware, run.optimization)
             run = whole_checkpoint_for(run, plan.strategy)
             config_path = save_resolved_config(run)
-            if plan.processes > 1 or run.launcher.name == "torchrun":
+            if launches_ranks(run):
                 launch_ranks(config_path, plan.processes, run.launcher)
             else:
                 run_stage(run)
@@ -108,6 +108,10 @@ def main(args: list[str], stage: str = "fit") -> int:
             print_resolved(runs)
             return 0
         if not options.cfg:
+            from lightning_accel.cli.launch import launches_ranks, start_rank_server
+
+            if any(launches_ranks(run) for run in runs):
+                start_rank_server()  # its imports overlap with preparing the data and the run
             try:
                 prepare_data(runs)
             except ConfigError as error:

@@ -73,6 +73,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         async_save: write sharded checkpoints in the background while training goes on
             (:class:`~lightning_accel.strategies.async_save.AsyncShardWriter`); each is
             renamed into place at the next save or when training ends.
+        process_group_backend: ``nccl`` or ``gloo``; empty: Lightning's choice for the
+            device (NCCL on CUDA, gloo on the CPU).
     """
 
     strategy_name = "fsdp2"
