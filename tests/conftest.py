@@ -15,8 +15,14 @@ from lightning_accel.data.corpus import stdlib_dir
 
 @pytest.fixture(autouse=True, scope="session")
 def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep token caches out of the user's home directory."""
-    cache = tmp_path_factory.mktemp("token-cache")
+    """Keep token caches out of the user's home directory; one cache for all of a run's
+    test workers (caches are written whole, so workers building the same one at once is
+    safe)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "token-cache"
+    cache.mkdir(exist_ok=True)
     previous = os.environ.get("LIGHTNING_ACCEL_CACHE")
     os.environ["LIGHTNING_ACCEL_CACHE"] = str(cache)
     yield cache
@@ -44,3 +50,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
     """Parallel CLI runs of the small GPT, shared by every test: a run's name stands for
     its configuration, and each configuration trains once per session."""
     return Runs(tmp_path_factory.mktemp("runs"), small_corpus)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share the session's parallel runs go to one test worker (pytest-xdist's
+    ``--dist loadgroup``), so that each of those runs still trains once."""
+    for item in items:
+        if "runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("runs"))
