@@ -34,6 +34,14 @@ LOOP = [
     "callbacks=minimal",
     "data.batch_size=8",
 ]
+# the two XLA runs most tests compare against fail at any compilation after warm-up: the
+# first 3 steps and the first of their two validations (the second must compile nothing)
+GUARDED = (
+    "callbacks.recompile_guard.action=fail",
+    "+callbacks.recompile_guard.warmup_validations=1",
+)
+XLA_CPU = ("hardware=xla_cpu", *GUARDED)
+XLA_CPU_SPMD = ("hardware=xla_cpu_spmd", *GUARDED)
 
 
 class XLARuns:
@@ -74,29 +82,23 @@ def _max_gap(a: list[float], b: list[float]) -> float:
 
 def test_xla_cpu_follows_eager_cpu(runs: XLARuns) -> None:
     eager = runs.losses(runs.train("cpu", "hardware=cpu"))
-    xla = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    xla = runs.losses(runs.train("xla_cpu", *XLA_CPU))
     assert eager[-1] < eager[0] - 0.5, "the model learns"
     assert _max_gap(xla, eager) < 1e-4
 
 
 def test_spmd_on_four_devices_follows_one_device(runs: XLARuns) -> None:
-    one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
-    spmd_dir = runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd")
+    one = runs.losses(runs.train("xla_cpu", *XLA_CPU))
+    spmd_dir = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
     assert _max_gap(runs.losses(spmd_dir), one) < 1e-4
 
 
 def test_compilations_stop_after_warm_up(runs: XLARuns) -> None:
-    # 40 steps, 4 validations: warm-up is 3 steps and the first 2 validations
-    for name in ("xla_cpu", "xla_cpu_spmd"):
-        summary = runs.summary(
-            runs.train(
-                f"{name}_guarded",
-                f"hardware={name}",
-                "trainer.max_steps=40",
-                "callbacks.recompile_guard.action=fail",
-            )
-        )
-        assert summary["steps"] == 40, "a compilation after warm-up would have failed the run"
+    """20 steps and 2 validations under a guard that fails the run at a compilation after
+    the first 3 steps and the first validation."""
+    for name, hardware in (("xla_cpu", XLA_CPU), ("xla_cpu_spmd", XLA_CPU_SPMD)):
+        summary = runs.summary(runs.train(name, *hardware))
+        assert summary["steps"] == 20, "a compilation after warm-up would have failed the run"
         assert summary["xla_compilations"] > 0 and summary["xla_compile_seconds"] > 0
 
 
@@ -120,7 +122,7 @@ def _assert_same_weights(expected: dict, got: dict) -> None:
 
 
 def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XLARuns) -> None:
-    uninterrupted = runs.train("xla_cpu", "hardware=xla_cpu")
+    uninterrupted = runs.train("xla_cpu", *XLA_CPU)
     stopped, resumed = _stopped_and_resumed(runs, "xla_cpu", "hardware=xla_cpu")
     saved = load_data_file(stopped / "checkpoints" / "last.ckpt")
     # the device loader reads batches ahead; the checkpoint counts those the trainer took
@@ -137,7 +139,7 @@ def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XL
 def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     runs: XLARuns,
 ) -> None:
-    uninterrupted = runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd")
+    uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
     options = ("hardware=xla_cpu_spmd",)  # sharded by default
     stopped, resumed = _stopped_and_resumed(runs, "xla_cpu_spmd_sharded", *options)
     checkpoint = stopped / "checkpoints" / "last.ckpt"
@@ -159,7 +161,7 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
 
 
 def test_spmd_checkpoint_saves_cost_a_handful_of_compilations(runs: XLARuns) -> None:
-    sharded = runs.summary(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    sharded = runs.summary(runs.train("xla_cpu_spmd", *XLA_CPU_SPMD))
     unsaved = runs.summary(
         runs.train("xla_cpu_spmd_unsaved", "hardware=xla_cpu_spmd", "callbacks.checkpoint=null")
     )
@@ -182,7 +184,7 @@ def test_tpu_profile_at_one_device_runs_the_multi_process_path_like_xla_cpu(
     runs: XLARuns,
 ) -> None:
     # Lightning's XLAStrategy and launcher, the one process started through torch_xla's spawn
-    one = runs.losses(runs.train("xla_cpu", "hardware=xla_cpu"))
+    one = runs.losses(runs.train("xla_cpu", *XLA_CPU))
     spawned = runs.train(
         "tpu_one_process", "hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1"
     )
@@ -221,7 +223,7 @@ def test_each_device_holds_a_quarter_of_each_sharded_parameter(tmp_path: Path) -
 
 
 def test_activation_checkpointing_under_spmd_keeps_the_losses(runs: XLARuns) -> None:
-    plain = runs.losses(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    plain = runs.losses(runs.train("xla_cpu_spmd", *XLA_CPU_SPMD))
     checkpointed = runs.train(
         "xla_cpu_spmd_checkpointed",
         "hardware=xla_cpu_spmd",
@@ -260,12 +262,12 @@ def test_spmd_bad_input_exits_2_before_compiling(
 
 def test_the_speed_monitor_counts_the_same_flops_on_xla_as_on_the_cpu(runs: XLARuns) -> None:
     eager = runs.summary(runs.train("cpu", "hardware=cpu"))
-    xla = runs.summary(runs.train("xla_cpu", "hardware=xla_cpu"))
+    xla = runs.summary(runs.train("xla_cpu", *XLA_CPU))
     assert xla["flops_per_step"] == eager["flops_per_step"] > 0
     assert 0 < xla["mfu"] < 1 and xla["peak_flops_source"].startswith("measured float32")
     # one process drives 4 devices: each device computes a quarter of the step, and its MFU
     # is that quarter over the step time and one device's peak (not the mesh's 4)
-    spmd = runs.summary(runs.train("xla_cpu_spmd", "hardware=xla_cpu_spmd"))
+    spmd = runs.summary(runs.train("xla_cpu_spmd", *XLA_CPU_SPMD))
     assert spmd["flops_per_step"] * 4 == eager["flops_per_step"]
     achieved = spmd["flops_per_step"] / spmd["step_seconds"]
     peak = spmd["peak_tflops_per_device"] * 1e12
