@@ -82,6 +82,21 @@ class KillOnce(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillParentInAttempt(pl.Callback):
+    """SIGKILLs the process that started global rank ``rank`` (under ``launcher=ray``, the
+    rank's Ray worker) after ``step`` optimizer steps of restart ``attempt``: a worker
+    process dying under its rank."""
+
+    def __init__(self, step: int, attempt: int, rank: int = 1) -> None:
+        self.step, self.attempt, self.rank = step, attempt, rank
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        chosen = trainer.global_step == self.step and trainer.global_rank == self.rank
+        if attempt == self.attempt and chosen:
+            os.kill(os.getppid(), signal.SIGKILL)
+
+
 class MarkTraining(pl.Callback):
     """Writes ``<directory>/rank-<N>.training`` (holding the rank's process id) once rank N
     has made ``step`` optimizer steps: tests wait for it instead of guessing how long

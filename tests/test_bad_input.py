@@ -154,7 +154,7 @@ CASES = {
     ),
     "unknown launcher": (
         ["launcher=k8s"],
-        ["launcher='k8s'", "local, slurm, slurm_local, torchrun"],
+        ["launcher='k8s'", "local, ray, slurm, slurm_local, torchrun"],
     ),
     "torchrun without a run id": (["launcher=torchrun"], ["launcher.run_id", "every node"]),
     "several nodes without a multi-node launcher": (

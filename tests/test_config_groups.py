@@ -36,7 +36,7 @@ def test_groups_are_the_documented_ones() -> None:
             "trainer",
         )
     ]
-    assert set(profile_names("launcher")) == {"local", "torchrun", "slurm", "slurm_local"}
+    assert set(profile_names("launcher")) == {"local", "torchrun", "slurm", "slurm_local", "ray"}
     assert set(profile_names("hardware")) == {
         *("auto", "cpu", "ddp", "ddp_cpu", "fsdp2", "fsdp2_cpu"),
         *("tp", "tp_cpu", "fsdp2_tp", "fsdp2_tp_cpu", "hsdp", "hsdp_cpu"),

@@ -217,11 +217,18 @@ def launch_ranks(
             f"rank {rank} (exit code {failure.exitcode})"
             for rank, failure in sorted(error.failures.items())
         )
-        run_dir = config_path.parent
-        traces = read_traces(run_dir)
-        message = f"{failures} failed; the other ranks were stopped; logs in {log_dir}"
-        if traces:
-            diagnosis = diagnose(traces, processes * rendezvous["max_nodes"])
-            message += f". {diagnosis[0].upper()}{diagnosis[1:]}; traces in "
-            message += f"{run_dir / TRACE_DIRECTORY} (lightning-accel doctor --trace {run_dir})"
-        raise RanksFailed(message) from None
+        world_size = processes * rendezvous["max_nodes"]
+        raise ranks_failed(failures, config_path.parent, log_dir, world_size) from None
+
+
+def ranks_failed(failures: str, run_dir: Path, log_dir: Path, world_size: int) -> RanksFailed:
+    """The error of a run of ``world_size`` ranks whose ``failures`` (``rank 1 (exit code
+    -9)``) failed with no restart left: where their logs are and, when the ranks left
+    traces (:mod:`~lightning_accel.collectives`), what those tell about the failure."""
+    traces = read_traces(run_dir)
+    message = f"{failures} failed; the other ranks were stopped; logs in {log_dir}"
+    if traces:
+        diagnosis = diagnose(traces, world_size)
+        message += f". {diagnosis[0].upper()}{diagnosis[1:]}; traces in "
+        message += f"{run_dir / TRACE_DIRECTORY} (lightning-accel doctor --trace {run_dir})"
+    return RanksFailed(message)

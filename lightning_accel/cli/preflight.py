@@ -379,7 +379,8 @@ SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")
 def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> None:
     """Fail unless the launcher can start the world the config describes: several nodes
     need a multi-node launcher or an outside one, an outside launcher must have started
-    ``nnodes x devices`` ranks, and a SLURM job gets one task per rank."""
+    ``nnodes x devices`` ranks, a SLURM job gets one task per rank, and a Ray cluster one
+    worker per rank."""
     from lightning_accel.cli.cluster import check_world_size, external_world
 
     launcher, devices = run.launcher, run.hardware.devices
@@ -404,6 +405,10 @@ def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> Non
             "starts every rank",
             list(LAUNCHERS),
         )
+    if launcher.name == "ray" and plan is not None:
+        from lightning_accel.cli.ray_cluster import check_before_start
+
+        check_before_start(launcher, plan)
     if launcher.name in SUBMITIT_LAUNCHERS:
         tasks = cfg.hydra.launcher.nodes * cfg.hydra.launcher.tasks_per_node
         if tasks != launcher.nnodes * processes:

@@ -17,14 +17,17 @@ from lightning_accel.config import (
     OptimizationConfig,
     TrainerConfig,
     require_choice,
+    require_not_negative,
     require_positive,
 )
 from lightning_accel.errors import ConfigError
 
-LAUNCHERS = ("local", "torchrun", "slurm", "slurm_local")
+LAUNCHERS = ("local", "torchrun", "slurm", "slurm_local", "ray")
 # what a run does: the verbs train, validate, test and predict
 STAGES = ("fit", "validate", "test", "predict")
 RENDEZVOUS_BACKENDS = ("c10d", "static")
+# where launcher=ray finds its cluster: the one on this machine, a new one, a Ray client address
+RAY_ADDRESSES = ("auto", "local", "ray://HOST:PORT")
 
 
 @dataclass
@@ -34,7 +37,8 @@ class LauncherConfig:
     ``local`` starts this machine's ranks with torch elastic (one node). ``torchrun`` runs
     torch elastic's agent for one node of ``nnodes``: every node runs the same command.
     ``slurm`` and ``slurm_local`` submit each job through Hydra's submitit launcher
-    (``hydra.launcher.*``: partition, time, GPUs), one SLURM task per rank.
+    (``hydra.launcher.*``: partition, time, GPUs), one SLURM task per rank. ``ray`` starts
+    one Ray actor per rank on a Ray cluster, each running the rank as torch elastic would.
 
     Attributes:
         name: The launcher (the ``launcher`` config group's option).
@@ -48,6 +52,21 @@ class LauncherConfig:
         max_restarts: Restarts of every rank after a failure, each resuming from the last
             checkpoint (0: none).
         run_id: The same on every node: it names the rendezvous and the run directory.
+        address: The Ray cluster (``launcher=ray``): ``auto`` (the one this machine belongs
+            to), ``local`` (a new one on this machine, stopped at the end) or
+            ``ray://HOST:PORT`` (its client server).
+        num_workers: Ray workers, one per rank: null for ``launcher.nnodes`` x the ranks per
+            node of the hardware profile, which a count must equal.
+        cpus_per_worker: CPUs Ray reserves for each worker.
+        gpus_per_worker: GPUs Ray gives each worker: null for 1 under a CUDA hardware
+            profile, 0 otherwise.
+        max_failures: Restarts of every Ray worker after one fails, each resuming from the
+            last checkpoint (0: none).
+        storage_path: The directory run directories are written under (``runs/``,
+            ``multirun/``) with ``launcher=ray``; on a cluster of several nodes, storage
+            every node mounts at the same path.
+        timeout_s: Seconds to wait for the Ray cluster to answer and to free the workers'
+            resources.
     """
 
     name: str = "local"
@@ -58,14 +77,32 @@ class LauncherConfig:
     rdzv_timeout_s: float = 300.0
     max_restarts: int = 0
     run_id: str = MISSING
+    address: str = "auto"
+    num_workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+    max_failures: int = 0
+    storage_path: str = "."
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         require_choice("launcher.name", self.name, LAUNCHERS)
         require_choice("launcher.rdzv_backend", self.rdzv_backend, RENDEZVOUS_BACKENDS)
         require_positive("launcher.nnodes", self.nnodes)
         require_positive("launcher.rdzv_timeout_s", self.rdzv_timeout_s)
-        if self.max_restarts < 0:
-            raise ConfigError("launcher.max_restarts", self.max_restarts, "must be 0 or more")
+        for key in ("max_restarts", "max_failures"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"launcher.{key}", getattr(self, key), "must be 0 or more")
+        if self.num_workers is not None:
+            require_positive("launcher.num_workers", self.num_workers)
+        require_positive("launcher.cpus_per_worker", self.cpus_per_worker)
+        if self.gpus_per_worker is not None:
+            require_not_negative("launcher.gpus_per_worker", self.gpus_per_worker)
+        require_positive("launcher.timeout_s", self.timeout_s)
+        if self.address not in RAY_ADDRESSES[:2] and ray_client_endpoint(self.address) is None:
+            raise ConfigError(
+                "launcher.address", self.address, "is not a Ray cluster address", RAY_ADDRESSES
+            )
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ConfigError(
                 "launcher.node_rank",
@@ -82,6 +119,14 @@ class LauncherConfig:
             raise ConfigError(
                 "launcher.rdzv_endpoint", self.rdzv_endpoint, "is not HOST:PORT (e.g. node0:29400)"
             )
+
+
+def ray_client_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port of a ``ray://HOST:PORT`` address; None for any other string."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not address.startswith("ray://") or not host or not port.isdigit():
+        return None
+    return (host, int(port)) if 0 < int(port) < 65536 else None
 
 
 @dataclass

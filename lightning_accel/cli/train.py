@@ -58,6 +58,10 @@ def run_job(cfg: DictConfig) -> float | None:
             config_path = save_resolved_config(run)
             if launches_ranks(run):
                 launch_ranks(config_path, plan.processes, run.launcher)
+            elif run.launcher.name == "ray":
+                from lightning_accel.cli.ray_launch import launch_on_ray
+
+                launch_on_ray(config_path, plan, run.launcher)
             else:
                 run_stage(run)
     except ConfigError as error:
