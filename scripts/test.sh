@@ -18,9 +18,14 @@ if [[ $# -eq 0 && "${SKIP_XLA:-0}" != "1" ]]; then
     xla_pid=$!
 fi
 # the whole suite in two test workers: most tests wait on one process or on a timeout, so
-# two keep both cores busy; the tests that share the session's parallel runs stay on one
+# two keep both cores busy (tests/conftest.py groups the tests that share fixtures). Each
+# process computes on one thread: with both workers and the XLA tests running, a process
+# on several threads would only wait for cores its threads spin on.
 workers=()
-[[ $# -eq 0 ]] && workers=(--numprocesses=2 --dist=loadgroup)
+if [[ $# -eq 0 ]]; then
+    workers=(--numprocesses=2 --dist=loadgroup)
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
 main_status=0
 .venv/bin/python -m pytest "${workers[@]}" --durations=15 "$@" || main_status=$?
 if [[ -n "$xla_pid" ]]; then

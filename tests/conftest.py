@@ -52,9 +52,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
     return Runs(tmp_path_factory.mktemp("runs"), small_corpus)
 
 
+# test files whose parallel runs are mostly their own: a group of their own, so the two
+# largest sets of multi-process runs can go to different test workers
+OWN_RUNS = ("tests/test_tensor_parallel.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that share the session's parallel runs go to one test worker (pytest-xdist's
-    ``--dist loadgroup``), so that each of those runs still trains once."""
+    """Groups for pytest-xdist's ``--dist loadgroup``: the tests that share the session's
+    parallel runs go to one test worker, so that each of those runs still trains once
+    (:data:`OWN_RUNS` files apart), and every other test file's tests go to one worker
+    together, so that its module-scoped fixtures (a trained run, a dry run of every check)
+    are made once."""
     for item in items:
+        path = item.nodeid.split("::", 1)[0]
         if "runs" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("runs"))
+            group = f"runs {path}" if path in OWN_RUNS else "runs"
+        else:
+            group = path
+        item.add_marker(pytest.mark.xdist_group(group))
