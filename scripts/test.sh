@@ -2,8 +2,8 @@
 # Sets everything up (once), checks style, and runs the whole test suite: the main
 # environment's tests and, beside them, the XLA tests in the cached torch-xla environment
 # (PJRT on the CPU). Their output is printed after the main tests'. Options go to pytest;
-# with options (e.g. -k NAME) only the main environment's tests run, in one test process.
-# SKIP_XLA=1 leaves the XLA tests out.
+# with options (e.g. -k NAME) only the main environment's tests run. SKIP_XLA=1 leaves the
+# XLA tests out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,17 +17,8 @@ if [[ $# -eq 0 && "${SKIP_XLA:-0}" != "1" ]]; then
         --basetemp="$xla_out/tmp" tests/xla >"$xla_out/log" 2>&1 &
     xla_pid=$!
 fi
-# the whole suite in two test workers: most tests wait on one process or on a timeout, so
-# two keep both cores busy (tests/conftest.py groups the tests that share fixtures). Each
-# process computes on one thread: with both workers and the XLA tests running, a process
-# on several threads would only wait for cores its threads spin on.
-workers=()
-if [[ $# -eq 0 ]]; then
-    workers=(--numprocesses=2 --dist=loadgroup)
-    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-fi
 main_status=0
-.venv/bin/python -m pytest "${workers[@]}" --durations=15 "$@" || main_status=$?
+.venv/bin/python -m pytest --durations=15 "$@" || main_status=$?
 if [[ -n "$xla_pid" ]]; then
     xla_status=0
     wait "$xla_pid" || xla_status=$?
