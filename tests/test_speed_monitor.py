@@ -139,7 +139,30 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit_mlp(tmp_path: Path, speed: SpeedMonitor, steps: int, log_every: int) -> dict:
+class Layers(nn.Module):
+    """Layers behind a module of this file: torch.compile traces it (it runs torch's own
+    modules, such as a bare ``nn.Sequential``, eager)."""
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.layers(inputs)
+
+
+class CompiledMLP(MLP):
+    """The MLP with its layers compiled (by the eager backend: traced, no code generated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Layers(self.net)
+        self.net.compile(backend="eager")
+
+
+def _fit_mlp(
+    tmp_path: Path, speed: SpeedMonitor, steps: int, log_every: int, model: MLP | None = None
+) -> dict:
     data = TensorDataset(torch.randn(32 * steps, 64), torch.randint(0, 10, (32 * steps,)))
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -151,7 +174,7 @@ def _fit_mlp(tmp_path: Path, speed: SpeedMonitor, steps: int, log_every: int) ->
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(MLP(), DataLoader(data, batch_size=32))
+    trainer.fit(model or MLP(), DataLoader(data, batch_size=32))
     return json.loads((tmp_path / "summary.json").read_text())
 
 
@@ -167,6 +190,16 @@ def test_flops_of_a_known_model_and_mfu_against_a_given_peak(tmp_path: Path) -> 
     assert written["tflops_per_device"] == pytest.approx(achieved / 1e12, rel=1e-2)
     assert written["mfu"] == pytest.approx(achieved / peak, rel=1e-2)
     assert written["peak_flops_source"] == "given"
+
+
+def test_counting_flops_leaves_compiled_parts_compiled(tmp_path: Path) -> None:
+    # torch.compile skips, for the rest of the process, code it first meets under the FLOP
+    # counter: counted, the first step runs the compiled layers eager
+    graphs_before = speed_module.compiled_graphs() or 0
+    speed = SpeedMonitor(warmup_steps=2, peak_flops=1e11)
+    written = _fit_mlp(tmp_path, speed, steps=4, log_every=50, model=CompiledMLP())
+    assert speed.forward_flops == 2 * 32 * (64 * 128 + 128 * 10)
+    assert written["compiled_graphs"] > graphs_before, "compiled from the second step on"
 
 
 def test_attention_on_the_cpu_is_counted() -> None:

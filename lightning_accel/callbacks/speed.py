@@ -4,6 +4,7 @@ wait, FLOPs, model FLOPs utilization (MFU) and peak memory."""
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
@@ -73,8 +74,10 @@ class SpeedMonitor(pl.Callback):
     compilation and cache warm-up), plus warm-up and compile time and peak memory per rank.
 
     FLOPs are counted once, over the forward pass of the first training batch, with torch's
-    ``FlopCounterMode``; a step is taken as three forward passes, the usual convention for
-    model FLOPs, so recomputation under activation checkpointing does not count. MFU divides
+    ``FlopCounterMode`` and compiled parts held eager for that pass (torch.compile would skip
+    the code it first meets under the counter for the rest of the process); a step is taken
+    as three forward passes, the usual convention for model FLOPs, so recomputation under
+    activation checkpointing does not count. MFU divides
     the FLOP/s each device achieves by its peak: a vendor figure for known GPUs and TPUs, a
     matmul measured once on CPUs; under float8 training, the peak of the format the
     converted layers multiply in (fp8 on float8 tensor cores, fp32 under emulation). The
@@ -110,6 +113,7 @@ class SpeedMonitor(pl.Callback):
         self.forward_flops: int | None = None
         self.peak: PeakFlops | None = None
         self._counter: FlopCounterMode | None = None
+        self._counting = ExitStack()
         self._devices_per_process = 1
         self._wait_at_steady_start: float | None = None
         self._wait_at_window_start: float | None = None
@@ -147,7 +151,8 @@ class SpeedMonitor(pl.Callback):
             self._start_window(trainer, now)
             if self.count_flops:
                 self._counter = flop_counter()
-                self._counter.__enter__()
+                self._counting.enter_context(torch.compiler.set_stance("force_eager"))
+                self._counting.enter_context(self._counter)
         if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
             self.steady_steps.start(synchronized_time(pl_module.device))
             self._wait_at_steady_start = data_wait_seconds(trainer)
@@ -169,7 +174,7 @@ class SpeedMonitor(pl.Callback):
 
     def _stop_counting(self) -> None:
         if self._counter is not None:
-            self._counter.__exit__(None, None, None)
+            self._counting.close()
             # one process driving several devices (XLA SPMD) counts the global step's FLOPs
             self.forward_flops = self._counter.get_total_flops() // self._devices_per_process
             self._counter = None
