@@ -3,9 +3,11 @@ and against lightning-accel, on the default recipe and on a tiny model.
 
 recipe: the default recipe's model, data and batch, trained by a plain PyTorch loop (same
     AdamW, warm-up/cosine schedule and gradient clipping) in a fresh process, against
-    ``lightning-accel train`` with the same settings (fp32 on the CPU). Steady-state step
-    time: both leave the first 5 steps out and count every later step, data loading
-    included, validation excluded.
+    ``lightning-accel train`` with the same settings, for each profile of ``--profiles``:
+    ``optimization=default`` against the loop in fp32, ``optimization=fast`` against the
+    loop with forward and loss under bf16 autocast. Steady-state step time: both leave the
+    first 5 steps out and count every later step, data loading included, validation
+    excluded. Each repeat runs one pair per profile; each pair's ratio, medians over pairs.
 tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain loop, plain Lightning
     (no logger, bar, checkpoints or summary), Lightning with the speed monitor alone, and
     lightning-accel's trainer (``build_trainer("cpu", "default")``) with the speed monitor,
@@ -16,6 +18,7 @@ tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain lo
 Setups are interleaved within each repeat; medians over repeats.
 
     python benchmarks/overhead.py --repeats 5 --json docs/results/overhead.json
+    python benchmarks/overhead.py --parts recipe --profiles fast --json docs/results/fast.json
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,21 +51,41 @@ from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuar
 
 WARMUP_STEPS = 5
 RECIPE_STEPS = 100
-RECIPE_OVERRIDES = [
-    "hardware=cpu",
-    "optimization=default",
-    f"trainer.max_steps={RECIPE_STEPS}",
-    f"trainer.val_check_interval={RECIPE_STEPS}",
-]
 
 
-def plain_recipe_loop(steps: int) -> float:
-    """Train the default recipe's model on its data with a hand-written loop; the mean
-    seconds per step after the first WARMUP_STEPS."""
+@dataclass(frozen=True)
+class RecipeProfile:
+    """An optimization profile of the pack, the plain loop it is held against (``bf16``:
+    forward and loss under bf16 autocast) and the overhead it is allowed."""
+
+    bf16: bool
+    target: float
+
+
+RECIPE_PROFILES = {
+    "default": RecipeProfile(bf16=False, target=0.02),
+    "fast": RecipeProfile(bf16=True, target=0.03),
+}
+
+
+def recipe_overrides(profile: str) -> list[str]:
+    """The ``lightning-accel train`` overrides of the recipe runs under ``profile``."""
+    return [
+        "hardware=cpu",
+        f"optimization={profile}",
+        f"trainer.max_steps={RECIPE_STEPS}",
+        f"trainer.val_check_interval={RECIPE_STEPS}",
+    ]
+
+
+def plain_recipe_loop(steps: int, bf16: bool = False) -> float:
+    """Train the default recipe's model on its data with a hand-written loop (forward and
+    loss under bf16 autocast when ``bf16``); the mean seconds per step after the first
+    WARMUP_STEPS."""
     from lightning_accel.cli.preflight import preflight, prepare_data
     from lightning_accel.cli.runner import build_object
 
-    (run,) = preflight(RECIPE_OVERRIDES, multirun=False)
+    (run,) = preflight(recipe_overrides("default"), multirun=False)
     prepare_data([run])
     pl.seed_everything(run.seed, verbose=False)
     datamodule = build_object(run.data, "data")
@@ -77,6 +103,7 @@ def plain_recipe_loop(steps: int) -> float:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
     started = 0.0
     loader = iter(datamodule.train_dataloader())
@@ -84,8 +111,9 @@ def plain_recipe_loop(steps: int) -> float:
         if step == WARMUP_STEPS:
             started = time.perf_counter()
         inputs, targets = next(loader)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        with autocast:
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -94,17 +122,47 @@ def plain_recipe_loop(steps: int) -> float:
     return (time.perf_counter() - started) / (steps - WARMUP_STEPS)
 
 
-def recipe_pair(tmp: Path, number: int) -> dict[str, float]:
-    """One plain-loop process and one ``lightning-accel train``: their step times."""
+def recipe_pair(tmp: Path, profile: str, number: int) -> dict[str, object]:
+    """One plain-loop process and one ``lightning-accel train`` under ``profile``, in turns
+    first: their step times, and the precision and compile choice the run made."""
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); import overhead; "
-        f"print(overhead.plain_recipe_loop({RECIPE_STEPS}))"
+        f"print(overhead.plain_recipe_loop({RECIPE_STEPS}, {RECIPE_PROFILES[profile].bf16}))"
     )
-    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    summary = run_cli(RECIPE_OVERRIDES, tmp / f"cli{number}")
+    sides: dict[str, Callable[[], Any]] = {
+        "plain": lambda: (
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        ),
+        "pack": lambda: run_cli(recipe_overrides(profile), tmp / f"{profile}{number}"),
+    }
+    # every other pair starts with the pack: neither side always runs first
+    order = list(sides) if number % 2 == 0 else list(reversed(sides))
+    outputs = {side: sides[side]() for side in order}
+    summary = outputs["pack"]
     return {
-        "plain_ms": float(plain.stdout.strip().splitlines()[-1]) * 1000,
+        "plain_ms": float(outputs["plain"].strip().splitlines()[-1]) * 1000,
         "accel_ms": summary["step_seconds"] * 1000,
+        "precision": summary["precision"],
+        "compile": summary["compile"],
+    }
+
+
+def recipe_result(profile: str, pairs: list[dict]) -> dict[str, object]:
+    """Medians of one profile's pairs: step times, and the overhead as the median of the
+    pairs' ratios (a drift of the machine moves both runs of a pair alike) with its range."""
+    ratios = sorted(p["accel_ms"] / p["plain_ms"] - 1 for p in pairs)
+    overhead = statistics.median(ratios)
+    return {
+        "plain_loop": "bf16 autocast" if RECIPE_PROFILES[profile].bf16 else "fp32",
+        "plain_ms": statistics.median(p["plain_ms"] for p in pairs),
+        "accel_ms": statistics.median(p["accel_ms"] for p in pairs),
+        "overhead": overhead,
+        "overhead_range": [ratios[0], ratios[-1]],
+        "target": RECIPE_PROFILES[profile].target,
+        "within_target": overhead <= RECIPE_PROFILES[profile].target,
+        "runs": pairs,
     }
 
 
@@ -205,6 +263,9 @@ def main() -> None:
     parser.add_argument(
         "--parts", nargs="+", choices=["recipe", "tiny"], default=["recipe", "tiny"]
     )
+    parser.add_argument(
+        "--profiles", nargs="+", choices=list(RECIPE_PROFILES), default=list(RECIPE_PROFILES)
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     console = Console()
@@ -241,24 +302,28 @@ def main() -> None:
         result["tiny_runs"] = runs
 
     if "recipe" in args.parts:
-        pairs = []
+        pairs: dict[str, list[dict]] = {profile: [] for profile in args.profiles}
         with tempfile.TemporaryDirectory() as tmp:
             for number in range(args.repeats):
-                pairs.append(recipe_pair(Path(tmp), number))
-        plain = statistics.median(p["plain_ms"] for p in pairs)
-        accel = statistics.median(p["accel_ms"] for p in pairs)
-        overhead = statistics.median(p["accel_ms"] / p["plain_ms"] - 1 for p in pairs)
+                for profile in args.profiles:
+                    pairs[profile].append(recipe_pair(Path(tmp), profile, number))
         table = Table(title=f"Default recipe, {RECIPE_STEPS} steps (medians of {args.repeats})")
-        for column in ("plain PyTorch ms", "lightning-accel ms", "overhead"):
+        for column in ("optimization", "plain loop", "plain ms", "lightning-accel ms", "overhead"):
             table.add_column(column, justify="right")
-        table.add_row(f"{plain:.1f}", f"{accel:.1f}", f"{overhead:+.1%}")
+        recipe: dict[str, dict[str, object]] = {}
+        for profile, runs in pairs.items():
+            figures = recipe_result(profile, runs)
+            low, high = figures["overhead_range"]
+            table.add_row(
+                profile,
+                str(figures["plain_loop"]),
+                f"{figures['plain_ms']:.1f}",
+                f"{figures['accel_ms']:.1f}",
+                f"{figures['overhead']:+.1%} ({low:+.1%} to {high:+.1%})",
+            )
+            recipe[profile] = figures
         console.print(table)
-        result["recipe"] = {
-            "plain_ms": plain,
-            "accel_ms": accel,
-            "overhead": overhead,
-            "runs": pairs,
-        }
+        result["recipe"] = recipe
 
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

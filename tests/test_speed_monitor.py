@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,8 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel import devices, flops, memory
-from lightning_accel.callbacks import RunSummary, SpeedMonitor
+from lightning_accel.callbacks import RunProgressBar, RunSummary, SpeedMonitor
 from lightning_accel.callbacks import speed as speed_module
+from lightning_accel.data import SyntheticTokenDataModule
+from lightning_accel.models import GPTLanguageModel
 
 SLOW_SAVE_SECONDS = 1000.0
 
@@ -234,6 +237,50 @@ def test_speed_is_logged_every_interval_without_synchronizing_each_step(
     assert len(synchronized) == 4 + len(rows)
     assert written["measured_steps"] == 22
     assert written["peak_flops_source"].startswith("measured float32 matmul")
+
+
+class SGDLanguageModel(GPTLanguageModel):
+    """The GPT with plain SGD (AdamW reads its step counters, host tensors, every step)."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_training_reads_tensor_values_at_logging_steps_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading a value waits for the accelerator. The model's loss logging (Lightning reads a
+    # prog_bar metric after every batch), the bar, the summary and the monitor read it only
+    # at logging steps (5 and 10), the first step (the summary's first loss) and the end.
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=12,
+        log_every_n_steps=5,
+        limit_val_batches=0,
+        callbacks=[
+            RunProgressBar(),
+            RunSummary(output_dir=str(tmp_path), print_table=False),
+            SpeedMonitor(),
+        ],
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    read_at: set[int] = set()
+
+    def counting(read: Callable[[torch.Tensor], float]) -> Callable[[torch.Tensor], float]:
+        def counted(tensor: torch.Tensor) -> float:
+            if trainer.training:
+                read_at.add(trainer.global_step)
+            return read(tensor)
+
+        return counted
+
+    for name in ("item", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    data = SyntheticTokenDataModule(seq_len=16, batch_size=4, samples=64, val_samples=8)
+    trainer.fit(SGDLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16), datamodule=data)
+    assert {1, 5, 10} <= read_at <= {0, 1, 5, 10, 12}, f"read at steps {sorted(read_at)}"
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,12 @@ def test_the_progress_bar_reads_metrics_at_logging_steps_only(
         RichProgressBar, "get_metrics", lambda self, trainer, module: reads.append(1) or {}
     )
     bar = RunProgressBar()
+    loss = {"train/loss": torch.tensor(2.0)}
     for step in range(6):
-        bar.get_metrics(SimpleNamespace(training=True, global_step=step, log_every_n_steps=5), None)
+        trainer = SimpleNamespace(
+            training=True, global_step=step, log_every_n_steps=5, callback_metrics=loss
+        )
+        bar.get_metrics(trainer, None)
     assert len(reads) == 2, "at steps 0 and 5"
     bar.get_metrics(SimpleNamespace(training=False, global_step=6, log_every_n_steps=5), None)
     assert len(reads) == 3, "validation always reads"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,10 +16,24 @@ class RunProgressBar(RichProgressBar):
     and reading the logged metrics only every ``log_every_n_steps`` training steps:
     Lightning's bar reads them every step, which waits for the accelerator each time.
 
-    Takes the same options as :class:`~lightning.pytorch.callbacks.RichProgressBar`.
+    It also shows ``training_metrics``, logged training metrics read at those steps only.
+    The pack's models log their training loss without ``prog_bar=True``: Lightning turns
+    every ``prog_bar`` metric into a number after every batch, which, like the bar's own
+    reading, waits for the accelerator each step.
+
+    Args:
+        *args, **kwargs: the options of :class:`~lightning.pytorch.callbacks.RichProgressBar`.
+        training_metrics: names of logged training metrics to show.
     """
 
     _shown: dict[str, Any] | None = None  # the metrics on the bar
+
+    def __init__(
+        self, *args: Any, training_metrics: Sequence[str] = ("train/loss",), **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.training_metrics = tuple(training_metrics)
+        self._training: dict[str, float] = {}  # their values at the last reading
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
@@ -27,7 +42,12 @@ class RunProgressBar(RichProgressBar):
             or not trainer.training
             or not trainer.global_step % trainer.log_every_n_steps
         ):
-            self._shown = super().get_metrics(trainer, pl_module)
+            if trainer.training:
+                logged = trainer.callback_metrics
+                self._training = {
+                    name: float(logged[name]) for name in self.training_metrics if name in logged
+                }
+            self._shown = {**self._training, **super().get_metrics(trainer, pl_module)}
         return self._shown
 
     @override  # no public hook sets the label; tests/test_upstream_pins.py pins it

@@ -87,8 +87,10 @@ class ImageClassifier(pl.LightningModule):
     ) -> torch.Tensor:
         images, labels = batch
         loss = F.cross_entropy(self(images).float(), labels)
-        # Synced, so that under data parallelism the logged loss is the global batch's.
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        # Synced, so that under data parallelism the logged loss is the global batch's. Not
+        # prog_bar: Lightning would read it after every batch, waiting for the device;
+        # RunProgressBar shows it at logging steps.
+        self.log("train/loss", loss, sync_dist=True)
         return loss
 
     @override

@@ -88,7 +88,9 @@ class GPTLanguageModel(pl.LightningModule):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         # Synced, so that under data parallelism the logged loss is the global batch's: one
         # scalar all-reduce per step (Lightning refuses a sync_dist that changes per step).
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        # Not prog_bar: Lightning would read it after every batch, waiting for the device;
+        # RunProgressBar shows it at logging steps.
+        self.log("train/loss", loss, sync_dist=True)
         return loss
 
     @override
