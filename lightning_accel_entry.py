@@ -1,5 +1,6 @@
 """The ``lightning-accel`` console script: starts the command line without importing torch
-or lightning, so that a mistake in the config is reported at once."""
+or lightning, so that a mistake in the config is reported at once, and ends without
+tearing down the interpreter once the command and the exit handlers are done."""
 
 import os
 import sys
@@ -8,9 +9,20 @@ import sys
 def main() -> int:
     """Run the ``lightning-accel`` command."""
     os.environ["LIGHTNING_ACCEL_DEFER_IMPORTS"] = "1"
+    from lightning_accel.cli.process_end import ProcessEnd
+
+    end = ProcessEnd()  # the first exit handler, so the last to run
     from lightning_accel.cli.main import main as run
 
-    return run(sys.argv[1:])
+    try:
+        end.status = run(sys.argv[1:])
+    except SystemExit as stop:
+        end.record(stop.code)
+        raise
+    except KeyboardInterrupt:
+        end.status = 130  # what a shell reports for Ctrl+C
+        raise
+    return end.status
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Creates .venv with lightning-accel (editable) and its test tools, once; later calls
-# reinstall only when pyproject.toml or the pins change.
+# reinstall only when pyproject.toml, the pins or the console script (copied by the install)
+# change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.installed"
-want="$(cat pyproject.toml constraints/cpu.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints/cpu.txt lightning_accel_entry.py | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
     exit 0

@@ -227,3 +227,28 @@ def test_upstream_deprecations_are_filtered_by_module_and_the_users_own_are_kept
         for module in ("torch.distributed.fsdp", "lightning.pytorch.trainer", "my_project.data"):
             warnings.warn_explicit("old API", DeprecationWarning, f"{module}.py", 1, module)
     assert [str(w.filename) for w in caught] == ["my_project.data.py"]
+
+
+def test_the_process_ends_with_the_commands_status_after_every_exit_handler(
+    tmp_path: Path,
+) -> None:
+    # ProcessEnd skips the interpreter's teardown, not what the exit handlers registered
+    # after it do, nor output still buffered.
+    for code, status in (("None", 0), ("3", 3), ("'a message'", 1)):
+        probe = (
+            "import atexit, pathlib, sys\n"
+            "from lightning_accel.cli.process_end import ProcessEnd\n"
+            "end = ProcessEnd()\n"
+            f"atexit.register(pathlib.Path({str(tmp_path / 'handler-ran')!r}).touch)\n"
+            "print('buffered', end='')\n"
+            f"end.record({code})\n"
+            f"sys.exit({code})\n"
+        )
+        env = {**os.environ, "LIGHTNING_ACCEL_DEFER_IMPORTS": "1"}  # no Lightning needed
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert result.returncode == status, (code, result.stderr)
+        assert result.stdout == "buffered"
+        assert (tmp_path / "handler-ran").exists()
+        (tmp_path / "handler-ran").unlink()

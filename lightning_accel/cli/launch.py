@@ -72,7 +72,11 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
 
 
 # what every rank imports: loaded once, in the server the ranks are forked from
-_RANK_MODULES = ["lightning_accel.cli.rank", "lightning_accel.cli.runner"]
+_RANK_MODULES = [
+    "lightning_accel.cli.rank_server_end",
+    "lightning_accel.cli.rank",
+    "lightning_accel.cli.runner",
+]
 _RANK_START_METHOD = "forkserver"
 
 
