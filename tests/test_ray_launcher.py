@@ -96,6 +96,7 @@ def test_ddp_and_fsdp2_sweep_on_ray_end_like_the_local_launcher(runs: Runs) -> N
     assert result.returncode == 0, result.stderr[-3000:]
     assert_none_left(before)
     assert result.stderr.count("starting 2 ranks as Ray workers at 'local'") == 2, "one per job"
+    assert "\x1b[" not in result.stdout + result.stderr, "no colour codes in captured output"
     for job, hardware in enumerate(references):
         run_dir, reference = sweep / str(job), references[hardware]
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -6,6 +6,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -104,3 +107,30 @@ def test_private_torch_and_lightning_attributes_read_by_the_package() -> None:
     linear = torch.nn.Linear(1, 1)
     assert getattr(linear, "_compiled_call_impl", False) is None
     assert checkpoint_wrapper(linear)._checkpoint_wrapped_module is linear
+
+
+def test_a_refused_command_stops_the_rank_server_it_started() -> None:
+    # stop_rank_server kills the server through multiprocessing.forkserver's private
+    # _forkserver, _forkserver_pid and _stop; a later start must start a new one
+    probe = (
+        "import os\n"
+        "from multiprocessing import forkserver\n"
+        "from lightning_accel.cli.launch import start_rank_server, stop_rank_server\n"
+        "pids = []\n"
+        "for _ in range(2):\n"
+        "    start_rank_server()\n"
+        "    pids.append(forkserver._forkserver._forkserver_pid)\n"
+        "    stop_rank_server()\n"
+        "    assert forkserver._forkserver._forkserver_pid is None\n"
+        "print(*pids)\n"
+    )
+    env = {**os.environ, "LIGHTNING_ACCEL_DEFER_IMPORTS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (int(pid) for pid in result.stdout.split())
+    assert first != second
+    for pid in (first, second):
+        with pytest.raises(ProcessLookupError):  # reaped, not left running
+            os.kill(pid, 0)

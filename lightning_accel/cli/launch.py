@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
@@ -92,19 +93,20 @@ def launches_ranks(run: RunConfig) -> bool:
     torchrun world) rather than fitting in itself or being a rank an outside launcher
     started."""
     from lightning_accel.cli.cluster import external_world
-    from lightning_accel.plan.run import plan_run
+    from lightning_accel.hardware import resolve_hardware
 
     if run.launcher.name not in ("local", "torchrun") or external_world() is not None:
         return False
-    processes = plan_run(run.hardware, run.optimization).processes
+    # the run plan's count (plan_run takes it from here), without importing Lightning
+    processes = resolve_hardware(run.hardware).processes
     return processes > 1 or run.launcher.name == "torchrun"
 
 
 def start_rank_server() -> None:
     """Start the server the ranks are forked from, importing :data:`_RANK_MODULES` in it
-    while this process goes on preparing the run; the environment it starts with is the
-    ranks' (:func:`~lightning_accel.cli.console.rank_environment`). Started once per
-    process."""
+    while this process goes on checking and preparing the run; the environment it starts
+    with is the ranks' (:func:`~lightning_accel.cli.console.rank_environment`). Started
+    once per process."""
     import multiprocessing
     from multiprocessing import forkserver
 
@@ -114,6 +116,22 @@ def start_rank_server() -> None:
     with _changed_environment(rank_environment()):
         _RankServer.environment = dict(os.environ)
         forkserver.ensure_running()
+
+
+def stop_rank_server() -> None:
+    """Stop the rank server at once, if this process started one: a command refused after
+    starting it leaves nothing running, although the server may still be importing (it
+    would end only once its imports were done)."""
+    from multiprocessing import forkserver
+
+    if _RankServer.environment is None:
+        return
+    # no public API stops the server; tests/test_upstream_pins.py pins these names
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        os.kill(server._forkserver_pid, signal.SIGKILL)
+    server._stop()  # reaps it and forgets it, so that a later start starts anew
+    _RankServer.environment = None
 
 
 def _environment_changes(start: dict[str, str], now: dict[str, str]) -> dict[str, str | None]:

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -420,9 +421,16 @@ def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> Non
             )
 
 
-def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
+def preflight(
+    overrides: list[str],
+    multirun: bool,
+    schema_valid: Callable[[RunConfig], None] | None = None,
+) -> list[RunConfig]:
     """Check every job of the command; return their validated configs (for a search, of
-    jobs that give each search parameter every value that stands for its range)."""
+    jobs that give each search parameter every value that stands for its range).
+    ``schema_valid`` is called with each job's config once its schema checks pass, before
+    the checks that import the model and Lightning (``train`` starts its rank server
+    there)."""
     from lightning_accel.cli.search import trial_samples
 
     jobs = trial_samples(overrides) if multirun else None
@@ -431,6 +439,8 @@ def preflight(overrides: list[str], multirun: bool) -> list[RunConfig]:
         cfg = compose_job(job)
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
+        if schema_valid is not None:
+            schema_valid(run)
         check_targets(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)

@@ -11,7 +11,9 @@ starts.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,6 +145,8 @@ def connected(launcher: LauncherConfig) -> Iterator[None]:
     from lightning_accel.machine import cuda_device_count, usable_cores
 
     options: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    if not sys.stdout.isatty():  # Ray colours the prefix of forwarded lines, even in a file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if launcher.address == "local":
         options.update(num_cpus=usable_cores(), num_gpus=cuda_device_count())
         options.update(include_dashboard=False)

@@ -78,6 +78,19 @@ def run_job(cfg: DictConfig) -> float | None:
         fail(error)
 
 
+def start_rank_server_for(run: RunConfig) -> None:
+    """Start the rank server as soon as a job that launches ranks has a valid schema: its
+    imports then overlap with this process's checks, which import Lightning too. A job whose
+    hardware this machine cannot run starts nothing; the checks report it in their order."""
+    from lightning_accel.cli.launch import launches_ranks, start_rank_server
+
+    try:
+        if launches_ranks(run):
+            start_rank_server()
+    except ConfigError:
+        pass
+
+
 def print_resolved(runs: list[RunConfig]) -> None:
     """Print each job's config with every interpolation resolved (what ``--cfg job`` shows)."""
     for number, run in enumerate(runs):
@@ -99,27 +112,24 @@ def main(args: list[str], stage: str = "fit") -> int:
         overrides = list(options.overrides)
         if options.config_dir:
             overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
+        schema_valid = None if options.cfg else start_rank_server_for
         try:
             with working("checking the command: config, model, data, memory"):
-                runs = preflight(overrides, options.multirun)
+                runs = preflight(overrides, options.multirun, schema_valid)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
                 # Hydra hands jobs to a launcher plugin only in a sweep: one job is a sweep of one
                 args = ["--multirun", *args]
                 runs = preflight(overrides, multirun=True)
+            if not options.cfg:
+                prepare_data(runs)
         except ConfigError as error:
+            from lightning_accel.cli.launch import stop_rank_server
+
+            stop_rank_server()
             fail(error)
         if options.cfg == "job" and not options.package:
             print_resolved(runs)
             return 0
-        if not options.cfg:
-            from lightning_accel.cli.launch import launches_ranks, start_rank_server
-
-            if any(launches_ranks(run) for run in runs):
-                start_rank_server()  # its imports overlap with preparing the data and the run
-            try:
-                prepare_data(runs)
-            except ConfigError as error:
-                fail(error)
     sys.argv = ["lightning-accel train", *args]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
     return 0
