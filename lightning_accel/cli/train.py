@@ -78,17 +78,32 @@ def run_job(cfg: DictConfig) -> float | None:
         fail(error)
 
 
-def start_rank_server_for(run: RunConfig) -> None:
-    """Start the rank server as soon as a job that launches ranks has a valid schema: its
-    imports then overlap with this process's checks, which import Lightning too. A job whose
-    hardware this machine cannot run starts nothing; the checks report it in their order."""
-    from lightning_accel.cli.launch import launches_ranks, start_rank_server
+class EarlyRankServer:
+    """Starts the rank server as soon as a job that launches ranks has a valid schema, so
+    that its imports overlap with this process's checks, which import Lightning too, and
+    stops it again when the command is refused. A job whose hardware this machine cannot
+    run starts nothing; the checks report it in their order."""
 
-    try:
-        if launches_ranks(run):
-            start_rank_server()
-    except ConfigError:
-        pass
+    def __init__(self) -> None:
+        self.started = False
+
+    def __call__(self, run: RunConfig) -> None:
+        from lightning_accel.cli.launch import launches_ranks, start_rank_server
+
+        try:
+            if launches_ranks(run):
+                start_rank_server()
+                self.started = True
+        except ConfigError:
+            pass
+
+    def stop(self) -> None:
+        """Kill the server if this command started it (nothing imported otherwise)."""
+        if self.started:
+            from lightning_accel.cli.launch import stop_rank_server
+
+            stop_rank_server()
+            self.started = False
 
 
 def print_resolved(runs: list[RunConfig]) -> None:
@@ -112,10 +127,10 @@ def main(args: list[str], stage: str = "fit") -> int:
         overrides = list(options.overrides)
         if options.config_dir:
             overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
-        schema_valid = None if options.cfg else start_rank_server_for
+        rank_server = EarlyRankServer()
         try:
             with working("checking the command: config, model, data, memory"):
-                runs = preflight(overrides, options.multirun, schema_valid)
+                runs = preflight(overrides, options.multirun, None if options.cfg else rank_server)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
                 # Hydra hands jobs to a launcher plugin only in a sweep: one job is a sweep of one
                 args = ["--multirun", *args]
@@ -123,9 +138,7 @@ def main(args: list[str], stage: str = "fit") -> int:
             if not options.cfg:
                 prepare_data(runs)
         except ConfigError as error:
-            from lightning_accel.cli.launch import stop_rank_server
-
-            stop_rank_server()
+            rank_server.stop()
             fail(error)
         if options.cfg == "job" and not options.package:
             print_resolved(runs)
