@@ -10,29 +10,23 @@ VENV=.venv
 STAMP="$VENV/.installed"
 want="$(cat pyproject.toml constraints/cpu.txt lightning_accel_entry.py | sha256sum | cut -d' ' -f1)"
 
-# Byte-compile the checkout's own modules: Python run with PYTHONDONTWRITEBYTECODE (as CI
-# machines often are) would otherwise compile them again in every process it starts, about
-# 1 s of CPU per command. Files already compiled are skipped.
-compile_checkout() {
-    [[ ! -x "$VENV/bin/python" ]] \
-        || "$VENV/bin/python" -m compileall -q -j 0 lightning_accel tests benchmarks >/dev/null
-}
-
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-    compile_checkout
-    exit 0
+if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
+    echo "setup: installing lightning-accel and its dependencies into $VENV ..."
+    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+    # pip byte-compiles on one core; compileall afterwards uses every core (a few files of
+    # other Python versions' syntax fail to compile, as they do under pip: not an error)
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
+        --constraint constraints/cpu.txt --editable ".[dev]" 2>&1 \
+        | grep -v "^WARNING: Location 'file:" || true
+    site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+    "$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
+    "$VENV/bin/python" -c "import lightning_accel, torch, lightning, hydra" \
+        || { echo "setup: the install failed" >&2; exit 1; }
+    echo "$want" > "$STAMP"
+    echo "setup: done ($("$VENV/bin/python" -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)'))"
 fi
-echo "setup: installing lightning-accel and its dependencies into $VENV ..."
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-# pip byte-compiles on one core; compileall afterwards uses every core (a few files of
-# other Python versions' syntax fail to compile, as they do under pip: not an error)
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
-    --constraint constraints/cpu.txt --editable ".[dev]" 2>&1 \
-    | grep -v "^WARNING: Location 'file:" || true
-site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
-"$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
-"$VENV/bin/python" -c "import lightning_accel, torch, lightning, hydra" \
-    || { echo "setup: the install failed" >&2; exit 1; }
-compile_checkout
-echo "$want" > "$STAMP"
-echo "setup: done ($("$VENV/bin/python" -c 'import torch, lightning; print("torch", torch.__version__, "lightning", lightning.__version__)'))"
+
+# Byte-compile the checkout's own modules on every call (files already compiled are
+# skipped): Python run with PYTHONDONTWRITEBYTECODE, as CI machines often are, would
+# otherwise compile them again in every process it starts, about 1 s of CPU per command.
+"$VENV/bin/python" -m compileall -q -j 0 lightning_accel tests benchmarks >/dev/null
