@@ -13,13 +13,9 @@ want="$(cat pyproject.toml constraints/cpu.txt lightning_accel_entry.py | sha256
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
     echo "setup: installing lightning-accel and its dependencies into $VENV ..."
     [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-    # pip byte-compiles on one core; compileall afterwards uses every core (a few files of
-    # other Python versions' syntax fail to compile, as they do under pip: not an error)
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
         --constraint constraints/cpu.txt --editable ".[dev]" 2>&1 \
         | grep -v "^WARNING: Location 'file:" || true
-    site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
-    "$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
     "$VENV/bin/python" -c "import lightning_accel, torch, lightning, hydra" \
         || { echo "setup: the install failed" >&2; exit 1; }
     echo "$want" > "$STAMP"
