@@ -32,6 +32,7 @@ LOOP = [
     "trainer.limit_val_batches=2",
     "trainer.log_every_n_steps=1",
     "callbacks=minimal",
+    "callbacks.checkpoint.save_top_k=-1",  # every validation's checkpoint kept: step-10, step-20
     "data.batch_size=8",
 ]
 # the two XLA runs most tests compare against fail at any compilation after warm-up: the
@@ -102,16 +103,12 @@ def test_compilations_stop_after_warm_up(runs: XLARuns) -> None:
         assert summary["xla_compilations"] > 0 and summary["xla_compile_seconds"] > 0
 
 
-def _stopped_and_resumed(runs: XLARuns, name: str, *overrides: str) -> tuple[Path, Path]:
-    """A run stopped after 10 of its 20 steps (mid-epoch), and its resumption to 20 steps."""
-    stopped = runs.train(
-        f"{name}_stopped_at_10",
-        *overrides,
-        "+callbacks.stop._target_=helpers.StopAtStep",
-        "+callbacks.stop.step=10",
-    )
-    checkpoint = stopped / "checkpoints" / "last.ckpt"
-    return stopped, runs.train(f"{name}_resumed", *overrides, f"ckpt_path={checkpoint}")
+def _resumed_from_step_10(runs: XLARuns, run_dir: Path, *overrides: str) -> tuple[Path, Path]:
+    """The checkpoint a 20-step run saved at its validation after step 10 (mid-epoch: what a
+    run stopped there would have left), and a run resumed from it to 20 steps."""
+    checkpoint = run_dir / "checkpoints" / "step-10.ckpt"
+    resumed = runs.train(f"{run_dir.name}_resumed", *overrides, f"ckpt_path={checkpoint}")
+    return checkpoint, resumed
 
 
 def _assert_same_weights(expected: dict, got: dict) -> None:
@@ -123,8 +120,8 @@ def _assert_same_weights(expected: dict, got: dict) -> None:
 
 def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XLARuns) -> None:
     uninterrupted = runs.train("xla_cpu", *XLA_CPU)
-    stopped, resumed = _stopped_and_resumed(runs, "xla_cpu", "hardware=xla_cpu")
-    saved = load_data_file(stopped / "checkpoints" / "last.ckpt")
+    checkpoint, resumed = _resumed_from_step_10(runs, uninterrupted, "hardware=xla_cpu")
+    saved = load_data_file(checkpoint)
     # the device loader reads batches ahead; the checkpoint counts those the trainer took
     loader_state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_state == [{"epoch": 0, "batches_taken": 10}]
@@ -139,10 +136,8 @@ def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XL
 def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     runs: XLARuns,
 ) -> None:
-    uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
-    options = ("hardware=xla_cpu_spmd",)  # sharded by default
-    stopped, resumed = _stopped_and_resumed(runs, "xla_cpu_spmd_sharded", *options)
-    checkpoint = stopped / "checkpoints" / "last.ckpt"
+    uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)  # sharded checkpoints by default
+    checkpoint, resumed = _resumed_from_step_10(runs, uninterrupted, "hardware=xla_cpu_spmd")
     assert checkpoint.is_dir() and (checkpoint / "meta.pt").is_file()
     metadata = sharded_metadata(checkpoint)
     weight = metadata["state_dict.model.blocks.0.mlp.0.weight"]
