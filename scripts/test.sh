@@ -18,9 +18,7 @@ if [[ $# -eq 0 && "${SKIP_XLA:-0}" != "1" ]]; then
     xla_pid=$!
 fi
 main_status=0
-# two workers, a test file each at a time (a file's tests share its module's runs)
-.venv/bin/python -m pytest --numprocesses=2 --dist=loadfile --durations=15 "$@" \
-    || main_status=$?
+.venv/bin/python -m pytest --durations=15 "$@" || main_status=$?
 if [[ -n "$xla_pid" ]]; then
     xla_status=0
     wait "$xla_pid" || xla_status=$?
