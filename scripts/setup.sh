@@ -16,7 +16,7 @@ want="$(cat pyproject.toml constraints/cpu.txt lightning_accel_entry.py | sha256
 # pip's settings (`pip config list`: files and PIP_* variables) as uv's options; pip
 # considers every index's versions, uv only the first index's unless told otherwise
 uv_options() {
-    local line key value flag
+    local line key value flag item
     echo --index-strategy
     echo unsafe-best-match
     while IFS= read -r line; do
