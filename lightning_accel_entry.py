@@ -2,8 +2,14 @@
 or lightning, so that a mistake in the config is reported at once, and ends without
 tearing down the interpreter once the command and the exit handlers are done."""
 
+from __future__ import annotations
+
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lightning_accel.cli.process_end import ProcessEnd
 
 
 def main() -> int:
@@ -11,7 +17,11 @@ def main() -> int:
     os.environ["LIGHTNING_ACCEL_DEFER_IMPORTS"] = "1"
     from lightning_accel.cli.process_end import ProcessEnd
 
-    end = ProcessEnd()  # the first exit handler, so the last to run
+    return run_command(ProcessEnd())  # the first exit handler, so the last to run
+
+
+def run_command(end: ProcessEnd) -> int:
+    """Run the command line in ``sys.argv``, recording its exit status in ``end``."""
     from lightning_accel.cli.main import main as run
 
     try:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,13 +48,102 @@ def cli_command() -> list[str]:
 
 
 def run_cli(
-    args: list[str], cwd: Path, timeout: float = 240, env: dict[str, str] | None = None
+    args: list[str],
+    cwd: Path,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run ``lightning-accel ARGS`` in a subprocess, capturing its output."""
+    """Run ``lightning-accel ARGS``, capturing its output: forked from :class:`CommandServer`
+    (torch and Lightning already imported) or, with ``fresh``, as a new process."""
     env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [*cli_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    if fresh:
+        return subprocess.run(
+            [*cli_command(), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    return CommandServer.shared().run(args, cwd, env, timeout)
+
+
+class CommandServer:
+    """The tests' client of ``tests/cli_server.py``: starts it once per session (its
+    imports take seconds) and runs each command in a process forked from it."""
+
+    _shared: CommandServer | None = None
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="cli-server-"))
+        self.address = self.directory / "socket"
+        log = (self.directory / "server.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_server.py")), str(self.address)],
+            env={**os.environ, "COLUMNS": "200"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        atexit.register(self.stop)
+        deadline = time.monotonic() + 300
+        while not self.address.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the command server did not start: {self.log()}")
+            time.sleep(0.05)
+
+    @classmethod
+    def shared(cls) -> CommandServer:
+        """The session's server, started on first use (again if it died)."""
+        if cls._shared is None or cls._shared.process.poll() is not None:
+            cls._shared = cls()
+        return cls._shared
+
+    def log(self) -> str:
+        return (self.directory / "server.log").read_text()[-3000:]
+
+    def run(
+        self, args: list[str], cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess:
+        """Run one command; on ``timeout`` kill it and all it started, then raise
+        :class:`subprocess.TimeoutExpired` as :func:`subprocess.run` would."""
+        output = Path(tempfile.mkdtemp(dir=self.directory))
+        request = {"args": args, "cwd": str(cwd), "env": env}
+        request.update(stdout=str(output / "stdout"), stderr=str(output / "stderr"))
+        status = None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(self.address))
+            connection.sendall((json.dumps(request) + "\n").encode())
+            connection.settimeout(timeout)
+            with connection.makefile("r") as answers:
+                child = int(answers.readline())
+                try:
+                    status = int(answers.readline())
+                except TimeoutError:
+                    raise subprocess.TimeoutExpired(args, timeout) from None
+                finally:
+                    if status is None:
+                        _kill_group(child)
+        stdout, stderr = ((output / name).read_text() for name in ("stdout", "stderr"))
+        shutil.rmtree(output)
+        return subprocess.CompletedProcess(args, status, stdout, stderr)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _kill_group(leader: int) -> None:
+    """SIGKILL process ``leader`` and its process group (the group may not exist yet)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(leader, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 class MissingPackageLogger:
