@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,15 @@ from typing_extensions import override
 
 from lightning_accel.data.loading import counted
 from lightning_accel.xla import runtime
+
+
+def worker_context(dataset: Any) -> multiprocessing.context.BaseContext:
+    """The fork server context for a loader's workers over ``dataset``, the server set to
+    import torch and the dataset's module before it forks them (about 5 s of CPU per worker
+    otherwise). Has no effect on a fork server this process already started."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", type(dataset).__module__])
+    return context
 
 
 class DeviceLoader:
@@ -22,7 +32,8 @@ class DeviceLoader:
     through the wrapped loader's ``state_dict(consumed=...)`` (a
     :class:`~lightning_accel.data.loading.ResumableDataLoader`), so a resumed run sees
     exactly the batches an uninterrupted one sees. Worker processes of the wrapped loader
-    start from a fork server, never by forking the threaded training process. Other
+    start from a fork server, never by forking the threaded training process; the server
+    imports torch and the dataset's module once, so each worker does not. Other
     attributes (``sampler``, ``dataset``, ...) are the wrapped loader's, so Lightning treats
     it as that loader.
 
@@ -39,7 +50,7 @@ class DeviceLoader:
             # others: a worker forked from there can inherit a lock another thread held and
             # hang for ever (seen in torch.manual_seed). A fork server forks from a process
             # with one thread.
-            loader.multiprocessing_context = "forkserver"
+            loader.multiprocessing_context = worker_context(loader.dataset)
         self.loader = loader
         self._device_batches = runtime.device_loader(loader, device, sharding)
         self.batches_taken = 0  # batches of the current pass the trainer took

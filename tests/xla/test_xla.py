@@ -283,7 +283,10 @@ def test_the_runtime_waits_for_queued_work_and_reports_no_allocator_peak_on_the_
 
 def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_batches() -> None:
     """Workers forked from the device loader's thread could inherit a held lock and hang;
-    they come from a fork server instead, and batches are unchanged."""
+    they come from a fork server instead, which imports torch and the dataset's module for
+    them, and batches are unchanged."""
+    from multiprocessing import forkserver
+
     from lightning_accel.xla import runtime
     from lightning_accel.xla.device_loader import DeviceLoader
 
@@ -292,5 +295,6 @@ def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_bat
     workers = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1)
     loader = DeviceLoader(workers, runtime.device())
     assert workers.multiprocessing_context.get_start_method() == "forkserver"
+    assert forkserver._forkserver._preload_modules == ["torch", "torch.utils.data.dataset"]
     device_batches = [batch[0].cpu() for batch in loader]
     assert [b[0].tolist() for b in host] == [b.tolist() for b in device_batches]
