@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from filelock import FileLock
 
 from lightning_accel.callbacks.fault_injection import KillRank
 from lightning_accel.checkpoints import run_weights
@@ -381,12 +382,14 @@ class Runs:
         """Train (once) on ``ranks`` ranks, ``data_parallel`` of which (default all) see
         different data, with the global batch split between those."""
         run_dir = self.root / name
-        if not (run_dir / "summary.json").exists():
-            batch = GLOBAL_BATCH // (data_parallel or ranks)
-            args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
-            args += [f"data.batch_size={batch}", f"hydra.run.dir={run_dir}", *extra]
-            result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
-            assert result.returncode == 0, result.stderr[-3000:]
+        # sessions sharing the runs: the first to need one trains it, the others wait
+        with FileLock(self.root / f"{name}.lock"):
+            if not (run_dir / "summary.json").exists():
+                batch = GLOBAL_BATCH // (data_parallel or ranks)
+                args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
+                args += [f"data.batch_size={batch}", f"hydra.run.dir={run_dir}", *extra]
+                result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
+                assert result.returncode == 0, result.stderr[-3000:]
         return run_dir
 
     @staticmethod

@@ -22,7 +22,9 @@ def _only_run_dir(root: Path) -> Path:
 def test_train_writes_checkpoint_summary_metrics_and_config(
     tmp_path: Path, small_corpus: Path
 ) -> None:
-    result = run_cli(["train", *TINY, f"data.source={small_corpus}", "hardware=cpu"], cwd=tmp_path)
+    # a new process, as the console script starts: its output is clean from the first import
+    args = ["train", *TINY, f"data.source={small_corpus}", "hardware=cpu"]
+    result = run_cli(args, cwd=tmp_path, fresh=True)
     assert result.returncode == 0, result.stderr
     run_dir = _only_run_dir(tmp_path / "runs")
     assert run_dir.parent.name == "gpt"
