@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from filelock import FileLock
 
 from lightning_accel.callbacks.fault_injection import KillRank
 from lightning_accel.checkpoints import run_weights
+from lightning_accel.cli.command_server import CommandServer
 from lightning_accel.models import GPTLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +54,9 @@ def run_cli(
     env: dict[str, str] | None = None,
     fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run ``lightning-accel ARGS``, capturing its output: forked from :class:`CommandServer`
-    (torch and Lightning already imported) or, with ``fresh``, as a new process."""
+    """Run ``lightning-accel ARGS``, capturing its output: forked from a
+    :class:`~lightning_accel.cli.command_server.CommandServer` (torch and Lightning already
+    imported) or, with ``fresh``, as a new process started as the console script."""
     env = {**os.environ, "COLUMNS": "200", **(env or {})}
     if fresh:
         return subprocess.run(
@@ -67,84 +67,15 @@ def run_cli(
             timeout=timeout,
             env=env,
         )
-    return CommandServer.shared().run(args, cwd, env, timeout)
-
-
-class CommandServer:
-    """The tests' client of ``tests/cli_server.py``: starts it once per session (its
-    imports take seconds) and runs each command in a process forked from it."""
-
-    _shared: CommandServer | None = None
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="cli-server-"))
-        self.address = self.directory / "socket"
-        log = (self.directory / "server.log").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("cli_server.py")), str(self.address)],
-            env={**os.environ, "COLUMNS": "200"},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        atexit.register(self.stop)
-        deadline = time.monotonic() + 300
-        while not self.address.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the command server did not start: {self.log()}")
-            time.sleep(0.05)
-
-    @classmethod
-    def shared(cls) -> CommandServer:
-        """The session's server, started on first use (again if it died)."""
-        if cls._shared is None or cls._shared.process.poll() is not None:
-            cls._shared = cls()
-        return cls._shared
-
-    def log(self) -> str:
-        return (self.directory / "server.log").read_text()[-3000:]
-
-    def run(
-        self, args: list[str], cwd: Path, env: dict[str, str], timeout: float
-    ) -> subprocess.CompletedProcess:
-        """Run one command; on ``timeout`` kill it and all it started, then raise
-        :class:`subprocess.TimeoutExpired` as :func:`subprocess.run` would."""
-        output = Path(tempfile.mkdtemp(dir=self.directory))
-        request = {"args": args, "cwd": str(cwd), "env": env}
-        request.update(stdout=str(output / "stdout"), stderr=str(output / "stderr"))
-        status = None
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(str(self.address))
-            connection.sendall((json.dumps(request) + "\n").encode())
-            connection.settimeout(timeout)
-            with connection.makefile("r") as answers:
-                child = int(answers.readline())
-                try:
-                    status = int(answers.readline())
-                except TimeoutError:
-                    raise subprocess.TimeoutExpired(args, timeout) from None
-                finally:
-                    if status is None:
-                        _kill_group(child)
+    output = Path(tempfile.mkdtemp(prefix="command-"))
+    try:
+        # the console width the tests read output at, from the first import on
+        server = CommandServer.shared({**os.environ, "COLUMNS": "200"})
+        status = server.run(args, cwd, env, output / "stdout", output / "stderr", timeout)
         stdout, stderr = ((output / name).read_text() for name in ("stdout", "stderr"))
+    finally:
         shutil.rmtree(output)
-        return subprocess.CompletedProcess(args, status, stdout, stderr)
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _kill_group(leader: int) -> None:
-    """SIGKILL process ``leader`` and its process group (the group may not exist yet)."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(leader, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
+    return subprocess.CompletedProcess(args, status, stdout, stderr)
 
 
 class MissingPackageLogger:
@@ -218,12 +149,16 @@ class StopAtStep(pl.Callback):
 
 
 class HangAtStart(pl.Callback):
-    """Stops for ``seconds`` before the first training step, as a hung rank would."""
+    """Stops for ``seconds`` before the first training step, as a hung rank would; with
+    ``pid_dir``, first writes a file named after its process id there, so that a test can
+    check the process has gone."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, pid_dir: str | None = None) -> None:
+        self.seconds, self.pid_dir = seconds, pid_dir
 
     def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if self.pid_dir is not None:
+            (Path(self.pid_dir) / str(os.getpid())).touch()
         time.sleep(self.seconds)
 
 

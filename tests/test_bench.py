@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,10 +92,12 @@ def test_repeated_runs_give_medians_and_compile_counts_prefer_xla() -> None:
 def test_a_cell_past_its_timeout_is_stopped_with_its_processes_and_the_others_go_on(
     tmp_path: Path, small_corpus: Path
 ) -> None:
-    out = tmp_path / "bench"
+    out, pids = tmp_path / "bench", tmp_path / "pids"
+    pids.mkdir()
     args = [
         "bench", "--out", str(out), "--cell-timeout", "30", *TINY, f"data.source={small_corpus}",
         "+callbacks.hang._target_=helpers.HangAtStart", "+callbacks.hang.seconds=600,0",
+        f"+callbacks.hang.pid_dir={pids}",
     ]  # fmt: skip
     result = run_cli(args, cwd=tmp_path, timeout=200, env=TEST_IMPORTS)
     assert result.returncode == 1
@@ -105,8 +106,9 @@ def test_a_cell_past_its_timeout_is_stopped_with_its_processes_and_the_others_go
     assert (hung["cell"], hung["status"], hung["samples_per_second"]) == ("600", "timed out", None)
     assert (finished["cell"], finished["status"]) == ("0", "ok")
     assert finished["samples_per_second"] > 0
-    survivors = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
-    assert survivors.stdout == "", "no process of the stopped cell is left"
+    cells = [int(p.name) for p in pids.iterdir()]
+    assert len(cells) == 2
+    assert not [pid for pid in cells if Path(f"/proc/{pid}").exists()], "no cell process is left"
 
 
 def test_sweeps_written_as_range_choice_or_lists_are_labelled_by_what_varies() -> None:

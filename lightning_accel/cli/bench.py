@@ -7,10 +7,8 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,27 +136,31 @@ def _error_of(log: str, returncode: int) -> str:
 
 
 def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[str, Any] | None:
-    """Train one cell in a fresh process; its summary, or None with ``cell.error`` set. A
-    run past ``timeout`` seconds is killed with every process it started."""
+    """Train one cell in a process of its own (forked from this process's
+    :class:`~lightning_accel.cli.command_server.CommandServer`); its summary, or None with
+    ``cell.error`` set. A run past ``timeout`` seconds is killed with every process it
+    started."""
+    from lightning_accel.cli.command_server import CommandServer
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lightning_accel", "train", "callbacks=minimal"]
-    command += [*cell.overrides, f"hydra.run.dir={run_dir}"]
-    # a session of its own: a timed-out cell's ranks are killed with it
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    args = ["train", "callbacks=minimal", *cell.overrides, f"hydra.run.dir={run_dir}"]
+    stdout, stderr = run_dir / "bench.stdout", run_dir / "bench.stderr"
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        returncode = CommandServer.shared().run(
+            args, Path.cwd(), dict(os.environ), stdout, stderr, timeout
+        )
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        (run_dir / "bench.log").write_text(stdout + stderr)
         cell.error, cell.timed_out = f"timed out after {timeout:g} s and was stopped", True
-        return None
-    (run_dir / "bench.log").write_text(stdout + stderr)
+        returncode = None
+    output = [path.read_text() for path in (stdout, stderr)]
+    (run_dir / "bench.log").write_text("".join(output))
+    stdout.unlink()
+    stderr.unlink()
     summary_path = run_dir / "summary.json"
-    if process.returncode != 0 or not summary_path.is_file():
-        cell.error = _error_of(stderr, process.returncode)
+    if returncode is None:
+        return None
+    if returncode != 0 or not summary_path.is_file():
+        cell.error = _error_of(output[1], returncode)
         return None
     return json.loads(summary_path.read_text())
 

@@ -1,0 +1,60 @@
+"""The command server that bench and verify cells (and the tests' commands) are forked from."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers import TEST_IMPORTS, run_cli
+
+# a config that prints alike at any time: the run directory and id fixed
+SAME_RUN = ["data.seq_len=64", "hydra.run.dir=run", "launcher.run_id=run"]
+STARTS_A_SERVER = """
+import time
+from lightning_accel.cli.command_server import CommandServer
+server = CommandServer()
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_command_answers_like_the_console_script(tmp_path: Path) -> None:
+    """The same status and output as a new process started as the console script."""
+    for args, status in ((["train", "--cfg", "job", *SAME_RUN], 0), (["nope"], 2)):
+        forked = run_cli(args, cwd=tmp_path)
+        fresh = run_cli(args, cwd=tmp_path, fresh=True)
+        assert forked.returncode == fresh.returncode == status
+        assert (forked.stdout, forked.stderr) == (fresh.stdout, fresh.stderr)
+        assert ("seq_len: 64" in forked.stdout) if status == 0 else ("nope" in forked.stderr)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_server_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A bench killed with SIGKILL leaves no server behind: the server sees its standard
+    input close."""
+    env = {**os.environ, **TEST_IMPORTS, "LIGHTNING_ACCEL_DEFER_IMPORTS": "1"}
+    client = subprocess.Popen(
+        [sys.executable, "-c", STARTS_A_SERVER], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert client.stdout is not None
+        server = int(client.stdout.readline())
+        assert _running(server)
+    finally:
+        client.kill()
+        client.wait()
+    deadline = time.monotonic() + 30
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(server), "the server outlived its client"
