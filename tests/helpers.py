@@ -78,6 +78,20 @@ def run_cli(
     return subprocess.CompletedProcess(args, status, stdout, stderr)
 
 
+def wait_until_exited(pid: int, timeout: float = 60) -> None:
+    """Until process ``pid`` has exited (gone, or a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not exit")
+
+
 class MissingPackageLogger:
     """A logger whose backing package is absent, as TensorBoard's is without the extra."""
 

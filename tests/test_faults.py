@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TEST_IMPORTS, cli_command, run_cli
+from helpers import TEST_IMPORTS, cli_command, run_cli, wait_until_exited
 
 from lightning_accel.collectives import FROZEN_AFTER_SECONDS
 
@@ -61,20 +61,6 @@ def _wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) ->
         time.sleep(0.2)
 
 
-def _wait_until_exited(pid: int, timeout: float = 60) -> None:
-    """Until process ``pid`` has exited (gone, or a zombie its parent has not reaped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state == "Z":
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"process {pid} did not exit")
-
-
 def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> dict:
     """The trace rank ``rank`` writes when its collective fails, once it exists."""
     deadline = time.monotonic() + timeout
@@ -120,7 +106,7 @@ def test_stuck_rank_ends_the_run_after_the_configured_timeout(
         # a hung rank that is not stopped takes the launcher's SIGTERM; a stopped one would
         # hold it for the agent's 30 s before SIGKILL. Resumed only once rank 0 has exited,
         # so that rank 0's timeout stays the failure the launcher sees first.
-        _wait_until_exited(waiting)
+        wait_until_exited(waiting)
         # a frozen rank stays frozen well past the others' timeout: resumed at once, its own
         # timeout would fire within a second of rank 0's and read as waiting alongside it
         time.sleep(3 * FROZEN_AFTER_SECONDS)

@@ -47,7 +47,6 @@ _PRELOAD = (
     "lightning_accel.strategies",
 )
 _DEFER_IMPORTS = "LIGHTNING_ACCEL_DEFER_IMPORTS"
-_CPP_LOG_LEVEL = {"TORCH_CPP_LOG_LEVEL": "FATAL", "LIGHTNING_ACCEL_QUIET_CPP": "1"}
 START_TIMEOUT_SECONDS = 300.0
 
 
@@ -153,11 +152,11 @@ def _preload() -> ProcessEnd:
     the commands' exit handler, registered before any other as the console script's is."""
     import importlib
 
+    from lightning_accel.cli.console import quiet_cpp_log
     from lightning_accel.cli.process_end import ProcessEnd
 
     end = ProcessEnd()
-    if "TORCH_CPP_LOG_LEVEL" not in os.environ:  # as quiet_upstream does before torch loads
-        os.environ.update(_CPP_LOG_LEVEL)
+    quiet_cpp_log(os.environ)  # before torch loads, as quiet_upstream does in a command
     for name in _PRELOAD:
         importlib.import_module(name)
     return end
@@ -170,9 +169,10 @@ def _become_command(request: dict, inherited: list[socket.socket], end: ProcessE
         connection.close()
     os.setpgid(0, 0)  # the client stops the command and all it started as one group
     os.chdir(request["cwd"])
+    from lightning_accel.cli.console import quiet_cpp_log
+
     environment = {**request["env"], _DEFER_IMPORTS: "1"}
-    if "TORCH_CPP_LOG_LEVEL" not in environment:
-        environment.update(_CPP_LOG_LEVEL)
+    quiet_cpp_log(environment)  # the level torch loaded with, in the server
     os.environ.clear()
     os.environ.update(environment)
     script_dir = str(Path(sys.executable).parent)

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import MutableMapping
 from typing import Any, NoReturn
 
 from rich.console import Console
@@ -57,14 +58,21 @@ CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
 _CPP_LOG_LEVEL_OWN = "LIGHTNING_ACCEL_QUIET_CPP"
 
 
+def quiet_cpp_log(environment: MutableMapping[str, str]) -> None:
+    """Set torch's C++ log level to FATAL in ``environment`` unless the user chose one
+    (torch reads it when it loads); :func:`rank_environment` undoes it for ranks."""
+    if CPP_LOG_LEVEL not in environment:
+        environment[CPP_LOG_LEVEL] = "FATAL"
+        environment[_CPP_LOG_LEVEL_OWN] = "1"
+
+
 def quiet_upstream() -> None:
     """Silence Lightning's tips and banners, known harmless warnings (by message), the
     deprecation warnings raised inside upstream libraries (by module: a user's own code
     keeps its warnings) and (in a process that has not imported torch yet) torch's C++ log
     messages below FATAL."""
-    if CPP_LOG_LEVEL not in os.environ and "torch" not in sys.modules:
-        os.environ[CPP_LOG_LEVEL] = "FATAL"
-        os.environ[_CPP_LOG_LEVEL_OWN] = "1"
+    if "torch" not in sys.modules:
+        quiet_cpp_log(os.environ)
     for name, value in _TRACKER_QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     for name in _QUIET_LOGGERS:
