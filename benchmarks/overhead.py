@@ -2,12 +2,13 @@
 and against lightning-accel, on the default recipe and on a tiny model.
 
 recipe: the default recipe's model, data and batch, trained by a plain PyTorch loop (same
-    AdamW, warm-up/cosine schedule and gradient clipping) in a fresh process, against
-    ``lightning-accel train`` with the same settings, for each profile of ``--profiles``:
-    ``optimization=default`` against the loop in fp32, ``optimization=fast`` against the
-    loop with forward and loss under bf16 autocast. Steady-state step time: both leave the
-    first 5 steps out and count every later step, data loading included, validation
-    excluded. Each repeat runs one pair per profile; each pair's ratio, medians over pairs.
+    AdamW, warm-up/cosine schedule and gradient clipping) in a process of its own, against
+    ``lightning-accel train`` with the same settings and the default callbacks, for each
+    profile of ``--profiles``: ``optimization=default`` against the loop in fp32,
+    ``optimization=fast`` against the loop with forward and loss under bf16 autocast. The
+    two take turns at blocks of steps after a warm-up (``turns.py``), so that a drift of the
+    machine touches both alike; a block's time includes data loading and every hook. A
+    run's overhead is the median of its blocks' ratios; medians and range over runs.
 tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain loop, plain Lightning
     (no logger, bar, checkpoints or summary), Lightning with the speed monitor alone, and
     lightning-accel's trainer (``build_trainer("cpu", "default")``) with the speed monitor,
@@ -17,8 +18,11 @@ tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain lo
 
 Setups are interleaved within each repeat; medians over repeats.
 
-    python benchmarks/overhead.py --repeats 5 --json docs/results/overhead.json
-    python benchmarks/overhead.py --parts recipe --profiles fast --json docs/results/fast.json
+    python benchmarks/overhead.py --repeats 3 --parts recipe \
+        --json docs/results/overhead_recipe.json
+    python benchmarks/overhead.py --repeats 3 --parts recipe \
+        --overrides optimization.keep_freed_host_memory=false \
+        --json docs/results/overhead_recipe_allocator_defaults.json
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -45,12 +50,14 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from turns import Turns, hand_first_baton, make_pipes
 
 from lightning_accel import build_trainer
 from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuard
 
 WARMUP_STEPS = 5
-RECIPE_STEPS = 100
+BLOCK_STEPS = 5
+BLOCKS = 19
 
 
 @dataclass(frozen=True)
@@ -68,24 +75,28 @@ RECIPE_PROFILES = {
 }
 
 
-def recipe_overrides(profile: str) -> list[str]:
-    """The ``lightning-accel train`` overrides of the recipe runs under ``profile``."""
+def recipe_overrides(profile: str, steps: int) -> list[str]:
+    """The ``lightning-accel train`` overrides of the recipe runs under ``profile``: the
+    default callbacks (progress bar included), validation only at the end."""
     return [
+        "callbacks=default",
         "hardware=cpu",
         f"optimization={profile}",
-        f"trainer.max_steps={RECIPE_STEPS}",
-        f"trainer.val_check_interval={RECIPE_STEPS}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
     ]
 
 
-def plain_recipe_loop(steps: int, bf16: bool = False) -> float:
+def plain_recipe_loop(turns_dir: str, bf16: bool) -> list[float]:
     """Train the default recipe's model on its data with a hand-written loop (forward and
-    loss under bf16 autocast when ``bf16``); the mean seconds per step after the first
-    WARMUP_STEPS."""
+    loss under bf16 autocast when ``bf16``), taking turns with the pack's run in
+    ``turns_dir``; the seconds of each block of steps."""
     from lightning_accel.cli.preflight import preflight, prepare_data
     from lightning_accel.cli.runner import build_object
 
-    (run,) = preflight(recipe_overrides("default"), multirun=False)
+    turns = Turns(turns_dir, "plain", WARMUP_STEPS, BLOCK_STEPS, BLOCKS)
+    steps = turns.total_steps
+    (run,) = preflight(recipe_overrides("default", steps), multirun=False)
     prepare_data([run])
     pl.seed_everything(run.seed, verbose=False)
     datamodule = build_object(run.data, "data")
@@ -105,11 +116,9 @@ def plain_recipe_loop(steps: int, bf16: bool = False) -> float:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     model.train()
-    started = 0.0
     loader = iter(datamodule.train_dataloader())
     for step in range(steps):
-        if step == WARMUP_STEPS:
-            started = time.perf_counter()
+        turns.at_step(step)
         inputs, targets = next(loader)
         with autocast:
             logits = model(inputs)
@@ -119,47 +128,67 @@ def plain_recipe_loop(steps: int, bf16: bool = False) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-    return (time.perf_counter() - started) / (steps - WARMUP_STEPS)
+    turns.close()
+    return turns.block_seconds
 
 
-def recipe_pair(tmp: Path, profile: str, number: int) -> dict[str, object]:
-    """One plain-loop process and one ``lightning-accel train`` under ``profile``, in turns
-    first: their step times, and the precision and compile choice the run made."""
+def recipe_pair(tmp: Path, profile: str, number: int, extra: list[str]) -> dict[str, object]:
+    """A plain-loop process and a ``lightning-accel train`` under ``profile``, taking turns
+    at blocks of steps (every other pair the pack goes first): the blocks' step times, the
+    median of the blocks' ratios, and the precision and compile choice the run made."""
+    turns_dir = tmp / f"{profile}{number}-turns"
+    make_pipes(turns_dir)
+    bf16 = RECIPE_PROFILES[profile].bf16
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import overhead; "
-        f"print(overhead.plain_recipe_loop({RECIPE_STEPS}, {RECIPE_PROFILES[profile].bf16}))"
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import overhead; "
+        f"print(json.dumps(overhead.plain_recipe_loop({str(turns_dir)!r}, {bf16})))"
     )
-    sides: dict[str, Callable[[], Any]] = {
-        "plain": lambda: (
-            subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            ).stdout
-        ),
-        "pack": lambda: run_cli(recipe_overrides(profile), tmp / f"{profile}{number}"),
-    }
-    # every other pair starts with the pack: neither side always runs first
-    order = list(sides) if number % 2 == 0 else list(reversed(sides))
-    outputs = {side: sides[side]() for side in order}
-    summary = outputs["pack"]
+    record = turns_dir / "pack.json"
+    take_turns = (
+        f"{{_target_: turns.TakeTurns, directory: '{turns_dir}', warmup_steps: {WARMUP_STEPS}, "
+        f"block_steps: {BLOCK_STEPS}, blocks: {BLOCKS}, record: '{record}'}}"
+    )
+    steps = WARMUP_STEPS + BLOCKS * BLOCK_STEPS + 1
+    overrides = [*recipe_overrides(profile, steps), f"callbacks.extra=[{take_turns}]", *extra]
+    with ThreadPoolExecutor(1) as pool:
+        pack = pool.submit(run_cli, overrides, tmp / f"{profile}{number}")
+        # the plain loop starts once the pack has warmed up, so that neither start-up (the
+        # pack's measured precision and compile choices) runs beside the other side
+        while not (turns_dir / "pack.ready").exists() and not pack.done():
+            time.sleep(0.05)
+        if pack.done():
+            pack.result()  # the pack's run failed before its first turn: its error
+        plain = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        hand_first_baton(turns_dir, first="plain" if number % 2 == 0 else "pack")
+        summary = pack.result()
+    output, _ = plain.communicate(timeout=300)
+    if plain.returncode:
+        raise RuntimeError(f"the plain loop failed with exit code {plain.returncode}")
+    plain_blocks = json.loads(output.strip().splitlines()[-1])
+    pack_blocks = json.loads(record.read_text())
+    ratios = [a / b - 1 for a, b in zip(pack_blocks, plain_blocks, strict=True)]
     return {
-        "plain_ms": float(outputs["plain"].strip().splitlines()[-1]) * 1000,
-        "accel_ms": summary["step_seconds"] * 1000,
+        "plain_ms": statistics.median(plain_blocks) / BLOCK_STEPS * 1000,
+        "accel_ms": statistics.median(pack_blocks) / BLOCK_STEPS * 1000,
+        "overhead": statistics.median(ratios),
+        "plain_block_seconds": plain_blocks,
+        "accel_block_seconds": pack_blocks,
         "precision": summary["precision"],
         "compile": summary["compile"],
     }
 
 
 def recipe_result(profile: str, pairs: list[dict]) -> dict[str, object]:
-    """Medians of one profile's pairs: step times, and the overhead as the median of the
-    pairs' ratios (a drift of the machine moves both runs of a pair alike) with its range."""
-    ratios = sorted(p["accel_ms"] / p["plain_ms"] - 1 for p in pairs)
-    overhead = statistics.median(ratios)
+    """Medians of one profile's runs: step times, and the overhead as the median of the
+    runs' overheads (each the median of its blocks' ratios) with their range."""
+    overheads = sorted(p["overhead"] for p in pairs)
+    overhead = statistics.median(overheads)
     return {
         "plain_loop": "bf16 autocast" if RECIPE_PROFILES[profile].bf16 else "fp32",
         "plain_ms": statistics.median(p["plain_ms"] for p in pairs),
         "accel_ms": statistics.median(p["accel_ms"] for p in pairs),
         "overhead": overhead,
-        "overhead_range": [ratios[0], ratios[-1]],
+        "overhead_range": [overheads[0], overheads[-1]],
         "target": RECIPE_PROFILES[profile].target,
         "within_target": overhead <= RECIPE_PROFILES[profile].target,
         "runs": pairs,
@@ -266,6 +295,9 @@ def main() -> None:
     parser.add_argument(
         "--profiles", nargs="+", choices=list(RECIPE_PROFILES), default=list(RECIPE_PROFILES)
     )
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="more overrides of the pack's recipe runs"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     console = Console()
@@ -303,11 +335,17 @@ def main() -> None:
 
     if "recipe" in args.parts:
         pairs: dict[str, list[dict]] = {profile: [] for profile in args.profiles}
+        # the pack's run imports the turn-taking callback from here
+        benchmarks = str(Path(__file__).resolve().parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (benchmarks, os.environ.get("PYTHONPATH")) if p
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for number in range(args.repeats):
                 for profile in args.profiles:
-                    pairs[profile].append(recipe_pair(Path(tmp), profile, number))
-        table = Table(title=f"Default recipe, {RECIPE_STEPS} steps (medians of {args.repeats})")
+                    pairs[profile].append(recipe_pair(Path(tmp), profile, number, args.overrides))
+        title = f"Default recipe, {BLOCKS} turns of {BLOCK_STEPS} steps (medians of {args.repeats})"
+        table = Table(title=title)
         for column in ("optimization", "plain loop", "plain ms", "lightning-accel ms", "overhead"):
             table.add_column(column, justify="right")
         recipe: dict[str, dict[str, object]] = {}

@@ -204,6 +204,9 @@ class OptimizationConfig:
         gradient_clip_val: Clip the gradients' norm to this value (null: no clipping).
         float32_matmul_precision: ``torch.set_float32_matmul_precision`` for the run
             (``high``: TF32 matmuls on GPUs that have them); null leaves torch's setting.
+        keep_freed_host_memory: On the CPU, glibc's allocator keeps freed memory for the
+            next step instead of returning it and faulting it back in
+            (:mod:`lightning_accel.host_allocator`); false leaves its defaults.
     """
 
     name: str = "default"
@@ -221,6 +224,7 @@ class OptimizationConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     float32_matmul_precision: str | None = None
+    keep_freed_host_memory: bool = True
 
     def __post_init__(self) -> None:
         require_choice("optimization.precision", self.precision, PRECISIONS)

@@ -21,6 +21,7 @@ from typing_extensions import override
 
 from lightning_accel.config import CompileConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.host_allocator import keep_freed_host_memory
 from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.optimize.float8 import (
     check_float8_layers,
@@ -148,7 +149,8 @@ def apply_model_optimizations(
     (default: those the profile asks for on ``device_type``, then every step of
     ``parallelize``), ``tensor_parallel`` and ``fsdp2`` by calling the strategy's step in
     ``parallelize``; and set the process-wide float32 matmul precision when the profile
-    names one. The one function every model transform of a run goes through."""
+    names one, and on the CPU the host allocator's reuse of freed memory. The one function
+    every model transform of a run goes through."""
     parallelize = parallelize or {}
     if transforms is None:
         accelerator = "cuda" if device_type == "cuda" else "cpu"
@@ -156,6 +158,8 @@ def apply_model_optimizations(
     check_model_optimizations(model, optimization)
     if optimization.float32_matmul_precision is not None:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
+    if optimization.keep_freed_host_memory and device_type == "cpu":
+        keep_freed_host_memory()
     for name in transforms:
         if name == FLOAT8:
             convert_to_float8(model, optimization.fp8, sharded=FSDP2 in transforms)
