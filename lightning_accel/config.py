@@ -205,8 +205,8 @@ class OptimizationConfig:
         float32_matmul_precision: ``torch.set_float32_matmul_precision`` for the run
             (``high``: TF32 matmuls on GPUs that have them); null leaves torch's setting.
         keep_freed_host_memory: On the CPU, glibc's allocator keeps freed memory for the
-            next step instead of returning it and faulting it back in
-            (:mod:`lightning_accel.host_allocator`); false leaves its defaults.
+            next step instead of returning it and faulting it back in; false leaves its
+            defaults.
     """
 
     name: str = "default"
