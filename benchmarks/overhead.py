@@ -50,7 +50,14 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from turns import Turns, hand_first_baton, make_pipes
+from turns import (
+    PartnerGone,
+    Turns,
+    hand_first_baton,
+    make_pipes,
+    steps_in_turns,
+    wait_until_ready,
+)
 
 from lightning_accel import build_trainer
 from lightning_accel.callbacks import RunSummary, SpeedMonitor, XLARecompileGuard
@@ -148,20 +155,24 @@ def recipe_pair(tmp: Path, profile: str, number: int, extra: list[str]) -> dict[
         f"{{_target_: turns.TakeTurns, directory: '{turns_dir}', warmup_steps: {WARMUP_STEPS}, "
         f"block_steps: {BLOCK_STEPS}, blocks: {BLOCKS}, record: '{record}'}}"
     )
-    steps = WARMUP_STEPS + BLOCKS * BLOCK_STEPS + 1
+    steps = steps_in_turns(WARMUP_STEPS, BLOCK_STEPS, BLOCKS)
     overrides = [*recipe_overrides(profile, steps), f"callbacks.extra=[{take_turns}]", *extra]
     with ThreadPoolExecutor(1) as pool:
         pack = pool.submit(run_cli, overrides, tmp / f"{profile}{number}")
         # the plain loop starts once the pack has warmed up, so that neither start-up (the
         # pack's measured precision and compile choices) runs beside the other side
-        while not (turns_dir / "pack.ready").exists() and not pack.done():
-            time.sleep(0.05)
-        if pack.done():
+        try:
+            wait_until_ready(turns_dir, ("pack",), alive=lambda: not pack.done())
+        except PartnerGone:
             pack.result()  # the pack's run failed before its first turn: its error
+            raise
         plain = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        hand_first_baton(turns_dir, first="plain" if number % 2 == 0 else "pack")
-        summary = pack.result()
-    output, _ = plain.communicate(timeout=300)
+        try:
+            hand_first_baton(turns_dir, first="plain" if number % 2 == 0 else "pack")
+            summary = pack.result()
+            output, _ = plain.communicate(timeout=300)
+        finally:
+            plain.kill()  # a no-op once it has ended; a partner that failed leaves none
     if plain.returncode:
         raise RuntimeError(f"the plain loop failed with exit code {plain.returncode}")
     plain_blocks = json.loads(output.strip().splitlines()[-1])

@@ -20,6 +20,7 @@ import json
 import os
 import select
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from typing_extensions import override
 
 SIDES = ("plain", "pack")
 BATON = b"."
+
+
+def steps_in_turns(warmup_steps: int, block_steps: int, blocks: int) -> int:
+    """Steps each side runs: the warm-up, the blocks, and one step after the last block
+    (whose start closes it)."""
+    return warmup_steps + blocks * block_steps + 1
 
 
 class PartnerGone(RuntimeError):
@@ -71,9 +78,8 @@ class Turns:
 
     @property
     def total_steps(self) -> int:
-        """Steps each side runs: the warm-up, the blocks, and one step after the last block
-        (whose start closes it)."""
-        return self.warmup_steps + self.blocks * self.block_steps + 1
+        """Steps each side runs (:func:`steps_in_turns`)."""
+        return steps_in_turns(self.warmup_steps, self.block_steps, self.blocks)
 
     def at_step(self, step: int) -> None:
         """Called at the start of step ``step`` (steps done so far)."""
@@ -120,13 +126,27 @@ def make_pipes(directory: Path) -> None:
         os.mkfifo(directory / side)
 
 
-def hand_first_baton(directory: Path, first: str, timeout: float = 600.0) -> None:
-    """Hand the baton to ``first`` once both sides have warmed up."""
+def wait_until_ready(
+    directory: Path,
+    sides: tuple[str, ...] = SIDES,
+    alive: Callable[[], bool] = lambda: True,
+    timeout: float = 600.0,
+) -> None:
+    """Wait until each of ``sides`` has warmed up and waits for its first turn; raises
+    :class:`PartnerGone` after ``timeout`` seconds, or as soon as ``alive`` says a side
+    ended."""
     deadline = time.monotonic() + timeout
-    while not all((directory / f"{side}.ready").exists() for side in SIDES):
+    while not all((directory / f"{side}.ready").exists() for side in sides):
+        if not alive():
+            raise PartnerGone("a side ended before its first turn")
         if time.monotonic() > deadline:
             raise PartnerGone(f"a side was not ready after {timeout:g} s")
         time.sleep(0.05)
+
+
+def hand_first_baton(directory: Path, first: str, timeout: float = 600.0) -> None:
+    """Hand the baton to ``first`` once both sides have warmed up."""
+    wait_until_ready(directory, timeout=timeout)
     descriptor = os.open(directory / first, os.O_RDWR)
     os.write(descriptor, BATON)
     os.close(descriptor)

@@ -57,3 +57,9 @@ def test_a_side_whose_partner_never_hands_back_stops_with_a_message(
         for step in range(turns.total_steps):
             turns.at_step(step)
     turns.close()
+
+
+def test_waiting_for_a_side_that_ended_stops_at_once(turns_module, tmp_path: Path) -> None:
+    turns_module.make_pipes(tmp_path)
+    with pytest.raises(turns_module.PartnerGone, match="ended before its first turn"):
+        turns_module.wait_until_ready(tmp_path, ("pack",), alive=lambda: False, timeout=30)
