@@ -22,6 +22,31 @@ def worker_context(dataset: Any) -> multiprocessing.context.BaseContext:
     return context
 
 
+class HostBatches:
+    """The host DataLoader as the device loader's background thread reads it, keeping the
+    error that ended a pass early.
+
+    torch_xla's thread ends the device queue in a ``finally``, so a failed read (a worker
+    that died, a dataset that raised) would otherwise end the epoch early without a word,
+    and a run whose every pass fails would start epoch after empty epoch for ever. The
+    error is kept here instead and raised again in the training thread by
+    :class:`DeviceLoader`.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.error: Exception | None = None  # what ended the last pass early
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self.loader
+        except Exception as error:  # noqa: BLE001 - raised again in the training thread
+            self.error = error
+
+
 class DeviceLoader:
     """A DataLoader whose batches arrive on the XLA device through torch_xla's parallel
     device loader: a background thread copies batches ahead of the training step (split
@@ -35,7 +60,8 @@ class DeviceLoader:
     start from a fork server, never by forking the threaded training process; the server
     imports torch and the dataset's module once, so each worker does not. Other
     attributes (``sampler``, ``dataset``, ...) are the wrapped loader's, so Lightning treats
-    it as that loader.
+    it as that loader. An error that ends the background thread's reading is raised in the
+    training thread once the batches read before it are used up (see :class:`HostBatches`).
 
     Args:
         loader: the host DataLoader.
@@ -52,7 +78,8 @@ class DeviceLoader:
             # with one thread.
             loader.multiprocessing_context = worker_context(loader.dataset)
         self.loader = loader
-        self._device_batches = runtime.device_loader(loader, device, sharding)
+        self._host_batches = HostBatches(loader)
+        self._device_batches = runtime.device_loader(self._host_batches, device, sharding)
         self.batches_taken = 0  # batches of the current pass the trainer took
         self.wait_seconds = 0.0  # time the trainer waited for the device queue
 
@@ -61,7 +88,13 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self.batches_taken = 0
-        return counted(iter(self._device_batches), self)
+        self._host_batches.error = None
+        return counted(self._raising_host_errors(iter(self._device_batches)), self)
+
+    def _raising_host_errors(self, batches: Iterator[Any]) -> Iterator[Any]:
+        yield from batches
+        if self._host_batches.error is not None:
+            raise self._host_batches.error
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # not set yet (e.g. while unpickling)

@@ -298,3 +298,37 @@ def test_device_loader_workers_start_from_a_fork_server_and_deliver_the_same_bat
     assert forkserver._forkserver._preload_modules == ["torch", "torch.utils.data.dataset"]
     device_batches = [batch[0].cpu() for batch in loader]
     assert [b[0].tolist() for b in host] == [b.tolist() for b in device_batches]
+
+
+class _FailsAtItem(torch.utils.data.Dataset):
+    """Twelve items; reading item ``failing`` raises (a corrupt record, a dead worker)."""
+
+    def __init__(self, failing: int) -> None:
+        self.failing = failing
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == self.failing:
+            raise ValueError(f"item {index} cannot be read")
+        return torch.full((2,), float(index))
+
+
+def test_a_failed_read_ahead_is_raised_in_the_training_thread_not_an_early_epoch_end() -> None:
+    """torch_xla's reading thread ends the device queue on any error; the batches read before
+    the failure still arrive, then the error itself, every pass (a run would otherwise
+    start empty epoch after empty epoch)."""
+    from lightning_accel.xla import runtime
+    from lightning_accel.xla.device_loader import DeviceLoader
+
+    host = torch.utils.data.DataLoader(_FailsAtItem(failing=6), batch_size=4)
+    loader = DeviceLoader(host, runtime.device())
+    for _ in range(2):
+        delivered = []
+        with pytest.raises(ValueError, match="item 6 cannot be read"):
+            delivered.extend(batch.cpu() for batch in loader)
+        assert [b[:, 0].tolist() for b in delivered] == [[0.0, 1.0, 2.0, 3.0]]
+        assert loader.batches_taken == 1
+    readable = torch.utils.data.DataLoader(_FailsAtItem(failing=99), batch_size=4)
+    assert len(list(DeviceLoader(readable, runtime.device()))) == 3
