@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lightning_accel"
 # Lowest first. A module belongs to the layer of its longest matching name.
 LAYERS = (
     ("errors", "config", "files"),
-    ("machine", "devices", "flops", "memory", "host_allocator", "throughput", "safe_load")
+    ("machine", "cpu_load", "devices", "flops", "memory", "host_allocator", "throughput")
+    + ("safe_load",)
     + ("profiles", "environments", "collectives", "xla.runtime"),
     ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),
     ("plan", "trainer_factory", "xla"),

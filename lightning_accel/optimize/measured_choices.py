@@ -16,13 +16,19 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_accel.config import CompileConfig
+from lightning_accel.cpu_load import OtherLoad
 from lightning_accel.devices import synchronize
+from lightning_accel.machine import usable_cores
 from lightning_accel.optimize.transforms import compile_model
 from lightning_accel.precision import PrecisionChoice
 
 # A reduced precision, or compilation, is kept only when it is clearly faster than what it
 # replaces: trial medians a few percent apart are within what a busy machine moves them by.
 REQUIRED_SPEEDUP = 1.05
+# A trial beside other processes that keep this share of the usable cores busy times their
+# contention as much as the candidates (a reduced precision's shorter kernels lose most to
+# it): it is taken again once, and a choice made from one that was not alone says so.
+BUSY_SHARE = 0.25
 
 
 def _autocast(precision: str, device: torch.device) -> AbstractContextManager:
@@ -115,20 +121,43 @@ def step_times(
     return {name: StepTimes(first[name], statistics.median(samples[name])) for name in steps}
 
 
+def measured_alone(
+    measure: Measure,
+    module: pl.LightningModule,
+    batch: Any,
+    candidates: Mapping[str, Candidate],
+    load: Callable[[], OtherLoad] = OtherLoad,
+) -> tuple[dict[str, StepTimes], str]:
+    """``measure``'s timings of ``candidates``, taken again once if other processes kept
+    :data:`BUSY_SHARE` of the usable cores busy during the first trial, and a note for the
+    choice's reason ("" when the kept trial ran alone; ``load`` reads the other load)."""
+    cores = usable_cores()
+    for _ in range(2):
+        with load() as others:
+            timings = measure(module, batch, candidates)
+        if others.cores is None or others.cores < BUSY_SHARE * cores:
+            return timings, ""
+    busy = f"{others.cores:.1f} of {cores} cores"
+    return timings, f", beside other processes that kept {busy} busy"
+
+
 def fastest_precision(
     candidate: PrecisionChoice,
     module: pl.LightningModule,
     batch: Any,
     measure: Measure = step_times,
+    load: Callable[[], OtherLoad] = OtherLoad,
 ) -> PrecisionChoice:
     """Keep ``candidate`` (the hardware's reduced precision) only if it trains ``module``
-    at least 5% faster than fp32 on ``batch``, timed interleaved; otherwise fp32."""
+    at least 5% faster than fp32 on ``batch``, timed interleaved (see
+    :func:`measured_alone` for ``load``); otherwise fp32."""
     if candidate.precision == "32-true":
         return candidate
     names = ("32-true", candidate.precision)
-    timings = measure(module, batch, {name: Candidate(name) for name in names})
+    trial = {name: Candidate(name) for name in names}
+    timings, beside = measured_alone(measure, module, batch, trial, load)
     speedup = timings["32-true"].steady / timings[candidate.precision].steady
-    measured = f"measured {speedup:.2f}x the speed of 32-true on this model"
+    measured = f"measured {speedup:.2f}x the speed of 32-true on this model{beside}"
     if speedup >= REQUIRED_SPEEDUP:
         return PrecisionChoice(candidate.precision, f"{candidate.reason}; {measured}")
     return PrecisionChoice("32-true", f"{candidate.precision} {measured}; kept 32-true")
@@ -149,16 +178,15 @@ def compile_pays(
     compile_config: CompileConfig,
     run_steps: int | None,
     measure: Measure = step_times,
+    load: Callable[[], OtherLoad] = OtherLoad,
 ) -> CompileChoice:
     """Compile only if it pays over the run: compiled steps must be at least
     :data:`REQUIRED_SPEEDUP` times as fast as eager ones, and the time they save over
     ``run_steps`` steps must exceed the compilation's own time (the first compiled step's
-    excess); a run of no set length (None) needs only the speed-up."""
-    timings = measure(
-        module,
-        batch,
-        {"eager": Candidate(precision), "compiled": Candidate(precision, compile_config)},
-    )
+    excess); a run of no set length (None) needs only the speed-up. The trial is taken
+    again if it ran beside busy processes (:func:`measured_alone`)."""
+    trial = {"eager": Candidate(precision), "compiled": Candidate(precision, compile_config)}
+    timings, beside = measured_alone(measure, module, batch, trial, load)
     eager, compiled = timings["eager"], timings["compiled"]
     compile_seconds = max(0.0, compiled.first - compiled.steady)
     speedup = eager.steady / compiled.steady
@@ -176,5 +204,5 @@ def compile_pays(
             f"over {run_steps} steps"
         )
     if pays:
-        return CompileChoice(True, f"{measured}: compiled")
-    return CompileChoice(False, f"{measured}: kept eager")
+        return CompileChoice(True, f"{measured}{beside}: compiled")
+    return CompileChoice(False, f"{measured}{beside}: kept eager")
