@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets everything up (once), checks style, and runs the whole test suite: the XLA tests (in
 # the cached torch-xla environment, PJRT on the CPU) in one process, beside the main
-# environment's tests in TEST_WORKERS worker processes (pytest-xdist; each test file runs
-# whole in one worker, the longest files first). Most tests spend much of their time waiting
-# for the processes they start, so more processes than cores keep the cores busy. The
+# environment's tests in TEST_WORKERS (default 2) worker processes (pytest-xdist; each test
+# file runs whole in one worker, the longest files first): three processes on two cores,
+# because the tests spend part of their time waiting for the processes they start (four
+# saturated the cores and pushed an XLA test past its time limit). The
 # sessions share the parallel runs (each trains once, in whichever session first needs it);
 # the XLA tests' output is printed after the main tests'. Options go to pytest; with options
 # (e.g. -k NAME) only the main environment's tests run, in one process. SKIP_XLA=1 leaves
@@ -17,11 +18,11 @@ if [[ $# -gt 0 ]]; then
 fi
 
 # the files that take longest, handed to the workers first (two each to start with, so the
-# three longest are paired with shorter ones) so that none is left to start last; the other
+# two longest are paired with shorter ones) so that none is left to start last; the other
 # files follow by name (tests/xla runs in its own environment)
 LONGEST_FILES=(
-    tests/test_tensor_parallel.py tests/test_launchers.py tests/test_parallel.py
-    tests/test_cli.py tests/test_device_check.py tests/test_ray_launcher.py
+    tests/test_tensor_parallel.py tests/test_launchers.py tests/test_ray_launcher.py
+    tests/test_parallel.py tests/test_device_check.py tests/test_cli.py
     tests/test_async_save.py tests/test_faults.py
 )
 files=("${LONGEST_FILES[@]}")
@@ -48,7 +49,7 @@ if [[ -n "$xla_env" ]]; then
     xla=$!
 fi
 main_status=0
-.venv/bin/python -m pytest --durations=25 --numprocesses="${TEST_WORKERS:-3}" \
+.venv/bin/python -m pytest --durations=25 --numprocesses="${TEST_WORKERS:-2}" \
     --dist=loadfile --no-loadscope-reorder "${files[@]}" || main_status=$?
 if [[ -n "$xla" ]]; then
     wait "$xla" || true
