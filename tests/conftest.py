@@ -43,6 +43,6 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Runs:
     """Parallel CLI runs of the small GPT, shared by every test: a run's name stands for
     its configuration, and each configuration trains once per session. Sessions given the
-    same ``LIGHTNING_ACCEL_TEST_RUNS`` directory (``scripts/test.sh`` runs two) share it."""
+    same ``LIGHTNING_ACCEL_TEST_RUNS`` directory (``scripts/test.sh``'s workers) share it."""
     shared = os.environ.get("LIGHTNING_ACCEL_TEST_RUNS")
     return Runs(Path(shared) if shared else tmp_path_factory.mktemp("runs"), small_corpus)
