@@ -1,8 +1,8 @@
 """What a busy neighbour does to ``precision: fastest``'s trial: the fp32 and bf16-mixed
-training steps of the default recipe's GPT, timed as the trial times them (interleaved
-rounds, medians), alone, beside a two-thread bf16 training loop already running, and
-beside one that starts with the trial; with the cores the other processes kept busy, as
-the trial reads them.
+training steps of the default recipe's model on its first batch (as ``optimization=fast``
+prepares them), timed as the trial times them (interleaved rounds, medians): alone, beside
+a two-thread bf16 training loop already running, and beside one that starts with the
+trial; with the cores the other processes kept busy, as the trial reads them.
 
     python benchmarks/busy_trial.py --repeats 3 --json docs/results/busy_trial.json
 """
@@ -14,12 +14,20 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from common import results_table
+from rich.console import Console
 
+from lightning_accel.cli.choices import first_batch
+from lightning_accel.cli.compose import compose_job
+from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cpu_load import OtherLoad
-from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize.measured_choices import Candidate, step_times
 
 SETTINGS = ("alone", "beside a running loop", "beside a starting loop")
@@ -43,11 +51,15 @@ def neighbour(seconds: float) -> None:
         optimizer.zero_grad()
 
 
-def trial(setting: str) -> dict[str, float]:
+def default_recipe_step() -> tuple[Any, pl.LightningModule]:
+    """The default recipe's first batch and model, as the runner's trial gets them."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        run = validated_run(compose_job(["optimization=fast"]), Path(run_dir))
+        return first_batch(run, torch.device("cpu"))
+
+
+def trial(setting: str, batch: Any, model: pl.LightningModule) -> dict[str, float]:
     """One trial in ``setting``: the steady fp32 and bf16 steps, their ratio, the load."""
-    torch.manual_seed(0)
-    model = GPTLanguageModel(vocab_size=256, seq_len=128, n_layer=4, d_model=128, n_head=4)
-    batch = (torch.randint(0, 256, (32, 128)), torch.randint(0, 256, (32, 128)))
     candidates = {name: Candidate(name) for name in ("32-true", "bf16-mixed")}
     loop = None
     if setting != "alone":
@@ -80,17 +92,28 @@ def main() -> None:
     if options.neighbour is not None:
         neighbour(options.neighbour)
         return
+    batch, model = default_recipe_step()
     runs: dict[str, list[dict[str, float]]] = {setting: [] for setting in SETTINGS}
     for _ in range(options.repeats):
         for setting in SETTINGS:
-            runs[setting].append(trial(setting))
-            print(setting, runs[setting][-1], flush=True)
+            runs[setting].append(trial(setting, batch, model))
     summary = {
         setting: {key: statistics.median(r[key] for r in results) for key in results[0]}
         | {"speedups": [round(r["speedup"], 2) for r in results]}
         for setting, results in runs.items()
     }
-    print(json.dumps(summary, indent=2))
+    columns = ("setting", "fp32 ms", "bf16 ms", "bf16 speed-up (each)", "others' cores")
+    table = results_table("precision trial beside a busy neighbour (medians)", columns)
+    for setting, figures in summary.items():
+        speedups = ", ".join(f"{s:.2f}" for s in figures["speedups"])
+        table.add_row(
+            setting,
+            f"{figures['fp32_ms']:.0f}",
+            f"{figures['bf16_ms']:.0f}",
+            speedups,
+            f"{figures['other_cores']:.2f}",
+        )
+    Console().print(table)
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({"repeats": options.repeats, "results": summary}, handle, indent=2)

@@ -146,7 +146,7 @@ def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig
     return replace(run, hardware=hardware)
 
 
-def _first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.LightningModule]:
+def first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.LightningModule]:
     """The run's model on ``device`` and its first training batch (seeded as the run is)."""
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_object(run.data, "data")
@@ -223,7 +223,7 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
     timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     plan = plan_run(run.hardware, optimization)  # `fastest` plans as `auto`
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
-    batch, model = _first_batch(run, device)
+    batch, model = first_batch(run, device)
     if not timed:  # the trial step of the chosen micro-batch
         trial = {"trial": Candidate(plan.precision.precision)}
         step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)

@@ -26,8 +26,8 @@ from lightning_accel.precision import PrecisionChoice
 # replaces: trial medians a few percent apart are within what a busy machine moves them by.
 REQUIRED_SPEEDUP = 1.05
 # A trial beside other processes that keep this share of the usable cores busy times their
-# contention as much as the candidates (a reduced precision's shorter kernels lose most to
-# it): it is taken again once, and a choice made from one that was not alone says so.
+# contention as much as the candidates: it is taken again once, and a choice made from one
+# that was not alone says so.
 BUSY_SHARE = 0.25
 
 
