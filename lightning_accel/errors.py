@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix by changing their input."""
+"""The exceptions the CLI reports in one sentence: mistakes a user can fix by changing their
+input, and runs stopped by a signal."""
 
 from __future__ import annotations
 
@@ -34,6 +35,24 @@ class ConfigError(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # rebuilt from its parts when it crosses a process boundary (a trial process)
         return (type(self), (self.key, self.value, self.problem, self.choices))
+
+
+# what a shell reports for a process ended by SIGTERM (128 + 15)
+STOPPED_EXIT_CODE = 143
+
+
+class RunStopped(Exception):
+    """A run stopped on a signal before its end (a preempted or cancelled job: SIGTERM, every
+    rank at the same step); the message says where and how it resumes.
+
+    Args:
+        message: what stopped and what was kept.
+        exit_code: the CLI's exit code, 128 + the signal's number.
+    """
+
+    def __init__(self, message: str, exit_code: int = STOPPED_EXIT_CODE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _show(value: Any) -> str:

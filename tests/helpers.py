@@ -78,6 +78,55 @@ def run_cli(
     return subprocess.CompletedProcess(args, status, stdout, stderr)
 
 
+# a 2-rank run of a one-layer GPT that trains until it is stopped
+TINY_LONG_RUN = [
+    "train",
+    "model.n_layer=1",
+    "model.d_model=32",
+    "model.n_head=2",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "trainer.max_steps=100000",
+    "trainer.val_check_interval=1000",
+    "callbacks=minimal",
+    "logger=none",
+]
+
+
+def start_long_run(
+    directory: Path, *extra: str, hardware: str = "ddp_cpu", own_session: bool = False
+) -> subprocess.Popen:
+    """Start :data:`TINY_LONG_RUN` on ``hardware`` in ``directory``, each rank marking there
+    when it trains (:class:`MarkTraining`); ``own_session``: the command leads a process
+    group of its own, which a test can signal whole."""
+    mark = [
+        "+callbacks.mark._target_=helpers.MarkTraining",
+        f"+callbacks.mark.directory={directory}",
+    ]
+    return subprocess.Popen(
+        [*cli_command(), *TINY_LONG_RUN, f"hardware={hardware}", *mark, *extra],
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **TEST_IMPORTS, "COLUMNS": "200"},
+        start_new_session=own_session,
+    )
+
+
+def wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) -> None:
+    """Until every rank has made two optimizer steps (:class:`MarkTraining`)."""
+    deadline = time.monotonic() + timeout
+    while len(list(directory.glob("rank-*.training"))) < ranks:
+        assert time.monotonic() < deadline, "the ranks never started training"
+        time.sleep(0.2)
+
+
+def rank_process(directory: Path, rank: int) -> int:
+    """The process id of rank ``rank``, once it has started training (:class:`MarkTraining`)."""
+    return int((directory / f"rank-{rank}.training").read_text())
+
+
 def wait_until_exited(pid: int, timeout: float = 60) -> None:
     """Until process ``pid`` has exited (gone, or a zombie its parent has not reaped)."""
     deadline = time.monotonic() + timeout
@@ -160,6 +209,52 @@ class StopAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+class SigtermAtStep(pl.Callback):
+    """Sends SIGTERM to its own process once rank ``rank`` has made ``step`` optimizer steps,
+    as a scheduler preempting one rank would."""
+
+    def __init__(self, step: int, rank: int) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class RecordStop(pl.Callback):
+    """Writes ``<directory>/rank-<N>.stopped`` holding the step at which rank N's training
+    ended on an exception (a stop on SIGTERM)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def on_exception(self, trainer: pl.Trainer, *args: object) -> None:
+        (self.directory / f"rank-{trainer.global_rank}.stopped").write_text(
+            str(trainer.global_step)
+        )
+
+
+class CountBroadcasts(pl.Callback):
+    """Counts this rank's ``torch.distributed.broadcast`` calls while it trains, into
+    ``<directory>/rank-<N>.broadcasts``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory, self.calls = Path(directory), 0
+
+    def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+        original = torch.distributed.broadcast
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        self._original, torch.distributed.broadcast = original, counted
+
+    def on_train_end(self, trainer: pl.Trainer, *args: object) -> None:
+        torch.distributed.broadcast = self._original
+        (self.directory / f"rank-{trainer.global_rank}.broadcasts").write_text(str(self.calls))
 
 
 class HangAtStart(pl.Callback):

@@ -7,58 +7,23 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import TEST_IMPORTS, cli_command, run_cli, wait_until_exited
+from helpers import (
+    TEST_IMPORTS,
+    TINY_LONG_RUN,
+    rank_process,
+    run_cli,
+    start_long_run,
+    wait_for_training,
+    wait_until_exited,
+)
 
 from lightning_accel.collectives import FROZEN_AFTER_SECONDS
 
 pytestmark = pytest.mark.slow
-
-TINY_LONG_RUN = [
-    "train",
-    "hardware=ddp_cpu",
-    "model.n_layer=1",
-    "model.d_model=32",
-    "model.n_head=2",
-    "data.seq_len=32",
-    "data.batch_size=4",
-    "trainer.max_steps=100000",
-    "trainer.val_check_interval=1000",
-    "callbacks=minimal",
-    "logger=none",
-]
-
-
-def _rank_process(directory: Path, rank: int) -> int:
-    """The process id of rank ``rank``, once it has started training (helpers.MarkTraining)."""
-    return int((directory / f"rank-{rank}.training").read_text())
-
-
-def _start(tmp_path: Path, *extra: str) -> subprocess.Popen:
-    mark = [
-        "+callbacks.mark._target_=helpers.MarkTraining",
-        f"+callbacks.mark.directory={tmp_path}",
-    ]
-    return subprocess.Popen(
-        [*cli_command(), *TINY_LONG_RUN, *mark, *extra],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **TEST_IMPORTS, "COLUMNS": "200"},
-    )
-
-
-def _wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) -> None:
-    """Until every rank has made two optimizer steps (helpers.MarkTraining)."""
-    deadline = time.monotonic() + timeout
-    while len(list(directory.glob("rank-*.training"))) < ranks:
-        assert time.monotonic() < deadline, "the ranks never started training"
-        time.sleep(0.2)
 
 
 def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> dict:
@@ -74,10 +39,10 @@ def _wait_for_failed_trace(directory: Path, rank: int, timeout: float = 120) -> 
 
 
 def test_killed_rank_stops_the_others_quickly(tmp_path: Path, small_corpus: Path) -> None:
-    process = _start(tmp_path, f"data.source={small_corpus}")
+    process = start_long_run(tmp_path, f"data.source={small_corpus}")
     try:
-        _wait_for_training(tmp_path)
-        victim = _rank_process(tmp_path, rank=1)
+        wait_for_training(tmp_path)
+        victim = rank_process(tmp_path, rank=1)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
@@ -92,13 +57,13 @@ def test_killed_rank_stops_the_others_quickly(tmp_path: Path, small_corpus: Path
 def test_stuck_rank_ends_the_run_after_the_configured_timeout(
     tmp_path: Path, small_corpus: Path
 ) -> None:
-    process = _start(
+    process = start_long_run(
         tmp_path, f"data.source={small_corpus}", "hardware.strategy_options.timeout_s=5"
     )
     try:
-        _wait_for_training(tmp_path)
-        stuck = _rank_process(tmp_path, rank=1)
-        waiting = _rank_process(tmp_path, rank=0)
+        wait_for_training(tmp_path)
+        stuck = rank_process(tmp_path, rank=1)
+        waiting = rank_process(tmp_path, rank=0)
         stopped_at = time.monotonic()
         os.kill(stuck, signal.SIGSTOP)  # alive but silent: only the timeout can end the wait
         failed = _wait_for_failed_trace(tmp_path, rank=0)
@@ -132,7 +97,12 @@ def test_a_collective_one_rank_skips_is_named_with_its_hook_and_the_rank_that_sk
 ) -> None:
     """Rank 0 alone logs a value with sync_dist at step 3 (RankZeroLogsOnce): Lightning's
     barrier before the reduction meets rank 1's gradient all-reduce, and both wait."""
-    args = [*TINY_LONG_RUN, "model._target_=helpers.RankZeroLogsOnce", "trainer.max_steps=10"]
+    args = [
+        *TINY_LONG_RUN,
+        "hardware=ddp_cpu",
+        "model._target_=helpers.RankZeroLogsOnce",
+        "trainer.max_steps=10",
+    ]
     args += [f"data.source={small_corpus}", "hardware.strategy_options.timeout_s=8"]
     started = time.monotonic()
     result = run_cli([*args, "hydra.run.dir=run"], cwd=tmp_path, timeout=180, env=TEST_IMPORTS)

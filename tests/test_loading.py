@@ -4,6 +4,7 @@ settings chosen per hardware."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from lightning_accel.data.loading import (
     LoaderPlan,
     ResumableDataLoader,
     ResumableSampler,
+    leave_sigterm_to_the_rank,
     loader_options,
 )
 from lightning_accel.errors import ConfigError
@@ -117,7 +119,12 @@ def test_auto_loader_on_a_cpu_uses_workers_only_for_decoding(eight_cores: None) 
     cheap = loader_options(_trainer("cpu"))
     assert cheap == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
     decoding = loader_options(_trainer("cpu", devices=2), decodes=True)
-    assert decoding == {"num_workers": 2, "pin_memory": False, "persistent_workers": True}
+    assert decoding == {
+        "num_workers": 2,
+        "pin_memory": False,
+        "persistent_workers": True,
+        "worker_init_fn": leave_sigterm_to_the_rank,
+    }
 
 
 def test_auto_loader_on_cuda_shares_the_cores_between_ranks_and_pins(eight_cores: None) -> None:
@@ -126,6 +133,7 @@ def test_auto_loader_on_cuda_shares_the_cores_between_ranks_and_pins(eight_cores
         "num_workers": 3,
         "pin_memory": True,
         "persistent_workers": True,
+        "worker_init_fn": leave_sigterm_to_the_rank,
         "prefetch_factor": 4,
     }
     assert loader_options(_trainer("xla", devices=1))["pin_memory"] is False
@@ -158,7 +166,31 @@ def test_the_run_plan_decides_the_loader_as_the_data_modules_apply_it(
 
 def test_explicit_loader_settings_win(eight_cores: None) -> None:
     options = loader_options(_trainer("cuda"), num_workers=1, pin_memory=False)
-    assert options == {"num_workers": 1, "pin_memory": False, "persistent_workers": True}
+    assert options == {
+        "num_workers": 1,
+        "pin_memory": False,
+        "persistent_workers": True,
+        "worker_init_fn": leave_sigterm_to_the_rank,
+    }
+
+
+class _WorkerSigterm(torch.utils.data.Dataset):
+    """Whether the process reading each item ignores SIGTERM."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> bool:
+        return signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_loader_workers_leave_sigterm_to_their_rank(eight_cores: None) -> None:
+    """A SIGTERM to the whole process group must not end the workers before their rank
+    reaches the step where every rank stops (tests/test_preemption.py runs it whole)."""
+    options = loader_options(_trainer("cpu"), num_workers=1)
+    ignored = [bool(b) for b in torch.utils.data.DataLoader(_WorkerSigterm(), **options)]
+    assert ignored == [True, True]
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # this process still takes it
 
 
 @pytest.mark.parametrize("workers", [-1, "many"])

@@ -1,10 +1,19 @@
 """Callbacks: the speed monitor, the end-of-run summary, the progress bar, the XLA
-recompile guard and the report of where a run kept its state."""
+recompile guard, the report of where a run kept its state and the checkpoint saved where a
+run stops on SIGTERM."""
 
 from lightning_accel.callbacks.device_report import DeviceReport
+from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.callbacks.progress import RunProgressBar
 from lightning_accel.callbacks.recompile_guard import XLARecompileGuard
 from lightning_accel.callbacks.run_summary import RunSummary
 from lightning_accel.callbacks.speed import SpeedMonitor
 
-__all__ = ["DeviceReport", "RunProgressBar", "RunSummary", "SpeedMonitor", "XLARecompileGuard"]
+__all__ = [
+    "DeviceReport",
+    "PreemptionCheckpoint",
+    "RunProgressBar",
+    "RunSummary",
+    "SpeedMonitor",
+    "XLARecompileGuard",
+]

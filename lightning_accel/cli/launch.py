@@ -14,6 +14,7 @@ meeting at the configured rendezvous endpoint, and restarts every rank after a f
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -32,8 +33,40 @@ from lightning_accel.collectives import (
     diagnose,
     read_traces,
 )
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.machine import usable_cores
+
+
+class _StoppingRecords(logging.Filter):
+    """Drops torch elastic's records of stopping ranks: the error (with its traceback) of a
+    rank that exited with :data:`STOPPED_EXIT_CODE` (it stopped on SIGTERM as asked, and says
+    so itself) and the agent's notes that it signals its ranks (the run's own message says
+    that it stopped, or which rank failed and that the others were stopped)."""
+
+    LOGGERS = (
+        "torch.distributed.elastic.multiprocessing.api",
+        "torch.distributed.elastic.agent.server.api",
+    )
+    NOTES = (
+        f"(exitcode: {STOPPED_EXIT_CODE})",
+        "death signal, shutting down workers",
+        "via signal SIGTERM",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(note in message for note in self.NOTES)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Filter elastic's loggers within the block."""
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        try:
+            yield
+        finally:
+            for name in self.LOGGERS:
+                logging.getLogger(name).removeFilter(self)
 
 
 class RanksFailed(RuntimeError):
@@ -113,9 +146,17 @@ def start_rank_server() -> None:
     if _RankServer.environment is not None:
         return
     multiprocessing.get_context(_RANK_START_METHOD).set_forkserver_preload(_RANK_MODULES)
-    with _changed_environment(rank_environment()):
-        _RankServer.environment = dict(os.environ)
-        forkserver.ensure_running()
+    # The server ignores SIGTERM (set before it is started, it survives the exec): a SIGTERM
+    # to the whole process group (scancel, preemption) would otherwise end it, and torch
+    # gives each rank it forked SIGINT when it ends, which interrupts the rank's own stop.
+    # The ranks take SIGTERM again (run_rank); the server still ends with this process.
+    default_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with _changed_environment(rank_environment()):
+            _RankServer.environment = dict(os.environ)
+            forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, default_sigterm)
 
 
 def stop_rank_server() -> None:
@@ -192,7 +233,7 @@ def launch_ranks(
         RanksFailed: a rank exited non-zero or was killed, and no restart was left.
         ConfigError: the rendezvous endpoint did not answer within ``rdzv_timeout_s``.
     """
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -221,7 +262,7 @@ def launch_ranks(
     start_rank_server()
     assert _RankServer.environment is not None
     try:
-        with _rank_environment(processes):
+        with _rank_environment(processes), _StoppingRecords().installed():
             changes = _environment_changes(_RankServer.environment, dict(os.environ))
             elastic_launch(config, run_rank)(str(config_path), changes)
     except RendezvousError as error:
@@ -235,12 +276,20 @@ def launch_ranks(
             "launcher.run_id",
         ) from None
     except ChildFailedError as error:
+        codes = {failure.exitcode for failure in error.failures.values()}
+        if codes == {STOPPED_EXIT_CODE}:
+            raise RunStopped(f"the ranks stopped on SIGTERM; logs in {log_dir}") from None
         failures = ", ".join(
             f"rank {rank} (exit code {failure.exitcode})"
             for rank, failure in sorted(error.failures.items())
         )
         world_size = processes * rendezvous["max_nodes"]
         raise ranks_failed(failures, config_path.parent, log_dir, world_size) from None
+    except SignalException as error:
+        stopped = signal.Signals(error.sigval)
+        raise RunStopped(
+            f"stopped on {stopped.name}; logs in {log_dir}", 128 + stopped.value
+        ) from None
 
 
 def ranks_failed(failures: str, run_dir: Path, log_dir: Path, world_size: int) -> RanksFailed:

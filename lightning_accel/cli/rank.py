@@ -8,6 +8,7 @@ Reads the resolved config the launcher wrote and fits it; the cluster environmen
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,9 +17,9 @@ import torch
 import torch.distributed
 from omegaconf import OmegaConf
 
-from lightning_accel.cli.console import fail, quiet_upstream
+from lightning_accel.cli.console import fail, quiet_upstream, say
 from lightning_accel.cli.schema import RunConfig
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
 
 # how long a failed rank waits before exiting: several polls of the launcher (every 0.2 s)
 FAILED_RANK_GRACE_SECONDS = 2.0
@@ -40,6 +41,9 @@ def main(argv: list[str]) -> None:
         run_stage(load_run(Path(argv[0])))
     except ConfigError as error:
         fail(error)
+    except RunStopped as stopped:
+        say(str(stopped))
+        sys.exit(STOPPED_EXIT_CODE)
     leave_process_group()
 
 
@@ -56,17 +60,19 @@ def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> No
     launcher's (``environment_changes`` from the server's; torch elastic has set the rank's
     own variables), its thread count follows ``OMP_NUM_THREADS`` (read only when torch was
     imported, in the server), then :func:`main`."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the rank server ignores it
     for name, value in environment_changes.items():
         set_variable(name, value)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     try:
         main([config_path])
-    except BaseException:
+    except BaseException as error:
         # torch elastic's multiprocessing context reports only the first failed rank its poll
         # finds, in rank order: a rank that fails because a peer died (or was killed) leaves
         # the launcher's poll time to find that peer first, so the message names the cause.
-        time.sleep(FAILED_RANK_GRACE_SECONDS)
+        if not (isinstance(error, SystemExit) and error.code == STOPPED_EXIT_CODE):
+            time.sleep(FAILED_RANK_GRACE_SECONDS)
         raise
 
 

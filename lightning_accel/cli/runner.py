@@ -13,18 +13,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
+from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.trainer_factory import build_trainer
@@ -117,6 +119,8 @@ def fit_run(run: RunConfig) -> None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise RunStopped(stop_message(trainer)) from None
     except ValueError as error:
         # The epoch's length is known only once the loaders exist, inside fit.
         if "`val_check_interval`" not in str(error):
@@ -127,6 +131,16 @@ def fit_run(run: RunConfig) -> None:
             f"is more than the {trainer.num_training_batches} training batches of an epoch;"
             " give at most that many, or trainer.limit_val_batches=0 for no validation",
         ) from None
+
+
+def stop_message(trainer: pl.Trainer) -> str:
+    """What a run stopped on SIGTERM left, and how it goes on."""
+    ranks = " (every rank)" if trainer.world_size > 1 else ""
+    message = f"stopped on SIGTERM after step {trainer.global_step}{ranks}"
+    saver = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if saver is None or saver.saved is None:
+        return message + "; no checkpoint saved there"
+    return f"{message}; saved {saver.saved}, which the same command resumes from"
 
 
 def run_stage(run: RunConfig) -> None:

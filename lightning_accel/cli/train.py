@@ -18,7 +18,7 @@ from lightning_accel.cli.preflight import (
     validated_run,
 )
 from lightning_accel.cli.schema import RunConfig, register_schemas
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, RunStopped
 from lightning_accel.profiles import config_dir
 
 
@@ -68,6 +68,9 @@ def run_job(cfg: DictConfig) -> float | None:
         fail(error)
     except RanksFailed as error:
         fail(error, exit_code=1)
+    except RunStopped as stopped:
+        say(str(stopped))
+        sys.exit(stopped.exit_code)
     outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
     say(f"done; results in {run.run_dir}: {', '.join(outputs)}")
     if run.stage != "fit" or (world is not None and world.rank != 0):

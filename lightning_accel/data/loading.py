@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
@@ -222,9 +223,20 @@ def loader_options(
         "pin_memory": bool(pin_memory),
         "persistent_workers": bool(persistent_workers) and num_workers > 0,
     }
+    if num_workers > 0:
+        options["worker_init_fn"] = leave_sigterm_to_the_rank
     if num_workers > 0 and prefetch_factor is not None:
         options["prefetch_factor"] = prefetch_factor
     return options
+
+
+def leave_sigterm_to_the_rank(worker_id: int) -> None:
+    """A loader worker's start: it ignores SIGTERM. A SIGTERM to the whole process group
+    (``scancel``, a preempted job) would otherwise end the workers at once, and their rank's
+    next batch would fail before the rank reached the step where every rank stops together
+    (:class:`~lightning_accel.strategies.agreed_stop.AgreedStop`). Workers still end with
+    their rank."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def checked_loader_settings(

@@ -9,10 +9,11 @@ from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
 from lightning_accel.config import require_positive
+from lightning_accel.strategies.agreed_stop import AgreedStopMixin
 from lightning_accel.strategies.comm_hooks import CommStats, resolve_comm_hook
 
 
-class AccelDDPStrategy(DDPStrategy):
+class AccelDDPStrategy(AgreedStopMixin, DDPStrategy):
     """Lightning's DDP with the backend taken from the device (NCCL on CUDA, gloo on CPU),
     buckets used as gradient views, and a communication hook picked by name on any backend.
 

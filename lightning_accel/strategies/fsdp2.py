@@ -27,6 +27,7 @@ from lightning_accel.optimize.transforms import (
     TENSOR_PARALLEL,
     apply_model_optimizations,
 )
+from lightning_accel.strategies.agreed_stop import AgreedStopMixin
 from lightning_accel.strategies.async_save import AsyncShardWriter
 from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
@@ -37,7 +38,7 @@ from lightning_accel.strategies.tensor_parallel import (
 )
 
 
-class FSDP2Strategy(ModelParallelStrategy):
+class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
     """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, with tensor
     parallelism (2D) or replica groups (HSDP) on one device mesh, on CUDA (NCCL) and CPU
     (gloo), without any ``configure_model`` code in the LightningModule.

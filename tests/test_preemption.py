@@ -1,0 +1,165 @@
+"""A SIGTERM (a preempted or cancelled job) stops every rank at the same step, saves that
+step in ``last.ckpt`` and exits 143; the same command then resumes from it as if the run had
+never stopped. Lightning's per-step broadcast of the flag is gone."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import (
+    GLOBAL_BATCH,
+    LOOP,
+    TEST_IMPORTS,
+    Runs,
+    SigtermAtStep,
+    TinyRegression,
+    run_cli,
+    start_long_run,
+    wait_for_training,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_accel import build_trainer
+from lightning_accel.callbacks import PreemptionCheckpoint
+from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.errors import STOPPED_EXIT_CODE
+from lightning_accel.safe_load import load_data_file
+
+pytestmark = pytest.mark.slow
+
+
+def _callback(name: str, target: str, directory: Path) -> list[str]:
+    return [
+        f"+callbacks.{name}._target_=helpers.{target}",
+        f"+callbacks.{name}.directory={directory}",
+    ]
+
+
+def _stop_steps(directory: Path) -> list[int]:
+    """The step at which each rank stopped (helpers.RecordStop), by rank."""
+    return [int((directory / f"rank-{rank}.stopped").read_text()) for rank in (0, 1)]
+
+
+def test_a_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_same_command_resumes(
+    runs: Runs,
+) -> None:
+    uninterrupted = runs.train("ddp", "ddp_cpu", 2)
+    run_dir = runs.root / "ddp_sigterm_to_rank_1"
+    command = [*runs.base, *LOOP, "hardware=ddp_cpu", "hardware.devices=2"]
+    command += [f"data.batch_size={GLOBAL_BATCH // 2}", f"hydra.run.dir={run_dir}"]
+    command += ["+callbacks.sigterm._target_=helpers.SigtermAtStep", "+callbacks.sigterm.step=12"]
+    command += ["+callbacks.sigterm.rank=1", *_callback("stop", "RecordStop", run_dir)]
+    command += _callback("count", "CountBroadcasts", run_dir)
+
+    stopped = run_cli(command, cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+    assert stopped.returncode == STOPPED_EXIT_CODE, stopped.stderr[-3000:]
+    # the flag rank 1 raised during step 12 is combined in step 13 and read before step 14
+    assert _stop_steps(run_dir) == [13, 13]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"stopped on SIGTERM after step 13 (every rank); saved {last}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "exitcode" not in stopped.stderr
+    assert load_data_file(last)["global_step"] == 13
+
+    resumed = run_cli(command, cwd=runs.root, timeout=300, env=TEST_IMPORTS)  # the same command
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {last}" in resumed.stderr
+    assert runs.summary(run_dir)["steps"] == 20
+    # Lightning would broadcast rank 0's flag once per step (7 times) on each rank
+    broadcasts = [int((run_dir / f"rank-{rank}.broadcasts").read_text()) for rank in (0, 1)]
+    assert broadcasts == [0, 0]
+    reference = runs.losses(uninterrupted)
+    after_stop = {s: v for s, v in runs.losses(run_dir).items() if s > 13}
+    assert after_stop and after_stop == {s: reference[s] for s in after_stop}
+    expected = runs.final_weights(uninterrupted)
+    weights = runs.final_weights(run_dir)
+    for key, value in expected.items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_a_sigterm_to_the_whole_process_group_stops_every_rank_together_and_saves_that_step(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """As ``scancel`` or a preemption signals every process of the job: the command, its
+    rank server, the FSDP2 ranks and their loader workers."""
+    run_dir = tmp_path / "run"
+    process = start_long_run(
+        tmp_path,
+        f"data.source={small_corpus}",
+        "data.num_workers=2",
+        f"hydra.run.dir={run_dir}",
+        *_callback("stop", "RecordStop", tmp_path),
+        hardware="fsdp2_cpu",
+        own_session=True,
+    )
+    try:
+        wait_for_training(tmp_path)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == STOPPED_EXIT_CODE, stderr[-3000:]
+    step, other = _stop_steps(tmp_path)
+    assert step == other
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"stopped on SIGTERM after step {step} (every rank); saved {last}" in stderr
+    assert "Traceback" not in stderr and "exitcode" not in stderr
+    whole = consolidate_checkpoint(last, tmp_path / "whole.ckpt")
+    assert load_data_file(whole)["global_step"] == step
+
+
+def test_one_process_stopped_on_sigterm_saves_the_step_it_stopped_at(tmp_path: Path) -> None:
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)
+    preemption = PreemptionCheckpoint()
+    trainer = build_trainer(
+        "cpu",
+        max_steps=10,
+        callbacks=[saver, preemption, SigtermAtStep(step=3, rank=0)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    x = torch.randn(64, 8)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)))
+    with pytest.raises(SIGTERMException):
+        trainer.fit(TinyRegression(), train_dataloaders=data)
+    assert preemption.saved == tmp_path / "last.ckpt"
+    assert load_data_file(preemption.saved)["global_step"] == 3
+
+
+def test_ranks_that_do_not_stop_together_save_nothing(tmp_path: Path) -> None:
+    """Lightning's own DDP stops only the signalled rank: a save, a collective, would wait
+    for ranks that go on training."""
+
+    def save_checkpoint(path: Path) -> None:
+        raise AssertionError(f"saved {path}")
+
+    trainer = SimpleNamespace(
+        checkpoint_callback=ModelCheckpoint(dirpath=tmp_path, save_last=True),
+        world_size=2,
+        strategy=DDPStrategy(),
+        global_step=5,
+        save_checkpoint=save_checkpoint,
+    )
+    preemption = PreemptionCheckpoint()
+    preemption.on_exception(trainer, TinyRegression(), SIGTERMException())  # type: ignore[arg-type]
+    assert preemption.saved is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lightnings_sigterm_broadcast_and_handlers_are_what_agreed_stop_replaces() -> None:
+    """Pins the private Lightning names AgreedStop overrides and reads."""
+    assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+    connector = _SignalConnector(SimpleNamespace())  # type: ignore[arg-type]
+    assert connector._original_handlers == {}
+    assert connector.received_sigterm is False
