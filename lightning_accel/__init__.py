@@ -18,6 +18,7 @@ _PUBLIC = {
     "build_trainer": "lightning_accel.trainer_factory",
     "trainer_arguments": "lightning_accel.trainer_factory",
     "RunSummary": "lightning_accel.callbacks",
+    "PreemptionCheckpoint": "lightning_accel.callbacks",
     "RunProgressBar": "lightning_accel.callbacks",
     "SpeedMonitor": "lightning_accel.callbacks",
     "XLARecompileGuard": "lightning_accel.callbacks",

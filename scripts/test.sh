@@ -23,7 +23,7 @@ fi
 LONGEST_FILES=(
     tests/test_tensor_parallel.py tests/test_launchers.py tests/test_ray_launcher.py
     tests/test_parallel.py tests/test_device_check.py tests/test_cli.py
-    tests/test_async_save.py tests/test_faults.py
+    tests/test_async_save.py tests/test_faults.py tests/test_preemption.py
 )
 files=("${LONGEST_FILES[@]}")
 for file in tests/test_*.py; do

@@ -11,16 +11,19 @@ import os
 import socket
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import LOOP, TEST_IMPORTS, Runs, run_cli
 
 from lightning_accel.checkpoints import run_weights
+from lightning_accel.cli import ray_launch
 from lightning_accel.cli.main import main
 from lightning_accel.cli.ray_launch import Slot, rank_variables, require_shared
 from lightning_accel.cli.schema import LauncherConfig
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.machine import usable_cores
 
 pytestmark = pytest.mark.slow
@@ -222,3 +225,25 @@ def test_ranks_get_torch_elastic_variables_by_node_and_see_their_nodes_gpus() ->
         ("10.0.0.1", "29500", "4")
     }
     assert {v["TORCHELASTIC_RESTART_COUNT"] for v in variables} == {"1"}
+
+
+def test_ranks_that_all_stopped_on_sigterm_end_the_run_as_stopped_not_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranks that stop on SIGTERM together (tests/test_preemption.py) exit 143 and have saved
+    their step: the run ends as stopped, with no restart, which would train on."""
+    attempts = []
+
+    def attempt(*args: object) -> dict[int, int | None]:
+        attempts.append(args)
+        return {0: STOPPED_EXIT_CODE, 1: STOPPED_EXIT_CODE}
+
+    monkeypatch.setattr(ray_launch, "run_workers", lambda *_: SimpleNamespace(count=2))
+    monkeypatch.setattr(ray_launch, "connected", lambda _: nullcontext())
+    monkeypatch.setattr(ray_launch, "check_cluster", lambda *_: None)
+    monkeypatch.setattr(ray_launch, "_attempt", attempt)
+    launcher = LauncherConfig(name="ray", max_failures=3)
+    with pytest.raises(RunStopped, match="the ranks stopped on SIGTERM") as stopped:
+        ray_launch.launch_on_ray(tmp_path / "config.yaml", None, launcher)  # type: ignore[arg-type]
+    assert stopped.value.exit_code == STOPPED_EXIT_CODE
+    assert len(attempts) == 1

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,9 +276,8 @@ def launch_ranks(
             "launcher.run_id",
         ) from None
     except ChildFailedError as error:
-        codes = {failure.exitcode for failure in error.failures.values()}
-        if codes == {STOPPED_EXIT_CODE}:
-            raise RunStopped(f"the ranks stopped on SIGTERM; logs in {log_dir}") from None
+        if all_stopped(failure.exitcode for failure in error.failures.values()):
+            raise ranks_stopped(log_dir) from None
         failures = ", ".join(
             f"rank {rank} (exit code {failure.exitcode})"
             for rank, failure in sorted(error.failures.items())
@@ -290,6 +289,18 @@ def launch_ranks(
         raise RunStopped(
             f"stopped on {stopped.name}; logs in {log_dir}", 128 + stopped.value
         ) from None
+
+
+def all_stopped(exit_codes: Iterable[int | None]) -> bool:
+    """Whether every rank that ended early exited with :data:`STOPPED_EXIT_CODE`: stopped
+    on SIGTERM together, its checkpoint saved, not failed (nothing to restart)."""
+    return set(exit_codes) == {STOPPED_EXIT_CODE}
+
+
+def ranks_stopped(log_dir: Path) -> RunStopped:
+    """The end of a run whose ranks all stopped on SIGTERM (rank 0 has said at which step
+    and where it saved)."""
+    return RunStopped(f"the ranks stopped on SIGTERM; logs in {log_dir}")
 
 
 def ranks_failed(failures: str, run_dir: Path, log_dir: Path, world_size: int) -> RanksFailed:

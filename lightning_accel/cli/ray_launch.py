@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
-from lightning_accel.cli.launch import ranks_failed
+from lightning_accel.cli.launch import all_stopped, ranks_failed, ranks_stopped
 from lightning_accel.cli.ray_cluster import Workers, check_cluster, connected, run_workers
 from lightning_accel.cli.ray_worker import RankHost
 from lightning_accel.cli.schema import LauncherConfig
@@ -109,6 +109,7 @@ def launch_on_ray(config_path: Path, plan: RunPlan, launcher: LauncherConfig) ->
         ConfigError: the cluster cannot be reached, cannot hold the workers, or does not
             see the run directory from every node.
         RanksFailed: a rank failed, or its actor died, and no restart was left.
+        RunStopped: every rank stopped on SIGTERM (not restarted).
     """
     workers = run_workers(launcher, plan)
     run_dir = config_path.parent
@@ -123,6 +124,8 @@ def launch_on_ray(config_path: Path, plan: RunPlan, launcher: LauncherConfig) ->
             failures = _attempt(config_path, launcher, workers, attempt, log_dir)
             if not failures:
                 return
+            if all_stopped(failures.values()):
+                raise ranks_stopped(log_dir)
             if attempt < launcher.max_failures:
                 say(f"{_describe(failures)} failed; restarting every rank")
         raise ranks_failed(_describe(failures), run_dir, log_dir, workers.count)
