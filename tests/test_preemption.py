@@ -7,11 +7,14 @@ from __future__ import annotations
 import inspect
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 from helpers import (
     GLOBAL_BATCH,
     LOOP,
@@ -27,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_accel import build_trainer
@@ -34,6 +38,7 @@ from lightning_accel.callbacks import PreemptionCheckpoint
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.errors import STOPPED_EXIT_CODE
 from lightning_accel.safe_load import load_data_file
+from lightning_accel.strategies.agreed_stop import AgreedStop
 
 pytestmark = pytest.mark.slow
 
@@ -163,3 +168,57 @@ def test_lightnings_sigterm_broadcast_and_handlers_are_what_agreed_stop_replaces
     connector = _SignalConnector(SimpleNamespace())  # type: ignore[arg-type]
     assert connector._original_handlers == {}
     assert connector.received_sigterm is False
+
+
+@pytest.fixture
+def one_rank_group() -> Iterator[None]:
+    """A gloo process group of this process alone."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _trainer() -> SimpleNamespace:
+    """What AgreedStop reads and writes of a trainer."""
+    return SimpleNamespace(
+        strategy=SimpleNamespace(launcher=None),
+        _signal_connector=SimpleNamespace(_original_handlers={}, received_sigterm=False),
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace()),
+        global_rank=0,
+        state=SimpleNamespace(status=TrainerStatus.RUNNING),
+    )
+
+
+def test_a_sigterm_stops_at_the_check_after_the_one_that_combined_it(
+    one_rank_group: None,
+) -> None:
+    trainer = _trainer()
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop = AgreedStop(trainer, timeout_s=10)  # type: ignore[arg-type]
+        assert trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor == stop.check
+        stop.check()
+        stop.check()  # nothing signalled: training goes on
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded by the handler, nothing raised
+        stop.check()  # starts combining the flag
+        assert trainer._signal_connector.received_sigterm is False
+        with pytest.raises(SIGTERMException):
+            stop.check()
+        assert trainer._signal_connector.received_sigterm is True
+        stop.close()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_outside_the_main_thread_the_signal_handler_is_left_as_it_was(
+    one_rank_group: None,
+) -> None:
+    """As Lightning does: only the main thread may set a handler."""
+    before = signal.getsignal(signal.SIGTERM)
+    made: list[AgreedStop] = []
+    thread = threading.Thread(target=lambda: made.append(AgreedStop(_trainer(), timeout_s=10)))  # type: ignore[arg-type]
+    thread.start()
+    thread.join()
+    assert signal.getsignal(signal.SIGTERM) == before
+    made[0].check()
+    made[0].close()

@@ -37,6 +37,9 @@ class FakeClock:
     def perf_counter(self) -> float:
         return time.perf_counter() + self.offset
 
+    def process_time(self) -> float:
+        return time.process_time()
+
 
 class SlowCheckpoint(ModelCheckpoint):
     """A checkpoint callback whose every save takes SLOW_SAVE_SECONDS on the fake clock."""

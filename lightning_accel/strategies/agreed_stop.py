@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from datetime import timedelta
 from types import FrameType
 
@@ -48,7 +49,8 @@ class AgreedStop:
         # Lightning's handler is replaced (it restores the earlier one at teardown), and
         # the override: its per-step broadcast of rank 0's flag becomes this check
         self._earlier_handler = trainer._signal_connector._original_handlers.get(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        if threading.current_thread() is threading.main_thread():  # as Lightning registers
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = self.check  # type: ignore[method-assign]
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
