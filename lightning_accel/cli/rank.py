@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
         fail(error)
     except RunStopped as stopped:
         say(str(stopped))
-        sys.exit(STOPPED_EXIT_CODE)
+        sys.exit(stopped.exit_code)
     leave_process_group()
 
 
