@@ -74,6 +74,7 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_same_command
     assert f"stopped on SIGTERM after step 13 (every rank); saved {last}" in stopped.stderr
     assert "Traceback" not in stopped.stderr and "exitcode" not in stopped.stderr
     assert load_data_file(last)["global_step"] == 13
+    assert not list(run_dir.rglob("rank-*.json")), "a stop is not a failure: no collective traces"
 
     resumed = run_cli(command, cwd=runs.root, timeout=300, env=TEST_IMPORTS)  # the same command
     assert resumed.returncode == 0, resumed.stderr[-3000:]

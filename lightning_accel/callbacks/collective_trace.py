@@ -26,6 +26,7 @@ from lightning_accel.collectives import (
     recent_collectives,
     write_trace,
 )
+from lightning_accel.strategies.agreed_stop import stopped_together
 
 # methods Lightning calls on a module, a DataModule or a callback
 _STEPS = {"training_step", "validation_step", "test_step", "predict_step", "backward"}
@@ -92,7 +93,8 @@ class CollectiveTrace(pl.Callback):
     """Writes this rank's trace (``<directory>/rank-<N>.json``) when its run fails, and
     when one of its collectives has waited ``after_seconds``: the step, the Lightning hook
     and line it was in, the collective it waited in and its recent collectives (torch's
-    flight recorder). Inert in a single process.
+    flight recorder). Inert in a single process, and silent when every rank stops on SIGTERM
+    at one step (an ``AgreedStopMixin`` strategy's stop, which is not a failure).
 
     Args:
         directory: where the traces go (the runner uses ``<run_dir>/traces``).
@@ -139,6 +141,8 @@ class CollectiveTrace(pl.Callback):
         if not self._active:
             return
         self._stop.set()
+        if stopped_together(trainer, exception):  # nothing failed: no account to give
+            return
         frames = _traceback_frames_innermost_first(exception.__traceback__)
         if in_sigterm_handler(frames):
             self._write(frames, error=STOPPED, skip_last=True)

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from lightning_accel.strategies.agreed_stop import AgreedStopMixin
+from lightning_accel.strategies.agreed_stop import stopped_together
 
 
 class PreemptionCheckpoint(pl.Callback):
@@ -35,7 +35,7 @@ class PreemptionCheckpoint(pl.Callback):
         saver = trainer.checkpoint_callback
         if not isinstance(exception, SIGTERMException) or not isinstance(saver, ModelCheckpoint):
             return
-        if trainer.world_size > 1 and not isinstance(trainer.strategy, AgreedStopMixin):
+        if not stopped_together(trainer, exception):
             rank_zero_info(
                 f"stopped on SIGTERM at step {trainer.global_step}; no checkpoint saved:"
                 f" {type(trainer.strategy).__name__} stops only the signalled rank"

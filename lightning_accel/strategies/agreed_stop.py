@@ -108,3 +108,12 @@ class AgreedStopMixin:
             self._agreed_stop.close()
             self._agreed_stop = None
         super().teardown()  # type: ignore[misc]
+
+
+def stopped_together(trainer: pl.Trainer, exception: BaseException) -> bool:
+    """Whether ``exception`` ended ``trainer``'s fit as a SIGTERM stop that every rank made at
+    the same step: one process, or a strategy with :class:`AgreedStopMixin`. Nothing failed
+    then, and saving (a collective) is safe."""
+    return isinstance(exception, SIGTERMException) and (
+        trainer.world_size == 1 or isinstance(trainer.strategy, AgreedStopMixin)
+    )
