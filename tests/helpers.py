@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,13 @@ HARDWARE_PROFILES = (
     "auto, cpu, ddp, ddp_cpu, fsdp2, fsdp2_cpu, fsdp2_tp, fsdp2_tp_cpu, hsdp, hsdp_cpu, "
     "tp, tp_cpu, tpu, tpu_spmd, xla_cpu, xla_cpu_spmd"
 )
+
+
+def free_port() -> int:
+    """A TCP port of this machine that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def cli_command() -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TEST_IMPORTS, cli_command, fit_tiny, run_cli
+from helpers import TEST_IMPORTS, cli_command, fit_tiny, free_port, run_cli
 
 from lightning_accel.checkpoints import (
     AtomicCheckpointIO,
@@ -43,12 +42,6 @@ RUN = [
     "logger=none",
 ]
 TIMEOUT = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
@@ -82,7 +75,7 @@ class Runs:
             return run_dir
         args = [*self.base, f"hardware={hardware}", "hardware.devices=1", "launcher=torchrun"]
         args += ["launcher.nnodes=2", f"launcher.run_id={run_id}", "launcher.rdzv_timeout_s=60"]
-        args += [f"launcher.rdzv_endpoint=127.0.0.1:{_free_port()}"]
+        args += [f"launcher.rdzv_endpoint=127.0.0.1:{free_port()}"]
         # one thread per rank, as the 2-rank node gives each of its ranks on 2 cores: the
         # same arithmetic, so the same weights
         env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
@@ -165,7 +158,7 @@ def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_
         "data.num_workers=0",
         "launcher=torchrun",
         f"launcher.run_id={name}",
-        f"launcher.rdzv_endpoint=127.0.0.1:{_free_port()}",
+        f"launcher.rdzv_endpoint=127.0.0.1:{free_port()}",
         "launcher.max_restarts=1",
         "+callbacks.kill._target_=lightning_accel.callbacks.fault_injection.KillRank",
         f"+callbacks.kill.point={point}",
@@ -248,7 +241,7 @@ def test_sharded_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path: Pa
 def test_rendezvous_endpoint_that_never_answers_fails_within_the_timeout(tmp_path: Path) -> None:
     args = ["train", "trainer=smoke", "hardware=cpu", "launcher=torchrun", "launcher.nnodes=2"]
     args += ["launcher.node_rank=1", "launcher.run_id=lost", "launcher.rdzv_timeout_s=3"]
-    args += [f"launcher.rdzv_endpoint=127.0.0.1:{_free_port()}", *RUN[:4]]
+    args += [f"launcher.rdzv_endpoint=127.0.0.1:{free_port()}", *RUN[:4]]
     started = time.monotonic()
     result = run_cli(args, cwd=tmp_path, timeout=120)
     elapsed = time.monotonic() - started

@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from helpers import (
     Runs,
     SigtermAtStep,
     TinyRegression,
+    free_port,
     run_cli,
     start_long_run,
     wait_for_training,
@@ -163,12 +166,15 @@ def test_ranks_that_do_not_stop_together_save_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_lightnings_sigterm_broadcast_and_handlers_are_what_agreed_stop_replaces() -> None:
+def test_lightnings_sigterm_broadcast_handlers_and_requeue_are_what_agreed_stop_replaces() -> None:
     """Pins the private Lightning names AgreedStop overrides and reads."""
     assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
     connector = _SignalConnector(SimpleNamespace())  # type: ignore[arg-type]
     assert connector._original_handlers == {}
     assert connector.received_sigterm is False
+    requeue = inspect.getsource(_SignalConnector._slurm_sigusr_handler_fn)
+    assert "self.trainer.save_checkpoint(hpc_save_path)" in requeue
+    assert '["scontrol", "requeue", job_id]' in requeue
 
 
 @pytest.fixture
@@ -211,6 +217,54 @@ def test_a_sigterm_stops_at_the_check_after_the_one_that_combined_it(
         signal.signal(signal.SIGTERM, before)
 
 
+def test_the_requeue_signal_calls_lightnings_requeue_at_the_check_after_the_one_that_combined_it(
+    one_rank_group: None,
+) -> None:
+    trainer = _trainer()
+    requeues: list[int] = []
+    trainer._signal_connector._slurm_sigusr_handler_fn = lambda signum, frame: requeues.append(
+        signum
+    )
+    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    try:
+        stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
+        stop.check()
+        os.kill(os.getpid(), signal.SIGUSR1)  # recorded by the handler, nothing done
+        assert requeues == []
+        stop.check()  # starts combining the flag
+        assert requeues == []
+        stop.check()  # requeues, and training goes on
+        assert requeues == [signal.SIGUSR1]
+        stop.check()
+        stop.check()
+        assert requeues == [signal.SIGUSR1], "once per signal"
+        stop.close()
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def test_a_requeue_signal_handler_of_the_users_own_is_left_as_it_was(
+    one_rank_group: None,
+) -> None:
+    """Lightning does not requeue where a handler was set before the fit; neither is it
+    taken over here."""
+    trainer = _trainer()
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    trainer._signal_connector._original_handlers = {
+        signal.SIGUSR1: signal.getsignal(signal.SIGUSR1)
+    }
+    before_term = signal.getsignal(signal.SIGTERM)
+    try:
+        handler = signal.getsignal(signal.SIGUSR1)
+        stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGUSR1) is handler
+        stop.close()
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        signal.signal(signal.SIGTERM, before_term)
+
+
 def test_outside_the_main_thread_the_signal_handler_is_left_as_it_was(
     one_rank_group: None,
 ) -> None:
@@ -223,3 +277,78 @@ def test_outside_the_main_thread_the_signal_handler_is_left_as_it_was(
     assert signal.getsignal(signal.SIGTERM) == before
     made[0].check()
     made[0].close()
+
+
+# Two ranks of a drop-in Trainer as SLURM starts them (one task per rank, the job's
+# variables), Lightning requeueing the job on SIGUSR1; rank 1 alone receives the signal
+# after step 5, as a signal to one task would arrive
+SLURM_RANK = """
+import os, signal, sys
+from pathlib import Path
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from helpers import TinyRegression
+import lightning_accel
+
+out = Path(sys.argv[1])
+
+class RequeueSignalAndRecordSaves(pl.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 5 and trainer.global_rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        with (out / f"rank-{trainer.global_rank}.saves").open("a") as record:
+            record.write(f"{trainer.global_step}\\n")
+
+torch.manual_seed(0)
+x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+data = torch.utils.data.DataLoader(
+    torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8
+)
+trainer = pl.Trainer(
+    accelerator="cpu", devices=2, strategy="accel_ddp",
+    plugins=[SLURMEnvironment(auto_requeue=True)], max_steps=10, logger=False,
+    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    default_root_dir=str(out), callbacks=[RequeueSignalAndRecordSaves()],
+)
+trainer.fit(TinyRegression(), train_dataloaders=data)
+"""
+
+
+def test_slurms_requeue_signal_to_one_rank_saves_every_rank_at_one_step_and_requeues_once(
+    tmp_path: Path,
+) -> None:
+    """Lightning saves from inside the signal handler of rank 1 alone: a collective rank 0
+    does not make, in the middle of a step (without AgreedStop both ranks hang here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.calls\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "127.0.0.1"}
+    slurm |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC"))}
+    base |= {**TEST_IMPORTS, **slurm, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLURM_RANK, str(tmp_path)],
+            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        errors = [rank.communicate(timeout=90)[1] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 0], errors[1][-3000:] + errors[0][-3000:]
+    # the signal during step 5 is combined in step 6 and acted on before step 7, on both
+    saves = [(tmp_path / f"rank-{rank}.saves").read_text().split() for rank in (0, 1)]
+    assert saves == [["6"], ["6"]]
+    assert load_data_file(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 6
+    assert (tmp_path / "scontrol.calls").read_text().split("\n") == ["requeue 4242", ""]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -16,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import LOOP, TEST_IMPORTS, Runs, run_cli
+from helpers import LOOP, TEST_IMPORTS, Runs, free_port, run_cli
 
 from lightning_accel.checkpoints import run_weights
 from lightning_accel.cli import ray_launch
@@ -138,15 +137,9 @@ def test_killed_rank_then_killed_worker_restart_every_rank_which_resume_to_the_s
     _assert_same(run_weights(restarted), run_weights(reference), atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 BAD_INPUT = {
     "unreachable address": (
-        [f"launcher.address=ray://127.0.0.1:{_free_port()}", "launcher.timeout_s=5"],
+        [f"launcher.address=ray://127.0.0.1:{free_port()}", "launcher.timeout_s=5"],
         ["launcher.address='ray://127.0.0.1:", "did not answer within launcher.timeout_s=5"],
     ),
     "address of another form": (

@@ -1,5 +1,6 @@
 """A SIGTERM that reaches any rank stops every rank at the same training step, without the
-host-device sync Lightning makes every step to learn of one."""
+host-device sync Lightning makes every step to learn of one; SLURM's requeue signal saves
+every rank at the same step too."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import FrameType
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -35,22 +37,44 @@ class AgreedStop:
     raises Lightning's :class:`~lightning.pytorch.utilities.exceptions.SIGTERMException` there
     (one step after the signal).
 
+    SLURM's requeue signal (``SIGUSR1`` unless set otherwise), where Lightning's
+    ``SLURMEnvironment(auto_requeue=True)`` handles it, is combined the same way. Lightning
+    saves its ``hpc_ckpt`` checkpoint and requeues the job from inside its handler, on
+    whichever rank and in whatever operation the signal interrupts: a checkpoint of a
+    half-made step, and a save (a collective) that the other ranks do not make. Here every
+    rank calls that handler at the same step boundary, and training goes on as Lightning's
+    does.
+
     Args:
         trainer: the trainer whose fit loop is checked; installed after Lightning registered
             its signal handlers (the strategy's ``on_train_start``).
         timeout_s: how long the all-reduce may wait for a peer.
+        requeue_signal: SLURM's requeue signal when Lightning requeues the job on it; taken
+            over only where Lightning registered its own handler for it.
     """
 
-    def __init__(self, trainer: pl.Trainer, timeout_s: float) -> None:
+    def __init__(
+        self, trainer: pl.Trainer, timeout_s: float, requeue_signal: signal.Signals | None = None
+    ) -> None:
         self._trainer = trainer
         self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self._signalled = False
+        # requeue signals received, and how many of them a combined flag carried already
+        self._requeue_signals = self._requeue_signals_sent = 0
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
-        # Lightning's handler is replaced (it restores the earlier one at teardown), and
+        # Lightning's handlers are replaced (it restores the earlier ones at teardown), and
         # the override: its per-step broadcast of rank 0's flag becomes this check
-        self._earlier_handler = trainer._signal_connector._original_handlers.get(signal.SIGTERM)
+        earlier = trainer._signal_connector._original_handlers
+        self._earlier_handler = earlier.get(signal.SIGTERM)
+        lightning_requeues = requeue_signal is not None and earlier.get(requeue_signal) in (
+            None,
+            signal.SIG_DFL,
+        )
+        self._requeue_signal = requeue_signal if lightning_requeues else None
         if threading.current_thread() is threading.main_thread():  # as Lightning registers
             signal.signal(signal.SIGTERM, self._on_sigterm)
+            if self._requeue_signal is not None:
+                signal.signal(self._requeue_signal, self._on_requeue_signal)
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = self.check  # type: ignore[method-assign]
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
@@ -61,19 +85,31 @@ class AgreedStop:
         if callable(self._earlier_handler):
             self._earlier_handler(signum, frame)
 
+    def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("rank %d received the requeue signal %d", self._trainer.global_rank, signum)
+        self._requeue_signals += 1
+
     def check(self) -> None:
-        """Stop here when the flags combined a step ago say a rank was signalled; start
-        combining this step's."""
+        """Requeue here (every rank saving) when the flags combined a step ago say a rank
+        received the requeue signal, and stop when one received SIGTERM; start combining
+        this step's flags."""
         if self._pending is not None:
-            work, flag = self._pending
+            work, flags = self._pending
             work.wait()
-            if flag.item():
-                self._pending = None
+            self._pending = None
+            stop, requeue = flags.tolist()
+            if requeue:
+                # private Lightning API (pinned by tests/test_preemption.py): save, requeue
+                self._trainer._signal_connector._slurm_sigusr_handler_fn(self._requeue_signal, None)
+            if stop:
                 self._trainer._signal_connector.received_sigterm = True
                 raise SIGTERMException
-        flag = torch.tensor([int(self._signalled)], dtype=torch.int32)
-        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
-        self._pending = (work, flag)  # type: ignore[assignment]
+        received = self._requeue_signals  # a signal landing after this goes in the next flags
+        requeue = received > self._requeue_signals_sent
+        self._requeue_signals_sent = received
+        flags = torch.tensor([int(self._signalled), int(requeue)], dtype=torch.int32)
+        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, flags)  # type: ignore[assignment]
 
     def close(self) -> None:
         """Finish the last all-reduce (every rank that trained to the end started it; a
@@ -87,9 +123,10 @@ class AgreedStop:
 
 
 class AgreedStopMixin:
-    """Strategy mixin: installs :class:`AgreedStop` when a fit starts with several ranks and
-    removes it at teardown. Put it first among the bases of a Lightning strategy that
-    sets ``_timeout``."""
+    """Strategy mixin: installs :class:`AgreedStop` when a fit starts with several ranks (with
+    the requeue signal of a ``SLURMEnvironment(auto_requeue=True)``) and removes it at
+    teardown. Put it first among the bases of a Lightning parallel strategy that sets
+    ``_timeout``."""
 
     _agreed_stop: AgreedStop | None = None
 
@@ -100,7 +137,8 @@ class AgreedStopMixin:
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             timeout: timedelta | None = self._timeout  # type: ignore[attr-defined]
             seconds = timeout.total_seconds() if timeout is not None else DEFAULT_TIMEOUT_S
-            self._agreed_stop = AgreedStop(trainer, seconds)
+            environment = self.cluster_environment  # type: ignore[attr-defined]
+            self._agreed_stop = AgreedStop(trainer, seconds, requeue_signal(environment))
 
     @override
     def teardown(self) -> None:
@@ -108,6 +146,14 @@ class AgreedStopMixin:
             self._agreed_stop.close()
             self._agreed_stop = None
         super().teardown()  # type: ignore[misc]
+
+
+def requeue_signal(environment: ClusterEnvironment | None) -> signal.Signals | None:
+    """The signal on which Lightning saves and requeues a SLURM job, if ``environment``
+    asks it to."""
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        return environment.requeue_signal
+    return None
 
 
 def stopped_together(trainer: pl.Trainer, exception: BaseException) -> bool:
