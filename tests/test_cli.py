@@ -231,6 +231,21 @@ def test_upstream_deprecations_are_filtered_by_module_and_the_users_own_are_kept
     assert [str(w.filename) for w in caught] == ["my_project.data.py"]
 
 
+def test_fsdp2s_view_warning_is_filtered_for_the_packs_models_only() -> None:
+    from lightning_accel.cli.console import quiet_upstream
+
+    message = (
+        "FSDP2-wrapped module ({}) returned a view tensor. An in-place op on this view (e.g., "
+        "`x += y`) will silently drop the pre-backward hook and skip the all-gather"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_upstream()
+        for name in ("FSDPTransformerBlock", "FSDPGPTLanguageModel", "FSDPUserBlock"):
+            warnings.warn(message.format(name), UserWarning, stacklevel=1)
+    assert [str(w.message).split(")")[0] for w in caught] == ["FSDP2-wrapped module (FSDPUserBlock"]
+
+
 def test_the_process_ends_with_the_commands_status_after_every_exit_handler(
     tmp_path: Path,
 ) -> None:
