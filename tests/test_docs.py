@@ -158,4 +158,7 @@ def test_docs_site_builds_strict_and_offline(tmp_path: Path) -> None:
     spmd = (site / "reference" / "lightning_accel.xla.spmd" / "index.html").read_text()
     assert "XLASPMDStrategy" in spmd
     assert (site / "launchers" / "index.html").is_file()
+    # the reference's navigation is read into the site's, not built as a page of its own
+    assert not (site / "reference" / "SUMMARY").exists()
+    assert 'href="reference/lightning_accel.cli.schema/"' in (site / "index.html").read_text()
     assert (site / "precision" / "index.html").is_file()
