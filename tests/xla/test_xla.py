@@ -155,7 +155,7 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
 
 
-# three SPMD runs of 20 steps in one test: 158-233 s beside the main tests on two cores
+# three SPMD runs of 20 steps in one test: 105-229 s beside the main tests on two cores
 @pytest.mark.timeout(600)
 def test_spmd_checkpoint_saves_cost_a_handful_of_compilations(runs: XLARuns) -> None:
     sharded = runs.summary(runs.train("xla_cpu_spmd", *XLA_CPU_SPMD))
