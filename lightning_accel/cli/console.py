@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.markup import escape
 
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, RunStopped
 
 console = Console(stderr=True, highlight=False)
 
@@ -118,6 +118,13 @@ def fail(error: ConfigError | Exception | str, exit_code: int = 2) -> NoReturn:
     """Report an error in one sentence and exit (code 2: the user's input was wrong)."""
     console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
     sys.exit(exit_code)
+
+
+def end_stopped(stopped: RunStopped) -> NoReturn:
+    """Say where a run stopped on a signal and how it resumes (rank 0), then exit with its
+    code (143 for SIGTERM): a stopped run is neither finished nor failed."""
+    say(str(stopped))
+    sys.exit(stopped.exit_code)
 
 
 def rank_environment() -> dict[str, str | None]:

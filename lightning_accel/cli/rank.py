@@ -17,7 +17,7 @@ import torch
 import torch.distributed
 from omegaconf import OmegaConf
 
-from lightning_accel.cli.console import fail, quiet_upstream, say
+from lightning_accel.cli.console import end_stopped, fail, quiet_upstream
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
 
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         fail(error)
     except RunStopped as stopped:
-        say(str(stopped))
-        sys.exit(stopped.exit_code)
+        end_stopped(stopped)
     leave_process_group()
 
 

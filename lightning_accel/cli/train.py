@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_accel.cli.console import fail, quiet_upstream, say, working
+from lightning_accel.cli.console import end_stopped, fail, quiet_upstream, say, working
 from lightning_accel.cli.hydra_private import command_line_parser
 from lightning_accel.cli.preflight import (
     SUBMITIT_LAUNCHERS,
@@ -69,8 +69,7 @@ def run_job(cfg: DictConfig) -> float | None:
     except RanksFailed as error:
         fail(error, exit_code=1)
     except RunStopped as stopped:
-        say(str(stopped))
-        sys.exit(stopped.exit_code)
+        end_stopped(stopped)
     outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
     say(f"done; results in {run.run_dir}: {', '.join(outputs)}")
     if run.stage != "fit" or (world is not None and world.rank != 0):
