@@ -15,6 +15,7 @@ from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize import ModelOptimizations
 from lightning_accel.plan.run import RunPlan, plan_run
+from lightning_accel.strategies.step_signals import StepBoundaryStop
 from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
 from lightning_accel.xla.strategies import XLAProcessesStrategy, XLASingleStrategy
@@ -109,7 +110,8 @@ def build_trainer(
     Args:
         hardware: a :class:`HardwareConfig` or a profile name (``"auto"``, ``"cpu"``, ...).
         optimization: an :class:`OptimizationConfig` or a profile name (``"default"``, ...).
-        callbacks: your callbacks; the profile's model transforms are added to them.
+        callbacks: your callbacks; the profile's model transforms are added to them, and a
+            :class:`StepBoundaryStop` unless they hold one.
         **trainer_kwargs: anything else ``lightning.Trainer`` takes (``max_steps``,
             ``logger``, ...); these win over the profiles' values.
 
@@ -133,5 +135,8 @@ def build_trainer(
         plan.hardware.strategy_reason,
         plan.float8,
     )
-    arguments["callbacks"] = [*(callbacks or []), transforms]
+    run_callbacks = [*(callbacks or []), transforms]
+    if not any(isinstance(c, StepBoundaryStop) for c in run_callbacks):
+        run_callbacks.append(StepBoundaryStop())
+    arguments["callbacks"] = run_callbacks
     return pl.Trainer(**arguments)

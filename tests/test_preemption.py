@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
@@ -29,6 +31,7 @@ from helpers import (
     start_long_run,
     wait_for_training,
 )
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.strategies import DDPStrategy
@@ -39,6 +42,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_accel import build_trainer
 from lightning_accel.callbacks import PreemptionCheckpoint
 from lightning_accel.checkpoints import consolidate_checkpoint
+from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
 from lightning_accel.errors import STOPPED_EXIT_CODE
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.strategies.agreed_stop import AgreedStop
@@ -146,6 +150,118 @@ def test_one_process_stopped_on_sigterm_saves_the_step_it_stopped_at(tmp_path: P
     assert load_data_file(preemption.saved)["global_step"] == 3
 
 
+class SignalAfterBackward(pl.Callback):
+    """Sends ``signum`` to its own process after the backward of batch ``batch`` of the first
+    epoch: in the middle of a step."""
+
+    def __init__(self, signum: signal.Signals, batch: int) -> None:
+        self.signum, self.batch = signum, batch
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if loop.epoch_loop.batch_idx == self.batch and loop.epoch_progress.current.ready == 1:
+            os.kill(os.getpid(), self.signum)
+
+
+class RecordSaves(pl.Callback):
+    """The global step of each checkpoint saved."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, *args: object) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def _fit_accumulating(
+    root: Path, callbacks: list[pl.Callback], ckpt_path: Path | None = None, **kwargs: Any
+) -> dict[str, torch.Tensor]:
+    """Fit TinyRegression in one process for 6 optimizer steps of 4 micro-batches each
+    (batches in order, resumable mid-epoch); returns the final weights."""
+    pl.seed_everything(0, verbose=False)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    loader = ResumableDataLoader(data, ResumableSampler(data, "sequential"), batch_size=4)
+    trainer = build_trainer(
+        "cpu",
+        max_steps=6,
+        accumulate_grad_batches=4,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        default_root_dir=str(root),
+        **kwargs,
+    )
+    model = TinyRegression()
+    trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path)
+    return model.state_dict()
+
+
+def _assert_same_weights(
+    weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    assert weights.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_one_process_stopped_inside_an_accumulation_window_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path,
+) -> None:
+    """Lightning stops after the batch in progress: the checkpoint then lacks the window's
+    accumulated gradients, and the resumed run ends elsewhere."""
+    expected = _fit_accumulating(tmp_path / "uninterrupted", [])
+    run = tmp_path / "stopped"
+    saver = ModelCheckpoint(dirpath=run, save_top_k=0, save_last=True)
+    resumed_saver = ModelCheckpoint(dirpath=run, save_top_k=0, save_last=True)
+    with pytest.raises(SIGTERMException):
+        # batch 5 lies inside the window of batches 4-7 (the second optimizer step)
+        _fit_accumulating(
+            run, [saver, PreemptionCheckpoint(), SignalAfterBackward(signal.SIGTERM, 5)]
+        )
+    assert load_data_file(run / "last.ckpt")["global_step"] == 2
+    resumed = _fit_accumulating(run, [resumed_saver], ckpt_path=run / "last.ckpt")
+    _assert_same_weights(resumed, expected)
+
+
+def _fake_scontrol(directory: Path) -> Path:
+    """A folder holding an ``scontrol`` that appends its arguments to
+    ``<directory>/scontrol.calls``."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {directory}/scontrol.calls\n')
+    scontrol.chmod(0o755)
+    return bin_dir
+
+
+def test_one_process_requeue_signal_saves_after_the_optimizer_step_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning saves ``hpc_ckpt`` from inside its signal handler, here in the middle of
+    the window of batches 4-7."""
+    expected = _fit_accumulating(tmp_path / "uninterrupted", [])
+    slurm = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODELIST": "127.0.0.1"}
+    slurm |= {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PATH", f"{_fake_scontrol(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+    run, saves = tmp_path / "requeued", RecordSaves()
+    weights = _fit_accumulating(
+        run,
+        [SignalAfterBackward(signal.SIGUSR1, 5), saves],
+        plugins=[SLURMEnvironment(auto_requeue=True)],
+    )
+    assert saves.steps == [2]
+    assert (tmp_path / "scontrol.calls").read_text().split("\n") == ["requeue 4242", ""]
+    _assert_same_weights(weights, expected)  # training went on to the end
+    resumed = _fit_accumulating(tmp_path / "resumed", [], ckpt_path=run / "hpc_ckpt_1.ckpt")
+    _assert_same_weights(resumed, expected)
+
+
 def test_ranks_that_do_not_stop_together_save_nothing(tmp_path: Path) -> None:
     """Lightning's own DDP stops only the signalled rank: a save, a collective, would wait
     for ranks that go on training."""
@@ -169,6 +285,8 @@ def test_ranks_that_do_not_stop_together_save_nothing(tmp_path: Path) -> None:
 def test_lightnings_sigterm_broadcast_handlers_and_requeue_are_what_agreed_stop_replaces() -> None:
     """Pins the private Lightning names AgreedStop overrides and reads."""
     assert "self._broadcast_sigterm_tensor()" in inspect.getsource(_TrainingEpochLoop.advance)
+    trainer = pl.Trainer(logger=False, plugins=[SLURMEnvironment(auto_requeue=True)])
+    assert isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
     connector = _SignalConnector(SimpleNamespace())  # type: ignore[arg-type]
     assert connector._original_handlers == {}
     assert connector.received_sigterm is False
@@ -179,42 +297,66 @@ def test_lightnings_sigterm_broadcast_handlers_and_requeue_are_what_agreed_stop_
 
 @pytest.fixture
 def one_rank_group() -> Iterator[None]:
-    """A gloo process group of this process alone."""
+    """A gloo process group of this process alone; the SIGTERM and SIGUSR1 handlers are
+    put back afterwards."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGUSR1)}
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
-def _trainer() -> SimpleNamespace:
-    """What AgreedStop reads and writes of a trainer."""
+def _trainer(accumulate_grad_batches: int = 1) -> SimpleNamespace:
+    """What AgreedStop reads and writes of a trainer: a fit loop at the start of an epoch
+    of 100 batches."""
+    progress = SimpleNamespace(current=SimpleNamespace(ready=0), is_last_batch=False)
     return SimpleNamespace(
         strategy=SimpleNamespace(launcher=None),
         _signal_connector=SimpleNamespace(_original_handlers={}, received_sigterm=False),
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace()),
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        accumulate_grad_batches=accumulate_grad_batches,
+        num_training_batches=100,
         global_rank=0,
         state=SimpleNamespace(status=TrainerStatus.RUNNING),
     )
+
+
+def _stops_at_this_check(stop: AgreedStop, trainer: SimpleNamespace) -> None:
+    assert trainer._signal_connector.received_sigterm is False
+    with pytest.raises(SIGTERMException):
+        stop.check()
+    assert trainer._signal_connector.received_sigterm is True
+    stop.close()
 
 
 def test_a_sigterm_stops_at_the_check_after_the_one_that_combined_it(
     one_rank_group: None,
 ) -> None:
     trainer = _trainer()
-    before = signal.getsignal(signal.SIGTERM)
-    try:
-        stop = AgreedStop(trainer, timeout_s=10)  # type: ignore[arg-type]
-        assert trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor == stop.check
-        stop.check()
-        stop.check()  # nothing signalled: training goes on
-        os.kill(os.getpid(), signal.SIGTERM)  # recorded by the handler, nothing raised
-        stop.check()  # starts combining the flag
-        assert trainer._signal_connector.received_sigterm is False
-        with pytest.raises(SIGTERMException):
-            stop.check()
-        assert trainer._signal_connector.received_sigterm is True
-        stop.close()
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    stop = AgreedStop(trainer, timeout_s=10)  # type: ignore[arg-type]
+    assert trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor == stop.check
+    stop.check()
+    stop.check()  # nothing signalled: training goes on
+    os.kill(os.getpid(), signal.SIGTERM)  # recorded by the handler, nothing raised
+    stop.check()  # starts combining the flag
+    _stops_at_this_check(stop, trainer)
+
+
+def test_inside_an_accumulation_window_the_stop_waits_for_the_windows_optimizer_step(
+    one_rank_group: None,
+) -> None:
+    """A checkpoint saved inside the window would lack its accumulated gradients."""
+    trainer = _trainer(accumulate_grad_batches=4)
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    stop = AgreedStop(trainer, timeout_s=10)  # type: ignore[arg-type]
+    progress.ready = 5  # checks before batches 6 and 7: inside the window of 4-7
+    os.kill(os.getpid(), signal.SIGTERM)
+    stop.check()  # starts combining the flag
+    progress.ready = 6
+    stop.check()  # combined, and due once batch 7 has stepped
+    progress.ready = 8  # before batch 8: the optimizer stepped after batch 7
+    _stops_at_this_check(stop, trainer)
 
 
 def test_the_requeue_signal_calls_lightnings_requeue_at_the_check_after_the_one_that_combined_it(
@@ -225,23 +367,18 @@ def test_the_requeue_signal_calls_lightnings_requeue_at_the_check_after_the_one_
     trainer._signal_connector._slurm_sigusr_handler_fn = lambda signum, frame: requeues.append(
         signum
     )
-    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
-    try:
-        stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
-        stop.check()
-        os.kill(os.getpid(), signal.SIGUSR1)  # recorded by the handler, nothing done
-        assert requeues == []
-        stop.check()  # starts combining the flag
-        assert requeues == []
-        stop.check()  # requeues, and training goes on
-        assert requeues == [signal.SIGUSR1]
-        stop.check()
-        stop.check()
-        assert requeues == [signal.SIGUSR1], "once per signal"
-        stop.close()
-    finally:
-        signal.signal(signal.SIGUSR1, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+    stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
+    stop.check()
+    os.kill(os.getpid(), signal.SIGUSR1)  # recorded by the handler, nothing done
+    assert requeues == []
+    stop.check()  # starts combining the flag
+    assert requeues == []
+    stop.check()  # requeues, and training goes on
+    assert requeues == [signal.SIGUSR1]
+    stop.check()
+    stop.check()
+    assert requeues == [signal.SIGUSR1], "once per signal"
+    stop.close()
 
 
 def test_a_requeue_signal_handler_of_the_users_own_is_left_as_it_was(
@@ -250,19 +387,12 @@ def test_a_requeue_signal_handler_of_the_users_own_is_left_as_it_was(
     """Lightning does not requeue where a handler was set before the fit; neither is it
     taken over here."""
     trainer = _trainer()
-    before = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-    trainer._signal_connector._original_handlers = {
-        signal.SIGUSR1: signal.getsignal(signal.SIGUSR1)
-    }
-    before_term = signal.getsignal(signal.SIGTERM)
-    try:
-        handler = signal.getsignal(signal.SIGUSR1)
-        stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
-        assert signal.getsignal(signal.SIGUSR1) is handler
-        stop.close()
-    finally:
-        signal.signal(signal.SIGUSR1, before)
-        signal.signal(signal.SIGTERM, before_term)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    handler = signal.getsignal(signal.SIGUSR1)
+    trainer._signal_connector._original_handlers = {signal.SIGUSR1: handler}
+    stop = AgreedStop(trainer, timeout_s=10, requeue_signal=signal.SIGUSR1)  # type: ignore[arg-type]
+    assert signal.getsignal(signal.SIGUSR1) is handler
+    stop.close()
 
 
 def test_outside_the_main_thread_the_signal_handler_is_left_as_it_was(
@@ -322,11 +452,7 @@ def test_slurms_requeue_signal_to_one_rank_saves_every_rank_at_one_step_and_requ
 ) -> None:
     """Lightning saves from inside the signal handler of rank 1 alone: a collective rank 0
     does not make, in the middle of a step (without AgreedStop both ranks hang here)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.calls\n')
-    scontrol.chmod(0o755)
+    bin_dir = _fake_scontrol(tmp_path)
     slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "0"}
     slurm |= {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "127.0.0.1"}
     slurm |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}

@@ -1,6 +1,7 @@
 """Callbacks: the speed monitor, the end-of-run summary, the progress bar, the XLA
-recompile guard, the report of where a run kept its state and the checkpoint saved where a
-run stops on SIGTERM."""
+recompile guard, the report of where a run kept its state, the checkpoint saved where a run
+stops on SIGTERM, and (from the strategies, its multi-rank counterpart) the one-process stop
+at an optimizer step's end."""
 
 from lightning_accel.callbacks.device_report import DeviceReport
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
@@ -8,6 +9,7 @@ from lightning_accel.callbacks.progress import RunProgressBar
 from lightning_accel.callbacks.recompile_guard import XLARecompileGuard
 from lightning_accel.callbacks.run_summary import RunSummary
 from lightning_accel.callbacks.speed import SpeedMonitor
+from lightning_accel.strategies.step_signals import StepBoundaryStop
 
 __all__ = [
     "DeviceReport",
@@ -15,5 +17,6 @@ __all__ = [
     "RunProgressBar",
     "RunSummary",
     "SpeedMonitor",
+    "StepBoundaryStop",
     "XLARecompileGuard",
 ]

@@ -4,21 +4,18 @@ every rank at the same step too."""
 
 from __future__ import annotations
 
-import logging
 import signal
-import threading
 from datetime import timedelta
-from types import FrameType
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-log = logging.getLogger(__name__)
+from lightning_accel.strategies.step_signals import StepSignals, requeue_signal
+
 # torch.distributed's own default for a gloo group
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -31,11 +28,13 @@ class AgreedStop:
     step and reads it with ``.item()``: on GPUs a host-device sync per step. Its signal
     handler broadcasts too, wherever the signal lands on that rank, so a SIGTERM that reaches
     one rank makes a collective the others do not (a crash, or a peer left waiting). Here the
-    handler only records the signal. Each step starts an asynchronous MAX all-reduce of the
-    flag on a gloo group and reads the one started the step before, which has long finished:
-    every rank reads the same value at the same step and, when any rank was signalled,
-    raises Lightning's :class:`~lightning.pytorch.utilities.exceptions.SIGTERMException` there
-    (one step after the signal).
+    handler only records the signal (:class:`StepSignals`). Each step starts an asynchronous
+    MAX all-reduce of the flag on a gloo group and reads the one started the step before,
+    which has long finished: every rank reads the same value at the same step and, when any
+    rank was signalled, raises Lightning's
+    :class:`~lightning.pytorch.utilities.exceptions.SIGTERMException` there (one step after
+    the signal, or, inside a gradient-accumulation window, once the window's optimizer step
+    is made).
 
     SLURM's requeue signal (``SIGUSR1`` unless set otherwise), where Lightning's
     ``SLURMEnvironment(auto_requeue=True)`` handles it, is combined the same way. Lightning
@@ -58,56 +57,25 @@ class AgreedStop:
     ) -> None:
         self._trainer = trainer
         self._group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-        self._signalled = False
-        # requeue signals received, and how many of them a combined flag carried already
-        self._requeue_signals = self._requeue_signals_sent = 0
+        self._signals = StepSignals(trainer, requeue_signal)
         self._pending: tuple[dist.Work, torch.Tensor] | None = None
-        # Lightning's handlers are replaced (it restores the earlier ones at teardown), and
-        # the override: its per-step broadcast of rank 0's flag becomes this check
-        earlier = trainer._signal_connector._original_handlers
-        self._earlier_handler = earlier.get(signal.SIGTERM)
-        lightning_requeues = requeue_signal is not None and earlier.get(requeue_signal) in (
-            None,
-            signal.SIG_DFL,
-        )
-        self._requeue_signal = requeue_signal if lightning_requeues else None
-        if threading.current_thread() is threading.main_thread():  # as Lightning registers
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-            if self._requeue_signal is not None:
-                signal.signal(self._requeue_signal, self._on_requeue_signal)
+        # the override: Lightning's per-step broadcast of rank 0's flag becomes this check
         trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = self.check  # type: ignore[method-assign]
 
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        log.info("rank %d received SIGTERM", self._trainer.global_rank)
-        if not self._signalled and self._trainer.strategy.launcher is not None:
-            self._trainer.strategy.launcher.kill(signum)  # a script launcher's child ranks
-        self._signalled = True
-        if callable(self._earlier_handler):
-            self._earlier_handler(signum, frame)
-
-    def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("rank %d received the requeue signal %d", self._trainer.global_rank, signum)
-        self._requeue_signals += 1
-
     def check(self) -> None:
-        """Requeue here (every rank saving) when the flags combined a step ago say a rank
-        received the requeue signal, and stop when one received SIGTERM; start combining
-        this step's flags."""
+        """Act on the flags combined a step ago (every rank reads the same ones, at the same
+        batch): requeue, every rank saving, when a rank received the requeue signal, and stop
+        when one received SIGTERM; start combining this step's flags."""
+        combined = (False, False)
         if self._pending is not None:
             work, flags = self._pending
             work.wait()
             self._pending = None
             stop, requeue = flags.tolist()
-            if requeue:
-                # private Lightning API (pinned by tests/test_preemption.py): save, requeue
-                self._trainer._signal_connector._slurm_sigusr_handler_fn(self._requeue_signal, None)
-            if stop:
-                self._trainer._signal_connector.received_sigterm = True
-                raise SIGTERMException
-        received = self._requeue_signals  # a signal landing after this goes in the next flags
-        requeue = received > self._requeue_signals_sent
-        self._requeue_signals_sent = received
-        flags = torch.tensor([int(self._signalled), int(requeue)], dtype=torch.int32)
+            combined = (bool(stop), bool(requeue))
+        if self._signals.act(*combined):
+            raise SIGTERMException
+        flags = torch.tensor(self._signals.take(), dtype=torch.int32)
         work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
         self._pending = (work, flags)  # type: ignore[assignment]
 
@@ -146,14 +114,6 @@ class AgreedStopMixin:
             self._agreed_stop.close()
             self._agreed_stop = None
         super().teardown()  # type: ignore[misc]
-
-
-def requeue_signal(environment: ClusterEnvironment | None) -> signal.Signals | None:
-    """The signal on which Lightning saves and requeues a SLURM job, if ``environment``
-    asks it to."""
-    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-        return environment.requeue_signal
-    return None
 
 
 def stopped_together(trainer: pl.Trainer, exception: BaseException) -> bool:
