@@ -15,7 +15,7 @@ from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize import ModelOptimizations
 from lightning_accel.plan.run import RunPlan, plan_run
-from lightning_accel.strategies.step_signals import StepBoundaryStop
+from lightning_accel.strategies.step_signals import StepBoundaryStop, lightning_may_act_mid_step
 from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
 from lightning_accel.xla.strategies import XLAProcessesStrategy, XLASingleStrategy
@@ -110,8 +110,10 @@ def build_trainer(
     Args:
         hardware: a :class:`HardwareConfig` or a profile name (``"auto"``, ``"cpu"``, ...).
         optimization: an :class:`OptimizationConfig` or a profile name (``"default"``, ...).
-        callbacks: your callbacks; the profile's model transforms are added to them, and a
-            :class:`StepBoundaryStop` unless they hold one.
+        callbacks: your callbacks; the profile's model transforms are added to them, and,
+            where Lightning could stop or save inside an optimizer step (gradient
+            accumulation, SLURM auto-requeue), a :class:`StepBoundaryStop` unless they hold
+            one.
         **trainer_kwargs: anything else ``lightning.Trainer`` takes (``max_steps``,
             ``logger``, ...); these win over the profiles' values.
 
@@ -136,7 +138,10 @@ def build_trainer(
         plan.float8,
     )
     run_callbacks = [*(callbacks or []), transforms]
-    if not any(isinstance(c, StepBoundaryStop) for c in run_callbacks):
+    accumulation = arguments.get("accumulate_grad_batches") or 1
+    if lightning_may_act_mid_step(accumulation, arguments["plugins"]) and not any(
+        isinstance(c, StepBoundaryStop) for c in run_callbacks
+    ):
         run_callbacks.append(StepBoundaryStop())
     arguments["callbacks"] = run_callbacks
     return pl.Trainer(**arguments)

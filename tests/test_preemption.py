@@ -46,6 +46,7 @@ from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
 from lightning_accel.errors import STOPPED_EXIT_CODE
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.strategies.agreed_stop import AgreedStop
+from lightning_accel.strategies.step_signals import StepBoundaryStop
 
 pytestmark = pytest.mark.slow
 
@@ -224,6 +225,27 @@ def test_one_process_stopped_inside_an_accumulation_window_resumes_to_the_uninte
     assert load_data_file(run / "last.ckpt")["global_step"] == 2
     resumed = _fit_accumulating(run, [resumed_saver], ckpt_path=run / "last.ckpt")
     _assert_same_weights(resumed, expected)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "slurm_job", "added"),
+    [
+        ({}, False, False),  # Lightning stops after a whole step: no hooks to dispatch
+        ({"accumulate_grad_batches": 2}, False, True),
+        ({"plugins": [SLURMEnvironment(auto_requeue=True)]}, False, True),
+        ({"plugins": [SLURMEnvironment(auto_requeue=False)]}, False, False),
+        ({}, True, True),  # Lightning's detected SLURMEnvironment requeues
+    ],
+    ids=["plain", "accumulating", "requeueing", "not requeueing", "detected SLURM job"],
+)
+def test_build_trainer_adds_the_one_process_stop_where_lightning_could_act_mid_step(
+    arguments: dict[str, Any], slurm_job: bool, added: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if slurm_job:
+        monkeypatch.setenv("SLURM_NTASKS", "1")
+        monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    trainer = build_trainer("cpu", logger=False, **arguments)
+    assert any(isinstance(c, StepBoundaryStop) for c in trainer.callbacks) is added
 
 
 def _fake_scontrol(directory: Path) -> Path:

@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
@@ -116,6 +117,19 @@ def requeue_signal(environment: ClusterEnvironment | None) -> signal.Signals | N
     return None
 
 
+def lightning_may_act_mid_step(accumulate_grad_batches: int, plugins: list[Any]) -> bool:
+    """Whether Lightning's own handling of the signals could act inside an optimizer step of
+    a one-process fit: with gradient accumulation (it stops after any micro-batch), or under
+    a SLURM environment that requeues (it saves from inside the signal handler), given in
+    ``plugins`` or, where none is given, detected as Lightning detects it."""
+    environments = [p for p in plugins if isinstance(p, ClusterEnvironment)]
+    if environments:
+        requeues = requeue_signal(environments[0]) is not None
+    else:  # Lightning's detected SLURMEnvironment requeues by default
+        requeues = SLURMEnvironment.detect()
+    return accumulate_grad_batches > 1 or requeues
+
+
 class StepBoundaryStop(pl.Callback):
     """Stops a one-process fit on SIGTERM, and saves and requeues it on SLURM's requeue
     signal, at the end of the optimizer step the signal interrupted.
@@ -126,8 +140,11 @@ class StepBoundaryStop(pl.Callback):
     it saves ``hpc_ckpt_N.ckpt`` from inside the signal handler, mid-step. With this callback
     the fit stops (or saves and requeues, then goes on) at the end of the first batch that
     ends an optimizer step after the signal (see :class:`StepSignals`). ``build_trainer``
-    adds it. Several ranks agree on the step instead (:class:`AgreedStopMixin` strategies,
-    ``accel_ddp`` and ``fsdp2``), so there it does nothing.
+    adds it where Lightning could act inside a step (:func:`lightning_may_act_mid_step`);
+    elsewhere Lightning's stop already comes after a whole step, and a run is spared the
+    per-step dispatch of one more callback's hooks. Several ranks agree on the step instead
+    (:class:`AgreedStopMixin` strategies, ``accel_ddp`` and ``fsdp2``), so there it does
+    nothing.
     """
 
     _signals: StepSignals | None = None
