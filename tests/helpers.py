@@ -231,6 +231,19 @@ class SigtermAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SignalAfterBackward(pl.Callback):
+    """Sends ``signum`` to its own process after the backward of batch ``batch`` of the first
+    epoch: in the middle of a step."""
+
+    def __init__(self, signum: signal.Signals, batch: int) -> None:
+        self.signum, self.batch = signum, batch
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if loop.epoch_loop.batch_idx == self.batch and loop.epoch_progress.current.ready == 1:
+            os.kill(os.getpid(), self.signum)
+
+
 class RecordStop(pl.Callback):
     """Writes ``<directory>/rank-<N>.stopped`` holding the step at which rank N's training
     ended on an exception (a stop on SIGTERM)."""

@@ -24,6 +24,7 @@ from helpers import (
     LOOP,
     TEST_IMPORTS,
     Runs,
+    SignalAfterBackward,
     SigtermAtStep,
     TinyRegression,
     free_port,
@@ -149,19 +150,6 @@ def test_one_process_stopped_on_sigterm_saves_the_step_it_stopped_at(tmp_path: P
         trainer.fit(TinyRegression(), train_dataloaders=data)
     assert preemption.saved == tmp_path / "last.ckpt"
     assert load_data_file(preemption.saved)["global_step"] == 3
-
-
-class SignalAfterBackward(pl.Callback):
-    """Sends ``signum`` to its own process after the backward of batch ``batch`` of the first
-    epoch: in the middle of a step."""
-
-    def __init__(self, signum: signal.Signals, batch: int) -> None:
-        self.signum, self.batch = signum, batch
-
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loop = trainer.fit_loop
-        if loop.epoch_loop.batch_idx == self.batch and loop.epoch_progress.current.ready == 1:
-            os.kill(os.getpid(), self.signum)
 
 
 class RecordSaves(pl.Callback):
@@ -431,6 +419,92 @@ def test_outside_the_main_thread_the_signal_handler_is_left_as_it_was(
     made[0].close()
 
 
+def _two_ranks(
+    arguments: list[str], env: dict[str, str], rank_envs: list[dict[str, str]]
+) -> tuple[list[int], str]:
+    """Run ``python -c *arguments`` as two ranks (``env`` with each rank's own variables);
+    their exit codes, and the ends of their standard errors (rank 1's first)."""
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", *arguments],
+            env={**env, **rank_env},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank_env in rank_envs
+    ]
+    try:
+        errors = [rank.communicate(timeout=90)[1] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    return [rank.returncode for rank in ranks], errors[1][-3000:] + errors[0][-3000:]
+
+
+# Two accel_ddp ranks of a drop-in Trainer, started as torchrun starts them, making 6
+# optimizer steps of 4 micro-batches each (batches in order, resumable mid-epoch): `whole`
+# runs them; `stop` sends SIGTERM to rank 1 after the backward of batch 5 (inside the window
+# of batches 4-7); `resume` goes on from the stop's last.ckpt. Each rank writes the step it
+# ended at, rank 0 the final weights.
+DDP_ACCUMULATING_RANK = """
+import os, signal, sys
+from pathlib import Path
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from helpers import SignalAfterBackward, TinyRegression
+from lightning_accel import PreemptionCheckpoint
+from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
+
+run, mode = Path(sys.argv[1]), sys.argv[2]
+rank = int(os.environ["RANK"])
+pl.seed_everything(0, verbose=False)
+x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+sampler = ResumableSampler(data, "sequential", num_replicas=2, rank=rank)
+callbacks = [ModelCheckpoint(dirpath=run, save_top_k=0, save_last=True), PreemptionCheckpoint()]
+if mode == "stop" and rank == 1:
+    callbacks.append(SignalAfterBackward(signal.SIGTERM, 5))
+trainer = pl.Trainer(
+    accelerator="cpu", devices=2, strategy="accel_ddp", max_steps=6, accumulate_grad_batches=4,
+    logger=False, enable_progress_bar=False, enable_model_summary=False,
+    default_root_dir=str(run), callbacks=callbacks,
+)
+model = TinyRegression()
+try:
+    resume = run / "last.ckpt" if mode == "resume" else None
+    trainer.fit(model, ResumableDataLoader(data, sampler, batch_size=2), ckpt_path=resume)
+finally:
+    (run / f"{mode}-rank-{rank}.step").write_text(str(trainer.global_step))
+if rank == 0:
+    torch.save(model.state_dict(), run / f"{mode}.weights")
+"""
+
+
+def test_a_sigterm_inside_an_accumulation_window_stops_every_rank_after_it_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """Without waiting for the window's optimizer step, both ranks stop after batch 6 and the
+    resumed run ends with other weights."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC"))}
+    env |= {**TEST_IMPORTS, "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}
+    env |= {"LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "TORCHELASTIC_RUN_ID": "accumulating"}
+    rank_envs = [{"RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in (0, 1)]
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    for mode, directory in (("whole", whole), ("stop", run), ("resume", run)):
+        directory.mkdir(exist_ok=True)
+        env["MASTER_PORT"] = str(free_port())
+        arguments = [DDP_ACCUMULATING_RANK, str(directory), mode]
+        returncodes, errors = _two_ranks(arguments, env, rank_envs)
+        assert returncodes == [0, 0], errors
+    # the window of batches 4-7 is the second optimizer step
+    assert [(run / f"stop-rank-{rank}.step").read_text() for rank in (0, 1)] == ["2", "2"]
+    assert load_data_file(run / "last.ckpt")["global_step"] == 2
+    expected = torch.load(whole / "whole.weights", weights_only=True)
+    resumed = torch.load(run / "resume.weights", weights_only=True)
+    _assert_same_weights(resumed, expected)
+
+
 # Two ranks of a drop-in Trainer as SLURM starts them (one task per rank, the job's
 # variables), Lightning requeueing the job on SIGUSR1; rank 1 alone receives the signal
 # after step 5, as a signal to one task would arrive
@@ -480,21 +554,12 @@ def test_slurms_requeue_signal_to_one_rank_saves_every_rank_at_one_step_and_requ
     slurm |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC"))}
     base |= {**TEST_IMPORTS, **slurm, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, "-c", SLURM_RANK, str(tmp_path)],
-            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    try:
-        errors = [rank.communicate(timeout=90)[1] for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    assert [rank.returncode for rank in ranks] == [0, 0], errors[1][-3000:] + errors[0][-3000:]
+    returncodes, errors = _two_ranks(
+        [SLURM_RANK, str(tmp_path)],
+        base,
+        [{"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)} for rank in (0, 1)],
+    )
+    assert returncodes == [0, 0], errors
     # the signal during step 5 is combined in step 6 and acted on before step 7, on both
     saves = [(tmp_path / f"rank-{rank}.saves").read_text().split() for rank in (0, 1)]
     assert saves == [["6"], ["6"]]
