@@ -249,6 +249,38 @@ class SGDLanguageModel(GPTLanguageModel):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class RecordTrainBar(pl.Callback):
+    """The training bar's total and count at the end of each epoch."""
+
+    def __init__(self, bar: RunProgressBar) -> None:
+        self.bar = bar
+        self.shown: list[tuple[float | None, float]] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        assert self.bar.progress is not None and self.bar.train_progress_bar_id is not None
+        task = self.bar.progress.tasks[self.bar.train_progress_bar_id]
+        self.shown.append((task.total, task.completed))
+
+
+def test_the_bar_ends_full_under_gradient_accumulation() -> None:
+    """Lightning's bar counts the optimizer steps left as batches: 12 batches of 3."""
+    bar = RunProgressBar()
+    record = RecordTrainBar(bar)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        accumulate_grad_batches=4,
+        limit_val_batches=0,
+        callbacks=[bar, record],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    data = SyntheticTokenDataModule(seq_len=16, batch_size=4, samples=64, val_samples=8)
+    trainer.fit(SGDLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16), datamodule=data)
+    assert record.shown == [(12, 12)]
+
+
 def test_training_reads_tensor_values_at_logging_steps_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,10 @@ class RunProgressBar(RichProgressBar):
     and reading the logged metrics only every ``log_every_n_steps`` training steps:
     Lightning's bar reads them every step, which waits for the accelerator each time.
 
+    Under gradient accumulation its count of training batches ends where the run ends:
+    Lightning counts a step-bounded epoch's remaining optimizer steps as batches, so a run
+    of 6 steps of 4 batches each showed ``24/6`` (Lightning PR #21802, open).
+
     It also shows ``training_metrics``, logged training metrics read at those steps only.
     The pack's models log their training loss without ``prog_bar=True``: Lightning turns
     every ``prog_bar`` metric into a number after every batch, which, like the bar's own
@@ -49,6 +53,15 @@ class RunProgressBar(RichProgressBar):
                 }
             self._shown = {**self._training, **super().get_metrics(trainer, pl_module)}
         return self._shown
+
+    @property
+    @override
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            steps_left = trainer.max_steps - trainer.global_step
+            return min(trainer.num_training_batches, steps_left * trainer.accumulate_grad_batches)
+        return super().total_train_batches
 
     @override  # no public hook sets the label; tests/test_upstream_pins.py pins it
     def _get_train_description(self, current_epoch: int) -> str:
