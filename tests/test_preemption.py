@@ -328,6 +328,7 @@ def _trainer(accumulate_grad_batches: int = 1) -> SimpleNamespace:
         accumulate_grad_batches=accumulate_grad_batches,
         num_training_batches=100,
         global_rank=0,
+        world_size=2,
         state=SimpleNamespace(status=TrainerStatus.RUNNING),
     )
 

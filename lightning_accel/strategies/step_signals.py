@@ -57,8 +57,14 @@ class StepSignals:
             if self._requeue_signal is not None:
                 signal.signal(self._requeue_signal, self._on_requeue_signal)
 
+    def _log_received(self, what: str) -> None:
+        # a rank's log says which rank the signal reached; one process's console already
+        # says where the run stopped
+        level = logging.INFO if self._trainer.world_size > 1 else logging.DEBUG
+        log.log(level, "rank %d received %s", self._trainer.global_rank, what)
+
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        log.info("rank %d received SIGTERM", self._trainer.global_rank)
+        self._log_received("SIGTERM")
         if not self._sigterm and self._trainer.strategy.launcher is not None:
             self._trainer.strategy.launcher.kill(signum)  # a script launcher's child ranks
         self._sigterm = True
@@ -66,7 +72,7 @@ class StepSignals:
             self._earlier_handler(signum, frame)
 
     def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("rank %d received the requeue signal %d", self._trainer.global_rank, signum)
+        self._log_received(f"the requeue signal {signum}")
         self._requeues += 1
 
     def take(self) -> tuple[bool, bool]:
