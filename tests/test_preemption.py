@@ -361,11 +361,13 @@ def test_inside_an_accumulation_window_the_stop_waits_for_the_windows_optimizer_
     trainer = _trainer(accumulate_grad_batches=4)
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
     stop = AgreedStop(trainer, timeout_s=10)  # type: ignore[arg-type]
-    progress.ready = 5  # checks before batches 6 and 7: inside the window of 4-7
+    progress.ready = 5  # batches 0-4 started: the window of batches 4-7 is open
     os.kill(os.getpid(), signal.SIGTERM)
-    stop.check()  # starts combining the flag
-    progress.ready = 6
-    stop.check()  # combined, and due once batch 7 has stepped
+    stop.check()  # before batch 5: starts combining the flag
+    for started in (6, 7):  # before batches 6 and 7, still inside the window
+        progress.ready = started
+        stop.check()  # combined, and due once batch 7 has stepped
+        assert trainer._signal_connector.received_sigterm is False, f"stopped at {started}"
     progress.ready = 8  # before batch 8: the optimizer stepped after batch 7
     _stops_at_this_check(stop, trainer)
 
