@@ -4,14 +4,17 @@ from __future__ import annotations
 
 
 class ThroughputClock:
-    """Counts samples and tokens over a stretch of training and the wall time it took, with
-    pauses (validation) left out. It is given the time at each start, pause and resume, so
-    that one device synchronization can serve several clocks."""
+    """Counts samples, tokens, training batches (``steps``) and optimizer steps over a
+    stretch of training and the wall time it took, with pauses (validation) left out. It is
+    given the time at each start, pause and resume, so that one device synchronization can
+    serve several clocks. Under gradient accumulation a step is one micro-batch and several
+    make an optimizer step."""
 
     def __init__(self) -> None:
         self.samples = 0
         self.tokens = 0
         self.steps = 0
+        self.optimizer_steps = 0
         self._seconds = 0.0
         self._since: float | None = None
         self.started = False
@@ -29,8 +32,10 @@ class ThroughputClock:
         if self.started and self._since is None:
             self._since = now
 
-    def count(self, samples: int, tokens: int) -> None:
+    def count(self, samples: int, tokens: int, optimizer_steps: int) -> None:
+        """Count one training batch, and the optimizer steps taken at its end."""
         self.steps += 1
+        self.optimizer_steps += optimizer_steps
         self.samples += samples
         self.tokens += tokens
 

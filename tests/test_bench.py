@@ -31,6 +31,7 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
     summary = json.loads((out / "1-cpu" / "summary.json").read_text())
     assert cpu["samples_per_second"] == summary["samples_per_second"] > 0
     assert cpu["step_seconds"] == summary["step_seconds"] > 0
+    assert cpu["optimizer_step_seconds"] == summary["optimizer_step_seconds"] > 0
     assert cpu["peak_memory_mb"] == max(summary["peak_memory_mb_per_rank"])
     assert 0 < cpu["mfu"] < 1
     with (out / "results.csv").open() as handle:

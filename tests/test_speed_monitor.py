@@ -131,6 +131,53 @@ def test_data_wait_share_counts_the_time_spent_fetching_batches(
     assert 0.9 < written["data_wait_share"] <= 1.0
 
 
+class FakeSecondPerBatch(pl.Callback):
+    """Every training batch takes one more (fake) second."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.clock.offset += 1.0
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_an_optimizer_step_takes_as_long_as_its_micro_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accumulate: int
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(devices, "time", clock)
+    data = TensorDataset(torch.randn(4 * 8 * accumulate, 4), torch.randn(4 * 8 * accumulate, 1))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=8,
+        accumulate_grad_batches=accumulate,
+        log_every_n_steps=4 * accumulate,
+        callbacks=[
+            SpeedMonitor(warmup_steps=2),  # its clocks start before the batch's second
+            FakeSecondPerBatch(clock),
+            RunSummary(output_dir=str(tmp_path), print_table=False),
+        ],
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Regressor(), DataLoader(data, batch_size=4))
+
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["measured_steps"] == 6 * accumulate, "micro-batches after 2 warm-up steps"
+    assert written["step_seconds"] == pytest.approx(1.0, abs=0.05)
+    assert written["optimizer_step_seconds"] == pytest.approx(accumulate, abs=0.05 * accumulate)
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("speed/step_ms")]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["speed/optimizer_step_ms"]) == pytest.approx(
+            accumulate * float(row["speed/step_ms"]), rel=0.01
+        )
+
+
 class MLP(pl.LightningModule):
     """Two linear layers whose forward FLOPs are known: 2·batch·(64·128 + 128·10)."""
 

@@ -68,8 +68,8 @@ class SpeedMonitor(pl.Callback):
     the whole run's figures to the run summary.
 
     Logged for the steps since the previous log (keys under ``speed/``): ``step_ms``,
-    ``samples_per_second`` and ``tokens_per_second`` (all ranks together),
-    ``data_wait_share``, ``tflops_per_device``, ``mfu`` and ``peak_memory_mb``. The run
+    ``optimizer_step_ms``, ``samples_per_second`` and ``tokens_per_second`` (all ranks
+    together), ``data_wait_share``, ``tflops_per_device``, ``mfu`` and ``peak_memory_mb``. The run
     summary gets the same figures over the steady steps, after ``warmup_steps`` (which hold
     compilation and cache warm-up), plus warm-up and compile time and peak memory per rank.
 
@@ -83,7 +83,9 @@ class SpeedMonitor(pl.Callback):
     converted layers multiply in (fp8 on float8 tensor cores, fp32 under emulation). The
     device is synchronized only at logging steps, validation and the end of training, never
     per step. Tokens are counted when the batch inputs are integer token ids; samples
-    always. A "step" is one training batch.
+    always. A "step" is one training batch: under gradient accumulation a micro-batch, and
+    ``optimizer_step_ms`` is the time of a whole optimizer step (the same as ``step_ms``
+    without accumulation), the figure to compare between runs that accumulate differently.
 
     Args:
         warmup_steps: leading steps left out of the summary figures.
@@ -118,6 +120,7 @@ class SpeedMonitor(pl.Callback):
         self._wait_at_steady_start: float | None = None
         self._wait_at_window_start: float | None = None
         self._paused = False
+        self._global_step_seen = 0
 
     @property
     def flops_per_step(self) -> int | None:
@@ -130,6 +133,7 @@ class SpeedMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self.figures = {}
+        self._global_step_seen = trainer.global_step  # a resumed run starts past zero
         strategy = trainer.strategy
         several = isinstance(strategy, DrivesSeveralDevices)
         self._devices_per_process = strategy.devices_per_process if several else 1
@@ -215,9 +219,12 @@ class SpeedMonitor(pl.Callback):
         inputs = batch_inputs(batch)
         samples = inputs.shape[0] if inputs is not None and inputs.ndim > 0 else 0
         tokens = inputs.numel() if samples and not inputs.is_floating_point() else 0
+        # the optimizer has stepped (or not, inside an accumulation window) before this hook
+        optimizer_steps = trainer.global_step - self._global_step_seen
+        self._global_step_seen = trainer.global_step
         for clock in self._clocks:
             if clock.started:
-                clock.count(samples, tokens)
+                clock.count(samples, tokens, optimizer_steps)
         if self.window.steps >= (self.log_every_n_steps or trainer.log_every_n_steps):
             self._log_window(trainer, pl_module.device)
 
@@ -255,8 +262,12 @@ class SpeedMonitor(pl.Callback):
 
         world = data_parallel_share(trainer)["num_replicas"]
         step = seconds / clock.steps if clock.steps and seconds > 0 else None
+        optimizer_step = (
+            seconds / clock.optimizer_steps if clock.optimizer_steps and seconds > 0 else None
+        )
         figures: dict[str, Any] = {
             "step_ms": keep(step * 1000, 6) if step else None,
+            "optimizer_step_ms": keep(optimizer_step * 1000, 6) if optimizer_step else None,
             "samples_per_second": clock.rate(clock.samples * world, seconds),
             "tokens_per_second": clock.rate(clock.tokens * world, seconds)
             if clock.tokens
@@ -300,12 +311,14 @@ class SpeedMonitor(pl.Callback):
         )
         step = speed.pop("step_ms")
         step_seconds = step / 1000 if step else None
+        optimizer_step = speed.pop("optimizer_step_ms")
         # every rank takes part in the gather, while the process group is still up
         mine = torch.tensor([peak_memory_mb(device)], dtype=torch.float64, device=device)
         peaks = trainer.strategy.all_gather(mine).reshape(-1).cpu().tolist()
         self.figures = {
             "measured_steps": clock.steps,
             "step_seconds": round(step_seconds, 5) if step_seconds else None,
+            "optimizer_step_seconds": round(optimizer_step / 1000, 5) if optimizer_step else None,
             **self._warmup_figures(pl_module, step_seconds, now),
             **speed,
             "flops_per_step": self.flops_per_step,

@@ -37,6 +37,7 @@ results.csv and chart.png to DIR.
 # What the table and files report from each run's summary.json.
 FIGURES = (
     "step_seconds",
+    "optimizer_step_seconds",
     "samples_per_second",
     "tokens_per_second",
     "mfu",
@@ -171,6 +172,7 @@ def cell_figures(summary: dict[str, Any]) -> dict[str, float | None]:
     compilations = summary.get("xla_compilations", summary.get("compiled_graphs"))
     return {
         "step_seconds": summary.get("step_seconds"),
+        "optimizer_step_seconds": summary.get("optimizer_step_seconds"),
         "samples_per_second": summary.get("samples_per_second"),
         "tokens_per_second": summary.get("tokens_per_second"),
         "mfu": summary.get("mfu"),
