@@ -10,9 +10,11 @@ recipe: the default recipe's model, data and batch, trained by a plain PyTorch l
     machine touches both alike; a block's time includes data loading and every hook. A
     run's overhead is the median of its blocks' ratios; medians and range over runs.
 tiny: a 1-2 ms/step MLP on in-memory data, in this process, one thread: plain loop, plain Lightning
-    (no logger, bar, checkpoints or summary), Lightning with the speed monitor alone, and
-    lightning-accel's trainer (``build_trainer("cpu", "default")``) with the speed monitor,
-    run summary and recompile guard. Per-step cost = (time of a long fit - time of a short
+    (no logger, bar, checkpoints or summary), Lightning with the speed monitor alone,
+    Lightning with 10 callbacks that override nothing (what Lightning's calling of every
+    hook of every callback costs per callback), and lightning-accel's trainer
+    (``build_trainer("cpu", "default")``) with the speed monitor, run summary and recompile
+    guard. Per-step cost = (time of a long fit - time of a short
     fit) / (difference in steps), which leaves start-up out; what a setup adds is the
     median over repeats of its difference to plain Lightning in the same repeat.
 
@@ -264,10 +266,15 @@ def accel_tiny(steps: int) -> None:
         trainer.fit(TinyMLP(), tiny_loader(steps))
 
 
+EMPTY_CALLBACKS = 10
+
 TINY_SETUPS: dict[str, Callable[[int], None]] = {
     "plain PyTorch": plain_tiny,
     "plain Lightning": lambda steps: lightning_tiny(steps, []),
     "Lightning + SpeedMonitor": lambda steps: lightning_tiny(steps, [SpeedMonitor()]),
+    f"Lightning + {EMPTY_CALLBACKS} empty callbacks": lambda steps: lightning_tiny(
+        steps, [pl.Callback() for _ in range(EMPTY_CALLBACKS)]
+    ),
     "lightning-accel": accel_tiny,
 }
 
@@ -338,6 +345,9 @@ def main() -> None:
             table.add_row(name, f"{value:.3f}", f"{added[name]:+.3f} ms")
         console.print(table)
         result["tiny_added_ms_per_step"] = added
+        per_callback = added[f"Lightning + {EMPTY_CALLBACKS} empty callbacks"] / EMPTY_CALLBACKS
+        console.print(f"Lightning's hook calls: {per_callback * 1000:.1f} µs per callback per step")
+        result["callback_dispatch_ms_per_step"] = per_callback
         hooks = statistics.median(speed_monitor_hook_ms() for _ in range(args.repeats))
         console.print(f"SpeedMonitor per-step hooks alone: {hooks * 1000:.1f} µs per step")
         result["tiny_ms_per_step"] = medians
