@@ -365,6 +365,26 @@ def test_training_reads_tensor_values_at_logging_steps_only(
     assert {1, 5, 10} <= read_at <= {0, 1, 5, 10, 12}, f"read at steps {sorted(read_at)}"
 
 
+def test_the_summary_reads_one_loss_per_logged_optimizer_step_under_accumulation(
+    tmp_path: Path,
+) -> None:
+    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        accumulate_grad_batches=4,
+        log_every_n_steps=2,
+        callbacks=[summary],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    data = TensorDataset(torch.randn(96, 4), torch.randn(96, 1))
+    trainer.fit(Regressor(), DataLoader(data, batch_size=4))
+    assert len(summary.train_losses) == 4, "steps 1, 2, 4 and 6, not their next windows"
+
+
 @pytest.mark.parametrize(
     ("name", "precision", "matmul", "tflops"),
     [

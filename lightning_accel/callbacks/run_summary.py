@@ -70,6 +70,7 @@ class RunSummary(pl.Callback):
         self._fit_started = 0.0
         self.memory: dict[str, Any] = {}
         self._gradient_bytes: int | None = None
+        self._loss_read_at_step: int | None = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -89,10 +90,13 @@ class RunSummary(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        logged_step = (
-            trainer.global_step == 1 or trainer.global_step % trainer.log_every_n_steps == 0
-        )
-        if logged_step:  # reading a loss waits for the device: only at the logging interval
+        step = trainer.global_step
+        logged_step = step == 1 or (step > 0 and step % trainer.log_every_n_steps == 0)
+        # once per optimizer step: under gradient accumulation the step's count stays the same
+        # over the micro-batches of the next window (and is 0 during the first)
+        if logged_step and step != self._loss_read_at_step:
+            # reading a loss waits for the device: only at the logging interval
+            self._loss_read_at_step = step
             # the logged value is synced over ranks when the module asks for it; the raw one is not
             loss = trainer.callback_metrics.get("train/loss")
             if loss is None:
