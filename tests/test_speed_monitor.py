@@ -328,15 +328,18 @@ def test_the_bar_ends_full_under_gradient_accumulation() -> None:
     assert record.shown == [(12, 12)]
 
 
+@pytest.mark.parametrize("accumulate", [1, 4])
 def test_training_reads_tensor_values_at_logging_steps_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accumulate: int
 ) -> None:
     # Reading a value waits for the accelerator. The model's loss logging (Lightning reads a
     # prog_bar metric after every batch), the bar, the summary and the monitor read it only
-    # at logging steps (5 and 10), the first step (the summary's first loss) and the end.
+    # at logging steps (5 and 10), the first step (the summary's first loss) and the end:
+    # once each, also when the step's count stays the same over an accumulation window.
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=12,
+        accumulate_grad_batches=accumulate,
         log_every_n_steps=5,
         limit_val_batches=0,
         callbacks=[
@@ -348,21 +351,29 @@ def test_training_reads_tensor_values_at_logging_steps_only(
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    read_at: set[int] = set()
+    reads: list[tuple[int, int]] = []  # (optimizer step, batch) of each reading
 
     def counting(read: Callable[[torch.Tensor], float]) -> Callable[[torch.Tensor], float]:
         def counted(tensor: torch.Tensor) -> float:
-            if trainer.training:
-                read_at.add(trainer.global_step)
+            # a value, not the integer seed a DataLoader draws at each epoch's start
+            if trainer.training and tensor.is_floating_point():
+                progress = trainer.fit_loop.epoch_loop.batch_progress.total
+                reads.append((trainer.global_step, progress.ready))
             return read(tensor)
 
         return counted
 
     for name in ("item", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
-    data = SyntheticTokenDataModule(seq_len=16, batch_size=4, samples=64, val_samples=8)
+    data = SyntheticTokenDataModule(
+        seq_len=16, batch_size=4, samples=64 * accumulate, val_samples=8
+    )
     trainer.fit(SGDLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16), datamodule=data)
+    read_at = {step for step, _ in reads}
     assert {1, 5, 10} <= read_at <= {0, 1, 5, 10, 12}, f"read at steps {sorted(read_at)}"
+    for step in read_at:
+        batches = {batch for at, batch in reads if at == step}
+        assert len(batches) == 1, f"step {step} read at batches {sorted(batches)}"
 
 
 def test_the_summary_reads_one_loss_per_logged_optimizer_step_under_accumulation(

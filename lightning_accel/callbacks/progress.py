@@ -31,6 +31,7 @@ class RunProgressBar(RichProgressBar):
     """
 
     _shown: dict[str, Any] | None = None  # the metrics on the bar
+    _read_at_step: int | None = None  # the optimizer step they were read at in training
 
     def __init__(
         self, *args: Any, training_metrics: Sequence[str] = ("train/loss",), **kwargs: Any
@@ -41,12 +42,16 @@ class RunProgressBar(RichProgressBar):
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        step = trainer.global_step
+        # once per logged optimizer step: under gradient accumulation the step's count stays
+        # the same over the next window's micro-batches
         if (
             self._shown is None
             or not trainer.training
-            or not trainer.global_step % trainer.log_every_n_steps
+            or (step != self._read_at_step and not step % trainer.log_every_n_steps)
         ):
             if trainer.training:
+                self._read_at_step = step
                 logged = trainer.callback_metrics
                 self._training = {
                     name: float(logged[name]) for name in self.training_metrics if name in logged
