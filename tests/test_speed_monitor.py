@@ -152,7 +152,7 @@ def test_an_optimizer_step_takes_as_long_as_its_micro_batches(
         accelerator="cpu",
         max_steps=8,
         accumulate_grad_batches=accumulate,
-        log_every_n_steps=4 * accumulate,
+        log_every_n_steps=4,
         callbacks=[
             SpeedMonitor(warmup_steps=2),  # its clocks start before the batch's second
             FakeSecondPerBatch(clock),
@@ -171,7 +171,7 @@ def test_an_optimizer_step_takes_as_long_as_its_micro_batches(
     assert written["optimizer_step_seconds"] == pytest.approx(accumulate, abs=0.05 * accumulate)
     with (tmp_path / "metrics.csv").open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("speed/step_ms")]
-    assert len(rows) == 2
+    assert [int(row["step"]) for row in rows] == [4, 8], "every 4 optimizer steps"
     for row in rows:
         assert float(row["speed/optimizer_step_ms"]) == pytest.approx(
             accumulate * float(row["speed/step_ms"]), rel=0.01
@@ -289,6 +289,22 @@ def test_speed_is_logged_every_interval_without_synchronizing_each_step(
     assert written["peak_flops_source"].startswith("measured float32 matmul")
 
 
+def test_an_interval_of_zero_logs_no_speed_and_synchronizes_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synchronized: list[torch.device] = []
+    monkeypatch.setattr(devices, "synchronize", synchronized.append)
+    written = _fit_mlp(tmp_path, SpeedMonitor(warmup_steps=2), steps=12, log_every=0)
+
+    assert (
+        not (tmp_path / "metrics.csv").exists()
+        or "speed/" not in (tmp_path / "metrics.csv").read_text()
+    )
+    # the start, the steady clock's start, the epoch's end, the end of training
+    assert len(synchronized) == 4
+    assert written["measured_steps"] == 10 and written["step_seconds"] > 0
+
+
 class SGDLanguageModel(GPTLanguageModel):
     """The GPT with plain SGD (AdamW reads its step counters, host tensors, every step)."""
 
@@ -376,24 +392,64 @@ def test_training_reads_tensor_values_at_logging_steps_only(
         assert len(batches) == 1, f"step {step} read at batches {sorted(batches)}"
 
 
+class LoggedRegressor(Regressor):
+    """The regressor, logging its training loss."""
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss)
+        return loss
+
+
+@pytest.mark.parametrize(("interval", "read_at"), [(2, [1, 2, 4, 6, 7]), (0, [1, 7])])
 def test_the_summary_reads_one_loss_per_logged_optimizer_step_under_accumulation(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: int, read_at: list[int]
 ) -> None:
     summary = RunSummary(output_dir=str(tmp_path), print_table=False)
     trainer = pl.Trainer(
         accelerator="cpu",
-        max_steps=6,
+        max_steps=7,
         accumulate_grad_batches=4,
-        log_every_n_steps=2,
+        log_every_n_steps=interval,
         callbacks=[summary],
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    data = TensorDataset(torch.randn(96, 4), torch.randn(96, 1))
-    trainer.fit(Regressor(), DataLoader(data, batch_size=4))
-    assert len(summary.train_losses) == 4, "steps 1, 2, 4 and 6, not their next windows"
+    steps: list[int] = []
+    read = torch.Tensor.__float__
+
+    def counted(tensor: torch.Tensor) -> float:
+        steps.append(trainer.global_step)
+        return read(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted)
+    data = TensorDataset(torch.randn(112, 4), torch.randn(112, 1))
+    trainer.fit(LoggedRegressor(), DataLoader(data, batch_size=4))
+    monkeypatch.undo()
+
+    # the logging steps and the last, not every micro-batch of the windows after them
+    assert steps == read_at
+    assert len(summary.train_losses) == len(read_at)
+    assert summary.train_losses[-1] == float(trainer.callback_metrics["train/loss"])
+
+
+def test_the_bar_shows_no_training_metric_where_nothing_is_logged() -> None:
+    bar = RunProgressBar()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        log_every_n_steps=0,
+        callbacks=[bar],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    data = TensorDataset(torch.randn(12, 4), torch.randn(12, 1))
+    trainer.fit(LoggedRegressor(), DataLoader(data, batch_size=4))
+    assert "train/loss" in trainer.callback_metrics, "the model logged it"
+    assert bar._shown is not None and "train/loss" not in bar._shown
 
 
 @pytest.mark.parametrize(

@@ -42,15 +42,13 @@ class RunProgressBar(RichProgressBar):
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        step = trainer.global_step
-        # once per logged optimizer step: under gradient accumulation the step's count stays
-        # the same over the next window's micro-batches
-        if (
-            self._shown is None
-            or not trainer.training
-            or (step != self._read_at_step and not step % trainer.log_every_n_steps)
-        ):
-            if trainer.training:
+        step, interval = trainer.global_step, trainer.log_every_n_steps
+        # once per logged optimizer step (under gradient accumulation the step's count stays
+        # the same over the next window's micro-batches); an interval of 0 logs, and shows,
+        # no training metric
+        due = interval and step != self._read_at_step and not step % interval
+        if self._shown is None or not trainer.training or due:
+            if trainer.training and interval:
                 self._read_at_step = step
                 logged = trainer.callback_metrics
                 self._training = {

@@ -90,19 +90,22 @@ class RunSummary(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        step = trainer.global_step
-        logged_step = step == 1 or (step > 0 and step % trainer.log_every_n_steps == 0)
+        step, interval = trainer.global_step, trainer.log_every_n_steps
+        logged_step = step == 1 or (step > 0 and interval and step % interval == 0)
         # once per optimizer step: under gradient accumulation the step's count stays the same
         # over the micro-batches of the next window (and is 0 during the first)
         if logged_step and step != self._loss_read_at_step:
             # reading a loss waits for the device: only at the logging interval
-            self._loss_read_at_step = step
-            # the logged value is synced over ranks when the module asks for it; the raw one is not
-            loss = trainer.callback_metrics.get("train/loss")
-            if loss is None:
-                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor):
-                self.train_losses.append(float(loss))
+            self._read_loss(trainer, outputs)
+
+    def _read_loss(self, trainer: pl.Trainer, outputs: Any) -> None:
+        self._loss_read_at_step = trainer.global_step
+        # the logged value is synced over ranks when the module asks for it; the raw one is not
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self.train_losses.append(float(loss))
 
     def _record_validation(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -120,6 +123,8 @@ class RunSummary(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loss_read_at_step not in (None, trainer.global_step):
+            self._read_loss(trainer, None)  # the last step's loss, between logging steps
         # Measured while the process group is still up: every rank contributes its figures.
         state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
         state["gradients"] = self._gradient_bytes or 0

@@ -89,7 +89,8 @@ class SpeedMonitor(pl.Callback):
 
     Args:
         warmup_steps: leading steps left out of the summary figures.
-        log_every_n_steps: logging interval; default the trainer's ``log_every_n_steps``.
+        log_every_n_steps: logging interval in optimizer steps; default the trainer's
+            ``log_every_n_steps`` (0 there: no logging).
         count_flops: count FLOPs and report MFU.
         peak_flops: the device's peak FLOP/s, to use instead of the table or measurement.
     """
@@ -225,7 +226,9 @@ class SpeedMonitor(pl.Callback):
         for clock in self._clocks:
             if clock.started:
                 clock.count(samples, tokens, optimizer_steps)
-        if self.window.steps >= (self.log_every_n_steps or trainer.log_every_n_steps):
+        # every n optimizer steps, as Lightning logs; an interval of 0 logs nothing
+        interval = self.log_every_n_steps or trainer.log_every_n_steps
+        if interval and self.window.optimizer_steps >= interval:
             self._log_window(trainer, pl_module.device)
 
     def _start_window(self, trainer: pl.Trainer, now: float) -> None:
