@@ -14,6 +14,7 @@ from helpers import ACCUMULATE, GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
 from lightning_accel.safe_load import load_data_file
+from lightning_accel.strategies import FSDP2Strategy
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +132,25 @@ def test_fsdp2_cpu_offload_matches_plain_fsdp2(runs: Runs) -> None:
         "fsdp2_offload", "fsdp2_cpu", 2, "hardware.strategy_options.cpu_offload=true"
     )
     assert max_difference(plain, runs.losses(offloaded)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("offload", "device", "given", "backend"),
+    [
+        (True, "cuda", None, "cuda:nccl,cpu:gloo"),  # offloaded gradients are CPU tensors
+        (False, "cuda", None, "nccl"),
+        (True, "cpu", None, "gloo"),
+        (True, "cuda", "nccl", "nccl"),  # a backend given is kept
+    ],
+)
+def test_fsdp2_with_cpu_offload_on_gpus_reduces_cpu_tensors_over_gloo(
+    offload: bool, device: str, given: str | None, backend: str
+) -> None:
+    # gradient clipping reduces the norm of the offloaded (CPU) gradients over the ranks,
+    # which NCCL refuses; the CPU twin runs gloo throughout and cannot show it
+    strategy = FSDP2Strategy(cpu_offload=offload, process_group_backend=given)
+    strategy.parallel_devices = [torch.device(device, 0)]
+    assert strategy._get_process_group_backend() == backend
 
 
 SELF_SHARDING_MODULE = '''

@@ -41,6 +41,13 @@ def test_fsdp2_setup_follows_the_model_parallel_setup_it_restates() -> None:
     assert _code_digest(ModelParallelStrategy.setup) == "5d7b9d1fe4f45db3"
 
 
+def test_the_model_parallel_process_group_starts_with_get_process_group_backend() -> None:
+    # FSDP2Strategy overrides it to reduce CPU-offloaded gradients over gloo
+    assert _parameters(ModelParallelStrategy._get_process_group_backend) == ["self"]
+    setup = inspect.getsource(ModelParallelStrategy._setup_distributed)
+    assert "self._process_group_backend = self._get_process_group_backend()" in setup
+
+
 def test_the_progress_bar_label_comes_from_get_train_description() -> None:
     assert _parameters(RichProgressBar._get_train_description) == ["self", "current_epoch"]
     assert "self._get_train_description(" in inspect.getsource(RichProgressBar)

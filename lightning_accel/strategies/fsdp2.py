@@ -75,7 +75,9 @@ class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
             (:class:`~lightning_accel.strategies.async_save.AsyncShardWriter`); each is
             renamed into place at the next save or when training ends.
         process_group_backend: ``nccl`` or ``gloo``; empty: Lightning's choice for the
-            device (NCCL on CUDA, gloo on the CPU).
+            device (NCCL on CUDA, gloo on the CPU), and under ``cpu_offload`` on CUDA
+            ``cuda:nccl,cpu:gloo``: the offloaded gradients are CPU tensors, whose norm
+            gradient clipping reduces over the ranks, and NCCL takes GPU tensors only.
     """
 
     strategy_name = "fsdp2"
@@ -117,6 +119,14 @@ class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
         # the run's model transforms, handed over by ModelOptimizations: applied in setup,
         # in order, with the sharding last
         self.model_transforms: tuple[OptimizationConfig, Sequence[str] | None] | None = None
+
+    # overrides Lightning's private method (pinned in tests/test_upstream_pins.py)
+    @override
+    def _get_process_group_backend(self) -> str:
+        if self.process_group_backend is None and self.cpu_offload:
+            if self.root_device.type == "cuda":
+                return "cuda:nccl,cpu:gloo"
+        return super()._get_process_group_backend()
 
     @override
     def setup_environment(self) -> None:
