@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,8 +174,20 @@ def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(
         precision="32-true",
         compile=replace(run.optimization.compile, enabled=False),
         micro_batch=None,
+        float32_matmul_precision="medium",
     )
     trials: list[dict] = []
-    monkeypatch.setattr(choices, "step_times", lambda *args, **kw: trials.append(args[2]))
-    assert timed_choices(replace(run, optimization=optimization)) is optimization
+    matmuls: list[str] = []
+
+    def step_times(*args: Any, **kwargs: Any) -> None:
+        trials.append(args[2])
+        matmuls.append(torch.get_float32_matmul_precision())
+
+    monkeypatch.setattr(choices, "step_times", step_times)
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert timed_choices(replace(run, optimization=optimization)) is optimization
+    finally:
+        torch.set_float32_matmul_precision(before)
     assert [{n: c.precision for n, c in t.items()} for t in trials] == [{"trial": "32-true"}]
+    assert matmuls == ["medium"], "fp32 timed with the profile's matmul precision"

@@ -222,6 +222,8 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
     optimization = run.optimization
     timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     plan = plan_run(run.hardware, optimization)  # `fastest` plans as `auto`
+    if optimization.float32_matmul_precision is not None:  # fp32 timed as the run computes it
+        torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = first_batch(run, device)
     if not timed:  # the trial step of the chosen micro-batch
