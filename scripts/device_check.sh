@@ -2,6 +2,7 @@
 # Runs and records every CUDA path of the pack on this machine's GPUs in a few minutes
 # (`lightning-accel verify`): the figures go to DIR/<gpu-name>.json and .md.
 #   bash scripts/device_check.sh [--dry-run] [--out DIR] [--wheels DIR] [--work DIR]
+#                                [--cell-timeout S] [--deadline S]
 # --dry-run runs the same cells on their CPU twins, in .venv (set up first, as
 # scripts/train.sh does). Without it the script uses the python3 that has torch with CUDA
 # (or $PYTHON) and imports the pack from this checkout (PYTHONPATH); it installs nothing
@@ -51,7 +52,8 @@ else
 import importlib.util
 for module, package in (("torch", "torch"), ("lightning", "lightning"), ("hydra", "hydra-core"),
         ("omegaconf", "omegaconf"), ("torchmetrics", "torchmetrics"), ("rich", "rich"),
-        ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")):
+        ("antlr4", "antlr4-python3-runtime"), ("matplotlib", "matplotlib"),
+        ("sklearn", "scikit-learn")):
     if importlib.util.find_spec(module) is None:
         print(module, package)
         break

@@ -1,5 +1,7 @@
 """``lightning-accel verify`` and scripts/device_check.sh: the dry run on the CPU twins end
-to end (every cell run, passed and measured), and the refusal without CUDA."""
+to end (every cell run, passed and measured), the refusal without CUDA, a deadline that
+leaves cells not run, results written as each cell ends, and a collective that hangs
+failing the cells that need it at once."""
 
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_cli
 
-from lightning_accel.cli.verify import DRY_RUN, cells_for
+from lightning_accel.cli import verify
+from lightning_accel.cli.verify import (
+    COLLECTIVES,
+    DRY_RUN,
+    Cell,
+    Verification,
+    cells_for,
+    collectives,
+    run_cells,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +33,7 @@ TRAINED = [
     name
     for name in CELLS
     if not name.startswith(("precision rules", "checkpoint · consolidate", "plain loop"))
-    and name != "precision · 16-mixed"
+    and name not in ("precision · 16-mixed", COLLECTIVES)
 ]
 
 
@@ -57,6 +68,8 @@ def test_dry_run_passes_every_cell_and_records_its_figures(
         assert figures["peak_flops_source"].startswith("measured"), name
         assert 0 < figures["mfu"] < 1, name
         assert cells[name]["seconds"] > 0 and cells[name]["run_dir"], name
+    probe = cells[COLLECTIVES]["figures"]
+    assert probe["backend"] == "gloo" and probe["value"] == verify.PROBE_VALUE
     assert cells["auto · default"]["figures"]["precision"] == "32-true"
     assert cells["auto · default"]["figures"]["tokens_per_second"] > 0
     assert cells["fsdp2 · cpu offload"]["figures"]["parameters_on"] == ["cpu"]
@@ -104,3 +117,41 @@ def test_without_cuda_and_without_dry_run_exits_2_with_one_sentence(tmp_path: Pa
     assert len(lines) == 1, result.stderr
     assert "no CUDA GPU" in lines[0] and "--dry-run" in lines[0]
     assert not out.exists(), "nothing written"
+
+
+def test_past_the_deadline_no_cell_starts_and_the_rest_are_recorded_as_not_run(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results"
+    args = ["verify", "--dry-run", "--deadline", "1", "--out", str(out)]
+    result = run_cli([*args, "--work", str(tmp_path / "work")], cwd=REPO, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    record = json.loads((out / "cpu-dry-run.json").read_text())
+    statuses = [cell["status"] for cell in record["cells"]]
+    assert statuses.count("not run") == record["not_run"] >= len(CELLS) - 2, statuses
+    assert statuses[-1] == "not run" and record["cells"][-1]["seconds"] == 0
+    assert "not run, past the deadline" in result.stderr.replace("\n", " ")
+    assert "| not run |" in (out / "cpu-dry-run.md").read_text()
+
+
+def test_the_results_are_written_as_each_cell_ends(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+    cells = [Cell(name, "nothing", lambda v, c: {}) for name in ("first", "second")]
+    verification = Verification(DRY_RUN, tmp_path)
+    run_cells(verification, cells, cell_ended=lambda: seen.append([c.status for c in cells]))
+    assert seen == [["passed", "not run"], ["passed", "passed"]]
+
+
+def test_a_collective_that_hangs_fails_at_once_with_the_cells_that_need_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify, "PROBE_TIMEOUT", 0.001)  # no process starts that fast
+    trained: list[str] = []
+    cells = [
+        Cell(COLLECTIVES, "an all-reduce", collectives),
+        Cell("ddp · 1 device", "DDP", lambda v, c: trained.append(c.name) or {}, (COLLECTIVES,)),
+    ]
+    run_cells(Verification(DRY_RUN, tmp_path), cells)
+    assert [c.status for c in cells] == ["failed", "failed"]
+    assert cells[0].error == "a one-rank gloo all-reduce did not end in 0.001 s"
+    assert cells[1].error == f"needs {COLLECTIVES}, which failed" and not trained

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import platform
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -24,27 +26,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from lightning_accel.cli import bench
+from lightning_accel.cli.collective_probe import PROBE_VALUE
 from lightning_accel.cli.console import console, fail, quiet_upstream, say
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import write_text_whole
 
 USAGE = """usage: lightning-accel verify [--dry-run] [--out DIR] [--work DIR] [--cell-timeout S]
+                              [--deadline S]
 
 Runs and records every CUDA path of the pack on this machine's GPUs, one check (a cell)
-after another: hardware=auto, DDP and FSDP2 on one GPU (and on all of them, against one,
-where there are several), FSDP2 with CPU offload, the optimization profiles on the GPT
-recipe at 12 layers x 768 and on the image recipe with channels_last, the precision rules,
-a sharded checkpoint saved, resumed and consolidated, MFU against the datasheet peak, and
-the speed of a plain PyTorch loop of the same model in fp32 and bf16.
+after another: an NCCL all-reduce, hardware=auto, DDP and FSDP2 on one GPU (and on all of
+them, against one, where there are several), FSDP2 with CPU offload, the optimization
+profiles on the GPT recipe at 12 layers x 768 and on the image recipe with channels_last,
+the precision rules, a sharded checkpoint saved, resumed and consolidated, MFU against the
+datasheet peak, and the speed of a plain PyTorch loop of the same model in fp32 and bf16.
 
 --dry-run runs each cell's CPU twin instead (cpu, ddp_cpu, fsdp2_cpu over gloo; a tiny
 model, 4 steps), so the same code runs on a machine without a GPU. The figures go to
-DIR/<device>.json and DIR/<device>.md (DIR: default docs/results/devices); the runs
-themselves to --work (default runs/verify/<time>). A run longer than --cell-timeout
-seconds (default 180) is stopped and fails its cell. Exit code 0: every cell passed; 1: one
-or more failed; 2: no CUDA GPU and no --dry-run.
+DIR/<device>.json and DIR/<device>.md (DIR: default docs/results/devices), rewritten as
+each cell ends; the runs themselves to --work (default runs/verify/<time>). A run longer
+than --cell-timeout seconds (default 180) is stopped and fails its cell. Past --deadline
+seconds from the start (default: none) no cell starts and a run still going is stopped;
+the cells left are recorded as not run. Exit code 0: every cell passed; 1: one or more
+failed or did not run; 2: no CUDA GPU and no --dry-run.
 
   lightning-accel verify --dry-run --out /tmp/verify
 """
@@ -53,6 +61,8 @@ DEFAULT_OUT = Path("docs/results/devices")
 # Seconds after which a cell's run is stopped (the GPU runs take well under a minute each):
 # a hung run fails its cell instead of the whole device check's time.
 CELL_TIMEOUT = 180.0
+# Seconds the collective probe may take: NCCL starts in seconds, or hangs.
+PROBE_TIMEOUT = 60.0
 # The CPU twin of each GPU hardware profile a cell runs.
 TWINS = {"auto": "cpu", "ddp": "ddp_cpu", "fsdp2": "fsdp2_cpu"}
 REPORT = "lightning_accel.callbacks.DeviceReport"
@@ -128,6 +138,9 @@ class Setting:
             f"data.batch_size={batch_size or self.batch_size}",
             f"trainer.val_check_interval={self.steps}",
             "trainer.limit_val_batches=2",
+            # the best checkpoint alone: at GPT-2 small's shape each is 1 GB of a GPU
+            # machine's small disk, and the one save is what the cells check
+            "callbacks.checkpoint.save_last=false",
             *self.loop(steps),
         ]
 
@@ -171,8 +184,10 @@ class Cell:
         checks: what the cell checks, in words.
         run: the check: returns the cell's figures, raises on a failure.
         needs: the cells whose results it reads; it fails when one of them failed.
+        started: whether it began (the cells left at the deadline never do).
         passed: whether every check held.
-        error: the last line of what failed it (None when it passed).
+        error: the last line of what failed it or kept it from running (None when it
+            passed).
         seconds: its wall time.
         figures: what it measured and found.
         overrides: the runner overrides of its run (empty for a cell run in this process).
@@ -183,6 +198,7 @@ class Cell:
     checks: str
     run: Callable[[Verification, Cell], dict[str, Any]]
     needs: tuple[str, ...] = ()
+    started: bool = False
     passed: bool = False
     error: str | None = None
     seconds: float = 0.0
@@ -190,12 +206,19 @@ class Cell:
     overrides: list[str] = field(default_factory=list)
     run_dir: Path | None = None
 
+    @property
+    def status(self) -> str:
+        """``passed``, ``failed`` or ``not run``."""
+        if not self.started:
+            return "not run"
+        return "passed" if self.passed else "failed"
+
     def record(self) -> dict[str, Any]:
         """The cell as the JSON file holds it."""
         return {
             "name": self.name,
             "checks": self.checks,
-            "status": "passed" if self.passed else "failed",
+            "status": self.status,
             "error": self.error,
             "seconds": round(self.seconds, 2),
             "figures": self.figures,
@@ -218,13 +241,24 @@ class Verification:
         setting: how the cells run.
         work: the directory of the runs.
         cell_timeout: seconds after which a run is stopped (None: no limit).
+        deadline: the ``time.perf_counter()`` after which no cell starts and no run goes
+            on (None: none).
         cells: the cells, by name, in the order they run.
     """
 
     setting: Setting
     work: Path
     cell_timeout: float | None = None
+    deadline: float | None = None
     cells: dict[str, Cell] = field(default_factory=dict)
+
+    def seconds_left(self) -> float | None:
+        """How long a run that starts now may take: the cell timeout, or less where the
+        deadline comes first (None: no limit)."""
+        limits = [self.cell_timeout] if self.cell_timeout is not None else []
+        if self.deadline is not None:
+            limits.append(max(self.deadline - time.perf_counter(), 1.0))
+        return min(limits) if limits else None
 
     def result(self, name: str) -> Cell:
         """A cell this one needs (it ran before, and passed)."""
@@ -237,7 +271,7 @@ class Verification:
         cell.overrides = overrides
         cell.run_dir = self.work / re.sub(r"[^A-Za-z0-9_.-]+", "-", cell.name).strip("-")
         run = bench.Cell(label=cell.name, overrides=overrides)
-        summary = bench.run_cell(run, cell.run_dir, self.cell_timeout)
+        summary = bench.run_cell(run, cell.run_dir, self.seconds_left())
         if summary is None:
             raise CheckFailed(run.error)
         figures = run_figures(summary)
@@ -306,9 +340,29 @@ def _losses(summary: dict[str, Any]) -> dict[int, float]:
 
 
 # ---- the cells ----------------------------------------------------------------------------
+COLLECTIVES = "collectives"
 AUTO = "auto · default"
 FSDP2_ONE = "fsdp2 · 1 device"
 BF16 = "precision · bf16-mixed"
+
+
+def collectives(v: Verification, cell: Cell) -> dict[str, Any]:
+    """One all-reduce over the backend the parallel cells train over (NCCL, or gloo on the
+    CPU twin), in a process of its own, within :data:`PROBE_TIMEOUT`."""
+    backend = "gloo" if v.setting.dry_run else "nccl"
+    command = [sys.executable, "-m", "lightning_accel.cli.collective_probe", backend]
+    timeout = min(PROBE_TIMEOUT, v.seconds_left() or PROBE_TIMEOUT)
+    try:
+        done = subprocess.run(
+            [*command, v.setting.device_type], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"a one-rank {backend} all-reduce did not end in {timeout:g} s") from None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    expect(done.returncode == 0, lines[-1] if lines else f"exit code {done.returncode}")
+    figures = {"backend": backend, **json.loads(done.stdout.splitlines()[-1])}
+    expect(figures["value"] == PROBE_VALUE, f"the all-reduce gave {figures['value']}")
+    return figures
 
 
 def hardware_auto(v: Verification, cell: Cell) -> dict[str, Any]:
@@ -576,14 +630,22 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
     """The cells of ``setting``, in the order they run (each after the cells it needs)."""
     twin = " (CPU twin)" if setting.dry_run else ""
     ranks = setting.parallel_ranks
+    backend = "gloo" if setting.dry_run else "nccl"
     cells = [
+        Cell(COLLECTIVES, f"a one-rank {backend} all-reduce starts and sums", collectives),
         Cell(AUTO, f"hardware=auto resolves to the device{twin}; fp32 GPT", hardware_auto),
-        Cell("ddp · 1 device", f"DDP on one device{twin}", one_device("ddp")),
-        Cell(FSDP2_ONE, f"FSDP2 on one device, sharded checkpoint{twin}", one_device("fsdp2")),
+        Cell("ddp · 1 device", f"DDP on one device{twin}", one_device("ddp"), (COLLECTIVES,)),
+        Cell(
+            FSDP2_ONE,
+            f"FSDP2 on one device, sharded checkpoint{twin}",
+            one_device("fsdp2"),
+            (COLLECTIVES,),
+        ),
         Cell(
             "fsdp2 · cpu offload",
             "shards and optimizer state in CPU memory, metric states on the device",
             cpu_offload,
+            (COLLECTIVES,),
         ),
     ]
     if ranks > 1:
@@ -593,7 +655,7 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
                     f"{profile} · {ranks} devices",
                     f"{profile} on {ranks} ranks follows one device's losses",
                     parity(profile),
-                    needs=(AUTO,),
+                    needs=(COLLECTIVES, AUTO),
                 )
             )
     for profile in optimization_profiles:
@@ -624,6 +686,7 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
 def run_cell(verification: Verification, cell: Cell) -> None:
     """Run one cell, timed; a failure is recorded with its last line."""
     started = time.perf_counter()
+    cell.started = True
     failed = [n for n in cell.needs if not verification.cells[n].passed]
     try:
         if failed:
@@ -636,14 +699,27 @@ def run_cell(verification: Verification, cell: Cell) -> None:
     cell.seconds = time.perf_counter() - started
 
 
-def run_cells(verification: Verification, cells: list[Cell], jobs: int = 1) -> None:
+def run_cells(
+    verification: Verification,
+    cells: list[Cell],
+    jobs: int = 1,
+    cell_ended: Callable[[], None] = lambda: None,
+) -> None:
     """Run ``cells``, ``jobs`` at a time (1 where their figures are measurements), in
-    their order except that a cell waits for the cells it needs."""
+    their order except that a cell waits for the cells it needs; ``cell_ended`` is called
+    as each ends. Past the verification's deadline the cells left are not started."""
     pending = list(cells)
     running: dict[Future, Cell] = {}
     done: set[str] = set()
     with ThreadPoolExecutor(jobs) as pool:
         while pending or running:
+            deadline = verification.deadline
+            if deadline is not None and time.perf_counter() >= deadline:
+                for cell in pending:
+                    cell.error = "not run: the deadline had passed"
+                pending = []
+                if not running:
+                    break
             ready = [c for c in pending if set(c.needs) <= done]
             if not ready and not running:
                 raise ValueError(f"{pending[0].name} needs a cell that is not in the list")
@@ -656,6 +732,7 @@ def run_cells(verification: Verification, cells: list[Cell], jobs: int = 1) -> N
             for future in finished:
                 future.result()
                 done.add(running.pop(future).name)
+            cell_ended()
 
 
 def machine_facts(setting: Setting) -> dict[str, Any]:
@@ -704,6 +781,8 @@ def _notes(cell: Cell) -> str:
         return f"auto here: {f['this machine auto']}; {f['refusals']} refusals"
     if "global_step" in f:
         return f"{f['megabytes']} MiB at step {f['global_step']}"
+    if "all_reduce_seconds" in f:
+        return f"{f['backend']}: started in {f['init_seconds']:g} s"
     return ""
 
 
@@ -729,7 +808,7 @@ def table_rows(cells: list[Cell]) -> list[list[str]]:
         rows.append(
             [
                 cell.name,
-                "passed" if cell.passed else "FAILED",
+                cell.status if cell.status != "failed" else "FAILED",
                 f"{cell.seconds:.1f}",
                 _number(f.get("steps_per_second"), ",.2f"),
                 _number(f.get("tokens_per_second"), ",.0f"),
@@ -772,16 +851,19 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{device_slug(facts)}.json"
     markdown_path = json_path.with_suffix(".md")
+    statuses = [c.status for c in cells]
     record = {
         **facts,
         "setting": dataclasses.asdict(setting),
         "seconds": round(seconds, 1),
-        "passed": sum(c.passed for c in cells),
-        "failed": sum(not c.passed for c in cells),
+        "passed": statuses.count("passed"),
+        "failed": statuses.count("failed"),
+        "not_run": statuses.count("not run"),
         "cells": [c.record() for c in cells],
     }
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
-    markdown_path.write_text(markdown(facts, cells, seconds))
+    # whole files, rewritten as each cell ends: a check stopped from outside leaves the last
+    write_text_whole(json_path, json.dumps(record, indent=2) + "\n")
+    write_text_whole(markdown_path, markdown(facts, cells, seconds))
     return json_path, markdown_path
 
 
@@ -796,13 +878,16 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT)
+    parser.add_argument("--deadline", type=float, default=None)
     parser.add_argument("-h", "--help", action="store_true")
     options, unknown = parser.parse_known_args(args)
     if unknown:
-        choices = ["--dry-run", "--out", "--work", "--cell-timeout"]
+        choices = ["--dry-run", "--out", "--work", "--cell-timeout", "--deadline"]
         raise ConfigError("verify option", unknown[0], "is unknown", choices)
-    if options.cell_timeout is not None and options.cell_timeout <= 0:
-        raise ConfigError("--cell-timeout", options.cell_timeout, "must be a number of seconds")
+    for name in ("cell_timeout", "deadline"):
+        value = getattr(options, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')}", value, "must be a number of seconds")
     return options
 
 
@@ -838,21 +923,30 @@ def main(args: list[str]) -> int:
     )
     say(f"verifying {len(cells)} cells on {mode}; runs in {work}")
     started = time.perf_counter()
-    verification = Verification(setting, work, options.cell_timeout)
+    deadline = started + options.deadline if options.deadline else None
+    verification = Verification(setting, work, options.cell_timeout, deadline)
+
+    def record_so_far() -> None:
+        write_results(options.out, setting, cells, time.perf_counter() - started)
+
     # a dry run's cells measure nothing: two at a time; a GPU's one at a time
-    run_cells(verification, cells, jobs=2 if setting.dry_run else 1)
+    run_cells(verification, cells, jobs=2 if setting.dry_run else 1, cell_ended=record_so_far)
     seconds = time.perf_counter() - started
     table = Table(title=f"verify: {mode}", title_justify="left")
     for name in COLUMNS:
         table.add_column(name, overflow="fold")
     for row in table_rows(cells):
-        table.add_row(*row, style=None if row[1] == "passed" else "red")
-    console.print(table, width=max(console.width, 160))  # a log's lines, not a terminal's
+        table.add_row(*row, style={"passed": None, "not run": "yellow"}.get(row[1], "red"))
+    # a log's lines, not a terminal's (print's width cannot exceed its console's)
+    wide = console if console.is_terminal else Console(stderr=True, width=160)
+    wide.print(table)
     written = write_results(options.out, setting, cells, seconds)
-    failed = [c.name for c in cells if not c.passed]
+    failed = [c.name for c in cells if c.status == "failed"]
+    not_run = [c.name for c in cells if c.status == "not run"]
     say(
-        f"{len(cells) - len(failed)} of {len(cells)} cells passed in {seconds:.0f} s"
+        f"{sum(c.passed for c in cells)} of {len(cells)} cells passed in {seconds:.0f} s"
         + (f" (failed: {', '.join(failed)})" if failed else "")
+        + (f" (not run, past the deadline: {', '.join(not_run)})" if not_run else "")
         + f"; results in {written[0]} and {written[1]}"
     )
-    return 1 if failed else 0
+    return 1 if failed or not_run else 0
