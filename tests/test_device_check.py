@@ -18,10 +18,13 @@ from lightning_accel.cli import verify
 from lightning_accel.cli.verify import (
     COLLECTIVES,
     DRY_RUN,
+    OFFLOAD,
     Cell,
+    CheckFailed,
     Verification,
     cells_for,
     collectives,
+    gpu_setting,
     run_cells,
 )
 
@@ -155,3 +158,25 @@ def test_a_collective_that_hangs_fails_at_once_with_the_cells_that_need_it(
     assert [c.status for c in cells] == ["failed", "failed"]
     assert cells[0].error == "a one-rank gloo all-reduce did not end in 0.001 s"
     assert cells[1].error == f"needs {COLLECTIVES}, which failed" and not trained
+
+
+class RecordedRun(Verification):
+    """A verification whose runs record their overrides instead of training."""
+
+    overrides: list[str]
+
+    def train(self, cell: Cell, overrides: list[str]) -> dict:
+        self.overrides = overrides
+        raise CheckFailed("recorded")
+
+
+def test_on_several_gpus_every_parallel_layout_follows_one_gpu(tmp_path: Path) -> None:
+    cells = {cell.name: cell for cell in cells_for(gpu_setting(4), ["default"])}
+    parity = [name for name in cells if name.endswith("· 4 devices")]
+    assert parity == ["ddp · 4 devices", "fsdp2 · 4 devices", "fsdp2 offload · 4 devices"]
+    assert all(cells[name].needs == (COLLECTIVES, "auto · default") for name in parity)
+    offload = cells["fsdp2 offload · 4 devices"]
+    verification = RecordedRun(gpu_setting(4), tmp_path)
+    with pytest.raises(CheckFailed):
+        offload.run(verification, offload)
+    assert {"hardware=fsdp2", "hardware.devices=4", OFFLOAD} <= set(verification.overrides)

@@ -340,6 +340,7 @@ def _losses(summary: dict[str, Any]) -> dict[int, float]:
 
 
 # ---- the cells ----------------------------------------------------------------------------
+OFFLOAD = "hardware.strategy_options.cpu_offload=true"
 COLLECTIVES = "collectives"
 AUTO = "auto · default"
 FSDP2_ONE = "fsdp2 · 1 device"
@@ -396,8 +397,7 @@ def cpu_offload(v: Verification, cell: Cell) -> dict[str, Any]:
     """FSDP2 with CPU offload: shards and optimizer state in CPU memory, metric states on
     the device that computes."""
     s = v.setting
-    overrides = [f"hardware={s.hardware('fsdp2')}", "hardware.devices=1"]
-    overrides += ["hardware.strategy_options.cpu_offload=true", *s.gpt()]
+    overrides = [f"hardware={s.hardware('fsdp2')}", "hardware.devices=1", OFFLOAD, *s.gpt()]
     summary = v.train(cell, overrides)
     expect(summary["parameters_on"] == ["cpu"], f"shards on {summary['parameters_on']}")
     expect(summary["optimizer_state_on"] == ["cpu"], "optimizer state left CPU memory")
@@ -408,15 +408,15 @@ def cpu_offload(v: Verification, cell: Cell) -> dict[str, Any]:
     return cell.figures
 
 
-def parity(profile: str) -> Callable[[Verification, Cell], dict[str, Any]]:
-    """A cell that trains ``profile`` on every rank with the one-device run's global batch
-    and compares its losses with the one-device run's."""
+def parity(profile: str, *extra: str) -> Callable[[Verification, Cell], dict[str, Any]]:
+    """A cell that trains ``profile`` (with ``extra`` overrides) on every rank with the
+    one-device run's global batch and compares its losses with the one-device run's."""
 
     def check(v: Verification, cell: Cell) -> dict[str, Any]:
         s = v.setting
         ranks = s.parallel_ranks
         expect(s.batch_size % ranks == 0, f"batch {s.batch_size} does not split over {ranks}")
-        overrides = [f"hardware={s.hardware(profile)}", f"hardware.devices={ranks}"]
+        overrides = [f"hardware={s.hardware(profile)}", f"hardware.devices={ranks}", *extra]
         summary = v.train(cell, [*overrides, *s.gpt(batch_size=s.batch_size // ranks)])
         single = v.result(AUTO).figures["losses"]
         mine = _losses(summary)
@@ -648,13 +648,18 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
             (COLLECTIVES,),
         ),
     ]
+    # on several GPUs FSDP2's offloaded gradients are reduced over gloo beside NCCL, which
+    # no CPU twin can show
+    layouts = {"ddp": ("ddp",), "fsdp2": ("fsdp2",), "fsdp2 offload": ("fsdp2", OFFLOAD)}
     if ranks > 1:
-        for profile in ("ddp", "fsdp2") if not setting.dry_run else ("ddp",):
+        for name, (profile, *extra) in layouts.items():
+            if setting.dry_run and name != "ddp":
+                continue
             cells.append(
                 Cell(
-                    f"{profile} · {ranks} devices",
-                    f"{profile} on {ranks} ranks follows one device's losses",
-                    parity(profile),
+                    f"{name} · {ranks} devices",
+                    f"{name} on {ranks} ranks follows one device's losses",
+                    parity(profile, *extra),
                     needs=(COLLECTIVES, AUTO),
                 )
             )
