@@ -34,10 +34,43 @@ def busy_seconds(stat: Path = PROC_STAT, cpus: Collection[int] | None = None) ->
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def own_seconds() -> float:
-    """Processor seconds this process (all its threads) has used."""
+PROC = Path("/proc")
+
+
+def own_seconds(proc: Path = PROC) -> float:
+    """Processor seconds this process (all its threads) and the processes it started have
+    used, those still running (read from ``proc``) and those that ended: torch.compile's
+    worker processes, for one, are a trial's own work, not other load."""
     times = os.times()
-    return times.user + times.system
+    seconds = times.user + times.system + times.children_user + times.children_system
+    return seconds + _descendant_ticks(os.getpid(), proc) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendant_ticks(root: int, proc: Path) -> int:
+    """Clock ticks the running descendants of process ``root`` have used, with those of
+    the processes they started and waited for."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended while the others were read
+            continue
+        # after the command name, which may hold spaces and parentheses: state, ppid, ...,
+        # utime, stime, cutime, cstime (fields 14-17 of proc(5))
+        fields = text.rpartition(")")[2].split()
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = sum(int(value) for value in fields[11:15])
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, stack = 0, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        total += ticks[pid]
+        stack += children.get(pid, [])
+    return total
 
 
 class OtherLoad:

@@ -72,17 +72,33 @@ def test_a_block_too_short_for_the_counters_measures_nothing(tmp_path: Path) -> 
 
 def test_a_busy_neighbour_counts_and_this_process_own_work_does_not() -> None:
     spin = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
-    neighbour = subprocess.Popen([sys.executable, "-c", spin])
-    try:
-        with OtherLoad() as load:
-            end = time.monotonic() + 1.0
-            while time.monotonic() < end:  # this process's own work, on another core
-                pass
-    finally:
-        neighbour.wait(timeout=30)
+    # started through a process that ends at once: a neighbour, not a child of this process
+    start = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {spin!r}])"
+    subprocess.run([sys.executable, "-c", start], check=True, timeout=30)
+    with OtherLoad() as load:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # this process's own work, on another core
+            pass
     # the neighbour had a core to itself or shared one with this process; other processes
     # on the machine only add to it
     assert load.cores is not None and load.cores > 0.4
+
+
+def test_the_processes_this_one_started_are_its_own_work() -> None:
+    # a child that spends a second of processor time, then waits: it is still running
+    # when the second reading is taken, as torch.compile's workers are
+    spin = "import sys, time\nwhile time.process_time() < 1.0: pass\nsys.stdin.read()"
+    before = cpu_load.own_seconds()
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while cpu_load.own_seconds() - before < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.poll() is None, "the child still runs"
+        assert cpu_load.own_seconds() - before >= 1.0
+    finally:
+        child.kill()
+        child.wait(timeout=30)
 
 
 class _Reading:
