@@ -269,11 +269,17 @@ def test_model_flops_utilization_arithmetic() -> None:
     assert speed_module.model_flops_utilization(6e12, 2.0, None) == (3e12, None)
 
 
+@pytest.fixture
+def synchronized(monkeypatch: pytest.MonkeyPatch) -> list[torch.device]:
+    """The devices the speed monitor synchronizes, one entry per synchronization."""
+    calls: list[torch.device] = []
+    monkeypatch.setattr(devices, "synchronize", calls.append)
+    return calls
+
+
 def test_speed_is_logged_every_interval_without_synchronizing_each_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synchronized: list[torch.device]
 ) -> None:
-    synchronized: list[torch.device] = []
-    monkeypatch.setattr(devices, "synchronize", synchronized.append)
     written = _fit_mlp(tmp_path, SpeedMonitor(warmup_steps=2), steps=24, log_every=6)
 
     with (tmp_path / "metrics.csv").open() as handle:
@@ -290,10 +296,8 @@ def test_speed_is_logged_every_interval_without_synchronizing_each_step(
 
 
 def test_an_interval_of_zero_logs_no_speed_and_synchronizes_no_more(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synchronized: list[torch.device]
 ) -> None:
-    synchronized: list[torch.device] = []
-    monkeypatch.setattr(devices, "synchronize", synchronized.append)
     written = _fit_mlp(tmp_path, SpeedMonitor(warmup_steps=2), steps=12, log_every=0)
 
     assert (
