@@ -110,6 +110,11 @@ class Setting:
         return "cpu" if self.dry_run else "cuda"
 
     @property
+    def backend(self) -> str:
+        """The process group backend the parallel cells train over: NCCL, or gloo."""
+        return "gloo" if self.dry_run else "nccl"
+
+    @property
     def parallel_ranks(self) -> int:
         """Ranks of the parity cells: every GPU, or two CPU processes."""
         return 2 if self.dry_run else self.gpus
@@ -350,7 +355,7 @@ BF16 = "precision · bf16-mixed"
 def collectives(v: Verification, cell: Cell) -> dict[str, Any]:
     """One all-reduce over the backend the parallel cells train over (NCCL, or gloo on the
     CPU twin), in a process of its own, within :data:`PROBE_TIMEOUT`."""
-    backend = "gloo" if v.setting.dry_run else "nccl"
+    backend = v.setting.backend
     command = [sys.executable, "-m", "lightning_accel.cli.collective_probe", backend]
     timeout = min(PROBE_TIMEOUT, v.seconds_left() or PROBE_TIMEOUT)
     try:
@@ -630,9 +635,8 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
     """The cells of ``setting``, in the order they run (each after the cells it needs)."""
     twin = " (CPU twin)" if setting.dry_run else ""
     ranks = setting.parallel_ranks
-    backend = "gloo" if setting.dry_run else "nccl"
     cells = [
-        Cell(COLLECTIVES, f"a one-rank {backend} all-reduce starts and sums", collectives),
+        Cell(COLLECTIVES, f"a one-rank {setting.backend} all-reduce starts and sums", collectives),
         Cell(AUTO, f"hardware=auto resolves to the device{twin}; fp32 GPT", hardware_auto),
         Cell("ddp · 1 device", f"DDP on one device{twin}", one_device("ddp"), (COLLECTIVES,)),
         Cell(
