@@ -1,7 +1,7 @@
 """``lightning-accel verify`` and scripts/device_check.sh: the dry run on the CPU twins end
 to end (every cell run, passed and measured), the refusal without CUDA, a deadline that
-leaves cells not run, results written as each cell ends, and a collective that hangs
-failing the cells that need it at once."""
+leaves cells not run, results written as each cell ends, a collective that hangs
+failing the cells that need it at once, and ``--only`` choosing cells with those they need."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from lightning_accel.cli.verify import (
     CheckFailed,
     Verification,
     cells_for,
+    selected_cells,
     collectives,
     gpu_setting,
     run_cells,
@@ -86,6 +87,10 @@ def test_dry_run_passes_every_cell_and_records_its_figures(
     assert rules["refusals"] == 3
     assert cells["checkpoint · resume"]["figures"]["steps"] == DRY_RUN.steps + 2
     assert cells["checkpoint · consolidate"]["figures"]["global_step"] == DRY_RUN.steps
+    float8 = cells["optimization=fp8"]["figures"]
+    assert float8["float8_layers"] == 4 * DRY_RUN.model["n_layer"], "4 Linear layers a block"
+    assert float8["fp8_over_bf16"] > 0 and float8["precision"] == "bf16-mixed"
+    assert cells["fp8 · float8 off"]["figures"]["precision"] == "bf16-mixed"
     for name in ("plain loop · fp32", "plain loop · bf16"):
         plain = cells[name]["figures"]
         assert plain["tokens_per_second"] > 0 and plain["pack_over_plain"] > 0, name
@@ -180,3 +185,22 @@ def test_on_several_gpus_every_parallel_layout_follows_one_gpu(tmp_path: Path) -
     with pytest.raises(CheckFailed):
         offload.run(verification, offload)
     assert {"hardware=fsdp2", "hardware.devices=4", OFFLOAD} <= set(verification.overrides)
+
+
+def test_only_runs_the_named_cells_and_the_cells_they_need() -> None:
+    cells = cells_for(DRY_RUN, ["default", "fast"])
+    chosen = [cell.name for cell in selected_cells(cells, "PLAIN LOOP · bf16, fp8")]
+    expected = ["precision · bf16-mixed", "fp8 · float8 off", "optimization=fp8"]
+    assert chosen == [*expected, "plain loop · bf16"], "in their order, needs included"
+    resume = [cell.name for cell in selected_cells(cells, "resume")]
+    assert resume == [COLLECTIVES, "fsdp2 · 1 device", "checkpoint · resume"], "needs of needs"
+
+
+def test_only_with_a_word_no_cell_has_exits_2_naming_the_cells(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    args = ["verify", "--dry-run", "--only", "nosuch", "--out", str(out)]
+    result = run_cli([*args, "--work", str(tmp_path / "work")], cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert "--only='nosuch' names no cell; valid choices: collectives," in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "work").exists(), "nothing written"

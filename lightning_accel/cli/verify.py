@@ -36,7 +36,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.files import write_text_whole
 
 USAGE = """usage: lightning-accel verify [--dry-run] [--out DIR] [--work DIR] [--cell-timeout S]
-                              [--deadline S]
+                              [--deadline S] [--only WORDS]
 
 Runs and records every CUDA path of the pack on this machine's GPUs, one check (a cell)
 after another: an NCCL all-reduce, hardware=auto, DDP and FSDP2 on one GPU (and on all of
@@ -51,8 +51,10 @@ DIR/<device>.json and DIR/<device>.md (DIR: default docs/results/devices), rewri
 each cell ends; the runs themselves to --work (default runs/verify/<time>). A run longer
 than --cell-timeout seconds (default 180) is stopped and fails its cell. Past --deadline
 seconds from the start (default: none) no cell starts and a run still going is stopped;
-the cells left are recorded as not run. Exit code 0: every cell passed; 1: one or more
-failed or did not run; 2: no CUDA GPU and no --dry-run.
+the cells left are recorded as not run. --only WORD[,WORD...] runs the cells whose names
+hold one of the words (any case), and the cells they need: a rerun on a short loan.
+Exit code 0: every cell passed; 1: one or more failed or did not run; 2: no CUDA GPU and
+no --dry-run, or a word no cell has.
 
   lightning-accel verify --dry-run --out /tmp/verify
 """
@@ -350,6 +352,7 @@ COLLECTIVES = "collectives"
 AUTO = "auto · default"
 FSDP2_ONE = "fsdp2 · 1 device"
 BF16 = "precision · bf16-mixed"
+FP8_REFERENCE = "fp8 · float8 off"
 
 
 def collectives(v: Verification, cell: Cell) -> dict[str, Any]:
@@ -458,6 +461,42 @@ def bf16(v: Verification, cell: Cell) -> dict[str, Any]:
     overrides = [f"hardware={s.hardware('auto')}", "optimization.precision=bf16-mixed"]
     summary = v.train(cell, [*overrides, *s.gpt()])
     expect(summary["precision"] == "bf16-mixed", f"it ran in {summary['precision']}")
+    return cell.figures
+
+
+def fp8_overrides(setting: Setting, enabled: bool) -> list[str]:
+    """``optimization=fp8`` on hardware=auto, float8 on or off (off: the same bf16 run with
+    the same compile, the reference of its speed-up); emulated and eager on the CPU twin."""
+    overrides = [f"hardware={setting.hardware('auto')}", "optimization=fp8"]
+    if not enabled:
+        overrides.append("optimization.fp8.enabled=false")
+    elif setting.dry_run:
+        overrides.append("optimization.fp8.emulate=true")
+    if setting.dry_run:
+        overrides += setting.measured_profiles
+    return [*overrides, *setting.gpt()]
+
+
+def fp8_reference(v: Verification, cell: Cell) -> dict[str, Any]:
+    """The fp8 profile with float8 off: bf16 mixed precision and the same compile."""
+    summary = v.train(cell, fp8_overrides(v.setting, enabled=False))
+    expect(summary["precision"] == "bf16-mixed", f"it ran in {summary['precision']}")
+    expect(not summary.get("fp8"), "float8 layers in a run with float8 off")
+    return cell.figures
+
+
+def fp8(v: Verification, cell: Cell) -> dict[str, Any]:
+    """Float8 training: torchao's float8 Linear layers (emulated on the CPU twin), their
+    throughput over the same run in bf16, and the peak its MFU divides by."""
+    summary = v.train(cell, fp8_overrides(v.setting, enabled=True))
+    layers = summary.get("fp8") or {}
+    expect(bool(layers.get("layers")), "no Linear layer was converted to float8")
+    expect(layers.get("emulated") is v.setting.dry_run, f"emulated: {layers.get('emulated')}")
+    reference = v.result(FP8_REFERENCE).figures
+    cell.figures["float8_layers"] = len(layers["layers"])
+    cell.figures["fp8_over_bf16"] = round(
+        cell.figures["tokens_per_second"] / reference["tokens_per_second"], 3
+    )
     return cell.figures
 
 
@@ -672,6 +711,13 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
             cells.append(Cell(f"optimization={profile}", "GPT recipe", optimization(profile)))
     cells += [
         Cell(BF16, "bf16 mixed precision runs", bf16),
+        Cell(FP8_REFERENCE, "the fp8 profile with float8 off: bf16 and compile", fp8_reference),
+        Cell(
+            "optimization=fp8",
+            "float8 Linear layers (emulated on the CPU twin), throughput over bf16",
+            fp8,
+            needs=(FP8_REFERENCE,),
+        ),
         Cell(
             "precision · 16-mixed",
             "refused on the CPU" if setting.dry_run else "fp16 with its loss scaler",
@@ -690,6 +736,29 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
         Cell("plain loop · bf16", "same model, no Lightning", plain_loop(BF16, True), (BF16,)),
     ]
     return cells
+
+
+def selected_cells(cells: list[Cell], words: str) -> list[Cell]:
+    """The cells whose names hold one of the comma-separated ``words`` (any case), with the
+    cells they need, in their order.
+
+    Raises:
+        ConfigError: a word that no cell's name holds.
+    """
+    by_name = {cell.name: cell for cell in cells}
+    wanted: set[str] = set()
+    for word in filter(None, (w.strip().lower() for w in words.split(","))):
+        matched = [name for name in by_name if word in name.lower()]
+        if not matched:
+            raise ConfigError("--only", word, "names no cell", list(by_name))
+        wanted.update(matched)
+    pending = list(wanted)
+    while pending:  # the cells they need, and the cells those need
+        for need in by_name[pending.pop()].needs:
+            if need not in wanted:
+                wanted.add(need)
+                pending.append(need)
+    return [cell for cell in cells if cell.name in wanted]
 
 
 def run_cell(verification: Verification, cell: Cell) -> None:
@@ -782,6 +851,8 @@ def _notes(cell: Cell) -> str:
         return cell.error or ""
     if "max_loss_difference" in f:
         return f"max loss difference {f['max_loss_difference']:.1e}"
+    if "fp8_over_bf16" in f:
+        return f"{f['float8_layers']} float8 layers; fp8 / bf16: {f['fp8_over_bf16']:.2f}x"
     if "pack_over_plain" in f:
         return f"runner / plain loop: {f['pack_over_plain']:.2f}x"
     if "refusal" in f:
@@ -888,10 +959,11 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT)
     parser.add_argument("--deadline", type=float, default=None)
+    parser.add_argument("--only", default=None)
     parser.add_argument("-h", "--help", action="store_true")
     options, unknown = parser.parse_known_args(args)
     if unknown:
-        choices = ["--dry-run", "--out", "--work", "--cell-timeout", "--deadline"]
+        choices = ["--dry-run", "--out", "--work", "--cell-timeout", "--deadline", "--only"]
         raise ConfigError("verify option", unknown[0], "is unknown", choices)
     for name in ("cell_timeout", "deadline"):
         value = getattr(options, name)
@@ -921,10 +993,15 @@ def main(args: list[str]) -> int:
             "is nothing to verify; `lightning-accel verify --dry-run` runs the CPU twins."
         )
     setting = DRY_RUN if options.dry_run else gpu_setting(gpus)
-    work = options.work or Path("runs/verify") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    work.mkdir(parents=True, exist_ok=True)
     known = profile_names("optimization")
     cells = cells_for(setting, [name for name in OPTIMIZATION_PROFILES if name in known])
+    if options.only is not None:
+        try:
+            cells = selected_cells(cells, options.only)
+        except ConfigError as error:
+            fail(error)
+    work = options.work or Path("runs/verify") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    work.mkdir(parents=True, exist_ok=True)
     mode = (
         "the CPU twins (dry run)"
         if setting.dry_run
