@@ -97,6 +97,48 @@ def test_checkpoint_saving_is_not_training_time(
     assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
 
 
+class SlowToStartLoader(DataLoader):
+    """A loader whose every iterator takes SLOW_SAVE_SECONDS to start on the fake clock, as
+    a GPU machine's loader workers take a fraction of a second to start."""
+
+    def __init__(self, clock: FakeClock, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def __iter__(self):  # noqa: ANN204 (DataLoader's own iterator type)
+        self.clock.offset += SLOW_SAVE_SECONDS
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("validate_every", [4, None], ids=["within-epoch", "epoch-end"])
+def test_starting_the_validation_loader_is_not_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validate_every: int | None
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(devices, "time", clock)
+    data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    validation = SlowToStartLoader(clock, data, batch_size=4)
+    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        val_check_interval=validate_every,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        callbacks=[SpeedMonitor(warmup_steps=2), summary],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Regressor(), DataLoader(data, batch_size=4), validation)
+
+    assert clock.offset >= 2 * SLOW_SAVE_SECONDS, "the validation loader started twice"
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["measured_steps"] == 2 * 8 - 2
+    assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
+
+
 def test_data_wait_share_counts_the_time_spent_fetching_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,19 @@ def test_the_progress_bar_reads_metrics_at_logging_steps_only(
     assert len(reads) == 3, "validation always reads"
 
 
+def test_the_speed_monitor_asks_lightning_whether_validation_follows_a_batch() -> None:
+    # SpeedMonitor pauses its clocks in on_train_batch_end when this test holds: it must
+    # still take the data fetcher, be what on_advance_end asks, and read nothing that
+    # changes between on_train_batch_end and on_advance_end
+    from lightning.pytorch.loops import _FitLoop, _TrainingEpochLoop
+
+    assert _parameters(_TrainingEpochLoop._should_check_val_fx) == ["self", "data_fetcher"]
+    assert _code_digest(_TrainingEpochLoop._should_check_val_fx) == "0b5d85af6cf6d79d"
+    advance_end = inspect.getsource(_TrainingEpochLoop.on_advance_end)
+    assert "should_check_val = self._should_check_val_fx(data_fetcher)" in advance_end
+    assert "_data_fetcher" in inspect.getsource(_FitLoop)
+
+
 def test_hydra_locates_targets_with_locate() -> None:
     from hydra._internal.utils import _locate
 

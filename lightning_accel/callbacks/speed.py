@@ -63,6 +63,15 @@ def compiled_graphs() -> int | None:
     return int(counters["stats"]["unique_graphs"])
 
 
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether Lightning validates after the training batch that just ended: its own test
+    (a private method, pinned in tests/test_upstream_pins.py), asked in on_train_batch_end
+    with the state it reads unchanged since."""
+    fit_loop = trainer.fit_loop
+    data_fetcher = fit_loop._data_fetcher
+    return data_fetcher is not None and fit_loop.epoch_loop._should_check_val_fx(data_fetcher)
+
+
 class SpeedMonitor(pl.Callback):
     """Measures training speed without slowing it, logs it every logging interval and hands
     the whole run's figures to the run summary.
@@ -230,6 +239,10 @@ class SpeedMonitor(pl.Callback):
         interval = self.log_every_n_steps or trainer.log_every_n_steps
         if interval and self.window.optimizer_steps >= interval:
             self._log_window(trainer, pl_module.device)
+        # Lightning starts the validation loader's iterator (its workers, on a GPU machine
+        # a fraction of a second) before on_validation_start: the pause is taken here
+        if validation_follows(trainer):
+            self._pause(pl_module.device)
 
     def _start_window(self, trainer: pl.Trainer, now: float) -> None:
         self.window = ThroughputClock()
