@@ -44,7 +44,7 @@ def test_compile_is_kept_only_when_its_saving_exceeds_its_compile_time(
 ) -> None:
     # compiled: 20 s to compile, then 0.08 s a step instead of eager's 0.10 s
     measure = _timings(StepTimes(0.1, 0.1), StepTimes(20.08, 0.08))
-    choice = compile_pays(None, None, "32-true", CompileConfig(), run_steps, measure)
+    choice = compile_pays(None, None, "32-true", CompileConfig(), run_steps, measure=measure)
     assert choice.enabled is enabled
     assert "1.25x the speed of eager; 20.0 s of compilation against" in choice.reason
     assert choice.reason.endswith("compiled" if enabled else "kept eager")
@@ -52,13 +52,13 @@ def test_compile_is_kept_only_when_its_saving_exceeds_its_compile_time(
 
 def test_compile_that_is_slower_is_never_kept() -> None:
     measure = _timings(StepTimes(0.1, 0.1), StepTimes(0.12, 0.12))
-    assert not compile_pays(None, None, "32-true", CompileConfig(), 10**6, measure).enabled
-    assert not compile_pays(None, None, "32-true", CompileConfig(), None, measure).enabled
+    assert not compile_pays(None, None, "32-true", CompileConfig(), 10**6, measure=measure).enabled
+    assert not compile_pays(None, None, "32-true", CompileConfig(), None, measure=measure).enabled
 
 
 def test_a_run_of_no_set_length_compiles_whenever_compiled_steps_are_clearly_faster() -> None:
     measure = _timings(StepTimes(0.1, 0.1), StepTimes(20.08, 0.08))
-    choice = compile_pays(None, None, "32-true", CompileConfig(), None, measure)
+    choice = compile_pays(None, None, "32-true", CompileConfig(), None, measure=measure)
     assert choice.enabled
     assert "20.0 s of compilation over a run of no set length" in choice.reason
 
@@ -67,9 +67,50 @@ def test_a_run_of_no_set_length_compiles_whenever_compiled_steps_are_clearly_fas
 def test_compile_needs_a_clear_margin_however_long_the_run(run_steps: int | None) -> None:
     # 3% faster: over a million steps it would save far more than its 20 s of compilation
     measure = _timings(StepTimes(0.103, 0.103), StepTimes(20.1, 0.1))
-    choice = compile_pays(None, None, "32-true", CompileConfig(), run_steps, measure)
+    choice = compile_pays(None, None, "32-true", CompileConfig(), run_steps, measure=measure)
     assert not choice.enabled
     assert "1.03x the speed of eager (under the 1.05x required)" in choice.reason
+
+
+def _by_mode(eager: StepTimes, per_block: StepTimes, whole: StepTimes):  # noqa: ANN202
+    def measure(module: Any, batch: Any, candidates: dict) -> dict[str, StepTimes]:
+        timed = {}
+        for name, candidate in candidates.items():
+            config = candidate.compile_config
+            timed[name] = eager if config is None else per_block if config.per_block else whole
+        return timed
+
+    return measure
+
+
+@pytest.mark.parametrize(
+    ("whole_model", "enabled", "per_block"),
+    [(True, True, False), (False, False, True)],
+    ids=["whole model timed", "per block alone (fsdp2)"],
+)
+def test_the_faster_compile_mode_is_weighed_against_eager(
+    whole_model: bool, enabled: bool, per_block: bool
+) -> None:
+    # the figures measured on an H200: per-block compile 0.94x eager, the whole model 1.15x
+    measure = _by_mode(StepTimes(0.0244, 0.0244), StepTimes(9.3, 0.0259), StepTimes(20, 0.0212))
+    config = CompileConfig(enabled="auto", per_block=True)
+    choice = compile_pays(None, None, "bf16-mixed", config, None, whole_model, measure=measure)
+    assert (choice.enabled, choice.per_block) == (enabled, per_block)
+    if whole_model:
+        assert "measured 0.94x (per block) and 1.15x (whole model) the speed of eager" in (
+            choice.reason
+        )
+        assert choice.reason.endswith("compiled whole model")
+    else:
+        assert "measured 0.94x the speed of eager (under the 1.05x required)" in choice.reason
+
+
+def test_per_block_compile_is_kept_where_it_is_the_faster() -> None:
+    measure = _by_mode(StepTimes(0.1, 0.1), StepTimes(10.08, 0.08), StepTimes(30.09, 0.09))
+    config = CompileConfig(enabled="auto", per_block=True)
+    choice = compile_pays(None, None, "32-true", config, None, True, measure=measure)
+    assert choice.enabled and choice.per_block
+    assert "10.0 s of compilation" in choice.reason and choice.reason.endswith("per block")
 
 
 def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:
@@ -128,6 +169,10 @@ def test_optimization_auto_records_every_choice_with_its_reason(
     assert config["compile"]["enabled"] in (True, False)
     assert summary["compile"] is config["compile"]["enabled"]
     assert "compiled steps measured" in summary["compile_reason"]
+    assert "(per block) and" in summary["compile_reason"], "one device: both modes timed"
+    if config["compile"]["enabled"]:
+        per_block = summary["compile_reason"].endswith("per block")
+        assert config["compile"]["per_block"] is per_block
     assert config["compile"]["reason"] == summary["compile_reason"]
     for line in ("micro-batch: the batch of 8 fits", "compile o"):
         assert line in result.stderr

@@ -241,12 +241,14 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
             compiled = CompileChoice(False, "XLA compiles every step's graph itself")
         else:
             steps = run.trainer.max_steps if run.trainer.max_steps > 0 else None
+            # FSDP2 shards block by block, the order per-block compile keeps
+            whole_model = run.hardware.strategy != "fsdp2"
             compiled = compile_pays(
-                model, batch, optimization.precision, optimization.compile, steps
+                model, batch, optimization.precision, optimization.compile, steps, whole_model
             )
         say(f"compile {'on' if compiled.enabled else 'off'}: {compiled.reason}")
-        optimization = replace(
-            optimization,
-            compile=replace(optimization.compile, enabled=compiled.enabled, reason=compiled.reason),
-        )
+        chosen = {"enabled": compiled.enabled, "reason": compiled.reason}
+        if compiled.enabled:
+            chosen["per_block"] = compiled.per_block
+        optimization = replace(optimization, compile=replace(optimization.compile, **chosen))
     return optimization
