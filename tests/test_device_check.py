@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,11 @@ from lightning_accel.cli.verify import (
     CheckFailed,
     Verification,
     cells_for,
-    selected_cells,
     collectives,
     gpu_setting,
+    in_own_process,
     run_cells,
+    selected_cells,
 )
 
 pytestmark = pytest.mark.slow
@@ -91,10 +93,17 @@ def test_dry_run_passes_every_cell_and_records_its_figures(
     assert float8["float8_layers"] == 4 * DRY_RUN.model["n_layer"], "4 Linear layers a block"
     assert float8["fp8_over_bf16"] > 0 and float8["precision"] == "bf16-mixed"
     assert cells["fp8 · float8 off"]["figures"]["precision"] == "bf16-mixed"
-    for name in ("plain loop · fp32", "plain loop · bf16"):
+    plain_loops = {
+        "plain loop · fp32": "auto · default",
+        "plain loop · bf16": "precision · bf16-mixed",
+        "plain loop · bf16 compiled": "optimization=fast",
+    }
+    for name, runner_cell in plain_loops.items():
         plain = cells[name]["figures"]
         assert plain["tokens_per_second"] > 0 and plain["pack_over_plain"] > 0, name
         assert 0 < plain["mfu"] < 1, name
+        assert plain["runner_cell"] == runner_cell
+        assert plain["compiled"] is name.endswith("compiled")
 
 
 def test_dry_run_writes_a_markdown_table_and_prints_it(
@@ -190,8 +199,9 @@ def test_on_several_gpus_every_parallel_layout_follows_one_gpu(tmp_path: Path) -
 def test_only_runs_the_named_cells_and_the_cells_they_need() -> None:
     cells = cells_for(DRY_RUN, ["default", "fast"])
     chosen = [cell.name for cell in selected_cells(cells, "PLAIN LOOP · bf16, fp8")]
-    expected = ["precision · bf16-mixed", "fp8 · float8 off", "optimization=fp8"]
-    assert chosen == [*expected, "plain loop · bf16"], "in their order, needs included"
+    expected = ["optimization=fast", "precision · bf16-mixed", "fp8 · float8 off"]
+    loops = ["plain loop · bf16", "plain loop · bf16 compiled"]
+    assert chosen == [*expected, "optimization=fp8", *loops], "in their order, needs included"
     resume = [cell.name for cell in selected_cells(cells, "resume")]
     assert resume == [COLLECTIVES, "fsdp2 · 1 device", "checkpoint · resume"], "needs of needs"
 
@@ -204,3 +214,9 @@ def test_only_with_a_word_no_cell_has_exits_2_naming_the_cells(tmp_path: Path) -
     assert "--only='nosuch' names no cell; valid choices: collectives," in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not (tmp_path / "work").exists(), "nothing written"
+
+
+def test_a_plain_loop_runs_in_a_process_of_its_own_and_is_stopped_at_its_limit() -> None:
+    assert in_own_process(os.getpid, (), 120) != os.getpid()
+    with pytest.raises(CheckFailed, match="it did not end in 0.5 s"):
+        in_own_process(time.sleep, (60,), 0.5)

@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -93,6 +93,9 @@ class Setting:
         measured_profiles: overrides of the cells whose profile measures its choices
             (``fast``, ``auto``): the dry run leaves compile off, whose timing would take
             longer than all the other cells on a small CPU (the precision is still measured).
+        compile_backend: the backend of the compiled plain loop: inductor, or in the dry run
+            aot_eager (torch.compile's path without inductor's minutes of code generation
+            on a small CPU).
     """
 
     dry_run: bool
@@ -105,6 +108,7 @@ class Setting:
     log_every_n_steps: int
     parity_tolerance: float
     measured_profiles: tuple[str, ...] = ()
+    compile_backend: str = "inductor"
 
     @property
     def device_type(self) -> str:
@@ -163,6 +167,7 @@ DRY_RUN = Setting(
     log_every_n_steps=1,
     parity_tolerance=1e-5,
     measured_profiles=("optimization.compile.enabled=false",),
+    compile_backend="aot_eager",
 )
 
 
@@ -352,6 +357,8 @@ COLLECTIVES = "collectives"
 AUTO = "auto · default"
 FSDP2_ONE = "fsdp2 · 1 device"
 BF16 = "precision · bf16-mixed"
+FAST = "optimization=fast"
+T = TypeVar("T")
 FP8_REFERENCE = "fp8 · float8 off"
 
 
@@ -603,10 +610,11 @@ def consolidate(v: Verification, cell: Cell) -> dict[str, Any]:
     }
 
 
-def plain_loop_speed(setting: Setting, bf16: bool) -> tuple[float, float]:
+def plain_loop_speed(setting: Setting, bf16: bool, compiled: bool) -> tuple[float, float]:
     """Seconds per step and tokens per second of a plain PyTorch loop (no Lightning) that
     trains the same GPT as the runner, with the same optimizer, clipping and batch, on
-    random tokens, timed after the warm-up steps."""
+    random tokens, timed after the warm-up steps; ``compiled``: the whole model compiled
+    (with the setting's compile backend)."""
     import torch
     import torch.nn.functional as F
 
@@ -618,6 +626,7 @@ def plain_loop_speed(setting: Setting, bf16: bool) -> tuple[float, float]:
     shape = setting.model
     config = GPTConfig(256, setting.seq_len, shape["n_layer"], shape["d_model"], shape["n_head"])
     model = GPT(config).to(device)
+    forward = torch.compile(model, backend=setting.compile_backend) if compiled else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
@@ -631,7 +640,7 @@ def plain_loop_speed(setting: Setting, bf16: bool) -> tuple[float, float]:
     def step(index: int) -> None:
         inputs, targets = tokens[index, :, :-1], tokens[index, :, 1:]
         with autocast():
-            logits = model(inputs)
+            logits = forward(inputs)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -647,13 +656,29 @@ def plain_loop_speed(setting: Setting, bf16: bool) -> tuple[float, float]:
     return seconds, setting.batch_size * setting.seq_len / seconds
 
 
-def plain_loop(reference: str, bf16: bool) -> Callable[[Verification, Cell], dict[str, Any]]:
-    """A cell that times the plain loop and divides the runner's throughput (cell
-    ``reference``, same model, batch and precision) by it."""
+def in_own_process(function: Callable[..., T], args: tuple, seconds: float | None) -> T:
+    """``function(*args)`` in a spawned process of its own, as the runner's cells run: the
+    earlier cells of this process (their cached device memory, compiled code) do not touch
+    it. Past ``seconds`` it is stopped and the cell fails."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # its end kills the process
+        try:
+            return pool.apply_async(function, args).get(seconds)
+        except multiprocessing.TimeoutError:
+            raise CheckFailed(f"it did not end in {seconds:g} s") from None
+
+
+def plain_loop(
+    reference: str, bf16: bool, compiled: bool = False
+) -> Callable[[Verification, Cell], dict[str, Any]]:
+    """A cell that times the plain loop in a process of its own and divides the runner's
+    throughput (cell ``reference``, same model, batch and precision) by it."""
 
     def check(v: Verification, cell: Cell) -> dict[str, Any]:
         pack = v.result(reference).figures
-        step, tokens = plain_loop_speed(v.setting, bf16)
+        arguments = (v.setting, bf16, compiled)
+        step, tokens = in_own_process(plain_loop_speed, arguments, v.seconds_left())
         flops, peak = pack.get("flops_per_step"), pack.get("peak_tflops_per_device")
         figures = {
             "steps": v.setting.steps,
@@ -662,6 +687,8 @@ def plain_loop(reference: str, bf16: bool) -> Callable[[Verification, Cell], dic
             "tokens_per_second": round(tokens, 1),
             "mfu": round(flops / step / (peak * 1e12), 4) if flops and peak else None,
             "precision": "bf16-mixed" if bf16 else "32-true",
+            "compiled": compiled,
+            "runner_cell": reference,
             "pack_over_plain": round(pack["tokens_per_second"] / tokens, 3),
         }
         expect(figures["pack_over_plain"] > 0, "the runner measured no tokens")
@@ -735,6 +762,9 @@ def cells_for(setting: Setting, optimization_profiles: list[str]) -> list[Cell]:
         Cell("plain loop · fp32", "same model, no Lightning", plain_loop(AUTO, False), (AUTO,)),
         Cell("plain loop · bf16", "same model, no Lightning", plain_loop(BF16, True), (BF16,)),
     ]
+    if FAST in (cell.name for cell in cells):  # fast against the plain loop's best
+        best = plain_loop(FAST, True, compiled=True)
+        cells.append(Cell("plain loop · bf16 compiled", "the whole model compiled", best, (FAST,)))
     return cells
 
 
@@ -854,7 +884,7 @@ def _notes(cell: Cell) -> str:
     if "fp8_over_bf16" in f:
         return f"{f['float8_layers']} float8 layers; fp8 / bf16: {f['fp8_over_bf16']:.2f}x"
     if "pack_over_plain" in f:
-        return f"runner / plain loop: {f['pack_over_plain']:.2f}x"
+        return f"{f['runner_cell']} / plain loop: {f['pack_over_plain']:.2f}x"
     if "refusal" in f:
         return f["refusal"]
     if "this machine auto" in f:
