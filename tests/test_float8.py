@@ -4,6 +4,7 @@ the numerics of 20 emulated steps against bf16-mixed."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.machine import CpuFacts, CudaDevice, CudaFacts, MachineFacts
 from lightning_accel.models import GPT, GPTConfig
 from lightning_accel.optimize import apply_model_optimizations, check_model_optimizations
-from lightning_accel.optimize.float8 import float8_matmul_format, float8_summary
+from lightning_accel.optimize.float8 import (
+    convert_to_float8,
+    float8_layers,
+    float8_matmul_format,
+    float8_summary,
+    narrow_layers_note,
+)
 from lightning_accel.precision import resolve_float8
 
 EMULATED = OptimizationConfig(fp8=Float8Config(enabled=True, emulate=True))
@@ -100,6 +107,7 @@ def test_float8_runs_on_float8_tensor_cores_or_emulated_and_is_refused_elsewhere
         resolve_float8(fp8, "cuda", tensor_parallel=2, machine=gpu((9, 0)))
 
 
+@pytest.mark.filterwarnings("ignore:float8 layers of at most")  # its 32-wide model
 def test_mfu_under_float8_is_against_the_fp8_peak_or_the_emulations_fp32_one() -> None:
     h100 = devices.gpu_peak("NVIDIA H100 80GB HBM3", "bf16-mixed", "highest", "fp8")
     assert h100 is not None and h100.flops_per_second == pytest.approx(1978.9e12)
@@ -149,3 +157,14 @@ def test_float8_all_gathers_under_fsdp2_train_like_one_process(runs: Runs) -> No
     sharded = runs.train("fsdp2_fp8_emulated", "fsdp2_cpu", 2, BF16, *FP8, all_gather)
     assert runs.summary(sharded)["fp8"]["fsdp_float8_all_gather"]
     assert max_difference(single, runs.losses(sharded)) < LOSS_TOLERANCE  # measured: 1.8e-3
+
+
+def test_float8_on_layers_narrower_than_its_break_even_warns_and_emulation_does_not() -> None:
+    with pytest.warns(UserWarning, match="float8 layers of at most 32 features .* likely slower"):
+        convert_to_float8(_gpt(d_model=32), Float8Config(enabled=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # emulation measures numerics, not speed: no warning
+        convert_to_float8(_gpt(d_model=32), Float8Config(enabled=True, emulate=True))
+    with torch.device("meta"):
+        wide = _gpt(d_model=2048)
+    assert narrow_layers_note(wide, float8_layers(wide)[0]) is None

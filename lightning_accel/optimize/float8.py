@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lightning_accel.config import Float8Config
@@ -20,6 +21,10 @@ from lightning_accel.precision import FLOAT8_INSTALL_HINT, FLOAT8_KEY
 
 # torch._scaled_mm needs both dimensions of a float8 weight to be multiples of 16.
 FEATURE_MULTIPLE = 16
+# Against bf16 with the same per-block compile, float8 layers ran 0.70x as fast at width 768,
+# 1.03x at 2,048 and 1.22x at 4,096 on an H200 (docs/benchmarks.md): below this the casts
+# cost more than the float8 matmuls save.
+BREAK_EVEN_FEATURES = 2048
 
 
 def _tied_weights(model: nn.Module) -> set[int]:
@@ -123,7 +128,25 @@ def convert_to_float8(model: nn.Module, config: Float8Config, sharded: bool = Fa
     float8.convert_to_float8_training(
         model, config=settings, module_filter_fn=lambda module, name: name in wanted
     )
+    note = None if config.emulate else narrow_layers_note(model, converted)
+    if note:
+        rank_zero_warn(note)
     return converted
+
+
+def narrow_layers_note(model: nn.Module, converted: list[str]) -> str | None:
+    """A warning when every layer of ``converted`` is narrower (the smaller of its in and out
+    features) than :data:`BREAK_EVEN_FEATURES`, where float8 measured slower than bf16;
+    None when one is as wide."""
+    modules = dict(model.named_modules())
+    widest = max(min(modules[n].in_features, modules[n].out_features) for n in converted)
+    if widest >= BREAK_EVEN_FEATURES:
+        return None
+    return (
+        f"float8 layers of at most {widest} features (the smaller of in and out) are likely "
+        f"slower than bf16: on an H200 float8 ran 0.70x bf16's speed at 768 and broke even "
+        f"at about {BREAK_EVEN_FEATURES} (docs/precision.md)"
+    )
 
 
 def precompute_float8_scales(model: nn.Module) -> None:
