@@ -68,35 +68,6 @@ class Regressor(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-@pytest.mark.parametrize("validate_every", [4, None], ids=["after-validation", "epoch-end"])
-def test_checkpoint_saving_is_not_training_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validate_every: int | None
-) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(devices, "time", clock)
-    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-    loader = DataLoader(data, batch_size=4)
-    checkpoint = SlowCheckpoint(clock, dirpath=tmp_path / "checkpoints", save_last=True)
-    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
-    speed = SpeedMonitor(warmup_steps=2)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        val_check_interval=validate_every,
-        limit_val_batches=2,
-        callbacks=[checkpoint, speed, summary],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Regressor(), loader, loader)
-
-    assert clock.offset >= 2 * SLOW_SAVE_SECONDS, "the checkpoint callback saved"
-    written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["measured_steps"] == 2 * len(loader) - 2
-    assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
-
-
 class SlowToStartLoader(DataLoader):
     """A loader whose every iterator takes SLOW_SAVE_SECONDS to start on the fake clock, as
     a GPU machine's loader workers take a fraction of a second to start."""
@@ -110,14 +81,22 @@ class SlowToStartLoader(DataLoader):
         return super().__iter__()
 
 
+@pytest.mark.parametrize("slow", ["checkpoint save", "validation loader start"])
 @pytest.mark.parametrize("validate_every", [4, None], ids=["within-epoch", "epoch-end"])
-def test_starting_the_validation_loader_is_not_training_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, validate_every: int | None
+def test_what_comes_with_validation_is_not_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str, validate_every: int | None
 ) -> None:
     clock = FakeClock()
     monkeypatch.setattr(devices, "time", clock)
-    data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
-    validation = SlowToStartLoader(clock, data, batch_size=4)
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    loader = DataLoader(data, batch_size=4)
+    directory = tmp_path / "checkpoints"
+    if slow == "checkpoint save":
+        validation = loader
+        checkpoint = SlowCheckpoint(clock, dirpath=directory, save_last=True)
+    else:  # Lightning starts the loader's iterator before on_validation_start
+        validation = SlowToStartLoader(clock, data, batch_size=4)
+        checkpoint = ModelCheckpoint(dirpath=directory)
     summary = RunSummary(output_dir=str(tmp_path), print_table=False)
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -125,17 +104,16 @@ def test_starting_the_validation_loader_is_not_training_time(
         val_check_interval=validate_every,
         limit_val_batches=2,
         num_sanity_val_steps=0,
-        callbacks=[SpeedMonitor(warmup_steps=2), summary],
+        callbacks=[checkpoint, SpeedMonitor(warmup_steps=2), summary],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
     )
-    trainer.fit(Regressor(), DataLoader(data, batch_size=4), validation)
+    trainer.fit(Regressor(), loader, validation)
 
-    assert clock.offset >= 2 * SLOW_SAVE_SECONDS, "the validation loader started twice"
+    assert clock.offset >= 2 * SLOW_SAVE_SECONDS, f"each {slow} took its (fake) time"
     written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["measured_steps"] == 2 * 8 - 2
+    assert written["measured_steps"] == 2 * len(loader) - 2
     assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
 
 
