@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,10 @@ def test_timed_trials_run_in_a_process_of_their_own_and_report_its_errors() -> N
     assert in_a_fresh_process(os.getpid) != os.getpid()
     with pytest.raises(ConfigError, match="hardware.devices"):
         in_a_fresh_process(plan_run, HardwareConfig(accelerator="cpu", devices=1000))
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError, match="it did not end in 0.5 s"):
+        in_a_fresh_process(time.sleep, 60, timeout=0.5)
+    assert time.perf_counter() - started < 30, "the child was killed, not waited for"
 
 
 def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from lightning_accel.cli.verify import (
     cells_for,
     collectives,
     gpu_setting,
-    in_own_process,
     run_cells,
     selected_cells,
 )
@@ -214,9 +212,3 @@ def test_only_with_a_word_no_cell_has_exits_2_naming_the_cells(tmp_path: Path) -
     assert "--only='nosuch' names no cell; valid choices: collectives," in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not (tmp_path / "work").exists(), "nothing written"
-
-
-def test_a_plain_loop_runs_in_a_process_of_its_own_and_is_stopped_at_its_limit() -> None:
-    assert in_own_process(os.getpid, (), 120) != os.getpid()
-    with pytest.raises(CheckFailed, match="it did not end in 0.5 s"):
-        in_own_process(time.sleep, (60,), 0.5)

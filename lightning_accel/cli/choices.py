@@ -8,8 +8,11 @@ run's config with its reason."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -205,14 +208,21 @@ def measured_run(run: RunConfig) -> RunConfig:
     return replace(run, optimization=timed_choices(run))
 
 
-def in_a_fresh_process(function: Callable[..., T], *args: Any) -> T:
+def in_a_fresh_process(function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
     """``function(*args)`` run in a spawned child process: what a timed trial leaves behind
     (compiled code and compile workers, loader workers, allocator caches, device memory)
     then never touches the run that follows. Its exceptions are raised here; a child that
-    dies raises ``BrokenProcessPool``."""
+    dies raises ``BrokenProcessPool``; past ``timeout`` seconds (None: no limit) the child
+    is killed and ``TimeoutError`` raised."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
+        child = pool.submit(os.getpid).result()  # the one worker, to kill at the timeout
+        future = pool.submit(function, *args)
+        try:
+            return future.result(timeout)
+        except FuturesTimeoutError:
+            os.kill(child, signal.SIGKILL)
+            raise TimeoutError(f"it did not end in {timeout:g} s") from None
 
 
 def timed_choices(run: RunConfig) -> OptimizationConfig:

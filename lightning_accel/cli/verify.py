@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -359,7 +359,6 @@ FSDP2_ONE = "fsdp2 · 1 device"
 BF16 = "precision · bf16-mixed"
 FAST = "optimization=fast"
 FAST_COMPILED = "optimization=fast · compiled"
-T = TypeVar("T")
 FP8_REFERENCE = "fp8 · float8 off"
 
 
@@ -674,19 +673,6 @@ def plain_loop_speed(setting: Setting, bf16: bool, compiled: bool) -> tuple[floa
     return seconds, setting.batch_size * setting.seq_len / seconds
 
 
-def in_own_process(function: Callable[..., T], args: tuple, seconds: float | None) -> T:
-    """``function(*args)`` in a spawned process of its own, as the runner's cells run: the
-    earlier cells of this process (their cached device memory, compiled code) do not touch
-    it. Past ``seconds`` it is stopped and the cell fails."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:  # its end kills the process
-        try:
-            return pool.apply_async(function, args).get(seconds)
-        except multiprocessing.TimeoutError:
-            raise CheckFailed(f"it did not end in {seconds:g} s") from None
-
-
 def plain_loop(
     reference: str, bf16: bool, compiled: bool = False
 ) -> Callable[[Verification, Cell], dict[str, Any]]:
@@ -694,9 +680,15 @@ def plain_loop(
     throughput (cell ``reference``, same model, batch and precision) by it."""
 
     def check(v: Verification, cell: Cell) -> dict[str, Any]:
+        from lightning_accel.cli.choices import in_a_fresh_process
+
         pack = v.result(reference).figures
-        arguments = (v.setting, bf16, compiled)
-        step, tokens = in_own_process(plain_loop_speed, arguments, v.seconds_left())
+        # a process of its own, as the runner's cells run: this one's earlier cells (cached
+        # device memory, compiled code) do not touch it
+        timeout = v.seconds_left()
+        step, tokens = in_a_fresh_process(
+            plain_loop_speed, v.setting, bf16, compiled, timeout=timeout
+        )
         flops, peak = pack.get("flops_per_step"), pack.get("peak_tflops_per_device")
         figures = {
             "steps": v.setting.steps,
