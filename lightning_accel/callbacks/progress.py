@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from typing_extensions import override
 
+from lightning_accel.callbacks.logged_steps import unread_logged_step
+
 
 class RunProgressBar(RichProgressBar):
     """Lightning's rich progress bar, labelled with the step budget instead of an epoch
@@ -43,10 +45,8 @@ class RunProgressBar(RichProgressBar):
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         step, interval = trainer.global_step, trainer.log_every_n_steps
-        # once per logged optimizer step (under gradient accumulation the step's count stays
-        # the same over the next window's micro-batches); an interval of 0 logs, and shows,
-        # no training metric
-        due = interval and step != self._read_at_step and not step % interval
+        # an interval of 0 logs, and shows, no training metric
+        due = unread_logged_step(step, interval, self._read_at_step)
         if self._shown is None or not trainer.training or due:
             if trainer.training and interval:
                 self._read_at_step = step

@@ -17,6 +17,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_accel.callbacks.logged_steps import unread_logged_step
 from lightning_accel.files import write_text_whole
 from lightning_accel.memory import model_state_bytes
 
@@ -90,12 +91,10 @@ class RunSummary(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        step, interval = trainer.global_step, trainer.log_every_n_steps
-        logged_step = step == 1 or (step > 0 and interval and step % interval == 0)
-        # once per optimizer step: under gradient accumulation the step's count stays the same
-        # over the micro-batches of the next window (and is 0 during the first)
-        if logged_step and step != self._loss_read_at_step:
-            # reading a loss waits for the device: only at the logging interval
+        step, last = trainer.global_step, self._loss_read_at_step
+        # the first optimizer step's loss too; none during the first window (step 0)
+        first = step == 1 and step != last
+        if first or (step > 0 and unread_logged_step(step, trainer.log_every_n_steps, last)):
             self._read_loss(trainer, outputs)
 
     def _read_loss(self, trainer: pl.Trainer, outputs: Any) -> None:
