@@ -160,23 +160,43 @@ class Float8Config:
         enabled: Convert the Linear layers whose in and out features are both divisible by
             16 (and whose weight is not tied to another module) to float8 training, before
             every other transform; needs a GPU with float8 tensor cores (compute capability
-            8.9 or newer) unless ``emulate``, and torchao (the ``fp8`` extra).
+            8.9 or newer) unless ``emulate``, and torchao (the ``fp8`` extra). ``auto``: the
+            runner keeps float8 only where a timed trial of the run's model shows it faster
+            than the run's precision alone (it stays off without a trial on hardware without
+            float8 tensor cores, without torchao, and where every layer is narrower than
+            float8's measured break-even); a Trainer built without the runner leaves it off.
         recipe: torchao's scaling: ``tensorwise`` (one scale per tensor; the fastest) or
             ``rowwise`` (one scale per row: more accurate, a little slower).
         emulate: Run float8 in torchao's emulation (casts to float8, matmuls in fp32) on
-            any hardware: for testing the numerics, not for speed.
+            any hardware: for testing the numerics, not for speed (so not with ``auto``).
         fsdp_float8_all_gather: Under FSDP2, all-gather the converted layers' weights in
             float8 (half of bf16's traffic); with the ``tensorwise`` recipe only (ignored
             with ``rowwise``, and by the other strategies).
+        reason: Why float8 is on or off, written by the runner when it decided ``auto``.
     """
 
-    enabled: bool = False
+    enabled: Any = False
     recipe: str = "tensorwise"
     emulate: bool = False
     fsdp_float8_all_gather: bool = False
+    reason: str | None = None
 
     def __post_init__(self) -> None:
+        require_choice("optimization.fp8.enabled", self.enabled, (True, False, "auto"))
         require_choice("optimization.fp8.recipe", self.recipe, FLOAT8_RECIPES)
+        if self.enabled == "auto" and self.emulate:
+            raise ConfigError(
+                "optimization.fp8.emulate",
+                True,
+                "cannot be chosen by optimization.fp8.enabled=auto, which keeps float8 only "
+                "where it is faster and emulation never is; set optimization.fp8.enabled=true "
+                "to test float8's numerics",
+            )
+
+    @property
+    def converts(self) -> bool:
+        """Whether the Linear layers are converted (``auto`` not decided by the runner: no)."""
+        return self.enabled is True
 
 
 @dataclass

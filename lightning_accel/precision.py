@@ -48,50 +48,64 @@ def float8_gpu(capability: tuple[int, int] | None) -> bool:
     return (capability or (0, 0)) >= (8, 9)
 
 
+def float8_unsupported(tensor_parallel: int = 1) -> str | None:
+    """Why float8 training cannot run at all in this environment or layout (torchao missing,
+    layers split by tensor parallelism); None where it can."""
+    if find_spec("torchao") is None:
+        return f"needs torchao: {FLOAT8_INSTALL_HINT}"
+    if tensor_parallel > 1:
+        return (
+            f"does not run with tensor parallelism (tensor_parallel={tensor_parallel}) yet: "
+            "torchao's float8 parallel styles are not wired into the split"
+        )
+    return None
+
+
+def float8_cores_missing(accelerator: str, machine: Machine = THIS_MACHINE) -> str | None:
+    """Why ``accelerator`` of ``machine`` has no float8 tensor cores; None where it has them
+    (or where the GPU is not known because the run is planned away from it)."""
+    capability = machine.cuda_capability() if accelerator == "cuda" else None
+    if (accelerator == "cuda" and capability is None) or float8_gpu(capability):
+        return None
+    has = (
+        f"this GPU is sm_{capability[0]}{capability[1]}"
+        if capability
+        else f"this run's device ({accelerator}) has none"
+    )
+    return f"needs a GPU with float8 tensor cores (compute capability 8.9 or newer) and {has}"
+
+
 def resolve_float8(
     config: Float8Config,
     accelerator: str,
     tensor_parallel: int = 1,
     machine: Machine = THIS_MACHINE,
 ) -> str | None:
-    """Why float8 training runs on ``accelerator`` of ``machine`` (this one unless given);
-    None when the profile does not ask for it.
+    """Why float8 training runs on ``accelerator`` of ``machine`` (this one unless given):
+    the runner's measured reason when it chose float8, else the hardware's; None when the
+    profile does not convert layers (``enabled`` false, or ``auto`` not yet decided).
 
     Raises:
         ConfigError: torchao is not installed; the run splits layers over
             ``tensor_parallel`` > 1 ranks; or the device has no float8 tensor cores and
             emulation was not asked for.
     """
-    if not config.enabled:
+    if config.enabled is not True:
         return None
-    if find_spec("torchao") is None:
-        raise ConfigError(FLOAT8_KEY, True, f"needs torchao: {FLOAT8_INSTALL_HINT}")
-    if tensor_parallel > 1:
-        raise ConfigError(
-            FLOAT8_KEY,
-            True,
-            f"does not run with tensor parallelism (tensor_parallel={tensor_parallel}) yet: "
-            "torchao's float8 parallel styles are not wired into the split",
-        )
+    unsupported = float8_unsupported(tensor_parallel)
+    if unsupported:
+        raise ConfigError(FLOAT8_KEY, True, unsupported)
     if config.emulate:
         return f"emulated on {accelerator}: float8 casts, fp32 matmuls; numerics, not speed"
-    capability = machine.cuda_capability() if accelerator == "cuda" else None
-    if accelerator == "cuda" and capability is None:  # planned away from its GPUs
+    missing = float8_cores_missing(accelerator, machine)
+    if missing:
+        raise ConfigError(FLOAT8_KEY, True, f"{missing}; {EMULATE_HINT}")
+    if config.reason:
+        return config.reason
+    capability = machine.cuda_capability()
+    if capability is None:
         return "assumed: the GPU's compute capability is not known where the run is planned"
-    if float8_gpu(capability):
-        major, minor = capability or (0, 0)
-        return f"the GPU (sm_{major}{minor}) has float8 tensor cores"
-    has = (
-        f"this GPU is sm_{capability[0]}{capability[1]}"
-        if capability
-        else f"this run's device ({accelerator}) has none"
-    )
-    raise ConfigError(
-        FLOAT8_KEY,
-        True,
-        "needs a GPU with float8 tensor cores (compute capability 8.9 or newer) and "
-        f"{has}; {EMULATE_HINT}",
-    )
+    return f"the GPU (sm_{capability[0]}{capability[1]}) has float8 tensor cores"
 
 
 def auto_precision(accelerator: str, machine: Machine = THIS_MACHINE) -> PrecisionChoice:

@@ -22,6 +22,9 @@ from filelock import FileLock
 from lightning_accel.callbacks.fault_injection import KillRank
 from lightning_accel.checkpoints import run_weights
 from lightning_accel.cli.command_server import CommandServer
+from lightning_accel.cli.compose import compose_job
+from lightning_accel.cli.preflight import validated_run
+from lightning_accel.cli.schema import RunConfig
 from lightning_accel.models import GPTLanguageModel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +37,14 @@ TINY = [
     "data.seq_len=32",
     "data.batch_size=8",
 ]
+
+
+def composed_run(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The validated config of a short tiny run (minimal callbacks, no logger, 6 steps) with
+    ``overrides``, composed as ``train`` composes it, its run directory ``run_dir``."""
+    job = [*TINY, "callbacks=minimal", "logger=none", "trainer.max_steps=6", *overrides]
+    return validated_run(compose_job(job), run_dir)
+
 
 # the hardware profiles, as error messages and help list them
 HARDWARE_PROFILES = (

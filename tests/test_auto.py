@@ -13,12 +13,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from helpers import TINY, run_cli
+from helpers import TINY, composed_run, run_cli
 
 from lightning_accel.cli import choices
 from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process, timed_choices
-from lightning_accel.cli.compose import compose_job
-from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.config import CompileConfig, HardwareConfig
 from lightning_accel.errors import ConfigError
@@ -129,18 +127,13 @@ def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:
     assert largest_micro_batch(footprint, SINGLE, 1000) is None
 
 
-def _run(tmp_path: Path, name: str, overrides: list[str]):  # noqa: ANN202 - a RunConfig
-    job = [*TINY, "callbacks=minimal", "logger=none", "trainer.max_steps=6", *overrides]
-    return validated_run(compose_job(job), tmp_path / name)
-
-
 def test_micro_batches_with_accumulation_make_the_same_updates(
     tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     data = [f"data.source={small_corpus}", "data.batch_size=8", "trainer.val_check_interval=3"]
-    whole = _run(tmp_path, "whole", data)
-    split = _with_micro_batches(_run(tmp_path, "split", data), 2, "test")
+    whole = composed_run(tmp_path / "whole", data)
+    split = _with_micro_batches(composed_run(tmp_path / "split", data), 2, "test")
     assert split.data["batch_size"] == 2 and split.optimization.accumulate_grad_batches == 4
     assert split.trainer.val_check_interval == 12 and split.trainer.limit_val_batches == 8
     weights = []
@@ -218,11 +211,12 @@ def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(
     tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    run = _run(tmp_path, "trial", [f"data.source={small_corpus}", "optimization=auto"])
+    run = composed_run(tmp_path / "trial", [f"data.source={small_corpus}", "optimization=auto"])
     optimization = replace(
         run.optimization,
         precision="32-true",
         compile=replace(run.optimization.compile, enabled=False),
+        fp8=replace(run.optimization.fp8, enabled=False),
         micro_batch=None,
         float32_matmul_precision="medium",
     )

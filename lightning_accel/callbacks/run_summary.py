@@ -232,6 +232,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         fp8 = summary["fp8"]
         layers = f"{fp8['recipe']}, {len(fp8['layers'])} Linear layers, {len(fp8['kept'])} kept"
         rows.append(("fp8", _with_reason(layers, fp8["reason"])))
+    elif summary.get("fp8_reason"):
+        rows.append(("fp8", _with_reason("off", summary["fp8_reason"])))
     if summary.get("micro_batch_reason"):
         accumulate = summary.get("accumulate_grad_batches")
         rows.append(

@@ -2,8 +2,8 @@
 model and data before any rank starts, so that every rank runs the same choices:
 ``strategy: auto`` on several devices (the layout the plan ranks first),
 ``micro_batch: auto`` (from the plan's memory prediction, confirmed by a trial step),
-``precision: fastest`` and ``compile.enabled: auto`` (timed). Each is written into the
-run's config with its reason."""
+``precision: fastest``, ``compile.enabled: auto`` and ``fp8.enabled: auto`` (timed). Each
+is written into the run's config with its reason."""
 
 from __future__ import annotations
 
@@ -25,14 +25,17 @@ from lightning_accel.cli.console import say
 from lightning_accel.cli.preflight import measure_run, planned_precision, run_placement
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
-from lightning_accel.config import OptimizationConfig
+from lightning_accel.config import Float8Config, OptimizationConfig
 from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.float8 import too_narrow_for_float8
 from lightning_accel.optimize.measured_choices import (
     Candidate,
     CompileChoice,
+    Float8Choice,
     compile_pays,
     fastest_precision,
+    float8_pays,
     step_times,
 )
 from lightning_accel.optimize.transforms import FSDP2
@@ -41,7 +44,8 @@ from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
 from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import LayoutEstimate
 from lightning_accel.plan.planner import gib, plan_layouts
-from lightning_accel.plan.run import plan_run
+from lightning_accel.plan.run import RunPlan, plan_run
+from lightning_accel.precision import float8_cores_missing, float8_unsupported
 from lightning_accel.strategies.mesh import MESH_KEYS
 
 T = TypeVar("T")
@@ -159,17 +163,45 @@ def first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.Lightning
     return batch, build_object(run.model, "model").to(device)
 
 
+def _timed(optimization: OptimizationConfig) -> bool:
+    """Whether the profile leaves a choice to a timed trial."""
+    return (
+        optimization.precision == "fastest"
+        or optimization.compile.enabled == "auto"
+        or optimization.fp8.enabled == "auto"
+    )
+
+
+def _float8_decided(fp8: Float8Config, enabled: bool, reason: str) -> Float8Config:
+    say(f"fp8 {'on' if enabled else 'off'}: {reason}")
+    return replace(fp8, enabled=enabled, reason=reason)
+
+
+def float8_without_trial(run: RunConfig, plan: RunPlan) -> RunConfig:
+    """For ``fp8.enabled: auto``: float8 off, with the reason, where the hardware or the
+    environment cannot run it, so that no trial is started for it."""
+    fp8 = run.optimization.fp8
+    if fp8.enabled != "auto":
+        return run
+    tensor_parallel = plan.mesh.tensor if plan.mesh else 1
+    missing = float8_unsupported(tensor_parallel) or float8_cores_missing(plan.accelerator)
+    if missing is None:
+        return run
+    fp8 = _float8_decided(fp8, False, f"float8 {missing}")
+    return replace(run, optimization=replace(run.optimization, fp8=fp8))
+
+
 def measure_choices(run: RunConfig) -> RunConfig:
     """Make every choice the optimization profile leaves to measurement; the run with the
     choices made and their reasons in its config. The measurements run in a fresh process:
     what they leave behind (fake tensors, compiled code and compile workers, allocator
     caches) never slows the run that follows in this one."""
     plan = plan_run(run.hardware, run.optimization)
+    run = float8_without_trial(run, plan)
     optimization = run.optimization
     measured = (
         optimization.micro_batch == "auto"
-        or optimization.precision == "fastest"
-        or optimization.compile.enabled == "auto"
+        or _timed(optimization)
         or (run.hardware.strategy == "auto" and plan.devices > 1)
     )
     if not measured:
@@ -181,7 +213,7 @@ def measure_choices(run: RunConfig) -> RunConfig:
             "optimization",
             run.optimization.name,
             "could not be measured: the trial process died (out of memory?); set precision, "
-            "compile and micro_batch by hand",
+            "compile, fp8 and micro_batch by hand",
         ) from error
 
 
@@ -201,9 +233,7 @@ def measured_run(run: RunConfig) -> RunConfig:
     if run.optimization.micro_batch == "auto":
         run = choose_micro_batch(run, footprint)
         say(f"micro-batch: {run.optimization.micro_batch_reason}")
-    optimization = run.optimization
-    timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
-    if not timed and optimization.micro_batch != "auto":
+    if not _timed(run.optimization) and run.optimization.micro_batch != "auto":
         return run
     return replace(run, optimization=timed_choices(run))
 
@@ -227,19 +257,20 @@ def in_a_fresh_process(function: Callable[..., T], *args: Any, timeout: float | 
 
 def timed_choices(run: RunConfig) -> OptimizationConfig:
     """The optimization profile with its timed choices made on the run's model and first
-    batch: ``precision: fastest`` and ``compile.enabled: auto``, or, with neither, the
-    trial step of the chosen micro-batch."""
+    batch, in this order: ``precision: fastest``, ``compile.enabled: auto`` and
+    ``fp8.enabled: auto`` (timed in the precision and compile chosen); or, with none of
+    them, the trial step of the chosen micro-batch."""
     optimization = run.optimization
-    timed = optimization.precision == "fastest" or optimization.compile.enabled == "auto"
     plan = plan_run(run.hardware, optimization)  # `fastest` plans as `auto`
     if optimization.float32_matmul_precision is not None:  # fp32 timed as the run computes it
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = first_batch(run, device)
-    if not timed:  # the trial step of the chosen micro-batch
+    if not _timed(optimization):  # the trial step of the chosen micro-batch
         trial = {"trial": Candidate(plan.precision.precision)}
         step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)
         return optimization
+    steps = run.trainer.max_steps if run.trainer.max_steps > 0 else None
     if optimization.precision == "fastest":
         choice = fastest_precision(plan.precision, model, batch)
         say(f"precision {choice.precision}: {choice.reason}")
@@ -250,7 +281,6 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
         if plan.accelerator == "pjrt":
             compiled = CompileChoice(False, "XLA compiles every step's graph itself")
         else:
-            steps = run.trainer.max_steps if run.trainer.max_steps > 0 else None
             # FSDP2 shards block by block, the order per-block compile keeps
             whole_model = run.hardware.strategy != "fsdp2"
             compiled = compile_pays(
@@ -261,4 +291,15 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
         if compiled.enabled:
             chosen["per_block"] = compiled.per_block
         optimization = replace(optimization, compile=replace(optimization.compile, **chosen))
+    if optimization.fp8.enabled == "auto":
+        narrow = too_narrow_for_float8(model)
+        float8 = (
+            Float8Choice(False, narrow)
+            if narrow
+            else float8_pays(
+                model, batch, optimization.precision, optimization.compile, optimization.fp8, steps
+            )
+        )
+        fp8 = _float8_decided(optimization.fp8, float8.enabled, float8.reason)
+        optimization = replace(optimization, fp8=fp8)
     return optimization

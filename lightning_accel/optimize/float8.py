@@ -134,12 +134,17 @@ def convert_to_float8(model: nn.Module, config: Float8Config, sharded: bool = Fa
     return converted
 
 
+def _widest(model: nn.Module, converted: list[str]) -> int:
+    """The widest layer of ``converted`` by the smaller of its in and out features."""
+    modules = dict(model.named_modules())
+    return max(min(modules[n].in_features, modules[n].out_features) for n in converted)
+
+
 def narrow_layers_note(model: nn.Module, converted: list[str]) -> str | None:
     """A warning when every layer of ``converted`` is narrower (the smaller of its in and out
     features) than :data:`BREAK_EVEN_FEATURES`, where float8 measured slower than bf16;
     None when one is as wide."""
-    modules = dict(model.named_modules())
-    widest = max(min(modules[n].in_features, modules[n].out_features) for n in converted)
+    widest = _widest(model, converted)
     if widest >= BREAK_EVEN_FEATURES:
         return None
     return (
@@ -147,6 +152,21 @@ def narrow_layers_note(model: nn.Module, converted: list[str]) -> str | None:
         f"slower than bf16: on an H200 float8 ran 0.70x bf16's speed at 768 and broke even "
         f"at about {BREAK_EVEN_FEATURES} (docs/precision.md)"
     )
+
+
+def too_narrow_for_float8(model: nn.Module) -> str | None:
+    """Why float8 would not pay on ``model`` whatever a trial measured: no Linear layer
+    qualifies, or every one is narrower than :data:`BREAK_EVEN_FEATURES`; None otherwise."""
+    converted, _ = float8_layers(model)
+    if not converted:
+        return f"no Linear layer of {type(model).__name__} can train in float8"
+    widest = _widest(model, converted)
+    if widest < BREAK_EVEN_FEATURES:
+        return (
+            f"its float8 layers are at most {widest} features wide, where float8 measured "
+            f"slower than bf16 (on an H200: 0.70x at 768, even at about {BREAK_EVEN_FEATURES})"
+        )
+    return None
 
 
 def precompute_float8_scales(model: nn.Module) -> None:

@@ -1,5 +1,6 @@
 """Choosing by measuring: a few training steps of the real model on a real batch in each
-candidate precision, and eager against compiled, keeping what is faster over the run."""
+candidate precision, eager against compiled, and with and without float8 layers, keeping
+what is faster over the run."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_accel.config import CompileConfig
+from lightning_accel.config import CompileConfig, Float8Config
 from lightning_accel.cpu_load import OtherLoad
 from lightning_accel.devices import synchronize
 from lightning_accel.machine import usable_cores
+from lightning_accel.optimize.float8 import convert_to_float8
 from lightning_accel.optimize.transforms import compile_model
 from lightning_accel.precision import PrecisionChoice
 
@@ -50,10 +52,12 @@ def _quiet() -> Iterator[None]:
 @dataclass(frozen=True)
 class Candidate:
     """One way of running the training step that a trial times: its ``precision`` and,
-    when given, the ``compile_config`` it is compiled with."""
+    when given, the ``compile_config`` it is compiled with and the ``float8`` settings its
+    Linear layers are converted with (before compiling, as a run does)."""
 
     precision: str
     compile_config: CompileConfig | None = None
+    float8: Float8Config | None = None
 
 
 @dataclass(frozen=True)
@@ -69,18 +73,27 @@ class StepTimes:
 Measure = Callable[[pl.LightningModule, Any, Mapping[str, Candidate]], dict[str, StepTimes]]
 
 
+def candidate_model(module: pl.LightningModule, candidate: Candidate) -> pl.LightningModule:
+    """A copy of ``module`` (it is not changed) prepared as ``candidate`` says."""
+    model = copy.deepcopy(module).train()
+    if candidate.float8 is not None:
+        convert_to_float8(model, candidate.float8)
+    if candidate.compile_config is not None:
+        compile_model(model, candidate.compile_config)
+    precision = candidate.precision
+    if precision.endswith("-true") and precision != "32-true":
+        model = model.to(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
+    return model
+
+
 def _training_step(
     module: pl.LightningModule, batch: Any, candidate: Candidate
 ) -> Callable[[], float]:
     """A timed training step (forward, backward, gradients dropped) of a copy of
     ``module`` run as ``candidate`` says; each call returns its seconds."""
-    model = copy.deepcopy(module).train()
-    if candidate.compile_config is not None:
-        compile_model(model, candidate.compile_config)
+    model = candidate_model(module, candidate)
     device = next(model.parameters()).device
     precision = candidate.precision
-    if precision.endswith("-true") and precision != "32-true":
-        model = model.to(torch.bfloat16 if precision.startswith("bf16") else torch.float16)
 
     def step() -> float:
         started = time.perf_counter()
@@ -163,6 +176,31 @@ def fastest_precision(
     return PrecisionChoice("32-true", f"{candidate.precision} {measured}; kept 32-true")
 
 
+def _weighed(
+    measured: str,
+    speedup: float,
+    saved_per_step: float,
+    compile_seconds: float,
+    run_steps: int | None,
+    compilation: str = "of compilation",
+) -> tuple[bool, str]:
+    """Whether a measured ``speedup`` pays over the run: at least :data:`REQUIRED_SPEEDUP`,
+    and ``saved_per_step`` over ``run_steps`` steps (None: a run of no set length) more than
+    the ``compile_seconds`` it costs first; and ``measured`` with the weighing added."""
+    pays = speedup >= REQUIRED_SPEEDUP
+    if not pays:
+        measured += f" (under the {REQUIRED_SPEEDUP:.2f}x required)"
+    if run_steps is None:
+        unbounded = "over a run of no set length"
+        return pays, f"{measured}; {compile_seconds:.1f} s {compilation} {unbounded}"
+    saved = saved_per_step * run_steps
+    measured += (
+        f"; {compile_seconds:.1f} s {compilation} against {max(saved, 0.0):.1f} s saved "
+        f"over {run_steps} steps"
+    )
+    return pays and saved > compile_seconds, measured
+
+
 @dataclass(frozen=True)
 class CompileChoice:
     """Whether a run compiles its model, block by block or whole, and why."""
@@ -210,20 +248,52 @@ def compile_pays(
             f"{eager.steady / timings[name].steady:.2f}x ({name})" for name in modes
         )
         measured = f"compiled steps measured {speeds} the speed of eager"
-    pays = speedup >= REQUIRED_SPEEDUP
-    if not pays:
-        measured += f" (under the {REQUIRED_SPEEDUP:.2f}x required)"
-    if run_steps is None:
-        measured += f"; {compile_seconds:.1f} s of compilation over a run of no set length"
-    else:
-        saved = (eager.steady - compiled.steady) * run_steps
-        pays = pays and saved > compile_seconds
-        measured += (
-            f"; {compile_seconds:.1f} s of compilation against {max(saved, 0.0):.1f} s saved "
-            f"over {run_steps} steps"
-        )
+    saved = eager.steady - compiled.steady
+    pays, measured = _weighed(measured, speedup, saved, compile_seconds, run_steps)
     per_block = modes[fastest].per_block
     if not pays:
         return CompileChoice(False, f"{measured}{beside}: kept eager", per_block)
     done = "compiled" if len(modes) == 1 else f"compiled {fastest}"
     return CompileChoice(True, f"{measured}{beside}: {done}", per_block)
+
+
+@dataclass(frozen=True)
+class Float8Choice:
+    """Whether a run trains its Linear layers in float8, and why."""
+
+    enabled: bool
+    reason: str
+
+
+def float8_pays(
+    module: pl.LightningModule,
+    batch: Any,
+    precision: str,
+    compile_config: CompileConfig,
+    float8: Float8Config,
+    run_steps: int | None,
+    measure: Measure = step_times,
+    load: Callable[[], OtherLoad] = OtherLoad,
+) -> Float8Choice:
+    """Train in float8 only if it pays over the run: steps with the Linear layers in float8
+    must be at least :data:`REQUIRED_SPEEDUP` times as fast as the run's steps without them,
+    both in ``precision`` and compiled as ``compile_config`` (the choice already made) says,
+    and the time saved over ``run_steps`` must exceed the extra compilation the float8 casts
+    cost. Float8 without compile rarely pays: only compiling fuses its casts."""
+    compiled = compile_config if compile_config.enabled is True else None
+    trial = {
+        "without": Candidate(precision, compiled),
+        "float8": Candidate(precision, compiled, replace(float8, enabled=True)),
+    }
+    timings, beside = measured_alone(measure, module, batch, trial, load)
+    without, converted = timings["without"], timings["float8"]
+    extra = max(0.0, (converted.first - converted.steady) - (without.first - without.steady))
+    speedup = without.steady / converted.steady
+    steps = "compiled" if compiled else "eager"
+    measured = (
+        f"{float8.recipe} float8 steps measured {speedup:.2f}x the speed of {precision} ones "
+        f"({steps})"
+    )
+    saved = without.steady - converted.steady
+    pays, measured = _weighed(measured, speedup, saved, extra, run_steps, "more compilation")
+    return Float8Choice(pays, f"{measured}{beside}: {'float8 on' if pays else 'kept off'}")

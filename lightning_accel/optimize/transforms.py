@@ -57,7 +57,7 @@ def model_transforms(
     :data:`TRANSFORM_ORDER`: the profile's, then the strategy's ``parallel`` steps
     (``tensor_parallel``, ``fsdp2``)."""
     wanted = {
-        FLOAT8: optimization.fp8.enabled,
+        FLOAT8: optimization.fp8.converts,
         "activation_checkpointing": optimization.activation_checkpointing.enabled,
         "compile": optimization.compile.active_on(accelerator),
         "channels_last": optimization.channels_last,
@@ -86,7 +86,7 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
                 f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
                 "Sequential of same-class modules",
             )
-    if optimization.fp8.enabled:
+    if optimization.fp8.converts:
         check_float8_layers(model)
 
 
@@ -216,6 +216,7 @@ class ModelOptimizations(pl.Callback):
             "accumulate_grad_batches": self.optimization.accumulate_grad_batches,
             "transforms": list(self.transforms or ()),
             "fp8": self._float8_figures(),
+            "fp8_reason": self.optimization.fp8.reason,
         }
 
     def _float8_figures(self) -> dict[str, Any] | None:
