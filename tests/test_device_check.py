@@ -91,6 +91,9 @@ def test_dry_run_passes_every_cell_and_records_its_figures(
     assert float8["float8_layers"] == 4 * DRY_RUN.model["n_layer"], "4 Linear layers a block"
     assert float8["fp8_over_bf16"] > 0 and float8["precision"] == "bf16-mixed"
     assert cells["fp8 · float8 off"]["figures"]["precision"] == "bf16-mixed"
+    assert cells["fp8 · auto"]["figures"]["fp8_choice"].startswith(
+        "float8 needs a GPU with float8 tensor cores"
+    ), "the CPU twin: off without a trial"
     plain_loops = {
         "plain loop · fp32": "auto · default",
         "plain loop · bf16": "precision · bf16-mixed",
@@ -197,7 +200,7 @@ def test_on_several_gpus_every_parallel_layout_follows_one_gpu(tmp_path: Path) -
 def test_only_runs_the_named_cells_and_the_cells_they_need() -> None:
     cells = cells_for(DRY_RUN, ["default", "fast"])
     chosen = [cell.name for cell in selected_cells(cells, "PLAIN LOOP · bf16, fp8")]
-    expected = ["precision · bf16-mixed", "fp8 · float8 off", "optimization=fp8"]
+    expected = ["precision · bf16-mixed", "fp8 · float8 off", "optimization=fp8", "fp8 · auto"]
     loops = ["plain loop · bf16", "optimization=fast · compiled", "plain loop · bf16 compiled"]
     assert chosen == [*expected, *loops], "in their order, needs included"
     resume = [cell.name for cell in selected_cells(cells, "resume")]
