@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from filelock import FileLock
 
 from lightning_accel.callbacks.fault_injection import KillRank
@@ -37,6 +38,18 @@ TINY = [
     "data.seq_len=32",
     "data.batch_size=8",
 ]
+
+
+def trained(
+    cwd: Path, args: list[str]
+) -> tuple[subprocess.CompletedProcess, dict[str, Any], dict[str, Any]]:
+    """Run ``lightning-accel`` with ``args`` (a ``train`` whose run directory is ``out``) in
+    ``cwd``: the process, its ``summary.json`` and the ``optimization`` of its config.yaml."""
+    result = run_cli(args, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((cwd / "out" / "summary.json").read_text())
+    config = yaml.safe_load((cwd / "out" / "config.yaml").read_text())["optimization"]
+    return result, summary, config
 
 
 def composed_run(run_dir: Path, overrides: list[str]) -> RunConfig:

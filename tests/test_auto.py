@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from helpers import TINY, composed_run, run_cli
+from helpers import TINY, composed_run, run_cli, trained
 
 from lightning_accel.cli import choices
 from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process, timed_choices
@@ -153,10 +153,7 @@ def test_optimization_auto_records_every_choice_with_its_reason(
         "train", *TINY, f"data.source={small_corpus}", "optimization=auto", "callbacks=minimal",
         "optimization.compile.backend=aot_eager", "hydra.run.dir=out",
     ]  # fmt: skip
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["optimization"]
+    result, summary, config = trained(tmp_path, args)
     assert summary["micro_batch_reason"].startswith("the batch of 8 fits (predicted")
     assert config["micro_batch_reason"] == summary["micro_batch_reason"]
     assert "measured" in summary["precision_reason"] or "no bf16" in summary["precision_reason"]

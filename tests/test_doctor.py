@@ -76,6 +76,16 @@ def test_old_gpus_get_fp16_from_auto() -> None:
     assert report.auto.precision == "16-mixed"
 
 
+def test_doctor_says_what_fp8_auto_does_on_the_device_auto_picks() -> None:
+    assert diagnose(H100).auto.float8.startswith("timed against bf16 where the layers are wide")
+    a100 = replace(H100.cuda, devices=(CudaDevice(0, "NVIDIA A100", (8, 0), 80.0),))
+    assert diagnose(replace(H100, cuda=a100)).auto.float8 == (
+        "off without a trial: float8 needs a GPU with float8 tensor cores (compute "
+        "capability 8.9 or newer) and this GPU is sm_80"
+    )
+    assert diagnose(CPU_ONLY).auto.float8.endswith("this run's device (cpu) has none")
+
+
 def test_a_cpu_only_machine_without_torch_xla_runs_no_xla_profile() -> None:
     report = diagnose(CPU_ONLY)
     assert runs(CPU_ONLY) == {

@@ -3,15 +3,13 @@ cannot pay, and otherwise kept only where a timed trial shows it pays over the r
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
-from helpers import TINY, composed_run, run_cli
+from helpers import TINY, composed_run, run_cli, trained
 
 from lightning_accel.cli import choices
 from lightning_accel.cli.choices import float8_without_trial, timed_choices
@@ -178,10 +176,7 @@ def test_the_fast_profile_records_its_float8_choice(tmp_path: Path, small_corpus
         "train", *TINY, f"data.source={small_corpus}", "optimization=fast", "callbacks=minimal",
         "optimization.compile.enabled=false", "hydra.run.dir=out",
     ]  # fmt: skip
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["optimization"]
+    result, summary, config = trained(tmp_path, args)
     assert config["fp8"]["enabled"] is False
     assert config["fp8"]["reason"] == summary["fp8_reason"]
     assert summary["fp8_reason"].startswith("float8 needs a GPU with float8 tensor cores")

@@ -24,6 +24,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import auto_accelerator
 from lightning_accel.machine import MachineFacts, gather
 from lightning_accel.plan.run import plan_run
+from lightning_accel.precision import float8_cores_missing, float8_unsupported
 from lightning_accel.profiles import as_hardware, profile_names
 from lightning_accel.xla.runtime import INSTALL as XLA_INSTALL
 
@@ -74,12 +75,14 @@ class ProfileVerdict:
 @dataclass(frozen=True)
 class AutoPick:
     """What ``hardware=auto`` and ``precision=auto`` pick here: the accelerator, the devices
-    ``devices=auto`` would take, the precision and why."""
+    ``devices=auto`` would take, the precision and why; and what ``fp8.enabled=auto`` does
+    on that accelerator (``float8``)."""
 
     accelerator: str
     devices: int
     precision: str
     reason: str
+    float8: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,14 @@ def judge_profile(name: str, facts: MachineFacts, problems: list[Problem]) -> Pr
     return ProfileVerdict(name, True, resolved=described)
 
 
+def _float8_here(accelerator: str, facts: MachineFacts) -> str:
+    """What ``optimization.fp8.enabled=auto`` does on ``accelerator`` of ``facts``."""
+    missing = float8_unsupported() or float8_cores_missing(accelerator, facts)
+    if missing:
+        return f"off without a trial: float8 {missing}"
+    return "timed against bf16 where the layers are wide enough: the device has float8 tensor cores"
+
+
 def diagnose(facts: MachineFacts) -> Report:
     """Judge ``facts``: ``auto``'s picks, every hardware profile, and the problems found."""
     problems = find_problems(facts)
@@ -217,6 +228,7 @@ def diagnose(facts: MachineFacts) -> Report:
         devices=plan.devices,
         precision=plan.precision.precision,
         reason=plan.precision.reason,
+        float8=_float8_here(plan.accelerator, facts),
     )
     verdicts = tuple(judge_profile(name, facts, problems) for name in profile_names("hardware"))
     return Report(facts=facts, auto=auto, profiles=verdicts, problems=tuple(problems))
@@ -266,6 +278,7 @@ def render(report: Report, console: Console) -> None:
             f"precision={auto.precision} ({auto.reason})"
         ),
     )
+    machine.add_row("fp8 auto", escape(auto.float8))
     console.print(machine)
     profiles = Table(title="Hardware profiles", title_justify="left")
     for column in ("profile", "runs here", "as / why not"):
