@@ -4,6 +4,7 @@ fits with the same update, and every choice recorded with its reason."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -20,11 +21,12 @@ from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process,
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.config import CompileConfig, HardwareConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.optimize.measured_choices import StepTimes, compile_pays
+from lightning_accel.optimize.measured_choices import StepTimes, compile_pays, fastest_precision
 from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
 from lightning_accel.plan.fit import largest_micro_batch
 from lightning_accel.plan.layouts import Placement, rank_memory
 from lightning_accel.plan.run import plan_run
+from lightning_accel.precision import PrecisionChoice
 
 SINGLE = Placement("single", 1, "32-true")
 
@@ -110,6 +112,51 @@ def test_per_block_compile_is_kept_where_it_is_the_faster() -> None:
     choice = compile_pays(None, None, "32-true", config, None, True, measure=measure)
     assert choice.enabled and choice.per_block
     assert "10.0 s of compilation" in choice.reason and choice.reason.endswith("per block")
+
+
+@pytest.mark.parametrize(
+    ("failing", "enabled", "ending"),
+    [
+        (("whole model",), True, "compiled steps measured 1.25x (per block) the speed of "
+         "eager; whole model failed in the trial (RuntimeError: no triton); 10.0 s of "
+         "compilation over a run of no set length: compiled per block"),
+        (("per block", "whole model"), False, "compiling failed in the trial (per block: "
+         "RuntimeError: no triton; whole model: RuntimeError: no triton): kept eager"),
+    ],
+    ids=["one mode fails", "both fail"],
+)  # fmt: skip
+def test_a_compile_mode_that_fails_in_the_trial_is_never_chosen(
+    failing: tuple[str, ...], enabled: bool, ending: str
+) -> None:
+    timings = _by_mode(StepTimes(0.1, 0.1), StepTimes(10.08, 0.08), StepTimes(0, 0))
+
+    def measure(module: Any, batch: Any, candidates: dict) -> dict[str, StepTimes]:
+        failed = StepTimes(math.inf, math.inf, RuntimeError("no triton\ntraceback"))
+        measured = timings(module, batch, candidates)
+        return {name: failed if name in failing else measured[name] for name in candidates}
+
+    config = CompileConfig(enabled="auto", per_block=True)
+    choice = compile_pays(None, None, "32-true", config, None, True, measure=measure)
+    assert (choice.enabled, choice.per_block) == (enabled, True)
+    assert choice.reason.endswith(ending), choice.reason
+
+
+def test_a_reduced_precision_that_fails_keeps_fp32_and_a_failing_baseline_is_raised() -> None:
+    def measure(failing: str):  # noqa: ANN202 - a stand-in measurement
+        error = RuntimeError(f"{failing} kernel missing")
+        return lambda module, batch, candidates: {
+            name: StepTimes(math.inf, math.inf, error) if name == failing else StepTimes(1, 1)
+            for name in candidates
+        }
+
+    bf16 = PrecisionChoice("bf16-mixed", "the GPU computes in bf16")
+    kept = fastest_precision(bf16, None, None, measure("bf16-mixed"))
+    assert kept == PrecisionChoice(
+        "32-true", "bf16-mixed failed in the trial (RuntimeError: bf16-mixed kernel missing); "
+        "kept 32-true"
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="32-true kernel missing"):
+        fastest_precision(bf16, None, None, measure("32-true"))
 
 
 def test_the_largest_micro_batch_that_fits_divides_the_batch() -> None:
@@ -220,15 +267,20 @@ def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(
     trials: list[dict] = []
     matmuls: list[str] = []
 
-    def step_times(*args: Any, **kwargs: Any) -> None:
+    outcomes = [StepTimes(0.1, 0.1), StepTimes(math.inf, math.inf, MemoryError("out"))]
+
+    def step_times(*args: Any, **kwargs: Any) -> dict[str, StepTimes]:
         trials.append(args[2])
         matmuls.append(torch.get_float32_matmul_precision())
+        return {"trial": outcomes[len(trials) - 1]}
 
     monkeypatch.setattr(choices, "step_times", step_times)
     before = torch.get_float32_matmul_precision()
     try:
         assert timed_choices(replace(run, optimization=optimization)) is optimization
+        with pytest.raises(MemoryError, match="out"):  # the step that confirms the choice
+            timed_choices(replace(run, optimization=optimization))
     finally:
         torch.set_float32_matmul_precision(before)
-    assert [{n: c.precision for n, c in t.items()} for t in trials] == [{"trial": "32-true"}]
-    assert matmuls == ["medium"], "fp32 timed with the profile's matmul precision"
+    assert [{n: c.precision for n, c in t.items()} for t in trials] == [{"trial": "32-true"}] * 2
+    assert matmuls == ["medium"] * 2, "fp32 timed with the profile's matmul precision"

@@ -3,6 +3,7 @@ cannot pay, and otherwise kept only where a timed trial shows it pays over the r
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from lightning_accel.cli import choices
 from lightning_accel.cli.choices import float8_without_trial, timed_choices
 from lightning_accel.config import CompileConfig, Float8Config, OptimizationConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.models import GPT, GPTConfig
+from lightning_accel.models import GPT, GPTConfig, GPTLanguageModel
+from lightning_accel.optimize import measured_choices
 from lightning_accel.optimize.float8 import float8_summary, too_narrow_for_float8
 from lightning_accel.optimize.measured_choices import (
     Candidate,
@@ -91,6 +93,35 @@ def test_the_trial_times_float8_in_the_runs_precision_and_compile_with_its_layer
         "float8": ("bf16-mixed", 8, True),
     }
     assert float8_summary(module) is None, "the trial converts copies"
+
+
+def test_float8_steps_that_fail_in_the_trial_leave_float8_off_and_the_others_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    module = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)
+    tokens = torch.randint(0, 256, (2, 17))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    candidates = {"without": Candidate("32-true"), "float8": Candidate("32-true", None, AUTO)}
+
+    def prepared(model: Any, candidate: Candidate) -> Any:
+        if candidate.float8 is not None:
+            raise RuntimeError("torch._scaled_mm: no kernel for this device\nmore lines")
+        return original(model, candidate)
+
+    original = measured_choices.candidate_model
+    monkeypatch.setattr(measured_choices, "candidate_model", prepared)
+    timings = measured_choices.step_times(module, batch, candidates, min_seconds=0, min_rounds=2)
+    assert timings["without"].error is None and 0 < timings["without"].steady < math.inf
+    assert timings["float8"].failure() == (
+        "RuntimeError: torch._scaled_mm: no kernel for this device"
+    )
+    choice = float8_pays(module, batch, "32-true", CompileConfig(), AUTO, None)
+    assert choice == Float8Choice(
+        False,
+        "float8 steps failed in the trial (RuntimeError: torch._scaled_mm: no kernel for this "
+        "device): kept off",
+    )
 
 
 def test_layers_narrower_than_float8s_break_even_keep_it_off_without_a_trial() -> None:

@@ -268,7 +268,7 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
     batch, model = first_batch(run, device)
     if not _timed(optimization):  # the trial step of the chosen micro-batch
         trial = {"trial": Candidate(plan.precision.precision)}
-        step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)
+        step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)["trial"].required()
         return optimization
     steps = run.trainer.max_steps if run.trainer.max_steps > 0 else None
     if optimization.precision == "fastest":

@@ -5,6 +5,7 @@ what is faster over the run."""
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 import warnings
@@ -63,10 +64,30 @@ class Candidate:
 @dataclass(frozen=True)
 class StepTimes:
     """Seconds of a first training step (compilation included) and the median of the
-    later ones."""
+    later ones; or, for a candidate that could not run, the ``error`` it raised (and
+    infinite times)."""
 
     first: float
     steady: float
+    error: Exception | None = None
+
+    def failure(self) -> str:
+        """The error, in a few words for a choice's reason."""
+        if self.error is None:
+            return ""
+        text = str(self.error).strip().splitlines()
+        return f"{type(self.error).__name__}: {text[0]}" if text else type(self.error).__name__
+
+    def required(self) -> StepTimes:
+        """These times, for a candidate the choice is measured against.
+
+        Raises:
+            Exception: the error the candidate raised: without it there is nothing to
+                measure against.
+        """
+        if self.error is not None:
+            raise self.error
+        return self
 
 
 # What a trial measures: each candidate's step times on the module and batch.
@@ -120,18 +141,36 @@ def step_times(
     changed): one first step each (compilation included), then rounds of one step per
     candidate, in alternating order so that no candidate always runs warmer, until every
     candidate has ``min_seconds`` of steps and ``min_rounds`` rounds are done (at most
-    ``max_rounds``). Steady time is the median step: a noisy neighbour moves it little."""
-    steps = {name: _training_step(module, batch, c) for name, c in candidates.items()}
-    first = {name: step() for name, step in steps.items()}
+    ``max_rounds``). Steady time is the median step: a noisy neighbour moves it little.
+    A candidate that raises (a compiler or float8 kernel that fails on this device, memory
+    it runs out of) is left out of the later rounds and returned with its error, so that the
+    choice keeps what runs."""
+    steps: dict[str, Callable[[], float]] = {}
+    first: dict[str, float] = {}
+    failed: dict[str, StepTimes] = {}
+    for name, candidate in candidates.items():
+        try:
+            steps[name] = _training_step(module, batch, candidate)
+            first[name] = steps[name]()
+        except Exception as error:  # noqa: BLE001 - a candidate that cannot run is not chosen
+            steps.pop(name, None)
+            failed[name] = StepTimes(math.inf, math.inf, error)
     samples: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
     for done in range(max_rounds):
-        timed_enough = min(sum(times) for times in samples.values()) >= min_seconds
-        if done >= min_rounds and timed_enough:
+        timed_enough = min((sum(times) for times in samples.values()), default=math.inf)
+        if done >= min_rounds and timed_enough >= min_seconds:
             break
         for name in order if done % 2 == 0 else reversed(order):
-            samples[name].append(steps[name]())
-    return {name: StepTimes(first[name], statistics.median(samples[name])) for name in steps}
+            if name in failed:
+                continue
+            try:
+                samples[name].append(steps[name]())
+            except Exception as error:  # noqa: BLE001 - as above
+                failed[name] = StepTimes(math.inf, math.inf, error)
+                samples.pop(name)
+    timed = {name: StepTimes(first[name], statistics.median(samples[name])) for name in samples}
+    return {name: failed.get(name) or timed[name] for name in candidates}
 
 
 def measured_alone(
@@ -169,7 +208,11 @@ def fastest_precision(
     names = ("32-true", candidate.precision)
     trial = {name: Candidate(name) for name in names}
     timings, beside = measured_alone(measure, module, batch, trial, load)
-    speedup = timings["32-true"].steady / timings[candidate.precision].steady
+    reduced = timings[candidate.precision]
+    if reduced.error is not None:
+        failed = f"{candidate.precision} failed in the trial ({reduced.failure()})"
+        return PrecisionChoice("32-true", f"{failed}; kept 32-true")
+    speedup = timings["32-true"].required().steady / reduced.steady
     measured = f"measured {speedup:.2f}x the speed of 32-true on this model{beside}"
     if speedup >= REQUIRED_SPEEDUP:
         return PrecisionChoice(candidate.precision, f"{candidate.reason}; {measured}")
@@ -236,8 +279,18 @@ def compile_pays(
     trial = {"eager": Candidate(precision)}
     trial.update({name: Candidate(precision, config) for name, config in modes.items()})
     timings, beside = measured_alone(measure, module, batch, trial, load)
-    eager = timings["eager"]
-    fastest = min(modes, key=lambda name: timings[name].steady)
+    eager = timings["eager"].required()
+    ran = [name for name in modes if timings[name].error is None]
+    failed = "".join(
+        f"; {name} failed in the trial ({timings[name].failure()})"
+        for name in modes
+        if name not in ran
+    )
+    if not ran:
+        failures = "; ".join(f"{name}: {timings[name].failure()}" for name in modes)
+        reason = f"compiling failed in the trial ({failures}){beside}: kept eager"
+        return CompileChoice(False, reason, compile_config.per_block)
+    fastest = min(ran, key=lambda name: timings[name].steady)
     compiled = timings[fastest]
     compile_seconds = max(0.0, compiled.first - compiled.steady)
     speedup = eager.steady / compiled.steady
@@ -245,9 +298,9 @@ def compile_pays(
         measured = f"compiled steps measured {speedup:.2f}x the speed of eager"
     else:
         speeds = " and ".join(
-            f"{eager.steady / timings[name].steady:.2f}x ({name})" for name in modes
+            f"{eager.steady / timings[name].steady:.2f}x ({name})" for name in ran
         )
-        measured = f"compiled steps measured {speeds} the speed of eager"
+        measured = f"compiled steps measured {speeds} the speed of eager{failed}"
     saved = eager.steady - compiled.steady
     pays, measured = _weighed(measured, speedup, saved, compile_seconds, run_steps)
     per_block = modes[fastest].per_block
@@ -286,7 +339,10 @@ def float8_pays(
         "float8": Candidate(precision, compiled, replace(float8, enabled=True)),
     }
     timings, beside = measured_alone(measure, module, batch, trial, load)
-    without, converted = timings["without"], timings["float8"]
+    without, converted = timings["without"].required(), timings["float8"]
+    if converted.error is not None:
+        failed = f"float8 steps failed in the trial ({converted.failure()})"
+        return Float8Choice(False, f"{failed}{beside}: kept off")
     extra = max(0.0, (converted.first - converted.steady) - (without.first - without.steady))
     speedup = without.steady / converted.steady
     steps = "compiled" if compiled else "eager"
