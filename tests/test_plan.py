@@ -189,6 +189,15 @@ def test_plan_ranks_the_default_recipes_layouts_and_names_the_best(tmp_path: Pat
     assert "hardware.strategy_options.tensor_parallel=2" in two_d["overrides"]
     assert two_d["memory"]["parameters"] < single["memory"]["parameters"] / 3
     assert list(tmp_path.iterdir()) == [], "plan writes nothing"
+    assert plan["float8"] is None, "the default profile trains without float8"
+
+
+def test_plan_says_its_estimates_leave_float8_out(tmp_path: Path) -> None:
+    plan = _plan(["--device", "H100", "--world", "1", "optimization=fast"], tmp_path)
+    assert plan["float8"].startswith(
+        "optimization.fp8.enabled=auto: the estimates are of the model without float8"
+    )
+    assert {r["precision"] for r in plan["layouts"]} == {"32-true", "bf16-mixed"}
 
 
 def test_plan_of_a_users_own_module_on_a_datasheet_device(tmp_path: Path) -> None:

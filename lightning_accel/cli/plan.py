@@ -125,6 +125,18 @@ def plan_table(rows: list[Any], title: str) -> Table:
     return table
 
 
+def float8_note(run: RunConfig) -> str | None:
+    """What the estimates leave out when the run asks for float8 (None when it does not)."""
+    enabled = run.optimization.fp8.enabled
+    if enabled is False:
+        return None
+    return (
+        f"optimization.fp8.enabled={enabled}: the estimates are of the model without float8, "
+        "which no cost model predicted well enough; float8 is measured by the runner's trial "
+        "(auto) or by a run (docs/precision.md#float8-training)"
+    )
+
+
 def plan_json(run: RunConfig, device: str, footprint: Any, rows: list[Any]) -> dict[str, Any]:
     """What ``--json`` prints: the model's footprint and every ranked layout."""
     return {
@@ -142,6 +154,7 @@ def plan_json(run: RunConfig, device: str, footprint: Any, rows: list[Any]) -> d
             for r in rows
         ],
         "best": list(rows[0].overrides) if rows and rows[0].estimate.fits else None,
+        "float8": float8_note(run),
         "tensor_parallel_plan": dict(footprint.tensor_parallel.styles)
         if footprint.tensor_parallel
         else None,
@@ -191,6 +204,9 @@ def main(args: list[str]) -> int:
     if footprint.tensor_parallel:
         split = ", ".join(f"{path} {style}" for path, style in footprint.tensor_parallel.styles)
         console.print(f"tensor parallel plan (rows tp, fsdp2_tp): {escape(split)}")
+    note = float8_note(run)
+    if note:
+        console.print(f"float8: {escape(note)}")
     if not rows[0].estimate.fits:
         console.print(
             f"[bold red]lightning-accel:[/] {escape(fits_nowhere(footprint, spec, worlds))}."
