@@ -4,6 +4,7 @@ cannot pay, and otherwise kept only where a timed trial shows it pays over the r
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,30 @@ def test_the_trial_process_decides_auto_after_precision_and_compile(
     chosen = timed_choices(run).fp8
     assert (chosen.enabled, chosen.reason) == (True, "measured")
     assert calls == [("32-true", COMPILED, run.optimization.fp8, run.trainer.max_steps)]
+
+
+@pytest.mark.filterwarnings("ignore:float8 layers of at most")  # the width gate is lifted
+def test_the_whole_float8_trial_runs_on_this_cpus_float8_matmuls(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial path a GPU takes, for real: torch's CPU float8 matmuls (not emulation),
+    per-block compile, the measurement and the weighing; only the width gate is lifted."""
+    monkeypatch.chdir(tmp_path)
+    run = composed_run(tmp_path / "run", [f"data.source={small_corpus}", "optimization=fast"])
+    run = replace(
+        run, optimization=replace(run.optimization, precision="32-true", compile=COMPILED)
+    )
+    monkeypatch.setattr(choices, "too_narrow_for_float8", lambda model: None)
+    chosen = timed_choices(run).fp8
+    decided = re.fullmatch(
+        r"tensorwise float8 steps measured (\d+\.\d\d)x the speed of 32-true ones \(compiled\)"
+        r"(?: \(under the 1\.05x required\))?; \d+\.\d s more compilation against "
+        r"\d+\.\d s saved over 6 steps(?:, beside other processes .*)?: (float8 on|kept off)",
+        chosen.reason,
+    )
+    assert decided, chosen.reason
+    assert float(decided[1]) > 0
+    assert chosen.enabled is (decided[2] == "float8 on")
 
 
 def test_a_trainer_built_without_the_runner_leaves_auto_off() -> None:
