@@ -8,6 +8,7 @@ import copy
 import math
 import statistics
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -129,6 +130,14 @@ def _training_step(
     return step
 
 
+def _failed(error: Exception) -> StepTimes:
+    """The times of a candidate that raised ``error``. Its frames' locals (the candidate's
+    model copy, its activations) are let go, so that device memory it ran out of is free for
+    the candidates after it; the traceback still prints."""
+    traceback.clear_frames(error.__traceback__)
+    return StepTimes(math.inf, math.inf, error)
+
+
 def step_times(
     module: pl.LightningModule,
     batch: Any,
@@ -154,7 +163,7 @@ def step_times(
             first[name] = steps[name]()
         except Exception as error:  # noqa: BLE001 - a candidate that cannot run is not chosen
             steps.pop(name, None)
-            failed[name] = StepTimes(math.inf, math.inf, error)
+            failed[name] = _failed(error)
     samples: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
     for done in range(max_rounds):
@@ -167,7 +176,7 @@ def step_times(
             try:
                 samples[name].append(steps[name]())
             except Exception as error:  # noqa: BLE001 - as above
-                failed[name] = StepTimes(math.inf, math.inf, error)
+                failed[name] = _failed(error)
                 samples.pop(name)
     timed = {name: StepTimes(first[name], statistics.median(samples[name])) for name in samples}
     return {name: failed.get(name) or timed[name] for name in candidates}
