@@ -16,6 +16,7 @@ from helpers import TINY, composed_run, run_cli, trained
 from lightning_accel.cli import choices
 from lightning_accel.cli.choices import float8_without_trial, timed_choices
 from lightning_accel.config import CompileConfig, Float8Config, OptimizationConfig
+from lightning_accel.cpu_load import OtherLoad
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPT, GPTConfig, GPTLanguageModel
 from lightning_accel.optimize import measured_choices
@@ -97,7 +98,7 @@ def test_the_trial_times_float8_in_the_runs_precision_and_compile_with_its_layer
 
 
 def test_float8_steps_that_fail_in_the_trial_leave_float8_off_and_the_others_timed(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
     module = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=16)
@@ -117,7 +118,10 @@ def test_float8_steps_that_fail_in_the_trial_leave_float8_off_and_the_others_tim
     assert timings["float8"].failure() == (
         "RuntimeError: torch._scaled_mm: no kernel for this device"
     )
-    choice = float8_pays(module, batch, "32-true", CompileConfig(), AUTO, None)
+    unread = tmp_path / "absent"  # the other processes' load unread: a trial taken once
+    choice = float8_pays(
+        module, batch, "32-true", CompileConfig(), AUTO, None, load=lambda: OtherLoad(unread)
+    )
     assert choice == Float8Choice(
         False,
         "float8 steps failed in the trial (RuntimeError: torch._scaled_mm: no kernel for this "
