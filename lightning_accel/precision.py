@@ -75,6 +75,14 @@ def float8_cores_missing(accelerator: str, machine: Machine = THIS_MACHINE) -> s
     return f"needs a GPU with float8 tensor cores (compute capability 8.9 or newer) and {has}"
 
 
+def float8_unavailable(
+    accelerator: str, tensor_parallel: int = 1, machine: Machine = THIS_MACHINE
+) -> str | None:
+    """Why float8 training cannot run on float8 tensor cores here: :func:`float8_unsupported`
+    or :func:`float8_cores_missing`; None where it can."""
+    return float8_unsupported(tensor_parallel) or float8_cores_missing(accelerator, machine)
+
+
 def resolve_float8(
     config: Float8Config,
     accelerator: str,

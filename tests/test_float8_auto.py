@@ -136,8 +136,9 @@ def test_layers_narrower_than_float8s_break_even_keep_it_off_without_a_trial() -
         )
         unusable = GPT(GPTConfig(seq_len=16, n_layer=1, d_model=24, n_head=2))
     assert too_narrow_for_float8(narrow) == (
-        "its float8 layers are at most 768 features wide, where float8 measured slower than "
-        "bf16 (on an H200: 0.70x at 768, even at about 2048)"
+        "float8 layers of at most 768 features (the smaller of in and out) are likely slower "
+        "than bf16: on an H200 float8 ran 0.70x bf16's speed at 768 and broke even at about "
+        "2048 (docs/precision.md)"
     )
     assert too_narrow_for_float8(wide) is None
     assert too_narrow_for_float8(unusable) == "no Linear layer of GPT can train in float8"
@@ -167,7 +168,7 @@ def test_the_trial_process_decides_auto_after_precision_and_compile(
     run = replace(run, optimization=optimization)
     narrow = timed_choices(run).fp8  # the recipe's 32-wide layers
     assert narrow.enabled is False
-    assert narrow.reason.startswith("its float8 layers are at most 32 features wide")
+    assert narrow.reason.startswith("float8 layers of at most 32 features")
     calls: list[tuple] = []
 
     def float8_pays(model: Any, batch: Any, precision: str, compile_config: Any, *rest: Any):

@@ -45,7 +45,7 @@ from lightning_accel.plan.footprint import ModelFootprint
 from lightning_accel.plan.layouts import LayoutEstimate
 from lightning_accel.plan.planner import gib, plan_layouts
 from lightning_accel.plan.run import RunPlan, plan_run
-from lightning_accel.precision import float8_cores_missing, float8_unsupported
+from lightning_accel.precision import float8_unavailable
 from lightning_accel.strategies.mesh import MESH_KEYS
 
 T = TypeVar("T")
@@ -184,7 +184,7 @@ def float8_without_trial(run: RunConfig, plan: RunPlan) -> RunConfig:
     if fp8.enabled != "auto":
         return run
     tensor_parallel = plan.mesh.tensor if plan.mesh else 1
-    missing = float8_unsupported(tensor_parallel) or float8_cores_missing(plan.accelerator)
+    missing = float8_unavailable(plan.accelerator, tensor_parallel)
     if missing is None:
         return run
     fp8 = _float8_decided(fp8, False, f"float8 {missing}")

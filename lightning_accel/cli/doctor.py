@@ -24,7 +24,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.hardware import auto_accelerator
 from lightning_accel.machine import MachineFacts, gather
 from lightning_accel.plan.run import plan_run
-from lightning_accel.precision import float8_cores_missing, float8_unsupported
+from lightning_accel.precision import float8_unavailable
 from lightning_accel.profiles import as_hardware, profile_names
 from lightning_accel.xla.runtime import INSTALL as XLA_INSTALL
 
@@ -213,7 +213,7 @@ def judge_profile(name: str, facts: MachineFacts, problems: list[Problem]) -> Pr
 
 def _float8_here(accelerator: str, facts: MachineFacts) -> str:
     """What ``optimization.fp8.enabled=auto`` does on ``accelerator`` of ``facts``."""
-    missing = float8_unsupported() or float8_cores_missing(accelerator, facts)
+    missing = float8_unavailable(accelerator, machine=facts)
     if missing:
         return f"off without a trial: float8 {missing}"
     return "timed against bf16 where the layers are wide enough: the device has float8 tensor cores"

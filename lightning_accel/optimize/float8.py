@@ -134,17 +134,12 @@ def convert_to_float8(model: nn.Module, config: Float8Config, sharded: bool = Fa
     return converted
 
 
-def _widest(model: nn.Module, converted: list[str]) -> int:
-    """The widest layer of ``converted`` by the smaller of its in and out features."""
-    modules = dict(model.named_modules())
-    return max(min(modules[n].in_features, modules[n].out_features) for n in converted)
-
-
 def narrow_layers_note(model: nn.Module, converted: list[str]) -> str | None:
-    """A warning when every layer of ``converted`` is narrower (the smaller of its in and out
-    features) than :data:`BREAK_EVEN_FEATURES`, where float8 measured slower than bf16;
+    """Why the layers of ``converted`` are likely slower in float8 than in bf16: every one is
+    narrower (the smaller of its in and out features) than :data:`BREAK_EVEN_FEATURES`;
     None when one is as wide."""
-    widest = _widest(model, converted)
+    modules = dict(model.named_modules())
+    widest = max(min(modules[n].in_features, modules[n].out_features) for n in converted)
     if widest >= BREAK_EVEN_FEATURES:
         return None
     return (
@@ -156,17 +151,11 @@ def narrow_layers_note(model: nn.Module, converted: list[str]) -> str | None:
 
 def too_narrow_for_float8(model: nn.Module) -> str | None:
     """Why float8 would not pay on ``model`` whatever a trial measured: no Linear layer
-    qualifies, or every one is narrower than :data:`BREAK_EVEN_FEATURES`; None otherwise."""
+    qualifies, or :func:`narrow_layers_note` applies; None otherwise."""
     converted, _ = float8_layers(model)
     if not converted:
         return f"no Linear layer of {type(model).__name__} can train in float8"
-    widest = _widest(model, converted)
-    if widest < BREAK_EVEN_FEATURES:
-        return (
-            f"its float8 layers are at most {widest} features wide, where float8 measured "
-            f"slower than bf16 (on an H200: 0.70x at 768, even at about {BREAK_EVEN_FEATURES})"
-        )
-    return None
+    return narrow_layers_note(model, converted)
 
 
 def precompute_float8_scales(model: nn.Module) -> None:

@@ -217,11 +217,11 @@ def fastest_precision(
     names = ("32-true", candidate.precision)
     trial = {name: Candidate(name) for name in names}
     timings, beside = measured_alone(measure, module, batch, trial, load)
-    reduced = timings[candidate.precision]
+    fp32, reduced = timings["32-true"].required(), timings[candidate.precision]
     if reduced.error is not None:
         failed = f"{candidate.precision} failed in the trial ({reduced.failure()})"
         return PrecisionChoice("32-true", f"{failed}; kept 32-true")
-    speedup = timings["32-true"].required().steady / reduced.steady
+    speedup = fp32.steady / reduced.steady
     measured = f"measured {speedup:.2f}x the speed of 32-true on this model{beside}"
     if speedup >= REQUIRED_SPEEDUP:
         return PrecisionChoice(candidate.precision, f"{candidate.reason}; {measured}")
