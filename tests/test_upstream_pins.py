@@ -129,28 +129,37 @@ def test_private_torch_and_lightning_attributes_read_by_the_package() -> None:
     assert checkpoint_wrapper(linear)._checkpoint_wrapped_module is linear
 
 
-def test_a_refused_command_stops_the_rank_server_it_started() -> None:
+def test_a_refused_command_stops_the_rank_server_it_started_new_or_forked() -> None:
     # stop_rank_server kills the server through multiprocessing.forkserver's private
-    # _forkserver, _forkserver_pid and _stop; a later start must start a new one
+    # _forkserver, _forkserver_pid and _stop; a later start must start a new one. A forked
+    # server (start_rank_server(forked=True)) is started through multiprocessing.util's
+    # undocumented spawnv_passfds, overridden: its ranks have this process's state (here a
+    # recursion limit a new interpreter would not have)
     probe = (
-        "import os\n"
-        "from multiprocessing import forkserver\n"
+        "import os, sys\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import forkserver, get_context\n"
         "from lightning_accel.cli.launch import start_rank_server, stop_rank_server\n"
-        "pids = []\n"
-        "for _ in range(2):\n"
-        "    start_rank_server()\n"
+        "pids, limits = [], []\n"
+        "sys.setrecursionlimit(4321)\n"
+        "for forked in (False, False, True):\n"
+        "    start_rank_server(forked)\n"
         "    pids.append(forkserver._forkserver._forkserver_pid)\n"
+        "    if forked:\n"
+        "        with ProcessPoolExecutor(1, mp_context=get_context('forkserver')) as ranks:\n"
+        "            limits.append(ranks.submit(sys.getrecursionlimit).result())\n"
         "    stop_rank_server()\n"
         "    assert forkserver._forkserver._forkserver_pid is None\n"
-        "print(*pids)\n"
+        "print(*pids, *limits)\n"
     )
     env = {**os.environ, "LIGHTNING_ACCEL_DEFER_IMPORTS": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
-    first, second = (int(pid) for pid in result.stdout.split())
-    assert first != second
-    for pid in (first, second):
+    *pids, limit = (int(word) for word in result.stdout.split())
+    assert len(set(pids)) == 3
+    assert limit == 4321, "a rank of the forked server has the state of the process it forked"
+    for pid in pids:
         with pytest.raises(ProcessLookupError):  # reaped, not left running
             os.kill(pid, 0)

@@ -7,8 +7,10 @@ the console script would (deferred strategy registration, the exit handler first
 C++ log level silenced before torch loads), and forks a child per command. The child takes
 the command's working directory, environment, ``PYTHONPATH`` and output files, and runs the
 console script's command as ``lightning-accel ARGS`` would, exit handlers included; it has
-an address space of its own, and the ranks or other processes it starts are started as
-usual. The server never initialises an accelerator, so a child may.
+an address space of its own. Before the command runs, the child forks the server its ranks
+will be forked from (:func:`~lightning_accel.cli.launch.start_rank_server`), so that ranks,
+too, start with everything imported; other processes it starts are started as usual. The
+server never initialises an accelerator or starts a thread, so a child and its ranks may.
 
 Protocol: one connection per command on a Unix socket; the client sends one JSON line
 (``args``, ``cwd``, ``env``, ``stdout``, ``stderr``), the server answers a line with the
@@ -185,6 +187,11 @@ def _become_command(request: dict, inherited: list[socket.socket], end: ProcessE
         os.dup2(output, fd)
         os.close(output)
     sys.argv = [str(Path(script_dir) / "lightning-accel"), *request["args"]]
+    from lightning_accel.cli.launch import start_rank_server
+
+    # forked now, while this process is the server's clean copy (no thread, no accelerator):
+    # ranks the command starts import nothing; a command that starts none leaves it idle
+    start_rank_server(forked=True)
 
     import lightning_accel_entry
 

@@ -5,7 +5,9 @@ The job's resolved config is already in its run directory; every rank reads that
 parse Hydra arguments and all of them write into the one run directory. Ranks are forked
 from a server process that imported torch, Lightning and the pack once
 (:func:`start_rank_server`): each rank would otherwise spend seconds of CPU importing them,
-and a restart would pay that again. ``launcher=local``
+and a restart would pay that again. A command forked from a
+:class:`~lightning_accel.cli.command_server.CommandServer` forks that server from itself
+instead, so its ranks import nothing at all. ``launcher=local``
 is one node meeting on a free local port; ``launcher=torchrun`` is one node of several,
 meeting at the configured rendezvous endpoint, and restarts every rank after a failure
 (``max_restarts``), each restart resuming from the run's last checkpoint.
@@ -18,9 +20,10 @@ import logging
 import os
 import signal
 import socket
+import traceback
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +138,19 @@ def launches_ranks(run: RunConfig) -> bool:
     return processes > 1 or run.launcher.name == "torchrun"
 
 
-def start_rank_server() -> None:
+def start_rank_server(forked: bool = False) -> None:
     """Start the server the ranks are forked from, importing :data:`_RANK_MODULES` in it
     while this process goes on checking and preparing the run; the environment it starts
     with is the ranks' (:func:`~lightning_accel.cli.console.rank_environment`). Started
-    once per process."""
+    once per process.
+
+    Args:
+        forked: the server is a fork of this process rather than a new interpreter, so it
+            starts with everything this process imported. Only for a process that has
+            started no thread and touched no accelerator yet (a command just forked from a
+            :class:`~lightning_accel.cli.command_server.CommandServer`): the ranks inherit
+            its state.
+    """
     import multiprocessing
     from multiprocessing import forkserver
 
@@ -154,9 +165,50 @@ def start_rank_server() -> None:
     try:
         with _changed_environment(rank_environment()):
             _RankServer.environment = dict(os.environ)
-            forkserver.ensure_running()
+            with _servers_forked() if forked else nullcontext():
+                forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGTERM, default_sigterm)
+
+
+@contextmanager
+def _servers_forked() -> Iterator[None]:
+    """Within the block, multiprocessing starts its servers (the fork server and its
+    resource tracker) as forks of this process running the code it would have given a new
+    interpreter, with the same file descriptors. Overrides ``multiprocessing.util``'s
+    undocumented ``spawnv_passfds``, which every Python since 3.4 starts them with
+    (tests/test_upstream_pins.py pins it)."""
+    from multiprocessing import util
+
+    spawn = util.spawnv_passfds
+    util.spawnv_passfds = _fork_running
+    try:
+        yield
+    finally:
+        util.spawnv_passfds = spawn
+
+
+def _fork_running(path: str, args: list[str], passfds: Iterable[int]) -> int:
+    """``spawnv_passfds``'s contract, forked: a child of this process keeping only
+    standard input, output, error and ``passfds`` open runs the ``-c`` code of ``args``;
+    returns its process id."""
+    code = args[args.index("-c") + 1]
+    child = os.fork()
+    if child:
+        return child
+    status = 1
+    try:
+        keep = sorted({0, 1, 2, *passfds})
+        for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
+            os.closerange(low + 1, high)
+        exec(compile(code, "<multiprocessing server>", "exec"), {"__name__": "__main__"})
+        status = 0
+    except SystemExit as end:  # how the fork server ends when its clients have gone
+        status = end.code if isinstance(end.code, int) else 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)  # never back into the code that forked it
 
 
 def stop_rank_server() -> None:
