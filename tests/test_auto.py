@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import replace
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import yaml
 from helpers import TINY, composed_run, run_cli, trained
 
 from lightning_accel.cli import choices
-from lightning_accel.cli.choices import _with_micro_batches, in_a_fresh_process, timed_choices
+from lightning_accel.cli.choices import _with_micro_batches, timed_choices
+from lightning_accel.cli.rank_server import in_a_fresh_process, start_rank_server, stop_rank_server
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.config import CompileConfig, HardwareConfig
 from lightning_accel.errors import ConfigError
@@ -241,14 +244,31 @@ def test_strategy_auto_on_several_devices_runs_the_layout_the_plan_ranks_first(
     assert summary["world_size"] == 2
 
 
-def test_timed_trials_run_in_a_process_of_their_own_and_report_its_errors() -> None:
-    assert in_a_fresh_process(os.getpid) != os.getpid()
-    with pytest.raises(ConfigError, match="hardware.devices"):
-        in_a_fresh_process(plan_run, HardwareConfig(accelerator="cpu", devices=1000))
-    started = time.perf_counter()
-    with pytest.raises(TimeoutError, match="it did not end in 0.5 s"):
-        in_a_fresh_process(time.sleep, 60, timeout=0.5)
-    assert time.perf_counter() - started < 30, "the child was killed, not waited for"
+def test_timed_trials_run_forked_from_the_rank_server_in_the_launchers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # none running: the call starts the server its child is forked from, and stops it after
+    server = in_a_fresh_process(os.getppid)
+    assert server != os.getpid()
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)
+    start_rank_server()
+    try:
+        server = forkserver._forkserver._forkserver_pid
+        assert in_a_fresh_process(os.getppid) == server, "forked from the running server"
+        monkeypatch.setenv("LIGHTNING_ACCEL_PROBE", "set after the server started")
+        probe = in_a_fresh_process(os.getenv, "LIGHTNING_ACCEL_PROBE")
+        assert probe == "set after the server started"
+        assert in_a_fresh_process(signal.getsignal, signal.SIGTERM) == signal.SIG_DFL
+        with pytest.raises(ConfigError, match="hardware.devices"):
+            in_a_fresh_process(plan_run, HardwareConfig(accelerator="cpu", devices=1000))
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError, match="it did not end in 0.5 s"):
+            in_a_fresh_process(time.sleep, 60, timeout=0.5)
+        assert time.perf_counter() - started < 30, "the child was killed, not waited for"
+        assert forkserver._forkserver._forkserver_pid == server, "still running"
+    finally:
+        stop_rank_server()
 
 
 def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(

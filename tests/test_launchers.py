@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TEST_IMPORTS, cli_command, fit_tiny, free_port, run_cli
+from helpers import TEST_IMPORTS, fit_tiny, free_port, run_cli
 
 from lightning_accel.checkpoints import (
     AtomicCheckpointIO,
@@ -77,26 +78,18 @@ class Runs:
         args += ["launcher.nnodes=2", f"launcher.run_id={run_id}", "launcher.rdzv_timeout_s=60"]
         args += [f"launcher.rdzv_endpoint=127.0.0.1:{free_port()}"]
         # one thread per rank, as the 2-rank node gives each of its ranks on 2 cores: the
-        # same arithmetic, so the same weights
-        env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-        nodes = [
-            subprocess.Popen(
-                [*cli_command(), *args, f"launcher.node_rank={rank}"],
-                cwd=self.root,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            for rank in (0, 1)
-        ]
-        try:
-            outputs = [node.communicate(timeout=TIMEOUT)[1] for node in nodes]
-        finally:
-            for node in nodes:
-                node.kill()
-        for node, stderr in zip(nodes, outputs, strict=True):
-            assert node.returncode == 0, stderr[-3000:]
+        # same arithmetic, so the same weights. The two nodes run at once, each a command
+        # forked from the command server.
+        env = {"OMP_NUM_THREADS": "1"}
+
+        def node(rank: int) -> subprocess.CompletedProcess:
+            return run_cli([*args, f"launcher.node_rank={rank}"], self.root, TIMEOUT, env)
+
+        with ThreadPoolExecutor(2) as nodes:
+            results = list(nodes.map(node, (0, 1)))
+        outputs = [result.stderr for result in results]
+        for result in results:
+            assert result.returncode == 0, result.stderr[-3000:]
         self.stderr[run_id] = outputs[0]
         return run_dir
 

@@ -139,7 +139,7 @@ def test_a_refused_command_stops_the_rank_server_it_started_new_or_forked() -> N
         "import os, sys\n"
         "from concurrent.futures import ProcessPoolExecutor\n"
         "from multiprocessing import forkserver, get_context\n"
-        "from lightning_accel.cli.launch import start_rank_server, stop_rank_server\n"
+        "from lightning_accel.cli.rank_server import start_rank_server, stop_rank_server\n"
         "pids, limits = [], []\n"
         "sys.setrecursionlimit(4321)\n"
         "for forked in (False, False, True):\n"

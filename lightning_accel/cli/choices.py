@@ -7,15 +7,9 @@ is written into the run's config with its reason."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +17,7 @@ from lightning.pytorch.utilities import move_data_to_device
 
 from lightning_accel.cli.console import say
 from lightning_accel.cli.preflight import measure_run, planned_precision, run_placement
+from lightning_accel.cli.rank_server import in_a_fresh_process
 from lightning_accel.cli.runner import build_object
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.config import Float8Config, OptimizationConfig
@@ -47,8 +42,6 @@ from lightning_accel.plan.planner import gib, plan_layouts
 from lightning_accel.plan.run import RunPlan, plan_run
 from lightning_accel.precision import float8_unavailable
 from lightning_accel.strategies.mesh import MESH_KEYS
-
-T = TypeVar("T")
 
 
 def _with_micro_batches(run: RunConfig, micro: int, reason: str) -> RunConfig:
@@ -236,23 +229,6 @@ def measured_run(run: RunConfig) -> RunConfig:
     if not _timed(run.optimization) and run.optimization.micro_batch != "auto":
         return run
     return replace(run, optimization=timed_choices(run))
-
-
-def in_a_fresh_process(function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-    """``function(*args)`` run in a spawned child process: what a timed trial leaves behind
-    (compiled code and compile workers, loader workers, allocator caches, device memory)
-    then never touches the run that follows. Its exceptions are raised here; a child that
-    dies raises ``BrokenProcessPool``; past ``timeout`` seconds (None: no limit) the child
-    is killed and ``TimeoutError`` raised."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        child = pool.submit(os.getpid).result()  # the one worker, to kill at the timeout
-        future = pool.submit(function, *args)
-        try:
-            return future.result(timeout)
-        except FuturesTimeoutError:
-            os.kill(child, signal.SIGKILL)
-            raise TimeoutError(f"it did not end in {timeout:g} s") from None
 
 
 def timed_choices(run: RunConfig) -> OptimizationConfig:

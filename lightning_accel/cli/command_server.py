@@ -8,7 +8,7 @@ C++ log level silenced before torch loads), and forks a child per command. The c
 the command's working directory, environment, ``PYTHONPATH`` and output files, and runs the
 console script's command as ``lightning-accel ARGS`` would, exit handlers included; it has
 an address space of its own. Before the command runs, the child forks the server its ranks
-will be forked from (:func:`~lightning_accel.cli.launch.start_rank_server`), so that ranks,
+will be forked from (:func:`~lightning_accel.cli.rank_server.start_rank_server`), so that ranks,
 too, start with everything imported; other processes it starts are started as usual. The
 server never initialises an accelerator or starts a thread, so a child and its ranks may.
 
@@ -187,7 +187,7 @@ def _become_command(request: dict, inherited: list[socket.socket], end: ProcessE
         os.dup2(output, fd)
         os.close(output)
     sys.argv = [str(Path(script_dir) / "lightning-accel"), *request["args"]]
-    from lightning_accel.cli.launch import start_rank_server
+    from lightning_accel.cli.rank_server import start_rank_server
 
     # forked now, while this process is the server's clean copy (no thread, no accelerator):
     # ranks the command starts import nothing; a command that starts none leaves it idle

@@ -4,10 +4,7 @@ The job's resolved config is already in its run directory; every rank reads that
 (:func:`lightning_accel.cli.rank.run_rank`) instead of re-running Hydra, so ranks never
 parse Hydra arguments and all of them write into the one run directory. Ranks are forked
 from a server process that imported torch, Lightning and the pack once
-(:func:`start_rank_server`): each rank would otherwise spend seconds of CPU importing them,
-and a restart would pay that again. A command forked from a
-:class:`~lightning_accel.cli.command_server.CommandServer` forks that server from itself
-instead, so its ranks import nothing at all. ``launcher=local``
+(:mod:`~lightning_accel.cli.rank_server`). ``launcher=local``
 is one node meeting on a free local port; ``launcher=torchrun`` is one node of several,
 meeting at the configured rendezvous endpoint, and restarts every rank after a failure
 (``max_restarts``), each restart resuming from the run's last checkpoint.
@@ -20,15 +17,20 @@ import logging
 import os
 import signal
 import socket
-import traceback
 import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
-from lightning_accel.cli.rank import run_rank, set_variable
+from lightning_accel.cli.rank import run_rank
+from lightning_accel.cli.rank_server import (
+    START_METHOD,
+    changed_environment,
+    launcher_environment,
+    start_rank_server,
+)
 from lightning_accel.cli.schema import LauncherConfig, RunConfig
 from lightning_accel.collectives import (
     FLIGHT_RECORDER_ENTRIES,
@@ -108,22 +110,6 @@ def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:
     }
 
 
-# what every rank imports: loaded once, in the server the ranks are forked from
-_RANK_MODULES = [
-    "lightning_accel.cli.rank_server_end",
-    "lightning_accel.cli.rank",
-    "lightning_accel.cli.runner",
-]
-_RANK_START_METHOD = "forkserver"
-
-
-class _RankServer:
-    """The environment the rank server started with (None until started): a rank applies
-    what differs from it in its launcher's environment when it starts."""
-
-    environment: dict[str, str] | None = None
-
-
 def launches_ranks(run: RunConfig) -> bool:
     """Whether this process starts ranks for ``run`` (several processes, or one node of a
     torchrun world) rather than fitting in itself or being a rank an outside launcher
@@ -136,115 +122,6 @@ def launches_ranks(run: RunConfig) -> bool:
     # the run plan's count (plan_run takes it from here), without importing Lightning
     processes = resolve_hardware(run.hardware).processes
     return processes > 1 or run.launcher.name == "torchrun"
-
-
-def start_rank_server(forked: bool = False) -> None:
-    """Start the server the ranks are forked from, importing :data:`_RANK_MODULES` in it
-    while this process goes on checking and preparing the run; the environment it starts
-    with is the ranks' (:func:`~lightning_accel.cli.console.rank_environment`). Started
-    once per process.
-
-    Args:
-        forked: the server is a fork of this process rather than a new interpreter, so it
-            starts with everything this process imported. Only for a process that has
-            started no thread and touched no accelerator yet (a command just forked from a
-            :class:`~lightning_accel.cli.command_server.CommandServer`): the ranks inherit
-            its state.
-    """
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    if _RankServer.environment is not None:
-        return
-    multiprocessing.get_context(_RANK_START_METHOD).set_forkserver_preload(_RANK_MODULES)
-    # The server ignores SIGTERM (set before it is started, it survives the exec): a SIGTERM
-    # to the whole process group (scancel, preemption) would otherwise end it, and torch
-    # gives each rank it forked SIGINT when it ends, which interrupts the rank's own stop.
-    # The ranks take SIGTERM again (run_rank); the server still ends with this process.
-    default_sigterm = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        with _changed_environment(rank_environment()):
-            _RankServer.environment = dict(os.environ)
-            with _servers_forked() if forked else nullcontext():
-                forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGTERM, default_sigterm)
-
-
-@contextmanager
-def _servers_forked() -> Iterator[None]:
-    """Within the block, multiprocessing starts its servers (the fork server and its
-    resource tracker) as forks of this process running the code it would have given a new
-    interpreter, with the same file descriptors. Overrides ``multiprocessing.util``'s
-    undocumented ``spawnv_passfds``, which every Python since 3.4 starts them with
-    (tests/test_upstream_pins.py pins it)."""
-    from multiprocessing import util
-
-    spawn = util.spawnv_passfds
-    util.spawnv_passfds = _fork_running
-    try:
-        yield
-    finally:
-        util.spawnv_passfds = spawn
-
-
-def _fork_running(path: str, args: list[str], passfds: Iterable[int]) -> int:
-    """``spawnv_passfds``'s contract, forked: a child of this process keeping only
-    standard input, output, error and ``passfds`` open runs the ``-c`` code of ``args``;
-    returns its process id."""
-    code = args[args.index("-c") + 1]
-    child = os.fork()
-    if child:
-        return child
-    status = 1
-    try:
-        keep = sorted({0, 1, 2, *passfds})
-        for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
-            os.closerange(low + 1, high)
-        exec(compile(code, "<multiprocessing server>", "exec"), {"__name__": "__main__"})
-        status = 0
-    except SystemExit as end:  # how the fork server ends when its clients have gone
-        status = end.code if isinstance(end.code, int) else 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(status)  # never back into the code that forked it
-
-
-def stop_rank_server() -> None:
-    """Stop the rank server at once, if this process started one: a command refused after
-    starting it leaves nothing running, although the server may still be importing (it
-    would end only once its imports were done)."""
-    from multiprocessing import forkserver
-
-    if _RankServer.environment is None:
-        return
-    # no public API stops the server; tests/test_upstream_pins.py pins these names
-    server = forkserver._forkserver
-    if server._forkserver_pid is not None:
-        os.kill(server._forkserver_pid, signal.SIGKILL)
-    server._stop()  # reaps it and forgets it, so that a later start starts anew
-    _RankServer.environment = None
-
-
-def _environment_changes(start: dict[str, str], now: dict[str, str]) -> dict[str, str | None]:
-    """The variables to set (None: remove) to turn environment ``start`` into ``now``."""
-    changes: dict[str, str | None] = {k: v for k, v in now.items() if start.get(k) != v}
-    changes.update({k: None for k in start if k not in now})
-    return changes
-
-
-@contextmanager
-def _changed_environment(changes: dict[str, str | None]) -> Iterator[None]:
-    """This process's environment with ``changes`` (None: removed) while inside."""
-    previous = {name: os.environ.get(name) for name in changes}
-    try:
-        for name, value in changes.items():
-            set_variable(name, value)
-        yield
-    finally:
-        for name, value in previous.items():
-            set_variable(name, value)
 
 
 @contextmanager
@@ -263,7 +140,7 @@ def _rank_environment(processes: int) -> Iterator[None]:
         "TORCH_FR_BUFFER_SIZE": str(FLIGHT_RECORDER_ENTRIES),
     }
     changes.update({k: v for k, v in defaults.items() if k not in os.environ})
-    with _changed_environment(changes):
+    with changed_environment(changes):
         yield
 
 
@@ -303,7 +180,7 @@ def launch_ranks(
     config = LaunchConfig(
         nproc_per_node=processes,
         monitor_interval=monitor_interval,
-        start_method=_RANK_START_METHOD,
+        start_method=START_METHOD,
         logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects={r: Std.ALL for r in quiet}),
         **rendezvous,
         **options,
@@ -312,11 +189,9 @@ def launch_ranks(
     where = f" on this node (1 of {nodes}, meeting at {rendezvous['rdzv_endpoint']})" * (nodes > 1)
     say(f"starting {processes} rank{'s' * (processes > 1)}{where}; logs in {log_dir}")
     start_rank_server()
-    assert _RankServer.environment is not None
     try:
         with _rank_environment(processes), _StoppingRecords().installed():
-            changes = _environment_changes(_RankServer.environment, dict(os.environ))
-            elastic_launch(config, run_rank)(str(config_path), changes)
+            elastic_launch(config, run_rank)(str(config_path), launcher_environment())
     except RendezvousError as error:
         assert launcher is not None
         raise ConfigError(

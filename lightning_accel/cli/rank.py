@@ -7,8 +7,6 @@ Reads the resolved config the launcher wrote and fits it; the cluster environmen
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch.distributed
 from omegaconf import OmegaConf
 
 from lightning_accel.cli.console import end_stopped, fail, quiet_upstream
+from lightning_accel.cli.rank_server import take_launcher_environment
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
 
@@ -46,24 +45,13 @@ def main(argv: list[str]) -> None:
     leave_process_group()
 
 
-def set_variable(name: str, value: str | None) -> None:
-    """Set environment variable ``name`` (None: remove it)."""
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
 def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> None:
     """One rank forked from the launcher's rank server: its environment becomes the
     launcher's (``environment_changes`` from the server's; torch elastic has set the rank's
-    own variables), its thread count follows ``OMP_NUM_THREADS`` (read only when torch was
-    imported, in the server), then :func:`main`."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the rank server ignores it
-    for name, value in environment_changes.items():
-        set_variable(name, value)
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    own variables), with its thread count and SIGTERM
+    (:func:`~lightning_accel.cli.rank_server.take_launcher_environment`), then
+    :func:`main`."""
+    take_launcher_environment(environment_changes)
     try:
         main([config_path])
     except BaseException as error:

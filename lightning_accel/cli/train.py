@@ -90,7 +90,8 @@ class EarlyRankServer:
         self.started = False
 
     def __call__(self, run: RunConfig) -> None:
-        from lightning_accel.cli.launch import launches_ranks, start_rank_server
+        from lightning_accel.cli.launch import launches_ranks
+        from lightning_accel.cli.rank_server import start_rank_server
 
         try:
             if launches_ranks(run):
@@ -102,7 +103,7 @@ class EarlyRankServer:
     def stop(self) -> None:
         """Kill the server if this command started it (nothing imported otherwise)."""
         if self.started:
-            from lightning_accel.cli.launch import stop_rank_server
+            from lightning_accel.cli.rank_server import stop_rank_server
 
             stop_rank_server()
             self.started = False

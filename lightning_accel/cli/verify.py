@@ -703,7 +703,7 @@ def plain_loop(
     throughput (cell ``reference``, same model, batch and precision) by it."""
 
     def check(v: Verification, cell: Cell) -> dict[str, Any]:
-        from lightning_accel.cli.choices import in_a_fresh_process
+        from lightning_accel.cli.rank_server import in_a_fresh_process
 
         pack = v.result(reference).figures
         # a process of its own, as the runner's cells run: this one's earlier cells (cached
@@ -1061,6 +1061,7 @@ def main(args: list[str]) -> int:
         return 0
     import torch
 
+    from lightning_accel.cli.rank_server import start_rank_server
     from lightning_accel.profiles import profile_names
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -1092,6 +1093,9 @@ def main(args: list[str]) -> int:
     def record_so_far() -> None:
         write_results(options.out, setting, cells, time.perf_counter() - started)
 
+    # the server the plain loops run forked from, started here once (the cells run in
+    # threads, which cannot start it), its imports beside the first cells
+    start_rank_server()
     # a dry run's cells measure nothing: two at a time; a GPU's one at a time
     run_cells(verification, cells, jobs=2 if setting.dry_run else 1, cell_ended=record_so_far)
     seconds = time.perf_counter() - started
