@@ -87,10 +87,9 @@ class Runs:
 
         with ThreadPoolExecutor(2) as nodes:
             results = list(nodes.map(node, (0, 1)))
-        outputs = [result.stderr for result in results]
         for result in results:
             assert result.returncode == 0, result.stderr[-3000:]
-        self.stderr[run_id] = outputs[0]
+        self.stderr[run_id] = results[0].stderr
         return run_dir
 
 

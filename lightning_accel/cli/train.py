@@ -95,8 +95,8 @@ class EarlyRankServer:
 
         try:
             if launches_ranks(run):
-                start_rank_server()
-                self.started = True
+                # False where one was running already (forked with the command): left as is
+                self.started = start_rank_server() or self.started
         except ConfigError:
             pass
 
