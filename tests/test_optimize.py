@@ -38,9 +38,12 @@ def _gradients(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def test_repeated_blocks_of_a_transformer_are_its_layers() -> None:
-    model = _gpt()
+@pytest.mark.parametrize("layers", [4, 1])
+def test_repeated_blocks_of_a_transformer_are_its_layers(layers: int) -> None:
+    # one layer: its ModuleList holds the block, not the MLP's two linear layers
+    model = GPT(GPTConfig(seq_len=16, n_layer=layers, d_model=32, n_head=2))
     assert find_repeated_blocks(model) == list(model.blocks)
+    assert len(model.blocks) == layers
 
 
 def test_activation_checkpointing_keeps_gradients_and_state_dict_keys() -> None:

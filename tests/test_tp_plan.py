@@ -29,6 +29,13 @@ def test_the_gpt_declares_megatron_style_splits_with_sequence_parallel_norms() -
     assert "head" not in plan.styles and "token_embedding" not in plan.styles
 
 
+def test_a_one_layer_gpt_splits_its_layer_not_the_linear_layers_inside_it() -> None:
+    plan = resolve_plan(GPT(GPTConfig(n_layer=1)))
+    assert plan.blocks == ("blocks.0",) and plan.sequence_parallel
+    assert plan.styles["blocks.0.attn.qkv"] == "colwise"
+    assert plan.styles["blocks.0.mlp.2"] == "rowwise"
+
+
 def test_a_users_blocks_are_split_by_shape() -> None:
     plan = resolve_plan(UserTransformer(vocab_size=64, width=32, depth=2, num_heads=4))
     layer = {path.removeprefix("layers.1."): style for path, style in plan.styles.items()}

@@ -83,8 +83,8 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
             raise ConfigError(
                 key,
                 True,
-                f"needs repeated blocks, but {type(model).__name__} has no ModuleList or "
-                "Sequential of same-class modules",
+                f"needs repeated blocks, but {type(model).__name__} has no ModuleList of "
+                "layers or Sequential of same-class modules",
             )
     if optimization.fp8.converts:
         check_float8_layers(model)
