@@ -46,6 +46,12 @@ _PLAIN_GLOBALS = {
 }
 
 
+# torch's restricted unpickler meeting an instruction it does not read (a pickle protocol
+# torch.save does not write, or bytes that are no pickle): unreadable, not code
+_UNREADABLE_OPCODE = re.compile(r"Unsupported operand \d+")
+_CPP_CHECK = re.compile(r"^\[enforce fail at [^\]]*\][\s.]*")
+
+
 class UnsafeCheckpointError(ConfigError):
     """A checkpoint file whose pickle names code, not data: refused, never skipped."""
 
@@ -65,19 +71,39 @@ def unsafe_checkpoint_error(key: str, path: Any, error: Exception) -> UnsafeChec
 
 
 def load_data_file(path: Path, key: str = "ckpt_path", mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; a file that would import code is
-    refused with a :class:`ConfigError` naming ``key`` and ``path``. ``mmap`` maps tensor
-    storage instead of reading it (a cheap check of a large file saved as a zip archive)."""
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that would import code, or
+    that is not a file ``torch.save`` wrote, is refused with a :class:`ConfigError` naming
+    ``key`` and ``path``. ``mmap`` maps tensor storage instead of reading it (a cheap check of
+    a large file saved as a zip archive)."""
     import torch
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(key, str(path), "is an empty file, not a checkpoint")
     try:
         return torch.load(
             path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path)
         )
     except pickle.UnpicklingError as error:
-        raise unsafe_checkpoint_error(key, path, error) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ConfigError(key, str(path), f"is not a readable checkpoint ({error})") from None
+        opcode = _UNREADABLE_OPCODE.search(str(error))
+        if opcode is None:
+            raise unsafe_checkpoint_error(key, path, error) from None
+        reason = f"its pickle has an instruction torch's safe loader does not read: {opcode[0]}"
+        raise _unreadable(key, path, reason) from None
+    except Exception as error:  # noqa: BLE001 - the unpickler fails any way on foreign bytes
+        # torch's C++ checks start "[enforce fail at file.cc:N] . "
+        first_line = _CPP_CHECK.sub("", str(error).strip().split("\n")[0])
+        sentence = re.split(r"\.\s", first_line)[0].rstrip(".")
+        reason = f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
+        raise _unreadable(key, path, reason) from None
+
+
+def _unreadable(key: str, path: Path, reason: str) -> ConfigError:
+    return ConfigError(
+        key,
+        str(path),
+        f"is not a checkpoint file that torch.save wrote ({reason}); use a checkpoint "
+        "written by Lightning or lightning-accel",
+    )
 
 
 def check_data_file(path: Path, key: str = "ckpt_path") -> None:

@@ -1,9 +1,12 @@
 """Checkpoints are data: a file crafted to run code when unpickled is refused, naming it,
-and its payload never runs (single files, the pack's Trainer, automatic resume)."""
+and its payload never runs (single files, the pack's Trainer, automatic resume); a file
+that is no checkpoint at all is refused in a sentence too."""
 
 from __future__ import annotations
 
 import pickle
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,45 @@ def test_train_refuses_a_crafted_checkpoint_with_exit_2_naming_the_file(
     assert "posix.system" in err
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"], "no run directory"
+
+
+def _torch_save_cut_in_half(path: Path) -> None:
+    torch.save({"state_dict": {"weight": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zip_of_other_files(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+
+
+FOREIGN_FILES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "empty file": (lambda path: path.write_bytes(b""), "is an empty file, not a checkpoint."),
+    "text": (lambda path: path.write_text("epoch: 3\n"), "torch.save wrote (IndexError: "),
+    "plain pickle": (
+        lambda path: path.write_bytes(pickle.dumps({"epoch": 3}, protocol=4)),
+        "an instruction torch's safe loader does not read: Unsupported operand 149)",
+    ),
+    "zip of other files": (_zip_of_other_files, "(RuntimeError: file in archive is not in a"),
+    "torch.save cut in half": (_torch_save_cut_in_half, "failed reading zip archive"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN_FILES))
+def test_a_file_that_is_no_checkpoint_exits_2_in_one_sentence(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write, expected = FOREIGN_FILES[kind]
+    checkpoint = tmp_path / "model.ckpt"
+    write(checkpoint)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", f"ckpt_path={checkpoint}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"lightning-accel: error: ckpt_path='{checkpoint}' ") and expected in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"], "no run directory"
 
 
 def test_automatic_resume_refuses_a_crafted_last_checkpoint_in_the_run_directory(

@@ -47,6 +47,8 @@ _IGNORED_WARNINGS = (
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*LeafSpec.*",
     r".*TypedStorage is deprecated.*",
+    # torch's safe loader on a plain pickle, which the pack then refuses in a sentence
+    r".*Detected pickle protocol \d+ in the checkpoint.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
     # FSDP2 over a tensor-parallel split returns the pack's blocks' outputs as views of their
