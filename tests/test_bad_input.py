@@ -135,6 +135,10 @@ CASES = {
         ],
         ["optimization.activation_checkpointing.enabled=True", "BlocklessModule"],
     ),
+    "text too short for one batch": (
+        ["data.source=FILE"],
+        ["data.seq_len=128 leaves too few samples", "(0 for training, 0 for validation"],
+    ),
     "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
     "missing tokenizer file": (
         ["data.tokenizer=/no/tokenizer.json"],

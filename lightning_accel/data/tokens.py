@@ -282,9 +282,21 @@ class TokenDataModule(SplitDataModule):
 
     @override
     def prepare_data(self) -> None:
-        self.cache = build_token_cache(
+        cache = build_token_cache(
             self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
         )
+        # here, not in setup: the runner prepares data before a run directory exists
+        train_samples = len(TokenWindows(open_tokens(cache, "train"), self.seq_len))
+        val_samples = len(TokenWindows(open_tokens(cache, "val"), self.seq_len))
+        if train_samples < self.batch_size or val_samples == 0:
+            raise ConfigError(
+                "data.seq_len",
+                self.seq_len,
+                f"leaves too few samples in {len(self.files)} file(s) ({train_samples} for "
+                f"training, {val_samples} for validation, batches of {self.batch_size}); "
+                "use a smaller seq_len or more text",
+            )
+        self.cache = cache
 
     def example_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch's shapes, on the meta device (no data read)."""
@@ -301,10 +313,3 @@ class TokenDataModule(SplitDataModule):
         )
         self.samples_per_epoch = len(TokenWindows(train_tokens, self.seq_len))
         self.val_set = TokenWindows(open_tokens(self.cache, "val"), self.seq_len)
-        if self.samples_per_epoch < self.batch_size or len(self.val_set) == 0:
-            raise ConfigError(
-                "data.seq_len",
-                self.seq_len,
-                f"leaves too few samples in {len(self.files)} file(s); "
-                "use a smaller seq_len or more text",
-            )
