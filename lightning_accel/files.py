@@ -1,4 +1,5 @@
-"""Writing a file whole: readers see the previous version or the new one, never a part."""
+"""Writing files: whole (readers see the previous version or the new one, never a part),
+and only where they can be written (checked before any work starts)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from lightning_accel.errors import ConfigError
 
 
 @contextmanager
@@ -26,3 +29,19 @@ def write_text_whole(path: Path, text: str) -> Path:
     with replaced_whole(path) as staging:
         staging.write_text(text)
     return path
+
+
+def check_writable(directory: Path, key: str) -> None:
+    """Fail with a :class:`ConfigError` naming ``key`` unless ``directory`` exists writable,
+    or could be created, without writing now."""
+    existing = directory.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
+    if not existing.is_dir() or read_only or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise ConfigError(
+            key,
+            str(directory),
+            f"cannot be created because {existing} {reason}; choose a writable directory",
+        )

@@ -63,6 +63,18 @@ def test_an_empty_matrix_or_unknown_profile_exits_2_before_running(
     assert not out.exists(), "nothing ran and nothing was written"
 
 
+def test_an_out_directory_that_cannot_be_made_exits_2_before_running(tmp_path: Path) -> None:
+    (tmp_path / "FILE").write_text("a file where a directory is expected")
+    out = tmp_path / "FILE" / "bench"
+    result = run_cli(["bench", "--out", str(out), "hardware=cpu"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert f"--out='{out}' cannot be created because {tmp_path / 'FILE'} is not a" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"], "nothing ran"
+
+
 def _cell(label: str, samples: float | None, **figures: float) -> bench.Cell:
     cell = bench.Cell(label=label, overrides=[f"hardware={label}"])
     if samples is None:

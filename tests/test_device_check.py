@@ -1,7 +1,8 @@
 """``lightning-accel verify`` and scripts/device_check.sh: the dry run on the CPU twins end
 to end (every cell run, passed and measured), the refusal without CUDA, a deadline that
 leaves cells not run, results written as each cell ends, a collective that hangs
-failing the cells that need it at once, and ``--only`` choosing cells with those they need."""
+failing the cells that need it at once, ``--only`` choosing cells with those they need, and
+output directories that cannot be made refused before any cell."""
 
 from __future__ import annotations
 
@@ -215,3 +216,18 @@ def test_only_with_a_word_no_cell_has_exits_2_naming_the_cells(tmp_path: Path) -
     assert "--only='nosuch' names no cell; valid choices: collectives," in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not (tmp_path / "work").exists(), "nothing written"
+
+
+@pytest.mark.parametrize("option", ["--out", "--work"])
+def test_a_directory_that_cannot_be_made_exits_2_before_any_cell(
+    tmp_path: Path, option: str
+) -> None:
+    (tmp_path / "FILE").write_text("a file where a directory is expected")
+    directories = {"--out": tmp_path / "results", "--work": tmp_path / "work"}
+    directories[option] = tmp_path / "FILE" / "results"
+    args = ["verify", "--dry-run", *(a for o, d in directories.items() for a in (o, str(d)))]
+    result = run_cli(args, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert f"{option}='{directories[option]}' cannot be created because" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"], "nothing written"

@@ -21,6 +21,7 @@ from lightning_accel.cli.compose import compose_job, job_overrides
 from lightning_accel.cli.console import console, fail, quiet_upstream, say
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
 
 USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] [--cell-timeout S] OVERRIDES...
@@ -327,9 +328,10 @@ def main(args: list[str]) -> int:
             return 0
         cells = matrix(options.overrides)
         jobs = [cell.overrides for cell in cells]
+        out = options.out or Path("runs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
+        check_writable(out, "--out")
     except ConfigError as error:
         fail(error)
-    out = options.out or Path("runs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     say(f"benchmarking {len(cells)} cells x {options.repeats} runs; runs in {out}")
     run_matrix(cells, out, options.repeats, options.cell_timeout)

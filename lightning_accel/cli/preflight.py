@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key,
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import check_writable
 
 if TYPE_CHECKING:
     from lightning_accel.plan.footprint import ModelFootprint
@@ -58,21 +58,6 @@ def _missing(
             "(it names the rendezvous and the run directory)",
         )
     return ConfigError(key, "???", f"must be set for recipe={cfg.recipe}")
-
-
-def check_writable(directory: Path) -> None:
-    """Fail unless ``directory`` exists writable, or could be created, without writing now."""
-    existing = directory.resolve()
-    while not existing.exists():
-        existing = existing.parent
-    read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
-    if not existing.is_dir() or read_only or not os.access(existing, os.W_OK | os.X_OK):
-        reason = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise ConfigError(
-            "hydra.run.dir",
-            str(directory),
-            f"cannot be created because {existing} {reason}; choose a writable directory",
-        )
 
 
 def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
@@ -451,7 +436,7 @@ def preflight(
         check_strategy(plan)
         check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
-        check_writable(run_dir)
+        check_writable(run_dir, "hydra.run.dir")
         runs.append(run)
     _check_one_world_per_sweep(runs)
     return runs

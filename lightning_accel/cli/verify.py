@@ -33,7 +33,7 @@ from lightning_accel.cli import bench
 from lightning_accel.cli.collective_probe import PROBE_VALUE
 from lightning_accel.cli.console import console, fail, quiet_upstream, say
 from lightning_accel.errors import ConfigError
-from lightning_accel.files import write_text_whole
+from lightning_accel.files import check_writable, write_text_whole
 
 USAGE = """usage: lightning-accel verify [--dry-run] [--out DIR] [--work DIR] [--cell-timeout S]
                               [--deadline S] [--only WORDS]
@@ -1046,6 +1046,9 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
         value = getattr(options, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{name.replace('_', '-')}", value, "must be a number of seconds")
+    check_writable(options.out, "--out")
+    if options.work is not None:
+        check_writable(options.work, "--work")
     return options
 
 
