@@ -176,6 +176,12 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     verify_checkpoint(sharded, "SHARDED")
+    if sharded.is_file():
+        raise ConfigError(
+            "SHARDED",
+            str(sharded),
+            "is one checkpoint file already; it loads and resumes without consolidating",
+        )
     with replaced_whole(output) as staging:
         dcp_to_torch_save(str(sharded), str(staging))
         flat = load_data_file(staging, "OUT")

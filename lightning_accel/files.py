@@ -31,10 +31,11 @@ def write_text_whole(path: Path, text: str) -> Path:
     return path
 
 
-def check_writable(directory: Path, key: str) -> None:
-    """Fail with a :class:`ConfigError` naming ``key`` unless ``directory`` exists writable,
-    or could be created, without writing now."""
-    existing = directory.resolve()
+def check_writable(path: Path, key: str, is_file: bool = False) -> None:
+    """Fail with a :class:`ConfigError` naming ``key`` unless the directory ``path`` (with
+    ``is_file``, the directory of the file ``path``) exists writable, or could be created,
+    without writing now."""
+    existing = (path.parent if is_file else path).resolve()
     while not existing.exists():
         existing = existing.parent
     read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
@@ -42,6 +43,6 @@ def check_writable(directory: Path, key: str) -> None:
         reason = "is not a directory" if not existing.is_dir() else "is not writable"
         raise ConfigError(
             key,
-            str(directory),
+            str(path),
             f"cannot be created because {existing} {reason}; choose a writable directory",
         )

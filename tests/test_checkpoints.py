@@ -90,6 +90,8 @@ def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: P
         (["consolidate"], "two arguments"),
         (["consolidate", "/no/such/dir", "out.ckpt"], "is not a checkpoint file or sharded"),
         (["consolidate", "SHARDED", "."], "is a directory"),
+        (["consolidate", "SHARDED", "SHARDED/meta.pt/out.ckpt"], "meta.pt is not a directory"),
+        (["consolidate", "SHARDED/meta.pt", "out.ckpt"], "is one checkpoint file already"),
     ],
 )
 def test_consolidate_bad_input_exits_2(
@@ -102,7 +104,7 @@ def test_consolidate_bad_input_exits_2(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(sharded) if a == "SHARDED" else a for a in arguments])
+        main([a.replace("SHARDED", str(sharded)) for a in arguments])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err

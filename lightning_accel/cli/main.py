@@ -46,6 +46,7 @@ def consolidate(args: list[str]) -> int:
     from lightning_accel.checkpoints import consolidate_checkpoint
     from lightning_accel.cli.console import say, working
     from lightning_accel.errors import ConfigError
+    from lightning_accel.files import check_writable
 
     if len(args) != 2:
         fail("consolidate takes two arguments: a sharded checkpoint directory and an output file.")
@@ -53,6 +54,7 @@ def consolidate(args: list[str]) -> int:
     if output.is_dir():
         fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))
     try:
+        check_writable(output, "OUT", is_file=True)
         shards = sum(p.stat().st_size for p in source.glob("*.distcp")) / 2**20
         started = time.monotonic()
         with working(f"consolidating {source} ({shards:.1f} MiB of shards) into {output}"):
