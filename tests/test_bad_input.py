@@ -217,6 +217,22 @@ def test_bad_input_from_the_real_command_has_no_traceback(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_slurm_launcher_where_slurm_is_absent_exits_2_before_submitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", "launcher=slurm", "hardware.devices=1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lightning-accel: error: launcher='slurm' submits jobs with SLURM's sbatch and srun, "
+        "which this machine does not have on its PATH; submit from a login node of the "
+        "cluster, or run the same jobs here with launcher=slurm_local."
+    ]
+    assert list(tmp_path.iterdir()) == [], "no sweep directory"
+
+
 def test_bad_value_in_a_sweep_stops_every_job(tmp_path: Path) -> None:
     result = run_cli(["train", "-m", *TINY, "data.batch_size=4,0"], cwd=tmp_path)
     assert result.returncode == 2

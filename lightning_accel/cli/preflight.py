@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -395,6 +396,14 @@ def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> Non
         from lightning_accel.cli.ray_cluster import check_before_start
 
         check_before_start(launcher, plan)
+    if launcher.name == "slurm" and shutil.which("srun") is None:
+        raise ConfigError(
+            "launcher",
+            "slurm",
+            "submits jobs with SLURM's sbatch and srun, which this machine does not have on "
+            "its PATH; submit from a login node of the cluster, or run the same jobs here with "
+            "launcher=slurm_local",
+        )
     if launcher.name in SUBMITIT_LAUNCHERS:
         tasks = cfg.hydra.launcher.nodes * cfg.hydra.launcher.tasks_per_node
         if tasks != launcher.nnodes * processes:
