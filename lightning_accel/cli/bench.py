@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, job_overrides
-from lightning_accel.cli.console import console, fail, quiet_upstream, say
+from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
@@ -337,7 +337,7 @@ def main(args: list[str]) -> int:
     run_matrix(cells, out, options.repeats, options.cell_timeout)
     dimensions = " · ".join(swept_keys(jobs)) or "cell"
     title = f"bench: {' '.join(options.overrides) or 'defaults'}"
-    console.print(results_table(cells, title, dimensions))
+    print_table(results_table(cells, title, dimensions))
     failed = [c for c in cells if not c.ok]
     for cell in failed:
         say(f"{cell.label} {cell.status}: {cell.error} (log: {cell.run_dirs[-1] / 'bench.log'})")

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from lightning_accel.errors import ConfigError, RunStopped
 
@@ -88,6 +89,22 @@ def quiet_upstream() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_UPSTREAM_MODULES)
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+# a log's tables stay readable but bounded: rows of free text fold beyond this
+_LOG_TABLE_WIDTH = 200
+
+
+def print_table(table: Table, target: Console = console) -> None:
+    """Print a table of figures on ``target``: at a terminal's width there, and elsewhere (a
+    log, a pipe), where rich assumes 80 columns and cuts cells short ("32…"), as wide as
+    its rows are (up to 200 columns). Tables of sentences print as they are, wrapped."""
+    if not target.is_terminal:
+        bounded = target.options.update_width(_LOG_TABLE_WIDTH)
+        width = target.measure(table, options=bounded).maximum
+        if width > target.width:
+            target = Console(file=target.file, width=width, highlight=False)
+    target.print(table)
 
 
 def working(message: str) -> Any:

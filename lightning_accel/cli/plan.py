@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, job_overrides
-from lightning_accel.cli.console import console, fail, quiet_upstream
+from lightning_accel.cli.console import console, fail, print_table, quiet_upstream
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
@@ -200,7 +200,7 @@ def main(args: list[str]) -> int:
         f"plan: {run.model['_target_']} ({footprint.parameters:,} parameters, "
         f"{footprint.samples} samples per rank per step) on {device}"
     )
-    console.print(plan_table(rows, title))
+    print_table(plan_table(rows, title))
     if footprint.tensor_parallel:
         split = ", ".join(f"{path} {style}" for path, style in footprint.tensor_parallel.styles)
         console.print(f"tensor parallel plan (rows tp, fsdp2_tp): {escape(split)}")

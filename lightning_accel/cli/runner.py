@@ -22,7 +22,7 @@ from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
 from lightning_accel.cli.cluster import cluster_plugins
-from lightning_accel.cli.console import say
+from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
@@ -186,4 +186,4 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):
         table.add_row(name, f"{value:.4f}")
-    Console().print(table)
+    print_table(table, Console())

@@ -20,7 +20,7 @@ from rich.table import Table
 from typing_extensions import override
 
 from lightning_accel.cli.compose import compose_job, parse_overrides
-from lightning_accel.cli.console import console, say
+from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.hydra_private import BASIC_SWEEPER
 from lightning_accel.errors import ConfigError
 
@@ -159,7 +159,7 @@ class SweepReport(Callback):
             value = "-" if objective is None else f"{objective:.4f}"
             swept = " ".join(o for o in overrides[job] if o not in shared or len(jobs) == 1)
             table.add_row(job.name, swept, value)
-        console.print(table)
+        print_table(table)
         results = sweep_dir / "optimization_results.yaml"
         if results.exists():
             best = yaml.safe_load(results.read_text())

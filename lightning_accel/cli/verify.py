@@ -26,12 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from lightning_accel.cli import bench
 from lightning_accel.cli.collective_probe import PROBE_VALUE
-from lightning_accel.cli.console import console, fail, quiet_upstream, say
+from lightning_accel.cli.console import fail, print_table, quiet_upstream, say
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable, write_text_whole
 
@@ -1107,9 +1106,7 @@ def main(args: list[str]) -> int:
         table.add_column(name, overflow="fold")
     for row in table_rows(cells):
         table.add_row(*row, style={"passed": None, "not run": "yellow"}.get(row[1], "red"))
-    # a log's lines, not a terminal's (print's width cannot exceed its console's)
-    wide = console if console.is_terminal else Console(stderr=True, width=160)
-    wide.print(table)
+    print_table(table)
     written = write_results(options.out, setting, cells, seconds)
     failed = [c.name for c in cells if c.status == "failed"]
     not_run = [c.name for c in cells if c.status == "not run"]
