@@ -27,6 +27,7 @@ from lightning_accel.safe_load import (
 )
 
 SHARDED_META = "meta.pt"  # Lightning's loop and callback state beside the shards
+RUN_CHECKPOINTS = "checkpoints"  # a run directory's checkpoints (conf/callbacks/default.yaml)
 
 
 def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
@@ -196,7 +197,7 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
 def run_weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     """The model weights (``state_dict``) of a run directory's checkpoint ``name``, a sharded
     one consolidated on the way (in a temporary directory; nothing is written to the run)."""
-    checkpoint = run_dir / "checkpoints" / name
+    checkpoint = run_dir / RUN_CHECKPOINTS / name
     if not checkpoint.is_dir():
         return load_data_file(checkpoint)["state_dict"]
     with tempfile.TemporaryDirectory() as scratch:

@@ -37,8 +37,9 @@ class ConfigError(ValueError):
         return (type(self), (self.key, self.value, self.problem, self.choices))
 
 
-# what a shell reports for a process ended by SIGTERM (128 + 15)
+# what a shell reports for a process ended by SIGTERM (128 + 15) and by SIGINT (Ctrl-C)
 STOPPED_EXIT_CODE = 143
+SIGINT_EXIT_CODE = 130
 
 
 class RunStopped(Exception):

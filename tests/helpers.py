@@ -243,16 +243,16 @@ class StopAtStep(pl.Callback):
             trainer.should_stop = True
 
 
-class SigtermAtStep(pl.Callback):
-    """Sends SIGTERM to its own process once rank ``rank`` has made ``step`` optimizer steps,
-    as a scheduler preempting one rank would."""
+class SignalAtStep(pl.Callback):
+    """Sends ``signum`` (default SIGTERM) to its own process once rank ``rank`` has made
+    ``step`` optimizer steps, as a scheduler preempting one rank would (SIGINT: Ctrl-C)."""
 
-    def __init__(self, step: int, rank: int) -> None:
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.rank, self.signum = step, rank, signum
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step and trainer.global_rank == self.rank:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 class SignalAfterBackward(pl.Callback):

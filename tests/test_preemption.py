@@ -1,11 +1,14 @@
 """A SIGTERM (a preempted or cancelled job) stops every rank at the same step, saves that
 step in ``last.ckpt`` and exits 143; the same command then resumes from it as if the run had
-never stopped. Lightning's per-step broadcast of the flag is gone."""
+never stopped. Lightning's per-step broadcast of the flag is gone. Ctrl-C (SIGINT) stops at
+once and exits 130, naming the last checkpoint and the command that resumes from it."""
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from helpers import (
     TEST_IMPORTS,
     Runs,
     SignalAfterBackward,
-    SigtermAtStep,
+    SignalAtStep,
     TinyRegression,
     free_port,
     run_cli,
@@ -44,7 +47,7 @@ from lightning_accel import build_trainer
 from lightning_accel.callbacks import PreemptionCheckpoint
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
-from lightning_accel.errors import STOPPED_EXIT_CODE
+from lightning_accel.errors import SIGINT_EXIT_CODE, STOPPED_EXIT_CODE
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.strategies.agreed_stop import AgreedStop
 from lightning_accel.strategies.step_signals import StepBoundaryStop
@@ -71,7 +74,7 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_same_command
     run_dir = runs.root / "ddp_sigterm_to_rank_1"
     command = [*runs.base, *LOOP, "hardware=ddp_cpu", "hardware.devices=2"]
     command += [f"data.batch_size={GLOBAL_BATCH // 2}", f"hydra.run.dir={run_dir}"]
-    command += ["+callbacks.sigterm._target_=helpers.SigtermAtStep", "+callbacks.sigterm.step=12"]
+    command += ["+callbacks.sigterm._target_=helpers.SignalAtStep", "+callbacks.sigterm.step=12"]
     command += ["+callbacks.sigterm.rank=1", *_callback("stop", "RecordStop", run_dir)]
     command += _callback("count", "CountBroadcasts", run_dir)
 
@@ -80,7 +83,8 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_same_command
     # the flag rank 1 raised during step 12 is combined in step 13 and read before step 14
     assert _stop_steps(run_dir) == [13, 13]
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert f"stopped on SIGTERM after step 13 (every rank); saved {last}" in stopped.stderr
+    assert f"stopped on SIGTERM after step 13 (every rank); saved {last}; `" in stopped.stderr
+    assert f" hydra.run.dir={run_dir}` resumes from it" in stopped.stderr
     assert "Traceback" not in stopped.stderr and "exitcode" not in stopped.stderr
     assert load_data_file(last)["global_step"] == 13
     assert not list(run_dir.rglob("rank-*.json")), "a stop is not a failure: no collective traces"
@@ -132,13 +136,62 @@ def test_a_sigterm_to_the_whole_process_group_stops_every_rank_together_and_save
     assert load_data_file(whole)["global_step"] == step
 
 
+def test_ctrl_c_stops_one_process_naming_the_command_that_resumes_to_the_same_weights(
+    runs: Runs,
+) -> None:
+    uninterrupted = runs.train("single", "cpu", 1)
+    run_dir = runs.root / "single_interrupted"
+    interrupt = ["+callbacks.interrupt._target_=helpers.SignalAtStep"]
+    interrupt += ["+callbacks.interrupt.step=7", "+callbacks.interrupt.rank=0"]
+    interrupt += [f"+callbacks.interrupt.signum={int(signal.SIGINT)}"]
+    command = [*runs.base, *LOOP, "hardware=cpu", f"data.batch_size={GLOBAL_BATCH}", *interrupt]
+    stopped = run_cli([*command, f"hydra.run.dir={run_dir}"], cwd=runs.root, env=TEST_IMPORTS)
+    assert stopped.returncode == SIGINT_EXIT_CODE, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    said = re.search(
+        r"stopped on SIGINT at step 7; its last checkpoint is (\S+); `([^`]+)` resumes from it",
+        stopped.stderr,
+    )
+    assert said is not None, stopped.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert said[1] == str(last) and load_data_file(last)["global_step"] == 5
+    resume = shlex.split(said[2])
+    assert resume[:2] == ["lightning-accel", "train"] and resume[-1] == f"hydra.run.dir={run_dir}"
+    # the same run without the callback that pressed Ctrl-C
+    resumed_args = [a for a in resume[1:] if not a.startswith("+callbacks.interrupt")]
+    resumed = run_cli(resumed_args, cwd=runs.root, env=TEST_IMPORTS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {last}" in resumed.stderr
+    expected = runs.final_weights(uninterrupted)
+    weights = runs.final_weights(run_dir)
+    for key, value in expected.items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_ctrl_c_to_the_process_group_of_a_two_rank_run_stops_it_with_one_account(
+    tmp_path: Path,
+) -> None:
+    """As a terminal signals every process of the command: the command, its rank server and
+    the ranks; torch elastic's notes of closing them are left out."""
+    process = start_long_run(tmp_path, own_session=True)
+    try:
+        wait_for_training(tmp_path)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == SIGINT_EXIT_CODE, stderr[-3000:]
+    assert "lightning-accel: stopped on SIGINT; it saved no checkpoint; logs in " in stderr
+    assert "Traceback" not in stderr and "Closing process" not in stderr, stderr[-3000:]
+
+
 def test_one_process_stopped_on_sigterm_saves_the_step_it_stopped_at(tmp_path: Path) -> None:
     saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=0, save_last=True)
     preemption = PreemptionCheckpoint()
     trainer = build_trainer(
         "cpu",
         max_steps=10,
-        callbacks=[saver, preemption, SigtermAtStep(step=3, rank=0)],
+        callbacks=[saver, preemption, SignalAtStep(step=3, rank=0)],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

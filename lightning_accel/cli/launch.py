@@ -55,7 +55,7 @@ class _StoppingRecords(logging.Filter):
     NOTES = (
         f"(exitcode: {STOPPED_EXIT_CODE})",
         "death signal, shutting down workers",
-        "via signal SIGTERM",
+        "via signal SIG",  # SIGTERM, SIGINT (Ctrl-C) or SIGKILL
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -212,9 +212,12 @@ def launch_ranks(
         world_size = processes * rendezvous["max_nodes"]
         raise ranks_failed(failures, config_path.parent, log_dir, world_size) from None
     except SignalException as error:
+        from lightning_accel.cli.runner import resume_note
+
         stopped = signal.Signals(error.sigval)
+        note = resume_note(config_path.parent)
         raise RunStopped(
-            f"stopped on {stopped.name}; logs in {log_dir}", 128 + stopped.value
+            f"stopped on {stopped.name}; {note}; logs in {log_dir}", 128 + stopped.value
         ) from None
 
 

@@ -4,12 +4,14 @@ rank of a job executes."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
@@ -20,13 +22,18 @@ from rich.table import Table
 
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
-from lightning_accel.checkpoints import consolidate_checkpoint, is_sharded, last_checkpoint
+from lightning_accel.checkpoints import (
+    RUN_CHECKPOINTS,
+    consolidate_checkpoint,
+    is_sharded,
+    last_checkpoint,
+)
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
-from lightning_accel.errors import ConfigError, RunStopped
+from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.trainer_factory import build_trainer
@@ -120,7 +127,13 @@ def fit_run(run: RunConfig) -> None:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        raise RunStopped(stop_message(trainer)) from None
+        raise RunStopped(stop_message(trainer, Path(run.run_dir))) from None
+    except SystemExit as exit_:
+        # Lightning ends a fit that Ctrl-C interrupted with exit code 1
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        stopped = f"stopped on SIGINT at step {trainer.global_step}"
+        raise RunStopped(f"{stopped}; {resume_note(Path(run.run_dir))}", SIGINT_EXIT_CODE) from None
     except ValueError as error:
         # The epoch's length is known only once the loaders exist, inside fit.
         if "`val_check_interval`" not in str(error):
@@ -133,14 +146,34 @@ def fit_run(run: RunConfig) -> None:
         ) from None
 
 
-def stop_message(trainer: pl.Trainer) -> str:
+def resume_command(run_dir: Path) -> str:
+    """The command that goes on with the run of ``run_dir`` from the last checkpoint there:
+    the job's overrides as Hydra recorded them, without ``ckpt_path`` (the run's own
+    checkpoint is newer), with ``hydra.run.dir`` set to that directory (a new command would
+    otherwise start a new run directory, named by the time)."""
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(recorded.read_text()) if recorded.is_file() else []
+    kept = [o for o in overrides or [] if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return shlex.join(["lightning-accel", "train", *kept, f"hydra.run.dir={run_dir}"])
+
+
+def resume_note(run_dir: Path) -> str:
+    """How a stopped run of ``run_dir`` goes on: the last checkpoint its directory holds and
+    the command that resumes from it, or that it saved none."""
+    found = last_checkpoint(run_dir / RUN_CHECKPOINTS)
+    if found is None:
+        return "it saved no checkpoint"
+    return f"its last checkpoint is {found}; `{resume_command(run_dir)}` resumes from it"
+
+
+def stop_message(trainer: pl.Trainer, run_dir: Path) -> str:
     """What a run stopped on SIGTERM left, and how it goes on."""
     ranks = " (every rank)" if trainer.world_size > 1 else ""
     message = f"stopped on SIGTERM after step {trainer.global_step}{ranks}"
     saver = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
     if saver is None or saver.saved is None:
         return message + "; no checkpoint saved there"
-    return f"{message}; saved {saver.saved}, which the same command resumes from"
+    return f"{message}; saved {saver.saved}; `{resume_command(run_dir)}` resumes from it"
 
 
 def run_stage(run: RunConfig) -> None:
