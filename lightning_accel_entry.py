@@ -30,8 +30,9 @@ def run_command(end: ProcessEnd) -> int:
         end.record(stop.code)
         raise
     except KeyboardInterrupt:
+        # Ctrl+C outside a run (a run says where it stopped itself): no traceback
         end.status = 130  # what a shell reports for Ctrl+C
-        raise
+        print("\nlightning-accel: stopped on SIGINT (Ctrl+C)", file=sys.stderr)
     return end.status
 
 

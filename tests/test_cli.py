@@ -207,6 +207,23 @@ def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path: Path) -
     assert "trainer.max_steps=0 must be a positive number" in result.stderr
 
 
+def test_ctrl_c_before_a_run_starts_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
+    probe = (
+        "import signal, sys, lightning_accel_entry\n"
+        "import lightning_accel.cli.main as cli\n"
+        "def pressed(args):\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "cli.main = pressed\n"
+        "sys.argv = ['lightning-accel', 'plan']\n"
+        "lightning_accel_entry.main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 130
+    assert result.stderr.strip() == "lightning-accel: stopped on SIGINT (Ctrl+C)"
+
+
 def test_importing_the_package_registers_its_strategies() -> None:
     probe = (
         "import lightning_accel\n"
