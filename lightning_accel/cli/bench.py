@@ -17,20 +17,22 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lightning_accel.cli.compose import compose_job, job_overrides
+from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
 
-USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] [--cell-timeout S] OVERRIDES...
+USAGE = """usage: lightning-accel bench [--out DIR] [--repeats N] [--cell-timeout S]
+                             [--config-dir DIR] OVERRIDES...
 
 Trains one run per cell of the matrix the overrides span (comma lists, range(...) and
 choice(...), as with --multirun), each in its own process, and compares them. Warm-up and
 compile steps are left out of the figures. A cell that runs longer than --cell-timeout
 seconds is stopped and reported as timed out; the others go on. Writes results.json,
-results.csv and chart.png to DIR.
+results.csv and chart.png to DIR. --config-dir adds your project's own config groups
+(DIR/recipe/NAME.yaml, ...), as for train.
 
   lightning-accel bench hardware=cpu,ddp_cpu optimization=default,fast trainer.max_steps=60
 """
@@ -76,12 +78,15 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cell-timeout", type=float, default=None)
+    parser.add_argument("--config-dir", "-cd", default=None)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*")
     options, unknown = parser.parse_known_args(args)
     if unknown:
-        choices = ["--out", "--repeats", "--cell-timeout"]
+        choices = ["--out", "--repeats", "--cell-timeout", "--config-dir"]
         raise ConfigError("bench option", unknown[0], "is unknown", choices)
+    if options.config_dir:
+        options.overrides.append(config_dir_override(options.config_dir))
     if options.repeats < 1:
         raise ConfigError("--repeats", options.repeats, "must be at least 1")
     if options.cell_timeout is not None and options.cell_timeout <= 0:

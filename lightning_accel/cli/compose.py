@@ -4,6 +4,7 @@ into one-sentence :class:`ConfigError`s that name the key, the value and the val
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -56,6 +57,21 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     if not sweeps:  # as Hydra composes a single job: every override, in order
         return [[o.input_line for o in parsed]]
     return sweep_jobs(parsed)
+
+
+def config_dir_override(directory: str) -> str:
+    """The override that adds ``directory`` (``--config-dir``: a project's own config
+    groups, such as ``conf/recipe/mine.yaml``) to Hydra's search path, once it is known to
+    exist."""
+    path = Path(directory).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(
+            "--config-dir",
+            directory,
+            "is not a directory; give the one that holds your config groups, such as conf "
+            "with conf/recipe/NAME.yaml",
+        )
+    return f"hydra.searchpath=[file://{path}]"
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

@@ -15,18 +15,20 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from lightning_accel.cli.compose import compose_job, job_overrides
+from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
 
-USAGE = """usage: lightning-accel plan [--world N,M,...] [--device NAME] [--json] [OVERRIDES]
+USAGE = """usage: lightning-accel plan [--world N,M,...] [--device NAME] [--json]
+                            [--config-dir DIR] [OVERRIDES]
 
   --world N,M,...  world sizes (ranks) to plan (default: 1,2 on this CPU, 1,8 on a device)
   --device NAME    a device of the datasheet table (H100, H200, A100, L4, B200, TPU v5p,
                    ...), or cpu (this machine, measured; the default)
   --json           print one JSON object on stdout instead of tables
+  --config-dir DIR your project's own config groups (DIR/recipe/NAME.yaml, ...), as for train
   OVERRIDES        the run, as for train (recipe=, model.*, data.*, optimization.*)
 """
 
@@ -46,13 +48,15 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--world", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--config-dir", "-cd", default=None)
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*")
     options, unknown = parser.parse_known_args(args)
     if unknown:
-        raise ConfigError(
-            "plan option", unknown[0], "is unknown", ["--world", "--device", "--json"]
-        )
+        choices = ["--world", "--device", "--json", "--config-dir"]
+        raise ConfigError("plan option", unknown[0], "is unknown", choices)
+    if options.config_dir:
+        options.overrides.append(config_dir_override(options.config_dir))
     return options
 
 

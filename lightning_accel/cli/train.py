@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_accel.cli.compose import config_dir_override
 from lightning_accel.cli.console import end_stopped, fail, quiet_upstream, say, working
 from lightning_accel.cli.hydra_private import command_line_parser
 from lightning_accel.cli.preflight import (
@@ -128,10 +129,10 @@ def main(args: list[str], stage: str = "fit") -> int:
     informational = options.help or options.hydra_help or options.info or options.shell_completion
     if not informational:
         overrides = list(options.overrides)
-        if options.config_dir:
-            overrides.append(f"hydra.searchpath=[file://{Path(options.config_dir).resolve()}]")
         rank_server = EarlyRankServer()
         try:
+            if options.config_dir:
+                overrides.append(config_dir_override(options.config_dir))
             with working("checking the command: config, model, data, memory"):
                 runs = preflight(overrides, options.multirun, None if options.cfg else rank_server)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:

@@ -1,0 +1,75 @@
+"""A project's own config groups (``--config-dir``, as Hydra's): its recipe and hardware
+profile train, plan and bench like the pack's own, and a directory that is not there is
+refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_cli
+
+RECIPE = """\
+# @package _global_
+defaults:
+  - gpt
+  - _self_
+recipe: tiny
+model: {n_layer: 1, d_model: 32, n_head: 2}
+data: {seq_len: 32, batch_size: 4}
+"""
+
+HARDWARE = """\
+defaults:
+  - cpu
+  - _self_
+name: laptop
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, small_corpus: Path) -> Path:
+    """A project directory holding conf/recipe/tiny.yaml and conf/hardware/laptop.yaml."""
+    (tmp_path / "conf" / "recipe").mkdir(parents=True)
+    (tmp_path / "conf" / "hardware").mkdir()
+    (tmp_path / "conf" / "recipe" / "tiny.yaml").write_text(
+        RECIPE.replace("data: {", f"data: {{source: {small_corpus}, ")
+    )
+    (tmp_path / "conf" / "hardware" / "laptop.yaml").write_text(HARDWARE)
+    return tmp_path
+
+
+def test_a_projects_recipe_and_hardware_profile_train_plan_and_bench(project: Path) -> None:
+    trained = run_cli(
+        ["train", "--config-dir", "conf", "recipe=tiny", "hardware=laptop", "trainer=smoke"],
+        cwd=project,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run_dir,) = (project / "runs" / "tiny").iterdir()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["hardware"]["name"] == "laptop" and config["model"]["n_layer"] == 1
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] > 0
+
+    planned = run_cli(["plan", "--config-dir", "conf", "recipe=tiny", "--json"], cwd=project)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    tiny_parameters = json.loads(planned.stdout)["parameters"]
+    default = run_cli(["plan", "--json"], cwd=project)
+    assert 0 < tiny_parameters < json.loads(default.stdout)["parameters"]
+
+    refused = run_cli(["bench", "-cd", "conf", "recipe=tiny", "hardware=laptop,nope"], cwd=project)
+    assert refused.returncode == 2
+    assert "hardware='nope' is not a hardware option; valid choices: " in refused.stderr
+    assert ", laptop, " in refused.stderr, "the project's profile is a choice"
+
+
+@pytest.mark.parametrize("verb", ["train", "plan", "bench"])
+def test_a_config_dir_that_is_not_there_exits_2_in_one_sentence(verb: str, tmp_path: Path) -> None:
+    result = run_cli([verb, "--config-dir", "conf", "hardware=cpu"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lightning-accel: error: --config-dir='conf' is not a directory; give the one that "
+        "holds your config groups, such as conf with conf/recipe/NAME.yaml."
+    ]
+    assert list(tmp_path.iterdir()) == [], "nothing written"
