@@ -130,7 +130,8 @@ def start_long_run(
 ) -> subprocess.Popen:
     """Start :data:`TINY_LONG_RUN` on ``hardware`` in ``directory``, each rank marking there
     when it trains (:class:`MarkTraining`); ``own_session``: the command leads a process
-    group of its own, which a test can signal whole."""
+    group of its own, which a test can signal whole, and takes SIGINT as from a terminal
+    (a test started in the background would pass it on ignored)."""
     mark = [
         "+callbacks.mark._target_=helpers.MarkTraining",
         f"+callbacks.mark.directory={directory}",
@@ -143,7 +144,12 @@ def start_long_run(
         text=True,
         env={**os.environ, **TEST_IMPORTS, "COLUMNS": "200"},
         start_new_session=own_session,
+        preexec_fn=_default_sigint if own_session else None,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_training(directory: Path, ranks: int = 2, timeout: float = 120) -> None:
@@ -252,6 +258,10 @@ class SignalAtStep(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            if self.signum == signal.SIGINT:
+                # what Python's handler raises for Ctrl-C, also where the test itself was
+                # started in the background (which ignores the signal)
+                raise KeyboardInterrupt
             os.kill(os.getpid(), self.signum)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ CALLBACK_SETS = ("default", "minimal")
 
 @pytest.mark.parametrize(("group", "option"), CHOICES, ids=[f"{g}={o}" for g, o in CHOICES])
 def test_option_composes_and_validates(
-    group: str, option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    group: str,
+    option: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     # GPU profiles are checked against a machine with 2 CUDA devices (none is used).
@@ -59,6 +64,11 @@ def test_option_composes_and_validates(
     extra = CUSTOM if (group, option) == ("recipe", "custom") else []
     if (group, option) == ("launcher", "torchrun"):
         extra = ["launcher.run_id=exp1"]  # required: every node must be given the same
+    if (group, option) == ("launcher", "slurm"):  # checked as on a login node (none runs)
+        srun = tmp_path_factory.mktemp("bin") / "srun"
+        srun.write_text("#!/bin/sh\nexit 1\n")
+        srun.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
     if group == "hardware" and option in XLA_PROFILES and not xla_runtime.installed():
         with pytest.raises(ConfigError, match=r"lightning-accel\[xla\]"):
             preflight([f"{group}={option}"], multirun=False)
