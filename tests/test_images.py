@@ -174,9 +174,9 @@ def test_digits_load_and_split_by_the_split_seed() -> None:
     assert val_labels(split_seed=1) != val_labels()
 
 
-def _synthetic(**options: object) -> SyntheticImageDataModule:
+def _synthetic(channels: int = 3, **options: object) -> SyntheticImageDataModule:
     data = SyntheticImageDataModule(
-        channels=3, image_size=6, num_classes=4, batch_size=8, samples=64, **options
+        channels=channels, image_size=6, num_classes=4, batch_size=8, samples=64, **options
     )
     data.setup("fit")
     return data
@@ -250,17 +250,33 @@ def test_resumed_augmentation_continues_where_it_stopped() -> None:
     assert first.state_dict() == {"augmented_batches": 3}
 
 
+@pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_batches_stay_on_their_device_in_the_asked_memory_format(channels_last: bool) -> None:
-    data = _synthetic(crop_padding=1, horizontal_flip=True, channels_last=channels_last)
+def test_batches_stay_on_their_device_in_the_asked_memory_format(
+    channels_last: bool, channels: int
+) -> None:
+    # one channel is both layouts by contiguity; its strides must still be the asked ones
+    data = _synthetic(channels, crop_padding=1, horizontal_flip=True, channels_last=channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.empty(8, channels, 6, 6, memory_format=memory_format).stride()
     devices = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        images = torch.zeros(8, 3, 6, 6, dtype=torch.uint8, device=device)
+        images = torch.zeros(8, channels, 6, 6, dtype=torch.uint8, device=device)
         for train in (True, False):
             out = data.prepare_batch(images, train=train)
-            assert out.device.type == device and out.shape == (8, 3, 6, 6)
-            assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
-            assert out.is_contiguous() != channels_last
+            assert out.device.type == device and out.shape == (8, channels, 6, 6)
+            assert out.stride() == layout
+
+
+def test_a_one_channel_augmented_batch_gives_convolutions_gradients_in_their_weights_layout() -> (
+    None
+):
+    """What DDP needs: its gradient buckets follow the weights' strides."""
+    data = _synthetic(1, crop_padding=1, horizontal_flip=True)
+    images = next(iter(data.train_dataloader()))[0]
+    conv = torch.nn.Conv2d(1, 8, 3)
+    torch.nn.Conv2d(8, 8, 3)(conv(data.prepare_batch(images, train=True))).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.stride() == conv.weight.stride()
 
 
 def test_crop_without_padding_or_flip_is_the_identity() -> None:

@@ -72,6 +72,21 @@ def crop_and_flip(
     return images[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
+def in_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``images`` with exactly the strides of their memory format (channels-last or not).
+
+    ``contiguous(memory_format=...)`` leaves a one-channel batch as it is, since one channel
+    is both layouts at once; a batch that came out of :func:`crop_and_flip` channels-last
+    then made every convolution compute in channels-last and return channels-last weight
+    gradients, which DDP, whose buckets follow the weights' strides, copied and warned about
+    ("Grad strides do not match bucket view strides")."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.empty(images.shape, device="meta", memory_format=memory_format).stride()
+    if images.stride() == layout:
+        return images
+    return images.clone(memory_format=memory_format)
+
+
 class DeviceImageDataModule(SplitDataModule):
     """Base of the image DataModules: images stay uint8 (or float) on the host and are
     converted, normalized and augmented on the device, per batch, in
@@ -169,8 +184,7 @@ class DeviceImageDataModule(SplitDataModule):
             generator = torch.Generator().manual_seed(seed)
             images = crop_and_flip(images, self.crop_padding, self.horizontal_flip, generator)
             self.augmented_batches += 1
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return images.contiguous(memory_format=memory_format)
+        return in_memory_format(images, self.channels_last)
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
