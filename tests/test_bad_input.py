@@ -139,6 +139,10 @@ CASES = {
         ["data.source=FILE"],
         ["data.seq_len=128 leaves too few samples", "(0 for training, 0 for validation"],
     ),
+    "channels-last weights under FSDP2": (
+        ["recipe=image", "hardware=fsdp2_cpu", "optimization.channels_last=true"],
+        ["optimization.channels_last=True cannot run under hardware=fsdp2_cpu", "DDP"],
+    ),
     "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
     "missing tokenizer file": (
         ["data.tokenizer=/no/tokenizer.json"],

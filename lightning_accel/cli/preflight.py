@@ -178,6 +178,14 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
+        if run.optimization.channels_last and any(p.dim() == 4 for p in model.parameters()):
+            raise ConfigError(
+                "optimization.channels_last",
+                True,
+                f"cannot run under hardware={run.hardware.name}: FSDP2 shards only contiguous "
+                "parameters, and channels-last convolution weights are not; set it to false, "
+                "or use DDP (hardware=ddp, ddp_cpu)",
+            )
     return model, datamodule
 
 
