@@ -191,6 +191,13 @@ def test_custom_recipe_trains_the_users_own_classes(tmp_path: Path) -> None:
     )
 
 
+def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``code`` run by a new interpreter, as the console script's process would be."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path: Path) -> None:
     probe = (
         "import sys, lightning_accel_entry\n"
@@ -200,9 +207,7 @@ def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path: Path) -
         "except SystemExit as error:\n"
         "    print(error.code, 'torch' in sys.modules, 'lightning' in sys.modules)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    result = _run_python(probe, tmp_path)
     assert result.stdout.split() == ["2", "False", "False"], result.stderr
     assert "trainer.max_steps=0 must be a positive number" in result.stderr
 
@@ -217,9 +222,7 @@ def test_ctrl_c_before_a_run_starts_ends_with_130_and_no_traceback(tmp_path: Pat
         "sys.argv = ['lightning-accel', 'plan']\n"
         "lightning_accel_entry.main()\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    result = _run_python(probe, tmp_path)
     assert result.returncode == 130
     assert result.stderr.strip() == "lightning-accel: stopped on SIGINT (Ctrl+C)"
 

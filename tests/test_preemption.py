@@ -105,6 +105,20 @@ def test_a_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_same_command
         assert torch.equal(weights[key], value), key
 
 
+def _signal_once_training(
+    process: subprocess.Popen, directory: Path, signum: signal.Signals
+) -> str:
+    """Send ``signum`` to the process group of a run started by ``start_long_run`` (its own
+    session) once its ranks train; returns the run's stderr when it has ended."""
+    try:
+        wait_for_training(directory)
+        os.killpg(process.pid, signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return stderr
+
+
 def test_a_sigterm_to_the_whole_process_group_stops_every_rank_together_and_saves_that_step(
     tmp_path: Path, small_corpus: Path
 ) -> None:
@@ -120,12 +134,7 @@ def test_a_sigterm_to_the_whole_process_group_stops_every_rank_together_and_save
         hardware="fsdp2_cpu",
         own_session=True,
     )
-    try:
-        wait_for_training(tmp_path)
-        os.killpg(process.pid, signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = _signal_once_training(process, tmp_path, signal.SIGTERM)
     assert process.returncode == STOPPED_EXIT_CODE, stderr[-3000:]
     step, other = _stop_steps(tmp_path)
     assert step == other
@@ -174,12 +183,7 @@ def test_ctrl_c_to_the_process_group_of_a_two_rank_run_stops_it_with_one_account
     """As a terminal signals every process of the command: the command, its rank server and
     the ranks; torch elastic's notes of closing them are left out."""
     process = start_long_run(tmp_path, own_session=True)
-    try:
-        wait_for_training(tmp_path)
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = _signal_once_training(process, tmp_path, signal.SIGINT)
     assert process.returncode == SIGINT_EXIT_CODE, stderr[-3000:]
     assert "lightning-accel: stopped on SIGINT; it saved no checkpoint; logs in " in stderr
     assert "Traceback" not in stderr and "Closing process" not in stderr, stderr[-3000:]

@@ -80,10 +80,14 @@ def in_memory_format(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     then made every convolution compute in channels-last and return channels-last weight
     gradients, which DDP, whose buckets follow the weights' strides, copied and warned about
     ("Grad strides do not match bucket view strides")."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    layout = torch.empty(images.shape, device="meta", memory_format=memory_format).stride()
+    _, channels, height, width = images.shape
+    if channels_last:
+        layout = (channels * height * width, 1, width * channels, channels)
+    else:
+        layout = (channels * height * width, height * width, width, 1)
     if images.stride() == layout:
         return images
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return images.clone(memory_format=memory_format)
 
 
