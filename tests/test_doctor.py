@@ -270,3 +270,35 @@ def test_an_unknown_profile_exits_2_with_the_valid_choices(capsys: pytest.Captur
         "lightning-accel: error: hardware='nope' is not a hardware profile; valid choices: "
         f"{HARDWARE_PROFILES}."
     )
+
+
+def test_a_projects_hardware_profiles_are_judged_with_config_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hardware = tmp_path / "conf" / "hardware"
+    hardware.mkdir(parents=True)
+    (hardware / "laptop.yaml").write_text("defaults:\n  - cpu\n  - _self_\nname: laptop\n")
+    (hardware / "bigbox.yaml").write_text("defaults:\n  - ddp\n  - _self_\nname: bigbox\n")
+    (hardware / "broken.yaml").write_text("name: broken\ndevices: many\n")
+    monkeypatch.setattr(doctor_cli, "gather", lambda: CPU_ONLY)
+    conf = str(tmp_path / "conf")
+
+    code, _, err = doctor(["--config-dir", conf], capsys)
+    assert code == 2 and "hardware.devices='many'" in err
+    (hardware / "broken.yaml").unlink()
+
+    code, out, _ = doctor(["--json", "--config-dir", conf, "hardware=laptop"], capsys)
+    assert code == 0
+    verdicts = {p["name"]: p for p in json.loads(out)["profiles"]}
+    assert (
+        verdicts["laptop"]["runs"] and verdicts["laptop"]["resolved"] == verdicts["cpu"]["resolved"]
+    )
+    assert verdicts["bigbox"]["runs"] is False, "extends ddp: needs CUDA"
+    assert set(verdicts) >= {"cpu", "ddp", "laptop", "bigbox"}
+
+    code, _, err = doctor(["-cd", conf, "hardware=bigbox"], capsys)
+    assert code == 1 and err.startswith("lightning-accel: error: hardware=bigbox cannot run here")
+    code, _, err = doctor(["--config-dir", conf, "hardware=nope"], capsys)
+    assert code == 2 and ", bigbox, " in err and ", laptop, " in err
+    code, out, err = doctor(["--config-dir", str(tmp_path / "missing")], capsys)
+    assert code == 2 and out == "" and "--config-dir=" in err and "is not a directory" in err

@@ -64,7 +64,7 @@ def test_a_projects_recipe_and_hardware_profile_train_plan_and_bench(project: Pa
     assert ", laptop, " in refused.stderr, "the project's profile is a choice"
 
 
-@pytest.mark.parametrize("verb", ["train", "plan", "bench"])
+@pytest.mark.parametrize("verb", ["train", "plan", "bench", "doctor"])
 def test_a_config_dir_that_is_not_there_exits_2_in_one_sentence(verb: str, tmp_path: Path) -> None:
     result = run_cli([verb, "--config-dir", "conf", "hardware=cpu"], cwd=tmp_path)
     assert result.returncode == 2

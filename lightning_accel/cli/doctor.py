@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lightning_accel.cli.compose import compose_job, config_dir_override, value_error
 from lightning_accel.cli.console import fail
 from lightning_accel.cli.trace_report import report_traces
 from lightning_accel.config import HardwareConfig, OptimizationConfig
@@ -28,10 +32,11 @@ from lightning_accel.precision import float8_unavailable
 from lightning_accel.profiles import as_hardware, profile_names
 from lightning_accel.xla.runtime import INSTALL as XLA_INSTALL
 
-USAGE = """usage: lightning-accel doctor [--json] [hardware=NAME[,NAME...]]
+USAGE = """usage: lightning-accel doctor [--json] [--config-dir DIR] [hardware=NAME[,NAME...]]
        lightning-accel doctor --trace RUN_DIR [--json]
 
   --json           print one JSON object on stdout instead of tables
+  --config-dir DIR judge your project's hardware profiles (DIR/hardware/NAME.yaml) too
   hardware=NAMES   check these hardware profiles: exit 1 if one cannot run here
   --trace RUN_DIR  what the ranks of a failed distributed run were doing: the collective,
                    step and Lightning hook of each, and which ranks did not arrive
@@ -194,9 +199,15 @@ def needs(profile: HardwareConfig, accelerator: str) -> set[str]:
     return set()
 
 
-def judge_profile(name: str, facts: MachineFacts, problems: list[Problem]) -> ProfileVerdict:
-    """Whether the hardware profile ``name`` can run on the machine ``facts`` describe."""
-    profile = as_hardware(name)
+def judge_profile(
+    name: str,
+    facts: MachineFacts,
+    problems: list[Problem],
+    profile: HardwareConfig | None = None,
+) -> ProfileVerdict:
+    """Whether the hardware profile ``name`` (``profile``, where it is not one of the
+    pack's) can run on the machine ``facts`` describe."""
+    profile = profile or as_hardware(name)
     accelerator = auto_accelerator(facts) if profile.accelerator == "auto" else profile.accelerator
     blocking = [problem for problem in problems if problem.need in needs(profile, accelerator)]
     fix = blocking[0].fix if blocking else None
@@ -219,8 +230,12 @@ def _float8_here(accelerator: str, facts: MachineFacts) -> str:
     return "timed against bf16 where the layers are wide enough: the device has float8 tensor cores"
 
 
-def diagnose(facts: MachineFacts) -> Report:
-    """Judge ``facts``: ``auto``'s picks, every hardware profile, and the problems found."""
+def diagnose(
+    facts: MachineFacts, project_profiles: Mapping[str, HardwareConfig] | None = None
+) -> Report:
+    """Judge ``facts``: ``auto``'s picks, every hardware profile (the pack's, then a
+    project's ``project_profiles``, composed as a run composes them), and the problems
+    found."""
     problems = find_problems(facts)
     plan = plan_run(HardwareConfig(devices="auto"), OptimizationConfig(precision="auto"), facts)
     auto = AutoPick(
@@ -230,7 +245,11 @@ def diagnose(facts: MachineFacts) -> Report:
         reason=plan.precision.reason,
         float8=_float8_here(plan.accelerator, facts),
     )
-    verdicts = tuple(judge_profile(name, facts, problems) for name in profile_names("hardware"))
+    project = dict(project_profiles or {})
+    pack = [name for name in profile_names("hardware") if name not in project]
+    verdicts = tuple(judge_profile(name, facts, problems) for name in pack) + tuple(
+        judge_profile(name, facts, problems, profile) for name, profile in project.items()
+    )
     return Report(facts=facts, auto=auto, profiles=verdicts, problems=tuple(problems))
 
 
@@ -295,32 +314,71 @@ def render(report: Report, console: Console) -> None:
         console.print(escape(f"  - {problem.what}\n    fix: {problem.fix}"), soft_wrap=True)
 
 
-def parse(args: list[str]) -> tuple[bool, list[str], Path | None]:
-    """``--json``, the profile names asked about (each one checked to exist) and the run
-    directory of ``--trace``.
+@dataclass(frozen=True)
+class DoctorArguments:
+    """What ``doctor`` was asked: ``as_json`` output, the hardware profile ``names`` to
+    check, a run directory to ``trace``, and a project's hardware profiles by name (from
+    ``--config-dir``)."""
+
+    as_json: bool = False
+    names: tuple[str, ...] = ()
+    trace: Path | None = None
+    project_profiles: Mapping[str, HardwareConfig] = field(default_factory=dict)
+
+
+def project_hardware(directory: str) -> dict[str, HardwareConfig]:
+    """The hardware profiles of a project's config directory (``DIR/hardware/NAME.yaml``),
+    each composed as ``train --config-dir DIR hardware=NAME`` composes it (a profile may
+    extend one of the pack's by its defaults list)."""
+    search_path = config_dir_override(directory)
+    files = sorted((Path(directory).expanduser() / "hardware").glob("*.yaml"))
+    profiles = {}
+    for name in (path.stem for path in files):
+        composed = compose_job([search_path, f"hardware={name}"]).hardware
+        try:
+            profiles[name] = OmegaConf.to_object(composed)
+        except OmegaConfBaseException as error:
+            raise value_error(error, [f"hardware={name}"]) from error
+    return profiles
+
+
+def _next_value(arguments: Iterator[str], option: str, needed: str) -> str:
+    given = next(arguments, None)
+    if given is None:
+        raise ConfigError(f"doctor {option}", "", f"needs {needed}")
+    return given
+
+
+def parse(args: list[str]) -> DoctorArguments:
+    """What ``args`` ask (each hardware profile named checked to exist).
 
     Raises:
-        ConfigError: an unknown argument or hardware profile, or ``--trace`` without a
-            directory.
+        ConfigError: an unknown argument or hardware profile, ``--trace`` without a
+            directory, or a ``--config-dir`` that is none or holds an invalid profile.
     """
-    as_json, names, trace = False, [], None
+    as_json, names, trace, config_dir = False, [], None, None
     arguments = iter(args)
     for arg in arguments:
         if arg == "--json":
             as_json = True
         elif arg == "--trace":
-            given = next(arguments, None)
-            if given is None:
-                raise ConfigError("doctor --trace", "", "needs a run directory")
-            trace = Path(given)
+            trace = Path(_next_value(arguments, arg, "a run directory"))
+        elif arg in ("--config-dir", "-cd"):
+            config_dir = _next_value(arguments, arg, "a config directory")
         elif arg.startswith("hardware="):
             names += [name.strip() for name in arg.partition("=")[2].split(",")]
         else:
-            choices = ["--json", "hardware=NAME", "--trace RUN_DIR"]
+            choices = ["--json", "--config-dir DIR", "hardware=NAME", "--trace RUN_DIR"]
             raise ConfigError("doctor", arg, "is not an argument", choices)
+    project = project_hardware(config_dir) if config_dir is not None else {}
     for name in names:
-        as_hardware(name)
-    return as_json, names, trace
+        if name not in project:
+            try:
+                as_hardware(name)
+            except ConfigError as error:
+                known = sorted({*profile_names("hardware"), *project})
+                raise ConfigError("hardware", name, error.problem, known) from None
+    return DoctorArguments(as_json, tuple(names), trace, project)
 
 
 def main(args: list[str]) -> int:
@@ -330,18 +388,18 @@ def main(args: list[str]) -> int:
         print(USAGE, end="")
         return 0
     try:
-        as_json, names, trace = parse(args)
-        if trace is not None:
-            report_traces(trace, as_json)
+        asked = parse(args)
+        if asked.trace is not None:
+            report_traces(asked.trace, asked.as_json)
             return 0
     except ConfigError as error:
         fail(error)
-    report = diagnose(gather())
-    if as_json:
-        print(json.dumps({**report.as_json(), "checked": names}, indent=2))
+    report = diagnose(gather(), asked.project_profiles)
+    if asked.as_json:
+        print(json.dumps({**report.as_json(), "checked": list(asked.names)}, indent=2))
     else:
         render(report, Console(file=sys.stdout, highlight=False))
-    refused = [report.verdict(name) for name in names if not report.verdict(name).runs]
+    refused = [report.verdict(name) for name in asked.names if not report.verdict(name).runs]
     if refused:
         fail(" ".join(verdict.sentence() for verdict in refused), exit_code=1)
     return 0
