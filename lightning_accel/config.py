@@ -214,7 +214,11 @@ class OptimizationConfig:
         activation_checkpointing: Recomputing block activations in the backward pass.
         fp8: Float8 training of the Linear layers (torchao).
         channels_last: Put the model (and the image recipe's batches) in channels-last
-            memory format (conv nets).
+            memory format (conv nets). ``auto``: the runner turns it on where the model has
+            convolution weights and the strategy keeps them whole (one device, DDP) on a CPU
+            or GPU, and off under FSDP2 and XLA; a Trainer built without the runner leaves
+            it off.
+        channels_last_reason: Why the runner chose channels-last on or off for ``auto``.
         cpu_offload: FSDP2 keeps parameters, gradients and optimizer state in CPU memory.
         micro_batch: ``auto``: the runner splits each batch into the largest micro-batches
             the plan predicts to fit, with gradient accumulation keeping the batch and the
@@ -237,7 +241,8 @@ class OptimizationConfig:
         default_factory=ActivationCheckpointingConfig
     )
     fp8: Float8Config = field(default_factory=Float8Config)
-    channels_last: bool = False
+    channels_last: Any = False
+    channels_last_reason: str | None = None
     cpu_offload: bool = False
     micro_batch: str | None = None
     micro_batch_reason: str | None = None
@@ -249,6 +254,7 @@ class OptimizationConfig:
     def __post_init__(self) -> None:
         require_choice("optimization.precision", self.precision, PRECISIONS)
         require_choice("optimization.micro_batch", self.micro_batch, MICRO_BATCHES)
+        require_choice("optimization.channels_last", self.channels_last, (True, False, "auto"))
         require_positive("optimization.accumulate_grad_batches", self.accumulate_grad_batches)
         if self.gradient_clip_val is not None:
             require_positive("optimization.gradient_clip_val", self.gradient_clip_val)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from helpers import run_cli
 from PIL import Image
 
@@ -412,9 +413,13 @@ def test_digits_without_scikit_learn_names_the_extra(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_image_recipe_smoke_run_from_the_command_line(tmp_path: Path) -> None:
     args = ["train", "recipe=image", "trainer=smoke", "logger=none", "callbacks=minimal"]
-    result = run_cli([*args, "hydra.run.dir=run"], cwd=tmp_path)
+    result = run_cli([*args, "optimization.channels_last=auto", "hydra.run.dir=run"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert "channels_last" in summary["transforms"], "one process keeps convolution weights whole"
+    assert config["optimization"]["channels_last"] is config["data"]["channels_last"] is True
+    assert "channels-last on: convolution weights kept whole on one device" in result.stderr
     assert summary["recipe"] == "image" and summary["steps"] == 4
     assert [v["step"] for v in summary["validation"]] == [2, 4]
     for validation in summary["validation"]:

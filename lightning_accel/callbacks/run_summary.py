@@ -20,6 +20,7 @@ from typing_extensions import override
 from lightning_accel.callbacks.logged_steps import unread_logged_step
 from lightning_accel.files import write_text_whole
 from lightning_accel.memory import model_state_bytes
+from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS
 
 
 @runtime_checkable
@@ -234,6 +235,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
         rows.append(("fp8", _with_reason(layers, fp8["reason"])))
     elif summary.get("fp8_reason"):
         rows.append(("fp8", _with_reason("off", summary["fp8_reason"])))
+    if summary.get("channels_last_reason") not in (None, NO_CONVOLUTIONS):
+        on = "on" if "channels_last" in (summary.get("transforms") or ()) else "off"
+        rows.append(("channels-last", _with_reason(on, summary["channels_last_reason"])))
     if summary.get("micro_batch_reason"):
         accumulate = summary.get("accumulate_grad_batches")
         rows.append(

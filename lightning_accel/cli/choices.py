@@ -33,6 +33,7 @@ from lightning_accel.optimize.measured_choices import (
     float8_pays,
     step_times,
 )
+from lightning_accel.optimize.memory_format import WHOLE_WEIGHT_LAYOUTS, has_convolution_weights
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.plan import meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
@@ -112,8 +113,12 @@ def layout_strategy(row: LayoutEstimate) -> tuple[str, dict[str, Any]]:
     return FSDP2, {}
 
 
-def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig:
-    """For ``strategy: auto`` on several devices: the layout the plan ranks first."""
+def choose_layout(
+    run: RunConfig, footprint: ModelFootprint | None, whole_weights: bool = False
+) -> RunConfig:
+    """For ``strategy: auto`` on several devices: the layout the plan ranks first (with
+    ``whole_weights``, for channels-last convolution weights, of those that keep every
+    parameter whole)."""
     plan = plan_run(run.hardware, run.optimization)
     if run.hardware.strategy != "auto" or plan.devices < 2 or footprint is None:
         return run
@@ -127,6 +132,7 @@ def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig
         if row.estimate.precision == precision
         and row.estimate.activation_checkpointing
         == run.optimization.activation_checkpointing.enabled
+        and (not whole_weights or row.estimate.layout in WHOLE_WEIGHT_LAYOUTS)
     ]
     if not ranked or not ranked[0].estimate.fits:
         return run
@@ -147,12 +153,15 @@ def choose_layout(run: RunConfig, footprint: ModelFootprint | None) -> RunConfig
 
 
 def first_batch(run: RunConfig, device: torch.device) -> tuple[Any, pl.LightningModule]:
-    """The run's model on ``device`` and its first training batch (seeded as the run is)."""
+    """The run's model on ``device`` and its first training batch (seeded as the run is),
+    through the DataModule's transfer hooks as Lightning passes it (the image recipe
+    normalizes its batches and lays them out there)."""
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_object(run.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    batch = move_data_to_device(next(iter(datamodule.train_dataloader())), device)
+    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, device), 0)
     return batch, build_object(run.model, "model").to(device)
 
 
@@ -214,13 +223,14 @@ def measured_run(run: RunConfig) -> RunConfig:
     """The run with its layout, micro-batch and timed choices made (in the trial process)."""
     plan = plan_run(run.hardware, run.optimization)
     choose_strategy = run.hardware.strategy == "auto" and plan.devices > 1
-    footprint = None
+    footprint, whole_weights = None, False
     if run.optimization.micro_batch == "auto" or choose_strategy:
         # one measurement of the model on fake tensors serves both choices
         model, datamodule = meta_model(run.model), build_object(run.data, "data")
         measured = measure_run(run, plan, model, datamodule, count_flops=True)
         footprint = measured[0] if measured else None
-    run = choose_layout(run, footprint)
+        whole_weights = run.optimization.channels_last is True and has_convolution_weights(model)
+    run = choose_layout(run, footprint, whole_weights)
     if run.hardware.strategy_reason:
         say(f"strategy {run.hardware.strategy}: {run.hardware.strategy_reason}")
     if run.optimization.micro_batch == "auto":
@@ -242,6 +252,8 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
         torch.set_float32_matmul_precision(optimization.float32_matmul_precision)
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = first_batch(run, device)
+    if optimization.channels_last is True:  # timed as the run lays out its weights and batches
+        model.to(memory_format=torch.channels_last)
     if not _timed(optimization):  # the trial step of the chosen micro-batch
         trial = {"trial": Candidate(plan.precision.precision)}
         step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)["trial"].required()

@@ -29,6 +29,7 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 
 if TYPE_CHECKING:
+    from lightning_accel.optimize.memory_format import ChannelsLastChoice
     from lightning_accel.plan.footprint import ModelFootprint
     from lightning_accel.plan.layouts import Placement
     from lightning_accel.plan.run import RunPlan
@@ -62,12 +63,45 @@ def _missing(
 
 
 def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
-    """The job's :class:`RunConfig`, with every value check of the schema applied."""
+    """The job's :class:`RunConfig`, with every value check of the schema applied, and
+    ``optimization.channels_last: auto`` decided (in the composed config, so that what
+    interpolates it, such as the image recipe's batches, follows the choice)."""
     job = copy.deepcopy(cfg)
     with open_dict(job):
         job.pop("hydra", None)
     job.run_dir = str(run_dir)
     _check_known_keys(job, "")
+    run = _schema_checked(job, cfg)
+    if run.optimization.channels_last != "auto":
+        return run
+    choice = _channels_last_choice(run)
+    if choice is None:
+        return run
+    job.optimization.channels_last = choice.enabled
+    job.optimization.channels_last_reason = choice.reason
+    return _schema_checked(job, cfg)
+
+
+def _channels_last_choice(run: RunConfig) -> ChannelsLastChoice | None:
+    """The run's channels-last choice; None where its hardware cannot be planned (the
+    checks that follow name why)."""
+    from lightning_accel.optimize.memory_format import channels_last_choice
+    from lightning_accel.plan import meta_model
+    from lightning_accel.plan.run import plan_run
+
+    try:
+        plan = plan_run(run.hardware, run.optimization)
+    except ConfigError:
+        return None
+    try:
+        model = meta_model(run.model)
+    except ConfigError:
+        model = None
+    return channels_last_choice(model, plan.accelerator, plan.layout, plan.strategy)
+
+
+def _schema_checked(job: DictConfig, cfg: DictConfig) -> RunConfig:
+    """``job`` as its :class:`RunConfig` (``cfg``: the composed config, for its messages)."""
     try:
         return OmegaConf.to_object(job)  # type: ignore[return-value]
     except MissingMandatoryValue as error:
@@ -154,6 +188,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
 
     from lightning_accel.cli.runner import build_object
     from lightning_accel.optimize import check_model_optimizations
+    from lightning_accel.optimize.memory_format import has_convolution_weights
     from lightning_accel.strategies import FSDP2Strategy
     from lightning_accel.strategies.sharding import shard_units
 
@@ -178,7 +213,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
-        if run.optimization.channels_last and any(p.dim() == 4 for p in model.parameters()):
+        if run.optimization.channels_last is True and has_convolution_weights(model):
             raise ConfigError(
                 "optimization.channels_last",
                 True,

@@ -38,6 +38,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
     from lightning_accel.cli.search import required_objective, searching
+    from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
@@ -52,6 +53,9 @@ def run_job(cfg: DictConfig) -> float | None:
             run_stage(run)
             leave_process_group()
         else:
+            if run.optimization.channels_last_reason not in (None, NO_CONVOLUTIONS):
+                on = "on" if run.optimization.channels_last else "off"
+                say(f"channels-last {on}: {run.optimization.channels_last_reason}")
             if run.launcher.nnodes == 1 and run.stage == "fit":  # nodes could disagree
                 run = measure_choices(run)
             plan = plan_run(run.hardware, run.optimization)

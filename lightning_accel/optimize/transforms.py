@@ -60,7 +60,7 @@ def model_transforms(
         FLOAT8: optimization.fp8.converts,
         "activation_checkpointing": optimization.activation_checkpointing.enabled,
         "compile": optimization.compile.active_on(accelerator),
-        "channels_last": optimization.channels_last,
+        "channels_last": optimization.channels_last is True,  # auto: decided by the runner
         TENSOR_PARALLEL: TENSOR_PARALLEL in parallel,
         FSDP2: FSDP2 in parallel,
     }
@@ -217,6 +217,7 @@ class ModelOptimizations(pl.Callback):
             "transforms": list(self.transforms or ()),
             "fp8": self._float8_figures(),
             "fp8_reason": self.optimization.fp8.reason,
+            "channels_last_reason": self.optimization.channels_last_reason,
         }
 
     def _float8_figures(self) -> dict[str, Any] | None:

@@ -1,0 +1,62 @@
+"""Whether a run's convolutions train channels-last (NHWC): ``optimization.channels_last:
+auto`` decided by the model and the layout, before anything is built for real.
+
+Channels-last convolutions run faster on GPUs (tensor cores read NHWC) and on CPUs (oneDNN's
+blocked kernels); the image recipe measured 1.15x in one process and 1.09x on two DDP ranks
+on a CPU (docs/benchmarks.md). They need the weights whole: FSDP2 shards only contiguous
+parameters, and XLA chooses its own layouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+# The plan's layouts that keep every parameter whole on each rank.
+WHOLE_WEIGHT_LAYOUTS = {"single": "one device", "ddp": "DDP"}
+# The reason for a model the choice does not concern: recorded, not announced.
+NO_CONVOLUTIONS = "the model has no convolution weights"
+
+
+def has_convolution_weights(model: nn.Module) -> bool:
+    """Whether ``model`` has a 4-D parameter (a 2-D convolution's weight), the only kind
+    the channels-last memory format changes."""
+    return any(parameter.dim() == 4 for parameter in model.parameters())
+
+
+@dataclass(frozen=True)
+class ChannelsLastChoice:
+    """Whether a run puts its convolutions (and its image batches) in channels-last memory
+    format, and why."""
+
+    enabled: bool
+    reason: str
+
+
+def channels_last_choice(
+    model: nn.Module | None, accelerator: str, layout: str | None, strategy: str
+) -> ChannelsLastChoice:
+    """For ``channels_last: auto``: on where ``model`` has convolution weights and the run
+    keeps them whole (``layout``, the plan's, one of :data:`WHOLE_WEIGHT_LAYOUTS`) on a CPU
+    or CUDA ``accelerator``; off, with the reason, elsewhere. ``model`` None: it could not be
+    built without memory, so it is not known to have convolutions."""
+    if model is None:
+        return ChannelsLastChoice(False, "the model cannot be inspected before the run")
+    if not has_convolution_weights(model):
+        return ChannelsLastChoice(False, NO_CONVOLUTIONS)
+    if accelerator not in ("cpu", "cuda"):
+        return ChannelsLastChoice(False, f"{accelerator} chooses its own memory layouts")
+    if layout is None:
+        return ChannelsLastChoice(
+            False, f"strategy {strategy} is not known to keep the weights whole (one device, DDP)"
+        )
+    if layout not in WHOLE_WEIGHT_LAYOUTS:
+        return ChannelsLastChoice(
+            False,
+            f"the {layout} layout shards the weights, and FSDP2 shards only contiguous ones",
+        )
+    return ChannelsLastChoice(
+        True,
+        f"convolution weights kept whole on {WHOLE_WEIGHT_LAYOUTS[layout]}: channels-last "
+        "convolutions run the faster kernels",
+    )
