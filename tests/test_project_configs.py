@@ -73,3 +73,17 @@ def test_a_config_dir_that_is_not_there_exits_2_in_one_sentence(verb: str, tmp_p
         "holds your config groups, such as conf with conf/recipe/NAME.yaml."
     ]
     assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize("verb", ["train", "doctor"])
+def test_a_project_option_named_as_one_of_the_packs_exits_2(verb: str, tmp_path: Path) -> None:
+    (tmp_path / "conf" / "hardware").mkdir(parents=True)
+    (tmp_path / "conf" / "hardware" / "cpu.yaml").write_text(HARDWARE.replace("laptop", "cpu"))
+    result = run_cli([verb, "--config-dir", "conf", "hardware=cpu"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lightning-accel: error: --config-dir='conf' holds hardware/cpu.yaml, named as the "
+        "pack's own hardware option cpu, which Hydra finds first, so yours would be ignored; "
+        "give it a name of its own and extend cpu by its defaults list."
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"

@@ -62,7 +62,8 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
 def config_dir_override(directory: str) -> str:
     """The override that adds ``directory`` (``--config-dir``: a project's own config
     groups, such as ``conf/recipe/mine.yaml``) to Hydra's search path, once it is known to
-    exist."""
+    exist and to name none of its options as one of the pack's (Hydra would take the
+    pack's and ignore the project's without a word)."""
     path = Path(directory).expanduser().resolve()
     if not path.is_dir():
         raise ConfigError(
@@ -70,6 +71,21 @@ def config_dir_override(directory: str) -> str:
             directory,
             "is not a directory; give the one that holds your config groups, such as conf "
             "with conf/recipe/NAME.yaml",
+        )
+    pack = config_dir()
+    shadowing = sorted(
+        option.relative_to(path)
+        for option in path.glob("*/*.yaml")
+        if (pack / option.parent.name / option.name).is_file()
+    )
+    if shadowing:
+        group, name = shadowing[0].parent.name, shadowing[0].stem
+        raise ConfigError(
+            "--config-dir",
+            directory,
+            f"holds {shadowing[0]}, named as the pack's own {group} option {name}, which "
+            f"Hydra finds first, so yours would be ignored; give it a name of its own and "
+            f"extend {name} by its defaults list",
         )
     return f"hydra.searchpath=[file://{path}]"
 
