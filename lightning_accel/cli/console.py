@@ -50,6 +50,9 @@ _IGNORED_WARNINGS = (
     r".*TypedStorage is deprecated.*",
     # torch's safe loader on a plain pickle, which the pack then refuses in a sentence
     r".*Detected pickle protocol \d+ in the checkpoint.*",
+    # a run that ends before its first validation: Lightning warns only until validation
+    # has run, then raises, which the runner reports as the callback's monitor key
+    r".*`ModelCheckpoint\(monitor=.*\)` could not find the monitored key.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
     # FSDP2 over a tensor-parallel split returns the pack's blocks' outputs as views of their

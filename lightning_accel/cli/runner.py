@@ -15,7 +15,7 @@ import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -134,6 +134,11 @@ def fit_run(run: RunConfig) -> None:
             raise
         stopped = f"stopped on SIGINT at step {trainer.global_step}"
         raise RunStopped(f"{stopped}; {resume_note(Path(run.run_dir))}", SIGINT_EXIT_CODE) from None
+    except (MisconfigurationException, RuntimeError) as error:
+        unlogged = unlogged_monitor(run, trainer, error)
+        if unlogged is None:
+            raise
+        raise unlogged from None
     except ValueError as error:
         # The epoch's length is known only once the loaders exist, inside fit.
         if "`val_check_interval`" not in str(error):
@@ -144,6 +149,31 @@ def fit_run(run: RunConfig) -> None:
             f"is more than the {trainer.num_training_batches} training batches of an epoch;"
             " give at most that many, or trainer.limit_val_batches=0 for no validation",
         ) from None
+
+
+# What ModelCheckpoint and EarlyStopping raise for a monitored metric no step logged, once
+# validation has run (before it, ModelCheckpoint only warns, and the console filters that)
+_UNLOGGED_MONITOR = ("could not find the monitored key", "which is not available")
+
+
+def unlogged_monitor(run: RunConfig, trainer: pl.Trainer, error: Exception) -> ConfigError | None:
+    """The config error for ``error`` where it is a callback's complaint that the metric its
+    ``monitor`` names was never logged (found only when validation first runs), naming the
+    callback's key and the metrics the model logs; None for any other error."""
+    if not any(phrase in str(error) for phrase in _UNLOGGED_MONITOR):
+        return None
+    for key, node in run.callback_nodes().items():
+        monitor = node.get("monitor")
+        named = monitor and (repr(monitor) in str(error) or f"`{monitor}`" in str(error))
+        if named and monitor not in trainer.callback_metrics:
+            return ConfigError(
+                f"{key}.monitor",
+                monitor,
+                "is not a metric the model logs (found at the validation after step "
+                f"{trainer.global_step})",
+                sorted(trainer.callback_metrics),
+            )
+    return None
 
 
 def resume_command(run_dir: Path) -> str:
