@@ -420,6 +420,9 @@ def test_image_recipe_smoke_run_from_the_command_line(tmp_path: Path) -> None:
     assert "channels_last" in summary["transforms"], "one process keeps convolution weights whole"
     assert config["optimization"]["channels_last"] is config["data"]["channels_last"] is True
     assert "channels-last on: convolution weights kept whole on one device" in result.stderr
+    # the model's list arguments are saved as lists: the checkpoint loads as data
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["widths"] == config["model"]["widths"]
     assert summary["recipe"] == "image" and summary["steps"] == 4
     assert [v["step"] for v in summary["validation"]] == [2, 4]
     for validation in summary["validation"]:

@@ -48,10 +48,12 @@ def save_resolved_config(run: RunConfig) -> Path:
 
 
 def build_object(node: dict[str, Any], key: str) -> Any:
-    """Instantiate a ``_target_`` node; a ConfigError or ImportError raised inside comes out
-    unwrapped, so callers can report it as the user's error."""
+    """Instantiate a ``_target_`` node, its lists and mappings passed as plain ones (an
+    OmegaConf container among a module's hyper-parameters would make its checkpoints
+    unloadable as data); a ConfigError or ImportError raised inside comes out unwrapped, so
+    callers can report it as the user's error."""
     try:
-        return instantiate(node)
+        return instantiate(node, _convert_="all")
     except InstantiationException as error:
         if isinstance(error.__cause__, (ConfigError, ImportError)):
             raise error.__cause__ from None

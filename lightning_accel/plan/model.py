@@ -37,7 +37,7 @@ def meta_model(node: dict[str, Any]) -> pl.LightningModule:
     """
     try:
         with torch.device("meta"):
-            model = instantiate(node)
+            model = instantiate(node, _convert_="all")
     except ConfigError:
         raise
     except Exception as error:  # noqa: BLE001 - any failure is the model's own
@@ -80,7 +80,7 @@ def required_example_batch(
     Raises:
         ConfigError: neither the DataModule nor the module describes a batch.
     """
-    found = example_batch(instantiate(data_node) if data_node else None, model)
+    found = example_batch(instantiate(data_node, _convert_="all") if data_node else None, model)
     if found is None:
         raise ConfigError(
             "data._target_",
