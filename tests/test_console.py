@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from helpers import run_cli
 from rich.console import Console
 from rich.table import Table
@@ -47,3 +48,15 @@ def test_the_plan_table_in_a_log_names_every_layout_and_figure_whole(tmp_path: P
     rows = [line for line in result.stderr.splitlines() if " MiB " in line]
     assert {line.split()[1] for line in rows} == {"single", "ddp", "fsdp2", "tp"}
     assert not any("…" in line for line in rows), result.stderr
+
+
+def test_evaluation_metrics_keep_their_checkpoint_title_on_one_line(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from lightning_accel.cli.runner import print_metrics
+
+    title = "validate: /a/long/run/directory/of/some/project/checkpoints/step-1000.ckpt"
+    print_metrics(title, {"val/loss": 0.5, "val/accuracy": 0.9})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == title
+    assert any("val/accuracy" in line and "0.9000" in line for line in lines)

@@ -246,7 +246,8 @@ def evaluate_run(run: RunConfig) -> None:
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     """A table of ``metrics`` for people (stdout)."""
-    table = Table(title=title, title_justify="left")
+    # as wide as its title, which names the checkpoint: rich wraps a title at the table's width
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):
