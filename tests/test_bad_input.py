@@ -143,6 +143,18 @@ CASES = {
         ["recipe=image", "hardware=fsdp2_cpu", "optimization.channels_last=true"],
         ["optimization.channels_last=True cannot run under hardware=fsdp2_cpu", "DDP"],
     ),
+    "channels-last auto is the profile's, not the data's": (
+        ["recipe=image", "data.channels_last=auto"],
+        ["data.channels_last='auto' must be true or false"],
+    ),
+    "channels-last auto on hardware this machine lacks": (
+        ["recipe=image", "optimization=fast", "hardware=ddp"],
+        ["hardware.accelerator='cuda' is not available on this machine"],
+    ),
+    "unknown channels-last choice": (
+        ["optimization.channels_last=sometimes"],
+        ["optimization.channels_last='sometimes'", "True, False, auto"],
+    ),
     "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
     "missing tokenizer file": (
         ["data.tokenizer=/no/tokenizer.json"],

@@ -75,24 +75,23 @@ def validated_run(cfg: DictConfig, run_dir: Path) -> RunConfig:
     if run.optimization.channels_last != "auto":
         return run
     choice = _channels_last_choice(run)
-    if choice is None:
-        return run
     job.optimization.channels_last = choice.enabled
     job.optimization.channels_last_reason = choice.reason
     return _schema_checked(job, cfg)
 
 
-def _channels_last_choice(run: RunConfig) -> ChannelsLastChoice | None:
-    """The run's channels-last choice; None where its hardware cannot be planned (the
-    checks that follow name why)."""
-    from lightning_accel.optimize.memory_format import channels_last_choice
+def _channels_last_choice(run: RunConfig) -> ChannelsLastChoice:
+    """The run's channels-last choice; off where this machine cannot plan the run's
+    hardware: the checks that follow say why, or (``launcher=slurm``, submitted from a
+    login node) the job decides again on the node it runs on."""
+    from lightning_accel.optimize.memory_format import ChannelsLastChoice, channels_last_choice
     from lightning_accel.plan import meta_model
     from lightning_accel.plan.run import plan_run
 
     try:
         plan = plan_run(run.hardware, run.optimization)
-    except ConfigError:
-        return None
+    except ConfigError as error:
+        return ChannelsLastChoice(False, f"this machine cannot plan the run ({error.key})")
     try:
         model = meta_model(run.model)
     except ConfigError:

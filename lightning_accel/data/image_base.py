@@ -131,6 +131,9 @@ class DeviceImageDataModule(SplitDataModule):
         )
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
             raise ConfigError("data.crop_padding", crop_padding, "must be a count of 0 or more")
+        for key, switch in (("horizontal_flip", horizontal_flip), ("channels_last", channels_last)):
+            if not isinstance(switch, bool):
+                raise ConfigError(f"data.{key}", switch, "must be true or false")
         self.crop_padding = crop_padding
         self.horizontal_flip = horizontal_flip
         self.given_mean = list(mean) if mean is not None else None
