@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from helpers import LOOP, TEST_IMPORTS, Runs, free_port, run_cli
 
 from lightning_accel.checkpoints import run_weights
@@ -22,7 +23,7 @@ from lightning_accel.cli import ray_launch
 from lightning_accel.cli.main import main
 from lightning_accel.cli.ray_launch import Slot, rank_variables, require_shared
 from lightning_accel.cli.schema import LauncherConfig
-from lightning_accel.errors import STOPPED_EXIT_CODE, ConfigError, RunStopped
+from lightning_accel.errors import SIGINT_EXIT_CODE, STOPPED_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.machine import usable_cores
 
 pytestmark = pytest.mark.slow
@@ -240,3 +241,54 @@ def test_ranks_that_all_stopped_on_sigterm_end_the_run_as_stopped_not_restarted(
         ray_launch.launch_on_ray(tmp_path / "config.yaml", None, launcher)  # type: ignore[arg-type]
     assert stopped.value.exit_code == STOPPED_EXIT_CODE
     assert len(attempts) == 1
+
+
+def test_ctrl_c_on_the_driver_ends_with_the_checkpoint_and_the_command_that_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C reaches the driver only (Ray's workers are not in its process group): the
+    attempt's cleanup kills the ranks, and the command says where the run can go on."""
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 3, "state_dict": {}}, last)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- launcher=ray\n- trainer.max_steps=9\n")
+
+    def interrupted(*args: object) -> dict[int, int | None]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_launch, "run_workers", lambda *_: SimpleNamespace(count=2))
+    monkeypatch.setattr(ray_launch, "connected", lambda _: nullcontext())
+    monkeypatch.setattr(ray_launch, "check_cluster", lambda *_: None)
+    monkeypatch.setattr(ray_launch, "_attempt", interrupted)
+    launcher = LauncherConfig(name="ray")
+    with pytest.raises(RunStopped) as stopped:
+        ray_launch.launch_on_ray(tmp_path / "config.yaml", None, launcher)  # type: ignore[arg-type]
+    assert stopped.value.exit_code == SIGINT_EXIT_CODE
+    assert str(stopped.value) == (
+        f"stopped on SIGINT; the ranks were stopped; its last checkpoint is {last}; "
+        f"`lightning-accel train launcher=ray trainer.max_steps=9 hydra.run.dir={tmp_path}` "
+        "resumes from it"
+    )
+
+
+def test_rays_token_auth_notice_is_filtered_and_its_warning_that_auth_is_off_kept() -> None:
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as token_setup
+
+    from lightning_accel.cli.ray_cluster import RAY_TOKEN_LOGGER, quiet_token_auth_notice
+
+    assert token_setup.logger.name == RAY_TOKEN_LOGGER
+    quiet_token_auth_notice()
+    quiet_token_auth_notice()
+    shown: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage().split(".")[0])  # type: ignore[method-assign]
+    token_setup.logger.addHandler(handler)
+    try:
+        token_setup._warn_token_auth_enabled()
+        token_setup._warn_token_auth_disabled()
+    finally:
+        token_setup.logger.removeHandler(handler)
+    assert shown == ["Token authentication is disabled for this Ray cluster"]

@@ -135,6 +135,25 @@ def check_resources(
     raise ConfigError(f"launcher.{key}", getattr(workers, kind.lower() + "s"), problem + hint)
 
 
+# Ray's module that tells, on ray.init, how the cluster it starts authenticates
+RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's notice that a cluster it starts has token authentication on (its safe
+    default, said on every command); its warning that authentication is off still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_auth_notice() -> None:
+    """Filter Ray's token authentication notice (once per process)."""
+    logger = logging.getLogger(RAY_TOKEN_LOGGER)
+    if not any(isinstance(f, _TokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_TokenAuthNotice())
+
+
 @contextmanager
 def connected(launcher: LauncherConfig) -> Iterator[None]:
     """This process connected to the launcher's Ray cluster (a Ray job) while inside; a
@@ -145,6 +164,7 @@ def connected(launcher: LauncherConfig) -> Iterator[None]:
     from lightning_accel.machine import cuda_device_count, usable_cores
 
     options: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    quiet_token_auth_notice()
     if not sys.stdout.isatty():  # Ray colours the prefix of forwarded lines, even in a file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if launcher.address == "local":

@@ -27,7 +27,7 @@ from lightning_accel.cli.ray_cluster import Workers, check_cluster, connected, r
 from lightning_accel.cli.ray_worker import RankHost
 from lightning_accel.cli.schema import LauncherConfig
 from lightning_accel.collectives import FLIGHT_RECORDER_ENTRIES
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.plan.run import RunPlan
 
 # how long the other ranks have to end after the first one fails: a peer's death makes them
@@ -109,9 +109,25 @@ def launch_on_ray(config_path: Path, plan: RunPlan, launcher: LauncherConfig) ->
         ConfigError: the cluster cannot be reached, cannot hold the workers, or does not
             see the run directory from every node.
         RanksFailed: a rank failed, or its actor died, and no restart was left.
-        RunStopped: every rank stopped on SIGTERM (not restarted).
+        RunStopped: every rank stopped on SIGTERM (not restarted), or Ctrl-C stopped the
+            command (the ranks are stopped): with the last checkpoint and the command that
+            resumes from it.
     """
     workers = run_workers(launcher, plan)
+    run_dir = config_path.parent
+    try:
+        _attempts(config_path, launcher, workers)
+    except KeyboardInterrupt:
+        from lightning_accel.cli.runner import resume_note
+
+        note = resume_note(run_dir)
+        raise RunStopped(
+            f"stopped on SIGINT; the ranks were stopped; {note}", SIGINT_EXIT_CODE
+        ) from None
+
+
+def _attempts(config_path: Path, launcher: LauncherConfig, workers: Workers) -> None:
+    """Run the ranks, restarting them all after a failure while restarts are left."""
     run_dir = config_path.parent
     with connected(launcher):
         check_cluster(launcher, workers)
