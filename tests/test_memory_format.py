@@ -116,6 +116,9 @@ def test_strategy_auto_keeps_channels_last_weights_on_a_layout_that_does_not_sha
     assert whole.hardware.strategy == "accel_ddp"
     assert whole.hardware.strategy_reason.startswith("ddp ranks first of ddp")
     assert "fsdp2" not in whole.hardware.strategy_reason
+    assert whole.hardware.strategy_reason.endswith(
+        "of the layouts that keep channels-last weights whole"
+    )
 
 
 def _table_text(summary: dict) -> str:

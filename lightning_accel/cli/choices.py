@@ -143,6 +143,8 @@ def choose_layout(
         f"{best.world} devices in the plan (predicted {best.samples_per_second:,.1f} samples/s, "
         f"{gib(best.memory.device_bytes)} per rank)"
     )
+    if whole_weights:
+        reason += "; of the layouts that keep channels-last weights whole"
     hardware = replace(
         run.hardware,
         strategy=strategy,
