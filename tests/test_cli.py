@@ -266,6 +266,28 @@ def test_fsdp2s_view_warning_is_filtered_for_the_packs_models_only() -> None:
     assert [str(w.message).split(")")[0] for w in caught] == ["FSDP2-wrapped module (FSDPUserBlock"]
 
 
+def test_fsdp2s_view_warning_of_checkpointed_blocks_is_filtered_for_the_packs_gpt_only(
+    tmp_path: Path,
+) -> None:
+    from lightning_accel.cli.compose import compose_job
+    from lightning_accel.cli.preflight import validated_run
+    from lightning_accel.cli.runner import build_run
+
+    message = "FSDP2-wrapped module (FSDPCheckpointWrapper) returned a view tensor. In-place ops"
+    shown = {}
+    for recipe in ("gpt", "image"):
+        job = [f"recipe={recipe}", "logger=none", "callbacks=minimal"]
+        run = validated_run(compose_job(job), tmp_path / recipe)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_run(run)
+            warnings.warn(message, UserWarning, stacklevel=1)
+        shown[recipe] = [
+            str(w.message) for w in caught if "FSDPCheckpointWrapper" in str(w.message)
+        ]
+    assert shown == {"gpt": [], "image": [message]}
+
+
 def test_the_process_ends_with_the_commands_status_after_every_exit_handler(
     tmp_path: Path,
 ) -> None:

@@ -61,6 +61,15 @@ _IGNORED_WARNINGS = (
 )
 
 
+def quiet_checkpointed_block_views() -> None:
+    """Filter FSDP2's view-output warning for activation-checkpointed blocks too. The
+    wrapper's name (``FSDPCheckpointWrapper``) hides which block it wraps, so call this
+    only for a model whose blocks are the pack's, which change no output in place."""
+    warnings.filterwarnings(
+        "ignore", message=r".*FSDP2-wrapped module \(FSDPCheckpointWrapper\) returned a view tensor"
+    )
+
+
 # Set for this process only when the user has not chosen a level: torch's C++ layer prints
 # every retry of a rendezvous connection with a stack trace. Ranks keep torch's default.
 CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"

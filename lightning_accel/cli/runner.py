@@ -29,12 +29,13 @@ from lightning_accel.checkpoints import (
     last_checkpoint,
 )
 from lightning_accel.cli.cluster import cluster_plugins
-from lightning_accel.cli.console import print_table, say
+from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
+from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.trainer_factory import build_trainer
 
@@ -65,6 +66,8 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_object(run.data, "data")
     model = build_object(run.model, "model")
+    if isinstance(model, GPTLanguageModel):
+        quiet_checkpointed_block_views()
     callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
     callbacks.append(CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY))
     loggers = [build_object(node, key) for key, node in run.logger_nodes().items()]
