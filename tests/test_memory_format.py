@@ -39,6 +39,8 @@ CONVOLUTIONAL = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2))
         ("cuda", "hsdp", False),
         ("cuda", "tp", False),
         ("pjrt", None, False),
+        ("tpu", None, False),
+        ("mps", "single", False),
         ("cpu", None, False),
     ],
 )

@@ -44,8 +44,10 @@ def channels_last_choice(
         return ChannelsLastChoice(False, "the model cannot be inspected before the run")
     if not has_convolution_weights(model):
         return ChannelsLastChoice(False, NO_CONVOLUTIONS)
+    if accelerator in ("pjrt", "tpu"):
+        return ChannelsLastChoice(False, "XLA chooses its own memory layouts")
     if accelerator not in ("cpu", "cuda"):
-        return ChannelsLastChoice(False, f"{accelerator} chooses its own memory layouts")
+        return ChannelsLastChoice(False, "channels-last is chosen on CPUs and CUDA GPUs only")
     if layout is None:
         return ChannelsLastChoice(
             False, f"strategy {strategy} is not known to keep the weights whole (one device, DDP)"
