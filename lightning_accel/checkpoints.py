@@ -45,6 +45,12 @@ def verify_checkpoint(path: Path, key: str = "ckpt_path") -> None:
         raise ConfigError(
             key, str(path), "is not a checkpoint file or sharded checkpoint directory"
         )
+    held = sorted(entry.name for entry in path.glob("*.ckpt"))
+    if held and not (path / SHARDED_META).exists():  # such as a run's checkpoints/
+        example = path / ("last.ckpt" if "last.ckpt" in held else held[-1])
+        raise ConfigError(
+            key, str(path), f"is a directory of checkpoints; give one of them, such as {example}"
+        )
     for required in (SHARDED_META, DCP_METADATA):
         if not (path / required).is_file():
             raise ConfigError(

@@ -158,3 +158,22 @@ def test_optimizer_states_keyed_by_name_come_back_by_position() -> None:
     checkpoint = {"state_dict": {}, "optimizer_states": [by_name], "global_step": 1}
     shards = sharded_entries(checkpoint)
     assert list(shards) == ["state_dict", "optimizer_0"] and checkpoint == {"global_step": 1}
+
+
+def test_a_directory_of_checkpoints_names_the_one_to_give(tmp_path: Path) -> None:
+    from lightning_accel.checkpoints import verify_checkpoint
+    from lightning_accel.errors import ConfigError
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("step-4.ckpt", "last.ckpt"):
+        torch.save({"global_step": 4}, folder / name)
+    with pytest.raises(ConfigError) as error:
+        verify_checkpoint(folder)
+    assert str(error.value) == (
+        f"ckpt_path='{folder}' is a directory of checkpoints; give one of them, such as "
+        f"{folder / 'last.ckpt'}."
+    )
+    (folder / "last.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"such as .*step-4\.ckpt\.$"):
+        verify_checkpoint(folder)
