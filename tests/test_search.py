@@ -67,7 +67,21 @@ def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
             ["model.d_model=32", "model.n_head=choice(2,3)"],
             "model.n_head=3 does not divide model.d_model=32.",
         ),
-        (["trainer.max_steps=choice(4,abc)"], "trainer.max_steps='abc' is not a valid integer."),
+        (
+            ["trainer.max_steps=choice(4,abc)", "trainer.val_check_interval=2"],
+            "trainer.max_steps='abc' is not a valid integer.",
+        ),
+        (
+            ["trainer.max_steps=10"],
+            "trainer.val_check_interval=100 comes after the last of the 10 training batches of "
+            "trainer.max_steps=10, so a search's trials never validate and "
+            "objective='val/loss' is never logged; give at most 10.",
+        ),
+        (
+            ["trainer.limit_val_batches=0"],
+            "trainer.limit_val_batches=0 leaves a search's trials without validation, so "
+            "objective='val/loss' is never logged.",
+        ),
         (  # a search preset of the user's own (conf/search/mine.yaml below)
             ["search=mine"],
             "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",
@@ -127,3 +141,6 @@ def test_only_a_search_needs_the_objective_logged(tmp_path: Path) -> None:
     assert str(error.value) == (
         "objective='val/acc' was never logged in validation; valid choices: val/loss."
     )
+    (tmp_path / "summary.json").write_text(json.dumps({"validation": []}))
+    with pytest.raises(ConfigError, match="the trial ended before its first validation"):
+        required_objective(tmp_path, "val/loss", required=True)

@@ -467,7 +467,7 @@ def preflight(
     ``schema_valid`` is called with each job's config once its schema checks pass, before
     the checks that import the model and Lightning (``train`` starts its rank server
     there)."""
-    from lightning_accel.cli.search import trial_samples
+    from lightning_accel.cli.search import check_trials_validate, trial_samples
 
     jobs = trial_samples(overrides) if multirun else None
     runs = []
@@ -475,6 +475,8 @@ def preflight(
         cfg = compose_job(job)
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
+        if jobs is not None:
+            check_trials_validate(run)
         if schema_valid is not None:
             schema_valid(run)
         check_targets(run)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,6 +23,9 @@ from lightning_accel.cli.compose import compose_job, parse_overrides
 from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.hydra_private import BASIC_SWEEPER
 from lightning_accel.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lightning_accel.cli.schema import RunConfig
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 SUMMARY_FILE = "summary.json"
@@ -118,9 +121,37 @@ def required_objective(run_dir: Path, metric: str, required: bool) -> float | No
     if value is not None or not required:
         return value
     logged = sorted({k for v in validations for k in v if k != "step"})
-    raise ConfigError(
-        "objective", metric, "was never logged in validation", logged or ["(none: validate)"]
-    )
+    if not logged:
+        raise ConfigError(
+            "objective",
+            metric,
+            "was never logged: the trial ended before its first validation; validate sooner "
+            "(trainer.val_check_interval) or train longer (trainer.max_steps)",
+        )
+    raise ConfigError("objective", metric, "was never logged in validation", logged)
+
+
+def check_trials_validate(run: RunConfig) -> None:
+    """Fail unless a search's trial validates before it ends, as far as the config tells:
+    the objective is a validation metric."""
+    trainer = run.trainer
+    if trainer.limit_val_batches == 0:
+        raise ConfigError(
+            "trainer.limit_val_batches",
+            0,
+            f"leaves a search's trials without validation, so objective={run.objective!r} is "
+            "never logged",
+        )
+    interval = trainer.val_check_interval  # in training batches
+    batches = trainer.max_steps * run.optimization.accumulate_grad_batches
+    if isinstance(interval, int) and not isinstance(interval, bool) and 0 < batches < interval:
+        raise ConfigError(
+            "trainer.val_check_interval",
+            interval,
+            f"comes after the last of the {batches} training batches of trainer.max_steps="
+            f"{trainer.max_steps}, so a search's trials never validate and objective="
+            f"{run.objective!r} is never logged; give at most {batches}",
+        )
 
 
 class SweepReport(Callback):
