@@ -61,6 +61,14 @@ def unsafe_checkpoint_error(key: str, path: Any, error: Exception) -> UnsafeChec
     (``error``: the refusal of torch's or the pack's restricted unpickler)."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
     name = found.group(1) if found else "an object"
+    if name.startswith("omegaconf."):  # hyper-parameters of a model Hydra built, kept as configs
+        return UnsafeCheckpointError(
+            key,
+            str(path),
+            f"holds OmegaConf objects ({name}), which the pack does not unpickle: its "
+            "hyper-parameters were saved as Hydra configs; if you trust the file, re-save "
+            "them as plain lists and dicts (docs/checkpoints.md shows how)",
+        )
     return UnsafeCheckpointError(
         key,
         str(path),

@@ -177,3 +177,31 @@ def test_a_directory_of_checkpoints_names_the_one_to_give(tmp_path: Path) -> Non
     (folder / "last.ckpt").unlink()
     with pytest.raises(ConfigError, match=r"such as .*step-4\.ckpt\.$"):
         verify_checkpoint(folder)
+
+
+def test_omegaconf_hyper_parameters_are_named_with_the_way_to_resave_them(
+    tmp_path: Path,
+) -> None:
+    from omegaconf import OmegaConf
+
+    from lightning_accel.checkpoints import verify_checkpoint
+    from lightning_accel.errors import ConfigError
+
+    old = tmp_path / "old.ckpt"
+    hyper_parameters = {"widths": OmegaConf.create([16, 32])}
+    torch.save({"state_dict": {}, "hyper_parameters": hyper_parameters}, old)
+    with pytest.raises(ConfigError) as error:
+        verify_checkpoint(old)
+    assert str(error.value).startswith(
+        f"ckpt_path='{old}' holds OmegaConf objects (omegaconf.listconfig.ListConfig), which "
+        "the pack does not unpickle"
+    )
+    # the re-save docs/checkpoints.md gives, on a file the user trusts
+    checkpoint = torch.load(old, weights_only=False)
+    checkpoint["hyper_parameters"] = OmegaConf.to_container(
+        OmegaConf.create(dict(checkpoint["hyper_parameters"]))
+    )
+    torch.save(checkpoint, tmp_path / "plain.ckpt")
+    verify_checkpoint(tmp_path / "plain.ckpt")
+    plain = torch.load(tmp_path / "plain.ckpt", weights_only=True)
+    assert plain["hyper_parameters"] == {"widths": [16, 32]}
