@@ -87,3 +87,32 @@ def test_a_project_option_named_as_one_of_the_packs_exits_2(verb: str, tmp_path:
         "give it a name of its own and extend cpu by its defaults list."
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "name: bad\ndevices: [1,\n",
+            "config file='{path}' is not valid YAML (expected the node content, but found "
+            "'<stream end>' at line 3).",
+        ),
+        (
+            "name: bad\nfoo: 1\n",
+            "hardware.foo='in hardware/bad.yaml' is not a known key under 'hardware'; valid "
+            "choices: accelerator, devices, name",
+        ),
+    ],
+)
+@pytest.mark.parametrize("verb", ["train", "doctor"])
+def test_a_broken_project_profile_is_named_in_one_sentence(
+    verb: str, content: str, expected: str, tmp_path: Path
+) -> None:
+    profile = tmp_path / "conf" / "hardware" / "bad.yaml"
+    profile.parent.mkdir(parents=True)
+    profile.write_text(content)
+    result = run_cli([verb, "--config-dir", "conf", "hardware=bad"], cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("lightning-accel: error: " + expected.format(path=profile))
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"

@@ -4,9 +4,11 @@ into one-sentence :class:`ConfigError`s that name the key, the value and the val
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -104,9 +106,20 @@ def compose_job(overrides: list[str]) -> DictConfig:
     except (HydraException, ValueError) as error:
         first_line = str(error).splitlines()[0]
         raise ConfigError("override", " ".join(overrides), f"is invalid ({first_line})") from error
+    except yaml.YAMLError as error:  # a config file of a project's --config-dir
+        raise _yaml_error(error) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _yaml_error(error: yaml.YAMLError) -> ConfigError:
+    """The ConfigError for a config file that is not valid YAML: the file, line and problem."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    file = mark.name if mark is not None else "a config file"
+    return ConfigError("config file", file, f"is not valid YAML ({problem}{where})")
 
 
 # Hydra plugins the pack's config groups select, and the extra that installs each
@@ -135,9 +148,10 @@ def _unknown_option(error: MissingConfigException, overrides: list[str]) -> Conf
 
 
 def _composition_error(error: ConfigCompositionException, overrides: list[str]) -> ConfigError:
-    cause = error.__cause__
+    cause = error.__cause__ or error.__context__  # Hydra raises some inside an except block
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
-        return value_error(cause, overrides)
+        source = re.match(r"In '([^']+)'", str(error))  # the config file that set the key
+        return value_error(cause, overrides, f"in {source.group(1)}.yaml" if source else None)
     message = str(error)
     if message.startswith("Could not override '"):
         key = message.split("'")[1]
@@ -153,10 +167,15 @@ def _composition_error(error: ConfigCompositionException, overrides: list[str]) 
     return ConfigError("override", " ".join(overrides), f"is invalid ({message.splitlines()[0]})")
 
 
-def value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigError:
-    """The ConfigError for an unknown key, a wrong type or an invalid value."""
+def value_error(
+    cause: OmegaConfBaseException, overrides: list[str], source: str | None = None
+) -> ConfigError:
+    """The ConfigError for an unknown key, a wrong type or an invalid value (``source``:
+    where the key was set, shown when neither an override nor OmegaConf gives the value)."""
     key = str(cause.full_key)
     given = _given(overrides, key) if _given(overrides, key) is not None else cause.value
+    if given is None and source is not None:
+        given = source
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
