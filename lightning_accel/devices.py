@@ -153,11 +153,13 @@ def _match(name: str, patterns: tuple[tuple[tuple[str, ...], str], ...]) -> str 
 
 def number_format(precision: str, float32_matmul_precision: str = "highest") -> str:
     """The matmul number format a Lightning precision computes in: ``bf16``, ``fp16``,
-    ``tf32`` (fp32 with TensorFloat-32 matmuls allowed) or ``fp32``."""
+    ``fp64``, ``tf32`` (fp32 with TensorFloat-32 matmuls allowed) or ``fp32``."""
     if precision.startswith("bf16"):
         return "bf16"
     if precision.startswith("16"):
         return "fp16"
+    if precision.startswith("64"):
+        return "fp64"
     return "fp32" if float32_matmul_precision == "highest" else "tf32"
 
 
@@ -237,7 +239,8 @@ def device_peak(
 
 
 def _cpu_dtype(fmt: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fmt, torch.float32)
+    formats = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+    return formats.get(fmt, torch.float32)
 
 
 def synchronize(device: torch.device) -> None:

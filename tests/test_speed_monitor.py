@@ -488,6 +488,7 @@ def test_the_bar_shows_no_training_metric_where_nothing_is_logged() -> None:
         ("NVIDIA A100-SXM4-80GB", "bf16-mixed", "highest", 312.0),
         ("NVIDIA L4", "32-true", "highest", 30.3),
         ("NVIDIA L40S", "bf16-mixed", "highest", None),
+        ("NVIDIA H100 80GB HBM3", "64-true", "high", None),  # no fp64 figure: no MFU
     ],
 )
 def test_gpu_peaks_come_from_the_datasheet_table(
@@ -498,6 +499,11 @@ def test_gpu_peaks_come_from_the_datasheet_table(
         assert peak is None
     else:
         assert peak is not None and peak.flops_per_second == pytest.approx(tflops * 1e12)
+
+
+def test_a_cpu_run_in_64_true_is_measured_against_a_float64_matmul() -> None:
+    peak = devices.device_peak(torch.device("cpu"), "64-true")
+    assert peak is not None and peak.source.startswith("measured float64 matmul")
 
 
 @pytest.mark.parametrize(
