@@ -13,6 +13,8 @@ import torch
 import yaml
 from helpers import HARDWARE_PROFILES, TINY, run_cli
 
+from lightning_accel.models import GPTLanguageModel
+
 
 def _only_run_dir(root: Path) -> Path:
     (run_dir,) = [p for p in root.glob("*/*") if p.is_dir()]
@@ -42,6 +44,8 @@ def test_train_writes_checkpoint_summary_metrics_and_config(
 
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert "val/loss" in metrics[0] and len(metrics) > 2
+    own = {name for name in metrics[0].split(",") if name.split("/")[0] in ("train", "val")}
+    assert own == set(GPTLanguageModel.logged_metrics), "what the model declares it logs"
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["run_dir"] == str(run_dir)

@@ -427,6 +427,7 @@ def test_image_recipe_smoke_run_from_the_command_line(tmp_path: Path) -> None:
     assert [v["step"] for v in summary["validation"]] == [2, 4]
     for validation in summary["validation"]:
         assert 0 <= validation["val/accuracy"] <= 1 and validation["val/loss"] > 0
+        assert {"train/loss", *validation} - {"step"} == set(ImageClassifier.logged_metrics)
     assert 0 < summary["first_train_loss"] < 5
     assert summary["tokens_per_second"] is None, "images are not counted as tokens"
 

@@ -1,7 +1,8 @@
 """Callbacks that monitor a metric (ModelCheckpoint, EarlyStopping): a run that ends before
-its first validation trains quietly, and a monitor naming a metric the model never logs
-ends the run with exit 2 and one sentence naming the callback's key and the logged metrics.
-"""
+its first validation trains quietly; a monitor naming a metric the model never logs is
+refused before launch where the model declares what it logs (the pack's models), and
+otherwise ends the run at its first validation, in both cases with exit 2 and one sentence
+naming the callback's key and the logged metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from helpers import composed_run
 
 from lightning_accel.cli.console import quiet_upstream
+from lightning_accel.cli.preflight import check_monitored_metrics, preflight
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.errors import ConfigError
+from lightning_accel.models import GPTLanguageModel
 
 LOGGED = "train/loss, val/bits_per_byte, val/loss, val/perplexity"
 
@@ -56,3 +59,41 @@ def test_a_monitor_the_model_never_logs_is_named_with_the_logged_metrics(
         f"{key}='val/losss' is not a metric the model logs (found at the validation after "
         f"step 2); valid choices: {LOGGED}."
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["callbacks.checkpoint.monitor=val/losss"],
+            "callbacks.checkpoint.monitor='val/losss' is not a metric GPTLanguageModel logs; "
+            f"valid choices: {LOGGED}.",
+        ),
+        (
+            [
+                "recipe=image",
+                "callbacks=[minimal,early_stopping]",
+                "callbacks.early_stopping.monitor=val/acc",
+            ],
+            "callbacks.early_stopping.monitor='val/acc' is not a metric ImageClassifier logs; "
+            "valid choices: train/loss, val/accuracy, val/loss.",
+        ),
+    ],
+)
+def test_a_model_that_declares_its_metrics_has_its_monitors_checked_before_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        preflight(["logger=none", *overrides], multirun=False)
+    assert str(error.value) == message
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_names_outside_the_models_namespaces_are_left_to_the_run(tmp_path: Path) -> None:
+    run = composed_run(tmp_path / "run", ["callbacks.checkpoint.monitor=speed/step_seconds"])
+    check_monitored_metrics(run, GPTLanguageModel())  # a callback's metric: not refused here
+    searched = composed_run(tmp_path / "run", ["objective=val/acc"])
+    check_monitored_metrics(searched, GPTLanguageModel())  # not a search: objective unused
+    with pytest.raises(ConfigError, match="objective='val/acc' is not a metric"):
+        check_monitored_metrics(searched, GPTLanguageModel(), searching=True)

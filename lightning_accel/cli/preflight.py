@@ -223,6 +223,30 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     return model, datamodule
 
 
+def check_monitored_metrics(run: RunConfig, model: Any, searching: bool = False) -> None:
+    """Fail where a callback's ``monitor`` (and a search's ``objective``) names a metric in
+    the model's own namespaces (``val/``, ``train/``) that the model does not log, for a
+    model that declares what it logs (``logged_metrics``, as the pack's models do). Other
+    names (``speed/``: a callback's) and models that declare nothing are left to the run,
+    which reports an unlogged monitor at its first validation."""
+    declared = getattr(model, "logged_metrics", None)
+    if not declared:
+        return
+    namespaces = {name.split("/")[0] for name in declared}
+    named = {key + ".monitor": node.get("monitor") for key, node in run.callback_nodes().items()}
+    if searching:
+        named["objective"] = run.objective
+    for key, metric in named.items():
+        if (
+            isinstance(metric, str)
+            and metric.split("/")[0] in namespaces
+            and metric not in declared
+        ):
+            raise ConfigError(
+                key, metric, f"is not a metric {type(model).__name__} logs", sorted(declared)
+            )
+
+
 def _check_logger(key: str, node: dict[str, Any]) -> None:
     """Build the logger of ``node`` (its constructor checks its arguments and its package),
     except MLflow's: its client creates the store when constructed, so only its package
@@ -482,6 +506,7 @@ def preflight(
         check_targets(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)
+        check_monitored_metrics(run, model, searching=jobs is not None)
         check_stage(run, model)
         check_checkpoint_model(checkpoint, model)
         plan = run_plan(run)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -40,6 +40,9 @@ class ImageClassifier(pl.LightningModule):
         weight_decay: AdamW weight decay (not applied to norms and biases).
         warmup_steps: linear warm-up steps before cosine decay to 10% over the run's steps.
     """
+
+    # what fitting logs: the runner checks a callback's ``monitor`` against it before launch
+    logged_metrics: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss", "val/accuracy")
 
     def __init__(
         self,

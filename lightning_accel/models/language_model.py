@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -36,6 +36,14 @@ class GPTLanguageModel(pl.LightningModule):
         weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
         warmup_steps: linear warm-up steps before cosine decay to 10% over the run's steps.
     """
+
+    # what fitting logs: the runner checks a callback's ``monitor`` against it before launch
+    logged_metrics: ClassVar[tuple[str, ...]] = (
+        "train/loss",
+        "val/loss",
+        "val/bits_per_byte",
+        "val/perplexity",
+    )
 
     def __init__(
         self,
