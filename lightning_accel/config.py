@@ -374,6 +374,7 @@ class TrainerConfig:
             if getattr(self, key) is not None:
                 require_not_negative(f"trainer.{key}", getattr(self, key))
         require_not_negative("trainer.overfit_batches", self.overfit_batches)
+        self._check_validation_fits_the_epoch()
         require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
         if self.num_sanity_val_steps < -1:
             raise ConfigError(
@@ -385,5 +386,21 @@ class TrainerConfig:
             "trainer.reload_dataloaders_every_n_epochs", self.reload_dataloaders_every_n_epochs
         )
         require_choice("trainer.deterministic", self.deterministic, (True, False, "warn"))
+
+    def _check_validation_fits_the_epoch(self) -> None:
+        """Lightning's own check, made before launch where both counts are given: a
+        validation interval in batches must fit in an epoch capped at
+        ``limit_train_batches`` batches (unless it counts across epochs or validation is
+        off); an epoch's length otherwise is known only once the data is loaded."""
+        batches, interval = self.limit_train_batches, self.val_check_interval
+        counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (batches, interval))
+        validates = self.check_val_every_n_epoch is not None and self.limit_val_batches != 0
+        if counts and validates and interval > batches:
+            raise ConfigError(
+                "trainer.val_check_interval",
+                interval,
+                f"is more than the trainer.limit_train_batches={batches} training batches of an "
+                "epoch; give at most that many, or trainer.limit_val_batches=0 for no validation",
+            )
         if not isinstance(self.fast_dev_run, bool):
             require_positive("trainer.fast_dev_run", self.fast_dev_run)

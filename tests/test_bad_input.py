@@ -155,6 +155,10 @@ CASES = {
         ["optimization.channels_last=sometimes"],
         ["optimization.channels_last='sometimes'", "True, False, auto"],
     ),
+    "validation interval past an epoch capped by limit_train_batches": (
+        ["trainer.limit_train_batches=10", "trainer.val_check_interval=20"],
+        ["trainer.val_check_interval=20 is more than the trainer.limit_train_batches=10"],
+    ),
     "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
     "missing tokenizer file": (
         ["data.tokenizer=/no/tokenizer.json"],
