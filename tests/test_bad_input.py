@@ -159,6 +159,21 @@ CASES = {
         ["trainer.limit_train_batches=10", "trainer.val_check_interval=20"],
         ["trainer.val_check_interval=20 is more than the trainer.limit_train_batches=10"],
     ),
+    "callback argument the callback refuses": (
+        ["callbacks.checkpoint.save_top_k=-2"],
+        [
+            "callbacks.checkpoint='lightning.pytorch.callbacks.ModelCheckpoint' refuses its "
+            "arguments (MisconfigurationException: Invalid value for save_top_k=-2"
+        ],
+    ),
+    "callback argument new to its node": (
+        ["callbacks.checkpoint.every_n_train_steps=50"],
+        ["is new under 'callbacks.checkpoint'; add it as +callbacks.checkpoint.every_n_train"],
+    ),
+    "callback that needs a logger, without one": (
+        ["callbacks=[default,lr_monitor]"],
+        ["logger='none' leaves callbacks.lr_monitor (LearningRateMonitor) nothing to write to"],
+    ),
     "unknown sampling": (["data.sampling=striped"], ["data.sampling='striped'", "random"]),
     "missing tokenizer file": (
         ["data.tokenizer=/no/tokenizer.json"],

@@ -179,7 +179,8 @@ def value_error(
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        if parent in ("model", "data"):
+        if parent in ("model", "data") or parent.startswith(("callbacks.", "logger.")):
+            # a _target_ node: its class's arguments decide, not a schema
             return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
         return unknown_key(key, given, _keys(parent))
     if "could not be converted to" in message:

@@ -178,6 +178,38 @@ def check_targets(run: RunConfig) -> None:
             _check_arguments(key, node)
 
 
+# Lightning's callbacks that write to the run's loggers and refuse to start without one
+_NEED_A_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
+
+
+def check_callbacks(run: RunConfig) -> None:
+    """Build each callback, so that its own argument checks run before any process starts
+    (callbacks write nothing when constructed), and fail for one that needs a logger the
+    run does not have."""
+    from lightning_accel.cli.runner import build_object
+
+    for key, node in run.callback_nodes().items():
+        try:
+            callback = build_object(node, key)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the callback's own refusal of its arguments
+            cause = error.__cause__ or error
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            raise ConfigError(
+                key,
+                node.get("_target_"),
+                f"refuses its arguments ({type(cause).__name__}: {first})",
+            ) from None
+        if type(callback).__name__ in _NEED_A_LOGGER and not run.logger_nodes():
+            raise ConfigError(
+                "logger",
+                "none",
+                f"leaves {key} ({type(callback).__name__}) nothing to write to; choose a "
+                "logger such as logger=csv, or drop the callback",
+            )
+
+
 def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     """Build the DataModule and the logger, and the model on the meta device (no memory
     used), so that their own argument checks run before any process starts. None of them
@@ -504,6 +536,7 @@ def preflight(
         if schema_valid is not None:
             schema_valid(run)
         check_targets(run)
+        check_callbacks(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)
         check_monitored_metrics(run, model, searching=jobs is not None)
