@@ -34,7 +34,7 @@ from lightning_accel.optimize.measured_choices import (
     step_times,
 )
 from lightning_accel.optimize.memory_format import WHOLE_WEIGHT_LAYOUTS, has_convolution_weights
-from lightning_accel.optimize.transforms import FSDP2
+from lightning_accel.optimize.transforms import FSDP2, apply_model_optimizations
 from lightning_accel.plan import meta_model
 from lightning_accel.plan.fit import available_per_rank, largest_micro_batch
 from lightning_accel.plan.footprint import ModelFootprint
@@ -255,7 +255,7 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
     device = torch.device("cuda", 0) if plan.accelerator == "cuda" else torch.device("cpu")
     batch, model = first_batch(run, device)
     if optimization.channels_last is True:  # timed as the run lays out its weights and batches
-        model.to(memory_format=torch.channels_last)
+        apply_model_optimizations(model, optimization, device.type, transforms=("channels_last",))
     if not _timed(optimization):  # the trial step of the chosen micro-batch
         trial = {"trial": Candidate(plan.precision.precision)}
         step_times(model, batch, trial, min_seconds=0.0, min_rounds=1)["trial"].required()

@@ -178,16 +178,16 @@ def check_targets(run: RunConfig) -> None:
             _check_arguments(key, node)
 
 
-# Lightning's callbacks that write to the run's loggers and refuse to start without one
-_NEED_A_LOGGER = ("LearningRateMonitor", "DeviceStatsMonitor")
-
-
 def check_callbacks(run: RunConfig) -> None:
     """Build each callback, so that its own argument checks run before any process starts
     (callbacks write nothing when constructed), and fail for one that needs a logger the
     run does not have."""
+    from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+
     from lightning_accel.cli.runner import build_object
 
+    # Lightning's callbacks that write to the run's loggers and refuse to start without one
+    need_a_logger = (LearningRateMonitor, DeviceStatsMonitor)
     for key, node in run.callback_nodes().items():
         try:
             callback = build_object(node, key)
@@ -201,7 +201,7 @@ def check_callbacks(run: RunConfig) -> None:
                 node.get("_target_"),
                 f"refuses its arguments ({type(cause).__name__}: {first})",
             ) from None
-        if type(callback).__name__ in _NEED_A_LOGGER and not run.logger_nodes():
+        if isinstance(callback, need_a_logger) and not run.logger_nodes():
             raise ConfigError(
                 "logger",
                 "none",
