@@ -179,6 +179,31 @@ def wait_until_exited(pid: int, timeout: float = 60) -> None:
     raise AssertionError(f"process {pid} did not exit")
 
 
+class LazyImageClassifier(pl.LightningModule):
+    """An image classifier whose layers take their input sizes at the first batch
+    (``nn.LazyConv2d``, ``nn.LazyLinear``), as some users' models do."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.LazyConv2d(8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.LazyLinear(num_classes),
+        )
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        loss = torch.nn.functional.cross_entropy(self.net(images), labels)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
 class MissingPackageLogger:
     """A logger whose backing package is absent, as TensorBoard's is without the extra."""
 

@@ -13,6 +13,7 @@ from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -24,7 +25,13 @@ from lightning_accel.cli.rank_server import in_a_fresh_process, start_rank_serve
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.config import CompileConfig, HardwareConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.optimize.measured_choices import StepTimes, compile_pays, fastest_precision
+from lightning_accel.optimize.measured_choices import (
+    CompileChoice,
+    StepTimes,
+    compile_pays,
+    fastest_precision,
+)
+from lightning_accel.optimize.transforms import check_model_optimizations, compile_model
 from lightning_accel.plan import attach_trainer, measure_footprint, meta_model
 from lightning_accel.plan.fit import largest_micro_batch
 from lightning_accel.plan.layouts import Placement, rank_memory
@@ -304,3 +311,41 @@ def test_a_chosen_micro_batch_alone_gets_one_trial_step_and_keeps_the_profile(
         torch.set_float32_matmul_precision(before)
     assert [{n: c.precision for n, c in t.items()} for t in trials] == [{"trial": "32-true"}] * 2
     assert matmuls == ["medium"] * 2, "fp32 timed with the profile's matmul precision"
+
+
+class _BlocklessClassifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(8, 2)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.head(batch).square().mean()
+
+
+def test_compile_auto_times_the_whole_model_where_the_model_has_no_repeated_blocks(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = composed_run(tmp_path / "trial", [f"data.source={small_corpus}", "optimization=fast"])
+    optimization = replace(
+        run.optimization, precision="32-true", fp8=replace(run.optimization.fp8, enabled=False)
+    )
+    assert optimization.compile.per_block and optimization.compile.enabled == "auto"
+    model = _BlocklessClassifier()
+    check_model_optimizations(model, optimization)  # not refused: auto has the whole model
+    timed: list[CompileConfig] = []
+
+    def timed_compile(module: Any, batch: Any, precision: str, config: CompileConfig, *_: Any):  # noqa: ANN202
+        timed.append(config)
+        return CompileChoice(True, "measured", config.per_block)
+
+    monkeypatch.setattr(choices, "first_batch", lambda run, device: (torch.ones(4, 8), model))
+    monkeypatch.setattr(choices, "compile_pays", timed_compile)
+    chosen = timed_choices(replace(run, optimization=optimization))
+    assert [config.per_block for config in timed] == [False]
+    assert chosen.compile.enabled is True and chosen.compile.per_block is False
+    with pytest.raises(ConfigError, match="per_block=True needs repeated blocks"):
+        check_model_optimizations(
+            model, replace(optimization, compile=CompileConfig(True, per_block=True))
+        )
+    compile_model(model, replace(optimization.compile, enabled=True))
+    assert model.head._compiled_call_impl is not None, "auto on a GPU compiles the children"

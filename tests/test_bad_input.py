@@ -10,6 +10,12 @@ from helpers import HARDWARE_PROFILES, TINY, run_cli
 
 from lightning_accel.cli.main import main
 
+# a user's model whose layers take their sizes at the first batch
+LAZY_IMAGES = [
+    "recipe=custom",
+    "model._target_=helpers.LazyImageClassifier",
+    "data._target_=lightning_accel.data.SyntheticImageDataModule",
+]
 CASES = {
     "unknown group option": (
         ["hardware=tpu9"],
@@ -134,6 +140,21 @@ CASES = {
             "optimization.activation_checkpointing.enabled=true",
         ],
         ["optimization.activation_checkpointing.enabled=True", "BlocklessModule"],
+    ),
+    "lazy layers under DDP": (
+        [*LAZY_IMAGES, "hardware=ddp_cpu"],
+        [
+            "hardware='ddp_cpu' runs accel_ddp on 2 devices, which needs every weight",
+            "LazyImageClassifier's LazyConv2d has none until its first batch",
+        ],
+    ),
+    "lazy layers under FSDP2 on one device": (
+        [*LAZY_IMAGES, "hardware.strategy=fsdp2"],
+        ["runs fsdp2 on 1 device, which needs every weight", "without FSDP2"],
+    ),
+    "channels-last weights for lazy layers": (
+        [*LAZY_IMAGES, "optimization.channels_last=true"],
+        ["optimization.channels_last=True needs initialized weights", "LazyConv2d"],
     ),
     "text too short for one batch": (
         ["data.source=FILE"],

@@ -7,10 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from rich.console import Console
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_accel.callbacks.run_summary import summary_table
 from lightning_accel.cli import choices
@@ -20,10 +23,21 @@ from lightning_accel.cli.schema import RunConfig
 from lightning_accel.config import OptimizationConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.measured_choices import StepTimes
-from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS, channels_last_choice
-from lightning_accel.optimize.transforms import model_transforms
+from lightning_accel.optimize.memory_format import (
+    NO_CONVOLUTIONS,
+    ChannelsLastChoice,
+    channels_last_choice,
+    strategy_layout,
+)
+from lightning_accel.optimize.transforms import (
+    ModelOptimizations,
+    check_model_optimizations,
+    model_transforms,
+)
 from lightning_accel.plan import meta_model
 from lightning_accel.plan.run import plan_run
+from lightning_accel.strategies import AccelDDPStrategy, FSDP2Strategy
+from lightning_accel.trainer_factory import build_trainer
 
 CONVOLUTIONAL = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2))
 
@@ -59,11 +73,59 @@ def test_a_model_without_convolutions_or_unknown_keeps_the_contiguous_format() -
     assert unknown.enabled is False and unknown.reason != NO_CONVOLUTIONS
 
 
-def test_a_trainer_built_without_the_runner_leaves_auto_off() -> None:
+def test_auto_is_not_a_transform_before_the_model_and_strategy_are_known() -> None:
     assert "channels_last" not in model_transforms(OptimizationConfig(channels_last="auto"), "cpu")
     assert "channels_last" in model_transforms(OptimizationConfig(channels_last=True), "cpu")
     with pytest.raises(ConfigError, match="optimization.channels_last"):
         OptimizationConfig(channels_last="sometimes")
+
+
+def test_the_strategies_that_keep_the_weights_whole() -> None:
+    cpu = torch.device("cpu")
+    assert strategy_layout(SingleDeviceStrategy(cpu)) == "single"
+    assert strategy_layout(DDPStrategy()) == strategy_layout(AccelDDPStrategy()) == "ddp"
+    assert strategy_layout(FSDP2Strategy()) is None
+    assert strategy_layout(FSDPStrategy()) is None
+
+
+class _TinyConvolutional(pl.LightningModule):
+    def __init__(self, convolutional: bool) -> None:
+        super().__init__()
+        first = nn.Conv2d(3, 4, 3, padding=1) if convolutional else nn.Identity()
+        self.net = nn.Sequential(first, nn.Flatten(), nn.Linear(144 if convolutional else 108, 2))
+        self.weight_formats: list[bool] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):  # noqa: ANN201
+        images, labels = batch
+        weights = [p for p in self.parameters() if p.dim() == 4]
+        self.weight_formats += [w.is_contiguous(memory_format=torch.channels_last) for w in weights]
+        return nn.functional.cross_entropy(self.net(images), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("convolutional", "transform", "reason"),
+    [(True, True, "kept whole on one device"), (False, False, NO_CONVOLUTIONS)],
+)
+def test_a_trainer_built_without_the_runner_decides_auto_at_setup(
+    convolutional: bool, transform: bool, reason: str
+) -> None:
+    data = TensorDataset(torch.randn(8, 3, 6, 6), torch.randint(0, 2, (8,)))
+    optimization = OptimizationConfig(channels_last="auto")
+    trainer = build_trainer(
+        "cpu", optimization, max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    model = _TinyConvolutional(convolutional)
+    trainer.fit(model, DataLoader(data, batch_size=4))
+    transforms = next(c for c in trainer.callbacks if isinstance(c, ModelOptimizations))
+    figures = transforms.summary_figures()
+    assert ("channels_last" in figures["transforms"]) is transform
+    assert reason in figures["channels_last_reason"]
+    assert model.weight_formats == [True, True] if convolutional else not model.weight_formats
+    assert optimization.channels_last == "auto", "the caller's profile is left as given"
 
 
 def _image_run(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -165,3 +227,16 @@ def test_the_timed_trials_run_in_the_memory_format_the_run_uses(
     weights = [p for p in model.parameters() if p.dim() == 4]
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     assert images.dim() == 4 and images.stride()[1] == 1, "batches channels-last too"
+
+
+def test_a_model_with_lazy_modules_keeps_the_contiguous_format() -> None:
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(2))
+    choice = channels_last_choice(lazy, "cpu", "single", "auto")
+    assert choice == ChannelsLastChoice(
+        False, "the model's LazyConv2d has no weights until its first batch"
+    )
+    with pytest.raises(
+        ConfigError, match=r"channels_last=True needs initialized weights.*LazyConv2d"
+    ):
+        check_model_optimizations(lazy, OptimizationConfig(channels_last=True))
+    check_model_optimizations(lazy, OptimizationConfig(channels_last="auto"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TEST_IMPORTS, run_cli
+from helpers import TEST_IMPORTS, LazyImageClassifier, run_cli
 
 from lightning_accel import build_trainer
 from lightning_accel.callbacks.memory_probe import MemoryProbe
@@ -222,6 +222,20 @@ def test_plan_of_the_image_recipe_counts_the_resnet_exactly(tmp_path: Path) -> N
     single = next(r for r in plan["layouts"] if r["precision"] == "32-true")
     assert single["memory"]["parameters"] == 4 * plan["parameters"]
     assert single["memory"]["activations"] > 0 and plan["forward_flops"] > 0
+
+
+def test_plan_of_a_model_with_lazy_layers_counts_them_as_its_first_batch_sizes_them(
+    tmp_path: Path,
+) -> None:
+    args = [
+        "--world", "1", "recipe=custom", "model._target_=helpers.LazyImageClassifier",
+        "data._target_=lightning_accel.data.SyntheticImageDataModule", "+data.image_size=8",
+    ]  # fmt: skip
+    plan = _plan(args, tmp_path)
+    model = LazyImageClassifier()
+    model.net(torch.zeros(1, 3, 8, 8))
+    assert plan["parameters"] == sum(p.numel() for p in model.parameters()) == 8 * 28 + 5130
+    assert plan["forward_flops"] > 0
 
 
 def test_plan_never_allocates_the_weights_of_a_7b_model(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from lightning_accel.cli.schema import RunConfig
 from lightning_accel.config import Float8Config, OptimizationConfig
 from lightning_accel.devices import device_spec
 from lightning_accel.errors import ConfigError
+from lightning_accel.optimize.blocks import find_repeated_blocks
 from lightning_accel.optimize.float8 import too_narrow_for_float8
 from lightning_accel.optimize.measured_choices import (
     Candidate,
@@ -273,8 +274,11 @@ def timed_choices(run: RunConfig) -> OptimizationConfig:
         else:
             # FSDP2 shards block by block, the order per-block compile keeps
             whole_model = run.hardware.strategy != "fsdp2"
+            compile_config = optimization.compile
+            if compile_config.per_block and not find_repeated_blocks(model):
+                compile_config = replace(compile_config, per_block=False)
             compiled = compile_pays(
-                model, batch, optimization.precision, optimization.compile, steps, whole_model
+                model, batch, optimization.precision, compile_config, steps, whole_model
             )
         say(f"compile {'on' if compiled.enabled else 'off'}: {compiled.reason}")
         chosen = {"enabled": compiled.enabled, "reason": compiled.reason}

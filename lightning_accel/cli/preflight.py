@@ -424,12 +424,27 @@ def run_plan(run: RunConfig) -> RunPlan | None:
     return None if run.launcher.name == "slurm" else plan_run(run.hardware, run.optimization)
 
 
-def check_strategy(plan: RunPlan | None) -> None:
-    """Fail unless the plan's strategy can be built with its options."""
+def check_strategy(plan: RunPlan | None, model: Any) -> None:
+    """Fail unless the plan's strategy can be built with its options, and, where it runs
+    several ranks or shards, the model has every weight before its first batch (DDP
+    broadcasts them, FSDP2 shards them: neither takes a ``Lazy*`` module's)."""
+    from lightning_accel.optimize.memory_format import lazy_module_name
+    from lightning_accel.strategies import FSDP2Strategy
     from lightning_accel.trainer_factory import plan_arguments
 
-    if plan is not None:
-        plan_arguments(plan)
+    if plan is None:
+        return
+    plan_arguments(plan)
+    several = plan.world_size > 1 or plan.strategy == FSDP2Strategy.strategy_name
+    if several and model is not None and (lazy := lazy_module_name(model)):
+        raise ConfigError(
+            "hardware",
+            plan.hardware.name,
+            f"runs {plan.strategy} on {plan.world_size} device{'s' * (plan.world_size > 1)}, "
+            f"which needs every weight before the first step, but {type(model).__name__}'s "
+            f"{lazy} has none until its first batch; give it its input size (nn.Conv2d, "
+            "nn.Linear), or train it in one process without FSDP2",
+        )
 
 
 def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:
@@ -544,7 +559,7 @@ def preflight(
         check_checkpoint_model(checkpoint, model)
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
-        check_strategy(plan)
+        check_strategy(plan, model)
         check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
         check_writable(run_dir, "hydra.run.dir")

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 # The plan's layouts that keep every parameter whole on each rank.
 WHOLE_WEIGHT_LAYOUTS = {"single": "one device", "ddp": "DDP"}
@@ -20,9 +27,20 @@ NO_CONVOLUTIONS = "the model has no convolution weights"
 
 
 def has_convolution_weights(model: nn.Module) -> bool:
-    """Whether ``model`` has a 4-D parameter (a 2-D convolution's weight), the only kind
-    the channels-last memory format changes."""
-    return any(parameter.dim() == 4 for parameter in model.parameters())
+    """Whether ``model`` has a 2-D convolution (lazy ones included) or another 4-D
+    parameter, the only kind the channels-last memory format changes."""
+    return any(isinstance(module, nn.Conv2d) for module in model.modules()) or any(
+        parameter.dim() == 4 for parameter in model.parameters() if not is_lazy(parameter)
+    )
+
+
+def lazy_module_name(model: nn.Module) -> str | None:
+    """The class name of a module of ``model`` whose parameters are still uninitialized
+    (a ``Lazy*`` module before its first batch), which no memory format applies to."""
+    for module in model.modules():
+        if any(is_lazy(parameter) for parameter in module.parameters(recurse=False)):
+            return type(module).__name__
+    return None
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,9 @@ def channels_last_choice(
         return ChannelsLastChoice(False, "the model cannot be inspected before the run")
     if not has_convolution_weights(model):
         return ChannelsLastChoice(False, NO_CONVOLUTIONS)
-    if accelerator in ("pjrt", "tpu"):
+    if lazy := lazy_module_name(model):
+        return ChannelsLastChoice(False, f"the model's {lazy} has no weights until its first batch")
+    if accelerator in ("pjrt", "tpu", "xla"):
         return ChannelsLastChoice(False, "XLA chooses its own memory layouts")
     if accelerator not in ("cpu", "cuda"):
         return ChannelsLastChoice(False, "channels-last is chosen on CPUs and CUDA GPUs only")
@@ -63,3 +83,21 @@ def channels_last_choice(
         f"convolution weights kept whole on {WHOLE_WEIGHT_LAYOUTS[layout]}: channels-last "
         "convolutions run the faster kernels",
     )
+
+
+def strategy_layout(strategy: Strategy) -> str | None:
+    """The plan's layout a Lightning ``strategy`` keeps the weights in, where it is one of
+    :data:`WHOLE_WEIGHT_LAYOUTS` (one device, DDP); None for any other strategy (FSDP,
+    DeepSpeed, model parallel: not known to keep them whole)."""
+    if isinstance(strategy, SingleDeviceStrategy):
+        return "single"
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
+        return "ddp"
+    return None
+
+
+def strategy_channels_last_choice(model: nn.Module, strategy: Strategy) -> ChannelsLastChoice:
+    """``channels_last: auto`` for a Trainer built without the runner: decided at ``setup``
+    from the model and the strategy the Trainer runs it under."""
+    name = getattr(strategy, "strategy_name", type(strategy).__name__)
+    return channels_last_choice(model, strategy.root_device.type, strategy_layout(strategy), name)

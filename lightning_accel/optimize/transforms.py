@@ -7,6 +7,7 @@ calls it from its ``setup`` with its own parallelizing steps; else the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
@@ -29,6 +30,10 @@ from lightning_accel.optimize.float8 import (
     float8_all_gathers,
     float8_summary,
     precompute_float8_scales,
+)
+from lightning_accel.optimize.memory_format import (
+    lazy_module_name,
+    strategy_channels_last_choice,
 )
 from lightning_accel.precision import PrecisionChoice
 
@@ -60,7 +65,8 @@ def model_transforms(
         FLOAT8: optimization.fp8.converts,
         "activation_checkpointing": optimization.activation_checkpointing.enabled,
         "compile": optimization.compile.active_on(accelerator),
-        "channels_last": optimization.channels_last is True,  # auto: decided by the runner
+        # auto: decided by the runner, or by ModelOptimizations at setup
+        "channels_last": optimization.channels_last is True,
         TENSOR_PARALLEL: TENSOR_PARALLEL in parallel,
         FSDP2: FSDP2 in parallel,
     }
@@ -75,7 +81,8 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
         "optimization.activation_checkpointing.enabled": (
             optimization.activation_checkpointing.enabled
         ),
-        "optimization.compile.per_block": compile_config.enabled is not False
+        # auto compiles the whole model where there are no blocks (compile_model)
+        "optimization.compile.per_block": compile_config.enabled is True
         and compile_config.per_block,
     }
     for key, needed in needs_blocks.items():
@@ -86,6 +93,13 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
                 f"needs repeated blocks, but {type(model).__name__} has no ModuleList of "
                 "layers or Sequential of same-class modules",
             )
+    if optimization.channels_last is True and (lazy := lazy_module_name(model)):
+        raise ConfigError(
+            "optimization.channels_last",
+            True,
+            f"needs initialized weights, but {type(model).__name__}'s {lazy} has none until "
+            "its first batch (give it its input size, or use optimization.channels_last=auto)",
+        )
     if optimization.fp8.converts:
         check_float8_layers(model)
 
@@ -114,12 +128,11 @@ def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu")
 
 
 def compile_model(model: nn.Module, config: CompileConfig) -> None:
-    """Compile ``model`` in place as ``config`` says: each repeated block, or each child
-    module that holds parameters (``nn.Module.compile`` keeps ``state_dict`` keys free of
-    ``_orig_mod.``)."""
-    if config.per_block:
-        targets = find_repeated_blocks(model)
-    else:
+    """Compile ``model`` in place as ``config`` says: each repeated block (``per_block``,
+    where the model has them), else each child module that holds parameters
+    (``nn.Module.compile`` keeps ``state_dict`` keys free of ``_orig_mod.``)."""
+    targets = find_repeated_blocks(model) if config.per_block else []
+    if not targets:
         targets = [
             child
             for child in model.children()
@@ -234,6 +247,8 @@ class ModelOptimizations(pl.Callback):
         if getattr(pl_module, "_lightning_accel_optimized", False):
             return
         strategy = trainer.strategy
+        if self.optimization.channels_last == "auto":
+            self._decide_channels_last(pl_module, strategy)
         if isinstance(strategy, ShardsAfterTransforms):
             # applied by the strategy's setup, in order, with its sharding last
             strategy.model_transforms = (self.optimization, self.transforms)
@@ -242,6 +257,18 @@ class ModelOptimizations(pl.Callback):
             device_type = strategy.root_device.type
             apply_model_optimizations(pl_module, self.optimization, device_type, self.transforms)
         pl_module._lightning_accel_optimized = True
+
+    def _decide_channels_last(self, model: nn.Module, strategy: pl.strategies.Strategy) -> None:
+        """``channels_last: auto`` in a Trainer built without the runner (which decides it
+        before launch): on where ``model`` has convolution weights and ``strategy`` keeps them
+        whole. The batches stay as the DataModule makes them; convolutions take either."""
+        choice = strategy_channels_last_choice(model, strategy)
+        self.optimization = replace(
+            self.optimization, channels_last=choice.enabled, channels_last_reason=choice.reason
+        )
+        if choice.enabled and self.transforms is not None:
+            chosen = {*self.transforms, "channels_last"}
+            self.transforms = tuple(name for name in TRANSFORM_ORDER if name in chosen)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.utils._pytree import tree_map
 
 from lightning_accel.errors import ConfigError
 from lightning_accel.flops import flop_counter
@@ -362,6 +364,21 @@ def tensor_parallel_footprint(
     )
 
 
+def _initialize_lazy_modules(module: pl.LightningModule, batch: Any, through_forward: bool) -> None:
+    """Give ``module``'s ``Lazy*`` modules (built on the meta device) their shapes, as the
+    run's first step does: one step on ``batch`` as meta tensors, recording nothing."""
+    batch = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, batch)
+    with torch.no_grad(), _no_logging(module):
+        _step(module, batch, through_forward)
+
+
+def _step(module: pl.LightningModule, batch: Any, through_forward: bool) -> Any:
+    """One training step's loss (or, ``through_forward``, the forward's output) on ``batch``."""
+    if through_forward:
+        return module(*(batch if isinstance(batch, tuple) else (batch,)))
+    return _training_loss(module.training_step(batch, 0))
+
+
 def measure_footprint(
     module: pl.LightningModule,
     batch: Any,
@@ -383,19 +400,19 @@ def measure_footprint(
         count_flops: count the forward pass's FLOPs (one more pass; 0 when not counted).
         tensor_parallel_plan: the run's configured tensor parallel plan, if any.
     """
+    if any(is_lazy(p) for p in module.parameters()):
+        _initialize_lazy_modules(module, batch, through_forward)
     tensor_parallel = tensor_parallel_footprint(module, tensor_parallel_plan)
     mode = fake_mode()
     fake_module(module, mode)
     batch = fake_batch(batch, mode)
+
+    def step() -> Any:
+        return _step(module, batch, through_forward)
+
     trainable = list({id(p): p for p in module.parameters() if p.requires_grad}.values())
     blocks = find_repeated_blocks(module)
     block_ids = [{id(p) for p in block.parameters() if p.requires_grad} for block in blocks]
-
-    def step() -> Any:
-        if through_forward:
-            args = batch if isinstance(batch, tuple) else (batch,)
-            return module(*args)
-        return _training_loss(module.training_step(batch, 0))
 
     activations = {}
     module.train()
