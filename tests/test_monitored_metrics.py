@@ -91,9 +91,28 @@ def test_a_model_that_declares_its_metrics_has_its_monitors_checked_before_launc
 
 
 def test_names_outside_the_models_namespaces_are_left_to_the_run(tmp_path: Path) -> None:
-    run = composed_run(tmp_path / "run", ["callbacks.checkpoint.monitor=speed/step_seconds"])
+    run = composed_run(tmp_path / "run", ["callbacks.checkpoint.monitor=ema/val_loss"])
     check_monitored_metrics(run, GPTLanguageModel())  # a callback's metric: not refused here
     searched = composed_run(tmp_path / "run", ["objective=val/acc"])
     check_monitored_metrics(searched, GPTLanguageModel())  # not a search: objective unused
     with pytest.raises(ConfigError, match="objective='val/acc' is not a metric"):
         check_monitored_metrics(searched, GPTLanguageModel(), searching=True)
+
+
+@pytest.mark.parametrize("model", [GPTLanguageModel(), None], ids=["declares", "declares nothing"])
+@pytest.mark.parametrize(
+    "override",
+    ["callbacks.checkpoint.monitor=speed/samples_per_second", "objective=speed/mfu"],
+)
+def test_a_speed_figure_is_never_monitored(
+    tmp_path: Path, model: GPTLanguageModel | None, override: str
+) -> None:
+    run = composed_run(tmp_path / "run", [override])
+    with pytest.raises(ConfigError) as error:
+        check_monitored_metrics(run, model, searching=True)
+    assert "is a speed monitor figure, which goes to the loggers and summary.json" in str(
+        error.value
+    )
+    assert ("valid choices: train/loss, val/bits_per_byte" in str(error.value)) is (
+        model is not None
+    )

@@ -63,6 +63,11 @@ def compiled_graphs() -> int | None:
     return int(counters["stats"]["unique_graphs"])
 
 
+# The speed figures' names; they go to the loggers only, not to Lightning's callback metrics
+# (which a checkpoint's or early stopping's monitor reads).
+SPEED_NAMESPACE = "speed/"
+
+
 def validation_follows(trainer: pl.Trainer) -> bool:
     """Whether Lightning validates after the training batch that just ended: its own test
     (a private method, pinned in tests/test_upstream_pins.py), asked in on_train_batch_end
@@ -256,7 +261,7 @@ class SpeedMonitor(pl.Callback):
             trainer, self.window, seconds, self._wait_at_window_start, device, rounded=False
         )
         metrics["peak_memory_mb"] = peak_memory_mb(device)
-        logged = {f"speed/{k}": float(v) for k, v in metrics.items() if v is not None}
+        logged = {f"{SPEED_NAMESPACE}{k}": float(v) for k, v in metrics.items() if v is not None}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
         self._start_window(trainer, now)

@@ -258,22 +258,31 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
 def check_monitored_metrics(run: RunConfig, model: Any, searching: bool = False) -> None:
     """Fail where a callback's ``monitor`` (and a search's ``objective``) names a metric in
     the model's own namespaces (``val/``, ``train/``) that the model does not log, for a
-    model that declares what it logs (``logged_metrics``, as the pack's models do). Other
-    names (``speed/``: a callback's) and models that declare nothing are left to the run,
-    which reports an unlogged monitor at its first validation."""
+    model that declares what it logs (``logged_metrics``, as the pack's models do), or a
+    speed monitor figure (``speed/``: written to the loggers only). Other names and models
+    that declare nothing are left to the run, which reports an unlogged monitor at its
+    first validation."""
+    from lightning_accel.callbacks.speed import SPEED_NAMESPACE
+
     declared = getattr(model, "logged_metrics", None)
-    if not declared:
-        return
-    namespaces = {name.split("/")[0] for name in declared}
     named = {key + ".monitor": node.get("monitor") for key, node in run.callback_nodes().items()}
     if searching:
         named["objective"] = run.objective
+    named = {key: metric for key, metric in named.items() if isinstance(metric, str)}
     for key, metric in named.items():
-        if (
-            isinstance(metric, str)
-            and metric.split("/")[0] in namespaces
-            and metric not in declared
-        ):
+        if metric.startswith(SPEED_NAMESPACE):
+            raise ConfigError(
+                key,
+                metric,
+                "is a speed monitor figure, which goes to the loggers and summary.json, not to "
+                "what callbacks and searches read; compare speeds with lightning-accel bench",
+                sorted(declared) if declared else None,
+            )
+    if not declared:
+        return
+    namespaces = {name.split("/")[0] for name in declared}
+    for key, metric in named.items():
+        if metric.split("/")[0] in namespaces and metric not in declared:
             raise ConfigError(
                 key, metric, f"is not a metric {type(model).__name__} logs", sorted(declared)
             )
