@@ -272,6 +272,22 @@ def test_an_unknown_profile_exits_2_with_the_valid_choices(capsys: pytest.Captur
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trace"], "doctor='--trace' needs a run directory after it."),
+        (["--json", "-cd"], "doctor='-cd' needs a config directory after it."),
+        (["--fast"], "doctor='--fast' is not an argument; valid choices: --json, "),
+    ],
+)
+def test_a_bad_argument_exits_2_naming_it(
+    args: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = doctor(args, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().startswith(f"lightning-accel: error: {message}")
+
+
 def test_a_projects_hardware_profiles_are_judged_with_config_dir(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

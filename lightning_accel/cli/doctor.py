@@ -345,7 +345,7 @@ def project_hardware(directory: str) -> dict[str, HardwareConfig]:
 def _next_value(arguments: Iterator[str], option: str, needed: str) -> str:
     given = next(arguments, None)
     if given is None:
-        raise ConfigError(f"doctor {option}", "", f"needs {needed}")
+        raise ConfigError("doctor", option, f"needs {needed} after it")
     return given
 
 
