@@ -9,6 +9,7 @@ a dataclass is built, including by ``OmegaConf.to_object`` on a composed config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from lightning_accel.errors import ConfigError
@@ -43,6 +44,42 @@ def require_not_negative(key: str, value: Any) -> None:
     """Raise a ConfigError unless ``value`` is a number of 0 or more."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(key, value, "must be a number of 0 or more")
+
+
+def batch_count(value: Any) -> int | None:
+    """``value`` as a count of batches where Lightning reads it as one (an int, or a whole
+    float above 1.0); None for a fraction or anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value > 1 and value.is_integer():
+        return int(value)
+    return None
+
+
+def require_fraction_or_count(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is what Lightning takes for a number of batches:
+    a fraction in [0.0, 1.0] or a whole count."""
+    require_not_negative(key, value)
+    if batch_count(value) is None and value > 1:
+        raise ConfigError(key, value, "must be a fraction in [0.0, 1.0] or a whole count")
+
+
+def require_duration(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is a positive duration as Lightning takes one: a
+    ``DD:HH:MM:SS`` string or a dict of ``datetime.timedelta`` arguments."""
+    fields = ("days", "hours", "minutes", "seconds")
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) == len(fields) and all(part.isdigit() for part in parts):
+            value = dict(zip(fields, map(int, parts), strict=True))
+    try:
+        seconds = timedelta(**value).total_seconds() if isinstance(value, dict) else 0
+    except TypeError:  # an argument timedelta does not take, or a value of the wrong type
+        seconds = 0
+    if seconds <= 0:
+        raise ConfigError(
+            key, value, "must be a duration: DD:HH:MM:SS, or a dict such as {hours: 2}"
+        )
 
 
 def require_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -367,13 +404,20 @@ class TrainerConfig:
         for key in ("min_steps", "min_epochs", "check_val_every_n_epoch"):
             if getattr(self, key) is not None:
                 require_positive(f"trainer.{key}", getattr(self, key))
-        require_positive("trainer.val_check_interval", self.val_check_interval)
+        if self.max_time is not None:
+            require_duration("trainer.max_time", self.max_time)
+        self._check_validation_interval()
         require_positive("trainer.limit_train_batches", self.limit_train_batches)
         # 0 turns validation (test, prediction) off, as in Lightning
-        for key in ("limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        for key in (
+            "limit_train_batches",
+            "limit_val_batches",
+            "limit_test_batches",
+            "limit_predict_batches",
+            "overfit_batches",
+        ):
             if getattr(self, key) is not None:
-                require_not_negative(f"trainer.{key}", getattr(self, key))
-        require_not_negative("trainer.overfit_batches", self.overfit_batches)
+                require_fraction_or_count(f"trainer.{key}", getattr(self, key))
         self._check_validation_fits_the_epoch()
         require_positive("trainer.log_every_n_steps", self.log_every_n_steps)
         if self.num_sanity_val_steps < -1:
@@ -387,15 +431,32 @@ class TrainerConfig:
         )
         require_choice("trainer.deterministic", self.deterministic, (True, False, "warn"))
 
+    def _check_validation_interval(self) -> None:
+        """A count of batches, a fraction of an epoch (which needs epochs to count in:
+        ``check_val_every_n_epoch``), or a duration, as Lightning takes it."""
+        interval = self.val_check_interval
+        if isinstance(interval, (str, dict)):
+            require_duration("trainer.val_check_interval", interval)
+            return
+        require_positive("trainer.val_check_interval", interval)
+        require_fraction_or_count("trainer.val_check_interval", interval)
+        if batch_count(interval) is None and self.check_val_every_n_epoch is None:
+            raise ConfigError(
+                "trainer.val_check_interval",
+                interval,
+                "is a fraction of an epoch, which needs trainer.check_val_every_n_epoch set; "
+                "give a count of batches or a duration instead",
+            )
+
     def _check_validation_fits_the_epoch(self) -> None:
         """Lightning's own check, made before launch where both counts are given: a
         validation interval in batches must fit in an epoch capped at
         ``limit_train_batches`` batches (unless it counts across epochs or validation is
         off); an epoch's length otherwise is known only once the data is loaded."""
-        batches, interval = self.limit_train_batches, self.val_check_interval
-        counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (batches, interval))
+        batches = batch_count(self.limit_train_batches)
+        interval = batch_count(self.val_check_interval)
         validates = self.check_val_every_n_epoch is not None and self.limit_val_batches != 0
-        if counts and validates and interval > batches:
+        if batches is not None and interval is not None and validates and interval > batches:
             raise ConfigError(
                 "trainer.val_check_interval",
                 interval,

@@ -180,6 +180,31 @@ CASES = {
         ["trainer.limit_train_batches=10", "trainer.val_check_interval=20"],
         ["trainer.val_check_interval=20 is more than the trainer.limit_train_batches=10"],
     ),
+    "validation interval as a whole float past limit_train_batches": (
+        ["trainer.limit_train_batches=10", "trainer.val_check_interval=20.0"],
+        ["trainer.val_check_interval=20 is more than the trainer.limit_train_batches=10"],
+    ),
+    "seed outside numpy's range": (["seed=-1"], ["seed=-1 must be from 0 to 4294967295"]),
+    "validation interval past a whole epoch": (
+        ["trainer.val_check_interval=1.5"],
+        ["trainer.val_check_interval=1.5 must be a fraction in [0.0, 1.0] or a whole count"],
+    ),
+    "validation interval as a fraction without epochs": (
+        ["trainer.val_check_interval=0.5", "trainer.check_val_every_n_epoch=null"],
+        ["val_check_interval=0.5 is a fraction of an epoch, which needs trainer.check_val_every"],
+    ),
+    "validation interval as a duration timedelta refuses": (
+        ["trainer.val_check_interval={sec:3}"],
+        ["val_check_interval={'sec': 3} must be a duration: DD:HH:MM:SS, or a dict"],
+    ),
+    "test batches past a whole set": (
+        ["trainer.limit_test_batches=3.5"],
+        ["trainer.limit_test_batches=3.5 must be a fraction in [0.0, 1.0] or a whole count"],
+    ),
+    "time limit that is no duration": (
+        ["trainer.max_time=abc"],
+        ["trainer.max_time='abc' must be a duration: DD:HH:MM:SS"],
+    ),
     "callback argument the callback refuses": (
         ["callbacks.checkpoint.save_top_k=-2"],
         [

@@ -113,3 +113,24 @@ def test_with_max_steps_minus_one_the_schedule_decays_over_the_epochs(tmp_path: 
     assert all(a > b for a, b in zip(after, after[1:], strict=False)), "decays every step"
     # the cosine reaches its floor (10%) at step 10, the run's last: 7 of its 8 steps done
     assert rates[-1] == pytest.approx(1e-2 * (0.1 + 0.45 * (1 + math.cos(math.pi * 7 / 8))))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "lightning_reads"),
+    [
+        ("val_check_interval", "00:00:01:30", None),
+        ("val_check_interval", {"minutes": 1, "seconds": 30}, None),
+        ("max_time", "00:00:01:30", None),
+        ("max_time", {"hours": 1}, None),
+        ("val_check_interval", 20.0, 20),
+        ("limit_test_batches", 3.0, 3),
+        ("limit_val_batches", 0.25, 0.25),
+    ],
+)
+def test_durations_and_whole_counts_are_taken_as_lightning_takes_them(
+    key: str, value: object, lightning_reads: float | None
+) -> None:
+    TrainerConfig(**{key: value}, max_steps=-1, max_epochs=1)
+    trainer = pl.Trainer(**{key: value}, logger=False, enable_checkpointing=False)
+    if lightning_reads is not None:
+        assert getattr(trainer, key) == lightning_reads

@@ -129,6 +129,10 @@ def ray_client_endpoint(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if 0 < int(port) < 65536 else None
 
 
+# the largest seed every generator Lightning seeds (numpy's among them) takes
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class RunConfig:
     """One run: three profiles (hardware, optimization, trainer), what to train (``model``
@@ -177,6 +181,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         require_choice("stage", self.stage, STAGES)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", self.seed, f"must be from 0 to {MAX_SEED} (numpy's range)")
         nodes, hardware_nodes = self.launcher.nnodes, self.hardware.num_nodes
         if nodes != hardware_nodes and 1 not in (nodes, hardware_nodes):
             raise ConfigError(

@@ -22,6 +22,7 @@ from typing_extensions import override
 from lightning_accel.cli.compose import compose_job, parse_overrides
 from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.hydra_private import BASIC_SWEEPER
+from lightning_accel.config import batch_count
 from lightning_accel.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -142,9 +143,9 @@ def check_trials_validate(run: RunConfig) -> None:
             f"leaves a search's trials without validation, so objective={run.objective!r} is "
             "never logged",
         )
-    interval = trainer.val_check_interval  # in training batches
+    interval = batch_count(trainer.val_check_interval)  # in training batches
     batches = trainer.max_steps * run.optimization.accumulate_grad_batches
-    if isinstance(interval, int) and not isinstance(interval, bool) and 0 < batches < interval:
+    if interval is not None and 0 < batches < interval:
         raise ConfigError(
             "trainer.val_check_interval",
             interval,
