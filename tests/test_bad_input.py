@@ -166,7 +166,7 @@ CASES = {
     ),
     "channels-last auto is the profile's, not the data's": (
         ["recipe=image", "data.channels_last=auto"],
-        ["data.channels_last='auto' must be true or false"],
+        ["data.channels_last='auto' is not of the type", "ImageDataModule takes: bool"],
     ),
     "channels-last auto on hardware this machine lacks": (
         ["recipe=image", "optimization=fast", "hardware=ddp"],
@@ -183,6 +183,14 @@ CASES = {
     "validation interval as a whole float past limit_train_batches": (
         ["trainer.limit_train_batches=10", "trainer.val_check_interval=20.0"],
         ["trainer.val_check_interval=20 is more than the trainer.limit_train_batches=10"],
+    ),
+    "data argument of the wrong type": (
+        ["data.batch_size=1.5"],
+        ["data.batch_size=1.5 is not of the type lightning_accel.data.TokenDataModule takes: int"],
+    ),
+    "model argument of the wrong item type": (
+        ["recipe=image", "model.widths=[16,wide]"],
+        ["model.widths=[16, 'wide'] is not of the type", "takes: Sequence[int]"],
     ),
     "seed outside numpy's range": (["seed=-1"], ["seed=-1 must be from 0 to 4294967295"]),
     "validation interval past a whole epoch": (

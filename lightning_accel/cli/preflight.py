@@ -22,6 +22,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
+from lightning_accel.cli.argument_types import fits, parameter_types, type_name
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
@@ -151,10 +152,17 @@ def _check_arguments(key: str, node: dict[str, Any]) -> None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
     arguments = {k: v for k, v in node.items() if not k.startswith("_")}
+    types = parameter_types(factory)
     for name, value in arguments.items():
         if name not in parameters:
             raise ConfigError(
                 f"{key}.{name}", value, f"is not an argument of {target}", sorted(parameters)
+            )
+        if name in types and not fits(value, types[name]):
+            raise ConfigError(
+                f"{key}.{name}",
+                value,
+                f"is not of the type {target} takes: {type_name(types[name])}",
             )
     for name, parameter in parameters.items():
         required = parameter.default is inspect.Parameter.empty and parameter.kind in (
