@@ -9,10 +9,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from helpers import HARDWARE_PROFILES, TINY, run_cli
 
+from lightning_accel.cli.main import main
 from lightning_accel.models import GPTLanguageModel
 
 
@@ -81,6 +83,21 @@ def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
         assert line in result.stdout
     for group in ("trainer:", "logger:", "callbacks:"):
         assert group in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["bench", "plan", "consolidate", "doctor", "verify"])
+def test_every_verb_prints_its_usage_with_help(
+    verb: str, capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main([verb, "--help"])
+    except SystemExit as exit_info:  # argparse's way
+        code = exit_info.code
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(("usage: lightning-accel", f"usage: lightning-accel {verb}"))
+    assert list(tmp_path.iterdir()) == [], "help runs nothing"
 
 
 def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> None:

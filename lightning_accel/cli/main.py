@@ -35,6 +35,13 @@ verbs:
                              GPUs (--dry-run: their CPU twins): <device>.json and .md
 """
 
+CONSOLIDATE_USAGE = """usage: lightning-accel consolidate SHARDED OUT
+
+Write a sharded checkpoint directory (FSDP2's or XLA SPMD's, e.g. RUN/checkpoints/last.ckpt
+of an fsdp2 run) as one file OUT that loads without a process group, resumes on one device
+(ckpt_path=OUT) and evaluates with validate, test and predict.
+"""
+
 VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate", "doctor", "verify")
 
 
@@ -48,6 +55,9 @@ def consolidate(args: list[str]) -> int:
     from lightning_accel.errors import ConfigError
     from lightning_accel.files import check_writable
 
+    if any(arg in ("-h", "--help") for arg in args):
+        print(CONSOLIDATE_USAGE, end="")
+        return 0
     if len(args) != 2:
         fail("consolidate takes two arguments: a sharded checkpoint directory and an output file.")
     source, output = Path(args[0]), Path(args[1])
