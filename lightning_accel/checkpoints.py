@@ -100,6 +100,13 @@ def saved_model_shapes(path: Path, key: str = "ckpt_path") -> dict[str, tuple[in
     return {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
 
 
+def saved_step(path: Path, key: str = "ckpt_path") -> int:
+    """The optimizer step a checkpoint (a file, or a sharded directory's loop state) was
+    saved at: Lightning's ``global_step``."""
+    source = path / SHARDED_META if is_sharded(path) else path
+    return int(load_data_file(source, key, mmap=True).get("global_step", 0))
+
+
 def check_same_model(
     path: Path, expected: dict[str, tuple[int, ...]], strict: bool = True, key: str = "ckpt_path"
 ) -> None:

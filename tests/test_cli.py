@@ -71,6 +71,18 @@ def test_resume_from_checkpoint_continues_the_step_count(
     assert summary["steps"] == 6
     assert [v["step"] for v in summary["validation"]] == [6], "steps 1-4 are not repeated"
 
+    # the same command again: the run already reached its end, so its files stay as they are
+    kept = {p: p.read_bytes() for p in (tmp_path / "second").iterdir() if p.is_file()}
+    again = run_cli(
+        [*base, "hydra.run.dir=second", f"ckpt_path={ckpt}", "trainer.max_steps=4"], cwd=tmp_path
+    )
+    assert again.returncode == 2, "an explicit checkpoint at step 4 is not past max_steps=4"
+    assert "trainer.max_steps=4 is not past step 4, where ckpt_path=" in again.stderr
+    repeated = run_cli([*base, "hydra.run.dir=second", "trainer.max_steps=6"], cwd=tmp_path)
+    assert repeated.returncode == 0, repeated.stderr
+    assert "already trained to step 6 of trainer.max_steps=6" in repeated.stderr
+    assert {p: p.read_bytes() for p in kept} == kept, "summary, config and log kept"
+
 
 def test_help_lists_every_group_and_option(tmp_path: Path) -> None:
     result = run_cli(["train", "--help"], cwd=tmp_path)

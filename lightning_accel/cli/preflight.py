@@ -382,19 +382,26 @@ def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
 
 def check_checkpoint(run: RunConfig) -> Path | None:
     """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory that
-    holds data only; without it, fail when the ``last`` checkpoint the run would resume from
-    by itself would run code when loaded. Returns the checkpoint the run will resume from."""
-    from lightning_accel.checkpoints import last_checkpoint, verify_checkpoint
+    holds data only, saved before the step a fit ends at; without it, fail when the
+    ``last`` checkpoint the run would resume from by itself would run code when loaded.
+    Returns the checkpoint the run will resume from."""
+    from lightning_accel.checkpoints import saved_step, verify_checkpoint
+    from lightning_accel.cli.runner import own_last_checkpoint
 
-    if run.ckpt_path is not None:
-        verify_checkpoint(Path(run.ckpt_path))
-        return Path(run.ckpt_path)
-    for node in run.callback_nodes().values():
-        if node.get("save_last") and node.get("dirpath"):
-            found = last_checkpoint(Path(node["dirpath"]))
-            if found is not None:
-                return found
-    return None
+    if run.ckpt_path is None:
+        return own_last_checkpoint(run)
+    path = Path(run.ckpt_path)
+    verify_checkpoint(path)
+    max_steps = run.trainer.max_steps
+    if run.stage == "fit" and 0 < max_steps <= (step := saved_step(path)):
+        raise ConfigError(
+            "trainer.max_steps",
+            max_steps,
+            f"is not past step {step}, where ckpt_path={run.ckpt_path} was saved, so nothing "
+            "would train; give more steps to train further (lightning-accel validate "
+            "evaluates the checkpoint)",
+        )
+    return path
 
 
 # the LightningModule method each evaluation stage needs

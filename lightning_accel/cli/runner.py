@@ -27,6 +27,7 @@ from lightning_accel.checkpoints import (
     consolidate_checkpoint,
     is_sharded,
     last_checkpoint,
+    saved_step,
 )
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
@@ -100,6 +101,33 @@ def resume_checkpoint(run: RunConfig, trainer: pl.Trainer) -> str | None:
         return None
     found = last_checkpoint(Path(saver.dirpath), saver.CHECKPOINT_NAME_LAST + saver.FILE_EXTENSION)
     return None if found is None else str(found)
+
+
+def already_trained(run: RunConfig) -> str | None:
+    """Why a fit has nothing left to do, where its own run directory's ``last`` checkpoint
+    (what a repeated or requeued run resumes from) is at or past ``trainer.max_steps``; None
+    where it has steps to train."""
+    if run.stage != "fit" or run.ckpt_path is not None or run.trainer.max_steps <= 0:
+        return None
+    found = own_last_checkpoint(run)
+    if found is None or (step := saved_step(found)) < run.trainer.max_steps:
+        return None
+    return (
+        f"{run.run_dir} already trained to step {step} of trainer.max_steps="
+        f"{run.trainer.max_steps} ({found}); nothing to do: raise trainer.max_steps to train "
+        "further"
+    )
+
+
+def own_last_checkpoint(run: RunConfig) -> Path | None:
+    """The complete ``last`` checkpoint the run's own checkpoint callback already wrote
+    (the one a run without ``ckpt_path`` resumes from), if any."""
+    for node in run.callback_nodes().values():
+        if node.get("save_last") and node.get("dirpath"):
+            found = last_checkpoint(Path(node["dirpath"]))
+            if found is not None:
+                return found
+    return None
 
 
 # Strategies that load a sharded (torch.distributed.checkpoint) directory themselves.

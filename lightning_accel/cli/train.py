@@ -36,7 +36,12 @@ def run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
     from lightning_accel.cli.rank import leave_process_group
-    from lightning_accel.cli.runner import run_stage, save_resolved_config, whole_checkpoint_for
+    from lightning_accel.cli.runner import (
+        already_trained,
+        run_stage,
+        save_resolved_config,
+        whole_checkpoint_for,
+    )
     from lightning_accel.cli.search import required_objective, searching
     from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS
     from lightning_accel.plan.run import plan_run
@@ -45,7 +50,9 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
         world = external_world()
-        if world is not None:
+        if done := already_trained(run):  # a repeated or requeued run: its files are kept
+            say(done)
+        elif world is not None:
             processes = plan_run(run.hardware, run.optimization).processes
             check_world_size(run.launcher.nnodes, processes, world)
             if world.rank == 0:
