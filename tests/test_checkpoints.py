@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import MODEL, SHAPE, Runs, run_cli, write_crafted_checkpoint
 
-from lightning_accel.checkpoints import check_same_model, consolidate_checkpoint
+from lightning_accel.checkpoints import check_same_model, consolidate_checkpoint, saved_step
 from lightning_accel.cli.main import main
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPTLanguageModel
@@ -79,6 +79,7 @@ def test_consolidate_command_writes_one_loadable_file(sharded: Path, tmp_path: P
     assert f"wrote {output} (" in result.stderr and " MiB/s of shards)" in result.stderr
     checkpoint = torch.load(output, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 10
+    assert saved_step(sharded) == saved_step(output) == 10, "read from the shards' loop state"
     assert checkpoint["state_dict"]["model.token_embedding.weight"].shape == (256, 32)
     assert len(checkpoint["optimizer_states"]) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"], "no temporary file is left"
