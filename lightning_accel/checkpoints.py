@@ -148,8 +148,10 @@ def optimizer_by_index(state: dict[str, Any]) -> dict[str, Any]:
         for name in names:
             index.setdefault(name, len(index))
         groups.append({**group, "params": [index[name] for name in names]})
+    # a stateless optimizer (SGD without momentum) leaves no "state" among the shards
+    saved = state.get("state", {})
     return {
-        "state": {index[name]: value for name, value in state["state"].items() if name in index},
+        "state": {index[name]: value for name, value in saved.items() if name in index},
         "param_groups": groups,
     }
 

@@ -344,13 +344,18 @@ def test_text_that_is_not_utf8_is_named_before_any_run_starts(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "no run directory"
 
 
-def test_validation_interval_longer_than_an_epoch_exits_2(tmp_path: Path) -> None:
-    result = run_cli(["train", *TINY, "trainer.val_check_interval=10000000"], cwd=tmp_path)
+@pytest.mark.parametrize("hardware", ["cpu", "ddp_cpu"])
+def test_validation_interval_longer_than_an_epoch_exits_2(hardware: str, tmp_path: Path) -> None:
+    overrides = [*TINY, f"hardware={hardware}", "trainer.val_check_interval=10000000"]
+    result = run_cli(["train", *overrides], cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("lightning-accel: error: trainer.val_check_interval=10000000 is more")
-    assert "limit_val_batches=0" in error
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, "the ranks' error is reported once, by the command"
+    assert errors[0].startswith(
+        "lightning-accel: error: trainer.val_check_interval=10000000 is more"
+    )
+    assert "limit_val_batches=0" in errors[0]
 
 
 def test_no_validation_is_a_valid_choice_as_the_interval_error_suggests() -> None:

@@ -9,7 +9,12 @@ import pytest
 import torch
 from helpers import MODEL, SHAPE, Runs, run_cli, write_crafted_checkpoint
 
-from lightning_accel.checkpoints import check_same_model, consolidate_checkpoint, saved_step
+from lightning_accel.checkpoints import (
+    check_same_model,
+    consolidate_checkpoint,
+    optimizer_by_index,
+    saved_step,
+)
 from lightning_accel.cli.main import main
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPTLanguageModel
@@ -192,3 +197,11 @@ def test_a_checkpoint_of_the_same_model_passes_the_check(sharded: Path) -> None:
     check_same_model(sharded, expected)
     with pytest.raises(ConfigError, match="model.extra.weight is not in the checkpoint"):
         check_same_model(sharded, {**expected, "model.extra.weight": (256, 32)})
+
+
+def test_a_stateless_optimizer_consolidates_with_no_state() -> None:
+    saved = {"param_groups": [{"params": ["layer.weight", "layer.bias"], "lr": 0.05}]}
+    assert optimizer_by_index(saved) == {
+        "state": {},
+        "param_groups": [{"params": [0, 1], "lr": 0.05}],
+    }

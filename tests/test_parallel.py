@@ -206,6 +206,43 @@ def test_fsdp2_leaves_a_module_that_shards_itself(tmp_path: Path) -> None:
     assert rank_parameter_bytes < full_parameter_bytes, "the module's own sharding stands"
 
 
+DIRECT_STEP_MODULE = (
+    SELF_SHARDING_MODULE.replace("class SelfSharded", "class _Unused")
+    + """
+
+class DirectStep(pl.LightningModule):
+    \"\"\"Uses its layer in its steps without calling forward, as many modules do; it has
+    no repeated blocks, so FSDP2 shards it as one unit, the root.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+"""
+)
+
+
+def test_fsdp2_gathers_the_weights_for_a_step_that_does_not_call_forward(tmp_path: Path) -> None:
+    (tmp_path / "user_model.py").write_text(DIRECT_STEP_MODULE)
+    args = ["train", "recipe=custom", "model._target_=user_model.DirectStep"]
+    args += ["data._target_=user_model.Data", "callbacks=minimal", "trainer.max_steps=6"]
+    weights = {}
+    for hardware in ("ddp_cpu", "fsdp2_cpu"):
+        run = [*args, f"hardware={hardware}", f"hydra.run.dir={hardware}"]
+        result = run_cli(run, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[hardware] = Runs.final_weights(tmp_path / hardware)
+    assert weights["ddp_cpu"].keys() == weights["fsdp2_cpu"].keys()
+    for name, ddp in weights["ddp_cpu"].items():
+        torch.testing.assert_close(weights["fsdp2_cpu"][name], ddp, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("name", "hardware", "ranks"),
     [("single", "cpu", 1), ("ddp", "ddp_cpu", 2), ("fsdp2", "fsdp2_cpu", 2)],

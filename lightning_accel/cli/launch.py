@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_accel.cli.console import rank_environment, say
-from lightning_accel.cli.rank import run_rank
+from lightning_accel.cli.rank import recorded_config_error, run_rank
 from lightning_accel.cli.rank_server import (
     START_METHOD,
     changed_environment,
@@ -45,8 +45,9 @@ from lightning_accel.machine import usable_cores
 class _StoppingRecords(logging.Filter):
     """Drops torch elastic's records of stopping ranks: the error (with its traceback) of a
     rank that exited with :data:`STOPPED_EXIT_CODE` (it stopped on SIGTERM as asked, and says
-    so itself) and the agent's notes that it signals its ranks (the run's own message says
-    that it stopped, or which rank failed and that the others were stopped)."""
+    so itself) or with 2 (a user error, which the launcher reports), and the agent's notes
+    that it signals its ranks (the run's own message says that it stopped, or which rank
+    failed and that the others were stopped)."""
 
     LOGGERS = (
         "torch.distributed.elastic.multiprocessing.api",
@@ -54,6 +55,7 @@ class _StoppingRecords(logging.Filter):
     )
     NOTES = (
         f"(exitcode: {STOPPED_EXIT_CODE})",
+        "(exitcode: 2)",  # a user error the rank recorded, reported once by the launcher
         "death signal, shutting down workers",
         "via signal SIG",  # SIGTERM, SIGINT (Ctrl-C) or SIGKILL
     )
@@ -205,6 +207,8 @@ def launch_ranks(
     except ChildFailedError as error:
         if all_stopped(failure.exitcode for failure in error.failures.values()):
             raise ranks_stopped(log_dir) from None
+        if user_error := recorded_config_error(config_path.parent):
+            raise user_error from None
         failures = ", ".join(
             f"rank {rank} (exit code {failure.exitcode})"
             for rank, failure in sorted(error.failures.items())

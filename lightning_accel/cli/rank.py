@@ -7,6 +7,7 @@ Reads the resolved config the launcher wrote and fits it; the cluster environmen
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,19 +31,51 @@ def load_run(config_path: Path) -> RunConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def main(argv: list[str]) -> None:
+# where a rank started by the launcher leaves the user error it found, in its run directory,
+# for the launcher to report once (a hidden file: not among the run's results)
+RANK_CONFIG_ERROR = ".rank-config-error.json"
+
+
+def main(argv: list[str], launched: bool = False) -> None:
     """Run (fit, or validate, test, predict) the run whose config path is the only
-    argument."""
+    argument; ``launched`` (a rank the launcher started): a user error is left in
+    :data:`RANK_CONFIG_ERROR` for the launcher to report, not printed by every rank."""
     from lightning_accel.cli.runner import run_stage
 
     quiet_upstream()
+    config_path = Path(argv[0])
     try:
-        run_stage(load_run(Path(argv[0])))
+        run_stage(load_run(config_path))
     except ConfigError as error:
-        fail(error)
+        if not launched:
+            fail(error)
+        record_config_error(error, config_path.parent / RANK_CONFIG_ERROR)
+        sys.exit(2)
     except RunStopped as stopped:
         end_stopped(stopped)
     leave_process_group()
+
+
+def record_config_error(error: ConfigError, path: Path) -> None:
+    """Write ``error`` to ``path`` unless another rank wrote its own first."""
+    parts = {"key": error.key, "value": error.value, "problem": error.problem}
+    parts["choices"] = error.choices
+    try:
+        with path.open("x") as handle:
+            json.dump(parts, handle, default=str)
+    except FileExistsError:
+        pass
+
+
+def recorded_config_error(run_dir: Path) -> ConfigError | None:
+    """The user error a rank of the run in ``run_dir`` recorded, if any (and removed)."""
+    path = run_dir / RANK_CONFIG_ERROR
+    try:
+        parts = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    path.unlink(missing_ok=True)
+    return ConfigError(**parts)
 
 
 def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> None:
@@ -53,7 +86,7 @@ def run_rank(config_path: str, environment_changes: dict[str, str | None]) -> No
     :func:`main`."""
     take_launcher_environment(environment_changes)
     try:
-        main([config_path])
+        main([config_path], launched=True)
     except BaseException as error:
         # torch elastic's multiprocessing context reports only the first failed rank its poll
         # finds, in rank order: a rank that fails because a peer died (or was killed) leaves

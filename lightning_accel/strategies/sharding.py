@@ -6,12 +6,21 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
 
 SHARD_CLASSES_KEY = "hardware.strategy_options.shard_classes"
+# A LightningModule's step methods: the root's parameters are gathered around each, as they
+# are around forward, as Lightning's FSDP strategy gathers them around its wrapped steps.
+STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
 def _class_names(module: nn.Module) -> set[str]:
@@ -83,4 +92,8 @@ def shard_model(
     for unit in units:
         fully_shard(unit, **options)
     fully_shard(model, **options)
+    for method in STEP_METHODS:
+        # a step may use the root's parameters without calling forward (self.net(x))
+        if callable(getattr(model, method, None)):
+            register_fsdp_forward_method(model, method)
     return len(units)
