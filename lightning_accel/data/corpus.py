@@ -48,5 +48,11 @@ def corpus_files(source: str, suffixes: Sequence[str], key: str = "data.source")
                 files.append(path)
     files.sort()
     if not files:
-        raise ConfigError(key, source, f"holds no file ending in {', '.join(suffixes)}")
+        endings = ", ".join(suffixes)
+        raise ConfigError(
+            key,
+            source,
+            f"holds no file ending in {endings}; give the endings to read as data.suffixes "
+            "(e.g. data.suffixes='[.txt,.md]')",
+        )
     return files
