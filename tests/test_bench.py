@@ -50,6 +50,7 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
             "optimization=fast,quick",
             "'quick' is not an optimization option; valid choices: auto, default",
         ),
+        ("hardware=cpu,xla_cpu", "hardware.accelerator='pjrt' needs torch_xla"),
     ],
 )
 def test_an_empty_matrix_or_unknown_profile_exits_2_before_running(

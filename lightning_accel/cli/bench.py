@@ -19,7 +19,7 @@ from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
-from lightning_accel.cli.preflight import validated_run
+from lightning_accel.cli.preflight import run_plan, validated_run
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
@@ -104,8 +104,8 @@ def swept_keys(jobs: list[list[str]]) -> list[str]:
 
 def matrix(overrides: list[str]) -> list[Cell]:
     """The cells the overrides span, each labelled by its values of the swept keys and
-    checked by composing it as ``train`` would (unknown profiles and keys fail here,
-    before anything runs)."""
+    checked by composing and planning it as ``train`` would (unknown profiles and keys,
+    and hardware this machine lacks, fail here, before anything runs)."""
     for override in overrides:
         key, _, value = override.partition("=")
         if value.strip() in _EMPTY_VALUES:
@@ -118,7 +118,7 @@ def matrix(overrides: list[str]) -> list[Cell]:
     swept = swept_keys(jobs)
     cells = []
     for job in jobs:
-        validated_run(compose_job(job), Path("."))
+        run_plan(validated_run(compose_job(job), Path(".")))  # hardware this machine lacks
         values = dict(o.partition("=")[::2] for o in job)
         label = " · ".join(values[key] for key in swept) or "default"
         cells.append(Cell(label=label, overrides=job))
