@@ -472,6 +472,33 @@ class MetaHostileModule(TinyRegression):
         self.scale = float(torch.ones(1).sum().item())
 
 
+# What a user of the README's quick start "your own module" would have written: my_pkg.MyModule
+USERS_PACKAGE = """
+import lightning.pytorch as pl
+import torch
+
+
+class MyModule(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class MyData(pl.LightningDataModule):
+    def train_dataloader(self):
+        x = torch.randn(64, 8)
+        data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+        return torch.utils.data.DataLoader(data)
+"""
+
+
 # Parallel runs through the CLI: one small GPT, the same global batch whatever the layout.
 # Accumulating 2 micro-batches per step: an epoch of 20 micro-batches holds the same 10 steps.
 ACCUMULATE = ["optimization.accumulate_grad_batches=2", "trainer.limit_train_batches=20"]

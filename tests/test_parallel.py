@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ACCUMULATE, GLOBAL_BATCH, MODEL, SHAPE, Runs, max_difference, run_cli
+from helpers import (
+    ACCUMULATE,
+    GLOBAL_BATCH,
+    MODEL,
+    SHAPE,
+    USERS_PACKAGE,
+    Runs,
+    max_difference,
+    run_cli,
+)
 
 from lightning_accel.checkpoints import consolidate_checkpoint
 from lightning_accel.models import GPTLanguageModel
@@ -206,32 +215,12 @@ def test_fsdp2_leaves_a_module_that_shards_itself(tmp_path: Path) -> None:
     assert rank_parameter_bytes < full_parameter_bytes, "the module's own sharding stands"
 
 
-DIRECT_STEP_MODULE = (
-    SELF_SHARDING_MODULE.replace("class SelfSharded", "class _Unused")
-    + """
-
-class DirectStep(pl.LightningModule):
-    \"\"\"Uses its layer in its steps without calling forward, as many modules do; it has
-    no repeated blocks, so FSDP2 shards it as one unit, the root.\"\"\"
-
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(8, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.layer(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-"""
-)
-
-
 def test_fsdp2_gathers_the_weights_for_a_step_that_does_not_call_forward(tmp_path: Path) -> None:
-    (tmp_path / "user_model.py").write_text(DIRECT_STEP_MODULE)
-    args = ["train", "recipe=custom", "model._target_=user_model.DirectStep"]
-    args += ["data._target_=user_model.Data", "callbacks=minimal", "trainer.max_steps=6"]
+    # the README's module uses its layer in training_step without calling forward, as many
+    # modules do, and has no repeated blocks: FSDP2 shards it as one unit, the root
+    (tmp_path / "my_pkg.py").write_text(USERS_PACKAGE)
+    args = ["train", "recipe=custom", "model._target_=my_pkg.MyModule"]
+    args += ["data._target_=my_pkg.MyData", "callbacks=minimal", "trainer.max_steps=6"]
     weights = {}
     for hardware in ("ddp_cpu", "fsdp2_cpu"):
         run = [*args, f"hardware={hardware}", f"hydra.run.dir={hardware}"]

@@ -13,38 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import USERS_PACKAGE, run_cli
 
 from lightning_accel.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUNS_ITSELF = "bash scripts/test.sh"
-
-# What a user of the quick start "your own module" would have written: my_pkg.MyModule
-USERS_PACKAGE = """
-import lightning.pytorch as pl
-import torch
-
-
-class MyModule(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(8, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.mse_loss(self.layer(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-class MyData(pl.LightningDataModule):
-    def train_dataloader(self):
-        x = torch.randn(64, 8)
-        data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
-        return torch.utils.data.DataLoader(data)
-"""
 
 
 def readme_commands() -> list[str]:
