@@ -375,6 +375,21 @@ class TinyRegression(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+class PlateauRegression(TinyRegression):
+    """A user's module whose ReduceLROnPlateau scheduler monitors a metric it never logs."""
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        schedule = {"scheduler": scheduler, "monitor": "train/losss", "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
 def fit_tiny(
     run_dir: str | Path, max_steps: int, kill_saving_step: int | None = None, resume: bool = False
 ) -> dict[str, torch.Tensor]:

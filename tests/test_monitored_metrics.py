@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import composed_run
 
+from lightning_accel.cli.compose import compose_job
 from lightning_accel.cli.console import quiet_upstream
-from lightning_accel.cli.preflight import check_monitored_metrics, preflight
+from lightning_accel.cli.preflight import check_monitored_metrics, preflight, validated_run
 from lightning_accel.cli.runner import fit_run
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPTLanguageModel
@@ -115,4 +116,20 @@ def test_a_speed_figure_is_never_monitored(
     )
     assert ("valid choices: train/loss, val/bits_per_byte" in str(error.value)) is (
         model is not None
+    )
+
+
+def test_a_plateau_scheduler_on_a_metric_the_model_never_logs_names_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = ["recipe=custom", "model._target_=helpers.PlateauRegression", "logger=none"]
+    job += ["data._target_=helpers.ForwardOnlyData", "callbacks=minimal", "trainer.max_steps=3"]
+    run = validated_run(compose_job(job), tmp_path / "run")
+    with pytest.raises(ConfigError) as error:
+        fit_run(run)
+    assert str(error.value) == (
+        "model._target_='helpers.PlateauRegression' conditions its ReduceLROnPlateau scheduler "
+        "(configure_optimizers' monitor) on 'train/losss', which is not a metric it logs "
+        "(found at step 1); valid choices: train/loss."
     )

@@ -4,6 +4,7 @@ rank of a job executes."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -187,12 +188,15 @@ def fit_run(run: RunConfig) -> None:
 # What ModelCheckpoint and EarlyStopping raise for a monitored metric no step logged, once
 # validation has run (before it, ModelCheckpoint only warns, and the console filters that)
 _UNLOGGED_MONITOR = ("could not find the monitored key", "which is not available")
+# what Lightning raises for a ReduceLROnPlateau scheduler whose monitor was never logged
+_PLATEAU_MONITOR = re.compile(r"ReduceLROnPlateau conditioned on metric (\S+) which is not")
 
 
 def unlogged_monitor(run: RunConfig, trainer: pl.Trainer, error: Exception) -> ConfigError | None:
     """The config error for ``error`` where it is a callback's complaint that the metric its
     ``monitor`` names was never logged (found only when validation first runs), naming the
-    callback's key and the metrics the model logs; None for any other error."""
+    callback's key and the metrics the model logs, or Lightning's for the model's own
+    ReduceLROnPlateau scheduler; None for any other error."""
     if not any(phrase in str(error) for phrase in _UNLOGGED_MONITOR):
         return None
     for key, node in run.callback_nodes().items():
@@ -206,6 +210,16 @@ def unlogged_monitor(run: RunConfig, trainer: pl.Trainer, error: Exception) -> C
                 f"{trainer.global_step})",
                 sorted(trainer.callback_metrics),
             )
+    scheduler = _PLATEAU_MONITOR.search(str(error))
+    if scheduler is not None:
+        return ConfigError(
+            "model._target_",
+            run.model.get("_target_"),
+            f"conditions its ReduceLROnPlateau scheduler (configure_optimizers' monitor) on "
+            f"{scheduler[1]!r}, which is not a metric it logs (found at step "
+            f"{trainer.global_step})",
+            sorted(trainer.callback_metrics),
+        )
     return None
 
 
