@@ -82,6 +82,19 @@ def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
             "trainer.limit_val_batches=0 leaves a search's trials without validation, so "
             "objective='val/loss' is never logged.",
         ),
+        (
+            ["hydra.sweeper.n_trials=0"],
+            "hydra.sweeper.n_trials=0 must be a whole number of 1 or more.",
+        ),
+        (
+            ["hydra.sweeper.n_jobs=0"],
+            "hydra.sweeper.n_jobs=0 must be a whole number of 1 or more.",
+        ),
+        (
+            ["hydra.sweeper.direction=sideways"],
+            "hydra.sweeper.direction='sideways' is not supported; valid choices: minimize, "
+            "maximize.",
+        ),
         (  # a search preset of the user's own (conf/search/mine.yaml below)
             ["search=mine"],
             "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",

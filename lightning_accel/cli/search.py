@@ -22,7 +22,7 @@ from typing_extensions import override
 from lightning_accel.cli.compose import compose_job, parse_overrides
 from lightning_accel.cli.console import print_table, say
 from lightning_accel.cli.hydra_private import BASIC_SWEEPER
-from lightning_accel.config import batch_count
+from lightning_accel.config import batch_count, require_choice
 from lightning_accel.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def search_parameters(parsed: list[Override]) -> dict[str, Override] | None:
     sweeper = compose_job(fixed).hydra.sweeper
     if sweeper.get("_target_") != OPTUNA_SWEEPER:
         return None
+    check_sweeper(sweeper)
     parser = OverridesParser.create()
     parameters: dict[str, Override] = {}
     for key, value in (sweeper.get("params") or {}).items():
@@ -50,6 +51,20 @@ def search_parameters(parsed: list[Override]) -> dict[str, Override] | None:
             raise ConfigError(f"hydra.sweeper.params.{key}", value, "cannot be parsed") from error
     parameters.update({o.get_key_element(): o for o in parsed if o.is_sweep_override()})
     return parameters
+
+
+# the study's directions for its one objective (optuna.study.StudyDirection's names)
+DIRECTIONS = ("minimize", "maximize")
+
+
+def check_sweeper(sweeper: DictConfig) -> None:
+    """Fail unless the Optuna sweeper's settings can run a study of the one objective: a
+    direction, and positive counts of trials and of trials at once."""
+    require_choice("hydra.sweeper.direction", sweeper.get("direction"), DIRECTIONS)
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"hydra.sweeper.{key}", value, "must be a whole number of 1 or more")
 
 
 def trial_values(key: str, parameter: Override) -> list[str]:
