@@ -10,6 +10,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
 
 from lightning_accel import strategies  # noqa: F401 - importing registers the strategies
+from lightning_accel.argument_types import fits, parameter_types, type_name
 from lightning_accel.checkpoints import AtomicCheckpointIO
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
@@ -35,6 +36,7 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
         )
     entry = StrategyRegistry[name]
     accepted = inspect.signature(entry["strategy"]).parameters
+    types = parameter_types(entry["strategy"])
     for key, value in options.items():
         if key not in accepted and "kwargs" not in accepted:
             raise ConfigError(
@@ -42,6 +44,12 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
                 value,
                 f"is not an option of {name}",
                 sorted(accepted),
+            )
+        if key in types and not fits(value, types[key]):
+            raise ConfigError(
+                f"hardware.strategy_options.{key}",
+                value,
+                f"is not of the type {name} takes: {type_name(types[key])}",
             )
     return entry["strategy"](**{**entry["init_params"], **options})
 

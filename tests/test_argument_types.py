@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional, Union
 
 import pytest
 
-from lightning_accel.cli.argument_types import fits, parameter_types, type_name
+from lightning_accel.argument_types import fits, parameter_types, type_name
 
 
 @pytest.mark.parametrize(

@@ -192,6 +192,10 @@ CASES = {
         ["recipe=image", "model.widths=[16,wide]"],
         ["model.widths=[16, 'wide'] is not of the type", "takes: Sequence[int]"],
     ),
+    "strategy option of the wrong type": (
+        ["hardware=fsdp2_cpu", "hardware.strategy_options.reshard_after_forward=maybe"],
+        ["strategy_options.reshard_after_forward='maybe' is not of the type fsdp2 takes: bool"],
+    ),
     "seed outside numpy's range": (["seed=-1"], ["seed=-1 must be from 0 to 4294967295"]),
     "validation interval past a whole epoch": (
         ["trainer.val_check_interval=1.5"],

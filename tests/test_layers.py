@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "lightning_accel"
 # Lowest first. A module belongs to the layer of its longest matching name.
 LAYERS = (
-    ("errors", "config", "files"),
+    ("errors", "config", "files", "argument_types"),
     ("machine", "cpu_load", "devices", "flops", "memory", "host_allocator", "throughput")
     + ("safe_load",)
     + ("profiles", "environments", "collectives", "xla.runtime"),

@@ -22,7 +22,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from lightning_accel.cli.argument_types import fits, parameter_types, type_name
+from lightning_accel.argument_types import fits, parameter_types, type_name
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig

@@ -1,4 +1,5 @@
-"""Whether a config value fits the type a ``_target_``'s parameter is annotated with, so that
+"""Whether a config value fits the type a class's parameter is annotated with (a
+``_target_`` node's arguments, a strategy's ``strategy_options``), so that
 ``data.batch_size=1.5`` is refused before launch, naming the type, as LightningCLI refuses
 it, instead of failing deep inside the run.
 
