@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any, Literal, Union, get_args, get_origin
 
+from lightning_accel.errors import ConfigError
+
 _SCALARS: Mapping[type, Callable[[Any], bool]] = {
     bool: lambda value: isinstance(value, bool),
     int: lambda value: isinstance(value, int) and not isinstance(value, bool),
@@ -74,3 +76,10 @@ def type_name(hint: Any) -> str:
     if get_origin(hint) in (Union, types.UnionType):
         return " | ".join(type_name(option) for option in get_args(hint))
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def require_fits(key: str, value: Any, hint: Any, owner: str) -> None:
+    """Raise a ConfigError naming ``key`` and the type ``owner`` (a class, or a strategy's
+    name) takes unless ``value`` fits ``hint``."""
+    if not fits(value, hint):
+        raise ConfigError(key, value, f"is not of the type {owner} takes: {type_name(hint)}")

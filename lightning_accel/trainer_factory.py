@@ -10,7 +10,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
 
 from lightning_accel import strategies  # noqa: F401 - importing registers the strategies
-from lightning_accel.argument_types import fits, parameter_types, type_name
+from lightning_accel.argument_types import parameter_types, require_fits
 from lightning_accel.checkpoints import AtomicCheckpointIO
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
@@ -45,12 +45,8 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
                 f"is not an option of {name}",
                 sorted(accepted),
             )
-        if key in types and not fits(value, types[key]):
-            raise ConfigError(
-                f"hardware.strategy_options.{key}",
-                value,
-                f"is not of the type {name} takes: {type_name(types[key])}",
-            )
+        if key in types:
+            require_fits(f"hardware.strategy_options.{key}", value, types[key], name)
     return entry["strategy"](**{**entry["init_params"], **options})
 
 

@@ -22,7 +22,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
 )
 
-from lightning_accel.argument_types import fits, parameter_types, type_name
+from lightning_accel.argument_types import parameter_types, require_fits
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
@@ -158,12 +158,8 @@ def _check_arguments(key: str, node: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{key}.{name}", value, f"is not an argument of {target}", sorted(parameters)
             )
-        if name in types and not fits(value, types[name]):
-            raise ConfigError(
-                f"{key}.{name}",
-                value,
-                f"is not of the type {target} takes: {type_name(types[name])}",
-            )
+        if name in types:
+            require_fits(f"{key}.{name}", value, types[name], str(target))
     for name, parameter in parameters.items():
         required = parameter.default is inspect.Parameter.empty and parameter.kind in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
