@@ -290,6 +290,16 @@ class SignalAtStep(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class CtrlCInEvaluation(pl.Callback):
+    """Raises what Python's handler raises for Ctrl-C at the first batch of validate, test
+    or predict."""
+
+    def on_validation_batch_start(self, *args: object) -> None:
+        raise KeyboardInterrupt
+
+    on_test_batch_start = on_predict_batch_start = on_validation_batch_start
+
+
 class SignalAfterBackward(pl.Callback):
     """Sends ``signum`` to its own process after the backward of batch ``batch`` of the first
     epoch: in the middle of a step."""

@@ -224,10 +224,10 @@ def test_custom_recipe_trains_the_users_own_classes(tmp_path: Path) -> None:
     )
 
 
-def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run_python(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     """``code`` run by a new interpreter, as the console script's process would be."""
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -258,6 +258,25 @@ def test_ctrl_c_before_a_run_starts_ends_with_130_and_no_traceback(tmp_path: Pat
     result = _run_python(probe, tmp_path)
     assert result.returncode == 130
     assert result.stderr.strip() == "lightning-accel: stopped on SIGINT (Ctrl+C)"
+
+
+def test_ctrl_c_while_the_choices_are_timed_says_nothing_was_trained(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    probe = (
+        "import sys, lightning_accel_entry\n"
+        "import lightning_accel.cli.choices as choices\n"
+        "def pressed(run):\n"
+        "    raise KeyboardInterrupt  # Ctrl-C during a timed trial\n"
+        "choices.measure_choices = pressed\n"
+        f"sys.argv = ['lightning-accel', 'train', 'hydra.run.dir={run_dir}']\n"
+        "lightning_accel_entry.main()\n"
+    )
+    result = _run_python(probe, tmp_path, timeout=180)
+    assert result.returncode == 130, result.stderr[-3000:]
+    said = "stopped on SIGINT before the run began: nothing trained or saved; "
+    assert f"{said}{run_dir} holds Hydra's record of the job only" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]
 
 
 def test_importing_the_package_registers_its_strategies() -> None:

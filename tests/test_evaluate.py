@@ -4,23 +4,31 @@ it, single-file and sharded, one process and two; predictions as data; bad input
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import SHAPE, TEST_IMPORTS, Runs, run_cli
 
+from lightning_accel.errors import SIGINT_EXIT_CODE
+
 pytestmark = pytest.mark.slow
 
 
-def _evaluate(runs: Runs, verb: str, name: str, checkpoint: Path, *extra: str) -> Path:
-    run_dir = runs.root / name
+def _evaluation(
+    runs: Runs, verb: str, name: str, checkpoint: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     args = [verb, *SHAPE, f"data.source={runs.corpus}", "data.batch_size=8", "logger=none"]
     args += ["trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "callbacks=minimal"]
-    args += [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}", *extra]
-    result = run_cli(args, cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+    args += [f"ckpt_path={checkpoint}", f"hydra.run.dir={runs.root / name}", *extra]
+    return run_cli(args, cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+
+
+def _evaluate(runs: Runs, verb: str, name: str, checkpoint: Path, *extra: str) -> Path:
+    result = _evaluation(runs, verb, name, checkpoint, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    return runs.root / name
 
 
 def _validation_at(run_dir: Path, step: int) -> float:
@@ -64,6 +72,20 @@ def test_predict_writes_each_batchs_next_tokens_and_losses_as_data(runs: Runs) -
     assert len(batches) > 2 and batches[0]["next_tokens"].shape == (8, 32)
     assert batches[0]["loss"].shape == (8,) and bool((batches[0]["loss"] > 0).all())
     assert int(batches[0]["next_tokens"].max()) < 256
+
+
+@pytest.mark.parametrize("verb", ["validate", "predict"])
+def test_ctrl_c_during_an_evaluation_exits_130_saying_nothing_was_written(
+    runs: Runs, verb: str
+) -> None:
+    checkpoint = runs.checkpoint(runs.train("single", "cpu", 1), step=10)
+    interrupt = "+callbacks.interrupt._target_=helpers.CtrlCInEvaluation"
+    result = _evaluation(runs, verb, f"{verb}_interrupted", checkpoint, interrupt)
+    assert result.returncode == SIGINT_EXIT_CODE, result.stderr[-3000:]
+    said = f"lightning-accel: stopped on SIGINT during {verb}, before its results were written"
+    assert said in result.stderr and "Traceback" not in result.stderr
+    written = {p.name for p in (runs.root / f"{verb}_interrupted").iterdir()}
+    assert not written & {"validate.json", "predictions-rank0.pt"}
 
 
 @pytest.mark.parametrize(

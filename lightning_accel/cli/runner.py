@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -91,16 +93,13 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     return trainer, model, datamodule
 
 
-def resume_checkpoint(run: RunConfig, trainer: pl.Trainer) -> str | None:
+def resume_checkpoint(run: RunConfig) -> str | None:
     """The checkpoint the run starts from: ``ckpt_path`` when given, else the complete
     ``last`` checkpoint its own checkpoint directory already holds (a restarted, requeued
     or repeated run continues where it stopped), else none."""
     if run.ckpt_path is not None:
         return run.ckpt_path
-    saver = trainer.checkpoint_callback
-    if not isinstance(saver, ModelCheckpoint) or not saver.dirpath or not saver.save_last:
-        return None
-    found = last_checkpoint(Path(saver.dirpath), saver.CHECKPOINT_NAME_LAST + saver.FILE_EXTENSION)
+    found = own_last_checkpoint(run)
     return None if found is None else str(found)
 
 
@@ -147,6 +146,18 @@ def whole_checkpoint_for(run: RunConfig, strategy: str) -> RunConfig:
     return replace(run, ckpt_path=str(output))
 
 
+@contextmanager
+def stopped_on_sigint(where: Callable[[], str]) -> Iterator[None]:
+    """Turn the exit with code 1 by which Lightning ends a stage that Ctrl-C interrupted
+    into :class:`RunStopped` (exit 130), saying ``where()`` it stopped and what it kept."""
+    try:
+        yield
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        raise RunStopped(f"stopped on SIGINT {where()}", SIGINT_EXIT_CODE) from None
+
+
 def fit_run(run: RunConfig) -> None:
     """Train a run to its end, in this process (one rank of it when launched)."""
     trainer, model, datamodule = build_run(run)
@@ -155,19 +166,15 @@ def fit_run(run: RunConfig) -> None:
         f"training recipe={run.recipe} on {device} x{trainer.num_devices}"
         f" ({trainer.precision}); outputs in {run.run_dir}"
     )
-    ckpt_path = resume_checkpoint(run, trainer)
+    run_dir = Path(run.run_dir)
+    ckpt_path = resume_checkpoint(run)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        with stopped_on_sigint(lambda: f"at step {trainer.global_step}; {resume_note(run_dir)}"):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        raise RunStopped(stop_message(trainer, Path(run.run_dir))) from None
-    except SystemExit as exit_:
-        # Lightning ends a fit that Ctrl-C interrupted with exit code 1
-        if not isinstance(exit_.__context__, KeyboardInterrupt):
-            raise
-        stopped = f"stopped on SIGINT at step {trainer.global_step}"
-        raise RunStopped(f"{stopped}; {resume_note(Path(run.run_dir))}", SIGINT_EXIT_CODE) from None
+        raise RunStopped(stop_message(trainer, run_dir)) from None
     except (MisconfigurationException, RuntimeError) as error:
         unlogged = unlogged_monitor(run, trainer, error)
         if unlogged is None:
@@ -274,14 +281,17 @@ def evaluate_run(run: RunConfig) -> None:
     device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
     say(f"{run.stage} with {run.ckpt_path} on {device} x{trainer.num_devices}")
     run_dir = Path(run.run_dir)
+    interrupted = stopped_on_sigint(lambda: f"during {run.stage}, before its results were written")
     if run.stage == "predict":
-        batches = trainer.predict(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+        with interrupted:
+            batches = trainer.predict(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
         with replaced_whole(run_dir / f"predictions-rank{trainer.global_rank}.pt") as staging:
             torch.save(batches, staging)
         say(f"{len(batches or [])} batches of predictions in {run_dir}/predictions-rank*.pt")
         return
     evaluate = trainer.validate if run.stage == "validate" else trainer.test
-    results = evaluate(model, datamodule=datamodule, ckpt_path=run.ckpt_path, verbose=False)
+    with interrupted:
+        results = evaluate(model, datamodule=datamodule, ckpt_path=run.ckpt_path, verbose=False)
     if trainer.is_global_zero:
         metrics = {k: float(v) for result in results for k, v in result.items()}
         path = write_text_whole(run_dir / f"{run.stage}.json", json.dumps(metrics, indent=2))

@@ -19,7 +19,7 @@ from lightning_accel.cli.preflight import (
     validated_run,
 )
 from lightning_accel.cli.schema import RunConfig, register_schemas
-from lightning_accel.errors import ConfigError, RunStopped
+from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.profiles import config_dir
 
 
@@ -82,6 +82,16 @@ def run_job(cfg: DictConfig) -> float | None:
         fail(error, exit_code=1)
     except RunStopped as stopped:
         end_stopped(stopped)
+    except KeyboardInterrupt:
+        # Ctrl+C while the job was checked or its choices timed; a stage that began says
+        # where it stopped itself
+        directory = HydraConfig.get().runtime.output_dir
+        stopped = "stopped on SIGINT before the run began: nothing trained or saved"
+        end_stopped(
+            RunStopped(
+                f"{stopped}; {directory} holds Hydra's record of the job only", SIGINT_EXIT_CODE
+            )
+        )
     outputs = sorted(p.name for p in Path(run.run_dir).iterdir() if not p.name.startswith("."))
     say(f"done; results in {run.run_dir}: {', '.join(outputs)}")
     if run.stage != "fit" or (world is not None and world.rank != 0):
