@@ -51,6 +51,14 @@ CASES = {
         ["hydra.run.dir=FILE/run"],
         ["hydra.run.dir", "not a directory"],
     ),
+    "checkpoint directory through a file": (
+        ["callbacks.checkpoint.dirpath=FILE/checkpoints"],
+        ["callbacks.checkpoint.dirpath=", "FILE/checkpoints", "is not a directory"],
+    ),
+    "logger directory through a file": (
+        ["logger=tensorboard", "logger.tensorboard.save_dir=FILE/events"],
+        ["logger.tensorboard.save_dir=", "is not a directory; choose a writable directory"],
+    ),
     "unknown precision": (["optimization.precision=fp8"], ["optimization.precision", "bf16-mixed"]),
     "absent accelerator": (["hardware.accelerator=cuda"], ["hardware.accelerator='cuda'", "cpu"]),
     "too many devices": (["hardware.devices=64"], ["hardware.devices=64", "device"]),

@@ -182,6 +182,21 @@ def check_targets(run: RunConfig) -> None:
             _check_arguments(key, node)
 
 
+# the arguments by which Lightning's callbacks and loggers (and the pack's) name the
+# directory they write to
+OUTPUT_DIRECTORY_ARGUMENTS = ("dirpath", "save_dir", "output_dir")
+
+
+def check_output_directories(run: RunConfig) -> None:
+    """Fail for a callback or logger whose output directory cannot be created (a path
+    through a file, a read-only mount), before anything runs; found at its first write
+    otherwise, a traceback after the run had started."""
+    for key, node in {**run.callback_nodes(), **run.logger_nodes()}.items():
+        for argument in OUTPUT_DIRECTORY_ARGUMENTS:
+            if isinstance(node.get(argument), str):
+                check_writable(Path(node[argument]), f"{key}.{argument}")
+
+
 def check_callbacks(run: RunConfig) -> None:
     """Build each callback, so that its own argument checks run before any process starts
     (callbacks write nothing when constructed), and fail for one that needs a logger the
@@ -583,6 +598,7 @@ def preflight(
         check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
         check_writable(run_dir, "hydra.run.dir")
+        check_output_directories(run)
         runs.append(run)
     _check_one_world_per_sweep(runs)
     return runs
