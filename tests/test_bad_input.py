@@ -38,6 +38,10 @@ CASES = {
         ["trainer.check_val_every_n_epoch='often' is not a valid integer"],
     ),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
+    "data chosen as if it were a config group": (
+        ["data=images"],
+        ["data='images' is not a config group", "recipe=NAME (custom, gpt, image)"],
+    ),
     "wrong type": (["trainer.max_steps=many"], ["trainer.max_steps='many'", "integer"]),
     "zero size": (["data.batch_size=0"], ["data.batch_size=0", "positive"]),
     "negative size": (["model.d_model=-8"], ["model.d_model=-8", "positive"]),

@@ -183,6 +183,14 @@ def value_error(
             # a _target_ node: its class's arguments decide, not a schema
             return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
         return unknown_key(key, given, _keys(parent))
+    if key in ("model", "data") and "Cannot assign" in message:
+        recipes = sorted(p.stem for p in (config_dir() / "recipe").glob("*.yaml"))
+        return ConfigError(
+            key,
+            given,
+            f"is not a config group: {key} is a _target_ node that a recipe sets; choose "
+            f"recipe=NAME ({', '.join(recipes)}) or give {key}._target_=CLASS",
+        )
     if "could not be converted to" in message:
         expected = message.split("could not be converted to")[-1].strip().lower()
         return ConfigError(key, given, f"is not a valid {expected}")
