@@ -55,6 +55,18 @@ CASES = {
         ["hydra.run.dir=FILE/run"],
         ["hydra.run.dir", "not a directory"],
     ),
+    "model context shorter than the samples": (
+        ["model.seq_len=16"],
+        ["model.seq_len=16 is shorter than the samples (data.seq_len=128)"],
+    ),
+    "model vocabulary smaller than the tokenizer's": (
+        ["model.vocab_size=100"],
+        ["model.vocab_size=100 is smaller than the tokenizer's vocabulary; set it to 256"],
+    ),
+    "image classes the model's head does not have": (
+        ["recipe=image", "model.num_classes=3"],
+        ["model.num_classes=3 does not match data.source='digits', which has 10 classes"],
+    ),
     "checkpoint directory through a file": (
         ["callbacks.checkpoint.dirpath=FILE/checkpoints"],
         ["callbacks.checkpoint.dirpath=", "FILE/checkpoints", "is not a directory"],

@@ -328,9 +328,13 @@ def test_resnet_learns_digits(one_thread: None) -> None:
 
 def test_classifier_refuses_data_of_other_shape() -> None:
     data = ImageDataModule("digits", batch_size=64)
-    with pytest.raises(ConfigError, match=r"model.in_channels=3 .* 1 channels"):
+    with pytest.raises(
+        ConfigError, match=r"model.in_channels=3 .* 1 channel; set model.in_channels=1"
+    ):
         _trainer(1).fit(ImageClassifier(in_channels=3), datamodule=data)
-    with pytest.raises(ConfigError, match=r"model.num_classes=4 .* 10 num classes"):
+    with pytest.raises(
+        ConfigError, match=r"model.num_classes=4 .* 10 classes; set model.num_classes=10"
+    ):
         _trainer(1).fit(ImageClassifier(in_channels=1, num_classes=4), datamodule=data)
 
 

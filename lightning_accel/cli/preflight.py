@@ -274,6 +274,16 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     return model, datamodule
 
 
+def check_data_fits_model(model: Any, datamodule: Any) -> None:
+    """Fail where the data does not fit the model (token windows longer than its context,
+    more classes than its head), for a model that says so in a ``check_data(datamodule)``
+    method, as the pack's models do and yours may; found in ``setup`` otherwise, after the
+    run had started."""
+    check_data = getattr(model, "check_data", None)
+    if callable(check_data):
+        check_data(datamodule)
+
+
 def check_monitored_metrics(run: RunConfig, model: Any, searching: bool = False) -> None:
     """Fail where a callback's ``monitor`` (and a search's ``objective``) names a metric in
     the model's own namespaces (``val/``, ``train/``) that the model does not log, for a
@@ -589,6 +599,7 @@ def preflight(
         check_callbacks(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)
+        check_data_fits_model(model, datamodule)
         check_monitored_metrics(run, model, searching=jobs is not None)
         check_stage(run, model)
         check_checkpoint_model(checkpoint, model)

@@ -64,18 +64,26 @@ class ImageClassifier(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule
+        self.check_data(self.trainer.datamodule)
+
+    def check_data(self, data: object) -> None:
+        """Fail with a ConfigError naming the key to change where image data (channels per
+        image, classes) does not fit the model; other data is not judged. The runner calls
+        it before launch, and fitting calls it again from ``setup``."""
         if not isinstance(data, ImageShapes):
             return
         source = getattr(data, "source", None)  # named in the message when there is one
         where = f"data.source={source!r}" if source is not None else "the data"
-        for key, attribute in (("in_channels", "channels"), ("num_classes", "num_classes")):
-            expected = getattr(data, attribute)
+        for key, expected, one, several in (
+            ("in_channels", data.channels, "channel", "channels"),
+            ("num_classes", data.num_classes, "class", "classes"),
+        ):
             if expected and expected != self.hparams[key]:
+                counted = one if expected == 1 else several
                 raise ConfigError(
                     f"model.{key}",
                     self.hparams[key],
-                    f"does not match {where}, which has {expected} {attribute.replace('_', ' ')}; "
+                    f"does not match {where}, which has {expected} {counted}; "
                     f"set model.{key}={expected}",
                 )
 

@@ -67,7 +67,12 @@ class GPTLanguageModel(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule
+        self.check_data(self.trainer.datamodule)
+
+    def check_data(self, data: object) -> None:
+        """Fail with a ConfigError naming the key to change where token data (tokens per
+        sample, vocabulary) does not fit the model; other data is not judged. The runner
+        calls it before launch, and fitting calls it again from ``setup``."""
         if not isinstance(data, TokenShapes):
             return
         if data.seq_len > self.hparams.seq_len:
