@@ -110,6 +110,17 @@ def test_directory_without_matching_files_is_a_config_error(tmp_path: Path) -> N
         TokenDataModule(source=str(tmp_path))
 
 
+@pytest.mark.parametrize("files", [["empty.py"], ["a.py", "b.py", "c.py"]])
+def test_a_corpus_of_empty_files_is_a_config_error(tmp_path: Path, files: list[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in files:
+        (corpus / name).write_text("")
+    data = TokenDataModule(source=str(corpus), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=f"holds no text: its {len(files)} file"):
+        data.prepare_data()
+
+
 def _train_tokenizer(corpus: Path, target: Path, vocab_size: int = 400) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -172,9 +172,13 @@ def cache_problem(directory: Path, tokenizer: str) -> str | None:
 
 
 def open_tokens(directory: Path, split: str) -> np.ndarray:
-    """The ``split`` tokens of a cache as a read-only memory map."""
-    dtype = json.loads((directory / "meta.json").read_text())["dtype"]
-    return np.memmap(directory / f"{split}.bin", np.dtype(dtype), mode="r")
+    """The ``split`` tokens of a cache as a read-only memory map (an empty array for a split
+    of no tokens, which cannot be mapped)."""
+    dtype = np.dtype(json.loads((directory / "meta.json").read_text())["dtype"])
+    path = directory / f"{split}.bin"
+    if path.stat().st_size == 0:
+        return np.empty(0, dtype)
+    return np.memmap(path, dtype, mode="r")
 
 
 def token_batch_example(batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +274,8 @@ class TokenDataModule(SplitDataModule):
         if not 0 < val_fraction < 1:
             raise ConfigError("data.val_fraction", val_fraction, "must lie between 0 and 1")
         check_sampling(sampling)
-        self.files = corpus_files(str(source), tuple(suffixes))
+        self.source = str(source)
+        self.files = corpus_files(self.source, tuple(suffixes))
         self.tokenizer = load_tokenizer(tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
         self.seq_len = seq_len
@@ -286,8 +291,15 @@ class TokenDataModule(SplitDataModule):
             self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
         )
         # here, not in setup: the runner prepares data before a run directory exists
-        train_samples = len(TokenWindows(open_tokens(cache, "train"), self.seq_len))
-        val_samples = len(TokenWindows(open_tokens(cache, "val"), self.seq_len))
+        train, val = open_tokens(cache, "train"), open_tokens(cache, "val")
+        if len(train) + len(val) == 0:
+            raise ConfigError(
+                "data.source",
+                self.source,
+                f"holds no text: its {len(self.files)} file(s) are empty",
+            )
+        train_samples = len(TokenWindows(train, self.seq_len))
+        val_samples = len(TokenWindows(val, self.seq_len))
         if train_samples < self.batch_size or val_samples == 0:
             raise ConfigError(
                 "data.seq_len",
