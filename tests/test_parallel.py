@@ -1,5 +1,6 @@
 """DDP and FSDP2 on CPU (gloo) through the CLI: parity with one process, sharded memory,
-compressed all-reduce, sharded resume at other world sizes, consolidation, sweeps."""
+compressed all-reduce, sharded resume at other world sizes, a whole checkpoint resumed
+sharded, consolidation, sweeps."""
 
 from __future__ import annotations
 
@@ -75,6 +76,19 @@ def test_sharded_checkpoint_from_2_ranks_resumes_at_other_world_sizes(
     )
     assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
     assert max_difference(uninterrupted, resumed) < 1e-5
+
+
+def test_a_whole_checkpoint_of_one_process_resumes_under_fsdp2(runs: Runs) -> None:
+    """The model's weight-decay groups order the optimizer's parameters otherwise than the
+    model does: each state must still reach its own parameter (it was a shape error)."""
+    single = runs.train("single", "cpu", 1)
+    checkpoint = runs.checkpoint(single, step=10)
+    assert checkpoint.is_file()
+    resumed = runs.losses(
+        runs.train("fsdp2_from_single", "fsdp2_cpu", 2, f"ckpt_path={checkpoint}")
+    )
+    assert min(resumed) == 10 and len(resumed) == 10, "steps 10-19 only"
+    assert max_difference(runs.losses(single), resumed) < 1e-5
 
 
 def test_consolidated_checkpoint_loads_without_process_group_and_resumes(runs: Runs) -> None:

@@ -36,6 +36,7 @@ from lightning_accel.strategies.tensor_parallel import (
     check_divisible,
     resolve_plan,
 )
+from lightning_accel.strategies.whole_checkpoint import load_whole_checkpoint
 
 
 class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
@@ -217,10 +218,17 @@ class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
     @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:
         """Refuse a checkpoint that would run code (its index, loop state or file) before
-        torch's distributed checkpoint unpickles anything."""
-        if "://" not in str(checkpoint_path):
-            verify_checkpoint(Path(checkpoint_path))
-        return super().load_checkpoint(checkpoint_path, weights_only)
+        torch's distributed checkpoint unpickles anything; load a whole file (one process's,
+        DDP's) with :func:`load_whole_checkpoint`, which gives each parameter its own
+        optimizer state where param groups reorder the parameters."""
+        if "://" in str(checkpoint_path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        verify_checkpoint(Path(checkpoint_path))
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir():
+            return super().load_checkpoint(path, weights_only)
+        strict = self.lightning_module.strict_loading
+        return load_whole_checkpoint(path, self.model, self.optimizers, strict)
 
     @override
     def save_checkpoint(
