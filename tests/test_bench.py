@@ -13,12 +13,15 @@ from helpers import TEST_IMPORTS, TINY, run_cli, wait_until_exited
 from lightning_accel.cli import bench
 from lightning_accel.cli.compose import job_overrides
 
+# the smoke trainer's 4 steps, 2 of them timed after the speed monitor's warm-up
+TIMED = [*TINY, "callbacks.speed.warmup_steps=2"]
+
 
 def test_a_failed_cell_is_reported_and_the_others_still_run(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     out = tmp_path / "bench"
-    args = ["bench", "--out", str(out), *TINY, f"data.source={small_corpus}"]
+    args = ["bench", "--out", str(out), *TIMED, f"data.source={small_corpus}"]
     # an interval past the epoch is found only once the data is loaded, in the cell's run
     args += ["trainer.val_check_interval=100000,2"]
     result = run_cli(args, cwd=tmp_path)
@@ -54,9 +57,13 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
             "'quick' is not an optimization option; valid choices: auto, default",
         ),
         ("hardware=cpu,xla_cpu", "hardware.accelerator='pjrt' needs torch_xla"),
+        (
+            "trainer.max_steps=5",
+            "trainer.max_steps=5 leaves no step to time after the speed monitor's 5 warm-up",
+        ),
     ],
 )
-def test_an_empty_matrix_or_unknown_profile_exits_2_before_running(
+def test_an_empty_matrix_unknown_profile_or_untimed_run_exits_2_before_running(
     tmp_path: Path, override: str, expected: str
 ) -> None:
     out = tmp_path / "bench"
@@ -112,7 +119,7 @@ def test_a_cell_past_its_timeout_is_stopped_with_its_processes_and_the_others_go
     out, pids = tmp_path / "bench", tmp_path / "pids"
     pids.mkdir()
     args = [
-        "bench", "--out", str(out), "--cell-timeout", "30", *TINY, f"data.source={small_corpus}",
+        "bench", "--out", str(out), "--cell-timeout", "30", *TIMED, f"data.source={small_corpus}",
         "+callbacks.hang._target_=helpers.HangAtStart", "+callbacks.hang.seconds=600,0",
         f"+callbacks.hang.pid_dir={pids}",
     ]  # fmt: skip

@@ -20,6 +20,7 @@ from rich.table import Table
 from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import run_plan, validated_run
+from lightning_accel.cli.schema import RunConfig
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
@@ -118,11 +119,27 @@ def matrix(overrides: list[str]) -> list[Cell]:
     swept = swept_keys(jobs)
     cells = []
     for job in jobs:
-        run_plan(validated_run(compose_job(job), Path(".")))  # hardware this machine lacks
+        run = validated_run(compose_job(job), Path("."))
+        run_plan(run)  # hardware this machine lacks
+        check_timed_steps(run)
         values = dict(o.partition("=")[::2] for o in job)
         label = " · ".join(values[key] for key in swept) or "default"
         cells.append(Cell(label=label, overrides=job))
     return cells
+
+
+def check_timed_steps(run: RunConfig) -> None:
+    """Fail where a cell's ``trainer.max_steps`` leaves no step after the speed monitor's
+    warm-up: its figures would then time the warm-up (compilation included), not the
+    steady steps that the cells are compared by."""
+    warmup = (run.callback_nodes().get("callbacks.speed") or {}).get("warmup_steps", 0)
+    if 0 < run.trainer.max_steps <= warmup:
+        raise ConfigError(
+            "trainer.max_steps",
+            run.trainer.max_steps,
+            f"leaves no step to time after the speed monitor's {warmup} warm-up steps "
+            f"(callbacks.speed.warmup_steps); give more than {warmup}",
+        )
 
 
 def _directory_name(number: int, label: str) -> str:
