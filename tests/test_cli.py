@@ -112,6 +112,32 @@ def test_every_verb_prints_its_usage_with_help(
     assert list(tmp_path.iterdir()) == [], "help runs nothing"
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["bench", "--repeats", "x"], "bench: argument --repeats: invalid int value: 'x'; "),
+        (["plan", "--world"], "plan: argument --world: expected one argument; "),
+        (["verify", "--deadline", "soon"], "verify: argument --deadline: invalid float value"),
+        (["bench", "--bogus"], "bench option='--bogus' is unknown; valid choices: --out, "),
+    ],
+)
+def test_a_verbs_malformed_option_is_one_sentence_with_exit_2(
+    args: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-accel: error: "), lines
+    assert expected in lines[0]
+    assert list(tmp_path.iterdir()) == [], "nothing runs"
+
+
 def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> None:
     result = run_cli(["train", "--cfg", "job", "data.seq_len=64"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -21,6 +21,7 @@ from lightning_accel.cli.compose import compose_job, config_dir_override, job_ov
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import run_plan, validated_run
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.cli.verb_options import VerbOptions
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
@@ -75,17 +76,13 @@ class Cell:
 
 
 def parse_arguments(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lightning-accel bench", add_help=False)
+    parser = VerbOptions("bench")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cell-timeout", type=float, default=None)
     parser.add_argument("--config-dir", "-cd", default=None)
-    parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    options, unknown = parser.parse_known_args(args)
-    if unknown:
-        choices = ["--out", "--repeats", "--cell-timeout", "--config-dir"]
-        raise ConfigError("bench option", unknown[0], "is unknown", choices)
+    options = parser.parse_options(args)
     if options.config_dir:
         options.overrides.append(config_dir_override(options.config_dir))
     if options.repeats < 1:

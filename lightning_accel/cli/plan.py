@@ -19,6 +19,7 @@ from lightning_accel.cli.compose import compose_job, config_dir_override, job_ov
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.cli.verb_options import VerbOptions
 from lightning_accel.errors import ConfigError
 
 USAGE = """usage: lightning-accel plan [--world N,M,...] [--device NAME] [--json]
@@ -44,17 +45,13 @@ def _worlds(text: str) -> list[int]:
 
 
 def parse_arguments(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lightning-accel plan", add_help=False)
+    parser = VerbOptions("plan")
     parser.add_argument("--world", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--config-dir", "-cd", default=None)
-    parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("overrides", nargs="*")
-    options, unknown = parser.parse_known_args(args)
-    if unknown:
-        choices = ["--world", "--device", "--json", "--config-dir"]
-        raise ConfigError("plan option", unknown[0], "is unknown", choices)
+    options = parser.parse_options(args)
     if options.config_dir:
         options.overrides.append(config_dir_override(options.config_dir))
     return options

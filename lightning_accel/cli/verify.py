@@ -31,6 +31,7 @@ from rich.table import Table
 from lightning_accel.cli import bench
 from lightning_accel.cli.collective_probe import PROBE_VALUE
 from lightning_accel.cli.console import fail, print_table, quiet_upstream, say
+from lightning_accel.cli.verb_options import VerbOptions
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable, write_text_whole
 
@@ -1034,18 +1035,14 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     Raises:
         ConfigError: an unknown option or a bad value.
     """
-    parser = argparse.ArgumentParser(prog="lightning-accel verify", add_help=False)
+    parser = VerbOptions("verify")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT)
     parser.add_argument("--deadline", type=float, default=None)
     parser.add_argument("--only", default=None)
-    parser.add_argument("-h", "--help", action="store_true")
-    options, unknown = parser.parse_known_args(args)
-    if unknown:
-        choices = ["--dry-run", "--out", "--work", "--cell-timeout", "--deadline", "--only"]
-        raise ConfigError("verify option", unknown[0], "is unknown", choices)
+    options = parser.parse_options(args)
     for name in ("cell_timeout", "deadline"):
         value = getattr(options, name)
         if value is not None and value <= 0:

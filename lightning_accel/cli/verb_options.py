@@ -1,0 +1,45 @@
+"""The option parser of a verb that takes ``--options`` besides Hydra overrides (``bench``,
+``plan``, ``verify``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from typing_extensions import override
+
+from lightning_accel.cli.console import fail
+from lightning_accel.errors import ConfigError
+
+
+class VerbOptions(argparse.ArgumentParser):
+    """argparse for one verb, whose mistakes end as every user error does: one sentence and
+    exit 2, not argparse's usage block.
+
+    Args:
+        verb: the verb's name, as typed after ``lightning-accel``.
+    """
+
+    def __init__(self, verb: str) -> None:
+        super().__init__(prog=f"lightning-accel {verb}", add_help=False)
+        self.verb = verb
+        self.options: list[str] = []  # what a mistake lists, in the order added
+        super().add_argument("-h", "--help", action="store_true")
+
+    @override
+    def add_argument(self, *names: Any, **settings: Any) -> argparse.Action:
+        if names and str(names[0]).startswith("-"):
+            self.options.append(max(names, key=len))
+        return super().add_argument(*names, **settings)
+
+    @override
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.verb}: {message}; {self.prog} --help lists its options.")
+
+    def parse_options(self, args: list[str]) -> argparse.Namespace:
+        """The parsed ``args``; an option the verb does not take is a ConfigError that
+        lists the ones it does."""
+        options, unknown = self.parse_known_args(args)
+        if unknown:
+            raise ConfigError(f"{self.verb} option", unknown[0], "is unknown", self.options)
+        return options
