@@ -95,6 +95,12 @@ def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
             "hydra.sweeper.direction='sideways' is not supported; valid choices: minimize, "
             "maximize.",
         ),
+        (
+            ["callbacks=early_stopping"],
+            "callbacks='early_stopping' has no RunSummary, whose summary.json gives a search "
+            "its objective='val/loss'; keep the default set beside yours, as in "
+            "'callbacks=[default,early_stopping]'.",
+        ),
         (  # a search preset of the user's own (conf/search/mine.yaml below)
             ["search=mine"],
             "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",
@@ -157,3 +163,5 @@ def test_only_a_search_needs_the_objective_logged(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"validation": []}))
     with pytest.raises(ConfigError, match="the trial ended before its first validation"):
         required_objective(tmp_path, "val/loss", required=True)
+    (tmp_path / "summary.json").unlink()  # a callback set without RunSummary
+    assert required_objective(tmp_path, "val/loss", required=False) is None

@@ -109,7 +109,12 @@ def trial_samples(overrides: list[str]) -> list[list[str]] | None:
 
 
 def _validations(run_dir: Path) -> list[dict[str, float]]:
-    return json.loads((run_dir / SUMMARY_FILE).read_text()).get("validation") or []
+    """The validations ``summary.json`` records; none where no summary was written (a
+    callback set without ``RunSummary``)."""
+    summary = run_dir / SUMMARY_FILE
+    if not summary.is_file():
+        return []
+    return json.loads(summary.read_text()).get("validation") or []
 
 
 def _last_value(validations: list[dict[str, float]], metric: str) -> float | None:
@@ -148,8 +153,22 @@ def required_objective(run_dir: Path, metric: str, required: bool) -> float | No
 
 
 def check_trials_validate(run: RunConfig) -> None:
-    """Fail unless a search's trial validates before it ends, as far as the config tells:
-    the objective is a validation metric."""
+    """Fail unless a search's trial validates before it ends, as far as the config tells
+    (the objective is a validation metric), and records it in the ``summary.json`` that a
+    ``RunSummary`` callback writes, where the search reads it."""
+    from hydra.utils import get_class
+
+    from lightning_accel.callbacks import RunSummary
+
+    targets = [get_class(node["_target_"]) for node in run.callback_nodes().values()]
+    if not any(issubclass(target, RunSummary) for target in targets):
+        raise ConfigError(
+            "callbacks",
+            ", ".join(key.removeprefix("callbacks.") for key in run.callback_nodes()),
+            f"has no RunSummary, whose summary.json gives a search its objective="
+            f"{run.objective!r}; keep the default set beside yours, as in "
+            "'callbacks=[default,early_stopping]'",
+        )
     trainer = run.trainer
     if trainer.limit_val_batches == 0:
         raise ConfigError(
