@@ -67,6 +67,10 @@ CASES = {
         ["recipe=image", "model.num_classes=3"],
         ["model.num_classes=3 does not match data.source='digits', which has 10 classes"],
     ),
+    "weight averaging under FSDP2": (
+        ["callbacks=[default,ema]", "hardware=fsdp2_cpu"],
+        ["callbacks.ema=", "cannot run under hardware=fsdp2_cpu", "use DDP"],
+    ),
     "checkpoint directory through a file": (
         ["callbacks.checkpoint.dirpath=FILE/checkpoints"],
         ["callbacks.checkpoint.dirpath=", "FILE/checkpoints", "is not a directory"],

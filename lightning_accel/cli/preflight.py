@@ -492,6 +492,28 @@ def check_strategy(plan: RunPlan | None, model: Any) -> None:
         )
 
 
+def check_weight_averaging(run: RunConfig, plan: RunPlan | None) -> None:
+    """Fail for Lightning's weight averaging (``callbacks=[default,ema]``) under FSDP2, TP
+    or 2D: it keeps an unsharded copy of the model, whose update then meets the split
+    weights ("mixed torch.Tensor and DTensor") at the first step."""
+    from hydra.utils import get_class
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from lightning_accel.strategies import FSDP2Strategy
+
+    if plan is None or plan.strategy != FSDP2Strategy.strategy_name:
+        return
+    for key, node in run.callback_nodes().items():
+        if issubclass(get_class(node["_target_"]), WeightAveraging):
+            raise ConfigError(
+                key,
+                node["_target_"],
+                f"cannot run under hardware={plan.hardware.name}: Lightning's weight averaging "
+                "keeps a whole copy of the model, which FSDP2 and tensor parallelism split "
+                "across ranks; use DDP (hardware=ddp, ddp_cpu) or drop the callback",
+            )
+
+
 def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:
     """Fail unless the tensor parallel plan (given, declared by the model, or found by
     shape) names modules of the model and its size divides their widths and head counts
@@ -606,6 +628,7 @@ def preflight(
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
         check_strategy(plan, model)
+        check_weight_averaging(run, plan)
         check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
         check_writable(run_dir, "hydra.run.dir")
