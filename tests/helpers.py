@@ -204,6 +204,15 @@ class LazyImageClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class GPTWithSpareLayer(GPTLanguageModel):
+    """The pack's GPT with a layer its loss never uses (a head kept for later), which DDP
+    waits for unless told to look for unused parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spare = torch.nn.Linear(4, 4)
+
+
 class MissingPackageLogger:
     """A logger whose backing package is absent, as TensorBoard's is without the extra."""
 

@@ -3,10 +3,11 @@ choices: no traceback, nothing spawned, nothing written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from helpers import HARDWARE_PROFILES, TINY, run_cli
+from helpers import HARDWARE_PROFILES, TEST_IMPORTS, TINY, run_cli
 
 from lightning_accel.cli.main import main
 
@@ -388,6 +389,28 @@ def test_validation_interval_longer_than_an_epoch_exits_2(hardware: str, tmp_pat
         "lightning-accel: error: trainer.val_check_interval=10000000 is more"
     )
     assert "limit_val_batches=0" in errors[0]
+
+
+def test_a_parameter_the_loss_does_not_use_under_ddp_names_the_option_that_allows_it(
+    tmp_path: Path,
+) -> None:
+    overrides = [*TINY, "hardware=ddp_cpu", "model._target_=helpers.GPTWithSpareLayer"]
+    refused = run_cli(
+        ["train", *overrides, "hydra.run.dir=refused"], cwd=tmp_path, env=TEST_IMPORTS
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        "lightning-accel: error: hardware.strategy_options.find_unused_parameters=False leaves "
+        "DDP waiting for the gradients of parameters of GPTWithSpareLayer that its "
+        "training_step's loss does not use; give "
+        "+hardware.strategy_options.find_unused_parameters=true (DDP then walks the autograd "
+        "graph every step), or leave those parameters out of the model."
+    ]
+    allowed = [*overrides, "+hardware.strategy_options.find_unused_parameters=true"]
+    trained = run_cli(["train", *allowed, "hydra.run.dir=allowed"], cwd=tmp_path, env=TEST_IMPORTS)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads((tmp_path / "allowed" / "summary.json").read_text())["steps"] == 4
 
 
 def test_no_validation_is_a_valid_choice_as_the_interval_error_suggests() -> None:

@@ -138,6 +138,28 @@ def test_a_verbs_malformed_option_is_one_sentence_with_exit_2(
     assert list(tmp_path.iterdir()) == [], "nothing runs"
 
 
+@pytest.mark.parametrize(
+    ("record", "sentence"),
+    [
+        (  # torch elastic's error file: a mapping holding the message
+            {"message": "RuntimeError: Skipping the `training_step` is not supported. Rewrite"},
+            "RuntimeError: Skipping the `training_step` is not supported",
+        ),
+        ("ValueError: bad value\nTraceback (most recent call last):", "ValueError: bad value"),
+        ("", None),  # a rank killed by a signal writes no record
+    ],
+)
+def test_a_failed_rank_is_reported_with_the_first_sentence_it_raised(
+    record: str | dict[str, str], sentence: str | None, tmp_path: Path
+) -> None:
+    from lightning_accel.cli.launch import first_sentence, ranks_failed
+
+    assert first_sentence(record) == sentence
+    failed = str(ranks_failed("rank 1 (exit code 1)", tmp_path, tmp_path / "ranks", 2, sentence))
+    cause = f" ({sentence})" if sentence else ""
+    assert failed.startswith(f"rank 1 (exit code 1) failed{cause}; the other ranks were stopped")
+
+
 def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> None:
     result = run_cli(["train", "--cfg", "job", "data.seq_len=64"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

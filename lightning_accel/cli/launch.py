@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import socket
 import uuid
@@ -209,12 +210,11 @@ def launch_ranks(
             raise ranks_stopped(log_dir) from None
         if user_error := recorded_config_error(config_path.parent):
             raise user_error from None
-        failures = ", ".join(
-            f"rank {rank} (exit code {failure.exitcode})"
-            for rank, failure in sorted(error.failures.items())
-        )
+        failed = sorted(error.failures.items())
+        failures = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in failed)
         world_size = processes * rendezvous["max_nodes"]
-        raise ranks_failed(failures, config_path.parent, log_dir, world_size) from None
+        raised = first_sentence(failed[0][1].message)
+        raise ranks_failed(failures, config_path.parent, log_dir, world_size, raised) from None
     except SignalException as error:
         from lightning_accel.cli.runner import resume_note
 
@@ -237,12 +237,30 @@ def ranks_stopped(log_dir: Path) -> RunStopped:
     return RunStopped(f"the ranks stopped on SIGTERM; logs in {log_dir}")
 
 
-def ranks_failed(failures: str, run_dir: Path, log_dir: Path, world_size: int) -> RanksFailed:
+# the first sentence of a message's first line (an exception's, as a rank's error file has it)
+_FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)")
+
+
+def first_sentence(message: str | dict[str, Any]) -> str | None:
+    """The first sentence of what a failed rank raised (``RuntimeError: ...``), from torch
+    elastic's record of it (a string, or a mapping holding one); None where there is none
+    (a rank killed by a signal writes no record)."""
+    text = message.get("message", "") if isinstance(message, dict) else message
+    line = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    found = _FIRST_SENTENCE.match(line)
+    return (found[1].rstrip(".") if found else line) or None
+
+
+def ranks_failed(
+    failures: str, run_dir: Path, log_dir: Path, world_size: int, raised: str | None = None
+) -> RanksFailed:
     """The error of a run of ``world_size`` ranks whose ``failures`` (``rank 1 (exit code
-    -9)``) failed with no restart left: where their logs are and, when the ranks left
-    traces (:mod:`~lightning_accel.collectives`), what those tell about the failure."""
+    -9)``) failed with no restart left: what the first of them ``raised``, where their logs
+    are and, when the ranks left traces (:mod:`~lightning_accel.collectives`), what those
+    tell about the failure."""
     traces = read_traces(run_dir)
-    message = f"{failures} failed; the other ranks were stopped; logs in {log_dir}"
+    cause = f" ({raised})" if raised else ""
+    message = f"{failures} failed{cause}; the other ranks were stopped; logs in {log_dir}"
     if traces:
         diagnosis = diagnose(traces, world_size)
         message += f". {diagnosis[0].upper()}{diagnosis[1:]}; traces in "

@@ -176,10 +176,10 @@ def fit_run(run: RunConfig) -> None:
     except SIGTERMException:
         raise RunStopped(stop_message(trainer, run_dir)) from None
     except (MisconfigurationException, RuntimeError) as error:
-        unlogged = unlogged_monitor(run, trainer, error)
-        if unlogged is None:
+        user_error = unlogged_monitor(run, trainer, error) or unused_parameters(run, model, error)
+        if user_error is None:
             raise
-        raise unlogged from None
+        raise user_error from None
     except ValueError as error:
         # The epoch's length is known only once the loaders exist, inside fit.
         if "`val_check_interval`" not in str(error):
@@ -228,6 +228,28 @@ def unlogged_monitor(run: RunConfig, trainer: pl.Trainer, error: Exception) -> C
             sorted(trainer.callback_metrics),
         )
     return None
+
+
+# what Lightning raises where DDP waited for the gradients of parameters the loss never used
+_UNUSED_PARAMETERS = "parameters that were not used in producing the loss"
+
+
+def unused_parameters(
+    run: RunConfig, model: pl.LightningModule, error: Exception
+) -> ConfigError | None:
+    """The config error for ``error`` where it is DDP's complaint that the model has
+    parameters its training loss did not use (found at the first step's backward); None
+    for any other error."""
+    if _UNUSED_PARAMETERS not in str(error):
+        return None
+    key = "hardware.strategy_options.find_unused_parameters"
+    return ConfigError(
+        key,
+        run.hardware.strategy_options.get("find_unused_parameters", False),
+        f"leaves DDP waiting for the gradients of parameters of {type(model).__name__} that "
+        f"its training_step's loss does not use; give +{key}=true (DDP then walks the "
+        "autograd graph every step), or leave those parameters out of the model",
+    )
 
 
 def resume_command(run_dir: Path) -> str:
