@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 from filelock import FileLock
@@ -202,6 +203,19 @@ class LazyImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def refusal(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one line ``lightning-accel ARGV``, run in this process, refuses its input with:
+    exit 2 and one ``lightning-accel: error:`` sentence are asserted."""
+    from lightning_accel.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-accel: error: "), lines
+    return lines[0]
 
 
 class GPTWithSpareLayer(GPTLanguageModel):
