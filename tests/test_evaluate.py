@@ -65,6 +65,22 @@ def test_a_sharded_checkpoint_evaluates_under_fsdp2_and_in_one_process(runs: Run
     )
 
 
+def test_a_whole_checkpoint_evaluates_under_fsdp2(runs: Runs) -> None:
+    single = runs.train("single", "cpu", 1)
+    checkpoint = runs.checkpoint(single, step=10)
+    sharded = _evaluate(
+        runs,
+        "validate",
+        "validate_whole_fsdp2",
+        checkpoint,
+        "hardware=fsdp2_cpu",
+        "data.batch_size=4",
+    )
+    assert json.loads((sharded / "validate.json").read_text())["val/loss"] == pytest.approx(
+        _validation_at(single, 10), abs=1e-5
+    )
+
+
 def test_predict_writes_each_batchs_next_tokens_and_losses_as_data(runs: Runs) -> None:
     checkpoint = runs.checkpoint(runs.train("single", "cpu", 1), step=10)
     predicted = _evaluate(runs, "predict", "predict_single", checkpoint)

@@ -35,7 +35,8 @@ def load_whole_checkpoint(
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     set_model_state_dict(module, checkpoint.pop("state_dict"), options=options)
     names = {id(parameter): name for name, parameter in module.named_parameters()}
-    for optimizer, state in zip(optimizers, checkpoint.get("optimizer_states", []), strict=True):
+    # validate, test and predict have no optimizers: the states are left unread
+    for optimizer, state in zip(optimizers, checkpoint.get("optimizer_states", []), strict=False):
         named = optimizer_by_name(state, optimizer, names)
         set_optimizer_state_dict(module, optimizer, optim_state_dict=named, options=options)
     return checkpoint
