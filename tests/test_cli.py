@@ -133,6 +133,16 @@ def test_a_verbs_malformed_option_is_one_sentence_with_exit_2(
     assert list(tmp_path.iterdir()) == [], "nothing runs"
 
 
+def test_a_verbs_options_and_overrides_may_come_in_any_order() -> None:
+    from lightning_accel.cli import bench, plan
+
+    options = bench.parse_arguments(["hardware=cpu", "--repeats", "2", "trainer.max_steps=9"])
+    assert (options.repeats, options.overrides) == (2, ["hardware=cpu", "trainer.max_steps=9"])
+    options = plan.parse_arguments(["recipe=image", "--world", "2,4", "logger=none", "--json"])
+    assert (options.world, options.json) == ("2,4", True)
+    assert options.overrides == ["recipe=image", "logger=none"]
+
+
 @pytest.mark.parametrize(
     ("record", "sentence"),
     [

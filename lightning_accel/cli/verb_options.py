@@ -39,7 +39,7 @@ class VerbOptions(argparse.ArgumentParser):
     def parse_options(self, args: list[str]) -> argparse.Namespace:
         """The parsed ``args``; an option the verb does not take is a ConfigError that
         lists the ones it does."""
-        options, unknown = self.parse_known_args(args)
+        options, unknown = self.parse_known_intermixed_args(args)
         if unknown:
             raise ConfigError(f"{self.verb} option", unknown[0], "is unknown", self.options)
         return options
