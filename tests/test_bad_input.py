@@ -134,6 +134,13 @@ CASES = {
         ["hardware=tp_cpu", "data.seq_len=33"],
         ["data.seq_len=33 is not divisible by", "tensor_parallel=2", "32, 34"],
     ),
+    "tensor parallel for a convolutional network": (
+        ["recipe=image", "hardware=tp_cpu"],
+        [
+            "tensor_parallel_plan='{}' is needed: BasicBlock has no LayerNorm or RMSNorm",
+            "or train with data parallelism (ddp, fsdp2)",
+        ],
+    ),
     "tensor parallel plan matching nothing": (
         ["hardware=tp_cpu", "+hardware.strategy_options.tensor_parallel_plan={decoder.*:colwise}"],
         ["tensor_parallel_plan='decoder.*' matches no module", "model.blocks.0.attn.qkv"],

@@ -97,6 +97,18 @@ def declared_plan(model: nn.Module) -> dict[str, str] | None:
     return None
 
 
+def plan_needed(reason: str) -> ConfigError:
+    """The refusal of a model whose tensor parallel plan cannot be found by shape, for
+    ``reason``, saying what the shape rule looks for and what to do instead."""
+    return ConfigError(
+        PLAN_KEY,
+        "{}",
+        f"is needed: {reason}; a plan is found by shape only in repeated transformer blocks "
+        "(a LayerNorm or RMSNorm, and linear layers reading and writing its width), so give one "
+        "({module glob: colwise|rowwise}) or train with data parallelism (ddp, fsdp2)",
+    )
+
+
 def plan_by_shape(model: nn.Module) -> dict[str, str]:
     """A plan for blocks that follow the usual attention/MLP pattern: in each child of a
     block, the linear layers reading the block's width are split by output (``colwise``)
@@ -111,9 +123,7 @@ def plan_by_shape(model: nn.Module) -> dict[str, str]:
     blocks = find_repeated_blocks(model)
     names = _paths(model)
     if not blocks:
-        raise ConfigError(
-            PLAN_KEY, "{}", f"is needed: {type(model).__name__} has no repeated blocks"
-        )
+        raise plan_needed(f"{type(model).__name__} has no repeated blocks")
     plan: dict[str, str] = {}
     for block in blocks:
         prefix = names[id(block)]
@@ -135,9 +145,7 @@ def _block_plan(block: nn.Module) -> dict[str, str]:
     inner = _modules(block)
     norms = [path for path, module in inner.items() if isinstance(module, NORMS)]
     if not norms:
-        raise ConfigError(
-            PLAN_KEY, "{}", f"is needed: {type(block).__name__} has no norm to size it by"
-        )
+        raise plan_needed(f"{type(block).__name__} has no LayerNorm or RMSNorm to size it by")
     width = inner[norms[0]].weight.shape[-1]
     styles: dict[str, str] = {}
     for child_name, child in block.named_children():
@@ -152,18 +160,14 @@ def _block_plan(block: nn.Module) -> dict[str, str]:
         split = [path for path, linear in linears if linear.in_features == width]
         split = [path for path in split if path != outputs[-1]]
         if any(hasattr(child, name) for name in HEAD_COUNTS) and len(split) == 1:
-            raise ConfigError(
-                PLAN_KEY,
-                "{}",
-                f"is needed: {type(child).__name__} projects query, key and value with one "
-                "layer, whose layout cannot be told by shape",
+            raise plan_needed(
+                f"{type(child).__name__} projects query, key and value with one layer, whose "
+                "layout cannot be told by shape"
             )
         styles.update({path: "colwise" for path in split})
         styles[outputs[-1]] = "rowwise"
     if not styles:
-        raise ConfigError(
-            PLAN_KEY, "{}", f"is needed: no attention/MLP pattern in {type(block).__name__}"
-        )
+        raise plan_needed(f"{type(block).__name__} has no attention/MLP pattern")
     covered = set(styles) | set(norms)
     with_parameters = {
         path
