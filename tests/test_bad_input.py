@@ -72,6 +72,10 @@ CASES = {
         ["callbacks=[default,ema]", "hardware=fsdp2_cpu"],
         ["callbacks.ema=", "cannot run under hardware=fsdp2_cpu", "use DDP"],
     ),
+    "negative speed monitor warm-up": (
+        ["callbacks.speed.warmup_steps=-1"],
+        ["callbacks.speed.warmup_steps=-1 must be a number of 0 or more"],
+    ),
     "checkpoint directory through a file": (
         ["callbacks.checkpoint.dirpath=FILE/checkpoints"],
         ["callbacks.checkpoint.dirpath=", "FILE/checkpoints", "is not a directory"],

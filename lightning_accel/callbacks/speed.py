@@ -12,6 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from typing_extensions import override
 
+from lightning_accel.config import require_not_negative, require_positive
 from lightning_accel.data.loading import CountsBatches, data_parallel_share
 from lightning_accel.devices import PeakFlops, device_peak, synchronized_time
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
@@ -116,6 +117,11 @@ class SpeedMonitor(pl.Callback):
         count_flops: bool = True,
         peak_flops: float | None = None,
     ) -> None:
+        require_not_negative("callbacks.speed.warmup_steps", warmup_steps)
+        if log_every_n_steps is not None:
+            require_not_negative("callbacks.speed.log_every_n_steps", log_every_n_steps)
+        if peak_flops is not None:
+            require_positive("callbacks.speed.peak_flops", peak_flops)
         self.warmup_steps = warmup_steps
         self.log_every_n_steps = log_every_n_steps
         self.count_flops = count_flops
