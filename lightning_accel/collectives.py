@@ -170,16 +170,35 @@ def _collective(data: dict[str, Any] | None) -> Collective | None:
     return Collective(**{**data, "sizes": sizes})
 
 
-def read_traces(run_dir: Path) -> list[RankTrace]:
-    """The traces of a run's latest attempt, by rank (none when no rank wrote one)."""
-    traces = []
-    for path in sorted((run_dir / TRACE_DIRECTORY).glob("rank-*.json")):
+def _read_trace(path: Path) -> RankTrace | None:
+    """The trace in ``path``; None for a file that is not one (not JSON, other fields)."""
+    try:
         data = json.loads(path.read_text())
         data["collective"] = _collective(data.get("collective"))
         data["recent"] = [_collective(c) for c in data.get("recent", [])]
-        traces.append(RankTrace(**data))
+        return RankTrace(**data)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def load_traces(run_dir: Path) -> tuple[list[RankTrace], list[Path]]:
+    """The traces of a run's latest attempt, by rank (none when no rank wrote one), and the
+    files of its trace directory that hold no trace (a trace is written whole, so these
+    are files the ranks did not write: they are left out, not a failure)."""
+    traces, damaged = [], []
+    for path in sorted((run_dir / TRACE_DIRECTORY).glob("rank-*.json")):
+        trace = _read_trace(path)
+        if trace is None:
+            damaged.append(path)
+        else:
+            traces.append(trace)
     latest = max((t.attempt for t in traces), default=0)
-    return sorted((t for t in traces if t.attempt == latest), key=lambda t: t.rank)
+    return sorted((t for t in traces if t.attempt == latest), key=lambda t: t.rank), damaged
+
+
+def read_traces(run_dir: Path) -> list[RankTrace]:
+    """The traces of a run's latest attempt, by rank; files that hold none are left out."""
+    return load_traces(run_dir)[0]
 
 
 def _ranks(ranks: list[int]) -> str:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import refusal
 
 from lightning_accel.callbacks.collective_trace import hook_of, in_sigterm_handler
 from lightning_accel.cli.main import main
@@ -20,6 +21,7 @@ from lightning_accel.collectives import (
     Collective,
     RankTrace,
     diagnose,
+    load_traces,
     read_traces,
     write_trace,
 )
@@ -216,6 +218,10 @@ def test_the_flight_recorder_records_gloo_collectives_with_their_numbers_and_siz
         (["--trace"], "needs a run directory"),
         (["--trace", "no-such-run"], "'no-such-run' is not a run directory"),
         (["--trace", "."], "holds no traces (traces/rank-N.json)"),
+        (
+            ["--trace", "damaged"],
+            "holds no readable trace: rank-0.json, rank-1.json in traces/ are not traces",
+        ),
     ],
 )
 def test_doctor_trace_bad_input_exits_2(
@@ -226,11 +232,18 @@ def test_doctor_trace_bad_input_exits_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["doctor", *arguments])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and fragment in err
+    (tmp_path / "damaged" / "traces").mkdir(parents=True)
+    (tmp_path / "damaged" / "traces" / "rank-0.json").write_text("not json")
+    (tmp_path / "damaged" / "traces" / "rank-1.json").write_text('{"rank": "x", "size": 2}')
+    assert fragment in refusal(["doctor", *arguments], capsys)
+
+
+def test_a_file_that_is_no_trace_is_left_out_of_the_diagnosis(tmp_path: Path) -> None:
+    written = _trace(1, GRADIENTS, "Model.backward")
+    write_trace(tmp_path / "traces", written)
+    (tmp_path / "traces" / "rank-0.json").write_text('["a list, not a trace"]')
+    assert load_traces(tmp_path) == ([written], [tmp_path / "traces" / "rank-0.json"])
+    assert read_traces(tmp_path) == [written]
 
 
 def test_doctor_trace_prints_each_rank_and_the_diagnosis(

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lightning_accel.collectives import TRACE_DIRECTORY, RankTrace, diagnose, read_traces
+from lightning_accel.cli.console import say
+from lightning_accel.collectives import TRACE_DIRECTORY, RankTrace, diagnose, load_traces
 from lightning_accel.errors import ConfigError
 
 RECENT_PRINTED = 5
@@ -29,7 +30,15 @@ def run_traces(run_dir: Path) -> list[RankTrace]:
     """
     if not run_dir.is_dir():
         raise ConfigError("doctor --trace", str(run_dir), "is not a run directory")
-    traces = read_traces(run_dir)
+    traces, damaged = load_traces(run_dir)
+    unreadable = ", ".join(path.name for path in damaged)
+    if not traces and damaged:
+        raise ConfigError(
+            "doctor --trace",
+            str(run_dir),
+            f"holds no readable trace: {unreadable} in {TRACE_DIRECTORY}/ are not traces a "
+            "rank wrote",
+        )
     if not traces:
         raise ConfigError(
             "doctor --trace",
@@ -37,6 +46,8 @@ def run_traces(run_dir: Path) -> list[RankTrace]:
             f"holds no traces ({TRACE_DIRECTORY}/rank-N.json): its ranks wrote none, so no "
             "collective of it failed or hung (or it ran in one process)",
         )
+    if damaged:
+        say(f"left out {unreadable} in {run_dir / TRACE_DIRECTORY}: not traces a rank wrote")
     return traces
 
 
