@@ -107,6 +107,10 @@ CASES = {
     ),
     "sweep without --multirun": (["seed=1,2"], ["seed='1,2'", "--multirun"]),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
+    "Lightning's name for the last checkpoint": (
+        ["ckpt_path=last"],
+        ["ckpt_path='last' is Lightning's name for a checkpoint", "RUN_DIR/checkpoints/last.ckpt"],
+    ),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'", "sharded"]),
     "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
     "logger without its package": (

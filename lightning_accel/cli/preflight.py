@@ -401,6 +401,10 @@ def run_placement(run: RunConfig, plan: RunPlan, precision: str) -> Placement:
     )
 
 
+# what Trainer.fit/validate take as ckpt_path besides a path
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc", "registry")
+
+
 def check_checkpoint(run: RunConfig) -> Path | None:
     """Fail unless ``ckpt_path``, when given, is a complete checkpoint file or directory that
     holds data only, saved before the step a fit ends at; without it, fail when the
@@ -412,6 +416,15 @@ def check_checkpoint(run: RunConfig) -> Path | None:
     if run.ckpt_path is None:
         return own_last_checkpoint(run)
     path = Path(run.ckpt_path)
+    if run.ckpt_path in LIGHTNING_CHECKPOINT_NAMES and not path.exists():
+        raise ConfigError(
+            "ckpt_path",
+            run.ckpt_path,
+            "is Lightning's name for a checkpoint its trainer's callback knows, which the "
+            "runner does not take: give the file (RUN_DIR/checkpoints/last.ckpt); a fit "
+            "resumes from its run directory's last checkpoint without ckpt_path "
+            "(hydra.run.dir=RUN_DIR)",
+        )
     verify_checkpoint(path)
     max_steps = run.trainer.max_steps
     if run.stage == "fit" and 0 < max_steps <= (step := saved_step(path)):
