@@ -133,6 +133,22 @@ def test_a_verbs_malformed_option_is_one_sentence_with_exit_2(
     assert list(tmp_path.iterdir()) == [], "nothing runs"
 
 
+def test_train_version_is_the_packs_and_hydras_shell_completion_points_to_ours(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import version
+
+    import hydra
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--version"]) == 0
+    expected = f"lightning-accel {version('lightning-accel')} (Hydra {hydra.__version__})"
+    assert capsys.readouterr().out.strip() == expected
+    refused = refusal(["train", "--shell-completion", "install=bash"], capsys)
+    assert 'eval "$(lightning-accel --completion bash)"' in refused
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_verbs_options_and_overrides_may_come_in_any_order() -> None:
     from lightning_accel.cli import bench, plan
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import hydra
@@ -146,8 +147,17 @@ def main(args: list[str], stage: str = "fit") -> int:
     register_schemas()
     if stage != "fit":
         args = [f"stage={stage}", *args]  # before any flag: argparse takes overrides once
+    if "--version" in args:  # Hydra's parser would print its own version only
+        print(f"lightning-accel {version('lightning-accel')} (Hydra {hydra.__version__})")
+        return 0
     options = command_line_parser().parse_args(args)
-    informational = options.help or options.hydra_help or options.info or options.shell_completion
+    if options.shell_completion:
+        fail(
+            "--shell-completion is Hydra's completion of a one-script app; lightning-accel "
+            'completes its verbs, groups and keys with: eval "$(lightning-accel --completion '
+            'bash)" (or zsh).'
+        )
+    informational = options.help or options.hydra_help or options.info
     if not informational:
         overrides = list(options.overrides)
         rank_server = EarlyRankServer()
