@@ -149,6 +149,27 @@ def test_train_version_is_the_packs_and_hydras_shell_completion_points_to_ours(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("flag", "instead"),
+    [
+        (["--config-name", "mine"], "add your project's config groups with --config-dir DIR"),
+        (["--config-path", "/elsewhere"], "the pack's primary config is its own"),
+        (["--experimental-rerun", "config.pickle"], "RUN_DIR/.hydra/overrides.yaml"),
+    ],
+)
+def test_hydra_flags_that_would_run_another_config_are_refused(
+    flag: list[str],
+    instead: str,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    refused = refusal(["train", *flag], capsys)
+    assert f"train {flag[0]} is not supported: " in refused and instead in refused
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_verbs_options_and_overrides_may_come_in_any_order() -> None:
     from lightning_accel.cli import bench, plan
 

@@ -140,6 +140,19 @@ def print_resolved(runs: list[RunConfig]) -> None:
         print(OmegaConf.to_yaml(OmegaConf.structured(run)), end="")
 
 
+_PRIMARY_CONFIG = (
+    "the pack's primary config is its own conf/config.yaml; add your project's config "
+    "groups with --config-dir DIR"
+)
+# Hydra flags that would make Hydra run another config than the one the runner checked
+UNSUPPORTED_HYDRA_FLAGS = {
+    "config_path": _PRIMARY_CONFIG,
+    "config_name": _PRIMARY_CONFIG,
+    "experimental_rerun": "run a job again with the overrides it recorded, as the command "
+    "a stopped run prints does (RUN_DIR/.hydra/overrides.yaml)",
+}
+
+
 def main(args: list[str], stage: str = "fit") -> int:
     """Run ``lightning-accel train`` (``stage`` fit) or ``validate``, ``test``, ``predict``
     with the arguments after the verb."""
@@ -157,6 +170,10 @@ def main(args: list[str], stage: str = "fit") -> int:
             'completes its verbs, groups and keys with: eval "$(lightning-accel --completion '
             'bash)" (or zsh).'
         )
+    for flag, instead in UNSUPPORTED_HYDRA_FLAGS.items():
+        given = getattr(options, flag)
+        if given is not None and (flag, given) != ("config_name", "config"):
+            fail(f"train --{flag.replace('_', '-')} is not supported: {instead}.")
     informational = options.help or options.hydra_help or options.info
     if not informational:
         overrides = list(options.overrides)
