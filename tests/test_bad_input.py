@@ -52,6 +52,10 @@ CASES = {
         ["trainer.limit_val_batches=-1", "0 or more"],
     ),
     "missing data path": (["data.source=/no/such/dir"], ["data.source='/no/such/dir'", "stdlib"]),
+    "empty run directory": (
+        ["hydra.run.dir="],
+        ["hydra.run.dir='' is empty; give a directory (. for this one)"],
+    ),
     "unwritable output directory": (
         ["hydra.run.dir=FILE/run"],
         ["hydra.run.dir", "not a directory"],
@@ -112,6 +116,14 @@ CASES = {
         ["ckpt_path='last' is Lightning's name for a checkpoint", "RUN_DIR/checkpoints/last.ckpt"],
     ),
     "missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path='/no/such.ckpt'", "sharded"]),
+    "model node deleted": (
+        ["~model"],
+        ["model._target_=None is missing, and a run needs its LightningModule"],
+    ),
+    "data target deleted": (
+        ["~data._target_"],
+        ["data._target_=None is missing, and a run needs its LightningDataModule"],
+    ),
     "custom recipe without targets": (["recipe=custom"], ["model._target_", "recipe=custom"]),
     "logger without its package": (
         ["logger=csv", "logger.csv._target_=helpers.MissingPackageLogger"],

@@ -39,12 +39,14 @@ if TYPE_CHECKING:
 def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
     """The directory Hydra will create for this job."""
     HydraConfig.instance().set_config(cfg)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
-        if multirun:
-            return Path(str(cfg.hydra.sweep.dir)) / str(job_number)
-        return Path(str(cfg.hydra.run.dir))
+        directory = str(OmegaConf.select(cfg, key, throw_on_missing=True))
     except (MissingMandatoryValue, InterpolationToMissingValueError) as error:
         raise _missing(error, cfg) from error
+    if not directory.strip():  # Hydra would write the run's files among the current ones
+        raise ConfigError(key, directory, "is empty; give a directory (. for this one)")
+    return Path(directory) / str(job_number) if multirun else Path(directory)
 
 
 def _missing(
@@ -175,6 +177,15 @@ def check_targets(run: RunConfig) -> None:
     """Fail unless each ``_target_`` of model, data, logger and callbacks can be imported and
     takes the arguments the config gives it."""
     nodes = {"model": run.model, "data": run.data}
+    for key, node in nodes.items():
+        if not isinstance(node, dict) or "_target_" not in node:
+            kind = "LightningModule" if key == "model" else "LightningDataModule"
+            raise ConfigError(
+                f"{key}._target_",
+                None,
+                f"is missing, and a run needs its {kind}: give {key}._target_=CLASS, or keep "
+                "the recipe's",
+            )
     nodes.update(run.logger_nodes())
     nodes.update(run.callback_nodes())
     for key, node in nodes.items():
