@@ -29,6 +29,7 @@ from lightning_accel.cli.verify import (
     run_cells,
     selected_cells,
 )
+from lightning_accel.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +207,9 @@ def test_only_runs_the_named_cells_and_the_cells_they_need() -> None:
     assert chosen == [*expected, *loops, "fp8 · auto"], "in their order, needs included"
     resume = [cell.name for cell in selected_cells(cells, "resume")]
     assert resume == [COLLECTIVES, "fsdp2 · 1 device", "checkpoint · resume"], "needs of needs"
+    for nothing in ("", " , "):  # an empty selection would run nothing and record it
+        with pytest.raises(ConfigError, match="names no cell; give one or more"):
+            selected_cells(cells, nothing)
 
 
 def test_only_with_a_word_no_cell_has_exits_2_naming_the_cells(tmp_path: Path) -> None:

@@ -823,11 +823,14 @@ def selected_cells(cells: list[Cell], words: str) -> list[Cell]:
     cells they need, in their order.
 
     Raises:
-        ConfigError: a word that no cell's name holds.
+        ConfigError: no word, or a word that no cell's name holds.
     """
     by_name = {cell.name: cell for cell in cells}
+    given = [word for word in (w.strip().lower() for w in words.split(",")) if word]
+    if not given:
+        raise ConfigError("--only", words, "names no cell; give one or more", list(by_name))
     wanted: set[str] = set()
-    for word in filter(None, (w.strip().lower() for w in words.split(","))):
+    for word in given:
         matched = [name for name in by_name if word in name.lower()]
         if not matched:
             raise ConfigError("--only", word, "names no cell", list(by_name))
