@@ -117,8 +117,9 @@ def test_a_corpus_of_empty_files_is_a_config_error(tmp_path: Path, files: list[s
     for name in files:
         (corpus / name).write_text("")
     data = TokenDataModule(source=str(corpus), cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ConfigError, match=f"holds no text: its {len(files)} file"):
+    with pytest.raises(ConfigError, match=f"holds no text: its {len(files)} file") as error:
         data.prepare_data()
+    assert error.value.key == "data.source" and data.cache is None
 
 
 def _train_tokenizer(corpus: Path, target: Path, vocab_size: int = 400) -> Path:
