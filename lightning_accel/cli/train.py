@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -153,6 +154,21 @@ UNSUPPORTED_HYDRA_FLAGS = {
 }
 
 
+def refuse_unsupported_flags(options: argparse.Namespace) -> None:
+    """Exit 2 for a Hydra flag the runner does not take (:data:`UNSUPPORTED_HYDRA_FLAGS`,
+    ``--shell-completion``), naming what to use instead."""
+    if options.shell_completion:
+        fail(
+            "--shell-completion is Hydra's completion of a one-script app; lightning-accel "
+            'completes its verbs, groups and keys with: eval "$(lightning-accel --completion '
+            'bash)" (or zsh).'
+        )
+    for flag, instead in UNSUPPORTED_HYDRA_FLAGS.items():
+        given = getattr(options, flag)
+        if given is not None and (flag, given) != ("config_name", "config"):
+            fail(f"train --{flag.replace('_', '-')} is not supported: {instead}.")
+
+
 def main(args: list[str], stage: str = "fit") -> int:
     """Run ``lightning-accel train`` (``stage`` fit) or ``validate``, ``test``, ``predict``
     with the arguments after the verb."""
@@ -164,16 +180,7 @@ def main(args: list[str], stage: str = "fit") -> int:
         print(f"lightning-accel {version('lightning-accel')} (Hydra {hydra.__version__})")
         return 0
     options = command_line_parser().parse_args(args)
-    if options.shell_completion:
-        fail(
-            "--shell-completion is Hydra's completion of a one-script app; lightning-accel "
-            'completes its verbs, groups and keys with: eval "$(lightning-accel --completion '
-            'bash)" (or zsh).'
-        )
-    for flag, instead in UNSUPPORTED_HYDRA_FLAGS.items():
-        given = getattr(options, flag)
-        if given is not None and (flag, given) != ("config_name", "config"):
-            fail(f"train --{flag.replace('_', '-')} is not supported: {instead}.")
+    refuse_unsupported_flags(options)
     informational = options.help or options.hydra_help or options.info
     if not informational:
         overrides = list(options.overrides)
