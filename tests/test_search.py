@@ -101,6 +101,11 @@ def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
             "its objective='val/loss'; keep the default set beside yours, as in "
             "'callbacks=[default,early_stopping]'.",
         ),
+        (  # the callbacks' classes are read only once they import
+            ["+callbacks.mine._target_=no_such_pkg.Callback"],
+            "callbacks.mine._target_='no_such_pkg.Callback' cannot be imported "
+            "(ModuleNotFoundError: No module named 'no_such_pkg').",
+        ),
         (  # a search preset of the user's own (conf/search/mine.yaml below)
             ["search=mine"],
             "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",

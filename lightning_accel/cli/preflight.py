@@ -520,7 +520,6 @@ def check_weight_averaging(run: RunConfig, plan: RunPlan | None) -> None:
     """Fail for Lightning's weight averaging (``callbacks=[default,ema]``) under FSDP2, TP
     or 2D: it keeps an unsharded copy of the model, whose update then meets the split
     weights ("mixed torch.Tensor and DTensor") at the first step."""
-    from hydra.utils import get_class
     from lightning.pytorch.callbacks import WeightAveraging
 
     from lightning_accel.strategies import FSDP2Strategy
@@ -528,7 +527,8 @@ def check_weight_averaging(run: RunConfig, plan: RunPlan | None) -> None:
     if plan is None or plan.strategy != FSDP2Strategy.strategy_name:
         return
     for key, node in run.callback_nodes().items():
-        if issubclass(get_class(node["_target_"]), WeightAveraging):
+        target = locate(node["_target_"])
+        if isinstance(target, type) and issubclass(target, WeightAveraging):
             raise ConfigError(
                 key,
                 node["_target_"],
@@ -637,11 +637,11 @@ def preflight(
         cfg = compose_job(job)
         run_dir = run_directory(cfg, multirun, number)
         run = validated_run(cfg, run_dir)
-        if jobs is not None:
-            check_trials_validate(run)
         if schema_valid is not None:
             schema_valid(run)
         check_targets(run)
+        if jobs is not None:  # after the targets: it reads the callbacks' classes
+            check_trials_validate(run)
         check_callbacks(run)
         checkpoint = check_checkpoint(run)
         model, datamodule = check_model_and_data(run)

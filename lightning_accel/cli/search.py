@@ -156,12 +156,11 @@ def check_trials_validate(run: RunConfig) -> None:
     """Fail unless a search's trial validates before it ends, as far as the config tells
     (the objective is a validation metric), and records it in the ``summary.json`` that a
     ``RunSummary`` callback writes, where the search reads it."""
-    from hydra.utils import get_class
-
     from lightning_accel.callbacks import RunSummary
+    from lightning_accel.cli.hydra_private import locate
 
-    targets = [get_class(node["_target_"]) for node in run.callback_nodes().values()]
-    if not any(issubclass(target, RunSummary) for target in targets):
+    targets = [locate(node["_target_"]) for node in run.callback_nodes().values()]
+    if not any(isinstance(t, type) and issubclass(t, RunSummary) for t in targets):
         raise ConfigError(
             "callbacks",
             ", ".join(key.removeprefix("callbacks.") for key in run.callback_nodes()),
