@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Protocol, runtime_checkable
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -14,7 +13,7 @@ from typing_extensions import override
 
 from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
-from lightning_accel.models.optimizers import adamw_with_warmup_cosine
+from lightning_accel.models.reference import ReferenceModule
 from lightning_accel.models.resnet import ResNet
 
 
@@ -26,7 +25,7 @@ class ImageShapes(Protocol):
     num_classes: int
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ReferenceModule):
     """Image classification with a :class:`ResNet` and cross-entropy; logs ``train/loss``,
     ``val/loss`` and ``val/accuracy``.
 
@@ -63,9 +62,6 @@ class ImageClassifier(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
     @override
-    def setup(self, stage: str) -> None:
-        self.check_data(self.trainer.datamodule)
-
     def check_data(self, data: object) -> None:
         """Fail with a ConfigError naming the key to change where image data (channels per
         image, classes) does not fit the model; other data is not judged. The runner calls
@@ -112,23 +108,11 @@ class ImageClassifier(pl.LightningModule):
         self.val_accuracy.update(logits, labels)
 
     @override
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
-
-    def _log_evaluation(self, prefix: str) -> None:
-        # the metrics are already reduced over ranks; sync_dist only states it
-        self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
-        self.log(f"{prefix}/accuracy", self.val_accuracy.compute(), prog_bar=True, sync_dist=True)
-        self.val_loss.reset()
-        self.val_accuracy.reset()
+    def evaluation_results(self) -> dict[str, tuple[torch.Tensor, bool]]:
+        return {
+            "loss": (self.val_loss.compute(), True),
+            "accuracy": (self.val_accuracy.compute(), True),
+        }
 
     @override
     def predict_step(
@@ -138,13 +122,3 @@ class ImageClassifier(pl.LightningModule):
         images, _ = batch
         probabilities = self(images).float().softmax(-1)
         return {"label": probabilities.argmax(-1), "probabilities": probabilities}
-
-    @override
-    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
-        return adamw_with_warmup_cosine(
-            self,
-            self.model.named_parameters(),
-            self.hparams.learning_rate,
-            self.hparams.weight_decay,
-            self.hparams.warmup_steps,
-        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Protocol, runtime_checkable
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
@@ -15,7 +14,7 @@ from typing_extensions import override
 from lightning_accel.config import require_positive
 from lightning_accel.errors import ConfigError
 from lightning_accel.models.gpt import GPT, GPTConfig
-from lightning_accel.models.optimizers import adamw_with_warmup_cosine
+from lightning_accel.models.reference import ReferenceModule
 
 
 @runtime_checkable
@@ -26,7 +25,7 @@ class TokenShapes(Protocol):
     vocab_size: int
 
 
-class GPTLanguageModel(pl.LightningModule):
+class GPTLanguageModel(ReferenceModule):
     """Next-token prediction with a :class:`GPT`; logs loss, bits per byte and perplexity.
 
     Args:
@@ -37,6 +36,7 @@ class GPTLanguageModel(pl.LightningModule):
         warmup_steps: linear warm-up steps before cosine decay to 10% over the run's steps.
     """
 
+    adamw_betas: ClassVar[tuple[float, float]] = (0.9, 0.95)  # overrides the base's AdamW default
     # what fitting logs: the runner checks a callback's ``monitor`` against it before launch
     logged_metrics: ClassVar[tuple[str, ...]] = (
         "train/loss",
@@ -66,9 +66,6 @@ class GPTLanguageModel(pl.LightningModule):
         self.val_perplexity = Perplexity()
 
     @override
-    def setup(self, stage: str) -> None:
-        self.check_data(self.trainer.datamodule)
-
     def check_data(self, data: object) -> None:
         """Fail with a ConfigError naming the key to change where token data (tokens per
         sample, vocabulary) does not fit the model; other data is not judged. The runner
@@ -116,25 +113,13 @@ class GPTLanguageModel(pl.LightningModule):
         self.val_perplexity.update(logits, targets)
 
     @override
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
-
-    def _log_evaluation(self, prefix: str) -> None:
+    def evaluation_results(self) -> dict[str, tuple[torch.Tensor, bool]]:
         loss = self.val_loss.compute()
-        # the metrics are already reduced over ranks; sync_dist only states it
-        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True)
-        self.log(f"{prefix}/bits_per_byte", loss / math.log(2), sync_dist=True)
-        self.log(f"{prefix}/perplexity", self.val_perplexity.compute(), sync_dist=True)
-        self.val_loss.reset()
-        self.val_perplexity.reset()
+        return {
+            "loss": (loss, True),
+            "bits_per_byte": (loss / math.log(2), False),
+            "perplexity": (self.val_perplexity.compute(), False),
+        }
 
     @override
     def predict_step(
@@ -145,14 +130,3 @@ class GPTLanguageModel(pl.LightningModule):
         logits = self(inputs).float()
         loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
         return {"next_tokens": logits.argmax(-1), "loss": loss}
-
-    @override
-    def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return convention
-        return adamw_with_warmup_cosine(
-            self,
-            self.model.named_parameters(),
-            self.hparams.learning_rate,
-            self.hparams.weight_decay,
-            self.hparams.warmup_steps,
-            betas=(0.9, 0.95),
-        )
