@@ -51,6 +51,7 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
     ("override", "expected"),
     [
         ("hardware=", "hardware='' lists no values, so the matrix is empty; give one or more;"),
+        ("hardware=cpu,cpu", "hardware='cpu,cpu' lists cpu more than once; give each value"),
         ("hardware=cpu,nope", "hardware='nope' is not a hardware option; valid choices: auto,"),
         (
             "optimization=fast,quick",

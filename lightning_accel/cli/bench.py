@@ -112,6 +112,7 @@ def matrix(overrides: list[str]) -> list[Cell]:
             raise ConfigError(
                 key, value, "lists no values, so the matrix is empty; give one or more", choices
             )
+        refuse_repeated_values(override)
     jobs = job_overrides(overrides, multirun=True)
     swept = swept_keys(jobs)
     cells = []
@@ -123,6 +124,21 @@ def matrix(overrides: list[str]) -> list[Cell]:
         label = " · ".join(values[key] for key in swept) or "default"
         cells.append(Cell(label=label, overrides=job))
     return cells
+
+
+def refuse_repeated_values(override: str) -> None:
+    """Fail where one override's sweep lists a value twice: its cells would be the same run
+    under the same label (``--repeats`` is how a cell runs more than once)."""
+    values = [job[0].partition("=")[2] for job in job_overrides([override], multirun=True)]
+    repeated = next((value for value in values if values.count(value) > 1), None)
+    if repeated is not None:
+        key, _, given = override.partition("=")
+        raise ConfigError(
+            key,
+            given,
+            f"lists {repeated} more than once; give each value once "
+            "(--repeats N runs each cell N times)",
+        )
 
 
 def check_timed_steps(run: RunConfig) -> None:
