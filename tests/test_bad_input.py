@@ -110,6 +110,11 @@ CASES = {
         ["trainer.max_steps='abc' is not a valid integer"],
     ),
     "sweep without --multirun": (["seed=1,2"], ["seed='1,2'", "--multirun"]),
+    "sweep inside a list of values": (
+        ["--multirun", "trainer.max_steps=range(6,8),7"],
+        ["trainer.max_steps='range(6,8),7' puts a sweep inside a list of values"],
+    ),
+    "flag Hydra does not have": (["--bogus"], ["train: unrecognized arguments: --bogus", "--help"]),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "Lightning's name for the last checkpoint": (
         ["ckpt_path=last"],

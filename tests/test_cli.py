@@ -211,6 +211,44 @@ def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seed=1", "--cfg", "job", "trainer.max_steps=3", "--resolve", "--package", "trainer"],
+        ["--info", "config", "seed=1", "-m", "seed=2,3", "--config-dir", "conf", "--run"],
+        ["--help", "--hydra-help", "--shell-completion", "--config-path", "p", "x=1"],
+        ["--config-name", "c", "--experimental-rerun", "r.pickle", "--info"],
+    ],
+)
+def test_flags_between_overrides_reach_hydra_flags_first(args: list[str]) -> None:
+    from lightning_accel.cli.hydra_private import command_line_parser
+    from lightning_accel.cli.train import hydra_command_line, parse_command_line
+
+    options = parse_command_line(args, "train")
+    overrides = [a for a in args if "=" in a]
+    assert options.overrides == overrides
+    command = hydra_command_line(options)
+    assert command[len(command) - len(overrides) :] == overrides
+    assert command_line_parser().parse_args(command) == options, "what hydra.main will read"
+
+
+def test_validate_takes_a_flag_between_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    model = GPTLanguageModel(n_layer=1, d_model=32, n_head=2, seq_len=32)
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.6.0"}, checkpoint)
+    monkeypatch.chdir(tmp_path)
+    args = ["--cfg", "job", f"ckpt_path={checkpoint}", "seed=3"]
+    main(["validate", *TINY, "logger=none", *args])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["stage"], config["seed"], config["ckpt_path"]) == (
+        "validate",
+        3,
+        str(checkpoint),
+    )
+
+
 def test_python_dash_m_and_usage(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lightning_accel"], capture_output=True, text=True, timeout=60
@@ -219,10 +257,11 @@ def test_python_dash_m_and_usage(tmp_path: Path) -> None:
 
 
 def test_multirun_leaves_one_directory_per_job(tmp_path: Path, small_corpus: Path) -> None:
+    # --multirun between the overrides, as the pack's other verbs take their options
     args = [
         "train",
-        "--multirun",
         *TINY,
+        "--multirun",
         f"data.source={small_corpus}",
         "callbacks=minimal",
         "seed=1,2",

@@ -12,7 +12,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import ChoiceSweep, Glob, Override, Sweep
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -58,6 +58,18 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
         )
     if not sweeps:  # as Hydra composes a single job: every override, in order
         return [[o.input_line for o in parsed]]
+    for sweep in sweeps:
+        values = sweep.value()
+        if isinstance(values, ChoiceSweep) and any(
+            isinstance(v, Sweep | Glob) for v in values.list
+        ):
+            # Hydra's sweeper fails on these deep inside OmegaConf ("Unexpected type annotation")
+            raise ConfigError(
+                sweep.get_key_element(),
+                sweep.input_line.partition("=")[2],
+                "puts a sweep inside a list of values, which cannot be expanded; "
+                "list the values one by one",
+            )
     return sweep_jobs(parsed)
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -169,17 +170,43 @@ def refuse_unsupported_flags(options: argparse.Namespace) -> None:
             fail(f"train --{flag.replace('_', '-')} is not supported: {instead}.")
 
 
+def parse_command_line(args: list[str], verb: str) -> argparse.Namespace:
+    """``args`` read by Hydra's own parser, with its flags allowed between the overrides (as
+    the pack's other verbs allow theirs); a mistake is one sentence, not a usage block."""
+    parser = command_line_parser()
+
+    def one_sentence(message: str) -> NoReturn:
+        fail(f"{verb}: {message}; lightning-accel {verb} --help lists its flags.")
+
+    parser.error = one_sentence  # type: ignore[method-assign]  # argparse's hook for mistakes
+    return parser.parse_intermixed_args(args)
+
+
+def hydra_command_line(options: argparse.Namespace) -> list[str]:
+    """The flags ``options`` hold, then the overrides: the order ``hydra.main`` reads (its
+    parser takes the overrides only as one run, before or after every flag)."""
+    defaults = command_line_parser().parse_args([])
+    flags = []
+    for name, value in vars(options).items():
+        if name == "overrides" or value == getattr(defaults, name):
+            continue
+        flags.append(f"--{name.replace('_', '-')}")
+        if value is not True:
+            flags.append(str(value))
+    return [*flags, *options.overrides]
+
+
 def main(args: list[str], stage: str = "fit") -> int:
     """Run ``lightning-accel train`` (``stage`` fit) or ``validate``, ``test``, ``predict``
     with the arguments after the verb."""
     quiet_upstream()
     register_schemas()
-    if stage != "fit":
-        args = [f"stage={stage}", *args]  # before any flag: argparse takes overrides once
     if "--version" in args:  # Hydra's parser would print its own version only
         print(f"lightning-accel {version('lightning-accel')} (Hydra {hydra.__version__})")
         return 0
-    options = command_line_parser().parse_args(args)
+    options = parse_command_line(args, "train" if stage == "fit" else stage)
+    if stage != "fit":
+        options.overrides.insert(0, f"stage={stage}")
     refuse_unsupported_flags(options)
     informational = options.help or options.hydra_help or options.info
     if not informational:
@@ -192,7 +219,7 @@ def main(args: list[str], stage: str = "fit") -> int:
                 runs = preflight(overrides, options.multirun, None if options.cfg else rank_server)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
                 # Hydra hands jobs to a launcher plugin only in a sweep: one job is a sweep of one
-                args = ["--multirun", *args]
+                options.multirun = True
                 runs = preflight(overrides, multirun=True)
             if not options.cfg:
                 prepare_data(runs)
@@ -202,6 +229,6 @@ def main(args: list[str], stage: str = "fit") -> int:
         if options.cfg == "job" and not options.package:
             print_resolved(runs)
             return 0
-    sys.argv = ["lightning-accel train", *args]
+    sys.argv = ["lightning-accel train", *hydra_command_line(options)]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
     return 0
