@@ -490,6 +490,13 @@ class ForwardOnlyData(pl.LightningDataModule):
         return torch.utils.data.DataLoader(data, batch_size=4)
 
 
+class EmptyData(ForwardOnlyData):
+    """A user's DataModule whose training data has no batches."""
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.empty(0, 8)))
+
+
 class ExampleInputRegression(TinyRegression):
     """A user's module that describes its input the Lightning way: ``example_input_array``."""
 

@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import TEST_IMPORTS, LazyImageClassifier, run_cli
+from hydra.utils import instantiate
 
 from lightning_accel import build_trainer
 from lightning_accel.callbacks.memory_probe import MemoryProbe
@@ -25,9 +26,9 @@ from lightning_accel.flops import flop_counter
 from lightning_accel.models import GPTLanguageModel, ImageClassifier
 from lightning_accel.plan import (
     attach_trainer,
+    example_batch,
     measure_footprint,
     meta_model,
-    required_example_batch,
 )
 from lightning_accel.plan.fit import check_fits
 from lightning_accel.plan.footprint import TensorParallelFootprint
@@ -50,7 +51,7 @@ def _footprint(n_layer: int, d_model: int, seq_len: int, batch: int, precisions:
         "batch_size": batch,
         "seq_len": seq_len,
     }
-    example, through_forward = required_example_batch(data, model)
+    example, through_forward = example_batch(instantiate(data), model)
     attach_trainer(model, max_steps=10)
     return measure_footprint(model, example, precisions, through_forward)
 
@@ -214,6 +215,23 @@ def test_plan_of_a_users_own_module_on_a_datasheet_device(tmp_path: Path) -> Non
     assert all(r["fits"] for r in plan["layouts"])
 
 
+def test_plan_of_a_users_module_without_a_batch_description_reads_one_batch(
+    tmp_path: Path,
+) -> None:
+    args = ["plan", "--json", "--world", "1", *_custom("TinyRegression")]
+    result = run_cli(args, cwd=tmp_path, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout)
+    # Linear(8, 16) and Linear(16, 1) on the DataModule's first batch of 4 samples
+    assert plan["parameters"] == 8 * 16 + 16 + 16 + 1
+    assert plan["samples_per_rank"] == 4
+    assert plan["forward_flops"] == 2 * 4 * (8 * 16 + 16 * 1)
+    assert "helpers.ForwardOnlyData describes no batch without reading data: the model is " in (
+        " ".join(result.stderr.split())
+    )
+    assert list(tmp_path.iterdir()) == [], "the plan writes nothing"
+
+
 def test_plan_of_the_image_recipe_counts_the_resnet_exactly(tmp_path: Path) -> None:
     plan = _plan(["--world", "1", "recipe=image", "data.batch_size=16"], tmp_path)
     model = ImageClassifier(in_channels=1, num_classes=10, widths=[16, 32, 64], blocks_per_stage=2)
@@ -289,7 +307,11 @@ BAD_PLANS = {
         "allocated real memory while built on the meta device: table is on cpu",
     ),
     "meta-hostile model": (_custom("MetaHostileModule"), "cannot be built on the meta device"),
-    "no batch description": (_custom("TinyRegression"), "describes no batch without reading data"),
+    "no batch to read": (
+        [*_custom("TinyRegression"), "data._target_=helpers.EmptyData"],
+        "helpers.EmptyData' describes no batch without reading data, and its first training "
+        "batch could not be read (it has no batches); give the DataModule an example_batch()",
+    ),
 }  # fmt: skip
 
 

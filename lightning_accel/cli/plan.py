@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
-from lightning_accel.cli.console import console, fail, print_table, quiet_upstream
+from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.verb_options import VerbOptions
@@ -65,15 +65,26 @@ def run_config(overrides: list[str]) -> RunConfig:
 
 def model_footprint(run: RunConfig, precisions: tuple[str, ...]) -> Any:
     """The run's model measured without memory (see :mod:`lightning_accel.plan`)."""
+    from hydra.utils import instantiate
+
     from lightning_accel.plan import (
         attach_trainer,
+        example_batch,
         measure_footprint,
         meta_model,
-        required_example_batch,
+        read_example_batch,
     )
 
     model = meta_model(run.model)
-    batch, through_forward = required_example_batch(run.data, model)
+    datamodule = instantiate(run.data, _convert_="all") if run.data else None
+    found = example_batch(datamodule, model)
+    if found is None:
+        found = read_example_batch(datamodule, run.data), False
+        say(
+            f"{run.data.get('_target_')} describes no batch without reading data: the model "
+            "is measured on its first training batch"
+        )
+    batch, through_forward = found
     attach_trainer(model, run.trainer.max_steps)
     configured = run.hardware.strategy_options.get("tensor_parallel_plan")
     return measure_footprint(

@@ -8,7 +8,7 @@ from lightning_accel.plan.model import (
     attach_trainer,
     example_batch,
     meta_model,
-    required_example_batch,
+    read_example_batch,
 )
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "example_batch",
     "measure_footprint",
     "meta_model",
-    "required_example_batch",
+    "read_example_batch",
 ]

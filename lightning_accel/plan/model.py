@@ -1,6 +1,6 @@
 """A run's model and one example batch, built without memory: the model on the meta device,
 the batch from its DataModule's :class:`BatchExample` or the module's
-``example_input_array``, no data read."""
+``example_input_array`` (no data read), else the DataModule's first training batch."""
 
 from __future__ import annotations
 
@@ -72,23 +72,40 @@ def example_batch(datamodule: object | None, model: pl.LightningModule) -> tuple
     return None if example is None else (example, True)
 
 
-def required_example_batch(
-    data_node: dict[str, Any], model: pl.LightningModule
-) -> tuple[Any, bool]:
-    """:func:`example_batch` of the DataModule a ``_target_`` node builds.
+def read_example_batch(datamodule: object, data_node: dict[str, Any]) -> Any:
+    """The DataModule's first training batch moved to the meta device, for a DataModule that
+    describes no batch without reading data: ``prepare_data`` and ``setup("fit")`` run as
+    fitting runs them, and one batch is read.
 
     Raises:
-        ConfigError: neither the DataModule nor the module describes a batch.
+        ConfigError: it is not a LightningDataModule, or reading the batch failed (naming
+            the cause).
     """
-    found = example_batch(instantiate(data_node, _convert_="all") if data_node else None, model)
-    if found is None:
+    from lightning.fabric.utilities import move_data_to_device
+
+    how = (
+        "give the DataModule an example_batch() method returning meta tensors, or set "
+        "example_input_array on the LightningModule"
+    )
+    if not isinstance(datamodule, pl.LightningDataModule):
+        raise ConfigError("data._target_", _target(data_node), f"describes no batch; {how}")
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        batch = next(iter(datamodule.train_dataloader()))
+    except Exception as error:  # noqa: BLE001 - any failure is the DataModule's own
+        cause = (
+            "it has no batches"
+            if isinstance(error, StopIteration)
+            else (f"{type(error).__name__}: {error}")
+        )
         raise ConfigError(
             "data._target_",
-            _target(data_node) if data_node else None,
-            "describes no batch without reading data; give the DataModule an example_batch() "
-            "method returning meta tensors, or set example_input_array on the LightningModule",
-        )
-    return found
+            _target(data_node),
+            f"describes no batch without reading data, and its first training batch could "
+            f"not be read ({cause}); {how}",
+        ) from None
+    return move_data_to_device(batch, torch.device("meta"))
 
 
 def attach_trainer(model: pl.LightningModule, max_steps: int) -> None:
