@@ -210,3 +210,51 @@ def test_a_model_smaller_than_the_vocabulary_is_refused(small_corpus: Path, tmp_
     model.trainer = SimpleNamespace(datamodule=data)  # type: ignore[assignment]
     with pytest.raises(ConfigError, match="model.vocab_size.*set it to"):
         model.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("variable", "given", "expected_setting"),
+    [
+        (None, "mine", "data.cache_dir"),
+        ("env-cache", None, "LIGHTNING_ACCEL_CACHE"),
+        ("env-cache", "mine", "data.cache_dir"),
+        ("", None, "the default cache directory"),  # an empty variable is not the current dir
+    ],
+)
+def test_the_cache_directory_and_the_setting_that_chose_it(
+    variable: str | None,
+    given: str | None,
+    expected_setting: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning_accel.data.cache import cache_location
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if variable is None:
+        monkeypatch.delenv("LIGHTNING_ACCEL_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("LIGHTNING_ACCEL_CACHE", variable)
+    directory, setting = cache_location(given)
+    expected = {
+        "data.cache_dir": Path("mine"),
+        "LIGHTNING_ACCEL_CACHE": Path("env-cache"),
+        "the default cache directory": tmp_path / "home" / ".cache" / "lightning-accel",
+    }[expected_setting]
+    assert (directory, setting) == (expected, expected_setting)
+
+
+def test_a_cache_directory_that_cannot_be_made_is_named_before_tokenizing(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("LIGHTNING_ACCEL_CACHE", str(blocker / "cache"))
+    data = TokenDataModule(source=str(small_corpus), seq_len=16, batch_size=2)
+    with pytest.raises(ConfigError) as error:
+        data.prepare_data()
+    assert str(error.value) == (
+        f"LIGHTNING_ACCEL_CACHE='{blocker / 'cache'}' cannot be created because {blocker} is "
+        "not a directory; choose a writable directory."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

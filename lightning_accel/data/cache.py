@@ -7,10 +7,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+CACHE_VARIABLE = "LIGHTNING_ACCEL_CACHE"
 
-def default_cache_dir() -> Path:
-    """``$LIGHTNING_ACCEL_CACHE``, else ``~/.cache/lightning-accel``."""
-    return Path(os.environ.get("LIGHTNING_ACCEL_CACHE", Path.home() / ".cache" / "lightning-accel"))
+
+def cache_location(cache_dir: str | None) -> tuple[Path, str]:
+    """Where a DataModule's caches live, and the setting that chose it (what a message
+    names): ``cache_dir`` (``data.cache_dir``) when given, else ``$LIGHTNING_ACCEL_CACHE``
+    (empty counts as unset: it would be the current directory), else
+    ``~/.cache/lightning-accel``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser(), "data.cache_dir"
+    if variable := os.environ.get(CACHE_VARIABLE):
+        return Path(variable).expanduser(), CACHE_VARIABLE
+    return Path.home() / ".cache" / "lightning-accel", "the default cache directory"
 
 
 def files_key(files: Sequence[Path], salt: str) -> str:

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from typing_extensions import override
 
 from lightning_accel.config import require_positive
-from lightning_accel.data.cache import default_cache_dir
+from lightning_accel.data.cache import cache_location
 from lightning_accel.data.image_base import DeviceImageDataModule
 from lightning_accel.data.image_sources import (
     DIGITS,
@@ -102,7 +102,7 @@ class ImageDataModule(DeviceImageDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.layout = layout
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_root = cache_location(cache_dir)[0]  # a read-only one serves
         self.image_size = self._size(image_size)
         self.height_width = (0, 0)  # of the images the training step receives
         self.samples = 0

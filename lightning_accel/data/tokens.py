@@ -19,11 +19,12 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_accel.config import require_positive
-from lightning_accel.data.cache import default_cache_dir, files_key
+from lightning_accel.data.cache import cache_location, files_key
 from lightning_accel.data.corpus import STDLIB, corpus_files
 from lightning_accel.data.loading import Sampling, SplitDataModule, check_sampling
 from lightning_accel.data.tokenizer import BYTES, Tokenizer, load_tokenizer, token_dtype
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import check_writable
 
 CACHE_FORMAT = 3
 log = logging.getLogger(__name__)
@@ -99,12 +100,15 @@ def build_token_cache(
     cache_root: Path,
     tokenizer: Tokenizer | None = None,
     skip_undecodable: bool = False,
+    cache_setting: str = "data.cache_dir",
 ) -> Path:
     """Build (or find) the token cache of ``files`` and return its directory.
 
     The cache is written into a temporary folder and renamed into place, so a reader never
     sees a half-written cache. A cache built by another tokenizer, of another format, or
-    whose files disagree with its ``meta.json`` is rebuilt, with a warning naming it.
+    whose files disagree with its ``meta.json`` is rebuilt, with a warning naming it. A
+    ``cache_root`` that cannot be written is a ConfigError naming ``cache_setting`` (only
+    when a cache must be built: a read-only directory of built caches serves).
     """
     tokenizer = tokenizer or load_tokenizer(BYTES)
     directory = cache_root / corpus_key(files, tokenizer.identity)
@@ -113,6 +117,7 @@ def build_token_cache(
         return directory
     if directory.exists():
         log.warning("rebuilding the token cache %s: %s", directory, problem)
+    check_writable(cache_root, cache_setting)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = cache_root / f".{directory.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -282,13 +287,18 @@ class TokenDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.sampling = sampling
         self.skip_undecodable = skip_undecodable or source == STDLIB
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_root, self.cache_setting = cache_location(cache_dir)
         self.cache: Path | None = None
 
     @override
     def prepare_data(self) -> None:
         cache = build_token_cache(
-            self.files, self.val_fraction, self.cache_root, self.tokenizer, self.skip_undecodable
+            self.files,
+            self.val_fraction,
+            self.cache_root,
+            self.tokenizer,
+            self.skip_undecodable,
+            self.cache_setting,
         )
         # here, not in setup: the runner prepares data before a run directory exists
         train, val = open_tokens(cache, "train"), open_tokens(cache, "val")
