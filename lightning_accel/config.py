@@ -102,7 +102,8 @@ class HardwareConfig:
         strategy: A name from Lightning's StrategyRegistry, or ``auto``: on several CUDA or
             CPU devices, the layout ``lightning-accel plan`` ranks first, chosen when the
             runner starts the run.
-        devices: Devices per node: a count, or ``auto`` for every device of the accelerator.
+        devices: Devices per node: a count, or ``auto`` for every device of the accelerator
+            (Lightning's ``-1`` is refused with that advice).
         num_nodes: Nodes the run spans; one number with ``launcher.nnodes`` (setting either
             sets both).
         pjrt_device: The PJRT device type with ``accelerator: pjrt``; ``CPU`` gets
@@ -128,6 +129,12 @@ class HardwareConfig:
             if isinstance(self.devices, bool) or not isinstance(self.devices, int):
                 raise ConfigError(
                     "hardware.devices", self.devices, "is not a count", ["auto", "1, 2, ..."]
+                )
+            if self.devices == -1:
+                raise ConfigError(
+                    "hardware.devices",
+                    -1,
+                    "is Lightning's 'every device'; write hardware.devices=auto for that",
                 )
             require_positive("hardware.devices", self.devices)
         require_positive("hardware.num_nodes", self.num_nodes)

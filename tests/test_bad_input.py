@@ -91,6 +91,10 @@ CASES = {
     "unknown precision": (["optimization.precision=fp8"], ["optimization.precision", "bf16-mixed"]),
     "absent accelerator": (["hardware.accelerator=cuda"], ["hardware.accelerator='cuda'", "cpu"]),
     "too many devices": (["hardware.devices=64"], ["hardware.devices=64", "device"]),
+    "Lightning's -1 for every device": (
+        ["hardware.devices=-1"],
+        ["hardware.devices=-1 is Lightning's 'every device'; write hardware.devices=auto"],
+    ),
     "unimportable target": (["model._target_=no_pkg.Model"], ["model._target_='no_pkg.Model'"]),
     "argument the model lacks": (["+model.depth=3"], ["model.depth=3", "n_layer"]),
     "misspelt option added to a fixed section": (
