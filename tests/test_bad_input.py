@@ -105,6 +105,14 @@ CASES = {
         ["+optimization.compile.bakend=eager"],
         ["optimization.compile.bakend='eager' is not a known key under 'optimization.compile'"],
     ),
+    "misspelt Hydra key": (
+        ["hydra.job.chdr=true"],
+        ["hydra.job.chdr='true' is not a known key under 'hydra.job'; closest: chdir."],
+    ),
+    "unknown key of a section without a schema": (
+        ["hydra.launcher.nope=1"],
+        ["hydra.launcher.nope='1' is not a known key under 'hydra.launcher'."],
+    ),
     "interpolation that resolves to nothing": (
         ["trainer.max_steps=${nope}"],
         ["trainer.max_steps='${nope}' is invalid", "Interpolation key 'nope' not found"],

@@ -106,6 +106,17 @@ def test_each_value_a_trial_can_be_given_is_checked_before_launch() -> None:
             "callbacks.mine._target_='no_such_pkg.Callback' cannot be imported "
             "(ModuleNotFoundError: No module named 'no_such_pkg').",
         ),
+        (  # the params are keyed by whole dotted names, which an override cannot address
+            ["hydra.sweeper.params.model.dropout=interval(0.0,0.2)"],
+            "hydra.sweeper.params.model.dropout='interval(0.0,0.2)' cannot name a dotted key "
+            "(the search's params are keyed by whole names such as 'model.learning_rate'); "
+            "give its search space as an override: model.dropout=interval(0.0,0.2).",
+        ),
+        (
+            ["hydra.sweeper.params.seed=1"],
+            "hydra.sweeper.params.seed='1' is new under 'hydra.sweeper.params'; add it as "
+            "+hydra.sweeper.params.seed=VALUE.",
+        ),
         (  # a search preset of the user's own (conf/search/mine.yaml below)
             ["search=mine"],
             "hydra.sweeper.params.model.learning_rate='tag(log, interval(1e-3))' cannot be parsed.",

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.conf import HydraConf
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, Glob, Override, Sweep
@@ -35,6 +36,7 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
     parser = OverridesParser.create()
     parsed = []
     for override in overrides:
+        refuse_dotted_search_parameter(override)
         try:
             parsed += parser.parse_overrides([override])
             if not parsed[-1].key_or_group:
@@ -44,6 +46,24 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
                 "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
             ) from error
     return parsed
+
+
+SEARCH_PARAMETERS = "hydra.sweeper.params."
+
+
+def refuse_dotted_search_parameter(override: str) -> None:
+    """Fail for ``hydra.sweeper.params.model.dropout=...``: the sweeper's params are keyed by
+    whole dotted names, which an override's key cannot address (OmegaConf reads it as
+    nested keys and fails on ``model``); the command line gives a search space directly."""
+    key, _, value = override.partition("=")
+    name = key.lstrip("+~").removeprefix(SEARCH_PARAMETERS)
+    if key.lstrip("+~").startswith(SEARCH_PARAMETERS) and "." in name:
+        raise ConfigError(
+            key,
+            value,
+            "cannot name a dotted key (the search's params are keyed by whole names such as "
+            f"'model.learning_rate'); give its search space as an override: {name}={value}",
+        )
 
 
 def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -191,8 +211,10 @@ def value_error(
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        if parent in ("model", "data") or parent.startswith(("callbacks.", "logger.")):
-            # a _target_ node: its class's arguments decide, not a schema
+        if parent in ("model", "data", SEARCH_PARAMETERS[:-1]) or parent.startswith(
+            ("callbacks.", "logger.")
+        ):
+            # a _target_ node (its class's arguments decide, not a schema) or a search's params
             return ConfigError(key, given, f"is new under '{parent}'; add it as +{key}=VALUE")
         return unknown_key(key, given, _keys(parent))
     if key in ("model", "data") and "Cannot assign" in message:
@@ -220,11 +242,13 @@ def unknown_key(key: str, given: Any, keys: list[str]) -> ConfigError:
     closest = difflib.get_close_matches(name, keys, n=3, cutoff=0.6)
     if closest:
         return ConfigError(key, given, f"is not a known key {where}; closest: {', '.join(closest)}")
-    return ConfigError(key, given, f"is not a known key {where}", keys)
+    return ConfigError(key, given, f"is not a known key {where}", keys or None)
 
 
 def _keys(parent: str) -> list[str]:
     node = OmegaConf.structured(RunConfig)
+    if parent == "hydra" or parent.startswith("hydra."):  # Hydra's own schema
+        node, parent = OmegaConf.structured(HydraConf), parent.removeprefix("hydra").lstrip(".")
     selected = OmegaConf.select(node, parent) if parent else node
     return sorted(selected.keys()) if isinstance(selected, DictConfig) else []
 
