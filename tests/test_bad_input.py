@@ -126,6 +126,14 @@ CASES = {
         ["--multirun", "trainer.max_steps=range(6,8),7"],
         ["trainer.max_steps='range(6,8),7' puts a sweep inside a list of values"],
     ),
+    "--help with an unknown option": (
+        ["--help", "hardware=nope"],
+        ["hardware='nope' is not a hardware option; valid choices: auto,"],
+    ),
+    "--info with an unparseable override": (
+        ["--info", "defaults", "x"],
+        ["override='x' cannot be parsed; write KEY=VALUE or GROUP=OPTION."],
+    ),
     "flag Hydra does not have": (["--bogus"], ["train: unrecognized arguments: --bogus", "--help"]),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "Lightning's name for the last checkpoint": (

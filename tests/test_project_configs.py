@@ -58,6 +58,10 @@ def test_a_projects_recipe_and_hardware_profile_train_plan_and_bench(project: Pa
     default = run_cli(["plan", "--json"], cwd=project)
     assert 0 < tiny_parameters < json.loads(default.stdout)["parameters"]
 
+    helped = run_cli(["train", "--help", "--config-dir", "conf", "recipe=tiny"], cwd=project)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "tiny" in helped.stdout, "the project's recipe is listed"
+
     refused = run_cli(["bench", "-cd", "conf", "recipe=tiny", "hardware=laptop,nope"], cwd=project)
     assert refused.returncode == 2
     assert "hardware='nope' is not a hardware option; valid choices: " in refused.stderr

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_accel.cli.compose import config_dir_override
+from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import end_stopped, fail, quiet_upstream, say, working
 from lightning_accel.cli.hydra_private import command_line_parser
 from lightning_accel.cli.preflight import (
@@ -209,12 +209,17 @@ def main(args: list[str], stage: str = "fit") -> int:
         options.overrides.insert(0, f"stage={stage}")
     refuse_unsupported_flags(options)
     informational = options.help or options.hydra_help or options.info
+    overrides = list(options.overrides)
+    try:
+        if options.config_dir:
+            overrides.append(config_dir_override(options.config_dir))
+        if informational:  # Hydra composes the overrides for these too, failing in a traceback
+            compose_job(job_overrides(overrides, options.multirun)[0])
+    except ConfigError as error:
+        fail(error)
     if not informational:
-        overrides = list(options.overrides)
         rank_server = EarlyRankServer()
         try:
-            if options.config_dir:
-                overrides.append(config_dir_override(options.config_dir))
             with working("checking the command: config, model, data, memory"):
                 runs = preflight(overrides, options.multirun, None if options.cfg else rank_server)
             if not options.multirun and runs[0].launcher.name in SUBMITIT_LAUNCHERS:
