@@ -135,6 +135,10 @@ CASES = {
         ["override='x' cannot be parsed; write KEY=VALUE or GROUP=OPTION."],
     ),
     "flag Hydra does not have": (["--bogus"], ["train: unrecognized arguments: --bogus", "--help"]),
+    "run id that is not one name": (
+        ["launcher=torchrun", "launcher.run_id=a/b"],
+        ["launcher.run_id='a/b' must be one name of letters, digits"],
+    ),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "Lightning's name for the last checkpoint": (
         ["ckpt_path=last"],

@@ -6,6 +6,7 @@ uses is checked against these dataclasses while Hydra composes it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,14 @@ class LauncherConfig:
             raise ConfigError(
                 "launcher.rdzv_endpoint", self.rdzv_endpoint, "is not HOST:PORT (e.g. node0:29400)"
             )
+        if self.run_id != MISSING and not RUN_ID.fullmatch(str(self.run_id)):
+            # it names a directory (the run's, torch elastic's logs) and the rendezvous
+            raise ConfigError(
+                "launcher.run_id",
+                self.run_id,
+                "must be one name of letters, digits, '.', '_' or '-', starting with a letter or "
+                "digit (no '/' or spaces)",
+            )
 
 
 def ray_client_endpoint(address: str) -> tuple[str, int] | None:
@@ -128,6 +137,8 @@ def ray_client_endpoint(address: str) -> tuple[str, int] | None:
         return None
     return (host, int(port)) if 0 < int(port) < 65536 else None
 
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # the largest seed every generator Lightning seeds (numpy's among them) takes
 MAX_SEED = 2**32 - 1
