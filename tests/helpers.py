@@ -234,7 +234,7 @@ class MissingPackageLogger:
         raise ModuleNotFoundError("No module named 'fancy_tracker'", name="fancy_tracker")
 
 
-class BlocklessModule(torch.nn.Module):
+class BlocklessModule(pl.LightningModule):
     """A model with no repeated blocks, for activation checkpointing to refuse."""
 
     def __init__(self) -> None:

@@ -113,6 +113,30 @@ CASES = {
         ["hydra.launcher.nope=1"],
         ["hydra.launcher.nope='1' is not a known key under 'hydra.launcher'."],
     ),
+    "callback entry that is not a node": (
+        ["callbacks.extra=[1]"],
+        ["callbacks.extra[0]=1 is not a _target_ node; give {_target_: CLASS, ...}"],
+    ),
+    "callback that is not a Callback": (
+        ["callbacks.extra=[{_target_: builtins.dict}]"],
+        ["callbacks.extra[0]._target_='builtins.dict' builds a dict, not a Lightning Callback"],
+    ),
+    "logger that is not a Logger": (
+        ["logger=csv", "logger.csv._target_=builtins.dict"],
+        ["logger.csv._target_='builtins.dict' builds a dict, not a Lightning Logger"],
+    ),
+    "model that is not a LightningModule": (
+        ["model._target_=builtins.dict"],
+        ["model._target_='builtins.dict' builds a dict, not a LightningModule"],
+    ),
+    "data that is not a LightningDataModule": (
+        ["data._target_=builtins.dict"],
+        ["data._target_='builtins.dict' builds a dict, not a LightningDataModule"],
+    ),
+    "model summary depth below -1": (
+        ["callbacks=default", "callbacks.model_summary.max_depth=-5"],
+        ["callbacks.model_summary=", "max_depth must be -1 (every layer), 0 (none) or more"],
+    ),
     "interpolation that resolves to nothing": (
         ["trainer.max_steps=${nope}"],
         ["trainer.max_steps='${nope}' is invalid", "Interpolation key 'nope' not found"],

@@ -54,13 +54,16 @@ def test_trainer_arguments_and_extra_callbacks_reach_the_trainer(
     job = [*TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
     job += ["trainer.max_steps=-1", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]
     job += ["trainer.val_check_interval=1.0", "trainer.reload_dataloaders_every_n_epochs=1"]
-    job += ["callbacks.extra=[{_target_: lightning.pytorch.callbacks.LearningRateMonitor}]"]
+    # a null entry is switched off, as a null callback of the set is
+    job += ["callbacks.extra=[null, {_target_: lightning.pytorch.callbacks.LearningRateMonitor}]"]
     run = validated_run(compose_job(job), tmp_path / "run")
     trainer, _, _ = build_run(run)
     assert (trainer.max_steps, trainer.max_epochs, trainer.check_val_every_n_epoch) == (-1, 2, 2)
     assert trainer.reload_dataloaders_every_n_epochs == 1
-    assert "callbacks.extra[0]" in run.callback_nodes()
+    assert "callbacks.extra[1]" in run.callback_nodes()
+    assert "callbacks.extra[0]" not in run.callback_nodes()
     assert sum(isinstance(c, LearningRateMonitor) for c in trainer.callbacks) == 1
+    assert all(isinstance(c, pl.Callback) for c in trainer.callbacks)
 
 
 def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture) -> None:

@@ -26,6 +26,13 @@ class RunModelSummary(RichModelSummary):
             (``header_style``).
     """
 
+    def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
+        if max_depth < -1:  # Lightning finds this only when it summarizes, once fitting starts
+            raise ValueError(
+                f"max_depth must be -1 (every layer), 0 (none) or more; got {max_depth}"
+            )
+        super().__init__(max_depth, **summarize_kwargs)
+
     @staticmethod
     @override
     def summarize(

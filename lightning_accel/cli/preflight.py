@@ -189,8 +189,11 @@ def check_targets(run: RunConfig) -> None:
     nodes.update(run.logger_nodes())
     nodes.update(run.callback_nodes())
     for key, node in nodes.items():
-        if node:
-            _check_arguments(key, node)
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise ConfigError(
+                key, node, "is not a _target_ node; give {_target_: CLASS, ...}, or null for none"
+            )
+        _check_arguments(key, node)
 
 
 # the arguments by which Lightning's callbacks and loggers (and the pack's) name the
@@ -212,7 +215,7 @@ def check_callbacks(run: RunConfig) -> None:
     """Build each callback, so that its own argument checks run before any process starts
     (callbacks write nothing when constructed), and fail for one that needs a logger the
     run does not have."""
-    from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+    from lightning.pytorch.callbacks import Callback, DeviceStatsMonitor, LearningRateMonitor
 
     from lightning_accel.cli.runner import build_object
 
@@ -231,6 +234,12 @@ def check_callbacks(run: RunConfig) -> None:
                 node.get("_target_"),
                 f"refuses its arguments ({type(cause).__name__}: {first})",
             ) from None
+        if not isinstance(callback, Callback):
+            raise ConfigError(
+                f"{key}._target_",
+                node["_target_"],
+                f"builds a {type(callback).__name__}, not a Lightning Callback",
+            )
         if isinstance(callback, need_a_logger) and not run.logger_nodes():
             raise ConfigError(
                 "logger",
@@ -245,6 +254,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     used), so that their own argument checks run before any process starts. None of them
     writes anything when constructed. Returns the model (None when it cannot be built on
     the meta device) and the DataModule."""
+    import lightning.pytorch as pl
     import torch
 
     from lightning_accel.cli.runner import build_object
@@ -254,6 +264,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     from lightning_accel.strategies.sharding import shard_units
 
     datamodule = build_object(run.data, "data")
+    _check_built_type("data", run.data, datamodule, pl.LightningDataModule)
     for key, node in run.logger_nodes().items():
         try:
             _check_logger(key, node)
@@ -271,6 +282,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
             raise
         except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
             return None, datamodule
+    _check_built_type("model", run.model, model, pl.LightningModule)
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
@@ -283,6 +295,15 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
                 "or use DDP (hardware=ddp, ddp_cpu)",
             )
     return model, datamodule
+
+
+def _check_built_type(key: str, node: dict[str, Any], built: object, expected: type) -> None:
+    if not isinstance(built, expected):
+        raise ConfigError(
+            f"{key}._target_",
+            node["_target_"],
+            f"builds a {type(built).__name__}, not a {expected.__name__}",
+        )
 
 
 def check_data_fits_model(model: Any, datamodule: Any) -> None:
@@ -334,7 +355,7 @@ def _check_logger(key: str, node: dict[str, Any]) -> None:
     is looked for."""
     from importlib.util import find_spec
 
-    from lightning.pytorch.loggers import MLFlowLogger
+    from lightning.pytorch.loggers import Logger, MLFlowLogger
 
     from lightning_accel.cli.runner import build_object
 
@@ -343,7 +364,13 @@ def _check_logger(key: str, node: dict[str, Any]) -> None:
         if find_spec("mlflow") is None:
             raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
         return
-    build_object(node, key)
+    logger = build_object(node, key)
+    if not isinstance(logger, Logger):
+        raise ConfigError(
+            f"{key}._target_",
+            node["_target_"],
+            f"builds a {type(logger).__name__}, not a Lightning Logger",
+        )
 
 
 def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: Any) -> None:

@@ -214,7 +214,8 @@ class RunConfig:
         nodes: dict[str, dict[str, Any]] = {}
         for name, node in self.callbacks.items():
             if isinstance(node, list):
-                nodes.update({f"callbacks.{name}[{i}]": item for i, item in enumerate(node)})
+                listed = enumerate(node)
+                nodes.update({f"callbacks.{name}[{i}]": item for i, item in listed if item})
             elif node:
                 nodes[f"callbacks.{name}"] = node
         return nodes
