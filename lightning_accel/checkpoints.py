@@ -107,12 +107,19 @@ def saved_step(path: Path, key: str = "ckpt_path") -> int:
     return int(load_data_file(source, key, mmap=True).get("global_step", 0))
 
 
+SAME_MODEL_REMEDY = "resume with the model.* settings of the run that wrote it"
+
+
 def check_same_model(
-    path: Path, expected: dict[str, tuple[int, ...]], strict: bool = True, key: str = "ckpt_path"
+    path: Path,
+    expected: dict[str, tuple[int, ...]],
+    strict: bool = True,
+    key: str = "ckpt_path",
+    remedy: str = SAME_MODEL_REMEDY,
 ) -> None:
-    """Fail with a sentence unless the checkpoint at ``path`` holds the model state of a
-    model with these tensor shapes (``expected``: ``state_dict`` key -> shape); with
-    ``strict`` (Lightning's ``strict_loading``) the keys must match too."""
+    """Fail with a sentence (ending in ``remedy``) unless the checkpoint at ``path`` holds
+    the model state of a model with these tensor shapes (``expected``: ``state_dict`` key ->
+    shape); with ``strict`` (Lightning's ``strict_loading``) the keys must match too."""
     saved = saved_model_shapes(path, key)
     for name, shape in expected.items():
         if name in saved and saved[name] != shape:
@@ -120,8 +127,7 @@ def check_same_model(
                 key,
                 str(path),
                 f"was saved from a different model: {name} is {list(saved[name])} there and "
-                f"{list(shape)} in this run's model; resume with the model.* settings of "
-                "the run that wrote it",
+                f"{list(shape)} in this run's model; {remedy}",
             )
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -133,8 +139,7 @@ def check_same_model(
         raise ConfigError(
             key,
             str(path),
-            f"was saved from a different model ({shown}); resume with the model.* settings "
-            "of the run that wrote it",
+            f"was saved from a different model ({shown}); {remedy}",
         )
 
 

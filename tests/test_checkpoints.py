@@ -187,6 +187,25 @@ def test_a_checkpoint_of_another_model_is_refused_before_the_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no run directory"
 
 
+def test_a_run_directory_holding_another_models_checkpoint_says_how_to_start_afresh(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = consolidate_checkpoint(sharded, run_dir / "checkpoints" / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=none", *SHAPE, "model.n_layer=3", f"hydra.run.dir={run_dir}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lightning-accel: error: the run directory's last checkpoint='{last}' was saved from "
+        "a different model (model.blocks.2.attn.proj.bias is not in the checkpoint, "
+        "model.blocks.2.attn.proj.weight is not in the checkpoint); resume with the model.* "
+        "settings of the run that wrote it, or give a new hydra.run.dir to start afresh."
+    ]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"], "nothing written"
+
+
 def test_a_checkpoint_of_the_same_model_passes_the_check(sharded: Path) -> None:
     model = GPTLanguageModel(seq_len=32, **MODEL)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}

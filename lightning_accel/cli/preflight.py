@@ -500,15 +500,23 @@ def check_stage(run: RunConfig, model: Any) -> None:
         )
 
 
-def check_checkpoint_model(checkpoint: Path | None, model: Any) -> None:
-    """Fail unless the checkpoint the run resumes from was written by a model of the same
-    parameter names and shapes (the model built on the meta device; skipped without one)."""
-    from lightning_accel.checkpoints import check_same_model
+def check_checkpoint_model(checkpoint: Path | None, model: Any, own: bool = False) -> None:
+    """Fail unless the checkpoint the run resumes from (``own``: the run directory's last
+    one, found without ``ckpt_path``) was written by a model of the same parameter names and
+    shapes (the model built on the meta device; skipped without one)."""
+    from lightning_accel.checkpoints import SAME_MODEL_REMEDY, check_same_model
 
     if checkpoint is None or model is None:
         return
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    check_same_model(checkpoint, expected, strict=getattr(model, "strict_loading", True))
+    strict = getattr(model, "strict_loading", True)
+    if own:  # the user named no checkpoint: say where it came from and how to start afresh
+        remedy = f"{SAME_MODEL_REMEDY}, or give a new hydra.run.dir to start afresh"
+        check_same_model(
+            checkpoint, expected, strict, "the run directory's last checkpoint", remedy
+        )
+    else:
+        check_same_model(checkpoint, expected, strict)
 
 
 def run_plan(run: RunConfig) -> RunPlan | None:
@@ -675,7 +683,7 @@ def preflight(
         check_data_fits_model(model, datamodule)
         check_monitored_metrics(run, model, searching=jobs is not None)
         check_stage(run, model)
-        check_checkpoint_model(checkpoint, model)
+        check_checkpoint_model(checkpoint, model, own=run.ckpt_path is None)
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
         check_strategy(plan, model)
