@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MODEL, SHAPE, Runs, refusal, run_cli, write_crafted_checkpoint
+from helpers import MODEL, SHAPE, TINY, Runs, refusal, run_cli, write_crafted_checkpoint
 
 from lightning_accel.checkpoints import (
     check_same_model,
@@ -220,3 +220,21 @@ def test_a_stateless_optimizer_consolidates_with_no_state() -> None:
         "state": {},
         "param_groups": [{"params": [0, 1], "lr": 0.05}],
     }
+
+
+def test_a_moved_run_directory_resumes_and_saves_its_last_checkpoint_under_the_same_name(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # Lightning restores ModelCheckpoint's last path only where its dirpath is unchanged; with
+    # its version counter on, a moved run then saved last-v1.ckpt beside the last.ckpt the
+    # next restart resumes from, so that restart would repeat steps without a word.
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
+    trained = run_cli([*args, f"hydra.run.dir={first}"], cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    shutil.move(first, moved)
+    resumed = run_cli([*args, "trainer.max_steps=6", f"hydra.run.dir={moved}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    checkpoints = moved / "checkpoints"
+    assert not list(checkpoints.glob("*-v*.ckpt")), sorted(p.name for p in checkpoints.iterdir())
+    assert saved_step(checkpoints / "last.ckpt") == 6
