@@ -100,6 +100,14 @@ def saved_model_shapes(path: Path, key: str = "ckpt_path") -> dict[str, tuple[in
     return {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
 
 
+def saved_hyper_parameters(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """The model's hyper-parameters a checkpoint holds (what ``save_hyperparameters``
+    recorded; empty for a model that recorded none)."""
+    source = path / SHARDED_META if is_sharded(path) else path
+    saved = load_data_file(source, key, mmap=True).get("hyper_parameters")
+    return dict(saved) if isinstance(saved, dict) else {}
+
+
 def saved_step(path: Path, key: str = "ckpt_path") -> int:
     """The optimizer step a checkpoint (a file, or a sharded directory's loop state) was
     saved at: Lightning's ``global_step``."""
@@ -107,7 +115,7 @@ def saved_step(path: Path, key: str = "ckpt_path") -> int:
     return int(load_data_file(source, key, mmap=True).get("global_step", 0))
 
 
-SAME_MODEL_REMEDY = "resume with the model.* settings of the run that wrote it"
+SAME_MODEL_REMEDY = "give the model.* settings of the run that wrote it"
 
 
 def check_same_model(

@@ -184,6 +184,8 @@ def test_a_checkpoint_of_another_model_is_refused_before_the_run(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"{checkpoint}' was saved from a different model" in err and fragment in err
+    setting = change.split("=")[0]  # the setting the checkpoint was saved with, to give back
+    assert err.endswith(f"settings of the run that wrote it: {setting}={MODEL[setting[6:]]}.")
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "no run directory"
 
 
@@ -200,8 +202,9 @@ def test_a_run_directory_holding_another_models_checkpoint_says_how_to_start_afr
     assert capsys.readouterr().err.strip().splitlines() == [
         f"lightning-accel: error: the run directory's last checkpoint='{last}' was saved from "
         "a different model (model.blocks.2.attn.proj.bias is not in the checkpoint, "
-        "model.blocks.2.attn.proj.weight is not in the checkpoint); resume with the model.* "
-        "settings of the run that wrote it, or give a new hydra.run.dir to start afresh."
+        "model.blocks.2.attn.proj.weight is not in the checkpoint); give the model.* "
+        "settings of the run that wrote it: model.n_layer=2; or give a new hydra.run.dir to "
+        "start afresh."
     ]
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"], "nothing written"
 
@@ -238,3 +241,19 @@ def test_a_moved_run_directory_resumes_and_saves_its_last_checkpoint_under_the_s
     checkpoints = moved / "checkpoints"
     assert not list(checkpoints.glob("*-v*.ckpt")), sorted(p.name for p in checkpoints.iterdir())
     assert saved_step(checkpoints / "last.ckpt") == 6
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ((16, 32), "[16,32]"),
+        ([1, [2, 3]], "[1,[2,3]]"),
+        (True, "true"),
+        (None, "null"),
+        (0.5, "0.5"),
+    ],
+)
+def test_saved_settings_are_named_as_overrides_write_them(value: object, written: str) -> None:
+    from lightning_accel.cli.preflight import override_value
+
+    assert override_value(value) == written

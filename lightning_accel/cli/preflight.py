@@ -500,23 +500,45 @@ def check_stage(run: RunConfig, model: Any) -> None:
         )
 
 
-def check_checkpoint_model(checkpoint: Path | None, model: Any, own: bool = False) -> None:
+def check_checkpoint_model(
+    checkpoint: Path | None, model: Any, model_node: dict[str, Any], own: bool = False
+) -> None:
     """Fail unless the checkpoint the run resumes from (``own``: the run directory's last
     one, found without ``ckpt_path``) was written by a model of the same parameter names and
-    shapes (the model built on the meta device; skipped without one)."""
-    from lightning_accel.checkpoints import SAME_MODEL_REMEDY, check_same_model
+    shapes (the model built on the meta device; skipped without one). The message names
+    the ``model.*`` settings the checkpoint was saved with where they differ from
+    ``model_node``'s."""
+    from lightning_accel.checkpoints import (
+        SAME_MODEL_REMEDY,
+        check_same_model,
+        saved_hyper_parameters,
+    )
 
     if checkpoint is None or model is None:
         return
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     strict = getattr(model, "strict_loading", True)
+    settings = [
+        f"model.{name}={override_value(value)}"
+        for name, value in saved_hyper_parameters(checkpoint).items()
+        if name in model_node and override_value(model_node[name]) != override_value(value)
+    ]
+    remedy = SAME_MODEL_REMEDY + (f": {' '.join(settings)}" if settings else "")
     if own:  # the user named no checkpoint: say where it came from and how to start afresh
-        remedy = f"{SAME_MODEL_REMEDY}, or give a new hydra.run.dir to start afresh"
-        check_same_model(
-            checkpoint, expected, strict, "the run directory's last checkpoint", remedy
-        )
+        remedy += "; or give a new hydra.run.dir to start afresh"
+        key = "the run directory's last checkpoint"
+        check_same_model(checkpoint, expected, strict, key, remedy)
     else:
-        check_same_model(checkpoint, expected, strict)
+        check_same_model(checkpoint, expected, strict, remedy=remedy)
+
+
+def override_value(value: Any) -> str:
+    """``value`` as a command-line override writes it (``[16,32]``, ``true``, ``null``)."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(item) for item in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
 
 
 def run_plan(run: RunConfig) -> RunPlan | None:
@@ -683,7 +705,7 @@ def preflight(
         check_data_fits_model(model, datamodule)
         check_monitored_metrics(run, model, searching=jobs is not None)
         check_stage(run, model)
-        check_checkpoint_model(checkpoint, model, own=run.ckpt_path is None)
+        check_checkpoint_model(checkpoint, model, run.model, own=run.ckpt_path is None)
         plan = run_plan(run)
         check_launcher(run, cfg, plan)
         check_strategy(plan, model)
