@@ -492,3 +492,27 @@ def test_the_process_ends_with_the_commands_status_after_every_exit_handler(
         assert result.stdout == "buffered"
         assert (tmp_path / "handler-ran").exists()
         (tmp_path / "handler-ran").unlink()
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["bench", "--out", "", "hardware=cpu"], "bench: argument --out: an empty path names"),
+        (["verify", "--dry-run", "--work", " "], "verify: argument --work: an empty path names"),
+        (["bench", "--cell-timeout", "nan"], "--cell-timeout=nan must be a finite number of"),
+        (["bench", "--cell-timeout", "inf"], "--cell-timeout=inf must be a finite number of"),
+        (["verify", "--dry-run", "--deadline", "0"], "--deadline=0.0 must be a finite number of"),
+        (["train", "--config-dir", "", "--cfg", "job"], "--config-dir='' is not a directory"),
+        (["plan", "--config-dir", ""], "--config-dir='' is not a directory"),
+    ],
+)
+def test_empty_paths_and_seconds_that_are_not_finite_are_refused(
+    argv: list[str],
+    sentence: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty path was this directory: results were written here
+    assert sentence in refusal(argv, capsys)
+    assert list(tmp_path.iterdir()) == []

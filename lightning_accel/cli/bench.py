@@ -21,7 +21,7 @@ from lightning_accel.cli.compose import compose_job, config_dir_override, job_ov
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import run_plan, validated_run
 from lightning_accel.cli.schema import RunConfig
-from lightning_accel.cli.verb_options import VerbOptions
+from lightning_accel.cli.verb_options import VerbOptions, directory_path, require_seconds
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
@@ -77,18 +77,17 @@ class Cell:
 
 def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser = VerbOptions("bench")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=directory_path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cell-timeout", type=float, default=None)
     parser.add_argument("--config-dir", "-cd", default=None)
     parser.add_argument("overrides", nargs="*")
     options = parser.parse_options(args)
-    if options.config_dir:
+    if options.config_dir is not None:
         options.overrides.append(config_dir_override(options.config_dir))
     if options.repeats < 1:
         raise ConfigError("--repeats", options.repeats, "must be at least 1")
-    if options.cell_timeout is not None and options.cell_timeout <= 0:
-        raise ConfigError("--cell-timeout", options.cell_timeout, "must be a number of seconds")
+    require_seconds("--cell-timeout", options.cell_timeout)
     return options
 
 

@@ -99,7 +99,7 @@ def config_dir_override(directory: str) -> str:
     exist and to name none of its options as one of the pack's (Hydra would take the
     pack's and ignore the project's without a word)."""
     path = Path(directory).expanduser().resolve()
-    if not path.is_dir():
+    if not directory.strip() or not path.is_dir():  # '' would be the current directory
         raise ConfigError(
             "--config-dir",
             directory,

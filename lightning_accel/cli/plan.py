@@ -52,7 +52,7 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--config-dir", "-cd", default=None)
     parser.add_argument("overrides", nargs="*")
     options = parser.parse_options(args)
-    if options.config_dir:
+    if options.config_dir is not None:
         options.overrides.append(config_dir_override(options.config_dir))
     return options
 

@@ -211,7 +211,7 @@ def main(args: list[str], stage: str = "fit") -> int:
     informational = options.help or options.hydra_help or options.info
     overrides = list(options.overrides)
     try:
-        if options.config_dir:
+        if options.config_dir is not None:
             overrides.append(config_dir_override(options.config_dir))
         if informational:  # Hydra composes the overrides for these too, failing in a traceback
             compose_job(job_overrides(overrides, options.multirun)[0])

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 from typing import Any, NoReturn
 
 from typing_extensions import override
@@ -43,3 +45,17 @@ class VerbOptions(argparse.ArgumentParser):
         if unknown:
             raise ConfigError(f"{self.verb} option", unknown[0], "is unknown", self.options)
         return options
+
+
+def directory_path(value: str) -> Path:
+    """argparse ``type`` of a directory option: an empty value, which would be the current
+    directory, is a mistake."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path names no directory")
+    return Path(value)
+
+
+def require_seconds(option: str, value: float | None) -> None:
+    """Fail unless an option's number of seconds, when given, is finite and above 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(option, value, "must be a finite number of seconds above 0")

@@ -31,7 +31,7 @@ from rich.table import Table
 from lightning_accel.cli import bench
 from lightning_accel.cli.collective_probe import PROBE_VALUE
 from lightning_accel.cli.console import fail, print_table, quiet_upstream, say
-from lightning_accel.cli.verb_options import VerbOptions
+from lightning_accel.cli.verb_options import VerbOptions, directory_path, require_seconds
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_writable, write_text_whole
 
@@ -1040,16 +1040,14 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     """
     parser = VerbOptions("verify")
     parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--out", type=directory_path, default=DEFAULT_OUT)
+    parser.add_argument("--work", type=directory_path, default=None)
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT)
     parser.add_argument("--deadline", type=float, default=None)
     parser.add_argument("--only", default=None)
     options = parser.parse_options(args)
-    for name in ("cell_timeout", "deadline"):
-        value = getattr(options, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')}", value, "must be a number of seconds")
+    require_seconds("--cell-timeout", options.cell_timeout)
+    require_seconds("--deadline", options.deadline)
     check_writable(options.out, "--out")
     if options.work is not None:
         check_writable(options.work, "--work")
