@@ -120,3 +120,25 @@ def test_a_collective_one_rank_skips_is_named_with_its_hook_and_the_rank_that_sk
     report = run_cli(["doctor", "--trace", str(tmp_path / "run")], cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "Rank 1 did not make the barrier" in " ".join(report.stdout.split())
+
+
+def test_a_second_command_in_a_run_directory_in_use_is_refused_and_the_first_goes_on(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = [f"data.source={small_corpus}", f"hydra.run.dir={run_dir}"]
+    first = start_long_run(tmp_path, *args, hardware="cpu")
+    try:
+        wait_for_training(tmp_path, ranks=1)
+        second = run_cli([*TINY_LONG_RUN, "hardware=cpu", *args], cwd=tmp_path, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"lightning-accel: error: run directory='{run_dir}' is in use by another "
+            f"lightning-accel command (process {first.pid} on {os.uname().nodename}); wait for "
+            "it to end, or give this one another hydra.run.dir."
+        )
+        assert first.poll() is None, "the first command trains on"
+        assert not (run_dir / "checkpoints").exists(), "the second one saved nothing"
+    finally:
+        first.kill()
+        first.communicate(timeout=60)

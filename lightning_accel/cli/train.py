@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import NoReturn
@@ -39,6 +40,7 @@ def run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
     from lightning_accel.cli.rank import leave_process_group
+    from lightning_accel.cli.run_lock import run_directory_lock
     from lightning_accel.cli.runner import (
         already_trained,
         run_stage,
@@ -53,32 +55,35 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
         world = external_world()
-        if done := already_trained(run):  # a repeated or requeued run: its files are kept
-            say(done)
-        elif world is not None:
-            processes = plan_run(run.hardware, run.optimization).processes
-            check_world_size(run.launcher.nnodes, processes, world)
-            if world.rank == 0:
-                save_resolved_config(run)
-            run_stage(run)
-            leave_process_group()
-        else:
-            if run.optimization.channels_last_reason not in (None, NO_CONVOLUTIONS):
-                on = "on" if run.optimization.channels_last else "off"
-                say(f"channels-last {on}: {run.optimization.channels_last_reason}")
-            if run.launcher.nnodes == 1 and run.stage == "fit":  # nodes could disagree
-                run = measure_choices(run)
-            plan = plan_run(run.hardware, run.optimization)
-            run = whole_checkpoint_for(run, plan.strategy)
-            config_path = save_resolved_config(run)
-            if launches_ranks(run):
-                launch_ranks(config_path, plan.processes, run.launcher)
-            elif run.launcher.name == "ray":
-                from lightning_accel.cli.ray_launch import launch_on_ray
-
-                launch_on_ray(config_path, plan, run.launcher)
-            else:
+        # the command that launches the run holds its directory; ranks and nodes share it
+        holds_directory = world is None and run.launcher.nnodes == 1
+        with run_directory_lock(Path(run.run_dir)) if holds_directory else nullcontext():
+            if done := already_trained(run):  # a repeated or requeued run: its files are kept
+                say(done)
+            elif world is not None:
+                processes = plan_run(run.hardware, run.optimization).processes
+                check_world_size(run.launcher.nnodes, processes, world)
+                if world.rank == 0:
+                    save_resolved_config(run)
                 run_stage(run)
+                leave_process_group()
+            else:
+                if run.optimization.channels_last_reason not in (None, NO_CONVOLUTIONS):
+                    on = "on" if run.optimization.channels_last else "off"
+                    say(f"channels-last {on}: {run.optimization.channels_last_reason}")
+                if run.launcher.nnodes == 1 and run.stage == "fit":  # nodes could disagree
+                    run = measure_choices(run)
+                plan = plan_run(run.hardware, run.optimization)
+                run = whole_checkpoint_for(run, plan.strategy)
+                config_path = save_resolved_config(run)
+                if launches_ranks(run):
+                    launch_ranks(config_path, plan.processes, run.launcher)
+                elif run.launcher.name == "ray":
+                    from lightning_accel.cli.ray_launch import launch_on_ray
+
+                    launch_on_ray(config_path, plan, run.launcher)
+                else:
+                    run_stage(run)
     except ConfigError as error:
         fail(error)
     except RanksFailed as error:
