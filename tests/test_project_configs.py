@@ -102,6 +102,11 @@ def test_a_project_option_named_as_one_of_the_packs_exits_2(verb: str, tmp_path:
             "'<stream end>' at line 3).",
         ),
         (
+            "defaults:\n  - /accelerators: gpu\nname: bad\n",
+            "accelerators='gpu' is not a config group (named in a config file's defaults "
+            "list); valid choices: callbacks, hardware, launcher,",
+        ),
+        (
             "name: bad\nfoo: 1\n",
             "hardware.foo='in hardware/bad.yaml' is not a known key under 'hardware'; valid "
             "choices: accelerator, devices, name",

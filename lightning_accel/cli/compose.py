@@ -172,10 +172,14 @@ def _unknown_option(error: MissingConfigException, overrides: list[str]) -> Conf
             given,
             f"is a Hydra plugin that is not installed: pip install 'lightning-accel[{extra}]'",
         )
-    if error.options is not None and group:
+    if error.options and group:
         return ConfigError(
             group, given, f"is not {article(group)} {group} option", sorted(error.options)
         )
+    if error.options is not None and group:  # no option at all: the group itself is unknown
+        where = "" if _given(overrides, group) else " (named in a config file's defaults list)"
+        groups = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
+        return ConfigError(group, given, f"is not a config group{where}", groups)
     return ConfigError("config", error.missing_cfg_file, "cannot be found")
 
 
