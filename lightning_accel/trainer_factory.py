@@ -7,7 +7,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch.strategies import Strategy, StrategyRegistry, XLAStrategy
+from lightning.pytorch.strategies import DDPStrategy, Strategy, StrategyRegistry, XLAStrategy
+from torch.nn.parallel import DistributedDataParallel
 
 from lightning_accel import strategies  # noqa: F401 - importing registers the strategies
 from lightning_accel.argument_types import parameter_types, require_fits
@@ -20,6 +21,13 @@ from lightning_accel.strategies.step_signals import StepBoundaryStop, lightning_
 from lightning_accel.xla.accelerator import PJRTAccelerator
 from lightning_accel.xla.spmd import XLASPMDStrategy
 from lightning_accel.xla.strategies import XLAProcessesStrategy, XLASingleStrategy
+
+# what Lightning (its trainer, or its DDPStrategy for DistributedDataParallel) sets itself
+DDP_SET_BY_LIGHTNING = (
+    *("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io"),
+    *("precision_plugin", "module", "device_ids", "output_device", "process_group"),
+    *("device_mesh", "dim"),
+)
 
 
 def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
@@ -35,7 +43,15 @@ def build_strategy(name: str, options: dict[str, Any]) -> Strategy | str:
             StrategyRegistry.available_strategies(),
         )
     entry = StrategyRegistry[name]
-    accepted = inspect.signature(entry["strategy"]).parameters
+    accepted = dict(inspect.signature(entry["strategy"]).parameters)
+    if isinstance(entry["strategy"], type) and issubclass(entry["strategy"], DDPStrategy):
+        # Lightning's DDPStrategy passes the keywords it does not take on to
+        # DistributedDataParallel, which would refuse an unknown one inside the ranks
+        accepted.pop("kwargs", None)
+        accepted |= inspect.signature(DDPStrategy).parameters
+        accepted |= inspect.signature(DistributedDataParallel).parameters
+        for set_by_lightning in (*DDP_SET_BY_LIGHTNING, "kwargs"):
+            accepted.pop(set_by_lightning, None)
     types = parameter_types(entry["strategy"])
     for key, value in options.items():
         if key not in accepted and "kwargs" not in accepted:

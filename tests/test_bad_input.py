@@ -163,6 +163,14 @@ CASES = {
         ["launcher=torchrun", "launcher.run_id=a/b"],
         ["launcher.run_id='a/b' must be one name of letters, digits"],
     ),
+    "DDP option DistributedDataParallel does not take": (
+        ["hardware=ddp_cpu", "+hardware.strategy_options.bogus=1"],
+        ["hardware.strategy_options.bogus=1 is not an option of accel_ddp; valid choices: "],
+    ),
+    "pack option under Lightning's own DDP": (
+        ["hardware=ddp_cpu", "hardware.strategy=ddp"],
+        ["hardware.strategy_options.comm_hook='none' is not an option of ddp"],
+    ),
     "unparseable override": (["=3"], ["override='=3'", "KEY=VALUE"]),
     "Lightning's name for the last checkpoint": (
         ["ckpt_path=last"],

@@ -137,3 +137,11 @@ def test_durations_and_whole_counts_are_taken_as_lightning_takes_them(
     trainer = pl.Trainer(**{key: value}, logger=False, enable_checkpointing=False)
     if lightning_reads is not None:
         assert getattr(trainer, key) == lightning_reads
+
+
+def test_ddp_options_reach_distributed_data_parallel() -> None:
+    from lightning_accel.trainer_factory import build_strategy
+
+    strategy = build_strategy("accel_ddp", {"broadcast_buffers": False, "comm_hook": "fp16"})
+    assert strategy._ddp_kwargs["broadcast_buffers"] is False  # Lightning's private store
+    assert strategy._ddp_kwargs["bucket_cap_mb"] == 25.0
