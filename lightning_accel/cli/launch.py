@@ -44,19 +44,20 @@ from lightning_accel.machine import usable_cores
 
 
 class _StoppingRecords(logging.Filter):
-    """Drops torch elastic's records of stopping ranks: the error (with its traceback) of a
-    rank that exited with :data:`STOPPED_EXIT_CODE` (it stopped on SIGTERM as asked, and says
-    so itself) or with 2 (a user error, which the launcher reports), and the agent's notes
-    that it signals its ranks (the run's own message says that it stopped, or which rank
-    failed and that the others were stopped)."""
+    """Drops torch elastic's records of ending ranks: the error (with the agent's own
+    traceback) of a rank that exited, however it exited (one that stopped on SIGTERM says so
+    itself; the launcher reports a user error, and any other failure with the rank's exit
+    code, its first sentence and its log), and the agent's notes that it signals its ranks
+    (the run's own message says that it stopped, or which rank failed and that the others
+    were stopped)."""
 
     LOGGERS = (
         "torch.distributed.elastic.multiprocessing.api",
         "torch.distributed.elastic.agent.server.api",
+        "torch.multiprocessing.spawn",  # "Terminating process N via signal SIGTERM"
     )
     NOTES = (
-        f"(exitcode: {STOPPED_EXIT_CODE})",
-        "(exitcode: 2)",  # a user error the rank recorded, reported once by the launcher
+        "failed (exitcode: ",  # a rank that exited: reported once by the launcher
         "death signal, shutting down workers",
         "via signal SIG",  # SIGTERM, SIGINT (Ctrl-C) or SIGKILL
     )
