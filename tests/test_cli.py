@@ -15,6 +15,7 @@ import yaml
 from helpers import HARDWARE_PROFILES, TINY, refusal, run_cli
 
 from lightning_accel.cli.main import main
+from lightning_accel.cli.run_lock import LOCK_FILE
 from lightning_accel.models import GPTLanguageModel
 
 
@@ -72,7 +73,8 @@ def test_resume_from_checkpoint_continues_the_step_count(
     assert [v["step"] for v in summary["validation"]] == [6], "steps 1-4 are not repeated"
 
     # the same command again: the run already reached its end, so its files stay as they are
-    kept = {p: p.read_bytes() for p in (tmp_path / "second").iterdir() if p.is_file()}
+    files = [p for p in (tmp_path / "second").iterdir() if p.is_file() and p.name != LOCK_FILE]
+    kept = {p: p.read_bytes() for p in files}
     again = run_cli(
         [*base, "hydra.run.dir=second", f"ckpt_path={ckpt}", "trainer.max_steps=4"], cwd=tmp_path
     )
@@ -405,7 +407,7 @@ def test_ctrl_c_while_the_choices_are_timed_says_nothing_was_trained(tmp_path: P
     said = "stopped on SIGINT before the run began: nothing trained or saved; "
     assert f"{said}{run_dir} holds Hydra's record of the job only" in result.stderr
     assert "Traceback" not in result.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", LOCK_FILE, "train.log"]
 
 
 def test_importing_the_package_registers_its_strategies() -> None:
