@@ -158,6 +158,10 @@ CASES = {
         ["--info", "defaults", "x"],
         ["override='x' cannot be parsed; write KEY=VALUE or GROUP=OPTION."],
     ),
+    "--resolve of Hydra's own section": (
+        ["--cfg", "all", "--resolve"],
+        ["train --cfg all --resolve cannot resolve Hydra's section", "--cfg job --resolve"],
+    ),
     "flag Hydra does not have": (["--bogus"], ["train: unrecognized arguments: --bogus", "--help"]),
     "run id that is not one name": (
         ["launcher=torchrun", "launcher.run_id=a/b"],

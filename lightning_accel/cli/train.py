@@ -162,12 +162,19 @@ UNSUPPORTED_HYDRA_FLAGS = {
 
 def refuse_unsupported_flags(options: argparse.Namespace) -> None:
     """Exit 2 for a Hydra flag the runner does not take (:data:`UNSUPPORTED_HYDRA_FLAGS`,
-    ``--shell-completion``), naming what to use instead."""
+    ``--shell-completion``, ``--resolve`` with Hydra's section), naming what to use
+    instead."""
     if options.shell_completion:
         fail(
             "--shell-completion is Hydra's completion of a one-script app; lightning-accel "
             'completes its verbs, groups and keys with: eval "$(lightning-accel --completion '
             'bash)" (or zsh).'
+        )
+    if options.resolve and options.cfg in ("hydra", "all"):  # Hydra's traceback otherwise
+        fail(
+            f"train --cfg {options.cfg} --resolve cannot resolve Hydra's section, which refers "
+            "to the job's directory and keys, known once the job starts; --cfg job --resolve "
+            f"prints the run's config resolved, and --cfg {options.cfg} prints it as written."
         )
     for flag, instead in UNSUPPORTED_HYDRA_FLAGS.items():
         given = getattr(options, flag)
