@@ -518,3 +518,16 @@ def test_empty_paths_and_seconds_that_are_not_finite_are_refused(
     monkeypatch.chdir(tmp_path)  # an empty path was this directory: results were written here
     assert sentence in refusal(argv, capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("verb", ["train", "bench", "plan", "doctor", "consolidate"])
+def test_help_verb_is_the_verbs_own_help(verb: str, capsys: pytest.CaptureFixture) -> None:
+    def printed(argv: list[str]) -> str:
+        try:
+            assert main(argv) == 0
+        except SystemExit as exit_info:  # Hydra's help exits by itself
+            assert exit_info.code in (0, None)
+        return capsys.readouterr().out
+
+    helped = printed(["help", verb])
+    assert helped == printed([verb, "--help"]) and helped.strip()

@@ -7,6 +7,7 @@ import sys
 from lightning_accel.cli.console import fail
 
 USAGE = """usage: lightning-accel VERB [ARGS]
+       lightning-accel help VERB                     # the verb's options (VERB --help)
        lightning-accel --version
        eval "$(lightning-accel --completion bash)"   # or zsh: completes verbs, groups and keys
 
@@ -103,6 +104,8 @@ def complete(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["help"] and len(args) > 1:  # help VERB: the verb's own help
+        args = [args[1], "--help"]
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
