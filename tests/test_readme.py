@@ -92,7 +92,7 @@ def test_each_readme_command_passes_every_check(
     monkeypatch.chdir(readme_directory)
     monkeypatch.syspath_prepend(str(readme_directory))
     arguments = _arguments(command, "smoke")
-    informational = {"--help", "--version", "--completion"} & set(arguments)
+    informational = {"--help", "--version", "--completion", "help"} & set(arguments)
     if not informational:
         arguments.extend(["--cfg", "job"])
     try:
