@@ -6,7 +6,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,11 +123,12 @@ def check_same_model(
     expected: dict[str, tuple[int, ...]],
     strict: bool = True,
     key: str = "ckpt_path",
-    remedy: str = SAME_MODEL_REMEDY,
+    remedy: Callable[[], str] = lambda: SAME_MODEL_REMEDY,
 ) -> None:
-    """Fail with a sentence (ending in ``remedy``) unless the checkpoint at ``path`` holds
-    the model state of a model with these tensor shapes (``expected``: ``state_dict`` key ->
-    shape); with ``strict`` (Lightning's ``strict_loading``) the keys must match too."""
+    """Fail with a sentence (ending in what ``remedy`` returns, asked only then) unless the
+    checkpoint at ``path`` holds the model state of a model with these tensor shapes
+    (``expected``: ``state_dict`` key -> shape); with ``strict`` (Lightning's
+    ``strict_loading``) the keys must match too."""
     saved = saved_model_shapes(path, key)
     for name, shape in expected.items():
         if name in saved and saved[name] != shape:
@@ -135,7 +136,7 @@ def check_same_model(
                 key,
                 str(path),
                 f"was saved from a different model: {name} is {list(saved[name])} there and "
-                f"{list(shape)} in this run's model; {remedy}",
+                f"{list(shape)} in this run's model; {remedy()}",
             )
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -147,7 +148,7 @@ def check_same_model(
         raise ConfigError(
             key,
             str(path),
-            f"was saved from a different model ({shown}); {remedy}",
+            f"was saved from a different model ({shown}); {remedy()}",
         )
 
 

@@ -48,7 +48,7 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
     return parsed
 
 
-SEARCH_PARAMETERS = "hydra.sweeper.params."
+SEARCH_PARAMETERS = "hydra.sweeper.params"  # an Optuna search's space, by whole key
 
 
 def refuse_dotted_search_parameter(override: str) -> None:
@@ -56,8 +56,8 @@ def refuse_dotted_search_parameter(override: str) -> None:
     whole dotted names, which an override's key cannot address (OmegaConf reads it as
     nested keys and fails on ``model``); the command line gives a search space directly."""
     key, _, value = override.partition("=")
-    name = key.lstrip("+~").removeprefix(SEARCH_PARAMETERS)
-    if key.lstrip("+~").startswith(SEARCH_PARAMETERS) and "." in name:
+    name = key.lstrip("+~").removeprefix(f"{SEARCH_PARAMETERS}.")
+    if key.lstrip("+~").startswith(f"{SEARCH_PARAMETERS}.") and "." in name:
         raise ConfigError(
             key,
             value,
@@ -215,7 +215,7 @@ def value_error(
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        if parent in ("model", "data", SEARCH_PARAMETERS[:-1]) or parent.startswith(
+        if parent in ("model", "data", SEARCH_PARAMETERS) or parent.startswith(
             ("callbacks.", "logger.")
         ):
             # a _target_ node (its class's arguments decide, not a schema) or a search's params

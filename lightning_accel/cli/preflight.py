@@ -234,12 +234,7 @@ def check_callbacks(run: RunConfig) -> None:
                 node.get("_target_"),
                 f"refuses its arguments ({type(cause).__name__}: {first})",
             ) from None
-        if not isinstance(callback, Callback):
-            raise ConfigError(
-                f"{key}._target_",
-                node["_target_"],
-                f"builds a {type(callback).__name__}, not a Lightning Callback",
-            )
+        check_built_type(key, node, callback, Callback)
         if isinstance(callback, need_a_logger) and not run.logger_nodes():
             raise ConfigError(
                 "logger",
@@ -264,7 +259,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     from lightning_accel.strategies.sharding import shard_units
 
     datamodule = build_object(run.data, "data")
-    _check_built_type("data", run.data, datamodule, pl.LightningDataModule)
+    check_built_type("data", run.data, datamodule, pl.LightningDataModule)
     for key, node in run.logger_nodes().items():
         try:
             _check_logger(key, node)
@@ -282,7 +277,7 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
             raise
         except Exception:  # noqa: BLE001 - some models cannot be built on meta; the run will tell
             return None, datamodule
-    _check_built_type("model", run.model, model, pl.LightningModule)
+    check_built_type("model", run.model, model, pl.LightningModule)
     check_model_optimizations(model, run.optimization)
     if run.hardware.strategy == FSDP2Strategy.strategy_name:
         shard_units(model, run.hardware.strategy_options.get("shard_classes") or ())
@@ -297,12 +292,15 @@ def check_model_and_data(run: RunConfig) -> tuple[Any, Any]:
     return model, datamodule
 
 
-def _check_built_type(key: str, node: dict[str, Any], built: object, expected: type) -> None:
+def check_built_type(key: str, node: dict[str, Any], built: object, expected: type) -> None:
+    """Fail unless the object ``node`` built is an ``expected`` (a LightningModule, a
+    LightningDataModule, a Lightning Callback or Logger), naming its ``_target_``."""
     if not isinstance(built, expected):
+        lightning = "" if expected.__name__.startswith("Lightning") else "Lightning "
         raise ConfigError(
             f"{key}._target_",
             node["_target_"],
-            f"builds a {type(built).__name__}, not a {expected.__name__}",
+            f"builds a {type(built).__name__}, not a {lightning}{expected.__name__}",
         )
 
 
@@ -364,13 +362,7 @@ def _check_logger(key: str, node: dict[str, Any]) -> None:
         if find_spec("mlflow") is None:
             raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
         return
-    logger = build_object(node, key)
-    if not isinstance(logger, Logger):
-        raise ConfigError(
-            f"{key}._target_",
-            node["_target_"],
-            f"builds a {type(logger).__name__}, not a Lightning Logger",
-        )
+    check_built_type(key, node, build_object(node, key), Logger)
 
 
 def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: Any) -> None:
@@ -518,18 +510,19 @@ def check_checkpoint_model(
         return
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     strict = getattr(model, "strict_loading", True)
-    settings = [
-        f"model.{name}={override_value(value)}"
-        for name, value in saved_hyper_parameters(checkpoint).items()
-        if name in model_node and override_value(model_node[name]) != override_value(value)
-    ]
-    remedy = SAME_MODEL_REMEDY + (f": {' '.join(settings)}" if settings else "")
-    if own:  # the user named no checkpoint: say where it came from and how to start afresh
-        remedy += "; or give a new hydra.run.dir to start afresh"
-        key = "the run directory's last checkpoint"
-        check_same_model(checkpoint, expected, strict, key, remedy)
-    else:
-        check_same_model(checkpoint, expected, strict, remedy=remedy)
+
+    def remedy() -> str:  # read only for a checkpoint of another model
+        settings = [
+            f"model.{name}={override_value(value)}"
+            for name, value in saved_hyper_parameters(checkpoint).items()
+            if name in model_node and override_value(model_node[name]) != override_value(value)
+        ]
+        named = SAME_MODEL_REMEDY + (f": {' '.join(settings)}" if settings else "")
+        # the user named no checkpoint: say where it came from and how to start afresh
+        return named + "; or give a new hydra.run.dir to start afresh" if own else named
+
+    key = "the run directory's last checkpoint" if own else "ckpt_path"
+    check_same_model(checkpoint, expected, strict, key, remedy)
 
 
 def override_value(value: Any) -> str:
