@@ -4,6 +4,7 @@ choices: no traceback, nothing spawned, nothing written."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,19 @@ def test_no_validation_is_a_valid_choice_as_the_interval_error_suggests() -> Non
     from lightning_accel.config import TrainerConfig
 
     assert TrainerConfig(limit_val_batches=0).limit_val_batches == 0
+
+
+@pytest.mark.parametrize("variable", ["RANK", "LOCAL_RANK"])
+def test_a_stray_rank_in_the_environment_of_a_run_no_launcher_started_is_refused(
+    tmp_path: Path, variable: str
+) -> None:
+    """Lightning would take the process for rank 1 and write neither summary nor
+    hyper-parameters, without a word."""
+    outside = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS")
+    assert not any(name in os.environ for name in outside)
+    refused = run_cli(["train", *TINY, "hydra.run.dir=run"], cwd=tmp_path, env={variable: "1"})
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = refused.stderr.strip()
+    assert error.startswith(f"lightning-accel: error: {variable}='1' is set in the ")
+    assert error.endswith("so unset it.") and len(error.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

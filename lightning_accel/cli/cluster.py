@@ -59,10 +59,30 @@ def external_world() -> ExternalWorld | None:
 
 def process_rank() -> int:
     """This process's global rank as its launcher set it (0 when it is the only one)."""
-    for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
-        if name in os.environ and (name != "SLURM_PROCID" or _in_slurm_step()):
-            return int(os.environ[name])
-    return 0
+    world = external_world()
+    return 0 if world is None else world.rank
+
+
+# the variables Lightning reads its rank from before a strategy sets it
+LIGHTNING_RANK_VARIABLES = ("RANK", "LOCAL_RANK")
+
+
+def check_no_stray_rank() -> None:
+    """Fail when the environment names a rank other than 0 but no launcher started this
+    process: Lightning would take it for that rank and leave out, without a word, what only
+    rank 0 writes (the summary, the hyper-parameters, the console's results)."""
+    if external_world() is not None:
+        return
+    for name in LIGHTNING_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.strip() not in ("", "0"):
+            raise ConfigError(
+                name,
+                value,
+                "is set in the environment, but no launcher started this process (torchrun, "
+                "srun or submitit set it with the rest of the world); Lightning would run it "
+                "as a rank other than 0 and write no results, so unset it",
+            )
 
 
 def check_world_size(nnodes: int, processes: int, world: ExternalWorld) -> None:

@@ -618,12 +618,13 @@ SUBMITIT_LAUNCHERS = ("slurm", "slurm_local")
 
 
 def check_launcher(run: RunConfig, cfg: DictConfig, plan: RunPlan | None) -> None:
-    """Fail unless the launcher can start the world the config describes: several nodes
-    need a multi-node launcher or an outside one, an outside launcher must have started
-    ``nnodes x devices`` ranks, a SLURM job gets one task per rank, and a Ray cluster one
-    worker per rank."""
-    from lightning_accel.cli.cluster import check_world_size, external_world
+    """Fail unless the launcher can start the world the config describes: a process no
+    launcher started names no other rank in its environment, several nodes need a multi-node
+    launcher or an outside one, an outside launcher must have started ``nnodes x devices``
+    ranks, a SLURM job gets one task per rank, and a Ray cluster one worker per rank."""
+    from lightning_accel.cli.cluster import check_no_stray_rank, check_world_size, external_world
 
+    check_no_stray_rank()
     launcher, devices = run.launcher, run.hardware.devices
     if devices == "auto" and launcher.name in SUBMITIT_LAUNCHERS:
         raise ConfigError(
