@@ -408,6 +408,7 @@ def test_ctrl_c_while_the_choices_are_timed_says_nothing_was_trained(tmp_path: P
     assert f"{said}{run_dir} holds Hydra's record of the job only" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", LOCK_FILE, "train.log"]
+    assert f"[INFO] - {said}" in (run_dir / "train.log").read_text()
 
 
 def test_importing_the_package_registers_its_strategies() -> None:

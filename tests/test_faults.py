@@ -120,6 +120,12 @@ def test_a_collective_one_rank_skips_is_named_with_its_hook_and_the_rank_that_sk
     )
     assert skipped and skipped.group(1) == skipped.group(2), final
     assert elapsed < 8 + 60, "the configured timeout ends the wait"
+    # the console's messages, rank 0's among them, are in the job's log (and not on stdout)
+    job_log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert job_log[0].endswith(f"[INFO] - starting 2 ranks; logs in {tmp_path / 'run' / 'ranks'}")
+    assert "[INFO] - training recipe=gpt on CPU x2" in job_log[1]
+    assert job_log[-1].endswith("[ERROR] - " + final.removeprefix("lightning-accel: error: "))
+    assert "lightning_accel.console" not in result.stdout
     report = run_cli(["doctor", "--trace", str(tmp_path / "run")], cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert "Rank 1 did not make the barrier" in " ".join(report.stdout.split())

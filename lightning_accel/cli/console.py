@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lightning_accel.cli.job_log import record
 from lightning_accel.errors import ConfigError, RunStopped
 
 console = Console(stderr=True, highlight=False)
@@ -143,11 +144,13 @@ def say(message: str) -> None:
     if process_rank() != 0:
         return
     console.print(f"[bold cyan]lightning-accel[/]: {escape(message)}", soft_wrap=True)
+    record(logging.INFO, message)
 
 
 def fail(error: ConfigError | Exception | str, exit_code: int = 2) -> NoReturn:
     """Report an error in one sentence and exit (code 2: the user's input was wrong)."""
     console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
+    record(logging.ERROR, str(error))
     sys.exit(exit_code)
 
 

@@ -34,8 +34,16 @@ def run_job(cfg: DictConfig) -> float | None:
     it into the run directory and fits in this process or starts this node's ranks, which
     read that file. Started as one rank of a world that an outside launcher created (a
     SLURM or submitit task, a torchrun worker), it fits as that rank. Returns the fit's
-    objective (what a sweeper such as Optuna's optimizes), None for the other stages.
+    objective (what a sweeper such as Optuna's optimizes), None for the other stages. What
+    the console says meanwhile, its ranks' too, also goes to the job's log file.
     """
+    from lightning_accel.cli.job_log import job_log
+
+    with job_log():
+        return _run_job(cfg)
+
+
+def _run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
