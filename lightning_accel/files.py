@@ -4,6 +4,7 @@ and only where they can be written (checked before any work starts)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,15 +35,27 @@ def write_text_whole(path: Path, text: str) -> Path:
 def check_writable(path: Path, key: str, is_file: bool = False) -> None:
     """Fail with a :class:`ConfigError` naming ``key`` unless the directory ``path`` (with
     ``is_file``, the directory of the file ``path``) exists writable, or could be created,
-    without writing now."""
-    existing = (path.parent if is_file else path).resolve()
+    leaving nothing behind."""
+    directory = (path.parent if is_file else path).resolve()
+    existing = directory
     while not existing.exists():
         existing = existing.parent
-    read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY
-    if not existing.is_dir() or read_only or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not _can_create_in(existing):
         reason = "is not a directory" if not existing.is_dir() else "is not writable"
+        verb = "written" if existing == directory else "created"
         raise ConfigError(
             key,
             str(path),
-            f"cannot be created because {existing} {reason}; choose a writable directory",
+            f"cannot be {verb} because {existing} {reason}; choose a writable directory",
         )
+
+
+def _can_create_in(directory: Path) -> bool:
+    # os.access and the mount's read-only flag say yes to root for a pseudo file system's
+    # directories (/proc, /sys) and miss an NFS server's refusal: creating an empty
+    # directory there, removed at once, is the sure test
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lightning-accel-", dir=directory))
+    except OSError:
+        return False
+    return True

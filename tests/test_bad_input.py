@@ -526,3 +526,22 @@ def test_a_stray_rank_in_the_environment_of_a_run_no_launcher_started_is_refused
     assert error.startswith(f"lightning-accel: error: {variable}='1' is set in the ")
     assert error.endswith("so unset it.") and len(error.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("run_dir", "problem"),
+    [
+        ("/proc/lightning-accel-run", "cannot be created because /proc is not writable"),
+        ("/proc", "cannot be written because /proc is not writable"),
+    ],
+)
+def test_a_run_directory_on_a_pseudo_file_system_is_refused_before_hydra_makes_it(
+    tmp_path: Path, run_dir: str, problem: str
+) -> None:
+    """Where the permission bits say yes (to root, for /proc) a directory there still
+    cannot be made: Hydra failed with a traceback."""
+    refused = run_cli(["train", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip() == (
+        f"lightning-accel: error: hydra.run.dir='{run_dir}' {problem}; choose a writable directory."
+    )
