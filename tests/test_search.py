@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
+import torch
 import yaml
-from helpers import REPO, TINY, run_cli
+from helpers import REPO, TINY, TinyRegression, run_cli
 
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.cli.search import required_objective, trial_samples
+from lightning_accel.cli.trial_check import (
+    TrialValidates,
+    first_validation_batch,
+    last_training_batch,
+)
 from lightning_accel.errors import ConfigError
 
 
@@ -181,3 +189,82 @@ def test_only_a_search_needs_the_objective_logged(tmp_path: Path) -> None:
         required_objective(tmp_path, "val/loss", required=True)
     (tmp_path / "summary.json").unlink()  # a callback set without RunSummary
     assert required_objective(tmp_path, "val/loss", required=False) is None
+
+
+class _CountedValidation(TinyRegression):
+    """Counts the validation batches it sees."""
+
+    validated = 0
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.validated += 1
+
+
+@pytest.mark.parametrize(
+    ("trainer_options", "first", "last", "bound"),
+    [
+        ({"val_check_interval": 0.5, "max_steps": 4}, 4, 4, None),
+        ({"val_check_interval": 0.5, "max_steps": 3}, 4, 3, "max_steps=3"),
+        ({"val_check_interval": 0.5, "max_steps": 2, "accumulate_grad_batches": 2}, 4, 4, None),
+        ({"check_val_every_n_epoch": 2, "max_epochs": 1}, 16, 8, "max_epochs=1"),
+        ({"check_val_every_n_epoch": 2, "max_epochs": 2}, 16, 16, None),
+        (
+            {"val_check_interval": 3, "check_val_every_n_epoch": None, "max_steps": 2},
+            3,
+            2,
+            "max_steps=2",
+        ),
+    ],
+)
+def test_a_trial_that_would_end_before_its_first_validation_fails_as_it_starts(
+    tmp_path: Path, trainer_options: dict[str, Any], first: int, last: int, bound: str | None
+) -> None:
+    """Against Lightning's own loop: where the check lets a trial run, it validates."""
+    data = torch.utils.data.TensorDataset(torch.randn(16, 8), torch.randn(16, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=2)  # 8 batches an epoch
+    model = _CountedValidation()
+    trainer = pl.Trainer(
+        **{"max_epochs": None, **trainer_options},
+        callbacks=[TrialValidates("val/loss")],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    if bound is None:
+        trainer.fit(model, loader, loader)
+        assert model.validated > 0, "the trial validated"
+        assert (first_validation_batch(trainer), last_training_batch(trainer)) == (first, last)
+        return
+    with pytest.raises(ConfigError) as refused:
+        trainer.fit(model, loader, loader)
+    assert f"first validates after training batch {first} (an epoch has 8), but the " in str(
+        refused.value
+    )
+    assert f"ends after batch {last} (trainer.{bound}), so objective='val/loss' is never" in str(
+        refused.value
+    )
+    assert trainer.global_step == 0 and model.validated == 0
+
+
+def test_a_search_whose_trials_would_never_validate_stops_as_the_first_one_starts(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """Half an epoch of the corpus is hundreds of batches: the 4 steps of trainer=smoke end
+    long before, which only the running trial can tell."""
+    args = ["train", "--multirun", "search=lr", *TINY, f"data.source={small_corpus}"]
+    args += ["trainer.val_check_interval=0.5", "hydra.sweeper.n_trials=2", "logger=none"]
+    result = run_cli(args, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        "lightning-accel: error: trainer.val_check_interval=0.5 first validates after training "
+        "batch "
+    ), error
+    assert "ends after batch 4 (trainer.max_steps=4), so objective='val/loss' is never" in error
+    (study,) = (tmp_path / "multirun" / "gpt").iterdir()
+    assert sorted(p.name for p in study.iterdir() if p.is_dir()) == ["0"], "one trial started"
+    assert not (study / "0" / "checkpoints").exists(), "it stopped before its first step"

@@ -56,12 +56,15 @@ def _run_job(cfg: DictConfig) -> float | None:
         whole_checkpoint_for,
     )
     from lightning_accel.cli.search import required_objective, searching
+    from lightning_accel.cli.trial_check import with_trial_check
     from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS
     from lightning_accel.plan.run import plan_run
 
     quiet_upstream()
     try:
         run = validated_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if run.stage == "fit" and searching(HydraConfig.get()):
+            run = with_trial_check(run)
         world = external_world()
         # the command that launches the run holds its directory; ranks and nodes share it
         holds_directory = world is None and run.launcher.nnodes == 1
