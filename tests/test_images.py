@@ -338,6 +338,19 @@ def test_classifier_refuses_data_of_other_shape() -> None:
         _trainer(1).fit(ImageClassifier(in_channels=1, num_classes=4), datamodule=data)
 
 
+def test_a_classifier_of_one_class_is_refused_in_the_model_and_in_the_data() -> None:
+    """torchmetrics' accuracy refused one class with a ValueError as the run began, and
+    one-class data had the model's check advise model.num_classes=1."""
+    with pytest.raises(ConfigError, match=r"^model.num_classes=1 is too few: a classifier"):
+        ImageClassifier(num_classes=1)
+    one_class = SimpleNamespace(channels=3, num_classes=1, source="cats")
+    with pytest.raises(ConfigError) as refused:
+        ImageClassifier().check_data(one_class)
+    assert str(refused.value) == (
+        "data.source='cats' holds images of 1 class; a classifier needs 2 classes or more."
+    )
+
+
 def _corrupt(root: Path) -> Path:
     (root / "a").mkdir(parents=True)
     Image.fromarray(_pixels(0, (4, 4, 3))).save(root / "a" / "good.png")

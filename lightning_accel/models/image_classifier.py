@@ -16,6 +16,8 @@ from lightning_accel.errors import ConfigError
 from lightning_accel.models.reference import ReferenceModule
 from lightning_accel.models.resnet import ResNet
 
+_ONE_CLASS = "a classifier needs 2 classes or more"
+
 
 @runtime_checkable
 class ImageShapes(Protocol):
@@ -33,7 +35,8 @@ class ImageClassifier(ReferenceModule):
     return them after their device-side normalization.
 
     Args:
-        in_channels, num_classes: must match the data (checked when fitting starts).
+        in_channels, num_classes: must match the data (checked when fitting starts); 2
+            classes or more.
         widths, blocks_per_stage: the network's shape (:class:`ResNet`).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay (not applied to norms and biases).
@@ -56,6 +59,8 @@ class ImageClassifier(ReferenceModule):
         super().__init__()
         for key in ("in_channels", "num_classes", "blocks_per_stage", "learning_rate"):
             require_positive(f"model.{key}", locals()[key])
+        if num_classes < 2:
+            raise ConfigError("model.num_classes", num_classes, f"is too few: {_ONE_CLASS}")
         self.save_hyperparameters()
         self.model = ResNet(in_channels, num_classes, widths, blocks_per_stage)
         self.val_loss = MeanMetric()
@@ -70,6 +75,8 @@ class ImageClassifier(ReferenceModule):
             return
         source = getattr(data, "source", None)  # named in the message when there is one
         where = f"data.source={source!r}" if source is not None else "the data"
+        if data.num_classes == 1:
+            raise ConfigError("data.source", source, f"holds images of 1 class; {_ONE_CLASS}")
         for key, expected, one, several in (
             ("in_channels", data.channels, "channel", "channels"),
             ("num_classes", data.num_classes, "class", "classes"),
