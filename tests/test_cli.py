@@ -507,6 +507,18 @@ def test_the_process_ends_with_the_commands_status_after_every_exit_handler(
         (["verify", "--dry-run", "--deadline", "0"], "--deadline=0.0 must be a finite number of"),
         (["train", "--config-dir", "", "--cfg", "job"], "--config-dir='' is not a directory"),
         (["plan", "--config-dir", ""], "--config-dir='' is not a directory"),
+        (["plan", "--world", ""], "--world='' is not a list of counts"),
+        (["consolidate", "", "out.ckpt"], "SHARDED='' is empty; give a path."),
+        (["consolidate", "sharded", " "], "OUT=' ' is empty; give a path."),
+        (["doctor", "--trace", ""], "--trace='' is empty; give a run directory."),
+        (
+            ["train", "ckpt_path=", "--cfg", "job"],
+            "ckpt_path='' is empty; give a checkpoint file, or",
+        ),
+        (
+            ["validate", "ckpt_path=", "--cfg", "job"],
+            "ckpt_path='' is empty; give a checkpoint file.",
+        ),
     ],
 )
 def test_empty_paths_and_seconds_that_are_not_finite_are_refused(

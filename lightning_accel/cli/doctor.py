@@ -346,6 +346,8 @@ def _next_value(arguments: Iterator[str], option: str, needed: str) -> str:
     given = next(arguments, None)
     if given is None:
         raise ConfigError("doctor", option, f"needs {needed} after it")
+    if not given.strip():  # it would be the current directory
+        raise ConfigError(option, given, f"is empty; give {needed}")
     return given
 
 

@@ -61,6 +61,9 @@ def consolidate(args: list[str]) -> int:
         return 0
     if len(args) != 2:
         fail("consolidate takes two arguments: a sharded checkpoint directory and an output file.")
+    for name, given in zip(("SHARDED", "OUT"), args, strict=True):
+        if not given.strip():  # it would be the current directory
+            fail(ConfigError(name, given, "is empty; give a path"))
     source, output = Path(args[0]), Path(args[1])
     if output.is_dir():
         fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))

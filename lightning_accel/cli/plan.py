@@ -191,7 +191,7 @@ def main(args: list[str]) -> int:
 
         spec = resolve_device(options.device)
         default_worlds = "1,2" if spec is None else "1,8"
-        worlds = _worlds(options.world or default_worlds)
+        worlds = _worlds(default_worlds if options.world is None else options.world)
         run = run_config(options.overrides)
         footprint = model_footprint(run, precisions_for(spec))
         rows = plan_layouts(

@@ -445,6 +445,9 @@ def check_checkpoint(run: RunConfig) -> Path | None:
 
     if run.ckpt_path is None:
         return own_last_checkpoint(run)
+    if not run.ckpt_path.strip():  # it would be the current directory
+        own = ", or null to resume from the run directory's last one" if run.stage == "fit" else ""
+        raise ConfigError("ckpt_path", run.ckpt_path, f"is empty; give a checkpoint file{own}")
     path = Path(run.ckpt_path)
     if run.ckpt_path in LIGHTNING_CHECKPOINT_NAMES and not path.exists():
         raise ConfigError(
