@@ -151,6 +151,14 @@ CASES = {
         ["--multirun", "trainer.max_steps=range(6,8),7"],
         ["trainer.max_steps='range(6,8),7' puts a sweep inside a list of values"],
     ),
+    "glob that matches no option": (
+        ["--multirun", "hardware=glob(zzz*)"],
+        ["hardware='glob(zzz*)' matches no option of the config group; valid choices: auto,"],
+    ),
+    "glob of a key that is no group": (
+        ["--multirun", "seed=glob(*)"],
+        ["seed='glob(*)' is not a config group."],
+    ),
     "--help with an unknown option": (
         ["--help", "hardware=nope"],
         ["hardware='nope' is not a hardware option; valid choices: auto,"],

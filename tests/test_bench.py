@@ -62,6 +62,9 @@ def test_a_failed_cell_is_reported_and_the_others_still_run(
             "trainer.max_steps=5",
             "trainer.max_steps=5 leaves no step to time after the speed monitor's 5 warm-up",
         ),
+        ("hydra.run.dir=mine", "hydra.run.dir='mine' is set by bench: each cell runs in a"),
+        ("ckpt_path=missing.ckpt", "ckpt_path='missing.ckpt' is not a checkpoint file or"),
+        ("model.n_head=3", "model.n_head=3 does not divide model.d_model=128."),
     ],
 )
 def test_an_empty_matrix_unknown_profile_or_untimed_run_exits_2_before_running(
@@ -101,6 +104,20 @@ def test_speedups_are_against_the_first_cell() -> None:
     cells = [_cell("a", 100.0), _cell("b", 250.0), _cell("c", None)]
     assert bench.speedups(cells) == [1.0, 2.5, None]
     assert bench.speedups([_cell("a", None), _cell("b", 250.0)]) == [None, None]
+
+
+def test_the_table_shows_labels_and_errors_with_brackets_as_given() -> None:
+    """Rich read "[xla*]" in a glob's exclusions as markup and left it out."""
+    from rich.console import Console
+
+    title = "bench: hardware=glob(*_cpu,exclude=[xla*,tp*])"
+    cells = [_cell("a", 100.0), _cell("b", None)]
+    cells[0].label, cells[1].label = "model.widths=[a,b]", "model.widths=[c]"
+    console = Console(record=True, width=200)
+    console.print(bench.results_table(cells, title, "cell"))
+    shown = console.export_text()
+    for text in (title, "model.widths=[a,b]", "model.widths=[c]"):
+        assert text in shown
 
 
 def test_repeated_runs_give_medians_and_compile_counts_prefer_xla() -> None:

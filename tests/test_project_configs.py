@@ -125,3 +125,25 @@ def test_a_broken_project_profile_is_named_in_one_sentence(
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("lightning-accel: error: " + expected.format(path=profile))
     assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
+
+
+def test_a_glob_sweep_is_checked_over_the_options_of_the_pack_and_the_project(
+    project: Path,
+) -> None:
+    """Hydra's parser cannot expand glob() without its config loader: the runner's checks
+    failed with Hydra's traceback."""
+    from lightning_accel.cli.compose import config_dir_override, job_overrides
+    from lightning_accel.profiles import profile_names
+
+    searchpath = config_dir_override(str(project / "conf"))
+
+    def swept(pattern: str) -> list[str]:
+        jobs = job_overrides([searchpath, f"hardware={pattern}"], multirun=True)
+        return [job[-1].removeprefix("hardware=") for job in jobs]
+
+    assert swept("glob(l*)") == ["laptop"]
+    pack = profile_names("hardware")
+    assert swept("glob(*_cpu,exclude=xla*)") == sorted(
+        name for name in pack if name.endswith("_cpu") and not name.startswith("xla")
+    )
+    assert swept("glob(*)") == sorted([*pack, "laptop"])

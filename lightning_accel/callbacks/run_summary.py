@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -281,7 +282,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if summary.get(key):
             rows.append((key, summary[key]))
     for key, value in rows:
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     return table
 
 

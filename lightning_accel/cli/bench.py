@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
+from lightning_accel.cli.compose import config_dir_override, job_overrides
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
-from lightning_accel.cli.preflight import run_plan, validated_run
+from lightning_accel.cli.preflight import preflight
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.verb_options import VerbOptions, directory_path, require_seconds
 from lightning_accel.errors import ConfigError
@@ -51,6 +52,9 @@ FIGURES = (
     "compile_seconds",
 )
 _EMPTY_VALUES = ("", "[]", "choice()")
+# each cell's callbacks, before the command line's overrides: no progress bar or tables
+CELL_CALLBACKS = "callbacks=minimal"
+_SET_BY_BENCH = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 
 
 @dataclass
@@ -101,10 +105,15 @@ def swept_keys(jobs: list[list[str]]) -> list[str]:
 
 def matrix(overrides: list[str]) -> list[Cell]:
     """The cells the overrides span, each labelled by its values of the swept keys and
-    checked by composing and planning it as ``train`` would (unknown profiles and keys,
-    and hardware this machine lacks, fail here, before anything runs)."""
+    checked as ``train`` checks a run (unknown profiles and keys, hardware this machine
+    lacks, a model, data or checkpoint that would not run: all fail here, before anything
+    runs)."""
     for override in overrides:
         key, _, value = override.partition("=")
+        if key.lstrip("+~") in _SET_BY_BENCH:
+            raise ConfigError(
+                key, value, "is set by bench: each cell runs in a directory of its own under --out"
+            )
         if value.strip() in _EMPTY_VALUES:
             group = key.lstrip("+~")
             choices = profile_names(group) if (config_dir() / group).is_dir() else None
@@ -116,8 +125,9 @@ def matrix(overrides: list[str]) -> list[Cell]:
     swept = swept_keys(jobs)
     cells = []
     for job in jobs:
-        run = validated_run(compose_job(job), Path("."))
-        run_plan(run)  # hardware this machine lacks
+        (run,) = preflight([CELL_CALLBACKS, *job], multirun=False)
+        if run.stage != "fit":
+            raise ConfigError("stage", run.stage, "is not fit: bench compares training speeds")
         check_timed_steps(run)
         values = dict(o.partition("=")[::2] for o in job)
         label = " · ".join(values[key] for key in swept) or "default"
@@ -179,7 +189,7 @@ def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[st
     from lightning_accel.cli.command_server import CommandServer
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = ["train", "callbacks=minimal", *cell.overrides, f"hydra.run.dir={run_dir}"]
+    args = ["train", CELL_CALLBACKS, *cell.overrides, f"hydra.run.dir={run_dir}"]
     stdout, stderr = run_dir / "bench.stdout", run_dir / "bench.stderr"
     try:
         returncode = CommandServer.shared().run(
@@ -282,7 +292,7 @@ def _number(value: float | None, form: str) -> str:
 
 def results_table(cells: list[Cell], title: str, dimensions: str) -> Table:
     """The rich table people read; ``dimensions`` names the first column (the swept keys)."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     for name, justify in (
         (dimensions, "left"),
         ("step", "right"),
@@ -295,13 +305,13 @@ def results_table(cells: list[Cell], title: str, dimensions: str) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for cell, speedup in zip(cells, speedups(cells), strict=True):
         if not cell.ok:
-            table.add_row(cell.label, f"[red]{cell.status}[/]", "", "", "", "", "")
+            table.add_row(escape(cell.label), f"[red]{cell.status}[/]", "", "", "", "", "")
             continue
         f = cell.figures
         rate, unit = _throughput(f)
         step = f["step_seconds"] * 1000 if f["step_seconds"] is not None else None
         table.add_row(
-            cell.label,
+            escape(cell.label),
             f"{_number(step, ',.1f')} ms",
             f"{_number(rate, ',.0f')} {unit}",
             _number(speedup, ".2f") + ("x" if speedup is not None else ""),

@@ -118,9 +118,11 @@ class CommandServer:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(str(self.address))
             connection.sendall((json.dumps(request) + "\n").encode())
-            connection.settimeout(timeout)
             with connection.makefile("r") as answers:
+                # the fork's pid comes at once; the timeout is the command's, after it: a
+                # timeout before it left the command running, unknown, and raised
                 child = int(answers.readline())
+                connection.settimeout(timeout)
                 try:
                     status = int(answers.readline())
                 except TimeoutError:

@@ -78,6 +78,8 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
         )
     if not sweeps:  # as Hydra composes a single job: every override, in order
         return [[o.input_line for o in parsed]]
+    if any(isinstance(sweep.value(), Glob) for sweep in sweeps):
+        return job_overrides(_expand_globs(parsed, overrides), multirun)
     for sweep in sweeps:
         values = sweep.value()
         if isinstance(values, ChoiceSweep) and any(
@@ -91,6 +93,40 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
                 "list the values one by one",
             )
     return sweep_jobs(parsed)
+
+
+def _expand_globs(parsed: list[Override], overrides: list[str]) -> list[str]:
+    """``overrides`` with each ``GROUP=glob(...)`` sweep written out as the list of the
+    group's options it matches, as Hydra's sweeper expands it (the parser alone cannot: it
+    needs the config loader, and the project's --config-dir, to know the options)."""
+    searchpath = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    expanded = []
+    for override in parsed:
+        pattern = override.value()
+        if not isinstance(pattern, Glob):
+            expanded.append(override.input_line)
+            continue
+        group = override.key_or_group
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+                options = (
+                    GlobalHydra.instance()
+                    .config_loader()
+                    .get_group_options(group, config_name="config", overrides=searchpath)
+                )
+        finally:
+            GlobalHydra.instance().clear()
+        matched = pattern.filter(options)
+        if not matched:
+            raise ConfigError(
+                group,
+                override.input_line.partition("=")[2],
+                "matches no option of the config group" if options else "is not a config group",
+                sorted(options) or None,
+            )
+        expanded.append(f"{override.get_key_element()}={','.join(matched)}")
+    return expanded
 
 
 def config_dir_override(directory: str) -> str:

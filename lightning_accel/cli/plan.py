@@ -129,7 +129,7 @@ _COLUMNS = (
 
 def plan_table(rows: list[Any], title: str) -> Table:
     """The ranked layouts as a rich table."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption=CAPTION)
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, caption=CAPTION)
     for header, right in _COLUMNS:
         table.add_column(header, justify="right" if right else "left")
     for number, planned in enumerate(rows, start=1):

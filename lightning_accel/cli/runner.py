@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressB
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
@@ -324,9 +325,9 @@ def evaluate_run(run: RunConfig) -> None:
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
     """A table of ``metrics`` for people (stdout)."""
     # as wide as its title, which names the checkpoint: rich wraps a title at the table's width
-    table = Table(title=title, title_justify="left", min_width=len(title))
+    table = Table(title=escape(title), title_justify="left", min_width=len(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in sorted(metrics.items()):
-        table.add_row(name, f"{value:.4f}")
+        table.add_row(escape(name), f"{value:.4f}")
     print_table(table, Console())

@@ -16,6 +16,7 @@ from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 from typing_extensions import override
 
@@ -211,7 +212,7 @@ class SweepReport(Callback):
         if not jobs:
             return
         metric = str(config.get("objective", "val/loss"))
-        table = Table(title=f"Jobs of {sweep_dir}", title_justify="left")
+        table = Table(title=escape(f"Jobs of {sweep_dir}"), title_justify="left")
         for column in ("job", "swept values", metric):
             table.add_column(column, justify="left" if column == "swept values" else "right")
         overrides = {
@@ -223,7 +224,7 @@ class SweepReport(Callback):
             objective = job_objective(job, metric)
             value = "-" if objective is None else f"{objective:.4f}"
             swept = " ".join(o for o in overrides[job] if o not in shared or len(jobs) == 1)
-            table.add_row(job.name, swept, value)
+            table.add_row(job.name, escape(swept), value)
         print_table(table)
         results = sweep_dir / "optimization_results.yaml"
         if results.exists():

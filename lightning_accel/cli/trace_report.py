@@ -60,7 +60,8 @@ def report_traces(run_dir: Path, as_json: bool) -> None:
         print(json.dumps({"diagnosis": diagnosis, "traces": [asdict(t) for t in traces]}, indent=2))
         return
     console = Console(file=sys.stdout, highlight=False)
-    table = Table(title=f"Ranks of {run_dir} (attempt {traces[0].attempt})", title_justify="left")
+    title = f"Ranks of {run_dir} (attempt {traces[0].attempt})"
+    table = Table(title=escape(title), title_justify="left")
     for column in ("rank", "step", "hook (where)", "collective", "error"):
         table.add_column(column, overflow="fold")
     for t in traces:

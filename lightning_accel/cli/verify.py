@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli import bench
@@ -1108,7 +1109,9 @@ def main(args: list[str]) -> int:
     for name in COLUMNS:
         table.add_column(name, overflow="fold")
     for row in table_rows(cells):
-        table.add_row(*row, style={"passed": None, "not run": "yellow"}.get(row[1], "red"))
+        table.add_row(
+            *map(escape, row), style={"passed": None, "not run": "yellow"}.get(row[1], "red")
+        )
     print_table(table)
     written = write_results(options.out, setting, cells, seconds)
     failed = [c.name for c in cells if c.status == "failed"]
