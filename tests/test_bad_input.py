@@ -532,7 +532,7 @@ def test_a_stray_rank_in_the_environment_of_a_run_no_launcher_started_is_refused
     assert refused.returncode == 2, refused.stderr[-3000:]
     error = refused.stderr.strip()
     assert error.startswith(f"lightning-accel: error: {variable}='1' is set in the ")
-    assert error.endswith("so unset it.") and len(error.splitlines()) == 1
+    assert error.endswith("or unset it.") and len(error.splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 

@@ -79,9 +79,10 @@ def check_no_stray_rank() -> None:
             raise ConfigError(
                 name,
                 value,
-                "is set in the environment, but no launcher started this process (torchrun, "
-                "srun or submitit set it with the rest of the world); Lightning would run it "
-                "as a rank other than 0 and write no results, so unset it",
+                "is set in the environment without the world of a launcher the runner knows "
+                "(torchrun, srun or submitit); Lightning would run this command as a rank "
+                "other than 0 and write no results: start the ranks with launcher=torchrun, "
+                "or unset it",
             )
 
 
