@@ -113,6 +113,16 @@ def test_ctrl_c_during_an_evaluation_exits_130_saying_nothing_was_written(
             ["model._target_=helpers.TrainOnlyLanguageModel", "ckpt_path=CKPT"],
             "defines no predict_step, which predict runs",
         ),
+        (
+            "validate",
+            ["ckpt_path=CKPT", "trainer.limit_val_batches=0.0"],
+            "trainer.limit_val_batches=0.0 leaves validate no batch to run.",
+        ),
+        (
+            "predict",
+            ["ckpt_path=CKPT", "trainer.limit_predict_batches=0"],
+            "trainer.limit_predict_batches=0 leaves predict no batch to run.",
+        ),
     ],
 )
 def test_evaluation_bad_input_exits_2_before_anything_runs(

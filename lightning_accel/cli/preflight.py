@@ -473,11 +473,17 @@ def check_checkpoint(run: RunConfig) -> Path | None:
 
 # the LightningModule method each evaluation stage needs
 STAGE_STEPS = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
+STAGE_LIMITS = {
+    "validate": "limit_val_batches",
+    "test": "limit_test_batches",
+    "predict": "limit_predict_batches",
+}
 
 
 def check_stage(run: RunConfig, model: Any) -> None:
-    """Fail unless an evaluation stage has a checkpoint to evaluate and a model that defines
-    the stage's step (checked on the model built on the meta device, when it builds)."""
+    """Fail unless an evaluation stage has a checkpoint to evaluate, batches to evaluate it
+    on and a model that defines the stage's step (checked on the model built on the meta
+    device, when it builds)."""
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     if run.stage == "fit":
@@ -485,6 +491,11 @@ def check_stage(run: RunConfig, model: Any) -> None:
     if run.ckpt_path is None:
         raise ConfigError(
             "ckpt_path", None, f"is required by {run.stage}: give the checkpoint to evaluate"
+        )
+    limit = STAGE_LIMITS[run.stage]
+    if getattr(run.trainer, limit) == 0:  # Lightning would write empty results
+        raise ConfigError(
+            f"trainer.{limit}", getattr(run.trainer, limit), f"leaves {run.stage} no batch to run"
         )
     step = STAGE_STEPS[run.stage]
     if model is not None and not is_overridden(step, model):
