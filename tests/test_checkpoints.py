@@ -209,6 +209,25 @@ def test_a_run_directory_holding_another_models_checkpoint_says_how_to_start_afr
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"], "nothing written"
 
 
+def test_a_checkpoint_of_another_kind_of_model_names_that_and_no_settings(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPT's and the classifier's shared settings (learning_rate, ...) were offered as
+    the remedy, though no setting of the classifier makes it the GPT."""
+    checkpoint = consolidate_checkpoint(sharded, tmp_path / "model.ckpt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "recipe=image", f"ckpt_path={checkpoint}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "it was saved by another kind of model, with arguments (d_model, dropout, n_head, "
+        "n_layer, seq_len, vocab_size) that ImageClassifier does not take; give that model's "
+        "recipe or model._target_."
+    ), err
+    assert "model.learning_rate" not in err
+
+
 def test_a_checkpoint_of_the_same_model_passes_the_check(sharded: Path) -> None:
     model = GPTLanguageModel(seq_len=32, **MODEL)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}

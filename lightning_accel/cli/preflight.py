@@ -513,7 +513,8 @@ def check_checkpoint_model(
     one, found without ``ckpt_path``) was written by a model of the same parameter names and
     shapes (the model built on the meta device; skipped without one). The message names
     the ``model.*`` settings the checkpoint was saved with where they differ from
-    ``model_node``'s."""
+    ``model_node``'s, or, where it was saved with arguments the model does not take, says
+    it is another kind of model."""
     from lightning_accel.checkpoints import (
         SAME_MODEL_REMEDY,
         check_same_model,
@@ -526,12 +527,21 @@ def check_checkpoint_model(
     strict = getattr(model, "strict_loading", True)
 
     def remedy() -> str:  # read only for a checkpoint of another model
-        settings = [
-            f"model.{name}={override_value(value)}"
-            for name, value in saved_hyper_parameters(checkpoint).items()
-            if name in model_node and override_value(model_node[name]) != override_value(value)
-        ]
-        named = SAME_MODEL_REMEDY + (f": {' '.join(settings)}" if settings else "")
+        saved = saved_hyper_parameters(checkpoint)
+        foreign = sorted(set(saved) - set(model_node) - set(getattr(model, "hparams", {})))
+        if foreign:  # its settings could not make this model match
+            named = (
+                f"it was saved by another kind of model, with arguments ({', '.join(foreign)}) "
+                f"that {type(model).__name__} does not take; give that model's recipe or "
+                "model._target_"
+            )
+        else:
+            settings = [
+                f"model.{name}={override_value(value)}"
+                for name, value in saved.items()
+                if name in model_node and override_value(model_node[name]) != override_value(value)
+            ]
+            named = SAME_MODEL_REMEDY + (f": {' '.join(settings)}" if settings else "")
         # the user named no checkpoint: say where it came from and how to start afresh
         return named + "; or give a new hydra.run.dir to start afresh" if own else named
 
