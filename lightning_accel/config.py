@@ -88,6 +88,10 @@ def require_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
         raise ConfigError(key, value, "is not supported", choices)
 
 
+# Lightning's profilers by the names its Trainer takes
+PROFILERS = ("simple", "advanced", "pytorch", "xla")
+
+
 @dataclass
 class HardwareConfig:
     """Where a run executes: accelerator, strategy, devices and nodes.
@@ -364,7 +368,8 @@ class TrainerConfig:
             ``torch.no_grad``.
         use_distributed_sampler: Give the DataLoaders a ``DistributedSampler`` where the
             strategy needs one.
-        profiler: A Lightning profiler by name (e.g. ``simple``, ``advanced``).
+        profiler: A Lightning profiler by name (``simple``, ``advanced``, ``pytorch``;
+            ``xla`` on an XLA device); its report goes to ``<run_dir>/<stage>-profile.txt``.
         detect_anomaly: Turn on autograd's anomaly detection.
         fast_dev_run: Run 1 (true) or n batches of each loop, to find bugs.
         barebones: Turn off every feature that costs speed (logging, checkpoints, progress
@@ -437,6 +442,8 @@ class TrainerConfig:
             "trainer.reload_dataloaders_every_n_epochs", self.reload_dataloaders_every_n_epochs
         )
         require_choice("trainer.deterministic", self.deterministic, (True, False, "warn"))
+        if self.profiler is not None:
+            require_choice("trainer.profiler", self.profiler, PROFILERS)
 
     def _check_validation_interval(self) -> None:
         """A count of batches, a fraction of an epoch (which needs epochs to count in:

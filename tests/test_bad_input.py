@@ -151,6 +151,14 @@ CASES = {
         ["--multirun", "trainer.max_steps=range(6,8),7"],
         ["trainer.max_steps='range(6,8),7' puts a sweep inside a list of values"],
     ),
+    "profiler Lightning does not have": (
+        ["trainer.profiler=nope"],
+        ["trainer.profiler='nope' is not supported; valid choices: simple, advanced, pytorch"],
+    ),
+    "XLA profiler off XLA": (
+        ["hardware=cpu", "trainer.profiler=xla"],
+        ["trainer.profiler='xla' profiles XLA devices only"],
+    ),
     "glob that matches no option": (
         ["--multirun", "hardware=glob(zzz*)"],
         ["hardware='glob(zzz*)' matches no option of the config group; valid choices: auto,"],

@@ -66,6 +66,22 @@ def test_trainer_arguments_and_extra_callbacks_reach_the_trainer(
     assert all(isinstance(c, pl.Callback) for c in trainer.callbacks)
 
 
+def test_a_profiler_by_name_reports_into_the_run_directory(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built from its name by Lightning, a profiler reported through a logger the console
+    quiets: the report of trainer.profiler=simple was lost."""
+    monkeypatch.chdir(tmp_path)
+    job = [*TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
+    run = validated_run(compose_job([*job, "trainer.profiler=simple"]), tmp_path / "run")
+    trainer, model, datamodule = build_run(run)
+    trainer.fit(model, datamodule)
+    report = (tmp_path / "run" / "fit-profile.txt").read_text()
+    assert report.startswith("FIT Profiler Report")
+    steps = next(line for line in report.splitlines() if "run_training_batch" in line)
+    assert steps.split("|")[3].strip() == str(trainer.global_step), "one call per step"
+
+
 def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture) -> None:
     from importlib.metadata import version
 

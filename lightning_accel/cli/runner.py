@@ -18,6 +18,13 @@ import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.profilers import (
+    AdvancedProfiler,
+    Profiler,
+    PyTorchProfiler,
+    SimpleProfiler,
+    XLAProfiler,
+)
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -86,12 +93,25 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         enable_model_summary=any(isinstance(c, ModelSummary) for c in callbacks),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         plugins=cluster_plugins(),
-        **asdict(run.trainer),
+        **{**asdict(run.trainer), "profiler": profiler_for(run)},
     )
     parameters = config_parameters(run) if trainer.loggers else {}
     for logger in trainer.loggers:  # each logs on rank 0 only
         logger.log_hyperparams(parameters)
     return trainer, model, datamodule
+
+
+def profiler_for(run: RunConfig) -> Profiler | None:
+    """The profiler ``trainer.profiler`` names, its report written into the run directory
+    (``<stage>-profile.txt``): Lightning's, built from the name alone, reports through a
+    logger the console quiets, so the report was lost."""
+    name = run.trainer.profiler
+    if name is None:
+        return None
+    if name == "xla":  # a server that tools connect to: it writes no report
+        return XLAProfiler()
+    kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+    return kinds[name](dirpath=run.run_dir, filename="profile")
 
 
 def resume_checkpoint(run: RunConfig) -> str | None:

@@ -202,6 +202,13 @@ class RunConfig:
                 f"disagrees with hardware.num_nodes={hardware_nodes}; set one of them",
             )
         self.launcher.nnodes = self.hardware.num_nodes = max(nodes, hardware_nodes)
+        if self.trainer.profiler == "xla" and self.hardware.accelerator != "pjrt":
+            raise ConfigError(
+                "trainer.profiler",
+                "xla",
+                "profiles XLA devices only (hardware=tpu, tpu_spmd, xla_cpu, ...); use "
+                "simple, advanced or pytorch",
+            )
 
     def logger_nodes(self) -> dict[str, dict[str, Any]]:
         """Each logger's ``_target_`` node by its key (``logger.csv``); switched-off (null)
