@@ -159,6 +159,10 @@ CASES = {
         ["hardware=cpu", "trainer.profiler=xla"],
         ["trainer.profiler='xla' profiles XLA devices only"],
     ),
+    "config group set to null": (
+        ["logger=null"],
+        ["logger='null' cannot be given on the command line; choose one of the logger options"],
+    ),
     "glob that matches no option": (
         ["--multirun", "hardware=glob(zzz*)"],
         ["hardware='glob(zzz*)' matches no option of the config group; valid choices: auto,"],

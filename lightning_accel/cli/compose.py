@@ -27,7 +27,7 @@ from lightning_accel.cli.hydra_private import sweep_jobs
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
 from lightning_accel.errors import ConfigError, article
-from lightning_accel.profiles import config_dir
+from lightning_accel.profiles import config_dir, profile_names
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
@@ -172,6 +172,8 @@ def compose_job(overrides: list[str]) -> DictConfig:
     except ConfigCompositionException as error:
         raise _composition_error(error, overrides) from error
     except (HydraException, ValueError) as error:
+        if (null_group := _null_group(overrides)) is not None:
+            raise null_group from error
         first_line = str(error).splitlines()[0]
         raise ConfigError("override", " ".join(overrides), f"is invalid ({first_line})") from error
     except yaml.YAMLError as error:  # a config file of a project's --config-dir
@@ -179,6 +181,23 @@ def compose_job(overrides: list[str]) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _null_group(overrides: list[str]) -> ConfigError | None:
+    """The error for ``GROUP=null`` on the command line, which Hydra refuses as "must be a
+    string or a list. Got NoneType" (a defaults list may say null; a command line cannot)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        group = key.lstrip("+~")
+        if value.strip() == "null" and (config_dir() / group).is_dir():
+            return ConfigError(
+                key,
+                "null",
+                f"cannot be given on the command line; choose one of the {group} options "
+                f"(~{group} drops a group that may be left out)",
+                profile_names(group),
+            )
+    return None
 
 
 def _yaml_error(error: yaml.YAMLError) -> ConfigError:
