@@ -20,7 +20,7 @@ TIMED = [*TINY, "callbacks.speed.warmup_steps=2"]
 def test_a_failed_cell_is_reported_and_the_others_still_run(
     tmp_path: Path, small_corpus: Path
 ) -> None:
-    out = tmp_path / "bench"
+    out = tmp_path / "bench, one"  # a comma and a space: quoted in the cells' overrides
     args = ["bench", "--out", str(out), *TIMED, f"data.source={small_corpus}"]
     # an interval past the epoch is found only once the data is loaded, in the cell's run
     args += ["trainer.val_check_interval=100000,2"]

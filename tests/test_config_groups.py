@@ -113,3 +113,17 @@ def test_multirun_expands_sweeps_into_jobs(tmp_path: Path, monkeypatch: pytest.M
     runs = preflight(["seed=1,2,3", "hardware=cpu"], multirun=True)
     assert [r.seed for r in runs] == [1, 2, 3]
     assert [Path(r.run_dir).name for r in runs] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    "path", ["runs/gpt/2026-12-05_10-00-00", "/tmp/a b", "bench,one", "it's", "[x]", "é"]
+)
+def test_a_path_override_reads_back_as_the_path(path: str) -> None:
+    """A run directory given to a cell (bench, verify) or printed in a resume command: a
+    comma in it made a sweep, a space or a bracket a parse error."""
+    from lightning_accel.cli.compose import job_overrides, parse_overrides, path_override
+
+    override = path_override("hydra.run.dir", path)
+    assert job_overrides([override], multirun=False) == [[override]]
+    assert parse_overrides([override])[0].value() == path
+    assert (override == f"hydra.run.dir={path}") == (path.startswith("runs/")), "plain as is"

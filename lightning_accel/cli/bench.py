@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lightning_accel.cli.compose import config_dir_override, job_overrides
+from lightning_accel.cli.compose import config_dir_override, job_overrides, path_override
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.cli.schema import RunConfig
@@ -103,11 +103,11 @@ def swept_keys(jobs: list[list[str]]) -> list[str]:
     return [key for key in keys if len({job.get(key) for job in values}) > 1]
 
 
-def matrix(overrides: list[str]) -> list[Cell]:
+def matrix(overrides: list[str], out: Path) -> list[Cell]:
     """The cells the overrides span, each labelled by its values of the swept keys and
-    checked as ``train`` checks a run (unknown profiles and keys, hardware this machine
-    lacks, a model, data or checkpoint that would not run: all fail here, before anything
-    runs)."""
+    checked as ``train`` checks a run in ``out``, where its directory will be (unknown
+    profiles and keys, hardware this machine lacks, a model, data or checkpoint that would
+    not run: all fail here, before anything runs)."""
     for override in overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") in _SET_BY_BENCH:
@@ -125,7 +125,9 @@ def matrix(overrides: list[str]) -> list[Cell]:
     swept = swept_keys(jobs)
     cells = []
     for job in jobs:
-        (run,) = preflight([CELL_CALLBACKS, *job], multirun=False)
+        (run,) = preflight(
+            [CELL_CALLBACKS, *job, path_override("hydra.run.dir", out)], multirun=False
+        )
         if run.stage != "fit":
             raise ConfigError("stage", run.stage, "is not fit: bench compares training speeds")
         check_timed_steps(run)
@@ -189,7 +191,7 @@ def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[st
     from lightning_accel.cli.command_server import CommandServer
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = ["train", CELL_CALLBACKS, *cell.overrides, f"hydra.run.dir={run_dir}"]
+    args = ["train", CELL_CALLBACKS, *cell.overrides, path_override("hydra.run.dir", run_dir)]
     stdout, stderr = run_dir / "bench.stdout", run_dir / "bench.stderr"
     try:
         returncode = CommandServer.shared().run(
@@ -370,10 +372,10 @@ def main(args: list[str]) -> int:
         if options.help:
             print(USAGE, end="")
             return 0
-        cells = matrix(options.overrides)
-        jobs = [cell.overrides for cell in cells]
         out = options.out or Path("runs/bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
         check_writable(out, "--out")
+        cells = matrix(options.overrides, out)
+        jobs = [cell.overrides for cell in cells]
     except ConfigError as error:
         fail(error)
     out.mkdir(parents=True, exist_ok=True)

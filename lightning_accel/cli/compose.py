@@ -129,6 +129,17 @@ def _expand_globs(parsed: list[Override], overrides: list[str]) -> list[str]:
     return expanded
 
 
+def path_override(key: str, path: Path | str) -> str:
+    """``key=path`` as an override that Hydra reads back as that very path: quoted where it
+    holds more than Hydra's plain characters (a comma would make a sweep, a space or a
+    bracket a parse error), as it is elsewhere, for people to read and copy."""
+    text = str(path)
+    if re.fullmatch(r"[A-Za-z0-9_./:@%+~-]+", text):
+        return f"{key}={text}"
+    escaped = text.replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
 def config_dir_override(directory: str) -> str:
     """The override that adds ``directory`` (``--config-dir``: a project's own config
     groups, such as ``conf/recipe/mine.yaml``) to Hydra's search path, once it is known to

@@ -41,6 +41,7 @@ from lightning_accel.checkpoints import (
     saved_step,
 )
 from lightning_accel.cli.cluster import cluster_plugins
+from lightning_accel.cli.compose import path_override
 from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
@@ -281,7 +282,8 @@ def resume_command(run_dir: Path) -> str:
     recorded = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(recorded.read_text()) if recorded.is_file() else []
     kept = [o for o in overrides or [] if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    return shlex.join(["lightning-accel", "train", *kept, f"hydra.run.dir={run_dir}"])
+    directory = path_override("hydra.run.dir", run_dir)
+    return shlex.join(["lightning-accel", "train", *kept, directory])
 
 
 def resume_note(run_dir: Path) -> str:

@@ -303,12 +303,15 @@ class Verification:
     def refused(self, cell: Cell, overrides: list[str], sentence: str) -> dict[str, Any]:
         """Check ``overrides`` as the runner does before a run starts (in this process);
         they must be refused with ``sentence`` in the error."""
+        from lightning_accel.cli.compose import path_override
         from lightning_accel.cli.preflight import preflight
 
         cell.overrides = overrides
         run_dir = self.work / re.sub(r"[^A-Za-z0-9_.-]+", "-", cell.name).strip("-")
         try:
-            preflight(["callbacks=minimal", *overrides, f"hydra.run.dir={run_dir}"], False)
+            preflight(
+                [bench.CELL_CALLBACKS, *overrides, path_override("hydra.run.dir", run_dir)], False
+            )
         except ConfigError as error:
             expect(sentence in str(error), f"refused for another reason: {error}")
             return {"refusal": str(error)}
