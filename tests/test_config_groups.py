@@ -115,6 +115,25 @@ def test_multirun_expands_sweeps_into_jobs(tmp_path: Path, monkeypatch: pytest.M
     assert [Path(r.run_dir).name for r in runs] == ["0", "1", "2"]
 
 
+def test_a_sweeps_job_directories_follow_its_subdir_and_may_not_coincide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks looked for each job's own last checkpoint in <sweep dir>/<number> whatever
+    hydra.sweep.subdir said, and a subdir without the job in it put every job in one
+    directory, where each resumed the one before and kept its results."""
+    monkeypatch.chdir(tmp_path)
+    named = "hydra.sweep.subdir=${hydra.job.override_dirname}"
+    runs = preflight(["seed=1,2", "hardware=cpu", "hydra.sweep.dir=sweep", named], multirun=True)
+    assert [r.run_dir for r in runs] == [f"sweep/hardware=cpu,seed={seed}" for seed in (1, 2)]
+    with pytest.raises(ConfigError) as refused:
+        preflight(["seed=1,2", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=same"], True)
+    assert str(refused.value) == (
+        "hydra.sweep.subdir='same' gives jobs 0 and 1 one directory (sweep/same), where the "
+        "later would resume the earlier's run; give each job its own, such as "
+        "${hydra.job.num}."
+    )
+
+
 @pytest.mark.parametrize(
     "path", ["runs/gpt/2026-12-05_10-00-00", "/tmp/a b", "bench,one", "it's", "[x]", "é"]
 )

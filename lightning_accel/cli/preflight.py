@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import (
     InterpolationToMissingValueError,
     MissingMandatoryValue,
@@ -46,7 +46,12 @@ def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
         raise _missing(error, cfg) from error
     if not directory.strip():  # Hydra would write the run's files among the current ones
         raise ConfigError(key, directory, "is empty; give a directory (. for this one)")
-    return Path(directory) / str(job_number) if multirun else Path(directory)
+    if not multirun:
+        return Path(directory)
+    numbered = copy.deepcopy(cfg)
+    with read_write(numbered.hydra.job):
+        numbered.hydra.job.num = job_number  # as Hydra's launcher sets it for each job
+    return Path(directory) / str(OmegaConf.select(numbered, "hydra.sweep.subdir"))
 
 
 def _missing(
@@ -708,9 +713,19 @@ def preflight(
 
     jobs = trial_samples(overrides) if multirun else None
     runs = []
+    directories: dict[Path, int] = {}
     for number, job in enumerate(jobs or job_overrides(overrides, multirun)):
         cfg = compose_job(job)
         run_dir = run_directory(cfg, multirun, number)
+        if run_dir in directories:  # the later job would resume the earlier one's run
+            raise ConfigError(
+                "hydra.sweep.subdir",
+                OmegaConf.to_container(cfg.hydra.sweep)["subdir"],  # as given, unresolved
+                f"gives jobs {directories[run_dir]} and {number} one directory ({run_dir}), "
+                "where the later would resume the earlier's run; give each job its own, such "
+                "as ${hydra.job.num}",
+            )
+        directories[run_dir] = number
         run = validated_run(cfg, run_dir)
         if schema_valid is not None:
             schema_valid(run)
@@ -730,7 +745,7 @@ def preflight(
         check_weight_averaging(run, plan)
         check_tensor_parallel(run, plan, model)
         check_memory(run, plan, model, datamodule)
-        check_writable(run_dir, "hydra.run.dir")
+        check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         check_output_directories(run)
         runs.append(run)
     _check_one_world_per_sweep(runs)
