@@ -227,6 +227,19 @@ class GPTWithSpareLayer(GPTLanguageModel):
         self.spare = torch.nn.Linear(4, 4)
 
 
+class CheckedGPT(GPTLanguageModel):
+    """The pack's GPT behind a user's own check of its settings (a ValueError), made after
+    work the meta device cannot do when ``meta_first``, so that only the run itself builds
+    it."""
+
+    def __init__(self, max_width: int = 1024, meta_first: bool = False, **kwargs: Any) -> None:
+        if meta_first:
+            torch.ones(1).item()  # RuntimeError on the meta device
+        if kwargs["d_model"] > max_width:
+            raise ValueError(f"d_model={kwargs['d_model']} is wider than {max_width}")
+        super().__init__(**kwargs)
+
+
 class MissingPackageLogger:
     """A logger whose backing package is absent, as TensorBoard's is without the extra."""
 

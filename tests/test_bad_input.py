@@ -565,3 +565,24 @@ def test_a_run_directory_on_a_pseudo_file_system_is_refused_before_hydra_makes_i
     assert refused.stderr.strip() == (
         f"lightning-accel: error: hydra.run.dir='{run_dir}' {problem}; choose a writable directory."
     )
+
+
+@pytest.mark.parametrize("meta_first", [False, True])
+def test_a_models_own_value_error_is_one_sentence_naming_its_target(
+    tmp_path: Path, meta_first: bool
+) -> None:
+    """Raised while it is built on the meta device, before launch; raised only when the run
+    builds it (the meta device failed first), inside the job. It was Hydra's "Error
+    executing job" with exit 1."""
+    overrides = ["model._target_=helpers.CheckedGPT", "+model.max_width=16"]
+    overrides += [f"+model.meta_first={str(meta_first).lower()}"]
+    refused = run_cli(
+        ["train", *TINY, *overrides, "hydra.run.dir=run"], cwd=tmp_path, env=TEST_IMPORTS
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "lightning-accel: error: model._target_='helpers.CheckedGPT' refused the model.* "
+        "settings it was given: d_model=32 is wider than 16."
+    )
+    assert "Traceback" not in refused.stderr and "Error executing job" not in refused.stderr
+    assert (tmp_path / "run").exists() == meta_first, "refused before the job, when it can be"

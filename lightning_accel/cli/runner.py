@@ -64,13 +64,21 @@ def save_resolved_config(run: RunConfig) -> Path:
 def build_object(node: dict[str, Any], key: str) -> Any:
     """Instantiate a ``_target_`` node, its lists and mappings passed as plain ones (an
     OmegaConf container among a module's hyper-parameters would make its checkpoints
-    unloadable as data); a ConfigError or ImportError raised inside comes out unwrapped, so
-    callers can report it as the user's error."""
+    unloadable as data); a ConfigError or ImportError raised inside comes out unwrapped, and
+    a ValueError (Python's error for an argument of the wrong value) as a ConfigError naming
+    the target, so callers can report it as the user's error."""
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as error:
-        if isinstance(error.__cause__, (ConfigError, ImportError)):
-            raise error.__cause__ from None
+        cause = error.__cause__
+        if isinstance(cause, (ConfigError, ImportError)):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(
+                f"{key}._target_",
+                node.get("_target_"),
+                f"refused the {key}.* settings it was given: {str(cause).strip() or 'ValueError'}",
+            ) from cause
         raise
 
 
