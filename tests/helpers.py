@@ -404,6 +404,21 @@ TEST_IMPORTS = {
 }
 
 
+def quiet_trainer(**options: Any) -> pl.Trainer:
+    """A Lightning Trainer on the CPU that writes and prints nothing of its own: no logger,
+    checkpoints, progress bar, model summary or sanity validation; ``options`` add to those
+    or replace them."""
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return pl.Trainer(**{**quiet, **options})
+
+
 class TinyRegression(pl.LightningModule):
     """Two linear layers fitting the sum of 8 inputs: a Lightning run in a second."""
 

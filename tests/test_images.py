@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import run_cli
+from helpers import quiet_trainer, run_cli
 from PIL import Image
 
 from lightning_accel.data import ImageDataModule, SyntheticImageDataModule
@@ -295,16 +295,7 @@ def test_resnet_blocks_are_found_for_checkpointing_and_compile() -> None:
 
 
 def _trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        val_check_interval=1.0,
-        num_sanity_val_steps=0,
-    )
+    return quiet_trainer(max_steps=steps, val_check_interval=1.0)
 
 
 def test_resnet_learns_digits(one_thread: None) -> None:

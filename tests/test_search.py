@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from helpers import REPO, TINY, TinyRegression, run_cli
+from helpers import REPO, TINY, TinyRegression, quiet_trainer, run_cli
 
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.cli.search import required_objective, trial_samples
@@ -223,15 +222,9 @@ def test_a_trial_that_would_end_before_its_first_validation_fails_as_it_starts(
     data = torch.utils.data.TensorDataset(torch.randn(16, 8), torch.randn(16, 1))
     loader = torch.utils.data.DataLoader(data, batch_size=2)  # 8 batches an epoch
     model = _CountedValidation()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         **{"max_epochs": None, **trainer_options},
         callbacks=[TrialValidates("val/loss")],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         default_root_dir=tmp_path,
     )
     if bound is None:
