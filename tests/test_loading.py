@@ -199,6 +199,20 @@ def test_bad_worker_count_names_the_key(workers: object) -> None:
         loader_options(None, num_workers=workers)  # type: ignore[arg-type]
 
 
+def test_more_workers_than_the_machine_can_run_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """data.num_workers=1000 started workers for minutes, each a process with its own
+    state, before the first step."""
+    monkeypatch.setattr(loading, "usable_cores", lambda: 2)
+    assert loader_options(None, num_workers=8)["num_workers"] == 8
+    with pytest.raises(ConfigError) as refused:
+        loader_options(None, num_workers=9)
+    assert str(refused.value).startswith(
+        "data.num_workers=9 is more than the 8 loader processes (4 per core) this machine"
+    )
+
+
 def test_loader_batches_are_tensors_of_the_dataset() -> None:
     batch = next(iter(_loader()))
     assert isinstance(batch, torch.Tensor) and batch.shape == (4,)

@@ -195,6 +195,10 @@ def plan_loader(accelerator: str, local_processes: int, cores: int) -> LoaderPla
     return LoaderPlan(workers=workers, decoding_workers=workers, pin_memory="cuda" in accelerator)
 
 
+# more loader worker processes per core only add start-up time and memory
+WORKERS_PER_CORE = 4
+
+
 def loader_options(
     trainer: pl.Trainer | None,
     num_workers: int | str = "auto",
@@ -214,6 +218,14 @@ def loader_options(
         num_workers = plan.workers_for(decodes)
     elif not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError("data.num_workers", num_workers, "must be a count of 0 or more", ["auto"])
+    elif num_workers > (most := WORKERS_PER_CORE * usable_cores()):
+        raise ConfigError(
+            "data.num_workers",
+            num_workers,
+            f"is more than the {most} loader processes ({WORKERS_PER_CORE} per core) this "
+            "machine can run beside the model, each holding its own state; give at most "
+            f"{most}, or auto",
+        )
     if pin_memory == "auto":
         pin_memory = plan.pin_memory
     if persistent_workers == "auto":
