@@ -581,8 +581,8 @@ def test_a_models_own_value_error_is_one_sentence_naming_its_target(
     )
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.strip().splitlines()[-1] == (
-        "lightning-accel: error: model._target_='helpers.CheckedGPT' refused the model.* "
-        "settings it was given: d_model=32 is wider than 16."
+        "lightning-accel: error: model='helpers.CheckedGPT' refuses its arguments "
+        "(ValueError: d_model=32 is wider than 16)."
     )
     assert "Traceback" not in refused.stderr and "Error executing job" not in refused.stderr
     assert (tmp_path / "run").exists() == meta_first, "refused before the job, when it can be"

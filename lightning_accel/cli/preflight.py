@@ -222,7 +222,7 @@ def check_callbacks(run: RunConfig) -> None:
     run does not have."""
     from lightning.pytorch.callbacks import Callback, DeviceStatsMonitor, LearningRateMonitor
 
-    from lightning_accel.cli.runner import build_object
+    from lightning_accel.cli.runner import build_object, refused_arguments
 
     # Lightning's callbacks that write to the run's loggers and refuse to start without one
     need_a_logger = (LearningRateMonitor, DeviceStatsMonitor)
@@ -232,13 +232,7 @@ def check_callbacks(run: RunConfig) -> None:
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - the callback's own refusal of its arguments
-            cause = error.__cause__ or error
-            first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            raise ConfigError(
-                key,
-                node.get("_target_"),
-                f"refuses its arguments ({type(cause).__name__}: {first})",
-            ) from None
+            raise refused_arguments(key, node, error.__cause__ or error) from None
         check_built_type(key, node, callback, Callback)
         if isinstance(callback, need_a_logger) and not run.logger_nodes():
             raise ConfigError(

@@ -66,7 +66,8 @@ def build_object(node: dict[str, Any], key: str) -> Any:
     OmegaConf container among a module's hyper-parameters would make its checkpoints
     unloadable as data); a ConfigError or ImportError raised inside comes out unwrapped, and
     a ValueError (Python's error for an argument of the wrong value) as a ConfigError naming
-    the target, so callers can report it as the user's error."""
+    the target (:func:`refused_arguments`), so callers can report it as the user's
+    error."""
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as error:
@@ -74,12 +75,17 @@ def build_object(node: dict[str, Any], key: str) -> Any:
         if isinstance(cause, (ConfigError, ImportError)):
             raise cause from None
         if isinstance(cause, ValueError):
-            raise ConfigError(
-                f"{key}._target_",
-                node.get("_target_"),
-                f"refused the {key}.* settings it was given: {str(cause).strip() or 'ValueError'}",
-            ) from cause
+            raise refused_arguments(key, node, cause) from cause
         raise
+
+
+def refused_arguments(key: str, node: dict[str, Any], cause: BaseException) -> ConfigError:
+    """The ConfigError for a ``_target_`` whose constructor refused the arguments the config
+    gave it, with the first line of its own message."""
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return ConfigError(
+        key, node.get("_target_"), f"refuses its arguments ({type(cause).__name__}: {first})"
+    )
 
 
 def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.LightningDataModule]:
