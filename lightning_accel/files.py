@@ -32,6 +32,14 @@ def write_text_whole(path: Path, text: str) -> Path:
     return path
 
 
+def required_path(key: str, value: str, needed: str) -> Path:
+    """``value`` as a path; a ConfigError naming ``key`` and asking for ``needed`` where it
+    is empty, which would stand for the current directory."""
+    if not value.strip():
+        raise ConfigError(key, value, f"is empty; give {needed}")
+    return Path(value)
+
+
 def check_writable(path: Path, key: str, is_file: bool = False) -> None:
     """Fail with a :class:`ConfigError` naming ``key`` unless the directory ``path`` (with
     ``is_file``, the directory of the file ``path``) exists writable, or could be created,

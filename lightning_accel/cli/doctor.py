@@ -25,6 +25,7 @@ from lightning_accel.cli.console import fail
 from lightning_accel.cli.trace_report import report_traces
 from lightning_accel.config import HardwareConfig, OptimizationConfig
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import required_path
 from lightning_accel.hardware import auto_accelerator
 from lightning_accel.machine import MachineFacts, gather
 from lightning_accel.plan.run import plan_run
@@ -346,9 +347,7 @@ def _next_value(arguments: Iterator[str], option: str, needed: str) -> str:
     given = next(arguments, None)
     if given is None:
         raise ConfigError("doctor", option, f"needs {needed} after it")
-    if not given.strip():  # it would be the current directory
-        raise ConfigError(option, given, f"is empty; give {needed}")
-    return given
+    return str(required_path(option, given, needed))
 
 
 def parse(args: list[str]) -> DoctorArguments:

@@ -49,22 +49,22 @@ VERBS = ("train", "validate", "test", "predict", "bench", "plan", "consolidate",
 def consolidate(args: list[str]) -> int:
     """``lightning-accel consolidate SHARDED OUT``."""
     import time
-    from pathlib import Path
 
     from lightning_accel.checkpoints import consolidate_checkpoint
     from lightning_accel.cli.console import say, working
     from lightning_accel.errors import ConfigError
-    from lightning_accel.files import check_writable
+    from lightning_accel.files import check_writable, required_path
 
     if any(arg in ("-h", "--help") for arg in args):
         print(CONSOLIDATE_USAGE, end="")
         return 0
     if len(args) != 2:
         fail("consolidate takes two arguments: a sharded checkpoint directory and an output file.")
-    for name, given in zip(("SHARDED", "OUT"), args, strict=True):
-        if not given.strip():  # it would be the current directory
-            fail(ConfigError(name, given, "is empty; give a path"))
-    source, output = Path(args[0]), Path(args[1])
+    try:
+        source = required_path("SHARDED", args[0], "a path")
+        output = required_path("OUT", args[1], "a path")
+    except ConfigError as error:
+        fail(error)
     if output.is_dir():
         fail(ConfigError("OUT", str(output), "is a directory; give a file name such as model.ckpt"))
     try:

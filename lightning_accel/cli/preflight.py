@@ -27,7 +27,7 @@ from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key,
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
-from lightning_accel.files import check_writable
+from lightning_accel.files import check_writable, required_path
 
 if TYPE_CHECKING:
     from lightning_accel.optimize.memory_format import ChannelsLastChoice
@@ -444,10 +444,8 @@ def check_checkpoint(run: RunConfig) -> Path | None:
 
     if run.ckpt_path is None:
         return own_last_checkpoint(run)
-    if not run.ckpt_path.strip():  # it would be the current directory
-        own = ", or null to resume from the run directory's last one" if run.stage == "fit" else ""
-        raise ConfigError("ckpt_path", run.ckpt_path, f"is empty; give a checkpoint file{own}")
-    path = Path(run.ckpt_path)
+    own = ", or null to resume from the run directory's last one" if run.stage == "fit" else ""
+    path = required_path("ckpt_path", run.ckpt_path, f"a checkpoint file{own}")
     if run.ckpt_path in LIGHTNING_CHECKPOINT_NAMES and not path.exists():
         raise ConfigError(
             "ckpt_path",
