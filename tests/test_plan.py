@@ -287,6 +287,18 @@ def test_a_model_that_fits_nowhere_names_the_smallest_world_that_fits(tmp_path: 
     )
 
 
+def test_a_cpu_world_too_large_to_fit_says_its_ranks_share_the_machines_memory(
+    tmp_path: Path,
+) -> None:
+    result = run_cli(["plan", "--world", "4096"], cwd=tmp_path)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "fits on no layout at world sizes 4096 of cpu; the smallest world that fits is 1" in (
+        message
+    )
+    assert "this CPU's ranks share its memory" in message
+
+
 def _custom(model: str) -> list[str]:
     return [
         "recipe=custom",

@@ -30,7 +30,7 @@ DEVICE_COLLECTIVE_SECONDS = 20e-6
 # Devices of a node: tensor parallelism stays within one, HSDP shards within one.
 NODE_DEVICES = 8
 # World sizes searched for the smallest one that fits.
-SEARCHED_WORLDS = tuple(2**k for k in range(1, 13))
+SEARCHED_WORLDS = tuple(2**k for k in range(13))
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,10 @@ def fits_nowhere(footprint: ModelFootprint, spec: DeviceSpec | None, worlds: Seq
             f"the model fits on no world of {name} devices up to {SEARCHED_WORLDS[-1]}, even "
             "sharded with activation checkpointing"
         )
+    why = ""
+    if spec is None and smallest < min(worlds):
+        why = "; this CPU's ranks share its memory, so each added rank leaves every rank less"
     return (
         f"the model fits on no layout at world sizes {asked} of {name}; the smallest world "
-        f"that fits is {smallest} (--world {smallest})"
+        f"that fits is {smallest} (--world {smallest}){why}"
     )
