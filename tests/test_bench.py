@@ -160,3 +160,21 @@ def test_sweeps_written_as_range_choice_or_lists_are_labelled_by_what_varies() -
     assert bench.swept_keys(jobs) == ["seed", "trainer.max_steps"]
     assert bench.swept_keys(job_overrides(["seed=range(3)"], multirun=True)) == ["seed"]
     assert bench.swept_keys(job_overrides(["+data.sizes=[1,2]"], multirun=True)) == []
+
+
+def test_a_cell_stopped_by_ctrl_c_leaves_its_output_merged_into_bench_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class InterruptedServer:
+        def run(self, args, cwd, environment, stdout: Path, stderr: Path, timeout) -> int:
+            stdout.write_text("training\n")
+            stderr.write_text("half a line")
+            raise KeyboardInterrupt
+
+    from lightning_accel.cli import command_server
+
+    monkeypatch.setattr(command_server.CommandServer, "shared", InterruptedServer)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_cell(bench.Cell("default", []), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.log"]
+    assert (tmp_path / "bench.log").read_text() == "training\nhalf a line"

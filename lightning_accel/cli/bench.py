@@ -183,6 +183,15 @@ def _error_of(log: str, returncode: int) -> str:
     return lines[-1] if lines else f"exit code {returncode}"
 
 
+def _merge_output(stdout: Path, stderr: Path, log: Path) -> list[str]:
+    """Write a cell's stdout then stderr into ``log``, removing both; their texts."""
+    output = [path.read_text() if path.is_file() else "" for path in (stdout, stderr)]
+    log.write_text("".join(output))
+    stdout.unlink(missing_ok=True)
+    stderr.unlink(missing_ok=True)
+    return output
+
+
 def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[str, Any] | None:
     """Train one cell in a process of its own (forked from this process's
     :class:`~lightning_accel.cli.command_server.CommandServer`); its summary, or None with
@@ -200,10 +209,8 @@ def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[st
     except subprocess.TimeoutExpired:
         cell.error, cell.timed_out = f"timed out after {timeout:g} s and was stopped", True
         returncode = None
-    output = [path.read_text() for path in (stdout, stderr)]
-    (run_dir / "bench.log").write_text("".join(output))
-    stdout.unlink()
-    stderr.unlink()
+    finally:  # a bench stopped by Ctrl+C leaves the cell's output merged, too
+        output = _merge_output(stdout, stderr, run_dir / "bench.log")
     summary_path = run_dir / "summary.json"
     if returncode is None:
         return None
