@@ -331,6 +331,9 @@ TRAINER_ARGUMENTS_SET_ELSEWHERE = {
     "enable_progress_bar": "callbacks.progress_bar (null turns it off)",
     "enable_model_summary": "callbacks.model_summary (null turns it off)",
     "default_root_dir": "hydra.run.dir",
+    # Lightning uploads only through the checkpoint callback it adds when none is given;
+    # the runner always gives its own, so the argument alone would be ignored
+    "model_registry": "callbacks.checkpoint with litmodels' LightningModelCheckpoint",
 }
 
 
@@ -377,7 +380,6 @@ class TrainerConfig:
         sync_batchnorm: Synchronize batch-norm statistics between processes.
         reload_dataloaders_every_n_epochs: Rebuild the DataLoaders every n epochs (0: never).
         enable_autolog_hparams: Log the hyper-parameters when the run starts.
-        model_registry: Name of the model to upload to Lightning's model registry.
     """
 
     max_steps: int = 500
@@ -405,7 +407,6 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
     enable_autolog_hparams: bool = True
-    model_registry: str | None = None
 
     def __post_init__(self) -> None:
         # -1 means "no limit" for the loop's length, and "every batch" for sanity checks

@@ -35,6 +35,10 @@ CASES = {
         ["+trainer.precision=bf16-mixed"],
         ["trainer.precision", "use optimization.precision instead"],
     ),
+    "trainer argument the runner's checkpoint callback would ignore": (
+        ["trainer.model_registry=my-model"],
+        ["trainer.model_registry", "use callbacks.checkpoint with litmodels'"],
+    ),
     "wrong type of a trainer argument": (
         ["trainer.check_val_every_n_epoch=often"],
         ["trainer.check_val_every_n_epoch='often' is not a valid integer"],
