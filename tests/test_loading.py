@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,9 +21,9 @@ from lightning_accel.data.loading import (
     LoaderPlan,
     ResumableDataLoader,
     ResumableSampler,
-    leave_sigterm_to_the_rank,
     loader_options,
 )
+from lightning_accel.data.worker_start import LoaderWorkerStart
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import CpuFacts, CudaDevice, CudaFacts, MachineFacts
 from lightning_accel.plan.run import plan_run
@@ -123,7 +126,7 @@ def test_auto_loader_on_a_cpu_uses_workers_only_for_decoding(eight_cores: None) 
         "num_workers": 2,
         "pin_memory": False,
         "persistent_workers": True,
-        "worker_init_fn": leave_sigterm_to_the_rank,
+        "worker_init_fn": LoaderWorkerStart(os.getpid()),
     }
 
 
@@ -133,7 +136,7 @@ def test_auto_loader_on_cuda_shares_the_cores_between_ranks_and_pins(eight_cores
         "num_workers": 3,
         "pin_memory": True,
         "persistent_workers": True,
-        "worker_init_fn": leave_sigterm_to_the_rank,
+        "worker_init_fn": LoaderWorkerStart(os.getpid()),
         "prefetch_factor": 4,
     }
     assert loader_options(_trainer("xla", devices=1))["pin_memory"] is False
@@ -170,7 +173,7 @@ def test_explicit_loader_settings_win(eight_cores: None) -> None:
         "num_workers": 1,
         "pin_memory": False,
         "persistent_workers": True,
-        "worker_init_fn": leave_sigterm_to_the_rank,
+        "worker_init_fn": LoaderWorkerStart(os.getpid()),
     }
 
 
@@ -256,3 +259,58 @@ def test_rank_threads_follow_the_cores_this_process_may_use(
     with launch._rank_environment(processes=2):
         assert os.environ["OMP_NUM_THREADS"] == "3"
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+_RANK_KILLED_WHILE_ITS_WORKER_STARTS = """
+import os, sys, time
+import torch
+from lightning_accel.data.loading import loader_options
+
+start = loader_options(None, num_workers=1)["worker_init_fn"]
+gate = sys.argv[1]
+
+def init(worker_id):
+    with open(gate + ".worker", "w") as f:
+        f.write(str(os.getpid()))
+    while os.path.exists(gate):  # the test kills the rank meanwhile
+        time.sleep(0.05)
+    start(worker_id)
+
+loader = torch.utils.data.DataLoader(list(range(4)), num_workers=1, worker_init_fn=init)
+next(iter(loader))
+"""
+
+
+def _ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_worker_whose_rank_died_while_it_started_ends(tmp_path: Path) -> None:
+    """torch's watchdog takes the worker's parent after worker_init_fn: with the rank
+    already gone it watched init instead, and the worker (ignoring SIGTERM) ran forever."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    rank = subprocess.Popen([sys.executable, "-c", _RANK_KILLED_WHILE_ITS_WORKER_STARTS, gate])
+    worker_file = Path(f"{gate}.worker")
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (worker_file.is_file() and worker_file.read_text()):
+            assert rank.poll() is None and time.monotonic() < deadline, "no worker started"
+            time.sleep(0.05)
+        worker = int(worker_file.read_text())
+        rank.kill()
+        rank.wait(timeout=30)
+        gate.unlink()
+        deadline = time.monotonic() + 20
+        while not _ended(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _ended(worker), "the worker outlived its rank"
+    finally:
+        rank.kill()
+        if worker is not None and not _ended(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import os
 import time
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
 from lightning_accel.config import require_positive
+from lightning_accel.data.worker_start import LoaderWorkerStart
 from lightning_accel.errors import ConfigError
 from lightning_accel.machine import usable_cores
 
@@ -236,19 +237,10 @@ def loader_options(
         "persistent_workers": bool(persistent_workers) and num_workers > 0,
     }
     if num_workers > 0:
-        options["worker_init_fn"] = leave_sigterm_to_the_rank
+        options["worker_init_fn"] = LoaderWorkerStart(os.getpid())
     if num_workers > 0 and prefetch_factor is not None:
         options["prefetch_factor"] = prefetch_factor
     return options
-
-
-def leave_sigterm_to_the_rank(worker_id: int) -> None:
-    """A loader worker's start: it ignores SIGTERM. A SIGTERM to the whole process group
-    (``scancel``, a preempted job) would otherwise end the workers at once, and their rank's
-    next batch would fail before the rank reached the step where every rank stops together
-    (:class:`~lightning_accel.strategies.agreed_stop.AgreedStop`). Workers still end with
-    their rank."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def checked_loader_settings(
