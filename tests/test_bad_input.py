@@ -44,6 +44,11 @@ CASES = {
         ["trainer.check_val_every_n_epoch='often' is not a valid integer"],
     ),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
+    # the preflight checked data.source here, the job then looked for it in its run directory
+    "job moved into its run directory": (
+        ["hydra.job.chdir=true"],
+        ["hydra.job.chdir=True is not supported: the command's relative paths"],
+    ),
     "data chosen as if it were a config group": (
         ["data=images"],
         ["data='images' is not a config group", "recipe=NAME (custom, gpt, image)"],

@@ -54,6 +54,21 @@ def run_directory(cfg: DictConfig, multirun: bool, job_number: int = 0) -> Path:
     return Path(directory) / str(OmegaConf.select(numbered, "hydra.sweep.subdir"))
 
 
+def check_job_stays_in_place(cfg: DictConfig) -> None:
+    """Refuse ``hydra.job.chdir=true``: the preflight, every rank and a resume read the
+    command's relative paths (``data.source``, ``ckpt_path``) from the directory it runs in,
+    so a job moved into its run directory would read other files than those checked."""
+    if OmegaConf.select(cfg, "hydra.job.chdir"):
+        raise ConfigError(
+            "hydra.job.chdir",
+            True,
+            "is not supported: the command's relative paths (data.source, ckpt_path) are "
+            "read from the directory it runs in, and a callback of yours writes into the "
+            "run directory through ${hydra:runtime.output_dir}",
+            [False],
+        )
+
+
 def _missing(
     error: MissingMandatoryValue | InterpolationToMissingValueError, cfg: DictConfig
 ) -> ConfigError:
@@ -708,6 +723,7 @@ def preflight(
     directories: dict[Path, int] = {}
     for number, job in enumerate(jobs or job_overrides(overrides, multirun)):
         cfg = compose_job(job)
+        check_job_stays_in_place(cfg)
         run_dir = run_directory(cfg, multirun, number)
         if run_dir in directories:  # the later job would resume the earlier one's run
             raise ConfigError(
