@@ -68,17 +68,18 @@ def require_duration(key: str, value: Any) -> None:
     """Raise a ConfigError unless ``value`` is a positive duration as Lightning takes one: a
     ``DD:HH:MM:SS`` string or a dict of ``datetime.timedelta`` arguments."""
     fields = ("days", "hours", "minutes", "seconds")
+    arguments = value
     if isinstance(value, str):
         parts = value.split(":")
         if len(parts) == len(fields) and all(part.isdigit() for part in parts):
-            value = dict(zip(fields, map(int, parts), strict=True))
+            arguments = dict(zip(fields, map(int, parts), strict=True))
     try:
-        seconds = timedelta(**value).total_seconds() if isinstance(value, dict) else 0
+        seconds = timedelta(**arguments).total_seconds() if isinstance(arguments, dict) else 0
     except TypeError:  # an argument timedelta does not take, or a value of the wrong type
         seconds = 0
-    if seconds <= 0:
+    if seconds <= 0:  # named as given, not as the dict it was read into
         raise ConfigError(
-            key, value, "must be a duration: DD:HH:MM:SS, or a dict such as {hours: 2}"
+            key, value, "must be a duration above 0: DD:HH:MM:SS, or a dict such as {hours: 2}"
         )
 
 

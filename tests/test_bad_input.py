@@ -358,7 +358,7 @@ CASES = {
     ),
     "validation interval as a duration timedelta refuses": (
         ["trainer.val_check_interval={sec:3}"],
-        ["val_check_interval={'sec': 3} must be a duration: DD:HH:MM:SS, or a dict"],
+        ["val_check_interval={'sec': 3} must be a duration above 0: DD:HH:MM:SS, or a dict"],
     ),
     "test batches past a whole set": (
         ["trainer.limit_test_batches=3.5"],
@@ -366,7 +366,11 @@ CASES = {
     ),
     "time limit that is no duration": (
         ["trainer.max_time=abc"],
-        ["trainer.max_time='abc' must be a duration: DD:HH:MM:SS"],
+        ["trainer.max_time='abc' must be a duration above 0: DD:HH:MM:SS"],
+    ),
+    "time limit of no time, named as given": (
+        ["trainer.max_time=00:00:00:00"],
+        ["trainer.max_time='00:00:00:00' must be a duration above 0"],
     ),
     "callback argument the callback refuses": (
         ["callbacks.checkpoint.save_top_k=-2"],
