@@ -64,6 +64,18 @@ def require_fraction_or_count(key: str, value: Any) -> None:
         raise ConfigError(key, value, "must be a fraction in [0.0, 1.0] or a whole count")
 
 
+def require_held_out_fraction(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is a fraction above 0 and below 1: the share of
+    the data held out for validation, the rest trained on."""
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError(
+            key,
+            value,
+            "must be above 0 and below 1, the share held out for validation; "
+            "trainer.limit_val_batches=0 turns validation off",
+        )
+
+
 def require_duration(key: str, value: Any) -> None:
     """Raise a ConfigError unless ``value`` is a positive duration as Lightning takes one: a
     ``DD:HH:MM:SS`` string or a dict of ``datetime.timedelta`` arguments."""

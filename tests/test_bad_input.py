@@ -45,6 +45,14 @@ CASES = {
     ),
     "unknown top-level key": (["epochs=3"], ["epochs", "trainer"]),
     # the preflight checked data.source here, the job then looked for it in its run directory
+    "no data held out for validation": (
+        ["data.val_fraction=0"],
+        ["data.val_fraction=0 must be above 0 and below 1", "trainer.limit_val_batches=0"],
+    ),
+    "every image held out for validation": (
+        ["recipe=image", "data.val_fraction=1"],
+        ["data.val_fraction=1 must be above 0 and below 1"],
+    ),
     "job moved into its run directory": (
         ["hydra.job.chdir=true"],
         ["hydra.job.chdir=True is not supported: the command's relative paths"],

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 from typing_extensions import override
 
-from lightning_accel.config import require_positive
+from lightning_accel.config import require_held_out_fraction, require_positive
 from lightning_accel.data.cache import cache_location
 from lightning_accel.data.image_base import DeviceImageDataModule
 from lightning_accel.data.image_sources import (
@@ -94,8 +94,7 @@ class ImageDataModule(DeviceImageDataModule):
             prefetch_factor=prefetch_factor,
             seed=seed,
         )
-        if not 0 < val_fraction < 1:
-            raise ConfigError("data.val_fraction", val_fraction, "must lie between 0 and 1")
+        require_held_out_fraction("data.val_fraction", val_fraction)
         if layout not in LAYOUTS:
             raise ConfigError("data.layout", layout, "is not a layout", LAYOUTS)
         self.source = str(source)

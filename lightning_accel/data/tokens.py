@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from lightning_accel.config import require_positive
+from lightning_accel.config import require_held_out_fraction, require_positive
 from lightning_accel.data.cache import cache_location, files_key
 from lightning_accel.data.corpus import STDLIB, corpus_files
 from lightning_accel.data.loading import Sampling, SplitDataModule, check_sampling
@@ -276,8 +276,7 @@ class TokenDataModule(SplitDataModule):
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, prefetch_factor, seed
         )
-        if not 0 < val_fraction < 1:
-            raise ConfigError("data.val_fraction", val_fraction, "must lie between 0 and 1")
+        require_held_out_fraction("data.val_fraction", val_fraction)
         check_sampling(sampling)
         self.source = str(source)
         self.files = corpus_files(self.source, tuple(suffixes))
