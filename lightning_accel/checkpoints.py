@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
 from lightning_accel.errors import ConfigError
-from lightning_accel.files import replaced_whole
+from lightning_accel.files import check_room, replaced_whole, room_checked
 from lightning_accel.safe_load import (
     DCP_METADATA,
     UnsafeCheckpointError,
@@ -186,6 +187,21 @@ def optimizer_by_name(
     }
 
 
+def local_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint as this process holds them: of a
+    DTensor, its local shard. What a save of it writes, less a little metadata."""
+
+    if isinstance(state, DTensor):
+        state = state.to_local()
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(local_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(local_bytes(value) for value in state)
+    return 0
+
+
 def sharded_entries(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The parts of a Lightning ``checkpoint`` saved as shards, taken out of it: the model's
     state (``state_dict``) and each optimizer's (``optimizer_<i>``), the layout of
@@ -273,17 +289,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
+        check_room(target, local_bytes(checkpoint))
         for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed save
             stale.unlink(missing_ok=True)
-        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
+        with replaced_whole(target) as staging:
             with staging.open("wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(staging, target)
-        finally:
-            staging.unlink(missing_ok=True)
         _fsync_directory(target.parent)
 
 
@@ -334,7 +347,14 @@ def atomic_directory(target: Path, is_writer: bool, barrier: Any) -> Iterator[Pa
     :func:`recover_checkpoint` restores.
     """
     staging = stage_directory(target, is_writer, barrier)
-    yield staging
+    with room_checked(target):  # the space left is measured without the shards written
+        try:
+            yield staging
+        except BaseException:
+            # a part of a checkpoint is of no use, and on a full disk it took the room the
+            # ranks' error records need
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     publish_directory(target, staging, is_writer, barrier)
 
 

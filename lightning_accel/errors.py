@@ -1,5 +1,5 @@
 """The exceptions the CLI reports in one sentence: mistakes a user can fix by changing their
-input, and runs stopped by a signal."""
+input, runs stopped by a signal, and results the disk could not hold."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int = STOPPED_EXIT_CODE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class StorageFull(Exception):
+    """A file of the run could not be written because its file system is full or over
+    quota; the message names the file, the space left and what was kept. The CLI exits 1:
+    the input was right, the machine could not hold the result."""
 
 
 def _show(value: Any) -> str:

@@ -3,26 +3,73 @@ and only where they can be written (checked before any work starts)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import ConfigError, StorageFull
+
+# the errors of a write that found no room: the disk is full, or the user's quota is
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for this user on the file system that holds (or would hold) ``path``."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def check_room(path: Path, needed: int) -> None:
+    """Raise :class:`StorageFull` before anything is written where ``path`` needs more
+    bytes than its file system has free; the previous version, if any, is kept."""
+    free = free_bytes(path)
+    if needed > free:
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise StorageFull(
+            f"{path} needs about {needed / 2**20:.1f} MiB, more than the "
+            f"{free / 2**20:.1f} MiB free on its file system; {kept}."
+        )
+
+
+@contextmanager
+def room_checked(path: Path) -> Iterator[None]:
+    """Turn a write of ``path`` that found no room (ENOSPC, EDQUOT, also where a library
+    such as torch's serializer raised its own error while handling it) into
+    :class:`StorageFull` naming the file, the space left and what was kept."""
+    try:
+        yield
+    except Exception as error:
+        cause: BaseException | None = error
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno in _NO_ROOM):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        raise StorageFull(
+            f"{path} could not be written: {os.strerror(cause.errno).lower()} "
+            f"({free_bytes(path) / 2**20:.1f} MiB free on its file system); {kept}."
+        ) from None
 
 
 @contextmanager
 def replaced_whole(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed onto ``path`` when the block ends
-    without an error, removed otherwise. The parent directory is created."""
+    without an error, removed otherwise. The parent directory is created. A write that
+    finds no room raises :class:`StorageFull`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield staging
-        staging.replace(path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with room_checked(path):  # outside: the space left is measured without the part written
+        try:
+            yield staging
+            staging.replace(path)
+        finally:
+            staging.unlink(missing_ok=True)
 
 
 def write_text_whole(path: Path, text: str) -> Path:

@@ -397,6 +397,19 @@ class HangAtStart(pl.Callback):
         time.sleep(self.seconds)
 
 
+class FullDisk(pl.Callback):
+    """Makes every file system look ``free`` bytes free to the pack in the process it runs
+    in (each rank builds its own), as a disk filled by another job would."""
+
+    def __init__(self, free: int = 4096) -> None:
+        self.free = free
+
+    def setup(self, *args: object, **kwargs: object) -> None:
+        from lightning_accel import files
+
+        files.free_bytes = lambda path: self.free
+
+
 TESTS = Path(__file__).resolve().parent
 # Lets CLI subprocesses (and their ranks) import test-only classes such as StopAtStep.
 TEST_IMPORTS = {

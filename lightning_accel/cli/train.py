@@ -23,7 +23,7 @@ from lightning_accel.cli.preflight import (
     validated_run,
 )
 from lightning_accel.cli.schema import RunConfig, register_schemas
-from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
+from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped, StorageFull
 from lightning_accel.profiles import config_dir
 
 
@@ -97,7 +97,7 @@ def _run_job(cfg: DictConfig) -> float | None:
                     run_stage(run)
     except ConfigError as error:
         fail(error)
-    except RanksFailed as error:
+    except (RanksFailed, StorageFull) as error:
         fail(error, exit_code=1)
     except RunStopped as stopped:
         end_stopped(stopped)

@@ -20,8 +20,14 @@ from torch.distributed.fsdp import FSDPModule
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lightning_accel.checkpoints import atomic_directory, sharded_entries, verify_checkpoint
+from lightning_accel.checkpoints import (
+    atomic_directory,
+    local_bytes,
+    sharded_entries,
+    verify_checkpoint,
+)
 from lightning_accel.config import OptimizationConfig, require_positive
+from lightning_accel.files import check_room
 from lightning_accel.optimize.transforms import (
     FSDP2,
     TENSOR_PARALLEL,
@@ -238,6 +244,9 @@ class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
         target = Path(self.broadcast(filepath))
+        # this node's ranks write shards of about one size; a shortfall is found before any
+        # rank writes, where a full disk midway left the ranks' errors unreadable
+        check_room(target, local_bytes(checkpoint) * self.num_processes)
         started = time.perf_counter()
         if self.async_writer is not None:
             shards = sharded_entries(checkpoint)
