@@ -228,6 +228,7 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
             str(sharded),
             "is one checkpoint file already; it loads and resumes without consolidating",
         )
+    check_room(output, sum(shard.stat().st_size for shard in sharded.glob("*.distcp")))
     with replaced_whole(output) as staging:
         dcp_to_torch_save(str(sharded), str(staging))
         flat = load_data_file(staging, "OUT")

@@ -61,6 +61,8 @@ class StorageFull(Exception):
     quota; the message names the file, the space left and what was kept. The CLI exits 1:
     the input was right, the machine could not hold the result."""
 
+    exit_code = 1
+
 
 def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)

@@ -25,15 +25,17 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def check_room(path: Path, needed: int) -> None:
+def check_room(path: Path, needed: int, elsewhere: str | None = None) -> None:
     """Raise :class:`StorageFull` before anything is written where ``path`` needs more
-    bytes than its file system has free; the previous version, if any, is kept."""
+    bytes than its file system has free; the previous version, if any, is kept.
+    ``elsewhere``: the setting that puts ``path`` on another disk, named in the message."""
     free = free_bytes(path)
     if needed > free:
         kept = "the previous version is kept" if path.exists() else "nothing was written"
+        remedy = f" ({elsewhere} puts it on another disk)" if elsewhere else ""
         raise StorageFull(
             f"{path} needs about {needed / 2**20:.1f} MiB, more than the "
-            f"{free / 2**20:.1f} MiB free on its file system; {kept}."
+            f"{free / 2**20:.1f} MiB free on its file system; {kept}{remedy}."
         )
 
 

@@ -205,14 +205,14 @@ class LazyImageClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def refusal(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+def refusal(argv: list[str], capsys: pytest.CaptureFixture, code: int = 2) -> str:
     """The one line ``lightning-accel ARGV``, run in this process, refuses its input with:
-    exit 2 and one ``lightning-accel: error:`` sentence are asserted."""
+    exit ``code`` (2: bad input) and one ``lightning-accel: error:`` sentence are asserted."""
     from lightning_accel.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == code
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lightning-accel: error: "), lines
     return lines[0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import MODEL, SHAPE, TINY, Runs, refusal, run_cli, write_crafted_checkpoint
 
+from lightning_accel import files
 from lightning_accel.checkpoints import (
     check_same_model,
     consolidate_checkpoint,
@@ -110,6 +111,17 @@ def test_consolidate_bad_input_exits_2(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert fragment in refusal([a.replace("SHARDED", str(sharded)) for a in arguments], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_consolidating_onto_a_disk_that_cannot_hold_the_file_writes_nothing(
+    sharded: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "free_bytes", lambda path: 2**10)
+    output = tmp_path / "model.ckpt"
+    said = refusal(["consolidate", str(sharded), str(output)], capsys, code=1)
+    assert said.startswith(f"lightning-accel: error: {output} needs about ")
+    assert said.endswith("MiB, more than the 0.0 MiB free on its file system; nothing was written.")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TEST_IMPORTS, TINY, run_cli
+from helpers import TEST_IMPORTS, TINY, refusal, run_cli
 
 from lightning_accel import files
 from lightning_accel.checkpoints import AtomicCheckpointIO, atomic_directory
@@ -71,6 +71,25 @@ def test_a_sharded_save_that_fails_removes_its_staged_shards_and_keeps_the_last(
     assert (target / "shard").read_text() == "old"
 
 
+def test_a_token_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    small_corpus: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(files, "free_bytes", lambda path: 2**10)
+    args = ["train", *TINY, f"data.source={small_corpus}", "data.cache_dir=cache"]
+    said = refusal([*args, "hydra.run.dir=run"], capsys, code=1)
+    assert re.fullmatch(
+        r"lightning-accel: error: cache/\w+ needs about [\d.]+ "
+        r"MiB, more than the 0\.0 MiB free on its file system; nothing was written "
+        r"\(data\.cache_dir puts it on another disk\)\.",
+        said,
+    ), said
+    assert [p.name for p in tmp_path.rglob("*")] == ["cache"], "an empty cache folder only"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hardware", ["cpu", "fsdp2_cpu"])
 def test_a_run_whose_checkpoint_the_disk_cannot_hold_ends_in_one_sentence(
@@ -91,6 +110,6 @@ def test_a_run_whose_checkpoint_the_disk_cannot_hold_ends_in_one_sentence(
     assert refused, last
     if hardware == "cpu":
         assert last == f"lightning-accel: error: {refused[0]}."  # one sentence, all of it
-    else:  # the ranks' launcher names the rank
-        assert last.startswith("lightning-accel: error: rank 0 (exit code 1) failed (")
+    else:  # the ranks' launcher names the first failed rank it finds: each one checks
+        assert re.match(r"lightning-accel: error: rank [01] \(exit code 1\) failed \(", last)
     assert list((tmp_path / "run").rglob("*ckpt*")) == [], "nothing written, not even a part"

@@ -147,11 +147,12 @@ def say(message: str) -> None:
     record(logging.INFO, message)
 
 
-def fail(error: ConfigError | Exception | str, exit_code: int = 2) -> NoReturn:
-    """Report an error in one sentence and exit (code 2: the user's input was wrong)."""
+def fail(error: ConfigError | Exception | str, exit_code: int | None = None) -> NoReturn:
+    """Report an error in one sentence and exit: with ``exit_code``, else the error's own
+    (``StorageFull``: 1), else 2 (the user's input was wrong)."""
     console.print(f"[bold red]lightning-accel: error:[/] {escape(str(error))}", soft_wrap=True)
     record(logging.ERROR, str(error))
-    sys.exit(exit_code)
+    sys.exit(exit_code if exit_code is not None else getattr(error, "exit_code", 2))
 
 
 def end_stopped(stopped: RunStopped) -> NoReturn:

@@ -119,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[0] in ("--completion", "--complete"):
         return complete(args)
-    verb, rest = args[0], args[1:]
+    from lightning_accel.errors import StorageFull
+
+    try:
+        return run_verb(args[0], args[1:])
+    except StorageFull as error:  # a cache, checkpoint or result the disk could not hold
+        fail(error)
+
+
+def run_verb(verb: str, rest: list[str]) -> int:
+    """Run the command ``verb`` with its arguments ``rest``; returns the exit code."""
     if verb in ("train", "validate", "test", "predict"):
         from lightning_accel.cli.train import main as train
 

@@ -95,9 +95,9 @@ def _run_job(cfg: DictConfig) -> float | None:
                     launch_on_ray(config_path, plan, run.launcher)
                 else:
                     run_stage(run)
-    except ConfigError as error:
+    except (ConfigError, StorageFull) as error:
         fail(error)
-    except (RanksFailed, StorageFull) as error:
+    except RanksFailed as error:
         fail(error, exit_code=1)
     except RunStopped as stopped:
         end_stopped(stopped)
@@ -251,7 +251,7 @@ def main(args: list[str], stage: str = "fit") -> int:
                 runs = preflight(overrides, multirun=True)
             if not options.cfg:
                 prepare_data(runs)
-        except ConfigError as error:
+        except (ConfigError, StorageFull) as error:
             rank_server.stop()
             fail(error)
         if options.cfg == "job" and not options.package:

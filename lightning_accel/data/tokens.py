@@ -24,7 +24,7 @@ from lightning_accel.data.corpus import STDLIB, corpus_files
 from lightning_accel.data.loading import Sampling, SplitDataModule, check_sampling
 from lightning_accel.data.tokenizer import BYTES, Tokenizer, load_tokenizer, token_dtype
 from lightning_accel.errors import ConfigError
-from lightning_accel.files import check_writable
+from lightning_accel.files import check_room, check_writable
 
 CACHE_FORMAT = 3
 log = logging.getLogger(__name__)
@@ -119,9 +119,6 @@ def build_token_cache(
         log.warning("rebuilding the token cache %s: %s", directory, problem)
     check_writable(cache_root, cache_setting)
     cache_root.mkdir(parents=True, exist_ok=True)
-    staging = cache_root / f".{directory.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     train, val = _split(files, val_fraction)
     with _cache_progress(len(files), directory) as progress:
         if not train or not val:  # a single file or a tiny corpus: hold out its tail instead
@@ -133,6 +130,10 @@ def build_token_cache(
                 "train": _tokenize(train, tokenizer, skip_undecodable, progress, "train"),
                 "val": _tokenize(val, tokenizer, skip_undecodable, progress, "val"),
             }
+    check_room(directory, sum(tokens.nbytes for tokens in splits.values()), cache_setting)
+    staging = cache_root / f".{directory.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     for name, tokens in splits.items():
         tokens.tofile(staging / f"{name}.bin")
     meta = {
