@@ -200,6 +200,10 @@ CASES = {
         ["--cfg", "all", "--resolve"],
         ["train --cfg all --resolve cannot resolve Hydra's section", "--cfg job --resolve"],
     ),
+    "--package naming no key of the config shown": (
+        ["--cfg", "job", "--package", "hydra.job"],
+        ["--package='hydra.job' names nothing in the config --cfg job prints", "model, "],
+    ),
     "flag Hydra does not have": (["--bogus"], ["train: unrecognized arguments: --bogus", "--help"]),
     "run id that is not one name": (
         ["launcher=torchrun", "launcher.run_id=a/b"],

@@ -220,6 +220,25 @@ def test_cfg_job_prints_the_resolved_config_and_runs_nothing(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
+    ("cfg", "package", "printed"),
+    [
+        # Hydra failed on the interpolation behind run_dir, and called a null value not found
+        ("job", "run_dir", "runs/gpt/"),
+        ("all", "ckpt_path", "null"),
+        ("job", "model", "# @package model\n_target_: lightning_accel.models.GPTLanguageModel\n"),
+        ("hydra", "hydra.job.name", "train"),
+    ],
+)
+def test_cfg_package_prints_one_key_of_the_config(
+    tmp_path: Path, cfg: str, package: str, printed: str
+) -> None:
+    result = run_cli(["train", "--cfg", cfg, "--package", package], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(printed), result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["seed=1", "--cfg", "job", "trainer.max_steps=3", "--resolve", "--package", "trainer"],

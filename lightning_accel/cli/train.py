@@ -7,11 +7,11 @@ import sys
 from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 
 from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
 from lightning_accel.cli.console import end_stopped, fail, quiet_upstream, say, working
@@ -150,12 +150,48 @@ class EarlyRankServer:
             self.started = False
 
 
-def print_resolved(runs: list[RunConfig]) -> None:
-    """Print each job's config with every interpolation resolved (what ``--cfg job`` shows)."""
+def check_package(cfg: DictConfig, shown: str, package: str) -> None:
+    """Refuse a ``--package`` that names nothing in the config ``--cfg shown`` prints (the
+    job's, Hydra's section, or all), read unresolved: Hydra said so after composing, in its
+    own words, with exit 1."""
+    sections = {"job": [k for k in cfg if k != "hydra"], "hydra": ["hydra"]}.get(shown, list(cfg))
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    parts = package.split(".")
+    if parts[0] in sections:
+        for part in parts:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                break
+        else:
+            return
+    raise ConfigError(
+        "--package",
+        package,
+        f"names nothing in the config --cfg {shown} prints; give a dotted key under one of "
+        "its sections",
+        sorted(sections),
+    )
+
+
+def print_resolved(runs: list[RunConfig], package: str | None = None) -> None:
+    """Print each job's config with every interpolation resolved (what ``--cfg job`` shows),
+    or only the key ``package`` of it, as Hydra prints one: a section under a
+    ``# @package`` line, a value alone."""
     for number, run in enumerate(runs):
         if len(runs) > 1:
             print(f"# job {number}")
-        print(OmegaConf.to_yaml(OmegaConf.structured(run)), end="")
+        config = OmegaConf.structured(run)
+        if package is None:
+            print(OmegaConf.to_yaml(config), end="")
+            continue
+        value = OmegaConf.select(config, package)
+        if isinstance(value, Container):
+            print(f"# @package {package}\n{OmegaConf.to_yaml(value)}", end="")
+        else:
+            print("null" if value is None else value)
 
 
 _PRIMARY_CONFIG = (
@@ -251,11 +287,17 @@ def main(args: list[str], stage: str = "fit") -> int:
                 runs = preflight(overrides, multirun=True)
             if not options.cfg:
                 prepare_data(runs)
+            elif options.package not in (None, "_global_"):  # _global_: the whole config
+                first_job = compose_job(job_overrides(overrides, options.multirun)[0])
+                check_package(first_job, options.cfg, options.package)
         except (ConfigError, StorageFull) as error:
             rank_server.stop()
             fail(error)
-        if options.cfg == "job" and not options.package:
-            print_resolved(runs)
+        package = None if options.package in (None, "_global_") else options.package
+        # Hydra's own printing of a job's key fails on its interpolations (run_dir) and
+        # calls a null value not found: the job's keys are printed resolved, here
+        if options.cfg == "job" or (package and package.split(".")[0] != "hydra"):
+            print_resolved(runs, package)
             return 0
     sys.argv = ["lightning-accel train", *hydra_command_line(options)]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run_job)()
