@@ -53,6 +53,11 @@ CASES = {
         ["recipe=image", "data.val_fraction=1"],
         ["data.val_fraction=1 must be above 0 and below 1"],
     ),
+    # Hydra ran the one job with the search left out
+    "search without --multirun": (
+        ["search=lr"],
+        ["search='lr' is a search, a sweep of trials, which runs only with --multirun (-m)"],
+    ),
     "job moved into its run directory": (
         ["hydra.job.chdir=true"],
         ["hydra.job.chdir=True is not supported: the command's relative paths"],

@@ -69,6 +69,28 @@ def check_job_stays_in_place(cfg: DictConfig) -> None:
         )
 
 
+def check_sweeper_needs_multirun(cfg: DictConfig, multirun: bool) -> None:
+    """Refuse a search (a sweeper other than Hydra's basic one) without ``--multirun``:
+    Hydra runs the one job as it is, the search ignored."""
+    choices = cfg.hydra.runtime.choices
+    if multirun or choices.get("hydra/sweeper") in (None, "basic"):
+        return
+    key, value = (
+        ("search", choices.search)
+        if choices.get("search")
+        else (
+            "hydra/sweeper",
+            choices.get("hydra/sweeper"),
+        )
+    )
+    raise ConfigError(
+        key,
+        value,
+        "is a search, a sweep of trials, which runs only with --multirun (-m); without it the "
+        "one job would run with the search left out",
+    )
+
+
 def _missing(
     error: MissingMandatoryValue | InterpolationToMissingValueError, cfg: DictConfig
 ) -> ConfigError:
@@ -724,6 +746,7 @@ def preflight(
     for number, job in enumerate(jobs or job_overrides(overrides, multirun)):
         cfg = compose_job(job)
         check_job_stays_in_place(cfg)
+        check_sweeper_needs_multirun(cfg, multirun)
         run_dir = run_directory(cfg, multirun, number)
         if run_dir in directories:  # the later job would resume the earlier one's run
             raise ConfigError(
