@@ -201,6 +201,18 @@ CASES = {
         ["--info", "defaults", "x"],
         ["override='x' cannot be parsed; write KEY=VALUE or GROUP=OPTION."],
     ),
+    # Lightning names checkpoints so: "cannot be parsed; write KEY=VALUE" was all it said
+    "checkpoint path holding = unquoted": (
+        ["ckpt_path=ckpts/epoch=0-step=10.ckpt"],
+        [
+            "cannot be parsed: Hydra's grammar reserves a character of its value; quote the "
+            """value for Hydra, in the shell as "ckpt_path='ckpts/epoch=0-step=10.ckpt'"."""
+        ],
+    ),
+    "home directory as ~": (
+        ["data.source=~/corpus"],
+        [f"nothing expands it; write the home directory out: data.source={Path.home()}/corpus."],
+    ),
     "--resolve of Hydra's own section": (
         ["--cfg", "all", "--resolve"],
         ["train --cfg all --resolve cannot resolve Hydra's section", "--cfg job --resolve"],

@@ -42,10 +42,39 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
             if not parsed[-1].key_or_group:
                 raise OverrideParseException(override, "empty key")
         except OverrideParseException as error:
-            raise ConfigError(
-                "override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION"
-            ) from error
+            raise _unparseable(override, parser) from error
     return parsed
+
+
+def _unparseable(override: str, parser: OverridesParser) -> ConfigError:
+    """The ConfigError for an override Hydra cannot parse: where its key is fine, the
+    value written so that it parses (a checkpoint path such as ``epoch=3-step=9.ckpt``
+    holds ``=``, which Hydra's grammar reserves), else how to write an override."""
+
+    def parses(line: str) -> bool:
+        try:
+            parser.parse_overrides([line])
+        except OverrideParseException:
+            return False
+        return True
+
+    key, equals, value = override.partition("=")
+    if equals and key and parses(f"{key}=x"):
+        if value.startswith("~") and parses(written := f"{key}={Path.home()}{value[1:]}"):
+            return ConfigError(
+                "override",
+                override,
+                f"cannot be parsed: Hydra's grammar does not take ~ in a value and nothing "
+                f"expands it; write the home directory out: {written}",
+            )
+        if parses(quoted := f"{key}='{value}'"):
+            return ConfigError(
+                "override",
+                override,
+                "cannot be parsed: Hydra's grammar reserves a character of its value; quote "
+                f'the value for Hydra, in the shell as "{quoted}"',
+            )
+    return ConfigError("override", override, "cannot be parsed; write KEY=VALUE or GROUP=OPTION")
 
 
 SEARCH_PARAMETERS = "hydra.sweeper.params"  # an Optuna search's space, by whole key
