@@ -360,8 +360,9 @@ class TrainerConfig:
         max_steps: Stop after this many optimizer steps (500 here); -1: no limit, with
             ``max_epochs`` or ``max_time``.
         max_epochs: Stop after this many epochs; -1: no limit.
-        min_steps: Train at least this many steps.
-        min_epochs: Train at least this many epochs.
+        min_steps: Train at least this many steps (early stopping waits); at most
+            ``max_steps``, which ends a fit whatever the minimum.
+        min_epochs: Train at least this many epochs; at most ``max_epochs``.
         max_time: Stop after this much time: ``DD:HH:MM:SS``, or a dict of
             ``datetime.timedelta`` arguments.
         val_check_interval: Validate every this many training batches (an int; 100 here),
@@ -430,6 +431,15 @@ class TrainerConfig:
         for key in ("min_steps", "min_epochs", "check_val_every_n_epoch"):
             if getattr(self, key) is not None:
                 require_positive(f"trainer.{key}", getattr(self, key))
+        for unit in ("steps", "epochs"):  # Lightning stops at the maximum whatever the minimum
+            least, most = getattr(self, f"min_{unit}"), getattr(self, f"max_{unit}")
+            if least is not None and most not in (None, -1) and least > most:
+                raise ConfigError(
+                    f"trainer.min_{unit}",
+                    least,
+                    f"is more than trainer.max_{unit}={most}, which ends the run first; raise "
+                    f"trainer.max_{unit} too",
+                )
         if self.max_time is not None:
             require_duration("trainer.max_time", self.max_time)
         self._check_validation_interval()

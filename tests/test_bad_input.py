@@ -393,6 +393,15 @@ CASES = {
         ["trainer.limit_test_batches=3.5"],
         ["trainer.limit_test_batches=3.5 must be a fraction in [0.0, 1.0] or a whole count"],
     ),
+    # the maximum ends a fit whatever the minimum: min_steps=900 trained 500 steps
+    "minimum steps above the maximum": (
+        ["trainer.min_steps=900", "trainer.max_steps=500"],
+        ["trainer.min_steps=900 is more than trainer.max_steps=500, which ends the run first"],
+    ),
+    "minimum epochs above the maximum": (
+        ["trainer.min_epochs=3", "trainer.max_epochs=2", "trainer.max_steps=-1"],
+        ["trainer.min_epochs=3 is more than trainer.max_epochs=2"],
+    ),
     "time limit that is no duration": (
         ["trainer.max_time=abc"],
         ["trainer.max_time='abc' must be a duration above 0: DD:HH:MM:SS"],
