@@ -240,6 +240,19 @@ def consolidate_checkpoint(sharded: Path, output: Path) -> Path:
     return output
 
 
+def furthest_checkpoint(directory: Path) -> Path | None:
+    """The complete checkpoint in ``directory`` saved at the latest step (files and sharded
+    directories named ``*.ckpt``), or None; a checkpoint that would run code when loaded is
+    refused (:class:`ConfigError`), as in :func:`last_checkpoint`."""
+    if not directory.is_dir():
+        return None
+    names = {p.name for p in directory.glob("*.ckpt") if not p.name.startswith(".")}
+    # a sharded one a kill left aside, which last_checkpoint puts back
+    names |= {p.name[1 : -len(".old")] for p in directory.glob(".*.ckpt.old")}
+    complete = [found for name in sorted(names) if (found := last_checkpoint(directory, name))]
+    return max(complete, key=saved_step, default=None)
+
+
 def run_weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     """The model weights (``state_dict``) of a run directory's checkpoint ``name``, a sharded
     one consolidated on the way (in a temporary directory; nothing is written to the run)."""

@@ -205,3 +205,23 @@ def test_omegaconf_hyper_parameters_are_named_with_the_way_to_resave_them(
     verify_checkpoint(tmp_path / "plain.ckpt")
     plain = torch.load(tmp_path / "plain.ckpt", weights_only=True)
     assert plain["hyper_parameters"] == {"widths": [16, 32]}
+
+
+def test_a_run_keeping_no_last_checkpoint_resumes_from_its_furthest_one(tmp_path: Path) -> None:
+    """With save_last off, a stop on SIGTERM still saves last.ckpt and names the command
+    that resumes from it, but the repeated command started afresh from step 0."""
+    from helpers import composed_run
+
+    from lightning_accel.cli.runner import own_last_checkpoint
+
+    run = composed_run(tmp_path / "run", ["callbacks.checkpoint.save_last=false"])
+    directory = tmp_path / "run" / "checkpoints"
+    directory.mkdir(parents=True)
+    assert own_last_checkpoint(run) is None
+    for name, step in (("step-50.ckpt", 50), ("last.ckpt", 70)):  # last: the stop's save
+        torch.save({"global_step": step, "state_dict": {}}, directory / name)
+    assert own_last_checkpoint(run) == directory / "last.ckpt"
+    torch.save({"global_step": 90, "state_dict": {}}, directory / "step-90.ckpt")
+    assert own_last_checkpoint(run) == directory / "step-90.ckpt", "the furthest, not the name"
+    keeping = composed_run(tmp_path / "run", [])
+    assert own_last_checkpoint(keeping) == directory / "last.ckpt", "save_last: its last"

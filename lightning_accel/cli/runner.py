@@ -36,6 +36,7 @@ from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.checkpoints import (
     RUN_CHECKPOINTS,
     consolidate_checkpoint,
+    furthest_checkpoint,
     is_sharded,
     last_checkpoint,
     saved_step,
@@ -156,13 +157,17 @@ def already_trained(run: RunConfig) -> str | None:
 
 
 def own_last_checkpoint(run: RunConfig) -> Path | None:
-    """The complete ``last`` checkpoint the run's own checkpoint callback already wrote
-    (the one a run without ``ckpt_path`` resumes from), if any."""
+    """The checkpoint a run without ``ckpt_path`` resumes from, if its own checkpoint
+    callback wrote one: its complete ``last`` checkpoint; with ``save_last`` off, the
+    furthest complete one in its directory (a stop on SIGTERM saves ``last`` there all the
+    same, and resuming from it was promised)."""
     for node in run.callback_nodes().values():
-        if node.get("save_last") and node.get("dirpath"):
-            found = last_checkpoint(Path(node["dirpath"]))
-            if found is not None:
-                return found
+        if "save_last" not in node or not node.get("dirpath"):
+            continue
+        directory = Path(node["dirpath"])
+        found = last_checkpoint(directory) if node["save_last"] else furthest_checkpoint(directory)
+        if found is not None:
+            return found
     return None
 
 
