@@ -535,3 +535,32 @@ def test_peak_memory_on_xla_comes_from_the_device_where_it_reports_one(
     assert memory.peak_memory_mb(xla) == 3 * 1024
     monkeypatch.setattr(memory.xla_runtime, "peak_memory_bytes", lambda device: None)
     assert memory.peak_memory_mb(xla) == memory.peak_process_memory_mb()  # PJRT on the CPU
+
+
+class _FinalCount(RunProgressBar):
+    """The bar, recording the training count and total it shows as training ends."""
+
+    shown: tuple[float, float | None] | None = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.progress is not None and self.train_progress_bar_id is not None
+        task = self.progress.tasks[self.train_progress_bar_id]
+        self.shown = (task.completed, task.total)
+        super().on_train_end(trainer, pl_module)
+
+
+def test_a_run_resumed_inside_an_epoch_counts_its_batches_on_to_the_step_budget(
+    tmp_path: Path,
+) -> None:
+    """Lightning counts on from the batches of the epoch the checkpoint had trained; the
+    budget counted only the steps left, and the bar of steps 4 to 7 showed 7/3."""
+    data = DataLoader(TensorDataset(torch.randn(40, 4), torch.randn(40, 1)), batch_size=4)
+    quiet = {"accelerator": "cpu", "logger": False, "enable_model_summary": False}
+    first = pl.Trainer(max_steps=4, enable_checkpointing=False, callbacks=[_FinalCount()], **quiet)
+    first.fit(Regressor(), data)
+    first.save_checkpoint(tmp_path / "step-4.ckpt")
+    bar = _FinalCount()
+    resumed = pl.Trainer(max_steps=7, enable_checkpointing=False, callbacks=[bar], **quiet)
+    resumed.fit(Regressor(), data, ckpt_path=tmp_path / "step-4.ckpt")
+    assert resumed.global_step == 7
+    assert bar.shown == (7, 7)

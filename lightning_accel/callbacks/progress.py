@@ -20,7 +20,9 @@ class RunProgressBar(RichProgressBar):
 
     Under gradient accumulation its count of training batches ends where the run ends:
     Lightning counts a step-bounded epoch's remaining optimizer steps as batches, so a run
-    of 6 steps of 4 batches each showed ``24/6`` (Lightning PR #21802, open).
+    of 6 steps of 4 batches each showed ``24/6`` (Lightning PR #21802, open). A run
+    resumed inside an epoch counts on from the batches it had trained (it showed ``50/20``
+    for steps 30 to 50).
 
     It also shows ``training_metrics``, logged training metrics read at those steps only.
     The pack's models log their training loss without ``prog_bar=True``: Lightning turns
@@ -62,8 +64,11 @@ class RunProgressBar(RichProgressBar):
     def total_train_batches(self) -> int | float:
         trainer = self.trainer
         if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            # batches of this epoch a resumed run had trained: the count goes on from there
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             steps_left = trainer.max_steps - trainer.global_step
-            return min(trainer.num_training_batches, steps_left * trainer.accumulate_grad_batches)
+            batches_left = steps_left * trainer.accumulate_grad_batches
+            return done + min(trainer.num_training_batches - done, batches_left)
         return super().total_train_batches
 
     @override  # no public hook sets the label; tests/test_upstream_pins.py pins it
