@@ -242,6 +242,9 @@ def diagnose(traces: list[RankTrace], world: int) -> str:
             verb = "waited" if trace.rank in waiting else "failed"
             if trace.error == STOPPED:
                 verb = "was stopped by the launcher while"
+            elif verb == "failed" and trace.collective is None:
+                parts.append(f"rank {trace.rank} failed outside any collective {trace.context()}")
+                continue
             waited = f" {trace.waited_seconds:.0f} s" if trace.waited_seconds else ""
             parts.append(f"rank {trace.rank} {verb}{waited} in {collective} {trace.context()}")
     for trace in stopped:

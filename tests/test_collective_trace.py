@@ -65,6 +65,19 @@ def test_a_rank_without_a_trace_never_arrived() -> None:
     )
 
 
+def test_a_rank_that_raised_outside_any_collective_is_not_said_to_have_failed_in_one() -> None:
+    """A rank whose checkpoint the disk could not hold was said to have "failed in
+    all_gather #29", the last collective it had made."""
+    raised = _trace(0, None, "ModelCheckpoint.on_train_end")
+    raised.error = "StorageFull: last.ckpt needs about 9.8 MiB, more than the 1.0 MiB free"
+    waiting = _trace(1, BARRIER, "ModelCheckpoint.on_train_end")
+    assert diagnose([raised, waiting], world=2) == (
+        "rank 0 failed outside any collective in ModelCheckpoint.on_train_end at step 3 "
+        "(model.py:42); rank 1 waited in barrier #37 in ModelCheckpoint.on_train_end at step "
+        "3 (model.py:42)"
+    )
+
+
 TIMED_OUT = "RuntimeError: Timed out waiting 5000ms for recv operation to complete"
 # what rank 1's trace says -> how the diagnosis continues after rank 0's wait
 OTHER_RANK = {

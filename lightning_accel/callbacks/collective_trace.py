@@ -166,11 +166,12 @@ class CollectiveTrace(pl.Callback):
         recent = recent_collectives()
         if skip_last and recent and recent[-1].signature() == _SIGTERM_BROADCAST.signature():
             recent = recent[:-1]
-        # waiting or stopped: the last collective not completed; failed: the last one made
-        # (a failed collective is retired like a completed one)
+        # waiting or stopped: the last collective not completed; failed inside one: the
+        # last one made (a failed collective is retired like a completed one); failed
+        # outside any (no torch.distributed call on the stack): none, its last is no cause
         failed = error is not None and error != STOPPED
         candidates = recent if failed else [c for c in recent if not c.completed]
-        collective = candidates[-1] if candidates else None
+        collective = candidates[-1] if candidates and not (failed and called is None) else None
         if collective is None and called is not None and failed:  # the recorder is off
             collective = Collective(called)
         trace = RankTrace(
