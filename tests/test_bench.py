@@ -178,3 +178,41 @@ def test_a_cell_stopped_by_ctrl_c_leaves_its_output_merged_into_bench_log(
         bench.run_cell(bench.Cell("default", []), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.log"]
     assert (tmp_path / "bench.log").read_text() == "training\nhalf a line"
+
+
+def test_a_bench_stopped_by_ctrl_c_keeps_the_figures_of_the_cells_it_finished(
+    tmp_path: Path,
+    small_corpus: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Ctrl+C lost every cell's figures: nothing was written."""
+
+    def run_cell(cell: bench.Cell, run_dir: Path, timeout: float | None) -> dict | None:
+        if cell.label != "3":
+            raise KeyboardInterrupt
+        return {"step_seconds": 0.5, "samples_per_second": 16.0}
+
+    monkeypatch.setattr(bench, "run_cell", run_cell)
+    out = tmp_path / "out"
+    args = ["--out", str(out), *TIMED, f"data.source={small_corpus}"]
+    with pytest.raises(SystemExit) as stopped:
+        bench.main([*args, "trainer.max_steps=3,4,5", "--repeats", "2"])
+    assert stopped.value.code == 130
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("lightning-accel: stopped on SIGINT (Ctrl+C) with 0 of 3 cells")
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert [(c["cell"], c["status"]) for c in cells] == [
+        ("3", "stopped"),
+        ("4", "stopped"),
+        ("5", "stopped"),
+    ]
+    assert cells[0]["error"] == "stopped by Ctrl+C, 1 of its 2 runs done"
+    assert cells[0]["step_seconds"] is None, "no median of fewer runs than asked"
+
+    monkeypatch.setattr(bench, "run_cell", lambda cell, *rest: run_cell(cell, *rest))
+    with pytest.raises(SystemExit):
+        bench.main([*args, "trainer.max_steps=3,4,5"])
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["ok", "stopped", "stopped"]
+    assert cells[0]["step_seconds"] == 0.5 and cells[1]["error"] == "stopped by Ctrl+C"

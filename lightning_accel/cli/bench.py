@@ -12,18 +12,25 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lightning_accel.cli.compose import config_dir_override, job_overrides, path_override
-from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
+from lightning_accel.cli.console import (
+    console,
+    end_stopped,
+    fail,
+    print_table,
+    quiet_upstream,
+    say,
+)
 from lightning_accel.cli.preflight import preflight
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.verb_options import VerbOptions, directory_path, require_seconds
-from lightning_accel.errors import ConfigError
+from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import check_writable
 from lightning_accel.profiles import config_dir, profile_names
 
@@ -67,7 +74,7 @@ class Cell:
     run_dirs: list[Path] = field(default_factory=list)
     figures: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
-    timed_out: bool = False
+    end: Literal["failed", "timed out", "stopped"] = "failed"  # how a cell with an error ended
 
     @property
     def ok(self) -> bool:
@@ -75,8 +82,8 @@ class Cell:
 
     @property
     def status(self) -> str:
-        """``ok``, ``failed`` or ``timed out``."""
-        return "ok" if self.ok else "timed out" if self.timed_out else "failed"
+        """``ok``, ``failed``, ``timed out`` or ``stopped`` (by Ctrl+C)."""
+        return "ok" if self.ok else self.end
 
 
 def parse_arguments(args: list[str]) -> argparse.Namespace:
@@ -207,7 +214,7 @@ def run_cell(cell: Cell, run_dir: Path, timeout: float | None = None) -> dict[st
             args, Path.cwd(), dict(os.environ), stdout, stderr, timeout
         )
     except subprocess.TimeoutExpired:
-        cell.error, cell.timed_out = f"timed out after {timeout:g} s and was stopped", True
+        cell.error, cell.end = f"timed out after {timeout:g} s and was stopped", "timed out"
         returncode = None
     finally:  # a bench stopped by Ctrl+C leaves the cell's output merged, too
         output = _merge_output(stdout, stderr, run_dir / "bench.log")
@@ -259,23 +266,31 @@ def run_matrix(
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("bench", total=len(cells) * repeats)
-        for repeat in range(repeats):
-            for number, cell in enumerate(cells):
-                if cell.ok:
-                    progress.update(task, description=f"{cell.label} (run {repeat + 1})")
-                    run_dir = out / _directory_name(number, cell.label)
-                    if repeats > 1:
-                        run_dir = run_dir / f"run{repeat}"
-                    summary = run_cell(cell, run_dir, cell_timeout)
-                    cell.run_dirs.append(run_dir)
-                    if summary is not None:
-                        measured[number].append(cell_figures(summary))
-                progress.advance(task)
-    for number, cell in enumerate(cells):
-        if cell.ok:
-            cell.figures = median_figures(measured[number])
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("bench", total=len(cells) * repeats)
+            for repeat in range(repeats):
+                for number, cell in enumerate(cells):
+                    if cell.ok:
+                        progress.update(task, description=f"{cell.label} (run {repeat + 1})")
+                        run_dir = out / _directory_name(number, cell.label)
+                        if repeats > 1:
+                            run_dir = run_dir / f"run{repeat}"
+                        cell.run_dirs.append(run_dir)
+                        summary = run_cell(cell, run_dir, cell_timeout)
+                        if summary is not None:
+                            measured[number].append(cell_figures(summary))
+                    progress.advance(task)
+    except KeyboardInterrupt:  # the cells whose runs were all done keep their figures
+        for number, cell in enumerate(cells):
+            if cell.ok and len(measured[number]) < repeats:
+                done = f"{len(measured[number])} of its {repeats} runs done" * (repeats > 1)
+                cell.error, cell.end = f"stopped by Ctrl+C{', ' * bool(done)}{done}", "stopped"
+        raise
+    finally:
+        for number, cell in enumerate(cells):
+            if cell.ok:
+                cell.figures = median_figures(measured[number])
 
 
 def _throughput(figures: dict[str, float | None]) -> tuple[float | None, str]:
@@ -387,13 +402,33 @@ def main(args: list[str]) -> int:
         fail(error)
     out.mkdir(parents=True, exist_ok=True)
     say(f"benchmarking {len(cells)} cells x {options.repeats} runs; runs in {out}")
-    run_matrix(cells, out, options.repeats, options.cell_timeout)
+    try:
+        run_matrix(cells, out, options.repeats, options.cell_timeout)
+    except KeyboardInterrupt:
+        written = report(cells, jobs, options, out)
+        finished = sum(cell.ok for cell in cells)
+        end_stopped(
+            RunStopped(
+                f"stopped on SIGINT (Ctrl+C) with {finished} of {len(cells)} cells measured; "
+                f"results so far in {', '.join(str(p) for p in written)}",
+                SIGINT_EXIT_CODE,
+            )
+        )
+    written = report(cells, jobs, options, out)
+    say(f"results in {', '.join(str(p) for p in written)}")
+    return 1 if any(not c.ok for c in cells) else 0
+
+
+def report(
+    cells: list[Cell], jobs: list[list[str]], options: argparse.Namespace, out: Path
+) -> list[Path]:
+    """Print the cells' table and why each that did not finish ended; write the results
+    files (their paths returned)."""
     dimensions = " · ".join(swept_keys(jobs)) or "cell"
     title = f"bench: {' '.join(options.overrides) or 'defaults'}"
     print_table(results_table(cells, title, dimensions))
-    failed = [c for c in cells if not c.ok]
-    for cell in failed:
-        say(f"{cell.label} {cell.status}: {cell.error} (log: {cell.run_dirs[-1] / 'bench.log'})")
-    written = write_results(cells, out, options.repeats)
-    say(f"results in {', '.join(str(p) for p in written)}")
-    return 1 if failed else 0
+    for cell in cells:
+        if not cell.ok and cell.end != "stopped":
+            log = cell.run_dirs[-1] / "bench.log"
+            say(f"{cell.label} {cell.status}: {cell.error} (log: {log})")
+    return write_results(cells, out, options.repeats)
