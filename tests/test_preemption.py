@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 from helpers import (
     GLOBAL_BATCH,
     LOOP,
@@ -625,3 +626,54 @@ def test_slurms_requeue_signal_to_one_rank_saves_every_rank_at_one_step_and_requ
     assert saves == [["6"], ["6"]]
     assert load_data_file(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 6
     assert (tmp_path / "scontrol.calls").read_text().split("\n") == ["requeue 4242", ""]
+
+
+def _sweep_record(sweep_dir: Path, sweeper: str) -> None:
+    sweep_dir.mkdir(parents=True)
+    hydra = {
+        "sweeper": {"_target_": sweeper},
+        "overrides": {
+            "hydra": [
+                "hydra.mode=MULTIRUN",
+                f"hydra.sweep.dir={sweep_dir}",
+                "hydra.verbose=1",
+            ],
+            "task": ["seed=1,2,3", "trainer.max_steps=40"],
+        },
+    }
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+
+
+def test_a_stopped_job_of_a_sweep_names_the_command_that_goes_on_with_the_sweep(
+    tmp_path: Path,
+) -> None:
+    """The job's own command resumed that job alone, and the jobs after it never ran."""
+    from lightning_accel.cli.compose import parse_overrides
+    from lightning_accel.cli.hydra_private import BASIC_SWEEPER
+    from lightning_accel.cli.runner import resume_note
+    from lightning_accel.cli.sweep_resume import sweep_resume_command
+
+    sweep = tmp_path / "sweep, 1"  # quoted where Hydra would misread it
+    _sweep_record(sweep, BASIC_SWEEPER)
+    job = sweep / "1"
+    (job / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 7, "state_dict": {}}, job / "checkpoints" / "last.ckpt")
+    command = sweep_resume_command(job)
+    assert command is not None
+    *words, directory = shlex.split(command)
+    assert words == ["lightning-accel", "train", "--multirun", "seed=1,2,3"] + [
+        "trainer.max_steps=40",
+        "hydra.verbose=1",
+    ]
+    (given,) = parse_overrides([directory])
+    assert (given.key_or_group, given.value()) == ("hydra.sweep.dir", str(sweep))
+    assert resume_note(job) == (
+        f"its last checkpoint is {job / 'checkpoints' / 'last.ckpt'}; `{command}` goes on with "
+        "the sweep: it keeps the finished jobs, resumes this job from it"
+    )
+    (job / "checkpoints" / "last.ckpt").unlink()
+    assert resume_note(job).endswith("it keeps the finished jobs, starts this job again")
+    search = tmp_path / "search"
+    _sweep_record(search, "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert sweep_resume_command(search / "0") is None, "a search's sampler would not repeat"
+    assert sweep_resume_command(tmp_path / "alone") is None

@@ -45,6 +45,7 @@ from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
 from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
 from lightning_accel.cli.schema import RunConfig
+from lightning_accel.cli.sweep_resume import sweep_resume_command
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
@@ -293,6 +294,17 @@ def unused_parameters(
     )
 
 
+def resume_clause(run_dir: Path, saved: bool = True) -> str:
+    """What goes on with the stopped run of ``run_dir`` (``saved``: from a checkpoint
+    there): for a job of a sweep, the sweep's command (:func:`sweep_resume_command`), else
+    the run's (:func:`resume_command`)."""
+    sweep = sweep_resume_command(run_dir)
+    if sweep is None:
+        return f"`{resume_command(run_dir)}` resumes from it" if saved else ""
+    this_job = "resumes this job from it" if saved else "starts this job again"
+    return f"`{sweep}` goes on with the sweep: it keeps the finished jobs, {this_job}"
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that goes on with the run of ``run_dir`` from the last checkpoint there:
     the job's overrides as Hydra recorded them, without ``ckpt_path`` (the run's own
@@ -310,8 +322,9 @@ def resume_note(run_dir: Path) -> str:
     the command that resumes from it, or that it saved none."""
     found = last_checkpoint(run_dir / RUN_CHECKPOINTS)
     if found is None:
-        return "it saved no checkpoint"
-    return f"its last checkpoint is {found}; `{resume_command(run_dir)}` resumes from it"
+        again = resume_clause(run_dir, saved=False)
+        return "it saved no checkpoint" + f"; {again}" * bool(again)
+    return f"its last checkpoint is {found}; {resume_clause(run_dir)}"
 
 
 def stop_message(trainer: pl.Trainer, run_dir: Path) -> str:
@@ -321,7 +334,7 @@ def stop_message(trainer: pl.Trainer, run_dir: Path) -> str:
     saver = next((c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)), None)
     if saver is None or saver.saved is None:
         return message + "; no checkpoint saved there"
-    return f"{message}; saved {saver.saved}; `{resume_command(run_dir)}` resumes from it"
+    return f"{message}; saved {saver.saved}; {resume_clause(run_dir)}"
 
 
 def run_stage(run: RunConfig) -> None:
