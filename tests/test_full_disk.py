@@ -15,6 +15,7 @@ from lightning_accel import files
 from lightning_accel.checkpoints import AtomicCheckpointIO, atomic_directory
 from lightning_accel.errors import StorageFull
 from lightning_accel.files import replaced_whole
+from lightning_accel.strategies.mesh import MeshShape
 
 STATE = {"state_dict": {"weight": torch.ones(256, 256)}, "global_step": 1}
 
@@ -115,3 +116,32 @@ def test_a_run_whose_checkpoint_the_disk_cannot_hold_ends_in_one_sentence(
         # the ranks' traces: each raised before writing, not in its last collective
         assert "Rank 0 failed outside any collective in ModelCheckpoint" in last, last
     assert list((tmp_path / "run").rglob("*ckpt*")) == [], "nothing written, not even a part"
+
+
+@pytest.mark.parametrize(
+    ("mesh", "needed"),
+    [
+        (MeshShape(replicate=1, shard=4), 4 * 2**18),  # four shards of the node, each its own
+        (MeshShape(replicate=2, shard=2), 2 * 2**18),  # HSDP: each replica's shards once
+    ],
+)
+def test_a_sharded_save_asks_room_for_the_shards_this_node_writes(
+    monkeypatch: pytest.MonkeyPatch, mesh: MeshShape, needed: int
+) -> None:
+    """An estimate counting every replica's shards would refuse saves that fit."""
+    from lightning_accel.strategies import fsdp2
+
+    asked: list[int] = []
+
+    def check_room(path: Path, bytes_needed: int) -> None:
+        asked.append(bytes_needed)
+        raise StorageFull("enough")
+
+    strategy = fsdp2.FSDP2Strategy()
+    strategy.mesh_shape = mesh
+    monkeypatch.setattr(fsdp2, "check_room", check_room)
+    monkeypatch.setattr(fsdp2.FSDP2Strategy, "num_processes", property(lambda self: 4))
+    monkeypatch.setattr(strategy, "broadcast", lambda value: value)
+    with pytest.raises(StorageFull):
+        strategy.save_checkpoint(STATE, Path("last.ckpt"))  # STATE: this rank's 256 KiB
+    assert asked == [needed]

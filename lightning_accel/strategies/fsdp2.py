@@ -244,9 +244,11 @@ class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
         target = Path(self.broadcast(filepath))
-        # this node's ranks write shards of about one size; a shortfall is found before any
-        # rank writes, where a full disk midway left the ranks' errors unreadable
-        check_room(target, local_bytes(checkpoint) * self.num_processes)
+        # this node's ranks write shards of about one size, each replica's once (HSDP); a
+        # shortfall is found before any rank writes, where a full disk midway left the
+        # ranks' errors unreadable
+        shards = local_bytes(checkpoint) * self.num_processes
+        check_room(target, shards // self.mesh_shape.replicate)
         started = time.perf_counter()
         if self.async_writer is not None:
             shards = sharded_entries(checkpoint)
