@@ -16,6 +16,8 @@ from typing_extensions import override
 
 from lightning_accel.checkpoints import (
     SHARDED_META,
+    atomic_directory,
+    local_bytes,
     optimizer_by_index,
     optimizer_by_name,
     sharded_entries,
@@ -25,6 +27,7 @@ from lightning_accel.checkpoints import (
 from lightning_accel.config import XLA_CHECKPOINTS, require_choice
 from lightning_accel.data.loading import HasBatchSize
 from lightning_accel.errors import ConfigError
+from lightning_accel.files import check_room
 from lightning_accel.safe_load import load_data_file
 from lightning_accel.xla import runtime
 from lightning_accel.xla.device_loader import DeviceLoading
@@ -149,14 +152,14 @@ class XLASPMDStrategy(DeviceLoading, SingleDeviceXLAStrategy):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
         path = Path(filepath)
-        if path.is_file():
-            path.unlink()
-        path.mkdir(parents=True, exist_ok=True)
         names = self._parameter_names()
         pairs = zip(checkpoint.get("optimizer_states", []), self.optimizers, strict=False)
         checkpoint["optimizer_states"] = [optimizer_by_name(s, o, names) for s, o in pairs]
-        runtime.save_sharded(sharded_entries(checkpoint), path)
-        torch.save(move_data_to_device(checkpoint, "cpu"), path / SHARDED_META)
+        check_room(path, local_bytes(checkpoint))
+        # one process writes every shard: staged and renamed into place, as FSDP2's are
+        with atomic_directory(path, True, lambda: None) as staging:
+            runtime.save_sharded(sharded_entries(checkpoint), staging)
+            torch.save(move_data_to_device(checkpoint, "cpu"), staging / SHARDED_META)
 
     @override
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> Any:

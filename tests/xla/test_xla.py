@@ -139,6 +139,9 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)  # sharded checkpoints by default
     checkpoint, resumed = _resumed_from_step_10(runs, uninterrupted, "hardware=xla_cpu_spmd")
     assert checkpoint.is_dir() and (checkpoint / "meta.pt").is_file()
+    # written aside and renamed into place, as FSDP2's: saved over (step 10, then the
+    # last), nothing staged is left beside them
+    assert not [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")]
     metadata = sharded_metadata(checkpoint)
     weight = metadata["state_dict.model.blocks.0.mlp.0.weight"]
     moment = metadata["optimizer_0.state.model.blocks.0.mlp.0.weight.exp_avg"]
