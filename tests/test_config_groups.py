@@ -73,7 +73,10 @@ def test_option_composes_and_validates(
         with pytest.raises(ConfigError, match=r"lightning-accel\[xla\]"):
             preflight([f"{group}={option}"], multirun=False)
         return  # composed and refused with the extra to install; tests/xla runs them
-    (run,) = preflight([f"{group}={option}", *extra], multirun=False)
+    # a search runs only as a sweep: its checks compose a job per bound of its space
+    runs = preflight([f"{group}={option}", *extra], multirun=group == "search")
+    run = runs[0]
+    assert len(runs) == 1 or group == "search"
     if group == "recipe":
         assert run.recipe == option
     elif group in ("hardware", "optimization"):
@@ -86,7 +89,8 @@ def test_option_composes_and_validates(
         assert list(run.callbacks) == [option] and run.callbacks[option]["_target_"]
     elif group == "launcher":
         assert run.launcher.name == option
-    assert run.run_dir.startswith(str(Path("runs") / run.recipe))
+    runs_root = "multirun" if group == "search" else "runs"
+    assert run.run_dir.startswith(str(Path(runs_root) / run.recipe))
     assert list(tmp_path.iterdir()) == [], "checking a config must not write anything"
 
 
