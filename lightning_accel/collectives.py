@@ -35,6 +35,12 @@ _PEER_GONE = re.compile(r"(closed|reset) by peer|broken pipe", re.IGNORECASE)
 FROZEN_AFTER_SECONDS = 1.0
 
 
+def is_collective_error(error: str) -> bool:
+    """Whether ``error`` is what a collective raises when it cannot finish: a timeout, or a
+    peer that closed its connection."""
+    return bool(_TIMEOUT.search(error) or _PEER_GONE.search(error))
+
+
 @dataclass(frozen=True)
 class Collective:
     """One collective of a rank.

@@ -22,6 +22,7 @@ from lightning_accel.collectives import (
     STOPPED,
     Collective,
     RankTrace,
+    is_collective_error,
     pending_collectives,
     recent_collectives,
     write_trace,
@@ -168,10 +169,12 @@ class CollectiveTrace(pl.Callback):
             recent = recent[:-1]
         # waiting or stopped: the last collective not completed; failed inside one: the
         # last one made (a failed collective is retired like a completed one); failed
-        # outside any (no torch.distributed call on the stack): none, its last is no cause
+        # outside any: none, its last is no cause. Outside: no torch.distributed call on
+        # the stack, and not a collective's own error (DDP's reducer all-reduces from C++)
         failed = error is not None and error != STOPPED
+        outside = failed and called is None and not is_collective_error(error or "")
         candidates = recent if failed else [c for c in recent if not c.completed]
-        collective = candidates[-1] if candidates and not (failed and called is None) else None
+        collective = candidates[-1] if candidates and not outside else None
         if collective is None and called is not None and failed:  # the recorder is off
             collective = Collective(called)
         trace = RankTrace(
