@@ -17,12 +17,22 @@ from lightning_accel.errors import ConfigError, StorageFull
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
-def free_bytes(path: Path) -> int:
-    """Bytes free for this user on the file system that holds (or would hold) ``path``."""
+def existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else the nearest of its parents that does."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    return shutil.disk_usage(existing).free
+    return existing
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for this user on the file system that holds (or would hold) ``path``."""
+    return shutil.disk_usage(existing_ancestor(path)).free
+
+
+def _kept(path: Path) -> str:
+    """What a write of ``path`` that did not happen left: its previous version, or none."""
+    return "the previous version is kept" if path.exists() else "nothing was written"
 
 
 def check_room(path: Path, needed: int, elsewhere: str | None = None) -> None:
@@ -31,11 +41,10 @@ def check_room(path: Path, needed: int, elsewhere: str | None = None) -> None:
     ``elsewhere``: the setting that puts ``path`` on another disk, named in the message."""
     free = free_bytes(path)
     if needed > free:
-        kept = "the previous version is kept" if path.exists() else "nothing was written"
         remedy = f" ({elsewhere} puts it on another disk)" if elsewhere else ""
         raise StorageFull(
             f"{path} needs about {needed / 2**20:.1f} MiB, more than the "
-            f"{free / 2**20:.1f} MiB free on its file system; {kept}{remedy}."
+            f"{free / 2**20:.1f} MiB free on its file system; {_kept(path)}{remedy}."
         )
 
 
@@ -52,10 +61,9 @@ def room_checked(path: Path) -> Iterator[None]:
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        kept = "the previous version is kept" if path.exists() else "nothing was written"
         raise StorageFull(
             f"{path} could not be written: {os.strerror(cause.errno).lower()} "
-            f"({free_bytes(path) / 2**20:.1f} MiB free on its file system); {kept}."
+            f"({free_bytes(path) / 2**20:.1f} MiB free on its file system); {_kept(path)}."
         ) from None
 
 
@@ -94,9 +102,7 @@ def check_writable(path: Path, key: str, is_file: bool = False) -> None:
     ``is_file``, the directory of the file ``path``) exists writable, or could be created,
     leaving nothing behind."""
     directory = (path.parent if is_file else path).resolve()
-    existing = directory
-    while not existing.exists():
-        existing = existing.parent
+    existing = existing_ancestor(directory)
     if not existing.is_dir() or not _can_create_in(existing):
         reason = "is not a directory" if not existing.is_dir() else "is not writable"
         verb = "written" if existing == directory else "created"

@@ -80,7 +80,9 @@ class _StoppingRecords(logging.Filter):
 
 class RanksFailed(RuntimeError):
     """One or more ranks of a run exited with an error; the message says which and where
-    their output is."""
+    their output is. The CLI exits 1: the input was checked, the run failed."""
+
+    exit_code = 1
 
 
 def _rendezvous(launcher: LauncherConfig | None) -> dict[str, Any]:

@@ -73,19 +73,13 @@ def check_sweeper_needs_multirun(cfg: DictConfig, multirun: bool) -> None:
     """Refuse a search (a sweeper other than Hydra's basic one) without ``--multirun``:
     Hydra runs the one job as it is, the search ignored."""
     choices = cfg.hydra.runtime.choices
-    if multirun or choices.get("hydra/sweeper") in (None, "basic"):
+    sweeper = choices.get("hydra/sweeper")
+    if multirun or sweeper in (None, "basic"):
         return
-    key, value = (
-        ("search", choices.search)
-        if choices.get("search")
-        else (
-            "hydra/sweeper",
-            choices.get("hydra/sweeper"),
-        )
-    )
+    search = choices.get("search")  # the pack's presets name the sweeper for the user
     raise ConfigError(
-        key,
-        value,
+        "search" if search else "hydra/sweeper",
+        search or sweeper,
         "is a search, a sweep of trials, which runs only with --multirun (-m); without it the "
         "one job would run with the search left out",
     )

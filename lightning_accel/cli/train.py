@@ -95,10 +95,8 @@ def _run_job(cfg: DictConfig) -> float | None:
                     launch_on_ray(config_path, plan, run.launcher)
                 else:
                     run_stage(run)
-    except (ConfigError, StorageFull) as error:
+    except (ConfigError, StorageFull, RanksFailed) as error:
         fail(error)
-    except RanksFailed as error:
-        fail(error, exit_code=1)
     except RunStopped as stopped:
         end_stopped(stopped)
     except KeyboardInterrupt:
@@ -276,6 +274,8 @@ def main(args: list[str], stage: str = "fit") -> int:
             compose_job(job_overrides(overrides, options.multirun)[0])
     except ConfigError as error:
         fail(error)
+    # --package KEY: one key of what --cfg prints; _global_ is Hydra's name for all of it
+    package = None if options.package in (None, "_global_") else options.package
     if not informational:
         rank_server = EarlyRankServer()
         try:
@@ -287,13 +287,12 @@ def main(args: list[str], stage: str = "fit") -> int:
                 runs = preflight(overrides, multirun=True)
             if not options.cfg:
                 prepare_data(runs)
-            elif options.package not in (None, "_global_"):  # _global_: the whole config
+            elif package is not None:
                 first_job = compose_job(job_overrides(overrides, options.multirun)[0])
-                check_package(first_job, options.cfg, options.package)
+                check_package(first_job, options.cfg, package)
         except (ConfigError, StorageFull) as error:
             rank_server.stop()
             fail(error)
-        package = None if options.package in (None, "_global_") else options.package
         # Hydra's own printing of a job's key fails on its interpolations (run_dir) and
         # calls a null value not found: the job's keys are printed resolved, here
         if options.cfg == "job" or (package and package.split(".")[0] != "hydra"):
