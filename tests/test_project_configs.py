@@ -108,8 +108,17 @@ def test_a_project_option_named_as_one_of_the_packs_exits_2(verb: str, tmp_path:
         ),
         (
             "name: bad\nfoo: 1\n",
-            "hardware.foo='in hardware/bad.yaml' is not a known key under 'hardware'; valid "
-            "choices: accelerator, devices, name",
+            "hardware.foo=1 (set in conf/hardware/bad.yaml) is not a known key under "
+            "'hardware'; valid choices: accelerator, devices, name",
+        ),
+        (
+            "defaults:\n  - cpu\n  - _self_\nname: bad\ndevices: two\n",
+            "hardware.devices='two' (set in conf/hardware/bad.yaml) is not a count; valid "
+            "choices: auto, 1, 2, ....",
+        ),
+        (  # set by a project file that the chosen one extends
+            "defaults:\n  - base\n  - _self_\nname: bad\n",
+            "hardware.devices='two' (set in conf/hardware/base.yaml) is not a count",
         ),
     ],
 )
@@ -120,10 +129,33 @@ def test_a_broken_project_profile_is_named_in_one_sentence(
     profile = tmp_path / "conf" / "hardware" / "bad.yaml"
     profile.parent.mkdir(parents=True)
     profile.write_text(content)
+    if "base" in content:
+        (profile.parent / "base.yaml").write_text("defaults:\n  - cpu\n  - _self_\ndevices: two\n")
     result = run_cli([verb, "--config-dir", "conf", "hardware=bad"], cwd=tmp_path)
     assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    (line,) = result.stderr.splitlines()
     assert line.startswith("lightning-accel: error: " + expected.format(path=profile))
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
+
+
+@pytest.mark.parametrize("verb", ["train", "plan"])
+def test_a_value_a_projects_recipe_got_wrong_names_the_recipe_unless_the_command_set_it(
+    verb: str, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "conf" / "recipe" / "tiny.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(RECIPE.replace("n_head: 2", "n_head: 3"))
+    from_file = run_cli([verb, "--config-dir", "conf", "recipe=tiny"], cwd=tmp_path)
+    assert from_file.returncode == 2
+    assert from_file.stderr.splitlines() == [
+        "lightning-accel: error: model.n_head=3 (set in conf/recipe/tiny.yaml) does not "
+        "divide model.d_model=32."
+    ]
+    given = run_cli([verb, "-cd", "conf", "recipe=tiny", "model.n_head=5"], cwd=tmp_path)
+    assert given.returncode == 2
+    assert given.stderr.splitlines() == [
+        "lightning-accel: error: model.n_head=5 does not divide model.d_model=32."
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
 
 

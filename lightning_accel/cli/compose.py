@@ -23,6 +23,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_accel.cli.config_sources import searchpath, set_in_file
 from lightning_accel.cli.hydra_private import sweep_jobs
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
@@ -281,8 +282,12 @@ def _unknown_option(error: MissingConfigException, overrides: list[str]) -> Conf
 def _composition_error(error: ConfigCompositionException, overrides: list[str]) -> ConfigError:
     cause = error.__cause__ or error.__context__  # Hydra raises some inside an except block
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        found = value_error(cause, overrides)
         source = re.match(r"In '([^']+)'", str(error))  # the config file that set the key
-        return value_error(cause, overrides, f"in {source.group(1)}.yaml" if source else None)
+        if source is None:
+            return found
+        group, _, option = source.group(1).rpartition("/")
+        return set_in_file(found, overrides, {group: option}, searchpath(overrides))
     message = str(error)
     if message.startswith("Could not override '"):
         key = message.split("'")[1]
@@ -298,15 +303,10 @@ def _composition_error(error: ConfigCompositionException, overrides: list[str]) 
     return ConfigError("override", " ".join(overrides), f"is invalid ({message.splitlines()[0]})")
 
 
-def value_error(
-    cause: OmegaConfBaseException, overrides: list[str], source: str | None = None
-) -> ConfigError:
-    """The ConfigError for an unknown key, a wrong type or an invalid value (``source``:
-    where the key was set, shown when neither an override nor OmegaConf gives the value)."""
+def value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigError:
+    """The ConfigError for an unknown key, a wrong type or an invalid value."""
     key = str(cause.full_key)
     given = _given(overrides, key) if _given(overrides, key) is not None else cause.value
-    if given is None and source is not None:
-        given = source
     message = (cause.msg or str(cause)).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         parent = key.rsplit(".", 1)[0] if "." in key else ""

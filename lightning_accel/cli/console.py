@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -123,6 +124,8 @@ def print_table(table: Table, target: Console = console) -> None:
 def working(message: str) -> Any:
     """A spinner with ``message`` and the time elapsed, on a terminal while a step runs
     (nothing in logs or pipes): ``with working("checking ..."):``."""
+    if not console.is_terminal:  # rich would still end its display with an empty line
+        return contextlib.nullcontext()
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     progress = Progress(

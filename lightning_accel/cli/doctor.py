@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, config_dir_override, value_error
+from lightning_accel.cli.config_sources import set_in_job_file
 from lightning_accel.cli.console import fail
 from lightning_accel.cli.trace_report import report_traces
 from lightning_accel.config import HardwareConfig, OptimizationConfig
@@ -335,11 +336,14 @@ def project_hardware(directory: str) -> dict[str, HardwareConfig]:
     files = sorted((Path(directory).expanduser() / "hardware").glob("*.yaml"))
     profiles = {}
     for name in (path.stem for path in files):
-        composed = compose_job([search_path, f"hardware={name}"]).hardware
+        cfg = compose_job([search_path, f"hardware={name}"])
         try:
-            profiles[name] = OmegaConf.to_object(composed)
-        except OmegaConfBaseException as error:
-            raise value_error(error, [f"hardware={name}"]) from error
+            try:
+                profiles[name] = OmegaConf.to_object(cfg.hardware)
+            except OmegaConfBaseException as error:
+                raise value_error(error, [f"hardware={name}"]) from error
+        except ConfigError as error:
+            raise set_in_job_file(error, cfg) from error
     return profiles
 
 

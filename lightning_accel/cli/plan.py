@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.cli.compose import compose_job, config_dir_override, job_overrides
+from lightning_accel.cli.config_sources import set_in_job_file
 from lightning_accel.cli.console import console, fail, print_table, quiet_upstream, say
 from lightning_accel.cli.preflight import validated_run
 from lightning_accel.cli.schema import RunConfig
@@ -57,10 +58,15 @@ def parse_arguments(args: list[str]) -> argparse.Namespace:
     return options
 
 
-def run_config(overrides: list[str]) -> RunConfig:
-    """The run the overrides describe, composed and checked as ``train`` checks it."""
-    jobs = job_overrides(overrides, multirun=False)
-    return validated_run(compose_job(jobs[0]), Path("."))
+def checked_run(overrides: list[str], precisions: tuple[str, ...]) -> tuple[RunConfig, Any]:
+    """The run the overrides describe, composed and checked as ``train`` checks it, and its
+    model's footprint."""
+    cfg = compose_job(job_overrides(overrides, multirun=False)[0])
+    try:
+        run = validated_run(cfg, Path("."))
+        return run, model_footprint(run, precisions)
+    except ConfigError as error:
+        raise set_in_job_file(error, cfg) from error
 
 
 def model_footprint(run: RunConfig, precisions: tuple[str, ...]) -> Any:
@@ -192,8 +198,7 @@ def main(args: list[str]) -> int:
         spec = resolve_device(options.device)
         default_worlds = "1,2" if spec is None else "1,8"
         worlds = _worlds(default_worlds if options.world is None else options.world)
-        run = run_config(options.overrides)
-        footprint = model_footprint(run, precisions_for(spec))
+        run, footprint = checked_run(options.overrides, precisions_for(spec))
         rows = plan_layouts(
             footprint,
             spec,

@@ -24,6 +24,7 @@ from omegaconf.errors import (
 
 from lightning_accel.argument_types import parameter_types, require_fits
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
+from lightning_accel.cli.config_sources import set_in_job_file
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
@@ -751,27 +752,30 @@ def preflight(
                 "as ${hydra.job.num}",
             )
         directories[run_dir] = number
-        run = validated_run(cfg, run_dir)
-        if schema_valid is not None:
-            schema_valid(run)
-        check_targets(run)
-        if jobs is not None:  # after the targets: it reads the callbacks' classes
-            check_trials_validate(run)
-        check_callbacks(run)
-        checkpoint = check_checkpoint(run)
-        model, datamodule = check_model_and_data(run)
-        check_data_fits_model(model, datamodule)
-        check_monitored_metrics(run, model, searching=jobs is not None)
-        check_stage(run, model)
-        check_checkpoint_model(checkpoint, model, run.model, own=run.ckpt_path is None)
-        plan = run_plan(run)
-        check_launcher(run, cfg, plan)
-        check_strategy(plan, model)
-        check_weight_averaging(run, plan)
-        check_tensor_parallel(run, plan, model)
-        check_memory(run, plan, model, datamodule)
-        check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
-        check_output_directories(run)
+        try:
+            run = validated_run(cfg, run_dir)
+            if schema_valid is not None:
+                schema_valid(run)
+            check_targets(run)
+            if jobs is not None:  # after the targets: it reads the callbacks' classes
+                check_trials_validate(run)
+            check_callbacks(run)
+            checkpoint = check_checkpoint(run)
+            model, datamodule = check_model_and_data(run)
+            check_data_fits_model(model, datamodule)
+            check_monitored_metrics(run, model, searching=jobs is not None)
+            check_stage(run, model)
+            check_checkpoint_model(checkpoint, model, run.model, own=run.ckpt_path is None)
+            plan = run_plan(run)
+            check_launcher(run, cfg, plan)
+            check_strategy(plan, model)
+            check_weight_averaging(run, plan)
+            check_tensor_parallel(run, plan, model)
+            check_memory(run, plan, model, datamodule)
+            check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+            check_output_directories(run)
+        except ConfigError as error:
+            raise set_in_job_file(error, cfg) from error
         runs.append(run)
     _check_one_world_per_sweep(runs)
     return runs

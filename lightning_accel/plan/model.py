@@ -42,6 +42,8 @@ def meta_model(node: dict[str, Any]) -> pl.LightningModule:
         raise
     except Exception as error:  # noqa: BLE001 - any failure is the model's own
         cause = error.__cause__ or error
+        if isinstance(cause, ConfigError):  # the model's own check, wrapped by Hydra
+            raise cause from None
         raise ConfigError(
             "model._target_",
             _target(node),
