@@ -78,6 +78,17 @@ def test_an_empty_matrix_unknown_profile_or_untimed_run_exits_2_before_running(
     assert not out.exists(), "nothing ran and nothing was written"
 
 
+def test_an_option_given_twice_exits_2_naming_both_values(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "--repeats", "3", "--out", str(out), "--repeats", "1", "hardware=cpu"]
+    result = run_cli(args, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "lightning-accel: error: --repeats=1 repeats --repeats (given 3 first); give it once."
+    ]
+    assert not out.exists(), "nothing ran and nothing was written"
+
+
 def test_an_out_directory_that_cannot_be_made_exits_2_before_running(tmp_path: Path) -> None:
     (tmp_path / "FILE").write_text("a file where a directory is expected")
     out = tmp_path / "FILE" / "bench"

@@ -313,6 +313,10 @@ BAD_PLANS = {
     ),
     "world of 0": (["--world", "0,2"], "--world='0,2' must list world sizes of 1 or more"),
     "world not a count": (["--world", "two"], "--world='two' is not a list of counts"),
+    "world listed twice": (["--world", "1,2,1"], "--world='1,2,1' lists 1 twice; give each"),
+    "option given twice": (
+        ["--world", "1", "--world=2"], "--world='2' repeats --world (given '1' first); give it"
+    ),
     "unknown option": (["--fast"], "plan option='--fast' is unknown"),
     "real allocation": (
         _custom("AllocatingModule"),

@@ -42,6 +42,9 @@ def _worlds(text: str) -> list[int]:
         raise ConfigError("--world", text, "is not a list of counts such as 1,2,8") from None
     if any(world < 1 for world in worlds):
         raise ConfigError("--world", text, "must list world sizes of 1 or more")
+    repeated = sorted({world for world in worlds if worlds.count(world) > 1})
+    if repeated:
+        raise ConfigError("--world", text, f"lists {repeated[0]} twice; give each size once")
     return worlds
 
 

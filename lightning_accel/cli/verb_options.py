@@ -14,6 +14,30 @@ from lightning_accel.cli.console import fail
 from lightning_accel.errors import ConfigError
 
 
+class _StoreOnce(argparse.Action):
+    """Stores an option's value, refusing a second one: argparse would keep the last and
+    drop the first without a word."""
+
+    @override
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = parser.given if isinstance(parser, VerbOptions) else {}
+        if self.dest in given:
+            raise ConfigError(
+                option_string or self.dest,
+                values,
+                f"repeats {max(self.option_strings, key=len)} (given {given[self.dest]!r} "
+                "first); give it once",
+            )
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
 class VerbOptions(argparse.ArgumentParser):
     """argparse for one verb, whose mistakes end as every user error does: one sentence and
     exit 2, not argparse's usage block.
@@ -26,12 +50,15 @@ class VerbOptions(argparse.ArgumentParser):
         super().__init__(prog=f"lightning-accel {verb}", add_help=False)
         self.verb = verb
         self.options: list[str] = []  # what a mistake lists, in the order added
+        self.given: dict[str, Any] = {}  # the values of the options given, by destination
         super().add_argument("-h", "--help", action="store_true")
 
     @override
     def add_argument(self, *names: Any, **settings: Any) -> argparse.Action:
         if names and str(names[0]).startswith("-"):
             self.options.append(max(names, key=len))
+            if settings.get("action", "store") == "store":
+                settings["action"] = _StoreOnce
         return super().add_argument(*names, **settings)
 
     @override
@@ -41,6 +68,7 @@ class VerbOptions(argparse.ArgumentParser):
     def parse_options(self, args: list[str]) -> argparse.Namespace:
         """The parsed ``args``; an option the verb does not take is a ConfigError that
         lists the ones it does."""
+        self.given = {}
         options, unknown = self.parse_known_intermixed_args(args)
         if unknown:
             raise ConfigError(f"{self.verb} option", unknown[0], "is unknown", self.options)
