@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lightning_accel.checkpoints import (
     check_same_model,
     consolidate_checkpoint,
     optimizer_by_index,
+    run_weights,
     saved_step,
 )
 from lightning_accel.cli.main import main
@@ -272,6 +274,60 @@ def test_a_moved_run_directory_resumes_and_saves_its_last_checkpoint_under_the_s
     checkpoints = moved / "checkpoints"
     assert not list(checkpoints.glob("*-v*.ckpt")), sorted(p.name for p in checkpoints.iterdir())
     assert saved_step(checkpoints / "last.ckpt") == 6
+
+
+def _logged(run_dir: Path) -> list[tuple[str, ...]]:
+    """The rows of a run's metrics.csv, less the speed figures (timings differ per run)."""
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [key for key in rows[0] if not key.startswith("speed/")]
+    return [tuple(row[key] for key in kept) for row in rows]
+
+
+def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_stop(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # max_steps=3 ends the run between the checkpoints of its validations (every 2 steps),
+    # inside its first epoch: Lightning kept last.ckpt at step 2 and counted the epoch done,
+    # and deleted the first attempt's metrics.csv when the continuation logged
+    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal"]
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    first = run_cli([*args, "trainer.max_steps=3", f"hydra.run.dir={stopped}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert saved_step(stopped / "checkpoints" / "last.ckpt") == 3, "the final step is kept"
+    for run_dir in (stopped, straight):
+        done = run_cli([*args, "trainer.max_steps=6", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    weights, expected = run_weights(stopped), run_weights(straight)
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+    assert _logged(stopped) == _logged(straight), "the whole history, in epoch 0 throughout"
+
+
+def test_a_resumed_logger_drops_the_rows_logged_past_its_checkpoint_and_widens_its_header(
+    tmp_path: Path,
+) -> None:
+    from lightning_accel.loggers import RunCSVLogger
+
+    earlier = RunCSVLogger(tmp_path, name="", version="")
+    for step in range(6):  # an attempt killed at step 6 after its checkpoint at step 4
+        earlier.log_metrics({"train/loss": 10.0 - step}, step=step)
+    earlier.save()
+    resumed = RunCSVLogger(tmp_path, name="", version="")
+    resumed.continue_from(4)
+    resumed.log_metrics({"train/loss": 5.5, "val/loss": 7.0}, step=4)
+    resumed.save()
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["step"], row["train/loss"], row["val/loss"]) for row in rows] == [
+        ("0", "10.0", ""),
+        ("1", "9.0", ""),
+        ("2", "8.0", ""),
+        ("3", "7.0", ""),
+        ("4", "5.5", "7.0"),
+    ]
+    fresh = RunCSVLogger(tmp_path, name="", version="")
+    fresh.continue_from(0)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss,val/loss"]
 
 
 @pytest.mark.parametrize(

@@ -163,3 +163,26 @@ def test_a_refused_command_stops_the_rank_server_it_started_new_or_forked() -> N
     for pid in pids:
         with pytest.raises(ProcessLookupError):  # reaped, not left running
             os.kill(pid, 0)
+
+
+def test_the_run_checkpoint_saves_last_through_model_checkpoints_own_steps() -> None:
+    # RunCheckpoint.on_train_end calls these as ModelCheckpoint's own hooks do
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    assert _parameters(ModelCheckpoint._should_skip_saving_checkpoint) == ["self", "trainer"]
+    assert _parameters(ModelCheckpoint._monitor_candidates) == ["self", "trainer"]
+    assert _parameters(ModelCheckpoint._save_last_checkpoint) == [
+        "self",
+        "trainer",
+        "monitor_candidates",
+    ]
+
+
+def test_the_run_csv_logger_builds_its_writer_as_csv_logger_does() -> None:
+    # RunCSVLogger.experiment restates CSVLogger.experiment with its own writer, whose
+    # _check_log_dir_exists the writer's __init__ calls (where Lightning deletes the file)
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+    from lightning.pytorch.loggers import CSVLogger
+
+    assert _code_digest(CSVLogger.experiment.fget) == "d27f890ed57837bd"
+    assert "self._check_log_dir_exists()" in inspect.getsource(_ExperimentWriter.__init__)

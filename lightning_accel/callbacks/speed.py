@@ -268,8 +268,9 @@ class SpeedMonitor(pl.Callback):
         )
         metrics["peak_memory_mb"] = peak_memory_mb(device)
         logged = {f"{SPEED_NAMESPACE}{k}": float(v) for k, v in metrics.items() if v is not None}
+        # at the index of the window's last batch, where Lightning logs that batch's loss
         for logger in trainer.loggers:
-            logger.log_metrics(logged, step=trainer.global_step)
+            logger.log_metrics(logged, step=trainer.global_step - 1)
         self._start_window(trainer, now)
 
     def _speed(

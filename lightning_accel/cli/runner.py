@@ -50,6 +50,7 @@ from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
+from lightning_accel.loggers import RunCSVLogger
 from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.trainer_factory import build_trainer
@@ -212,6 +213,10 @@ def fit_run(run: RunConfig) -> None:
     ckpt_path = resume_checkpoint(run)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
+    start = saved_step(Path(ckpt_path)) if ckpt_path is not None else 0
+    for logger in trainer.loggers:
+        if isinstance(logger, RunCSVLogger):
+            logger.continue_from(start)
     try:
         with stopped_on_sigint(lambda: f"at step {trainer.global_step}; {resume_note(run_dir)}"):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -1,0 +1,72 @@
+"""Lightning's CSVLogger for a run that resumes in its own directory."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from lightning_accel.files import replaced_whole
+
+
+class RunCSVLogger(CSVLogger):
+    """:class:`CSVLogger` (same arguments) whose ``metrics.csv`` holds the whole history of
+    a run that resumed in its own directory.
+
+    Lightning's deletes the ``metrics.csv`` an earlier attempt wrote as soon as it logs to
+    the same directory, so a run resumed from its last checkpoint (a raised ``max_steps``,
+    a restart after SIGTERM) kept only the steps after it. This one keeps the earlier rows
+    and logs on below them, under their header widened by any new metric. Call
+    :meth:`continue_from` with the step the run resumes from (0 for a fresh start) before
+    ``fit``: an attempt killed after its last checkpoint logged steps the resumed run trains
+    and logs again, and a fresh start owes nothing to an earlier attempt.
+    """
+
+    @property
+    @override
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        # private Lightning API (pinned by tests/test_upstream_pins.py): the writer is built
+        # as CSVLogger builds it, with the file system and cache CSVLogger keeps
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def continue_from(self, step: int) -> None:
+        """Drop the rows of ``metrics.csv`` logged at ``step`` or later. Lightning logs a
+        batch's metrics, and validation after it, at the batch's index, the steps taken
+        before it: rows up to ``step - 1`` describe what the checkpoint at ``step`` holds."""
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            return
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        kept = [row for row in rows if row.get("step") and int(float(row["step"])) < step]
+        if len(kept) == len(rows):
+            return
+        with replaced_whole(path) as staging, staging.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's writer of ``metrics.csv`` and ``hparams.yaml``, appending to the metrics
+    file it finds rather than deleting it."""
+
+    @override
+    def _check_log_dir_exists(self) -> None:
+        # private Lightning API (pinned by tests/test_upstream_pins.py): called by the
+        # writer's __init__, where Lightning deletes the file; here its header is taken up
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
+                self.metrics_keys = next(csv.reader(handle), [])
