@@ -363,6 +363,28 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_starts(
     assert "seq_len: 100000" in capsys.readouterr().out
 
 
+def test_a_run_whose_data_describes_no_batch_says_its_memory_was_not_checked(
+    tmp_path: Path,
+) -> None:
+    # reading a batch before launch would run the DataModule's setup a second time
+    args = ["train", *_custom("TinyRegression"), "trainer.max_steps=2", "logger=none"]
+    result = run_cli([*args, "callbacks=minimal"], cwd=tmp_path, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.splitlines()[0] == (
+        "lightning-accel: memory not checked before launch: data._target_=helpers."
+        "ForwardOnlyData describes no batch without reading data (give the DataModule an "
+        "example_batch() method returning meta tensors, or set example_input_array on the "
+        "LightningModule)"
+    )
+    described = run_cli(
+        [*args, "model._target_=helpers.ExampleInputRegression", "callbacks=minimal"],
+        cwd=tmp_path,
+        env=TEST_IMPORTS,
+    )
+    assert described.returncode == 0, described.stderr[-2000:]
+    assert "memory not checked" not in described.stderr
+
+
 def test_a_refusal_names_the_settings_that_would_fit() -> None:
     footprint = _footprint(3, 96, 96, 8, ("32-true",))
     needed = rank_memory(footprint, SINGLE)

@@ -25,6 +25,7 @@ from omegaconf.errors import (
 from lightning_accel.argument_types import parameter_types, require_fits
 from lightning_accel.cli.compose import compose_job, job_overrides, unknown_key, value_error
 from lightning_accel.cli.config_sources import set_in_job_file
+from lightning_accel.cli.console import say
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import LAUNCHERS, RunConfig
 from lightning_accel.errors import ConfigError
@@ -408,8 +409,11 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
     if run.force or plan is None:
         return
     available = available_per_rank(plan)
+    if available is None:
+        return
     measured = measure_run(run, plan, model, datamodule)
-    if available is None or measured is None:
+    if measured is None:
+        _say_memory_unchecked(run, plan, model, datamodule)
         return
     footprint, placement = measured
     if run.optimization.micro_batch == "auto":
@@ -418,6 +422,18 @@ def check_memory(run: RunConfig, plan: RunPlan | None, model: Any, datamodule: A
         footprint = footprint.with_samples(1)
     batch_size = datamodule.batch_size if isinstance(datamodule, HasBatchSize) else None
     check_fits(footprint, placement, *available, batch_size, run.hardware.name)
+
+
+def _say_memory_unchecked(run: RunConfig, plan: RunPlan, model: Any, datamodule: Any) -> None:
+    """Say that the memory check was left out where only the data kept it from measuring a
+    run it models: reading a batch here would run the DataModule's setup once more."""
+    from lightning_accel.plan.model import DESCRIBE_A_BATCH, example_batch
+
+    if plan.layout is not None and model is not None and example_batch(datamodule, model) is None:
+        say(
+            f"memory not checked before launch: data._target_={run.data['_target_']} "
+            f"describes no batch without reading data ({DESCRIBE_A_BATCH})"
+        )
 
 
 def planned_precision(run: RunConfig, plan: RunPlan) -> str:

@@ -63,6 +63,13 @@ def meta_model(node: dict[str, Any]) -> pl.LightningModule:
     return model
 
 
+# how a user's module or DataModule lets the planner measure a run without reading data
+DESCRIBE_A_BATCH = (
+    "give the DataModule an example_batch() method returning meta tensors, or set "
+    "example_input_array on the LightningModule"
+)
+
+
 def example_batch(datamodule: object | None, model: pl.LightningModule) -> tuple[Any, bool] | None:
     """One training batch on the meta device, and whether it is the module's ``forward``
     input rather than a batch for ``training_step``: from the DataModule's
@@ -85,12 +92,10 @@ def read_example_batch(datamodule: object, data_node: dict[str, Any]) -> Any:
     """
     from lightning.fabric.utilities import move_data_to_device
 
-    how = (
-        "give the DataModule an example_batch() method returning meta tensors, or set "
-        "example_input_array on the LightningModule"
-    )
     if not isinstance(datamodule, pl.LightningDataModule):
-        raise ConfigError("data._target_", _target(data_node), f"describes no batch; {how}")
+        raise ConfigError(
+            "data._target_", _target(data_node), f"describes no batch; {DESCRIBE_A_BATCH}"
+        )
     try:
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -105,7 +110,7 @@ def read_example_batch(datamodule: object, data_node: dict[str, Any]) -> Any:
             "data._target_",
             _target(data_node),
             f"describes no batch without reading data, and its first training batch could "
-            f"not be read ({cause}); {how}",
+            f"not be read ({cause}); {DESCRIBE_A_BATCH}",
         ) from None
     return move_data_to_device(batch, torch.device("meta"))
 
