@@ -303,6 +303,32 @@ def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_s
     assert _logged(stopped) == _logged(straight), "the whole history, in epoch 0 throughout"
 
 
+def test_a_validation_that_saves_no_top_k_checkpoint_still_moves_last_on(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # Lightning saves last only beside a top-k checkpoint (save_top_k=0 stands for a
+    # validation that did not improve the monitored loss): a run killed at step 5 had none
+    run_dir = tmp_path / "run"
+    killed = run_cli(
+        [
+            "train",
+            *TINY,
+            f"data.source={small_corpus}",
+            "callbacks=minimal",
+            "logger=none",
+            "callbacks.checkpoint.save_top_k=0",
+            f"hydra.run.dir={run_dir}",
+            "+callbacks.kill._target_=lightning_accel.callbacks.fault_injection.KillRank",
+            "+callbacks.kill.point=training_step",
+            "+callbacks.kill.step=3",
+            "+callbacks.kill.rank=0",
+        ],
+        cwd=tmp_path,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert saved_step(run_dir / "checkpoints" / "last.ckpt") == 2, "the validation at step 2"
+
+
 def test_a_resumed_logger_drops_the_rows_logged_past_its_checkpoint_and_widens_its_header(
     tmp_path: Path,
 ) -> None:

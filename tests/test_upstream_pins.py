@@ -170,6 +170,7 @@ def test_the_run_checkpoint_saves_last_through_model_checkpoints_own_steps() -> 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     assert _parameters(ModelCheckpoint._should_skip_saving_checkpoint) == ["self", "trainer"]
+    assert _parameters(ModelCheckpoint._should_save_on_train_epoch_end) == ["self", "trainer"]
     assert _parameters(ModelCheckpoint._monitor_candidates) == ["self", "trainer"]
     assert _parameters(ModelCheckpoint._save_last_checkpoint) == [
         "self",

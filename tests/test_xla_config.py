@@ -4,6 +4,7 @@ guard's logic on given metrics, precision per PJRT device, and the missing-extra
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 
@@ -59,15 +60,21 @@ class FakeXLA:
 
 
 def _run(
-    compiling_steps: dict[int, int], steps: int, validate_after: tuple[int, ...] = (), **options
+    compiling_steps: dict[int, int],
+    steps: int,
+    validate_after: tuple[int, ...] = (),
+    resumed_at: int = 0,
+    **options: Any,
 ) -> XLARecompileGuard:
-    """Drive a guard through ``steps`` steps; step s compiles ``compiling_steps[s]`` graphs,
-    and every validation compiles 5 graphs of its own."""
+    """Drive a guard through the steps after ``resumed_at`` up to ``steps``; step s compiles
+    ``compiling_steps[s]`` graphs, and every validation compiles 5 graphs of its own."""
     xla = FakeXLA()
     guard = XLARecompileGuard(warmup_steps=2, read_metrics=xla.read, **options)
     guard.active = True
     trainer = FakeTrainer()
-    for step in range(1, steps + 1):
+    trainer.global_step = resumed_at
+    guard.on_train_start(trainer, None)  # type: ignore[arg-type]
+    for step in range(resumed_at + 1, steps + 1):
         guard.on_train_batch_start(trainer)  # type: ignore[arg-type]
         xla.compilations += compiling_steps.get(step, 0)
         trainer.global_step = step
@@ -93,6 +100,13 @@ def test_guard_expects_a_new_step_graph_after_the_first_two_validations_only() -
     assert guard.compilations == 6 + 10, "validation compilations are counted, not flagged"
     with pytest.raises(RecompilationError, match="training step 9"):
         _run({**compiles, 9: 1}, 9, validate_after=(4, 6, 8), action="fail")
+
+
+def test_a_resumed_run_warms_up_again_from_the_step_it_resumed_at() -> None:
+    # a new process compiles its step graph anew, wherever the run resumed
+    assert _run({11: 3, 12: 1}, 14, resumed_at=10, action="fail").compilations == 4
+    with pytest.raises(RecompilationError, match="training step 13"):
+        _run({11: 3, 12: 1, 13: 1}, 14, resumed_at=10, action="fail")
 
 
 def test_guard_fails_when_asked_to() -> None:

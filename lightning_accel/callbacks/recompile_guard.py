@@ -31,10 +31,11 @@ class XLARecompileGuard(pl.Callback):
     Compilations outside steps (validation, checkpoint saving) are not a step's. The
     compilation count and time go into the run summary.
 
-    Warm-up is the first ``warmup_steps`` steps and the first ``warmup_validations``
-    validations with the step after each: measured on the GPT recipe, the step graph takes
-    a new form after each of the first two validations (they leave metric and logging
-    tensors in new forms), then none.
+    Warm-up is the first ``warmup_steps`` steps the process trains (a resumed run compiles
+    its graphs again, from whatever step it resumes at) and the first
+    ``warmup_validations`` validations with the step after each: measured on the GPT
+    recipe, the step graph takes a new form after each of the first two validations (they
+    leave metric and logging tensors in new forms), then none.
 
     Args:
         warmup_steps: steps whose compilations are expected.
@@ -67,11 +68,16 @@ class XLARecompileGuard(pl.Callback):
         self.compile_seconds = 0.0
         self._validations = 0
         self._after_warmup_validation = False
+        self._first_step = 0
         self.active = False
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.active = isinstance(trainer.accelerator, XLAAccelerator)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._first_step = trainer.global_step  # past 0 where the run resumed
 
     def _checked(self, trainer: pl.Trainer) -> bool:
         return self.active and trainer.global_step % self.check_every_n_steps == 0
@@ -90,7 +96,7 @@ class XLARecompileGuard(pl.Callback):
         before, self._before_step = self._before_step, None
         self.compilations, self.compile_seconds = self.read_metrics()
         step = trainer.global_step
-        warming_up = step <= self.warmup_steps or self._after_warmup_validation
+        warming_up = step - self._first_step <= self.warmup_steps or self._after_warmup_validation
         self._after_warmup_validation = False
         new = self.compilations - before
         if new <= 0 or warming_up:

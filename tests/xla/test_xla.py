@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import TEST_IMPORTS, run_cli
 
-from lightning_accel.checkpoints import consolidate_checkpoint, sharded_metadata
+from lightning_accel.checkpoints import consolidate_checkpoint, saved_step, sharded_metadata
 from lightning_accel.safe_load import load_data_file
 
 pytest.importorskip("torch_xla", reason="torch_xla is installed only in the XLA environment")
@@ -156,6 +156,39 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     expected = load_data_file(whole)
     _assert_same_weights(expected, load_data_file(final))
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
+
+
+def test_an_spmd_save_killed_midway_keeps_the_previous_checkpoint_to_resume_from(
+    runs: XLARuns,
+) -> None:
+    # last.ckpt only (save_top_k=0), so the save at step 20 writes over the one of step 10;
+    # the process is killed while it writes, after the shards and before the loop state
+    only_last = ("callbacks.checkpoint.save_top_k=0",)
+    run_dir = runs.root / "spmd_killed"
+    killed = run_cli(
+        [
+            *runs.base,
+            f"hydra.run.dir={run_dir}",
+            *XLA_CPU_SPMD,
+            *only_last,
+            "+callbacks.kill._target_=lightning_accel.callbacks.fault_injection.KillRank",
+            "+callbacks.kill.point=checkpoint_write",
+            "+callbacks.kill.step=11",
+        ],
+        cwd=runs.root,
+        timeout=400,
+        env=TEST_IMPORTS,
+    )
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert saved_step(last) == 10, "the step-10 checkpoint is whole, not mixed with step 20's"
+    resumed = runs.train("spmd_killed", *XLA_CPU_SPMD, *only_last)  # resumes from it by itself
+    uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
+    expected = consolidate_checkpoint(
+        uninterrupted / "checkpoints" / "last.ckpt", runs.root / "uninterrupted.ckpt"
+    )
+    got = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", runs.root / "k.ckpt")
+    _assert_same_weights(load_data_file(expected), load_data_file(got))
 
 
 # three SPMD runs of 20 steps in one test: 105-229 s beside the main tests on two cores
