@@ -93,6 +93,21 @@ def test_a_project_option_named_as_one_of_the_packs_exits_2(verb: str, tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
 
 
+@pytest.mark.parametrize("verb", ["train", "plan"])
+def test_a_project_config_yaml_that_hydra_would_ignore_exits_2(verb: str, tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("seed: 5\n")
+    result = run_cli([verb, "--config-dir", "conf"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "lightning-accel: error: --config-dir='conf' holds config.yaml, named as the pack's "
+        "primary config, which Hydra finds first, so yours would be ignored; put its settings "
+        "in a recipe of your own (DIR/recipe/NAME.yaml, extending one of the pack's by its "
+        "defaults list)."
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

@@ -184,6 +184,14 @@ def config_dir_override(directory: str) -> str:
             "with conf/recipe/NAME.yaml",
         )
     pack = config_dir()
+    if (path / "config.yaml").is_file():
+        raise ConfigError(
+            "--config-dir",
+            directory,
+            "holds config.yaml, named as the pack's primary config, which Hydra finds "
+            "first, so yours would be ignored; put its settings in a recipe of your own "
+            "(DIR/recipe/NAME.yaml, extending one of the pack's by its defaults list)",
+        )
     shadowing = sorted(
         option.relative_to(path)
         for option in path.glob("*/*.yaml")
