@@ -122,9 +122,8 @@ def set_in_file(
     if setting is None:
         return error
     value = setting.value if error.value is None else error.value
-    return ConfigError(
-        error.key, value, f"(set in {_shown(setting.file)}) {error.problem}", error.choices
-    )
+    problem = f"(set in {_shown(setting.file)}) {error.problem}"
+    return type(error)(error.key, value, problem, error.choices)  # its kind kept
 
 
 def set_in_job_file(error: ConfigError, cfg: DictConfig) -> ConfigError:
