@@ -413,7 +413,7 @@ CASES = {
     "callback argument the callback refuses": (
         ["callbacks.checkpoint.save_top_k=-2"],
         [
-            "callbacks.checkpoint='lightning.pytorch.callbacks.ModelCheckpoint' refuses its "
+            "callbacks.checkpoint='lightning_accel.callbacks.RunCheckpoint' refuses its "
             "arguments (MisconfigurationException: Invalid value for save_top_k=-2"
         ],
     ),

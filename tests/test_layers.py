@@ -15,7 +15,7 @@ LAYERS = (
     + ("profiles", "environments", "collectives", "xla.runtime"),
     ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),
     ("plan", "trainer_factory", "xla"),
-    ("callbacks",),
+    ("callbacks", "loggers"),
     ("cli", "__main__"),
 )
 XLA_LEAF = "xla.runtime"
