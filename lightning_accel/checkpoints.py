@@ -116,6 +116,15 @@ def saved_step(path: Path, key: str = "ckpt_path") -> int:
     return int(load_data_file(source, key, mmap=True).get("global_step", 0))
 
 
+def saved_training_seconds(path: Path, key: str = "ckpt_path") -> float:
+    """The training time Lightning's ``Timer`` (``trainer.max_time``) had counted when a
+    checkpoint was saved; 0 where it holds none (a run without a time limit)."""
+    source = path / SHARDED_META if is_sharded(path) else path
+    callbacks = load_data_file(source, key, mmap=True).get("callbacks") or {}
+    elapsed = (callbacks.get("Timer") or {}).get("time_elapsed") or {}
+    return float(elapsed.get("train", 0.0))
+
+
 SAME_MODEL_REMEDY = "give the model.* settings of the run that wrote it"
 
 

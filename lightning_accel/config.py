@@ -76,9 +76,9 @@ def require_held_out_fraction(key: str, value: Any) -> None:
         )
 
 
-def require_duration(key: str, value: Any) -> None:
-    """Raise a ConfigError unless ``value`` is a positive duration as Lightning takes one: a
-    ``DD:HH:MM:SS`` string or a dict of ``datetime.timedelta`` arguments."""
+def duration_seconds(value: Any) -> float:
+    """A duration as Lightning's ``max_time`` takes one (a ``DD:HH:MM:SS`` string or a dict
+    of ``datetime.timedelta`` arguments) in seconds; 0 where ``value`` is none."""
     fields = ("days", "hours", "minutes", "seconds")
     arguments = value
     if isinstance(value, str):
@@ -86,10 +86,15 @@ def require_duration(key: str, value: Any) -> None:
         if len(parts) == len(fields) and all(part.isdigit() for part in parts):
             arguments = dict(zip(fields, map(int, parts), strict=True))
     try:
-        seconds = timedelta(**arguments).total_seconds() if isinstance(arguments, dict) else 0
+        return timedelta(**arguments).total_seconds() if isinstance(arguments, dict) else 0
     except TypeError:  # an argument timedelta does not take, or a value of the wrong type
-        seconds = 0
-    if seconds <= 0:  # named as given, not as the dict it was read into
+        return 0
+
+
+def require_duration(key: str, value: Any) -> None:
+    """Raise a ConfigError unless ``value`` is a positive duration as Lightning takes one: a
+    ``DD:HH:MM:SS`` string or a dict of ``datetime.timedelta`` arguments."""
+    if duration_seconds(value) <= 0:  # named as given, not as the dict it was read into
         raise ConfigError(
             key, value, "must be a duration above 0: DD:HH:MM:SS, or a dict such as {hours: 2}"
         )

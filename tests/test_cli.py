@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -90,6 +91,27 @@ def test_resume_from_checkpoint_continues_the_step_count(
     # the job's log keeps what it held, and records what the repeated command said
     added = log.read_text().removeprefix(kept[log].decode())
     assert "already trained to step 6" in added.splitlines()[0]
+
+
+def test_a_run_that_spent_its_max_time_repeated_says_there_is_nothing_to_do(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # Lightning's Timer restores the time a run counted: repeated, it stopped before a step
+    # and said "done" as if it had trained
+    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
+    args += ["trainer.max_steps=100000", "trainer.max_time=00:00:00:02", "hydra.run.dir=run"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = (tmp_path / "run" / "summary.json").read_bytes()
+    repeated = run_cli(args, cwd=tmp_path)
+    assert repeated.returncode == 0, repeated.stderr[-2000:]
+    step = json.loads(summary)["steps"]
+    assert re.search(
+        rf"run already trained for \d+ s of trainer.max_time's 2 s \(to step {step}, .*last"
+        r"\.ckpt\); nothing to do: raise trainer.max_time to train further",
+        repeated.stderr,
+    ), repeated.stderr
+    assert (tmp_path / "run" / "summary.json").read_bytes() == summary, "the summary is kept"
 
 
 def test_help_lists_every_group_and_option(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from lightning_accel.checkpoints import (
     is_sharded,
     last_checkpoint,
     saved_step,
+    saved_training_seconds,
 )
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
@@ -48,6 +49,7 @@ from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.sweep_resume import sweep_resume_command
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
+from lightning_accel.config import duration_seconds
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.loggers import RunCSVLogger
@@ -144,18 +146,29 @@ def resume_checkpoint(run: RunConfig) -> str | None:
 
 def already_trained(run: RunConfig) -> str | None:
     """Why a fit has nothing left to do, where its own run directory's ``last`` checkpoint
-    (what a repeated or requeued run resumes from) is at or past ``trainer.max_steps``; None
-    where it has steps to train."""
-    if run.stage != "fit" or run.ckpt_path is not None or run.trainer.max_steps <= 0:
+    (what a repeated or requeued run resumes from) is at or past ``trainer.max_steps``, or
+    has trained for ``trainer.max_time``; None where it has steps to train."""
+    if run.stage != "fit" or run.ckpt_path is not None:
         return None
     found = own_last_checkpoint(run)
-    if found is None or (step := saved_step(found)) < run.trainer.max_steps:
+    if found is None:
         return None
-    return (
-        f"{run.run_dir} already trained to step {step} of trainer.max_steps="
-        f"{run.trainer.max_steps} ({found}); nothing to do: raise trainer.max_steps to train "
-        "further"
-    )
+    step = saved_step(found)
+    if 0 < run.trainer.max_steps <= step:
+        return (
+            f"{run.run_dir} already trained to step {step} of trainer.max_steps="
+            f"{run.trainer.max_steps} ({found}); nothing to do: raise trainer.max_steps to "
+            "train further"
+        )
+    limit = duration_seconds(run.trainer.max_time)
+    if 0 < limit <= (seconds := saved_training_seconds(found)):
+        # Lightning's Timer restores the time counted: the run would stop before a step
+        return (
+            f"{run.run_dir} already trained for {seconds:.0f} s of trainer.max_time's "
+            f"{limit:.0f} s (to step {step}, {found}); nothing to do: raise trainer.max_time "
+            "to train further"
+        )
+    return None
 
 
 def own_last_checkpoint(run: RunConfig) -> Path | None:
