@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +117,29 @@ def saved_step(path: Path, key: str = "ckpt_path") -> int:
     return int(load_data_file(source, key, mmap=True).get("global_step", 0))
 
 
-def saved_training_seconds(path: Path, key: str = "ckpt_path") -> float:
-    """The training time Lightning's ``Timer`` (``trainer.max_time``) had counted when a
-    checkpoint was saved; 0 where it holds none (a run without a time limit)."""
+@dataclass(frozen=True)
+class SavedProgress:
+    """How far a run had trained when a checkpoint was saved, in each of the units a
+    ``Trainer`` limit counts: optimizer steps (``max_steps``), epochs whose batches all ran
+    (``max_epochs``, as Lightning's fit loop counts them) and seconds of training counted by
+    Lightning's ``Timer`` (``max_time``; 0 for a run without a time limit)."""
+
+    step: int
+    epochs: int
+    training_seconds: float
+
+
+def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
+    """The :class:`SavedProgress` of a checkpoint file or sharded directory."""
     source = path / SHARDED_META if is_sharded(path) else path
-    callbacks = load_data_file(source, key, mmap=True).get("callbacks") or {}
-    elapsed = (callbacks.get("Timer") or {}).get("time_elapsed") or {}
-    return float(elapsed.get("train", 0.0))
+    saved = load_data_file(source, key, mmap=True)
+    epochs = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    elapsed = ((saved.get("callbacks") or {}).get("Timer") or {}).get("time_elapsed") or {}
+    return SavedProgress(
+        int(saved.get("global_step", 0)),
+        int(epochs.get("current", {}).get("processed", 0)),
+        float(elapsed.get("train", 0.0)),
+    )
 
 
 SAME_MODEL_REMEDY = "give the model.* settings of the run that wrote it"

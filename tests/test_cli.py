@@ -83,7 +83,7 @@ def test_resume_from_checkpoint_continues_the_step_count(
     assert "trainer.max_steps=4 is not past step 4, where ckpt_path=" in again.stderr
     repeated = run_cli([*base, "hydra.run.dir=second", "trainer.max_steps=6"], cwd=tmp_path)
     assert repeated.returncode == 0, repeated.stderr
-    assert "already trained to step 6 of trainer.max_steps=6" in repeated.stderr
+    assert "already trained to step 6 of trainer.max_steps=6 (" in repeated.stderr
     log = tmp_path / "second" / "train.log"
     assert {p: p.read_bytes() for p in kept if p != log} == {
         p: data for p, data in kept.items() if p != log
@@ -93,22 +93,33 @@ def test_resume_from_checkpoint_continues_the_step_count(
     assert "already trained to step 6" in added.splitlines()[0]
 
 
-def test_a_run_that_spent_its_max_time_repeated_says_there_is_nothing_to_do(
-    tmp_path: Path, small_corpus: Path
+@pytest.mark.parametrize(
+    ("limit", "reached"),
+    [
+        (["trainer.max_time=00:00:00:02"], r"for \d+ s of trainer.max_time's 2 s"),
+        (
+            ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.max_steps=-1"],
+            r"for 2 epochs of trainer.max_epochs=2",
+        ),
+    ],
+)
+def test_a_run_that_reached_its_time_or_epoch_limit_repeated_says_there_is_nothing_to_do(
+    limit: list[str], reached: str, tmp_path: Path, small_corpus: Path
 ) -> None:
-    # Lightning's Timer restores the time a run counted: repeated, it stopped before a step
-    # and said "done" as if it had trained
+    # Lightning restores the time and the epochs a run counted: repeated, it stopped before
+    # a step and said "done" as if it had trained
     args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
-    args += ["trainer.max_steps=100000", "trainer.max_time=00:00:00:02", "hydra.run.dir=run"]
+    args += ["trainer.max_steps=100000", *limit, "hydra.run.dir=run"]
     first = run_cli(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = (tmp_path / "run" / "summary.json").read_bytes()
     repeated = run_cli(args, cwd=tmp_path)
     assert repeated.returncode == 0, repeated.stderr[-2000:]
     step = json.loads(summary)["steps"]
+    key = limit[0].split("=")[0]
     assert re.search(
-        rf"run already trained for \d+ s of trainer.max_time's 2 s \(to step {step}, .*last"
-        r"\.ckpt\); nothing to do: raise trainer.max_time to train further",
+        rf"run already trained {reached} \(.*last\.ckpt, step {step}\); nothing to do: "
+        rf"raise {key} to train further",
         repeated.stderr,
     ), repeated.stderr
     assert (tmp_path / "run" / "summary.json").read_bytes() == summary, "the summary is kept"

@@ -39,8 +39,8 @@ from lightning_accel.checkpoints import (
     furthest_checkpoint,
     is_sharded,
     last_checkpoint,
+    saved_progress,
     saved_step,
-    saved_training_seconds,
 )
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
@@ -146,29 +146,31 @@ def resume_checkpoint(run: RunConfig) -> str | None:
 
 def already_trained(run: RunConfig) -> str | None:
     """Why a fit has nothing left to do, where its own run directory's ``last`` checkpoint
-    (what a repeated or requeued run resumes from) is at or past ``trainer.max_steps``, or
-    has trained for ``trainer.max_time``; None where it has steps to train."""
+    (what a repeated or requeued run resumes from) has reached ``trainer.max_steps``,
+    ``max_epochs`` or ``max_time``: resumed from it, Lightning's loop would stop before a
+    step; None where it has steps to train."""
     if run.stage != "fit" or run.ckpt_path is not None:
         return None
     found = own_last_checkpoint(run)
     if found is None:
         return None
-    step = saved_step(found)
-    if 0 < run.trainer.max_steps <= step:
-        return (
-            f"{run.run_dir} already trained to step {step} of trainer.max_steps="
-            f"{run.trainer.max_steps} ({found}); nothing to do: raise trainer.max_steps to "
-            "train further"
-        )
-    limit = duration_seconds(run.trainer.max_time)
-    if 0 < limit <= (seconds := saved_training_seconds(found)):
-        # Lightning's Timer restores the time counted: the run would stop before a step
-        return (
-            f"{run.run_dir} already trained for {seconds:.0f} s of trainer.max_time's "
-            f"{limit:.0f} s (to step {step}, {found}); nothing to do: raise trainer.max_time "
-            "to train further"
-        )
-    return None
+    saved, limits = saved_progress(found), run.trainer
+    time_limit = duration_seconds(limits.max_time)
+    if 0 < limits.max_steps <= saved.step:
+        reached, key = f"to step {saved.step} of trainer.max_steps={limits.max_steps}", "max_steps"
+    elif limits.max_epochs is not None and 0 <= limits.max_epochs <= saved.epochs:
+        reached = f"for {saved.epochs} epochs of trainer.max_epochs={limits.max_epochs}"
+        key = "max_epochs"
+    elif 0 < time_limit <= saved.training_seconds:
+        # Lightning's Timer restores the time counted, not only the step
+        reached = f"for {saved.training_seconds:.0f} s of trainer.max_time's {time_limit:.0f} s"
+        key = "max_time"
+    else:
+        return None
+    return (
+        f"{run.run_dir} already trained {reached} ({found}, step {saved.step}); nothing to "
+        f"do: raise trainer.{key} to train further"
+    )
 
 
 def own_last_checkpoint(run: RunConfig) -> Path | None:
