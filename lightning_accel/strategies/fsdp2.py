@@ -35,6 +35,7 @@ from lightning_accel.optimize.transforms import (
 )
 from lightning_accel.strategies.agreed_stop import AgreedStopMixin
 from lightning_accel.strategies.async_save import AsyncShardWriter
+from lightning_accel.strategies.group_exit import GroupClosedAtExit
 from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
 from lightning_accel.strategies.tensor_parallel import (
@@ -45,7 +46,7 @@ from lightning_accel.strategies.tensor_parallel import (
 from lightning_accel.strategies.whole_checkpoint import load_whole_checkpoint
 
 
-class FSDP2Strategy(AgreedStopMixin, ModelParallelStrategy):
+class FSDP2Strategy(AgreedStopMixin, GroupClosedAtExit, ModelParallelStrategy):
     """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, with tensor
     parallelism (2D) or replica groups (HSDP) on one device mesh, on CUDA (NCCL) and CPU
     (gloo), without any ``configure_model`` code in the LightningModule.
