@@ -325,10 +325,6 @@ def test_one_process_requeue_signal_saves_after_the_optimizer_step_and_training_
     )
     assert saves.steps == [2]
     assert (tmp_path / "scontrol.calls").read_text().split("\n") == ["requeue 4242", ""]
-    # closed while the interpreter ran: gloo's threads left to its teardown aborted a rank
-    # (SIGABRT) now and then, after its work was done
-    for rank in (0, 1):
-        assert (tmp_path / f"rank-{rank}.group-open-at-exit").read_text() == "False"
     _assert_same_weights(weights, expected)  # training went on to the end
     resumed = _fit_accumulating(tmp_path / "resumed", [], ckpt_path=run / "hpc_ckpt_1.ckpt")
     _assert_same_weights(resumed, expected)
