@@ -17,6 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.tensor import DTensor
 from typing_extensions import override
 
+from lightning_accel.config import TrainerConfig, duration_seconds
 from lightning_accel.errors import ConfigError
 from lightning_accel.files import check_room, replaced_whole, room_checked
 from lightning_accel.safe_load import (
@@ -140,6 +141,42 @@ def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
         int(epochs.get("current", {}).get("processed", 0)),
         float(elapsed.get("train", 0.0)),
     )
+
+
+@dataclass(frozen=True)
+class ReachedLimit:
+    """A ``Trainer`` limit that a checkpoint's run has reached: resumed from it, the fit
+    loop stops before a step (Lightning restores the steps, epochs and training time).
+
+    Attributes:
+        key: the config key (``trainer.max_steps``).
+        value: the limit as given.
+        shown: the limit as a message names it (``trainer.max_steps=500``).
+        progress: how far the checkpoint's run had trained (``step 500``).
+    """
+
+    key: str
+    value: Any
+    shown: str
+    progress: str
+
+
+def reached_limit(saved: SavedProgress, limits: TrainerConfig) -> ReachedLimit | None:
+    """The first of ``max_steps``, ``max_epochs`` and ``max_time`` that ``saved`` reaches,
+    compared as Lightning's fit loop compares them; None where steps are left to train."""
+    if 0 < limits.max_steps <= saved.step:
+        shown = f"trainer.max_steps={limits.max_steps}"
+        return ReachedLimit("trainer.max_steps", limits.max_steps, shown, f"step {saved.step}")
+    if limits.max_epochs is not None and 0 <= limits.max_epochs <= saved.epochs:
+        shown = f"trainer.max_epochs={limits.max_epochs}"
+        progress = f"{saved.epochs} epochs"
+        return ReachedLimit("trainer.max_epochs", limits.max_epochs, shown, progress)
+    seconds = duration_seconds(limits.max_time)
+    if 0 < seconds <= saved.training_seconds:
+        shown = f"trainer.max_time ({seconds:.0f} s)"
+        progress = f"{saved.training_seconds:.0f} s of training"
+        return ReachedLimit("trainer.max_time", limits.max_time, shown, progress)
+    return None
 
 
 SAME_MODEL_REMEDY = "give the model.* settings of the run that wrote it"

@@ -80,31 +80,34 @@ def test_resume_from_checkpoint_continues_the_step_count(
         [*base, "hydra.run.dir=second", f"ckpt_path={ckpt}", "trainer.max_steps=4"], cwd=tmp_path
     )
     assert again.returncode == 2, "an explicit checkpoint at step 4 is not past max_steps=4"
-    assert "trainer.max_steps=4 is not past step 4, where ckpt_path=" in again.stderr
+    assert "trainer.max_steps=4 is reached by ckpt_path=" in again.stderr
+    assert "(saved after step 4), so nothing would train" in again.stderr
     repeated = run_cli([*base, "hydra.run.dir=second", "trainer.max_steps=6"], cwd=tmp_path)
     assert repeated.returncode == 0, repeated.stderr
-    assert "already trained to step 6 of trainer.max_steps=6 (" in repeated.stderr
+    assert "second already reached trainer.max_steps=6 (" in repeated.stderr
+    assert "last.ckpt, saved after step 6); nothing to do" in repeated.stderr
     log = tmp_path / "second" / "train.log"
     assert {p: p.read_bytes() for p in kept if p != log} == {
         p: data for p, data in kept.items() if p != log
     }, "summary and config kept"
     # the job's log keeps what it held, and records what the repeated command said
     added = log.read_text().removeprefix(kept[log].decode())
-    assert "already trained to step 6" in added.splitlines()[0]
+    assert "already reached trainer.max_steps=6" in added.splitlines()[0]
 
 
 @pytest.mark.parametrize(
-    ("limit", "reached"),
+    ("limit", "reached", "progress"),
     [
-        (["trainer.max_time=00:00:00:02"], r"for \d+ s of trainer.max_time's 2 s"),
+        (["trainer.max_time=00:00:00:02"], r"trainer.max_time \(2 s\)", r"\d+ s of training"),
         (
             ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.max_steps=-1"],
-            r"for 2 epochs of trainer.max_epochs=2",
+            "trainer.max_epochs=2",
+            "2 epochs",
         ),
     ],
 )
 def test_a_run_that_reached_its_time_or_epoch_limit_repeated_says_there_is_nothing_to_do(
-    limit: list[str], reached: str, tmp_path: Path, small_corpus: Path
+    limit: list[str], reached: str, progress: str, tmp_path: Path, small_corpus: Path
 ) -> None:
     # Lightning restores the time and the epochs a run counted: repeated, it stopped before
     # a step and said "done" as if it had trained
@@ -115,13 +118,18 @@ def test_a_run_that_reached_its_time_or_epoch_limit_repeated_says_there_is_nothi
     summary = (tmp_path / "run" / "summary.json").read_bytes()
     repeated = run_cli(args, cwd=tmp_path)
     assert repeated.returncode == 0, repeated.stderr[-2000:]
-    step = json.loads(summary)["steps"]
     key = limit[0].split("=")[0]
     assert re.search(
-        rf"run already trained {reached} \(.*last\.ckpt, step {step}\); nothing to do: "
-        rf"raise {key} to train further",
+        rf"run already reached {reached} \(.*last\.ckpt, saved after {progress}\); nothing "
+        rf"to do: raise {key} to train further",
         repeated.stderr,
     ), repeated.stderr
+    explicit = run_cli(
+        [*args, "hydra.run.dir=other", f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}"],
+        cwd=tmp_path,
+    )
+    assert explicit.returncode == 2, "a fit from a checkpoint that trains nothing is refused"
+    assert f"error: {key}=" in explicit.stderr and "so nothing would train" in explicit.stderr
     assert (tmp_path / "run" / "summary.json").read_bytes() == summary, "the summary is kept"
 
 

@@ -487,7 +487,7 @@ def check_checkpoint(run: RunConfig) -> Path | None:
     holds data only, saved before the step a fit ends at; without it, fail when the
     ``last`` checkpoint the run would resume from by itself would run code when loaded.
     Returns the checkpoint the run will resume from."""
-    from lightning_accel.checkpoints import saved_step, verify_checkpoint
+    from lightning_accel.checkpoints import reached_limit, saved_progress, verify_checkpoint
     from lightning_accel.cli.runner import own_last_checkpoint
 
     if run.ckpt_path is None:
@@ -504,13 +504,13 @@ def check_checkpoint(run: RunConfig) -> Path | None:
             "(hydra.run.dir=RUN_DIR)",
         )
     verify_checkpoint(path)
-    max_steps = run.trainer.max_steps
-    if run.stage == "fit" and 0 < max_steps <= (step := saved_step(path)):
+    reached = reached_limit(saved_progress(path), run.trainer) if run.stage == "fit" else None
+    if reached is not None:
         raise ConfigError(
-            "trainer.max_steps",
-            max_steps,
-            f"is not past step {step}, where ckpt_path={run.ckpt_path} was saved, so nothing "
-            "would train; give more steps to train further (lightning-accel validate "
+            reached.key,
+            reached.value,
+            f"is reached by ckpt_path={run.ckpt_path} (saved after {reached.progress}), so "
+            "nothing would train; raise it to train further (lightning-accel validate "
             "evaluates the checkpoint)",
         )
     return path

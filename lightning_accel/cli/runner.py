@@ -39,6 +39,7 @@ from lightning_accel.checkpoints import (
     furthest_checkpoint,
     is_sharded,
     last_checkpoint,
+    reached_limit,
     saved_progress,
     saved_step,
 )
@@ -49,7 +50,6 @@ from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.sweep_resume import sweep_resume_command
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
-from lightning_accel.config import duration_seconds
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.loggers import RunCSVLogger
@@ -152,24 +152,12 @@ def already_trained(run: RunConfig) -> str | None:
     if run.stage != "fit" or run.ckpt_path is not None:
         return None
     found = own_last_checkpoint(run)
-    if found is None:
-        return None
-    saved, limits = saved_progress(found), run.trainer
-    time_limit = duration_seconds(limits.max_time)
-    if 0 < limits.max_steps <= saved.step:
-        reached, key = f"to step {saved.step} of trainer.max_steps={limits.max_steps}", "max_steps"
-    elif limits.max_epochs is not None and 0 <= limits.max_epochs <= saved.epochs:
-        reached = f"for {saved.epochs} epochs of trainer.max_epochs={limits.max_epochs}"
-        key = "max_epochs"
-    elif 0 < time_limit <= saved.training_seconds:
-        # Lightning's Timer restores the time counted, not only the step
-        reached = f"for {saved.training_seconds:.0f} s of trainer.max_time's {time_limit:.0f} s"
-        key = "max_time"
-    else:
+    reached = None if found is None else reached_limit(saved_progress(found), run.trainer)
+    if reached is None:
         return None
     return (
-        f"{run.run_dir} already trained {reached} ({found}, step {saved.step}); nothing to "
-        f"do: raise trainer.{key} to train further"
+        f"{run.run_dir} already reached {reached.shown} ({found}, saved after "
+        f"{reached.progress}); nothing to do: raise {reached.key} to train further"
     )
 
 
