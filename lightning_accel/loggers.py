@@ -50,13 +50,24 @@ class RunCSVLogger(CSVLogger):
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
             rows = list(reader)
-        kept = [row for row in rows if row.get("step") and int(float(row["step"])) < step]
+        kept = [row for row in rows if (logged := _logged_step(row)) is not None and logged < step]
         if len(kept) == len(rows):
             return
         with replaced_whole(path) as staging, staging.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
             writer.writerows(kept)
+
+
+def _logged_step(row: dict[str, str | None]) -> int | None:
+    """A row's step; None for a row without a whole one: a line a kill cut short has fewer
+    fields than the header (``csv`` fills them with None) or a step cut mid-number."""
+    if None in row.values():
+        return None
+    try:
+        return int(float(row.get("step") or ""))
+    except ValueError:
+        return None
 
 
 class _ContinuingWriter(ExperimentWriter):

@@ -338,6 +338,8 @@ def test_a_resumed_logger_drops_the_rows_logged_past_its_checkpoint_and_widens_i
     for step in range(6):  # an attempt killed at step 6 after its checkpoint at step 4
         earlier.log_metrics({"train/loss": 10.0 - step}, step=step)
     earlier.save()
+    with (tmp_path / "metrics.csv").open("a") as metrics:
+        metrics.write("1")  # the start of a line a kill cut short: no whole step
     resumed = RunCSVLogger(tmp_path, name="", version="")
     resumed.continue_from(4)
     resumed.log_metrics({"train/loss": 5.5, "val/loss": 7.0}, step=4)
