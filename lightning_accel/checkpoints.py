@@ -111,13 +111,6 @@ def saved_hyper_parameters(path: Path, key: str = "ckpt_path") -> dict[str, Any]
     return dict(saved) if isinstance(saved, dict) else {}
 
 
-def saved_step(path: Path, key: str = "ckpt_path") -> int:
-    """The optimizer step a checkpoint (a file, or a sharded directory's loop state) was
-    saved at: Lightning's ``global_step``."""
-    source = path / SHARDED_META if is_sharded(path) else path
-    return int(load_data_file(source, key, mmap=True).get("global_step", 0))
-
-
 @dataclass(frozen=True)
 class SavedProgress:
     """How far a run had trained when a checkpoint was saved, in each of the units a
@@ -177,6 +170,12 @@ def reached_limit(saved: SavedProgress, limits: TrainerConfig) -> ReachedLimit |
         progress = f"{saved.training_seconds:.0f} s of training"
         return ReachedLimit("trainer.max_time", limits.max_time, shown, progress)
     return None
+
+
+def saved_step(path: Path, key: str = "ckpt_path") -> int:
+    """The optimizer step a checkpoint (a file, or a sharded directory's loop state) was
+    saved at: Lightning's ``global_step``."""
+    return saved_progress(path, key).step
 
 
 SAME_MODEL_REMEDY = "give the model.* settings of the run that wrote it"

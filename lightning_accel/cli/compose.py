@@ -23,7 +23,7 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_accel.cli.config_sources import searchpath, set_in_file
+from lightning_accel.cli.config_sources import SEARCHPATH_OVERRIDE, searchpath, set_in_file
 from lightning_accel.cli.hydra_private import sweep_jobs
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
@@ -129,7 +129,7 @@ def _expand_globs(parsed: list[Override], overrides: list[str]) -> list[str]:
     """``overrides`` with each ``GROUP=glob(...)`` sweep written out as the list of the
     group's options it matches, as Hydra's sweeper expands it (the parser alone cannot: it
     needs the config loader, and the project's --config-dir, to know the options)."""
-    searchpath = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    searchpath = [o for o in overrides if o.startswith(SEARCHPATH_OVERRIDE)]
     expanded = []
     for override in parsed:
         pattern = override.value()
@@ -206,7 +206,7 @@ def config_dir_override(directory: str) -> str:
             f"Hydra finds first, so yours would be ignored; give it a name of its own and "
             f"extend {name} by its defaults list",
         )
-    return f"hydra.searchpath=[file://{path}]"
+    return f"{SEARCHPATH_OVERRIDE}[file://{path}]"
 
 
 def compose_job(overrides: list[str]) -> DictConfig:

@@ -338,11 +338,10 @@ def project_hardware(directory: str) -> dict[str, HardwareConfig]:
     for name in (path.stem for path in files):
         cfg = compose_job([search_path, f"hardware={name}"])
         try:
-            try:
-                profiles[name] = OmegaConf.to_object(cfg.hardware)
-            except OmegaConfBaseException as error:
-                raise value_error(error, [f"hardware={name}"]) from error
-        except ConfigError as error:
+            profiles[name] = OmegaConf.to_object(cfg.hardware)
+        except OmegaConfBaseException as error:
+            raise set_in_job_file(value_error(error, [f"hardware={name}"]), cfg) from error
+        except ConfigError as error:  # a value the profile's own checks refuse
             raise set_in_job_file(error, cfg) from error
     return profiles
 
