@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -301,6 +302,11 @@ def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_s
     weights, expected = run_weights(stopped), run_weights(straight)
     assert all(torch.equal(weights[name], expected[name]) for name in expected)
     assert _logged(stopped) == _logged(straight), "the whole history, in epoch 0 throughout"
+    continued, whole = (json.loads((d / "summary.json").read_text()) for d in (stopped, straight))
+    for key in ("steps", "first_train_loss", "last_train_loss", "validation"):
+        assert continued[key] == whole[key], key
+    assert [a["from_step"] for a in continued["attempts"]] == [0, 3]
+    assert (continued["resumed_from_step"], whole["resumed_from_step"]) == (3, None)
 
 
 def test_a_validation_that_saves_no_top_k_checkpoint_still_moves_last_on(

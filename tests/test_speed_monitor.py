@@ -565,3 +565,34 @@ def test_a_run_resumed_inside_an_epoch_counts_its_batches_on_to_the_step_budget(
     resumed.fit(Regressor(), data, ckpt_path=tmp_path / "step-4.ckpt")
     assert resumed.global_step == 7
     assert bar.shown == (7, 7)
+
+
+class LoggingRegressor(Regressor):
+    """The regressor, logging its training loss as the pack's models do."""
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss)
+        return loss
+
+
+def test_a_run_resumed_from_a_checkpoint_without_a_summary_still_reports_its_last_loss(
+    tmp_path: Path,
+) -> None:
+    # a checkpoint a plain Trainer saved holds no summary state; the resumed attempt's
+    # steps fall between logging steps, so only the end of training reads a loss
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    first = pl.Trainer(accelerator="cpu", max_steps=4, default_root_dir=tmp_path, **quiet)
+    first.fit(LoggingRegressor(), DataLoader(data, batch_size=4))
+    saved = first.checkpoint_callback.best_model_path
+    summary = RunSummary(output_dir=str(tmp_path), print_table=False)
+    resumed = pl.Trainer(
+        accelerator="cpu", max_steps=8, callbacks=[summary], enable_checkpointing=False, **quiet
+    )
+    resumed.fit(LoggingRegressor(), DataLoader(data, batch_size=4), ckpt_path=saved)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    last_loss = float(resumed.callback_metrics["train/loss"])
+    assert written["last_train_loss"] == pytest.approx(last_loss)
+    assert written["resumed_from_step"] == 4
+    assert [attempt["from_step"] for attempt in written["attempts"]] == [4], "none recorded before"

@@ -49,6 +49,11 @@ class RunSummary(pl.Callback):
     MFU, the XLA recompile guard's compilations, time spent saving checkpoints), then
     writes ``summary.json`` and prints a table when fitting ends (rank 0 only).
 
+    The losses, validations and attempts recorded so far go into every checkpoint
+    (Lightning's callback state), so the summary of a run resumed from one covers the
+    whole run: its first loss, every validation and each attempt's start and wall time.
+    Speed figures, memory and ``wall_seconds`` describe the attempt that wrote it.
+
     Args:
         output_dir: where ``summary.json`` goes; default the trainer's ``default_root_dir``.
         extra: fixed facts to add to the summary (recipe, profiles, ...).
@@ -65,20 +70,53 @@ class RunSummary(pl.Callback):
         self.extra = dict(extra or {})
         self.print_table = print_table
         self.summary: dict[str, Any] = {}
+        self._restored: dict[str, Any] | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.validations: list[dict[str, float]] = []
         self.train_losses: list[float] = []
+        self.earlier_attempts: list[dict[str, float]] = []
         self._fit_started = 0.0
+        self._started_at_step = 0
         self.memory: dict[str, Any] = {}
         self._gradient_bytes: int | None = None
         self._loss_read_at_step: int | None = None
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "train_losses": list(self.train_losses),
+            "loss_read_at_step": self._loss_read_at_step,
+            "validations": list(self.validations),
+            "attempts": [*self.earlier_attempts, self._attempt()],
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # kept until on_train_start: Lightning restores callbacks before on_fit_start, or
+        # after it for strategies that restore once set up (FSDP2's)
+        self._restored = dict(state_dict)
+
+    def _attempt(self) -> dict[str, float]:
+        """This attempt's start and its wall time so far."""
+        seconds = round(time.perf_counter() - self._fit_started, 3)
+        return {"from_step": self._started_at_step, "wall_seconds": seconds}
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
         self._fit_started = time.perf_counter()
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started_at_step = trainer.global_step  # the loops are restored by now
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            self.train_losses = list(restored["train_losses"])
+            self._loss_read_at_step = restored["loss_read_at_step"]
+            self.validations = list(restored["validations"])
+            self.earlier_attempts = list(restored["attempts"])
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -124,7 +162,7 @@ class RunSummary(pl.Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._loss_read_at_step not in (None, trainer.global_step):
+        if self._started_at_step < trainer.global_step != self._loss_read_at_step:
             self._read_loss(trainer, None)  # the last step's loss, between logging steps
         # Measured while the process group is still up: every rank contributes its figures.
         state = model_state_bytes(pl_module.parameters(), trainer.optimizers)
@@ -147,11 +185,14 @@ class RunSummary(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        world = trainer.world_size
+        self._restored = None  # a fit that ended before training started used none of it
+        world, attempt = trainer.world_size, self._attempt()
         self.summary = {
             **self.extra,
             "steps": trainer.global_step,
-            "wall_seconds": round(time.perf_counter() - self._fit_started, 3),
+            "wall_seconds": attempt["wall_seconds"],
+            "resumed_from_step": attempt["from_step"] or None,
+            "attempts": [*self.earlier_attempts, attempt],
             "world_size": world,
             # torch elastic's restarts of every rank before the one that finished
             "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
@@ -224,7 +265,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     rows += [
         ("strategy", _with_reason(summary["strategy"], summary.get("strategy_reason"))),
         ("steps", summary["steps"]),
-        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+        ("wall time", _wall_time(summary)),
         ("precision", _with_reason(summary["precision"], summary.get("precision_reason"))),
     ]
     if summary.get("compile_reason"):
@@ -284,6 +325,18 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for key, value in rows:
         table.add_row(key, escape(str(value)))
     return table
+
+
+def _wall_time(summary: dict[str, Any]) -> str:
+    """This attempt's wall time, and where it resumed the run and what all attempts took."""
+    text = f"{summary['wall_seconds']:.1f} s"
+    if summary.get("resumed_from_step"):
+        text += f" from step {summary['resumed_from_step']}"
+    attempts = summary.get("attempts") or []
+    if len(attempts) > 1:
+        total = sum(attempt["wall_seconds"] for attempt in attempts)
+        text += f" ({total:.1f} s in {len(attempts)} attempts)"
+    return text
 
 
 def _with_reason(value: str, reason: str | None) -> str:
