@@ -71,7 +71,9 @@ def test_resume_from_checkpoint_continues_the_step_count(
     assert second.returncode == 0, second.stderr
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert summary["steps"] == 6
-    assert [v["step"] for v in summary["validation"]] == [6], "steps 1-4 are not repeated"
+    # the checkpoint carries the first run's record; steps 1-4 are not repeated
+    assert [v["step"] for v in summary["validation"]] == [2, 4, 6]
+    assert [attempt["from_step"] for attempt in summary["attempts"]] == [0, 4]
 
     # the same command again: the run already reached its end, so its files stay as they are
     files = [p for p in (tmp_path / "second").iterdir() if p.is_file() and p.name != LOCK_FILE]
