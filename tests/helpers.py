@@ -449,13 +449,18 @@ class TinyRegression(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-class PlateauRegression(TinyRegression):
-    """A user's module whose ReduceLROnPlateau scheduler monitors a metric it never logs."""
+class LoggingRegression(TinyRegression):
+    """:class:`TinyRegression` logging its training loss as ``train/loss``, as the pack's
+    models do."""
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss)
         return loss
+
+
+class PlateauRegression(LoggingRegression):
+    """A user's module whose ReduceLROnPlateau scheduler monitors a metric it never logs."""
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=0.05)

@@ -7,11 +7,24 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import MODEL, SHAPE, TINY, Runs, refusal, run_cli, write_crafted_checkpoint
+from helpers import (
+    MODEL,
+    SHAPE,
+    TINY,
+    LoggingRegression,
+    Runs,
+    quiet_trainer,
+    refusal,
+    run_cli,
+    write_crafted_checkpoint,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_accel import files
+from lightning_accel.callbacks import ResumedLogs
 from lightning_accel.checkpoints import (
     check_same_model,
     consolidate_checkpoint,
@@ -362,6 +375,45 @@ def test_a_resumed_logger_drops_the_rows_logged_past_its_checkpoint_and_widens_i
     fresh = RunCSVLogger(tmp_path, name="", version="")
     fresh.continue_from(0)
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss,val/loss"]
+
+
+def _fit_logging(
+    run_dir: Path, max_steps: int, ckpt_path: Path | None, callbacks: list[pl.Callback]
+) -> list[int]:
+    """Fit the logging regression into ``run_dir`` with a RunCSVLogger, logging every step
+    and saving a checkpoint every 4; the steps of the rows its metrics.csv then holds."""
+    from lightning_accel.loggers import RunCSVLogger
+
+    saves = ModelCheckpoint(
+        run_dir, "step-{step}", every_n_train_steps=4, save_top_k=-1, auto_insert_metric_name=False
+    )
+    trainer = quiet_trainer(
+        max_steps=max_steps,
+        log_every_n_steps=1,
+        logger=RunCSVLogger(run_dir, name="", version=""),
+        callbacks=[saves, *callbacks],
+        enable_checkpointing=True,
+    )
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.sum(1, True)))
+    trainer.fit(LoggingRegression(), data, ckpt_path=ckpt_path)
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("resumed_logs", [True, False])
+def test_a_drop_in_run_resumed_with_resumed_logs_logs_each_step_once(
+    tmp_path: Path, resumed_logs: bool
+) -> None:
+    # an attempt that got to step 6 past its checkpoint at step 4 (killed, as far as the
+    # checkpoint knows); Lightning gives a logger no word of where fit resumed
+    callbacks = [ResumedLogs()] if resumed_logs else []
+    assert _fit_logging(tmp_path, 6, None, callbacks) == list(range(6))
+    steps = _fit_logging(tmp_path, 8, tmp_path / "step-4.ckpt", callbacks)
+    if resumed_logs:
+        assert steps == list(range(8))
+    else:  # what the callback is for: steps 4 and 5 twice
+        assert steps == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import LoggingRegression
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -567,30 +568,21 @@ def test_a_run_resumed_inside_an_epoch_counts_its_batches_on_to_the_step_budget(
     assert bar.shown == (7, 7)
 
 
-class LoggingRegressor(Regressor):
-    """The regressor, logging its training loss as the pack's models do."""
-
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = super().training_step(batch, batch_idx)
-        self.log("train/loss", loss)
-        return loss
-
-
 def test_a_run_resumed_from_a_checkpoint_without_a_summary_still_reports_its_last_loss(
     tmp_path: Path,
 ) -> None:
     # a checkpoint a plain Trainer saved holds no summary state; the resumed attempt's
     # steps fall between logging steps, so only the end of training reads a loss
-    data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    data = TensorDataset(torch.randn(64, 8), torch.randn(64, 1))
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
     first = pl.Trainer(accelerator="cpu", max_steps=4, default_root_dir=tmp_path, **quiet)
-    first.fit(LoggingRegressor(), DataLoader(data, batch_size=4))
+    first.fit(LoggingRegression(), DataLoader(data, batch_size=4))
     saved = first.checkpoint_callback.best_model_path
     summary = RunSummary(output_dir=str(tmp_path), print_table=False)
     resumed = pl.Trainer(
         accelerator="cpu", max_steps=8, callbacks=[summary], enable_checkpointing=False, **quiet
     )
-    resumed.fit(LoggingRegressor(), DataLoader(data, batch_size=4), ckpt_path=saved)
+    resumed.fit(LoggingRegression(), DataLoader(data, batch_size=4), ckpt_path=saved)
     written = json.loads((tmp_path / "summary.json").read_text())
     last_loss = float(resumed.callback_metrics["train/loss"])
     assert written["last_train_loss"] == pytest.approx(last_loss)

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
+from lightning_accel.callbacks.resumed_logs import ResumedLogs
 from lightning_accel.checkpoints import (
     RUN_CHECKPOINTS,
     consolidate_checkpoint,
@@ -41,7 +42,6 @@ from lightning_accel.checkpoints import (
     last_checkpoint,
     reached_limit,
     saved_progress,
-    saved_step,
 )
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
@@ -52,7 +52,6 @@ from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
-from lightning_accel.loggers import RunCSVLogger
 from lightning_accel.models import GPTLanguageModel
 from lightning_accel.optimize.transforms import FSDP2
 from lightning_accel.trainer_factory import build_trainer
@@ -101,7 +100,7 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     if isinstance(model, GPTLanguageModel):
         quiet_checkpointed_block_views()
     callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
-    callbacks.append(CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY))
+    callbacks += [CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY), ResumedLogs()]
     loggers = [build_object(node, key) for key, node in run.logger_nodes().items()]
     trainer = build_trainer(
         run.hardware,
@@ -216,10 +215,6 @@ def fit_run(run: RunConfig) -> None:
     ckpt_path = resume_checkpoint(run)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
-    start = saved_step(Path(ckpt_path)) if ckpt_path is not None else 0
-    for logger in trainer.loggers:
-        if isinstance(logger, RunCSVLogger):
-            logger.continue_from(start)
     try:
         with stopped_on_sigint(lambda: f"at step {trainer.global_step}; {resume_note(run_dir)}"):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
