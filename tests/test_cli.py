@@ -503,6 +503,26 @@ def test_upstream_deprecations_are_filtered_by_module_and_the_users_own_are_kept
     assert [str(w.filename) for w in caught] == ["my_project.data.py"]
 
 
+def test_torch_xlas_chatter_is_filtered_and_a_users_chosen_xla_log_level_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning_accel.cli.console import XLA_CPP_LOG_LEVEL, quiet_upstream
+
+    message = "Using a non-tuple sequence for multidimensional indexing is deprecated"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for chosen, expected in ((None, "2"), ("0", "0")):
+            if chosen is None:
+                monkeypatch.delenv(XLA_CPP_LOG_LEVEL, raising=False)
+            else:
+                monkeypatch.setenv(XLA_CPP_LOG_LEVEL, chosen)
+            quiet_upstream()
+            assert os.environ[XLA_CPP_LOG_LEVEL] == expected, "errors only, unless chosen"
+        for module in ("torch_xla.distributed.spmd.xla_sharded_tensor", "my_project.data"):
+            warnings.warn_explicit(message, UserWarning, f"{module}.py", 1, module)
+    assert [str(w.filename) for w in caught] == ["my_project.data.py"]
+
+
 def test_fsdp2s_view_warning_is_filtered_for_the_packs_models_only() -> None:
     from lightning_accel.cli.console import quiet_upstream
 

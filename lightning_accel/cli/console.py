@@ -57,6 +57,10 @@ _IGNORED_WARNINGS = (
     r".*`ModelCheckpoint\(monitor=.*\)` could not find the monitored key.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
+    # an XLA SPMD save or load: one process writes every shard by design
+    r".*torch.distributed is disabled, unavailable or uninitialized, assuming the intent is.*",
+    # torch_xla's SPMD save planner, on an argument torch added since
+    r".*The function definition for SavePlanner.set_up_planner has been updated.*",
     # FSDP2 over a tensor-parallel split returns the pack's blocks' outputs as views of their
     # DTensors' local tensors; its models change no output in place (other models keep it)
     r".*FSDP2-wrapped module \(FSDP(TransformerBlock|GPTLanguageModel)\) returned a view tensor",
@@ -71,6 +75,13 @@ def quiet_checkpointed_block_views() -> None:
         "ignore", message=r".*FSDP2-wrapped module \(FSDPCheckpointWrapper\) returned a view tensor"
     )
 
+
+# XLA's C++ layer (torch_xla, where the user has not chosen a level): its warnings, such as
+# one per compiled SPMD graph that GSPMD is to be replaced, name no action for a user
+XLA_CPP_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+XLA_CPP_ERRORS_ONLY = "2"
+# torch_xla's own code, on a torch indexing form deprecated after torch_xla 2.9 was written
+_IGNORED_TORCH_XLA_WARNINGS = (r".*Using a non-tuple sequence for multidimensional indexing.*",)
 
 # Set for this process only when the user has not chosen a level: torch's C++ layer prints
 # every retry of a rendezvous connection with a stack trace. Ranks keep torch's default.
@@ -90,9 +101,11 @@ def quiet_upstream() -> None:
     """Silence Lightning's tips and banners, known harmless warnings (by message), the
     deprecation warnings raised inside upstream libraries (by module: a user's own code
     keeps its warnings) and (in a process that has not imported torch yet) torch's C++ log
-    messages below FATAL."""
+    messages below FATAL, and (before torch_xla loads) XLA's below ERROR."""
     if "torch" not in sys.modules:
         quiet_cpp_log(os.environ)
+    if "torch_xla" not in sys.modules:
+        os.environ.setdefault(XLA_CPP_LOG_LEVEL, XLA_CPP_ERRORS_ONLY)
     for name, value in _TRACKER_QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     for name in _QUIET_LOGGERS:
@@ -103,6 +116,8 @@ def quiet_upstream() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_UPSTREAM_MODULES)
     for pattern in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    for pattern in _IGNORED_TORCH_XLA_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, module=r"torch_xla\.")
 
 
 # a log's tables stay readable but bounded: rows of free text fold beyond this

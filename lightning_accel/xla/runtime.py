@@ -106,10 +106,12 @@ def peak_memory_bytes(device: torch.device) -> int | None:
 
 def use_spmd() -> None:
     """Switch the runtime to SPMD: one process drives every device through a mesh. Must
-    run before any tensor is placed on an XLA device."""
+    run before any tensor is placed on an XLA device; once is enough (torch_xla warns of a
+    deprecated variable at a second call, having set that variable itself)."""
     import torch_xla.runtime as xr
 
-    xr.use_spmd()
+    if not xr.is_spmd():
+        xr.use_spmd()
 
 
 def global_device_count() -> int:

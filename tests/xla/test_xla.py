@@ -22,6 +22,9 @@ from lightning_accel.checkpoints import consolidate_checkpoint, saved_step, shar
 from lightning_accel.safe_load import load_data_file
 
 pytest.importorskip("torch_xla", reason="torch_xla is installed only in the XLA environment")
+# importing torch_xla set its C++ log level here, for every process this one starts; the
+# CLI's processes start from a user's environment, which has none
+os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +54,7 @@ class XLARuns:
     def __init__(self, root: Path, corpus: Path) -> None:
         self.root = root
         self.base = ["train", *MODEL, *LOOP, f"data.source={corpus}"]
+        self.stderr: dict[str, str] = {}
 
     def train(self, name: str, *overrides: str) -> Path:
         run_dir = self.root / name
@@ -58,6 +62,7 @@ class XLARuns:
             args = [*self.base, f"hydra.run.dir={run_dir}", *overrides]
             result = run_cli(args, cwd=self.root, timeout=400, env=TEST_IMPORTS)
             assert result.returncode == 0, result.stderr[-3000:]
+            self.stderr[name] = result.stderr
         return run_dir
 
     @staticmethod
@@ -156,6 +161,18 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     expected = load_data_file(whole)
     _assert_same_weights(expected, load_data_file(final))
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
+
+
+def test_an_spmd_run_and_its_resume_print_our_messages_only(runs: XLARuns) -> None:
+    # torch_xla's C++ layer warned at each compiled graph that GSPMD is to be replaced (83
+    # lines in 3 steps), and its Python code and torch's checkpoint code warned at each save
+    # and load; none names an action for the user
+    uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
+    _resumed_from_step_10(runs, uninterrupted, "hardware=xla_cpu_spmd")
+    for name in ("xla_cpu_spmd", "xla_cpu_spmd_resumed"):
+        lines = [line for line in runs.stderr[name].splitlines() if line.strip()]
+        assert lines, "the CLI says what it does"
+        assert all(line.startswith("lightning-accel: ") for line in lines), lines
 
 
 def test_an_spmd_save_killed_midway_keeps_the_previous_checkpoint_to_resume_from(
