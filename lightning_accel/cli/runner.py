@@ -34,6 +34,7 @@ from rich.table import Table
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.callbacks.resumed_logs import ResumedLogs
+from lightning_accel.callbacks.speed import DrivesSeveralDevices
 from lightning_accel.checkpoints import (
     RUN_CHECKPOINTS,
     consolidate_checkpoint,
@@ -203,12 +204,21 @@ def stopped_on_sigint(where: Callable[[], str]) -> Iterator[None]:
         raise RunStopped(f"stopped on SIGINT {where()}", SIGINT_EXIT_CODE) from None
 
 
+def devices_used(trainer: pl.Trainer) -> str:
+    """The accelerator and the devices a run uses: ``CUDA x8``, or for XLA SPMD, whose one
+    process drives a mesh of devices (Lightning counts one), ``PJRT x4 in SPMD``."""
+    kind = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+    strategy = trainer.strategy
+    if isinstance(strategy, DrivesSeveralDevices):
+        return f"{kind} x{strategy.devices_per_process} in SPMD"
+    return f"{kind} x{trainer.num_devices}"
+
+
 def fit_run(run: RunConfig) -> None:
     """Train a run to its end, in this process (one rank of it when launched)."""
     trainer, model, datamodule = build_run(run)
-    device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
     say(
-        f"training recipe={run.recipe} on {device} x{trainer.num_devices}"
+        f"training recipe={run.recipe} on {devices_used(trainer)}"
         f" ({trainer.precision}); outputs in {run.run_dir}"
     )
     run_dir = Path(run.run_dir)
@@ -358,8 +368,7 @@ def evaluate_run(run: RunConfig) -> None:
     ``<run_dir>/<stage>.json`` and a table (rank 0); predictions into
     ``<run_dir>/predictions-rank<N>.pt`` (each rank's share of the batches)."""
     trainer, model, datamodule = build_run(run)
-    device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
-    say(f"{run.stage} with {run.ckpt_path} on {device} x{trainer.num_devices}")
+    say(f"{run.stage} with {run.ckpt_path} on {devices_used(trainer)}")
     run_dir = Path(run.run_dir)
     interrupted = stopped_on_sigint(lambda: f"during {run.stage}, before its results were written")
     if run.stage == "predict":

@@ -173,6 +173,8 @@ def test_an_spmd_run_and_its_resume_print_our_messages_only(runs: XLARuns) -> No
         lines = [line for line in runs.stderr[name].splitlines() if line.strip()]
         assert lines, "the CLI says what it does"
         assert all(line.startswith("lightning-accel: ") for line in lines), lines
+        # one process drives the 4 devices of the mesh; Lightning counts 1
+        assert "training recipe=gpt on PJRT x4 in SPMD (32-true)" in lines[0], lines[0]
 
 
 def test_an_spmd_save_killed_midway_keeps_the_previous_checkpoint_to_resume_from(
