@@ -588,3 +588,33 @@ def test_a_run_resumed_from_a_checkpoint_without_a_summary_still_reports_its_las
     assert written["last_train_loss"] == pytest.approx(last_loss)
     assert written["resumed_from_step"] == 4
     assert [attempt["from_step"] for attempt in written["attempts"]] == [4], "none recorded before"
+
+
+def test_a_checkpoints_malformed_summary_record_is_set_aside_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    # a checkpoint is data from anywhere: a record the summary would format as numbers at
+    # the end of training, after every step had run, is checked where the run resumes
+    data = DataLoader(TensorDataset(torch.randn(64, 8), torch.randn(64, 1)), batch_size=4)
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    first = pl.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        default_root_dir=tmp_path,
+        callbacks=[RunSummary(output_dir=str(tmp_path), print_table=False)],
+        **quiet,
+    )
+    first.fit(LoggingRegression(), data)
+    saved = Path(first.checkpoint_callback.best_model_path)
+    checkpoint = torch.load(saved, weights_only=True)
+    assert checkpoint["callbacks"]["RunSummary"]["validations"] == [], "a record was saved"
+    checkpoint["callbacks"]["RunSummary"]["validations"] = [{"step": "4", "val/loss": "low"}]
+    torch.save(checkpoint, saved)
+    summary = RunSummary(output_dir=str(tmp_path), print_table=True)
+    resumed = pl.Trainer(
+        accelerator="cpu", max_steps=8, callbacks=[summary], enable_checkpointing=False, **quiet
+    )
+    with pytest.warns(UserWarning, match="the summary starts at step 4"):
+        resumed.fit(LoggingRegression(), data, ckpt_path=saved)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert (written["validation"], written["resumed_from_step"]) == ([], 4)

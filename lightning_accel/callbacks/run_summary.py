@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -86,7 +86,7 @@ class RunSummary(pl.Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "train_losses": list(self.train_losses),
+            "train_losses": self.train_losses[:1] + self.train_losses[1:][-1:],  # first, last
             "loss_read_at_step": self._loss_read_at_step,
             "validations": list(self.validations),
             "attempts": [*self.earlier_attempts, self._attempt()],
@@ -112,11 +112,18 @@ class RunSummary(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started_at_step = trainer.global_step  # the loops are restored by now
         restored, self._restored = self._restored, None
-        if restored is not None:
-            self.train_losses = list(restored["train_losses"])
-            self._loss_read_at_step = restored["loss_read_at_step"]
-            self.validations = list(restored["validations"])
-            self.earlier_attempts = list(restored["attempts"])
+        if restored is None:
+            return
+        if not _is_record(restored):
+            rank_zero_warn(
+                "the checkpoint's run summary record is not one RunSummary writes; the"
+                f" summary starts at step {trainer.global_step}"
+            )
+            return
+        self.train_losses = list(restored["train_losses"])
+        self._loss_read_at_step = restored["loss_read_at_step"]
+        self.validations = list(restored["validations"])
+        self.earlier_attempts = list(restored["attempts"])
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -221,6 +228,30 @@ class RunSummary(pl.Callback):
         self.summary["summary"] = str(path)
         if self.print_table:
             Console(stderr=True).print(summary_table(self.summary))
+
+
+def _is_record(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's RunSummary state has the form :meth:`RunSummary.state_dict`
+    writes (a checkpoint is data from anywhere; the summary formats these as numbers)."""
+
+    def numbers(entry: Any, keys: set[str] | None = None) -> bool:
+        return (
+            isinstance(entry, dict)
+            and (keys is None or set(entry) == keys)
+            and all(isinstance(k, str) and isinstance(v, int | float) for k, v in entry.items())
+        )
+
+    losses, read_at = state.get("train_losses"), state.get("loss_read_at_step")
+    validations, attempts = state.get("validations"), state.get("attempts")
+    return (
+        isinstance(losses, list)
+        and all(isinstance(loss, float) for loss in losses)
+        and (read_at is None or isinstance(read_at, int))
+        and isinstance(validations, list)
+        and all(numbers(v) and "step" in v for v in validations)
+        and isinstance(attempts, list)
+        and all(numbers(a, {"from_step", "wall_seconds"}) for a in attempts)
+    )
 
 
 def _loader_settings(trainer: pl.Trainer) -> dict[str, Any] | None:
