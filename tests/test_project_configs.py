@@ -153,6 +153,26 @@ def test_a_broken_project_profile_is_named_in_one_sentence(
     assert [p.name for p in tmp_path.iterdir()] == ["conf"], "nothing written"
 
 
+@pytest.mark.parametrize("entry", ["/hardware: laptop", "override /hardware: laptop"])
+@pytest.mark.parametrize("verb", ["train", "plan"])
+def test_a_projects_recipe_choosing_its_hardware_is_named_with_what_to_do(
+    verb: str, entry: str, project: Path
+) -> None:
+    # Hydra said "Multiple values for hardware. To override a value use 'override hardware:
+    # auto'", and with override "Could not override 'hardware'": no file named, and its hint
+    # fails too (the run's config chooses hardware after the recipe)
+    recipe = project / "conf" / "recipe" / "tiny.yaml"
+    recipe.write_text(recipe.read_text().replace("  - gpt\n", f"  - gpt\n  - {entry}\n"))
+    result = run_cli([verb, "--config-dir", "conf", "recipe=tiny"], cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "lightning-accel: error: hardware='laptop' is chosen in the defaults list of "
+        "conf/recipe/tiny.yaml, where Hydra cannot take it: the pack's config.yaml chooses "
+        "hardware for every run; drop it there and give hardware=laptop on the command line."
+    ]
+    assert sorted(p.name for p in project.iterdir()) == ["conf"], "nothing written"
+
+
 @pytest.mark.parametrize("verb", ["train", "plan"])
 def test_a_value_a_projects_recipe_got_wrong_names_the_recipe_unless_the_command_set_it(
     verb: str, tmp_path: Path

@@ -23,7 +23,14 @@ from hydra.errors import (
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_accel.cli.config_sources import SEARCHPATH_OVERRIDE, searchpath, set_in_file
+from lightning_accel.cli.config_sources import (
+    SEARCHPATH_OVERRIDE,
+    choosing_file,
+    project_directories,
+    searchpath,
+    set_in_file,
+    shown,
+)
 from lightning_accel.cli.hydra_private import sweep_jobs
 from lightning_accel.cli.schema import RunConfig, register_schemas
 from lightning_accel.config import TRAINER_ARGUMENTS_SET_ELSEWHERE
@@ -297,6 +304,8 @@ def _composition_error(error: ConfigCompositionException, overrides: list[str]) 
         group, _, option = source.group(1).rpartition("/")
         return set_in_file(found, overrides, {group: option}, searchpath(overrides))
     message = str(error)
+    if (chosen := _group_chosen_in_a_file(message, overrides)) is not None:
+        return chosen
     if message.startswith("Could not override '"):
         key = message.split("'")[1]
         groups = [p.name for p in config_dir().iterdir() if p.is_dir()]
@@ -309,6 +318,31 @@ def _composition_error(error: ConfigCompositionException, overrides: list[str]) 
             f"+{key}", _given(overrides, f"+{key}"), "adds a key that exists; drop the '+'"
         )
     return ConfigError("override", " ".join(overrides), f"is invalid ({message.splitlines()[0]})")
+
+
+def _group_chosen_in_a_file(message: str, overrides: list[str]) -> ConfigError | None:
+    """A project file choosing one of the run's groups in its defaults list (a recipe of
+    its own choosing its hardware), which Hydra refuses in words that name no file:
+    "Multiple values for hardware", or "Could not override 'hardware'" with ``override``."""
+    found = re.match(
+        r"Multiple values for (\S+?)\.|In '[^']+': Could not override '([^']+)'", message
+    )
+    if found is None:
+        return None
+    group = found.group(1) or found.group(2)
+    primary = yaml.safe_load((config_dir() / "config.yaml").read_text())["defaults"]
+    if not any(isinstance(entry, dict) and group in entry for entry in primary):
+        return None
+    setting = choosing_file(group, project_directories(searchpath(overrides)))
+    if setting is None:
+        return None
+    return ConfigError(
+        group,
+        setting.value,
+        f"is chosen in the defaults list of {shown(setting.file)}, where Hydra cannot take "
+        f"it: the pack's config.yaml chooses {group} for every run; drop it there and give "
+        f"{group}={setting.value} on the command line",
+    )
 
 
 def value_error(cause: OmegaConfBaseException, overrides: list[str]) -> ConfigError:

@@ -73,6 +73,25 @@ def _setting_in(
     return None
 
 
+def choosing_file(group: str, directories: Iterable[Path]) -> Setting | None:
+    """A project's config file whose defaults list chooses an option of ``group`` (``-
+    /hardware: NAME``, ``- override /hardware: NAME``), with that option."""
+    names = {f"/{group}", f"override /{group}", f"override {group}"}
+    for directory in directories:
+        for file in sorted(directory.glob("*/*.yaml")):
+            try:
+                content = yaml.safe_load(file.read_text())
+            except yaml.YAMLError:  # reported by composition in its own words
+                continue
+            defaults = content.get("defaults") if isinstance(content, dict) else None
+            for entry in defaults if isinstance(defaults, list) else []:
+                if isinstance(entry, dict) and len(entry) == 1:
+                    ((name, option),) = entry.items()
+                    if str(name).strip() in names:
+                        return Setting(file, option)
+    return None
+
+
 def _package(text: str, group: str) -> str:
     """The dotted key under which a group's file places its content (Hydra's ``@package``
     header; by default the group's path); ``""`` for the top level."""
@@ -122,7 +141,7 @@ def set_in_file(
     if setting is None:
         return error
     value = setting.value if error.value is None else error.value
-    problem = f"(set in {_shown(setting.file)}) {error.problem}"
+    problem = f"(set in {shown(setting.file)}) {error.problem}"
     return type(error)(error.key, value, problem, error.choices)  # its kind kept
 
 
@@ -134,7 +153,7 @@ def set_in_job_file(error: ConfigError, cfg: DictConfig) -> ConfigError:
     )
 
 
-def _shown(file: Path) -> str:
+def shown(file: Path) -> str:
     """``file`` relative to the working directory where it lies below it."""
     try:
         return str(file.relative_to(Path.cwd()))
