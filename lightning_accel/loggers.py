@@ -22,7 +22,7 @@ class RunCSVLogger(CSVLogger):
     the same directory, so a run resumed from its last checkpoint (a raised ``max_steps``,
     a restart after SIGTERM) kept only the steps after it. This one keeps the earlier rows
     and logs on below them, under their header widened by any new metric. Add the
-    :class:`~lightning_accel.callbacks.ResumedLogs` callback (the runner does), which calls
+    :class:`~lightning_accel.callbacks.ExactResume` callback (the runner does), which calls
     :meth:`continue_from` with the step ``fit`` starts at: an attempt killed after its last
     checkpoint logged steps the resumed run trains and logs again, and a fresh start owes
     nothing to an earlier attempt.

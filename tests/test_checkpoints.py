@@ -24,7 +24,7 @@ from helpers import (
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_accel import files
-from lightning_accel.callbacks import ResumedLogs
+from lightning_accel.callbacks import ExactResume
 from lightning_accel.checkpoints import (
     check_same_model,
     consolidate_checkpoint,
@@ -291,11 +291,13 @@ def test_a_moved_run_directory_resumes_and_saves_its_last_checkpoint_under_the_s
 
 
 def _logged(run_dir: Path) -> list[tuple[str, ...]]:
-    """The rows of a run's metrics.csv, less the speed figures (timings differ per run)."""
+    """The rows of a run's metrics.csv, less the speed figures (timings differ per run, and
+    a resumed run starts its windows anew)."""
     with (run_dir / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     kept = [key for key in rows[0] if not key.startswith("speed/")]
-    return [tuple(row[key] for key in kept) for row in rows]
+    figures = [key for key in kept if key not in ("epoch", "step")]
+    return [tuple(row[key] for key in kept) for row in rows if any(row[k] for k in figures)]
 
 
 def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_stop(
@@ -303,8 +305,9 @@ def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_s
 ) -> None:
     # max_steps=3 ends the run between the checkpoints of its validations (every 2 steps),
     # inside its first epoch: Lightning kept last.ckpt at step 2 and counted the epoch done,
-    # and deleted the first attempt's metrics.csv when the continuation logged
-    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal"]
+    # and deleted the first attempt's metrics.csv when the continuation logged; and seeded
+    # again, the continuation drew its first steps' dropout masks a second time
+    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "model.dropout=0.1"]
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     first = run_cli([*args, "trainer.max_steps=3", f"hydra.run.dir={stopped}"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -320,6 +323,41 @@ def test_a_run_continued_past_its_max_steps_equals_one_trained_there_without_a_s
         assert continued[key] == whole[key], key
     assert [a["from_step"] for a in continued["attempts"]] == [0, 3]
     assert (continued["resumed_from_step"], whole["resumed_from_step"]) == (3, None)
+
+
+def test_a_run_killed_after_an_epoch_end_checkpoint_resumes_to_the_uninterrupted_run(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # validation once an epoch saves in on_train_epoch_end (the image recipe's cadence):
+    # under max_steps Lightning resumed that checkpoint by ending its epoch again, so every
+    # later epoch's data came in another epoch's order and logged one step late
+    args = [
+        "train",
+        *TINY,
+        f"data.source={small_corpus}",
+        "callbacks=minimal",
+        "model.dropout=0.1",
+        "trainer.max_steps=8",
+        "trainer.limit_train_batches=3",
+        "trainer.val_check_interval=1.0",
+        "trainer.log_every_n_steps=1",
+    ]
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    kill = ["+callbacks.kill._target_=lightning_accel.callbacks.fault_injection.KillRank"]
+    kill += [
+        "+callbacks.kill.point=training_step",
+        "+callbacks.kill.step=4",
+        "+callbacks.kill.rank=0",
+    ]
+    stopped = run_cli([*args, *kill, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    assert stopped.returncode == -9, stopped.stderr[-2000:]
+    assert saved_step(killed / "checkpoints" / "last.ckpt") == 3, "the epoch's end"
+    for run_dir in (killed, straight):
+        done = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    weights, expected = run_weights(killed), run_weights(straight)
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+    assert _logged(killed) == _logged(straight)
 
 
 def test_a_validation_that_saves_no_top_k_checkpoint_still_moves_last_on(
@@ -401,16 +439,16 @@ def _fit_logging(
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
-@pytest.mark.parametrize("resumed_logs", [True, False])
-def test_a_drop_in_run_resumed_with_resumed_logs_logs_each_step_once(
-    tmp_path: Path, resumed_logs: bool
+@pytest.mark.parametrize("exact_resume", [True, False])
+def test_a_drop_in_run_resumed_with_exact_resume_logs_each_step_once(
+    tmp_path: Path, exact_resume: bool
 ) -> None:
     # an attempt that got to step 6 past its checkpoint at step 4 (killed, as far as the
     # checkpoint knows); Lightning gives a logger no word of where fit resumed
-    callbacks = [ResumedLogs()] if resumed_logs else []
+    callbacks = [ExactResume()] if exact_resume else []
     assert _fit_logging(tmp_path, 6, None, callbacks) == list(range(6))
     steps = _fit_logging(tmp_path, 8, tmp_path / "step-4.ckpt", callbacks)
-    if resumed_logs:
+    if exact_resume:
         assert steps == list(range(8))
     else:  # what the callback is for: steps 4 and 5 twice
         assert steps == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7]

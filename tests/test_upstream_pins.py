@@ -187,3 +187,30 @@ def test_the_run_csv_logger_builds_its_writer_as_csv_logger_does() -> None:
 
     assert _code_digest(CSVLogger.experiment.fget) == "d27f890ed57837bd"
     assert "self._check_log_dir_exists()" in inspect.getsource(_ExperimentWriter.__init__)
+
+
+def test_exact_resume_restates_checkpoints_for_the_restart_rules_it_was_written_for() -> None:
+    # ExactResume rewrites an epoch-end checkpoint's loop counters into the state these
+    # rules resume with the next epoch; when any changes, re-run the resume parity tests
+    # (tests/test_checkpoints.py) and update the digests
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    assert {
+        name: _code_digest(function)
+        for name, function in {
+            "fit.update_restart_stage": _FitLoop.update_restart_stage,
+            "fit.reset": _FitLoop.reset,
+            "fit.restarting": _FitLoop.restarting.fset,
+            "fit._iteration_based_training": _FitLoop._iteration_based_training,
+            "epoch.update_restart_stage": _TrainingEpochLoop.update_restart_stage,
+            "epoch.reset": _TrainingEpochLoop.reset,
+        }.items()
+    } == {
+        "fit.update_restart_stage": "2098623741c06303",
+        "fit.reset": "3a036c4c31255e16",
+        "fit.restarting": "6b397c3747cfc62f",
+        "fit._iteration_based_training": "872773fedbef351c",
+        "epoch.update_restart_stage": "e8f3ffd8cf83c8a9",
+        "epoch.reset": "eec15d914fda4529",
+    }

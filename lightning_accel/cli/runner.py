@@ -32,8 +32,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightning_accel.callbacks.collective_trace import CollectiveTrace
+from lightning_accel.callbacks.exact_resume import ExactResume
 from lightning_accel.callbacks.preemption import PreemptionCheckpoint
-from lightning_accel.callbacks.resumed_logs import ResumedLogs
 from lightning_accel.callbacks.speed import DrivesSeveralDevices
 from lightning_accel.checkpoints import (
     RUN_CHECKPOINTS,
@@ -101,7 +101,7 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
     if isinstance(model, GPTLanguageModel):
         quiet_checkpointed_block_views()
     callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
-    callbacks += [CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY), ResumedLogs()]
+    callbacks += [CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY), ExactResume()]
     loggers = [build_object(node, key) for key, node in run.logger_nodes().items()]
     trainer = build_trainer(
         run.hardware,

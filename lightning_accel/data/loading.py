@@ -138,6 +138,10 @@ class ResumableDataLoader(DataLoader):
         # `limit_train_batches`) starts whole
         skip = self._resume_at if self.sampler.epoch == self._resume_epoch else 0
         self._resume_at = 0
+        # the workers' base seed, drawn as the iterator starts, from a generator of the
+        # epoch's own: not from the global one, whose state a resumed run restores at its
+        # first batch (an epoch's iterator starts after it in one run, before in the other)
+        self.generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
         self.sampler.start = skip * self.batch_size
         self.epoch_start = skip
         self.batches_taken = skip
