@@ -25,14 +25,14 @@ class ExactResume(pl.Callback):
       twice: every later epoch's sampler got the next epoch's number (another data order),
       and its logs a step one too many. It is restated as saved at the end of the epoch's
       last batch, which Lightning resumes with the next epoch.
-    - The random number generators (torch's, CUDA's where it is in use, NumPy's and
-      Python's) are saved in every checkpoint and restored at the resumed fit's first
-      batch: a run seeded again at its start drew the dropout masks of its first steps a
-      second time. Exact where the training loader draws its workers' seed from a
-      generator of its own (the pack's loaders do; give yours ``generator=``): an epoch's
-      iterator starts after the save in one run and before the first batch in the other.
-      The state is rank 0's, which every rank shares when the ranks are seeded alike (the
-      runner does).
+    - The random number generators (torch's, the rank's CUDA device's where it is in use,
+      NumPy's and Python's; not an XLA device's) are saved in every checkpoint and
+      restored at the resumed fit's first batch: a run seeded again at its start drew the
+      dropout masks of its first steps a second time. Exact where the training loader
+      draws its workers' seed from a generator of its own (the pack's loaders do; give
+      yours ``generator=``): an epoch's iterator starts after the save in one run and
+      before the first batch in the other. The state is rank 0's, which every rank shares
+      when the ranks are seeded alike (the runner does).
     - Each :class:`RunCSVLogger`'s ``metrics.csv`` is brought back to the step the fit
       starts at (:meth:`RunCSVLogger.continue_from`): an attempt killed after its
       checkpoint logged steps the resumed run logs again, and a fresh start in an earlier
@@ -136,7 +136,8 @@ def _random_state() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
     }
     if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this rank's device only: another rank restores it onto its own device
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -150,4 +151,4 @@ def _set_random_state(state: dict[str, Any]) -> None:
     random.setstate(python)
     np.random.set_state(numpy_state)
     if "cuda" in state and torch.cuda.is_initialized():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
