@@ -127,12 +127,29 @@ def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
     """The :class:`SavedProgress` of a checkpoint file or sharded directory."""
     source = path / SHARDED_META if is_sharded(path) else path
     saved = load_data_file(source, key, mmap=True)
-    epochs = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    loop = saved.get("loops", {}).get("fit_loop", {})
+    epochs = int(loop.get("epoch_progress", {}).get("current", {}).get("processed", 0))
+    if saved_at_epoch_end(loop) and not loop["epoch_loop.batch_progress"]["is_last_batch"]:
+        epochs -= 1  # a limit ended it before its batches ran out: resumed, it goes on
     elapsed = ((saved.get("callbacks") or {}).get("Timer") or {}).get("time_elapsed") or {}
-    return SavedProgress(
-        int(saved.get("global_step", 0)),
-        int(epochs.get("current", {}).get("processed", 0)),
-        float(elapsed.get("train", 0.0)),
+    return SavedProgress(int(saved.get("global_step", 0)), epochs, float(elapsed.get("train", 0.0)))
+
+
+def saved_at_epoch_end(fit_loop: dict[str, Any]) -> bool:
+    """Whether a checkpoint's fit-loop state was saved in ``on_train_epoch_end``, where
+    Lightning's ModelCheckpoint saves when validation runs once an epoch or not at all:
+    the epoch counted processed but not yet completed, after a whole batch. Private
+    Lightning API: the loop's progress counters (pinned by the resume parity tests)."""
+    epochs = (fit_loop.get("epoch_progress") or {}).get("current") or {}
+    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("current") or {}
+    if not epochs or not batches:
+        return False
+    epoch_counts = (epochs["ready"], epochs["started"], epochs["processed"])
+    batch_counts = (batches["ready"], batches["started"], batches["processed"])
+    return (
+        set(epoch_counts) == {epochs["completed"] + 1}
+        and set(batch_counts) == {batches["completed"]}
+        and batches["completed"] > 0
     )
 
 

@@ -26,10 +26,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_accel import files
 from lightning_accel.callbacks import ExactResume
 from lightning_accel.checkpoints import (
+    SavedProgress,
     check_same_model,
     consolidate_checkpoint,
     optimizer_by_index,
     run_weights,
+    saved_progress,
     saved_step,
 )
 from lightning_accel.cli.main import main
@@ -358,6 +360,24 @@ def test_a_run_killed_after_an_epoch_end_checkpoint_resumes_to_the_uninterrupted
     weights, expected = run_weights(killed), run_weights(straight)
     assert all(torch.equal(weights[name], expected[name]) for name in expected)
     assert _logged(killed) == _logged(straight)
+
+
+def test_an_epoch_that_max_steps_cut_short_does_not_count_toward_max_epochs(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    # saved in on_train_epoch_end after 3 of its 10 batches, the epoch counts processed in
+    # Lightning's loop state: the repeated run was told max_epochs=1 was already reached
+    args = ["train", *TINY, f"data.source={small_corpus}", "callbacks=minimal", "logger=none"]
+    args += ["trainer.limit_train_batches=10", "trainer.val_check_interval=1.0"]
+    args += ["trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    first = run_cli([*args, "trainer.max_steps=3"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert saved_progress(last) == SavedProgress(3, 0, 0.0)
+    more = run_cli([*args, "trainer.max_steps=6"], cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "nothing to do" not in more.stderr
+    assert saved_progress(last) == SavedProgress(6, 0, 0.0), "the same epoch, 6 of its batches"
 
 
 def test_a_validation_that_saves_no_top_k_checkpoint_still_moves_last_on(

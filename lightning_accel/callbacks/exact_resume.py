@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_accel.checkpoints import saved_at_epoch_end
 from lightning_accel.loggers import RunCSVLogger
 
 
@@ -98,17 +99,10 @@ def _resume_epoch_end_as_its_last_batch(checkpoint: dict[str, Any], by_steps: bo
     uninterrupted run. A run without ``max_steps`` whose epoch ran out is left as it is:
     Lightning resumes that one with the next epoch itself. Private Lightning API: the
     loops' progress counters in the checkpoint (pinned by the resume parity tests)."""
-    loop = checkpoint.get("loops", {}).get("fit_loop")
-    if not loop:
+    loop = checkpoint.get("loops", {}).get("fit_loop") or {}
+    if not saved_at_epoch_end(loop):
         return
-    epochs, batches = loop.get("epoch_progress"), loop.get("epoch_loop.batch_progress")
-    if not epochs or not batches:
-        return
-    epoch, batch = epochs["current"], batches["current"]
-    if not epoch["ready"] == epoch["started"] == epoch["processed"] == epoch["completed"] + 1:
-        return
-    if not batch["ready"] == batch["started"] == batch["processed"] == batch["completed"] > 0:
-        return
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
     ran_out = batches["is_last_batch"]
     if ran_out and not by_steps:
         return
