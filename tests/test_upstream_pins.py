@@ -192,7 +192,7 @@ def test_the_run_csv_logger_builds_its_writer_as_csv_logger_does() -> None:
 def test_exact_resume_restates_checkpoints_for_the_restart_rules_it_was_written_for() -> None:
     # ExactResume rewrites an epoch-end checkpoint's loop counters into the state these
     # rules resume with the next epoch; when any changes, re-run the resume parity tests
-    # (tests/test_checkpoints.py) and update the digests
+    # (tests/test_exact_resume.py, tests/test_checkpoints.py) and update the digests
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 

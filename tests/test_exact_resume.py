@@ -1,0 +1,79 @@
+"""ExactResume in a user's own Trainer: a fit interrupted after an epoch-end checkpoint and
+resumed from it ends with the weights of the fit that ran without a stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TinyRegression, quiet_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_accel.callbacks import ExactResume
+
+STEPS_PER_EPOCH = 4
+
+
+class EpochSchedule(TinyRegression):
+    """The regression with a learning rate halved every epoch (a scheduler that steps at
+    epoch ends, as image training often has)."""
+
+    def configure_optimizers(self) -> dict[str, object]:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+class InterruptAt(pl.Callback):
+    """Ctrl-C before the batch that would take the run to ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def _fit(
+    checkpoints: Path, exact: bool, stop_at: int | None = None, ckpt_path: Path | None = None
+) -> dict[str, torch.Tensor]:
+    """12 steps of 4-batch epochs with an epoch-end checkpoint (no validation: Lightning
+    saves in on_train_epoch_end), optionally interrupted or resumed; the final weights."""
+    pl.seed_everything(0, verbose=False)
+    x = torch.randn(16 * STEPS_PER_EPOCH, 8, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    callbacks: list[pl.Callback] = [ModelCheckpoint(checkpoints, "last", every_n_epochs=1)]
+    callbacks += [ExactResume()] if exact else []
+    callbacks += [InterruptAt(stop_at)] if stop_at is not None else []
+    trainer = quiet_trainer(
+        max_steps=3 * STEPS_PER_EPOCH,
+        limit_val_batches=0,
+        callbacks=callbacks,
+        enable_checkpointing=True,
+    )
+    model = EpochSchedule()
+    try:
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=16), ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning's exit after an interrupted fit
+        assert stop_at is not None
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_a_drop_in_fit_resumed_from_an_epoch_end_checkpoint_equals_one_without_a_stop(
+    tmp_path: Path, exact: bool
+) -> None:
+    straight = _fit(tmp_path / "straight", exact)
+    _fit(tmp_path / "stopped", exact, stop_at=STEPS_PER_EPOCH + 2)  # in the second epoch
+    saved = tmp_path / "stopped" / "last.ckpt"
+    assert torch.load(saved, weights_only=True)["global_step"] == STEPS_PER_EPOCH
+    resumed = _fit(tmp_path / "stopped", exact, ckpt_path=saved)
+    same = all(torch.equal(resumed[name], straight[name]) for name in straight)
+    # without the callback, Lightning 2.6 ran the saved epoch's end again (max_steps)
+    assert same == exact
