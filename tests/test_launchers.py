@@ -162,6 +162,10 @@ def test_a_rank_killed_at_a_fault_point_restarts_the_group_which_resumes_to_the_
     assert "resuming from" in runs.stderr[name]
     summary = json.loads((restarted / "summary.json").read_text())
     assert (summary["steps"], summary["restarts"]) == (12, 1)
+    # the summary covers both attempts: the first one's record came with the checkpoint
+    assert [a["from_step"] for a in summary["attempts"]] == [0, summary["resumed_from_step"]]
+    whole = json.loads((reference / "summary.json").read_text())
+    assert [v["step"] for v in summary["validation"]] == [v["step"] for v in whole["validation"]]
     _assert_same(run_weights(restarted), run_weights(reference), atol=atol)
 
 
