@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -521,6 +522,15 @@ def test_torch_xlas_chatter_is_filtered_and_a_users_chosen_xla_log_level_is_kept
         for module in ("torch_xla.distributed.spmd.xla_sharded_tensor", "my_project.data"):
             warnings.warn_explicit(message, UserWarning, f"{module}.py", 1, module)
     assert [str(w.filename) for w in caught] == ["my_project.data.py"]
+    # torch_xla logs each barrier's rendezvous on the root logger, which Hydra prints
+    xla_module = os.path.join("site-packages", "torch_xla", "core", "xla_model.py")
+    records = [
+        logging.LogRecord("root", level, path, 1, "Joining rendezvous 'reduce'...", None, None)
+        for level in (logging.INFO, logging.WARNING)
+        for path in (xla_module, os.path.join("my_project", "train.py"))
+    ]
+    shown = [logging.getLogger().filter(record) for record in records]
+    assert shown == [False, True, True, True], "torch_xla's INFO only is dropped"
 
 
 def test_fsdp2s_view_warning_is_filtered_for_the_packs_models_only() -> None:

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typing_extensions import override
 
 from lightning_accel.cli.job_log import record
 from lightning_accel.errors import ConfigError, RunStopped
@@ -83,6 +84,21 @@ XLA_CPP_ERRORS_ONLY = "2"
 # torch_xla's own code, on a torch indexing form deprecated after torch_xla 2.9 was written
 _IGNORED_TORCH_XLA_WARNINGS = (r".*Using a non-tuple sequence for multidimensional indexing.*",)
 
+
+class _TorchXLAInfo(logging.Filter):
+    """Drops the informational records torch_xla logs on the root logger, which Hydra's job
+    logging prints: "Joining rendezvous 'reduce'..." at every barrier of a multi-process
+    XLA run, dozens a step. Its warnings and errors pass."""
+
+    _PACKAGE = f"{os.sep}torch_xla{os.sep}"
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or self._PACKAGE not in record.pathname
+
+
+_TORCH_XLA_INFO = _TorchXLAInfo()
+
 # Set for this process only when the user has not chosen a level: torch's C++ layer prints
 # every retry of a rendezvous connection with a stack trace. Ranks keep torch's default.
 CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
@@ -101,7 +117,8 @@ def quiet_upstream() -> None:
     """Silence Lightning's tips and banners, known harmless warnings (by message), the
     deprecation warnings raised inside upstream libraries (by module: a user's own code
     keeps its warnings) and (in a process that has not imported torch yet) torch's C++ log
-    messages below FATAL, and (before torch_xla loads) XLA's below ERROR."""
+    messages below FATAL, (before torch_xla loads) XLA's below ERROR, and torch_xla's
+    informational records on the root logger."""
     if "torch" not in sys.modules:
         quiet_cpp_log(os.environ)
     if "torch_xla" not in sys.modules:
@@ -112,6 +129,7 @@ def quiet_upstream() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _HINT_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().addFilter(_TORCH_XLA_INFO)  # once: the same filter is not added twice
     # deprecations inside the libraries we drive, not the user's own code's
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_UPSTREAM_MODULES)
     for pattern in _IGNORED_WARNINGS:

@@ -46,6 +46,8 @@ GUARDED = (
 )
 XLA_CPU = ("hardware=xla_cpu", *GUARDED)
 XLA_CPU_SPMD = ("hardware=xla_cpu_spmd", *GUARDED)
+# the TPU profile's multi-process path, at one process on the CPU
+TPU_ONE_PROCESS = ("hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1")
 
 
 class XLARuns:
@@ -55,6 +57,7 @@ class XLARuns:
         self.root = root
         self.base = ["train", *MODEL, *LOOP, f"data.source={corpus}"]
         self.stderr: dict[str, str] = {}
+        self.stdout: dict[str, str] = {}
 
     def train(self, name: str, *overrides: str) -> Path:
         run_dir = self.root / name
@@ -62,7 +65,7 @@ class XLARuns:
             args = [*self.base, f"hydra.run.dir={run_dir}", *overrides]
             result = run_cli(args, cwd=self.root, timeout=400, env=TEST_IMPORTS)
             assert result.returncode == 0, result.stderr[-3000:]
-            self.stderr[name] = result.stderr
+            self.stderr[name], self.stdout[name] = result.stderr, result.stdout
         return run_dir
 
     @staticmethod
@@ -169,12 +172,16 @@ def test_an_spmd_run_and_its_resume_print_our_messages_only(runs: XLARuns) -> No
     # and load; none names an action for the user
     uninterrupted = runs.train("xla_cpu_spmd", *XLA_CPU_SPMD)
     _resumed_from_step_10(runs, uninterrupted, "hardware=xla_cpu_spmd")
-    for name in ("xla_cpu_spmd", "xla_cpu_spmd_resumed"):
+    runs.train("tpu_one_process", *TPU_ONE_PROCESS)
+    for name in ("xla_cpu_spmd", "xla_cpu_spmd_resumed", "tpu_one_process"):
         lines = [line for line in runs.stderr[name].splitlines() if line.strip()]
         assert lines, "the CLI says what it does"
         assert all(line.startswith("lightning-accel: ") for line in lines), lines
-        # one process drives the 4 devices of the mesh; Lightning counts 1
-        assert "training recipe=gpt on PJRT x4 in SPMD (32-true)" in lines[0], lines[0]
+        # the multi-process path logged "Joining rendezvous ..." at every barrier
+        assert runs.stdout[name].strip() == "", runs.stdout[name][-2000:]
+    # one process drives the 4 devices of the mesh; Lightning counts 1
+    said = runs.stderr["xla_cpu_spmd"]
+    assert "lightning-accel: training recipe=gpt on PJRT x4 in SPMD (32-true)" in said, said
 
 
 def test_an_spmd_save_killed_midway_keeps_the_previous_checkpoint_to_resume_from(
@@ -237,9 +244,7 @@ def test_tpu_profile_at_one_device_runs_the_multi_process_path_like_xla_cpu(
 ) -> None:
     # Lightning's XLAStrategy and launcher, the one process started through torch_xla's spawn
     one = runs.losses(runs.train("xla_cpu", *XLA_CPU))
-    spawned = runs.train(
-        "tpu_one_process", "hardware=tpu", "hardware.pjrt_device=CPU", "hardware.devices=1"
-    )
+    spawned = runs.train("tpu_one_process", *TPU_ONE_PROCESS)
     assert runs.summary(spawned)["strategy"] == "xla_processes"
     assert _max_gap(runs.losses(spawned), one) < 1e-4
 
