@@ -330,8 +330,7 @@ def _group_chosen_in_a_file(message: str, overrides: list[str]) -> ConfigError |
     if found is None:
         return None
     group = found.group(1) or found.group(2)
-    primary = yaml.safe_load((config_dir() / "config.yaml").read_text())["defaults"]
-    if not any(isinstance(entry, dict) and group in entry for entry in primary):
+    if not (config_dir() / group).is_dir():  # one of the groups config.yaml chooses
         return None
     setting = choosing_file(group, project_directories(searchpath(overrides)))
     if setting is None:
