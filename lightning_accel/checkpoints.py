@@ -116,11 +116,13 @@ class SavedProgress:
     """How far a run had trained when a checkpoint was saved, in each of the units a
     ``Trainer`` limit counts: optimizer steps (``max_steps``), epochs whose batches all ran
     (``max_epochs``, as Lightning's fit loop counts them) and seconds of training counted by
-    Lightning's ``Timer`` (``max_time``; 0 for a run without a time limit)."""
+    Lightning's ``Timer`` (``max_time``; 0 for a run without a time limit), and the
+    callbacks' states (what early stopping had decided)."""
 
     step: int
     epochs: int
     training_seconds: float
+    callback_states: dict[str, Any]
 
 
 def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
@@ -131,8 +133,10 @@ def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
     epochs = int(loop.get("epoch_progress", {}).get("current", {}).get("processed", 0))
     if saved_at_epoch_end(loop) and not loop["epoch_loop.batch_progress"]["is_last_batch"]:
         epochs -= 1  # a limit ended it before its batches ran out: resumed, it goes on
-    elapsed = ((saved.get("callbacks") or {}).get("Timer") or {}).get("time_elapsed") or {}
-    return SavedProgress(int(saved.get("global_step", 0)), epochs, float(elapsed.get("train", 0.0)))
+    callback_states = saved.get("callbacks") or {}
+    elapsed = (callback_states.get("Timer") or {}).get("time_elapsed") or {}
+    seconds = float(elapsed.get("train", 0.0))
+    return SavedProgress(int(saved.get("global_step", 0)), epochs, seconds, callback_states)
 
 
 def saved_at_epoch_end(fit_loop: dict[str, Any]) -> bool:

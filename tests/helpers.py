@@ -637,12 +637,18 @@ class Runs:
         # sessions sharing the runs: the first to need one trains it, the others wait
         with FileLock(self.root / f"{name}.lock"):
             if not (run_dir / "summary.json").exists():
-                batch = GLOBAL_BATCH // (data_parallel or ranks)
-                args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
-                args += [f"data.batch_size={batch}", f"hydra.run.dir={run_dir}", *extra]
+                args = self.arguments(name, hardware, ranks, *extra, data_parallel=data_parallel)
                 result = run_cli(args, cwd=self.root, timeout=300, env=TEST_IMPORTS)
                 assert result.returncode == 0, result.stderr[-3000:]
         return run_dir
+
+    def arguments(
+        self, name: str, hardware: str, ranks: int, *extra: str, data_parallel: int | None = None
+    ) -> list[str]:
+        """The command line :meth:`train` runs."""
+        batch = GLOBAL_BATCH // (data_parallel or ranks)
+        args = [*self.base, *LOOP, f"hardware={hardware}", f"hardware.devices={ranks}"]
+        return [*args, f"data.batch_size={batch}", f"hydra.run.dir={self.root / name}", *extra]
 
     @staticmethod
     def checkpoint(run_dir: Path, step: int) -> Path:

@@ -8,14 +8,14 @@ import json
 
 import pytest
 import torch
-from helpers import Runs
+from helpers import TEST_IMPORTS, Runs, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def test_early_stopping_and_the_learning_rate_monitor_act(runs: Runs) -> None:
     # no validation improves by 100: the second one stops the run (patience 1)
-    run_dir = runs.train(
+    run = (
         "single_early_stopping",
         "cpu",
         1,
@@ -24,8 +24,20 @@ def test_early_stopping_and_the_learning_rate_monitor_act(runs: Runs) -> None:
         "callbacks.early_stopping.patience=1",
         "callbacks.early_stopping.min_delta=100",
     )
+    run_dir = runs.train(*run)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 10, "stopped at the second validation, not at max_steps=20"
+    assert summary["stopped_early"].startswith("monitored metric val/loss did not improve")
+    # the same command again: resumed, Lightning trained on to the next validation
+    files = {
+        path: path.read_bytes()
+        for path in (run_dir / "summary.json", run_dir / "checkpoints" / "last.ckpt")
+    }
+    again = run_cli(runs.arguments(*run), cwd=runs.root, timeout=300, env=TEST_IMPORTS)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already stopped early at step 10 (" in again.stderr
+    assert "nothing to do: drop early_stopping from the callbacks" in again.stderr
+    assert all(path.read_bytes() == content for path, content in files.items())
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     rates = [float(r[k]) for r in rows for k in r if k.startswith("lr-") and r[k]]

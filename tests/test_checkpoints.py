@@ -373,11 +373,15 @@ def test_an_epoch_that_max_steps_cut_short_does_not_count_toward_max_epochs(
     first = run_cli([*args, "trainer.max_steps=3"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert saved_progress(last) == SavedProgress(3, 0, 0.0)
+    assert _counts(saved_progress(last)) == (3, 0)
     more = run_cli([*args, "trainer.max_steps=6"], cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]
     assert "nothing to do" not in more.stderr
-    assert saved_progress(last) == SavedProgress(6, 0, 0.0), "the same epoch, 6 of its batches"
+    assert _counts(saved_progress(last)) == (6, 0), "the same epoch, 6 of its batches"
+
+
+def _counts(saved: SavedProgress) -> tuple[int, int]:
+    return saved.step, saved.epochs
 
 
 def test_a_validation_that_saves_no_top_k_checkpoint_still_moves_last_on(

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_accel.callbacks.logged_steps import unread_logged_step
+from lightning_accel.early_stopping import fit_stopped_early
 from lightning_accel.files import write_text_whole
 from lightning_accel.memory import model_state_bytes
 from lightning_accel.optimize.memory_format import NO_CONVOLUTIONS
@@ -197,6 +198,7 @@ class RunSummary(pl.Callback):
         self.summary = {
             **self.extra,
             "steps": trainer.global_step,
+            "stopped_early": fit_stopped_early(trainer),
             "wall_seconds": attempt["wall_seconds"],
             "resumed_from_step": attempt["from_step"] or None,
             "attempts": [*self.earlier_attempts, attempt],
@@ -295,7 +297,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     ]
     rows += [
         ("strategy", _with_reason(summary["strategy"], summary.get("strategy_reason"))),
-        ("steps", summary["steps"]),
+        ("steps", _with_reason(str(summary["steps"]), _early_stop(summary))),
         ("wall time", _wall_time(summary)),
         ("precision", _with_reason(summary["precision"], summary.get("precision_reason"))),
     ]
@@ -368,6 +370,11 @@ def _wall_time(summary: dict[str, Any]) -> str:
         total = sum(attempt["wall_seconds"] for attempt in attempts)
         text += f" ({total:.1f} s in {len(attempts)} attempts)"
     return text
+
+
+def _early_stop(summary: dict[str, Any]) -> str | None:
+    reason = summary.get("stopped_early")
+    return f"stopped early: {reason}" if reason else None
 
 
 def _with_reason(value: str, reason: str | None) -> str:

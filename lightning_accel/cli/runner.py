@@ -17,7 +17,7 @@ import torch
 import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.profilers import (
     AdvancedProfiler,
     Profiler,
@@ -37,6 +37,7 @@ from lightning_accel.callbacks.preemption import PreemptionCheckpoint
 from lightning_accel.callbacks.speed import DrivesSeveralDevices
 from lightning_accel.checkpoints import (
     RUN_CHECKPOINTS,
+    SavedProgress,
     consolidate_checkpoint,
     furthest_checkpoint,
     is_sharded,
@@ -47,10 +48,12 @@ from lightning_accel.checkpoints import (
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
 from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
+from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.sweep_resume import sweep_resume_command
 from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
 from lightning_accel.collectives import TRACE_DIRECTORY
+from lightning_accel.early_stopping import saved_early_stop
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
 from lightning_accel.models import GPTLanguageModel
@@ -147,18 +150,49 @@ def resume_checkpoint(run: RunConfig) -> str | None:
 def already_trained(run: RunConfig) -> str | None:
     """Why a fit has nothing left to do, where its own run directory's ``last`` checkpoint
     (what a repeated or requeued run resumes from) has reached ``trainer.max_steps``,
-    ``max_epochs`` or ``max_time``: resumed from it, Lightning's loop would stop before a
-    step; None where it has steps to train."""
+    ``max_epochs`` or ``max_time``, or was saved where the run's early stopping ended it:
+    resumed from it, Lightning's loop would stop before a step, or (early stopping checks
+    at validations only) train on to the next validation and stop there; None where it has
+    steps to train."""
     if run.stage != "fit" or run.ckpt_path is not None:
         return None
     found = own_last_checkpoint(run)
-    reached = None if found is None else reached_limit(saved_progress(found), run.trainer)
-    if reached is None:
+    if found is None:
+        return None
+    saved = saved_progress(found)
+    if reached := reached_limit(saved, run.trainer):
+        return (
+            f"{run.run_dir} already reached {reached.shown} ({found}, saved after "
+            f"{reached.progress}); nothing to do: raise {reached.key} to train further"
+        )
+    return stopped_early(run, saved, found)
+
+
+def stopped_early(run: RunConfig, saved: SavedProgress, found: Path) -> str | None:
+    """Why the run's own checkpoint ``found`` ends it, where the run's early stopping had
+    stopped it there (past ``min_steps`` and ``min_epochs``, which hold a stop back)."""
+    if saved.step < max(run.trainer.min_steps or 0, 0):
+        return None
+    if saved.epochs < max(run.trainer.min_epochs or 0, 0):
+        return None
+    stoppers = {
+        key: build_object(node, key)
+        for key, node in run.callback_nodes().items()
+        if _is_early_stopping(node.get("_target_"))
+    }
+    reason = saved_early_stop(saved.callback_states, stoppers.values())
+    if reason is None:
         return None
     return (
-        f"{run.run_dir} already reached {reached.shown} ({found}, saved after "
-        f"{reached.progress}); nothing to do: raise {reached.key} to train further"
+        f"{run.run_dir} already stopped early at step {saved.step} ({found}): {reason}; "
+        f"nothing to do: drop {' and '.join(k.removeprefix('callbacks.') for k in stoppers)} "
+        "from the callbacks to train on"
     )
+
+
+def _is_early_stopping(target: Any) -> bool:
+    cls = locate(target) if isinstance(target, str) else None
+    return isinstance(cls, type) and issubclass(cls, EarlyStopping)
 
 
 def own_last_checkpoint(run: RunConfig) -> Path | None:
