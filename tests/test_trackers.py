@@ -11,8 +11,14 @@ import yaml
 from helpers import TINY, run_cli
 from mlflow import MlflowClient
 
+from lightning_accel.callbacks.fault_injection import KillRank
 from lightning_accel.cli.preflight import preflight
-from lightning_accel.cli.trackers import wandb_offline
+from lightning_accel.cli.trackers import (
+    TRACKER_RUNS,
+    continued_tracker_runs,
+    record_tracker_runs,
+    wandb_offline,
+)
 from lightning_accel.errors import ConfigError
 
 
@@ -63,6 +69,54 @@ def test_csv_mlflow_and_wandb_at_once_record_the_config_and_the_metrics(
     for fragment in fragments:
         assert fragment in data, fragment
     assert "wandb sync" in result.stderr
+
+
+def test_a_restarted_attempt_logs_on_into_the_tracker_runs_of_the_first(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: W&B runs offline
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["train", *TINY, f"data.source={small_corpus}", "logger=[mlflow,wandb]"]
+    args += ["launcher.run_id=first", "hydra.run.dir=run", "+callbacks.kill.point=training_step"]
+    args += [
+        f"+callbacks.kill.{key}"
+        for key in ("_target_=" + KillRank.__module__ + ".KillRank", "step=3", "rank=0")
+    ]
+    # killed after the checkpoint of step 2's validation; torchrun's restart runs the same
+    # command again, where the kill is spent
+    killed = run_cli(args, cwd=tmp_path, timeout=240)
+    assert killed.returncode != 0
+    restarted = run_cli(args, cwd=tmp_path, timeout=240, env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "resuming from" in restarted.stderr
+    run_dir = tmp_path / "run"
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "gpt"]
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    assert mlflow_run.info.status == "FINISHED", "the first attempt's run was left RUNNING"
+    history = client.get_metric_history(mlflow_run.info.run_id, "val/loss")
+    assert sorted(m.step for m in history) == [1, 3], "both attempts' validations, in one run"
+
+    attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2
+    assert len({attempt.name.rsplit("-", 1)[1] for attempt in attempts}) == 1, "one W&B run id"
+
+
+def test_tracker_runs_are_continued_by_an_attempt_of_the_same_config_only(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    parameters = {"launcher": {"run_id": "first"}, "trainer": {"max_steps": 4}}
+    nodes = {"logger.wandb": {"_target_": "lightning.pytorch.loggers.WandbLogger"}}
+    logger = WandbLogger(id="w1", offline=True, save_dir=str(tmp_path))
+    record_tracker_runs(tmp_path, {"logger.wandb": logger}, parameters)
+    assert continued_tracker_runs(tmp_path, nodes, parameters)["logger.wandb"]["id"] == "w1"
+    raised = {**parameters, "trainer": {"max_steps": 8}}
+    assert continued_tracker_runs(tmp_path, nodes, raised) == nodes, "a changed config: new runs"
+    for malformed in ("[1, 2]", "{not json", '{"config": 1, "runs": []}'):
+        (tmp_path / TRACKER_RUNS).write_text(malformed)
+        assert continued_tracker_runs(tmp_path, nodes, parameters) == nodes
 
 
 def test_mlflow_follows_mlflow_tracking_uri_and_wandb_goes_offline_without_a_key(

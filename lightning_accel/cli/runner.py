@@ -51,7 +51,12 @@ from lightning_accel.cli.console import print_table, quiet_checkpointed_block_vi
 from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.sweep_resume import sweep_resume_command
-from lightning_accel.cli.trackers import config_parameters, finish_wandb_run
+from lightning_accel.cli.trackers import (
+    config_parameters,
+    continued_tracker_runs,
+    finish_wandb_run,
+    record_tracker_runs,
+)
 from lightning_accel.collectives import TRACE_DIRECTORY
 from lightning_accel.early_stopping import saved_early_stop
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
@@ -105,12 +110,16 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         quiet_checkpointed_block_views()
     callbacks = [build_object(node, key) for key, node in run.callback_nodes().items()]
     callbacks += [CollectiveTrace(Path(run.run_dir) / TRACE_DIRECTORY), ExactResume()]
-    loggers = [build_object(node, key) for key, node in run.logger_nodes().items()]
+    parameters = config_parameters(run)
+    logger_nodes = run.logger_nodes()
+    if resumes_in_own_directory(run):  # its tracker runs go on where the run does
+        logger_nodes = continued_tracker_runs(Path(run.run_dir), logger_nodes, parameters)
+    loggers = {key: build_object(node, key) for key, node in logger_nodes.items()}
     trainer = build_trainer(
         run.hardware,
         run.optimization,
         callbacks=callbacks,
-        logger=loggers or False,
+        logger=list(loggers.values()) or False,
         default_root_dir=run.run_dir,
         enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=any(isinstance(c, ModelSummary) for c in callbacks),
@@ -118,9 +127,10 @@ def build_run(run: RunConfig) -> tuple[pl.Trainer, pl.LightningModule, pl.Lightn
         plugins=cluster_plugins(),
         **{**asdict(run.trainer), "profiler": profiler_for(run)},
     )
-    parameters = config_parameters(run) if trainer.loggers else {}
     for logger in trainer.loggers:  # each logs on rank 0 only
         logger.log_hyperparams(parameters)
+    if run.stage == "fit" and trainer.is_global_zero:
+        record_tracker_runs(Path(run.run_dir), loggers, parameters)
     return trainer, model, datamodule
 
 
@@ -145,6 +155,12 @@ def resume_checkpoint(run: RunConfig) -> str | None:
         return run.ckpt_path
     found = own_last_checkpoint(run)
     return None if found is None else str(found)
+
+
+def resumes_in_own_directory(run: RunConfig) -> bool:
+    """Whether a fit resumes from the checkpoint its own run directory holds (a repeated,
+    restarted or requeued attempt), not from a given ``ckpt_path``."""
+    return run.stage == "fit" and run.ckpt_path is None and own_last_checkpoint(run) is not None
 
 
 def already_trained(run: RunConfig) -> str | None:
