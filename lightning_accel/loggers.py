@@ -1,11 +1,13 @@
-"""Lightning's CSVLogger for a run that resumes in its own directory."""
+"""Lightning's CSVLogger for a run that resumes in its own directory, and its W&B logger
+without a deprecated setting."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -82,3 +84,15 @@ class _ContinuingWriter(ExperimentWriter):
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
                 self.metrics_keys = next(csv.reader(handle), [])
+
+
+class RunWandbLogger(WandbLogger):
+    """:class:`WandbLogger` (same arguments) that hands W&B no ``anonymous`` setting unless
+    one is asked for: Lightning passes ``anonymous=None`` to ``wandb.init`` always, and W&B
+    0.19 and later warn at every run that the setting has no effect."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # private Lightning API (pinned by tests/test_upstream_pins.py): wandb.init's arguments
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)

@@ -69,6 +69,7 @@ def test_csv_mlflow_and_wandb_at_once_record_the_config_and_the_metrics(
     for fragment in fragments:
         assert fragment in data, fragment
     assert "wandb sync" in result.stderr
+    assert "wandb:" not in result.stderr, "W&B's own warnings"
 
 
 def test_a_restarted_attempt_logs_on_into_the_tracker_runs_of_the_first(

@@ -189,6 +189,13 @@ def test_the_run_csv_logger_builds_its_writer_as_csv_logger_does() -> None:
     assert "self._check_log_dir_exists()" in inspect.getsource(_ExperimentWriter.__init__)
 
 
+def test_the_wandb_logger_hands_wandb_init_its_arguments_from_wandb_init() -> None:
+    # RunWandbLogger drops the anonymous=None that Lightning puts there
+    from lightning.pytorch.loggers import WandbLogger
+
+    assert WandbLogger(offline=True)._wandb_init["anonymous"] is None
+
+
 def test_exact_resume_restates_checkpoints_for_the_restart_rules_it_was_written_for() -> None:
     # ExactResume rewrites an epoch-end checkpoint's loop counters into the state these
     # rules resume with the next epoch; when any changes, re-run the resume parity tests
