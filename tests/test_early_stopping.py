@@ -3,11 +3,14 @@ summary's ``stopped_early``) and from a checkpoint's callback state (a repeated 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import TinyRegression, quiet_trainer
 from lightning.pytorch.callbacks import EarlyStopping
 
+from lightning_accel.cli.runner import unused_callback_states
 from lightning_accel.early_stopping import early_stop_reason, fit_stopped_early, saved_early_stop
 
 THRESHOLD_MESSAGE = "Stopping threshold reached: val/loss = 0.1 < 0.2. Signaling Trainer to stop."
@@ -77,3 +80,15 @@ def test_a_saved_state_tells_whether_it_stopped(state: dict, stopped: bool) -> N
     reason = early_stop_reason(state)
     assert (reason is not None) == stopped
     assert reason is None or not reason.endswith("Signaling Trainer to stop.")
+
+
+def test_a_resume_without_the_early_stopping_names_its_state_left_unused(tmp_path: Path) -> None:
+    stopper, _, _ = _fit(max_steps=20)
+    checkpoint = tmp_path / "stopped.ckpt"
+    trainer = quiet_trainer(callbacks=[stopper])
+    trainer.strategy.connect(FlatValidation())
+    trainer.save_checkpoint(checkpoint)
+    assert unused_callback_states(checkpoint, trainer) == []
+    without = quiet_trainer(callbacks=[EarlyStopping("val/loss", patience=5)])
+    assert unused_callback_states(checkpoint, without) == [], "the same key: restored"
+    assert unused_callback_states(checkpoint, quiet_trainer()) == [stopper.state_key]

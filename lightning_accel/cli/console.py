@@ -56,6 +56,9 @@ _IGNORED_WARNINGS = (
     # a run that ends before its first validation: Lightning warns only until validation
     # has run, then raises, which the runner reports as the callback's monitor key
     r".*`ModelCheckpoint\(monitor=.*\)` could not find the monitored key.*",
+    # resuming without a callback the checkpoint's run had: no use to validate, test or
+    # predict, and a choice in training, where the runner names the states left unused
+    r".*callbacks used to create the checkpoint need to be provided during `Trainer`.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
     # an XLA SPMD save or load: one process writes every shard by design

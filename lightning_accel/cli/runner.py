@@ -157,6 +157,13 @@ def resume_checkpoint(run: RunConfig) -> str | None:
     return None if found is None else str(found)
 
 
+def unused_callback_states(checkpoint: Path, trainer: pl.Trainer) -> list[str]:
+    """The callbacks whose state ``checkpoint`` holds but none of the trainer's restores
+    (by ``state_key``: class and settings), as a resumed fit leaves them."""
+    saved = saved_progress(checkpoint).callback_states
+    return sorted(set(saved) - {callback.state_key for callback in trainer.callbacks})
+
+
 def resumes_in_own_directory(run: RunConfig) -> bool:
     """Whether a fit resumes from the checkpoint its own run directory holds (a repeated,
     restarted or requeued attempt), not from a given ``ckpt_path``."""
@@ -275,6 +282,8 @@ def fit_run(run: RunConfig) -> None:
     ckpt_path = resume_checkpoint(run)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
+    if ckpt_path is not None and (unused := unused_callback_states(Path(ckpt_path), trainer)):
+        say(f"the checkpoint's state of {', '.join(unused)} is left unused: no such callback")
     try:
         with stopped_on_sigint(lambda: f"at step {trainer.global_step}; {resume_note(run_dir)}"):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
