@@ -118,8 +118,12 @@ def test_what_comes_with_validation_is_not_training_time(
     assert written["step_seconds"] * written["measured_steps"] < SLOW_SAVE_SECONDS / 10
 
 
+@pytest.mark.parametrize(
+    ("warmup_steps", "validate_every"),
+    [(2, None), (20, 2)],  # measured after a warm-up; over all steps, with validations
+)
 def test_data_wait_share_counts_the_time_spent_fetching_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warmup_steps: int, validate_every: int | None
 ) -> None:
     from lightning_accel.data import loading
     from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
@@ -136,19 +140,25 @@ def test_data_wait_share_counts_the_time_spent_fetching_batches(
     data = SlowData(torch.randn(64, 4), torch.randn(64, 1))
     loader = ResumableDataLoader(data, ResumableSampler(data), batch_size=4)
     summary = RunSummary(output_dir=str(tmp_path), print_table=False)
-    speed = SpeedMonitor(warmup_steps=2)
+    speed = SpeedMonitor(warmup_steps=warmup_steps)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=12,
+        val_check_interval=validate_every,
+        limit_val_batches=1 if validate_every else 0,
+        num_sanity_val_steps=0,
         callbacks=[speed, summary],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    trainer.fit(Regressor(), loader)
+    validation = DataLoader(TensorDataset(torch.randn(4, 4), torch.randn(4, 1)), batch_size=4)
+    trainer.fit(Regressor(), loader, validation if validate_every else None)
     written = json.loads((tmp_path / "summary.json").read_text())
-    # 4 fake seconds of loading per step against well under a real second of compute
+    # 4 fake seconds of loading per step against well under a real second of compute; the
+    # batches fetched outside the measured steps (the first, those after a validation) were
+    # counted as waiting in them: twice the time measured, with validation every 2 steps
     assert 0.9 < written["data_wait_share"] <= 1.0
 
 

@@ -138,8 +138,6 @@ class SpeedMonitor(pl.Callback):
         self._counter: FlopCounterMode | None = None
         self._counting = ExitStack()
         self._devices_per_process = 1
-        self._wait_at_steady_start: float | None = None
-        self._wait_at_window_start: float | None = None
         self._paused = False
         self._global_step_seen = 0
 
@@ -170,21 +168,21 @@ class SpeedMonitor(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        waited = data_wait_seconds(trainer) or 0.0
         if not self.all_steps.started:
             now = synchronized_time(pl_module.device)
-            self.all_steps.start(now)
+            self.all_steps.start(now, waited)
             self._start_window(trainer, now)
             if self.count_flops:
                 self._counter = flop_counter()
                 self._counting.enter_context(torch.compiler.set_stance("force_eager"))
                 self._counting.enter_context(self._counter)
         if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
-            self.steady_steps.start(synchronized_time(pl_module.device))
-            self._wait_at_steady_start = data_wait_seconds(trainer)
+            self.steady_steps.start(synchronized_time(pl_module.device), waited)
         if self._paused:
             now = synchronized_time(pl_module.device)
             for clock in self._clocks:
-                clock.resume(now)
+                clock.resume(now, waited)
             self._paused = False
 
     @property
@@ -214,17 +212,17 @@ class SpeedMonitor(pl.Callback):
     # checkpoints saved at the end of validation and of the epoch, until the next step starts.
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._pause(pl_module.device)
+        self._pause(trainer, pl_module.device)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._pause(pl_module.device)
+        self._pause(trainer, pl_module.device)
 
-    def _pause(self, device: torch.device) -> None:
+    def _pause(self, trainer: pl.Trainer, device: torch.device) -> None:
         if not self._paused:
-            now = synchronized_time(device)
+            now, waited = synchronized_time(device), data_wait_seconds(trainer) or 0.0
             for clock in self._clocks:
-                clock.pause(now)
+                clock.pause(now, waited)
             self._paused = True
 
     @override
@@ -253,19 +251,16 @@ class SpeedMonitor(pl.Callback):
         # Lightning starts the validation loader's iterator (its workers, on a GPU machine
         # a fraction of a second) before on_validation_start: the pause is taken here
         if validation_follows(trainer):
-            self._pause(pl_module.device)
+            self._pause(trainer, pl_module.device)
 
     def _start_window(self, trainer: pl.Trainer, now: float) -> None:
         self.window = ThroughputClock()
-        self.window.start(now)
-        self._wait_at_window_start = data_wait_seconds(trainer)
+        self.window.start(now, data_wait_seconds(trainer) or 0.0)
 
     def _log_window(self, trainer: pl.Trainer, device: torch.device) -> None:
         now = synchronized_time(device)
         seconds = self.window.seconds(now)
-        metrics = self._speed(
-            trainer, self.window, seconds, self._wait_at_window_start, device, rounded=False
-        )
+        metrics = self._speed(trainer, self.window, seconds, device, rounded=False)
         metrics["peak_memory_mb"] = peak_memory_mb(device)
         logged = {f"{SPEED_NAMESPACE}{k}": float(v) for k, v in metrics.items() if v is not None}
         # at the index of the window's last batch, where Lightning logs that batch's loss
@@ -278,7 +273,6 @@ class SpeedMonitor(pl.Callback):
         trainer: pl.Trainer,
         clock: ThroughputClock,
         seconds: float,
-        wait_at_start: float | None,
         device: torch.device,
         rounded: bool = True,
     ) -> dict[str, Any]:
@@ -306,7 +300,7 @@ class SpeedMonitor(pl.Callback):
         }
         waited = data_wait_seconds(trainer)
         if waited is not None and seconds > 0:
-            figures["data_wait_share"] = keep((waited - (wait_at_start or 0.0)) / seconds, 3)
+            figures["data_wait_share"] = keep(clock.waited(waited) / seconds, 3)
         if step and self.flops_per_step:
             peak = self.peak.flops_per_second if self.peak else None
             achieved, mfu = model_flops_utilization(self.flops_per_step, step, peak)
@@ -334,9 +328,7 @@ class SpeedMonitor(pl.Callback):
         clock = self.steady_steps if steady else self.all_steps
         now = synchronized_time(device)
         seconds = clock.seconds(now)
-        speed = self._speed(
-            trainer, clock, seconds, self._wait_at_steady_start if steady else 0.0, device
-        )
+        speed = self._speed(trainer, clock, seconds, device)
         step = speed.pop("step_ms")
         step_seconds = step / 1000 if step else None
         optimizer_step = speed.pop("optimizer_step_ms")
