@@ -299,6 +299,17 @@ class MarkTraining(pl.Callback):
             mark.with_suffix(".tmp").replace(mark)  # whole when it appears
 
 
+class RecordMatmulPrecision(pl.Callback):
+    """Appends torch's float32 matmul precision at the start of training to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, *args: object) -> None:
+        with self.path.open("a") as record:
+            record.write(torch.get_float32_matmul_precision() + "\n")
+
+
 class StopAtStep(pl.Callback):
     """Ends training after ``step`` optimizer steps, as a preempted job would stop."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import HARDWARE_PROFILES, TINY, refusal, run_cli
+from helpers import HARDWARE_PROFILES, TEST_IMPORTS, TINY, refusal, run_cli
 
 from lightning_accel.cli.main import main
 from lightning_accel.cli.run_lock import LOCK_FILE
@@ -346,6 +346,21 @@ def test_multirun_leaves_one_directory_per_job(tmp_path: Path, small_corpus: Pat
     assert seeds == [1, 2]
     losses = [json.loads((sweep / j / "summary.json").read_text())["last_train_loss"] for j in jobs]
     assert losses[0] != losses[1], "different seeds train differently"
+
+
+def test_a_sweep_job_runs_as_in_a_process_of_its_own(tmp_path: Path, small_corpus: Path) -> None:
+    # a profile naming a float32 matmul precision set it for the process; the next job,
+    # whose profile names none, ran at it (on a GPU: TF32 matmuls in an fp32 run)
+    record = tmp_path / "precision.txt"
+    args = ["train", *TINY, "--multirun", f"data.source={small_corpus}", "callbacks=minimal"]
+    args += [
+        "+callbacks.record._target_=helpers.RecordMatmulPrecision",
+        f"+callbacks.record.path={record}",
+    ]
+    args += ["optimization.float32_matmul_precision=medium,null"]
+    result = run_cli(args, cwd=tmp_path, env=TEST_IMPORTS)
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().split() == ["medium", "highest"]
 
 
 USER_CODE = """

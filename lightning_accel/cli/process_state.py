@@ -1,0 +1,24 @@
+"""What one job of a sweep would leave in the process for the next: Hydra's local launcher
+runs the jobs of a ``--multirun`` one after another in one process."""
+
+from __future__ import annotations
+
+# torch's float32 matmul precision where the process began its first job
+_first_job_matmul_precision: str | None = None
+
+
+def start_job_as_its_own_process() -> None:
+    """Give this job torch's process-wide state as a process of its own would start it:
+    the float32 matmul precision the first job began with (an optimization profile that
+    names one sets it for the process, and a later job whose profile names none, such as
+    ``default`` after ``fast``, ran at it: TF32 matmuls on a GPU), and no compiled graphs
+    (a later job's compilations were served from the earlier job's caches and counted
+    against its recompile limit)."""
+    global _first_job_matmul_precision
+    import torch
+
+    if _first_job_matmul_precision is None:
+        _first_job_matmul_precision = torch.get_float32_matmul_precision()
+        return
+    torch.set_float32_matmul_precision(_first_job_matmul_precision)
+    torch.compiler.reset()
