@@ -13,7 +13,8 @@ LAYERS = (
     ("machine", "cpu_load", "devices", "flops", "memory", "host_allocator", "throughput")
     + ("safe_load",)
     + ("profiles", "environments", "collectives", "xla.runtime"),
-    ("precision", "hardware", "checkpoints", "data", "models", "optimize", "strategies"),
+    ("precision", "hardware", "checkpoints", "early_stopping", "data", "models", "optimize")
+    + ("strategies",),
     ("plan", "trainer_factory", "xla"),
     ("callbacks", "loggers"),
     ("cli", "__main__"),

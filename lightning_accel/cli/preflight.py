@@ -645,16 +645,14 @@ def check_weight_averaging(run: RunConfig, plan: RunPlan | None) -> None:
 
     if plan is None or plan.strategy != FSDP2Strategy.strategy_name:
         return
-    for key, node in run.callback_nodes().items():
-        target = locate(node["_target_"])
-        if isinstance(target, type) and issubclass(target, WeightAveraging):
-            raise ConfigError(
-                key,
-                node["_target_"],
-                f"cannot run under hardware={plan.hardware.name}: Lightning's weight averaging "
-                "keeps a whole copy of the model, which FSDP2 and tensor parallelism split "
-                "across ranks; use DDP (hardware=ddp, ddp_cpu) or drop the callback",
-            )
+    for key, node in run.callback_nodes_of(WeightAveraging).items():  # the first refused
+        raise ConfigError(
+            key,
+            node["_target_"],
+            f"cannot run under hardware={plan.hardware.name}: Lightning's weight averaging "
+            "keeps a whole copy of the model, which FSDP2 and tensor parallelism split "
+            "across ranks; use DDP (hardware=ddp, ddp_cpu) or drop the callback",
+        )
 
 
 def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:

@@ -48,7 +48,6 @@ from lightning_accel.checkpoints import (
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
 from lightning_accel.cli.console import print_table, quiet_checkpointed_block_views, say
-from lightning_accel.cli.hydra_private import locate
 from lightning_accel.cli.schema import RunConfig
 from lightning_accel.cli.sweep_resume import sweep_resume_command
 from lightning_accel.cli.trackers import (
@@ -199,9 +198,7 @@ def stopped_early(run: RunConfig, saved: SavedProgress, found: Path) -> str | No
     if saved.epochs < max(run.trainer.min_epochs or 0, 0):
         return None
     stoppers = {
-        key: build_object(node, key)
-        for key, node in run.callback_nodes().items()
-        if _is_early_stopping(node.get("_target_"))
+        key: build_object(node, key) for key, node in run.callback_nodes_of(EarlyStopping).items()
     }
     reason = saved_early_stop(saved.callback_states, stoppers.values())
     if reason is None:
@@ -211,11 +208,6 @@ def stopped_early(run: RunConfig, saved: SavedProgress, found: Path) -> str | No
         f"nothing to do: drop {' and '.join(k.removeprefix('callbacks.') for k in stoppers)} "
         "from the callbacks to train on"
     )
-
-
-def _is_early_stopping(target: Any) -> bool:
-    cls = locate(target) if isinstance(target, str) else None
-    return isinstance(cls, type) and issubclass(cls, EarlyStopping)
 
 
 def own_last_checkpoint(run: RunConfig) -> Path | None:

@@ -227,6 +227,19 @@ class RunConfig:
                 nodes[f"callbacks.{name}"] = node
         return nodes
 
+    def callback_nodes_of(self, base: type) -> dict[str, dict[str, Any]]:
+        """The callback nodes (as :meth:`callback_nodes`) whose ``_target_`` is ``base`` or
+        a subclass of it (importing each target's module)."""
+        from lightning_accel.cli.hydra_private import locate
+
+        found = {}
+        for key, node in self.callback_nodes().items():
+            target = node.get("_target_")
+            cls = locate(target) if isinstance(target, str) else None
+            if isinstance(cls, type) and issubclass(cls, base):
+                found[key] = node
+        return found
+
 
 def register_schemas() -> None:
     """Register :class:`RunConfig` with Hydra, the ``accel_run_id`` resolver the default

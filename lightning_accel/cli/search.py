@@ -158,10 +158,8 @@ def check_trials_validate(run: RunConfig) -> None:
     (the objective is a validation metric), and records it in the ``summary.json`` that a
     ``RunSummary`` callback writes, where the search reads it."""
     from lightning_accel.callbacks import RunSummary
-    from lightning_accel.cli.hydra_private import locate
 
-    targets = [locate(node["_target_"]) for node in run.callback_nodes().values()]
-    if not any(isinstance(t, type) and issubclass(t, RunSummary) for t in targets):
+    if not run.callback_nodes_of(RunSummary):
         raise ConfigError(
             "callbacks",
             ", ".join(key.removeprefix("callbacks.") for key in run.callback_nodes()),
