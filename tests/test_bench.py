@@ -136,6 +136,9 @@ def test_repeated_runs_give_medians_and_compile_counts_prefer_xla() -> None:
     medians = bench.median_figures(runs)
     assert medians["step_seconds"] == 2 and medians["samples_per_second"] == 0.5
     assert medians["mfu"] is None
+    # two runs: the slower one's figures, not a mean step time beside a mean throughput
+    two = bench.median_figures(runs[1:])
+    assert two["step_seconds"] == 2 and two["samples_per_second"] == 0.5
     figures = bench.cell_figures(
         {"xla_compilations": 19, "compiled_graphs": 0, "peak_memory_mb_per_rank": [5.0, 7.0]}
     )

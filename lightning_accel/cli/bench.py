@@ -243,14 +243,32 @@ def cell_figures(summary: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+# the figures a run's step time decides (with its fixed batch and FLOPs per step)
+SPEED_FIGURES = FIGURES[:5]
+
+
 def median_figures(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """Each figure's median over repeated runs of a cell (None where a run lacks it)."""
+    """A cell's figures over its repeated runs (None where a run lacks one): the speed
+    figures of its run of median step time (of an even count, the slower middle one), so
+    that its step time, throughput and MFU describe one run and agree; each other figure's
+    median. Figure by figure, two runs gave the mean step time beside the mean throughput,
+    which is not the throughput of that step time."""
+    timed = sorted((run for run in runs if run["step_seconds"] is not None), key=_step_time)
+    middle = timed[len(timed) // 2] if timed and len(timed) == len(runs) else None
     medians: dict[str, float | None] = {}
     for name in FIGURES:
         values = [run[name] for run in runs]
         measured = [v for v in values if v is not None]
-        medians[name] = statistics.median(measured) if len(measured) == len(values) else None
+        if name in SPEED_FIGURES:
+            medians[name] = middle[name] if middle is not None else None
+        else:
+            whole = len(measured) == len(values)
+            medians[name] = statistics.median(measured) if whole else None
     return medians
+
+
+def _step_time(run: dict[str, float | None]) -> float:
+    return run["step_seconds"] or 0.0
 
 
 def run_matrix(
