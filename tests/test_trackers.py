@@ -3,6 +3,7 @@ offline run files, several loggers at once, and the offline decision."""
 
 from __future__ import annotations
 
+import json
 from csv import DictReader
 from pathlib import Path
 
@@ -115,6 +116,15 @@ def test_tracker_runs_are_continued_by_an_attempt_of_the_same_config_only(tmp_pa
     assert continued_tracker_runs(tmp_path, nodes, parameters)["logger.wandb"]["id"] == "w1"
     raised = {**parameters, "trainer": {"max_steps": 8}}
     assert continued_tracker_runs(tmp_path, nodes, raised) == nodes, "a changed config: new runs"
+    # an MLflow run its store no longer holds (mlflow.db deleted): a new run, not a traceback
+    record = json.loads((tmp_path / TRACKER_RUNS).read_text())
+    record["runs"]["logger.mlflow"] = {"run_id": "0123456789abcdef"}
+    (tmp_path / TRACKER_RUNS).write_text(json.dumps(record))
+    store = {"_target_": "lightning.pytorch.loggers.MLFlowLogger"}
+    store["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_nodes = {**nodes, "logger.mlflow": store}
+    continued = continued_tracker_runs(tmp_path, mlflow_nodes, parameters)
+    assert continued["logger.mlflow"] == store and continued["logger.wandb"]["id"] == "w1"
     for malformed in ("[1, 2]", "{not json", '{"config": 1, "runs": []}'):
         (tmp_path / TRACKER_RUNS).write_text(malformed)
         assert continued_tracker_runs(tmp_path, nodes, parameters) == nodes

@@ -86,9 +86,26 @@ def continued_tracker_runs(
     continued = dict(nodes)
     for key, node in nodes.items():
         ids = runs.get(key)
-        if isinstance(ids, dict) and all(isinstance(v, str) for v in ids.values()):
-            continued[key] = {**node, **{k: v for k, v in ids.items() if k in _RUN_ID_KEYS}}
+        if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
+            continue
+        run_id = ids.get("run_id")
+        if run_id is not None and not _mlflow_run_exists(node.get("tracking_uri"), run_id):
+            continue  # its store was deleted or moved: a new run (W&B creates a missing one)
+        continued[key] = {**node, **{k: v for k, v in ids.items() if k in _RUN_ID_KEYS}}
     return continued
+
+
+def _mlflow_run_exists(tracking_uri: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri if isinstance(tracking_uri, str) else None).get_run(
+            run_id
+        )
+    except MlflowException:
+        return False
+    return True
 
 
 # what names a tracker's run among a logger's arguments
