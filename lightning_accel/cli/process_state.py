@@ -3,6 +3,8 @@ runs the jobs of a ``--multirun`` one after another in one process."""
 
 from __future__ import annotations
 
+import warnings
+
 # torch's float32 matmul precision where the process began its first job
 _first_job_matmul_precision: str | None = None
 
@@ -18,7 +20,9 @@ def start_job_as_its_own_process() -> None:
     import torch
 
     if _first_job_matmul_precision is None:
-        _first_job_matmul_precision = torch.get_float32_matmul_precision()
+        with warnings.catch_warnings():  # torch 2.9 asks to use its newer TF32 settings
+            warnings.simplefilter("ignore")
+            _first_job_matmul_precision = torch.get_float32_matmul_precision()
         return
     torch.set_float32_matmul_precision(_first_job_matmul_precision)
     torch.compiler.reset()
