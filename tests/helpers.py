@@ -310,6 +310,17 @@ class RecordMatmulPrecision(pl.Callback):
             record.write(torch.get_float32_matmul_precision() + "\n")
 
 
+class InterruptAt(pl.Callback):
+    """Ctrl-C before the batch that would take the run to ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
 class StopAtStep(pl.Callback):
     """Ends training after ``step`` optimizer steps, as a preempted job would stop."""
 

@@ -9,24 +9,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TinyRegression, quiet_trainer
+from helpers import InterruptAt, TinyRegression, quiet_trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from lightning_accel.callbacks import ExactResume, ResumableEMA, RunCheckpoint
 from lightning_accel.data.loading import ResumableDataLoader, ResumableSampler
 
 STEPS_PER_EPOCH = 4
-
-
-class InterruptAt(pl.Callback):
-    """Ctrl-C before the batch that would take the run to ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def _fit(

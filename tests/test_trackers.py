@@ -35,12 +35,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def test_csv_mlflow_and_wandb_at_once_record_the_config_and_the_metrics(
-    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: W&B runs offline
+@pytest.fixture
+def local_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B offline (no key, no ~/.netrc) and MLflow in the run directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_csv_mlflow_and_wandb_at_once_record_the_config_and_the_metrics(
+    tmp_path: Path, small_corpus: Path, local_trackers: None
+) -> None:
     args = ["train", *TINY, f"data.source={small_corpus}", "logger=[csv,mlflow,wandb]"]
     result = run_cli([*args, "hydra.run.dir=run"], cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,11 +79,8 @@ def test_csv_mlflow_and_wandb_at_once_record_the_config_and_the_metrics(
 
 
 def test_a_restarted_attempt_logs_on_into_the_tracker_runs_of_the_first(
-    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, small_corpus: Path, local_trackers: None
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: W&B runs offline
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
     args = ["train", *TINY, f"data.source={small_corpus}", "logger=[mlflow,wandb]"]
     args += ["launcher.run_id=first", "hydra.run.dir=run", "+callbacks.kill.point=training_step"]
     args += [
