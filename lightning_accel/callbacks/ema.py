@@ -21,8 +21,8 @@ class ResumableEMA(EMAWeightAveraging):
     checkpoint held the average too. A run continued from it (a raised ``max_steps``)
     trained on from the averaged weights with the optimizer state of the trained ones,
     and ended elsewhere than a run trained to the same step without a stop. Here the
-    trained weights are kept at that moment and saved as ``current_model_state``; the
-    ``state_dict`` is the average, as before.
+    trained weights are kept at that moment (in host memory) and saved as
+    ``current_model_state``; the ``state_dict`` is the average, as before.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -36,8 +36,11 @@ class ResumableEMA(EMAWeightAveraging):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # in host memory: a run whose model, average and optimizer state fill the device
+        # must not fail at its end for a third copy of the weights
         self._trained_weights = {
-            name: value.detach().clone() for name, value in pl_module.state_dict().items()
+            name: value.detach().to("cpu", copy=True)
+            for name, value in pl_module.state_dict().items()
         }
         super().on_train_end(trainer, pl_module)
 
