@@ -116,13 +116,16 @@ class SavedProgress:
     """How far a run had trained when a checkpoint was saved, in each of the units a
     ``Trainer`` limit counts: optimizer steps (``max_steps``), epochs whose batches all ran
     (``max_epochs``, as Lightning's fit loop counts them) and seconds of training counted by
-    Lightning's ``Timer`` (``max_time``; 0 for a run without a time limit), and the
-    callbacks' states (what early stopping had decided)."""
+    Lightning's ``Timer`` (``max_time``; 0 for a run without a time limit), the callbacks'
+    states (what early stopping had decided), and the batches of an unfinished epoch
+    trained from a loader that kept no position in the checkpoint (0 where the epoch had
+    not begun or the loader kept one: a resumed epoch then reads its batches again)."""
 
     step: int
     epochs: int
     training_seconds: float
     callback_states: dict[str, Any]
+    batches_without_position: int = 0
 
 
 def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
@@ -136,7 +139,19 @@ def saved_progress(path: Path, key: str = "ckpt_path") -> SavedProgress:
     callback_states = saved.get("callbacks") or {}
     elapsed = (callback_states.get("Timer") or {}).get("time_elapsed") or {}
     seconds = float(elapsed.get("train", 0.0))
-    return SavedProgress(int(saved.get("global_step", 0)), epochs, seconds, callback_states)
+    step = int(saved.get("global_step", 0))
+    lost = _batches_without_position(loop)
+    return SavedProgress(step, epochs, seconds, callback_states, lost)
+
+
+def _batches_without_position(fit_loop: dict[str, Any]) -> int:
+    """The batches of the checkpoint's unfinished epoch where its training loader kept no
+    position (Lightning saves a stateful loader's under ``combined_loader``)."""
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    done = int((batches.get("current") or {}).get("processed", 0))
+    if done == 0 or batches.get("is_last_batch") or saved_at_epoch_end(fit_loop):
+        return 0
+    return 0 if "combined_loader" in (fit_loop.get("state_dict") or {}) else done
 
 
 def saved_at_epoch_end(fit_loop: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ import torch
 from helpers import TinyRegression, quiet_trainer
 from lightning.pytorch.callbacks import EarlyStopping
 
+from lightning_accel.checkpoints import saved_progress
 from lightning_accel.cli.runner import unused_callback_states
 from lightning_accel.early_stopping import early_stop_reason, fit_stopped_early, saved_early_stop
 
@@ -88,7 +89,8 @@ def test_a_resume_without_the_early_stopping_names_its_state_left_unused(tmp_pat
     trainer = quiet_trainer(callbacks=[stopper])
     trainer.strategy.connect(FlatValidation())
     trainer.save_checkpoint(checkpoint)
-    assert unused_callback_states(checkpoint, trainer) == []
+    saved = saved_progress(checkpoint)
+    assert unused_callback_states(saved, trainer) == []
     without = quiet_trainer(callbacks=[EarlyStopping("val/loss", patience=5)])
-    assert unused_callback_states(checkpoint, without) == [], "the same key: restored"
-    assert unused_callback_states(checkpoint, quiet_trainer()) == [stopper.state_key]
+    assert unused_callback_states(saved, without) == [], "the same key: restored"
+    assert unused_callback_states(saved, quiet_trainer()) == [stopper.state_key]

@@ -59,6 +59,8 @@ _IGNORED_WARNINGS = (
     # resuming without a callback the checkpoint's run had: no use to validate, test or
     # predict, and a choice in training, where the runner names the states left unused
     r".*callbacks used to create the checkpoint need to be provided during `Trainer`.*",
+    # resuming inside an epoch with a loader that kept no position: the runner says so
+    r".*ended before the epoch ended and your dataloader is not resumable.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
     # an XLA SPMD save or load: one process writes every shard by design

@@ -156,11 +156,35 @@ def resume_checkpoint(run: RunConfig) -> str | None:
     return None if found is None else str(found)
 
 
-def unused_callback_states(checkpoint: Path, trainer: pl.Trainer) -> list[str]:
-    """The callbacks whose state ``checkpoint`` holds but none of the trainer's restores
-    (by ``state_key``: class and settings), as a resumed fit leaves them."""
-    saved = saved_progress(checkpoint).callback_states
-    return sorted(set(saved) - {callback.state_key for callback in trainer.callbacks})
+def resume_notes(run: RunConfig, trainer: pl.Trainer, checkpoint: Path | None) -> list[str]:
+    """What a fit resumed from ``checkpoint`` cannot carry on as the run that saved it
+    would have: callback states none of the trainer's callbacks restores, and an epoch
+    whose training loader kept no position (Lightning's own warning on it is filtered)."""
+    if checkpoint is None:
+        return []
+    saved = saved_progress(checkpoint)
+    notes = []
+    if unused := unused_callback_states(saved, trainer):
+        notes.append(
+            f"the checkpoint's state of {', '.join(unused)} is left unused: no such callback"
+        )
+    if batches := saved.batches_without_position:
+        notes.append(
+            f"{checkpoint} was saved after batch {batches} of its epoch, and "
+            f"data._target_={run.data.get('_target_')}'s training loader keeps no position in "
+            f"checkpoints: the resumed epoch reads its first batches again and ends {batches} "
+            "batches early, unlike a run without a stop (give the loader state_dict and "
+            "load_state_dict, as lightning_accel.data's loaders and torchdata's "
+            "StatefulDataLoader have)"
+        )
+    return notes
+
+
+def unused_callback_states(saved: SavedProgress, trainer: pl.Trainer) -> list[str]:
+    """The callbacks whose state a checkpoint holds but none of the trainer's restores (by
+    ``state_key``: class and settings), as a resumed fit leaves them."""
+    states = saved.callback_states
+    return sorted(set(states) - {callback.state_key for callback in trainer.callbacks})
 
 
 def resumes_in_own_directory(run: RunConfig) -> bool:
@@ -274,8 +298,8 @@ def fit_run(run: RunConfig) -> None:
     ckpt_path = resume_checkpoint(run)
     if ckpt_path is not None and run.ckpt_path is None:
         say(f"resuming from {ckpt_path}, the last checkpoint this run directory holds")
-    if ckpt_path is not None and (unused := unused_callback_states(Path(ckpt_path), trainer)):
-        say(f"the checkpoint's state of {', '.join(unused)} is left unused: no such callback")
+    for note in resume_notes(run, trainer, None if ckpt_path is None else Path(ckpt_path)):
+        say(note)
     try:
         with stopped_on_sigint(lambda: f"at step {trainer.global_step}; {resume_note(run_dir)}"):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
