@@ -197,8 +197,11 @@ def measured_cpu_peak(dtype: torch.dtype, size: int = 1024, repeats: int = 8) ->
     Each matmul's time is the shorter of its wall time and the CPU time the process spent
     per thread: on a busy machine the wall time includes time the threads waited for a
     core, which would make the peak too low (and MFU above 1); the CPU time does not."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    # from a generator of its own: measured at a run's start, it must not move the run's
+    # random stream (its dropout masks would differ with the speed monitor or without it)
+    numbers = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=numbers).to(dtype)
+    b = torch.randn(size, size, generator=numbers).to(dtype)
     F.linear(a, b)  # first call selects and warms the kernel
     threads = torch.get_num_threads()
     fastest = float("inf")

@@ -628,3 +628,12 @@ def test_a_checkpoints_malformed_summary_record_is_set_aside_with_a_warning(
         resumed.fit(LoggingRegression(), data, ckpt_path=saved)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert (written["validation"], written["resumed_from_step"]) == ([], 4)
+
+
+def test_measuring_the_cpu_peak_leaves_the_runs_random_stream_alone() -> None:
+    # measured at on_train_start, it drew from the global generator: a run's dropout masks
+    # differed with the monitor and without it, and in a sweep, between its first job (which
+    # measured) and the next (which read the measurement from the cache)
+    before = torch.get_rng_state()
+    devices.measured_cpu_peak(torch.float32, size=64, repeats=1)
+    assert torch.equal(torch.get_rng_state(), before)
