@@ -30,10 +30,15 @@ class EpochSchedule(TinyRegression):
 
 
 def _fit(
-    checkpoints: Path, exact: bool, stop_at: int | None = None, ckpt_path: Path | None = None
+    checkpoints: Path,
+    exact: bool,
+    shuffle: bool,
+    stop_at: int | None = None,
+    ckpt_path: Path | None = None,
 ) -> dict[str, torch.Tensor]:
     """12 steps of 4-batch epochs with an epoch-end checkpoint (no validation: Lightning
-    saves in on_train_epoch_end), optionally interrupted or resumed; the final weights."""
+    saves in on_train_epoch_end), optionally interrupted or resumed, from a plain loader
+    shuffled or not; the final weights."""
     pl.seed_everything(0, verbose=False)
     x = torch.randn(16 * STEPS_PER_EPOCH, 8, generator=torch.Generator().manual_seed(0))
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -48,21 +53,24 @@ def _fit(
     )
     model = EpochSchedule()
     try:
-        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=16), ckpt_path=ckpt_path)
+        loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=shuffle)
+        trainer.fit(model, loader, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning's exit after an interrupted fit
         assert stop_at is not None
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize(("exact", "shuffle"), [(True, False), (False, False), (True, True)])
 def test_a_drop_in_fit_resumed_from_an_epoch_end_checkpoint_equals_one_without_a_stop(
-    tmp_path: Path, exact: bool
+    tmp_path: Path, exact: bool, shuffle: bool
 ) -> None:
-    straight = _fit(tmp_path / "straight", exact)
-    _fit(tmp_path / "stopped", exact, stop_at=STEPS_PER_EPOCH + 2)  # in the second epoch
+    # a shuffled plain loader draws each epoch's order from the global generator as the
+    # epoch starts: the resumed run's state must be restored by then
+    straight = _fit(tmp_path / "straight", exact, shuffle)
+    _fit(tmp_path / "stopped", exact, shuffle, stop_at=STEPS_PER_EPOCH + 2)  # second epoch
     saved = tmp_path / "stopped" / "last.ckpt"
     assert torch.load(saved, weights_only=True)["global_step"] == STEPS_PER_EPOCH
-    resumed = _fit(tmp_path / "stopped", exact, ckpt_path=saved)
+    resumed = _fit(tmp_path / "stopped", exact, shuffle, ckpt_path=saved)
     same = all(torch.equal(resumed[name], straight[name]) for name in straight)
     # without the callback, Lightning 2.6 ran the saved epoch's end again (max_steps)
     assert same == exact

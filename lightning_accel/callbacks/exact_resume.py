@@ -28,12 +28,18 @@ class ExactResume(pl.Callback):
       last batch, which Lightning resumes with the next epoch.
     - The random number generators (torch's, the rank's CUDA device's where it is in use,
       NumPy's and Python's; not an XLA device's) are saved in every checkpoint and
-      restored at the resumed fit's first batch: a run seeded again at its start drew the
-      dropout masks of its first steps a second time. Exact where the training loader
-      draws its workers' seed from a generator of its own (the pack's loaders do; give
-      yours ``generator=``): an epoch's iterator starts after the save in one run and
-      before the first batch in the other. The state is rank 0's, which every rank shares
-      when the ranks are seeded alike (the runner does).
+      restored where the resumed run stands where the uninterrupted one stood at the save.
+      For a checkpoint from an epoch's end, that is as the checkpoint is restored, before
+      the next epoch's loader iterator draws its workers' seed and order from them. Inside
+      an epoch, it is the resumed fit's first batch, after the resumed epoch's iterator,
+      which had started before the save. A run seeded again at its start drew the dropout
+      masks of its first steps a second time, and a plain shuffled loader resumed from an
+      epoch's end took another order. Exact where the loaders draw nothing else from the
+      global generator as they start: inside an epoch the training loader, and at an
+      epoch's end the validation loader, whose iterator Lightning starts again as it
+      resumes (the pack's loaders draw from generators of their own; give yours
+      ``generator=``). The state is rank 0's, which every rank shares when the ranks are
+      seeded alike (the runner does).
     - Each :class:`RunCSVLogger`'s ``metrics.csv`` is brought back to the step the fit
       starts at (:meth:`RunCSVLogger.continue_from`): an attempt killed after its
       checkpoint logged steps the resumed run logs again, and a fresh start in an earlier
@@ -42,6 +48,7 @@ class ExactResume(pl.Callback):
 
     def __init__(self) -> None:
         self._saved_random_state: dict[str, Any] | None = None
+        self._saved_at_an_epoch_end = False
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -49,7 +56,13 @@ class ExactResume(pl.Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # called after on_load_checkpoint, as Lightning restores the callbacks
         self._saved_random_state = state_dict.get("random_state")
+        if self._saved_at_an_epoch_end:
+            # the next epoch's loader iterator, which may draw its workers' seed and order
+            # from the global generator, starts before any hook of the fit (in Lightning's
+            # setup of the data), as it started after the save in the uninterrupted run
+            self._restore_random_state()
 
     @override
     def on_load_checkpoint(
@@ -57,6 +70,11 @@ class ExactResume(pl.Callback):
     ) -> None:
         # called before Lightning restores its loops from the same dict
         if trainer.state.fn == TrainerFn.FITTING:
+            loop = checkpoint.get("loops", {}).get("fit_loop") or {}
+            batches = loop.get("epoch_loop.batch_progress") or {}
+            self._saved_at_an_epoch_end = bool(
+                saved_at_epoch_end(loop) or batches.get("is_last_batch")
+            )
             # private Lightning API (pinned by tests/test_upstream_pins.py): its own rule
             # for a run that max_steps ends, under which it resumes from a restart stage
             by_steps = trainer.fit_loop._iteration_based_training()
@@ -73,6 +91,10 @@ class ExactResume(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # inside an epoch: its iterator was started before the save and again on resuming
+        self._restore_random_state()
+
+    def _restore_random_state(self) -> None:
         saved, self._saved_random_state = self._saved_random_state, None
         if saved is None:
             return
@@ -88,6 +110,7 @@ class ExactResume(pl.Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._saved_random_state = None
+        self._saved_at_an_epoch_end = False
 
 
 def _resume_epoch_end_as_its_last_batch(checkpoint: dict[str, Any], by_steps: bool) -> None:

@@ -345,6 +345,9 @@ class SplitDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=drop_last,
+            # its iterators draw their workers' seed from here, not from the global
+            # generator, which training's random state continues in (ExactResume)
+            generator=torch.Generator().manual_seed(self.seed),
             **self._options(),
         )
 
