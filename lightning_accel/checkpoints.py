@@ -149,7 +149,7 @@ def _batches_without_position(fit_loop: dict[str, Any]) -> int:
     position (Lightning saves a stateful loader's under ``combined_loader``)."""
     batches = fit_loop.get("epoch_loop.batch_progress") or {}
     done = int((batches.get("current") or {}).get("processed", 0))
-    if done == 0 or batches.get("is_last_batch") or saved_at_epoch_end(fit_loop):
+    if done == 0 or saved_between_epochs(fit_loop):
         return 0
     return 0 if "combined_loader" in (fit_loop.get("state_dict") or {}) else done
 
@@ -170,6 +170,14 @@ def saved_at_epoch_end(fit_loop: dict[str, Any]) -> bool:
         and set(batch_counts) == {batches["completed"]}
         and batches["completed"] > 0
     )
+
+
+def saved_between_epochs(fit_loop: dict[str, Any]) -> bool:
+    """Whether a checkpoint's fit-loop state was saved after its epoch's last batch (at
+    that batch's end, or in ``on_train_epoch_end``): what resumes next is a new epoch, whose
+    loader iterator has not started."""
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    return bool(batches.get("is_last_batch")) or saved_at_epoch_end(fit_loop)
 
 
 @dataclass(frozen=True)

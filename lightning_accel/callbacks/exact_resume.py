@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_accel.checkpoints import saved_at_epoch_end
+from lightning_accel.checkpoints import saved_at_epoch_end, saved_between_epochs
 from lightning_accel.loggers import RunCSVLogger
 
 
@@ -71,10 +71,7 @@ class ExactResume(pl.Callback):
         # called before Lightning restores its loops from the same dict
         if trainer.state.fn == TrainerFn.FITTING:
             loop = checkpoint.get("loops", {}).get("fit_loop") or {}
-            batches = loop.get("epoch_loop.batch_progress") or {}
-            self._saved_at_an_epoch_end = bool(
-                saved_at_epoch_end(loop) or batches.get("is_last_batch")
-            )
+            self._saved_at_an_epoch_end = saved_between_epochs(loop)
             # private Lightning API (pinned by tests/test_upstream_pins.py): its own rule
             # for a run that max_steps ends, under which it resumes from a restart stage
             by_steps = trainer.fit_loop._iteration_based_training()

@@ -168,19 +168,20 @@ class SpeedMonitor(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        waited = data_wait_seconds(trainer) or 0.0
+        # the loader's waiting is read only where a clock starts or resumes, not every step
         if not self.all_steps.started:
             now = synchronized_time(pl_module.device)
-            self.all_steps.start(now, waited)
+            self.all_steps.start(now, data_wait_seconds(trainer) or 0.0)
             self._start_window(trainer, now)
             if self.count_flops:
                 self._counter = flop_counter()
                 self._counting.enter_context(torch.compiler.set_stance("force_eager"))
                 self._counting.enter_context(self._counter)
         if not self.steady_steps.started and trainer.global_step >= self.warmup_steps:
-            self.steady_steps.start(synchronized_time(pl_module.device), waited)
-        if self._paused:
             now = synchronized_time(pl_module.device)
+            self.steady_steps.start(now, data_wait_seconds(trainer) or 0.0)
+        if self._paused:
+            now, waited = synchronized_time(pl_module.device), data_wait_seconds(trainer) or 0.0
             for clock in self._clocks:
                 clock.resume(now, waited)
             self._paused = False

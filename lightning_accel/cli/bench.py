@@ -253,7 +253,10 @@ def median_figures(runs: list[dict[str, float | None]]) -> dict[str, float | Non
     that its step time, throughput and MFU describe one run and agree; each other figure's
     median. Figure by figure, two runs gave the mean step time beside the mean throughput,
     which is not the throughput of that step time."""
-    timed = sorted((run for run in runs if run["step_seconds"] is not None), key=_step_time)
+    timed = sorted(
+        (run for run in runs if run["step_seconds"] is not None),
+        key=lambda run: run["step_seconds"] or 0.0,
+    )
     middle = timed[len(timed) // 2] if timed and len(timed) == len(runs) else None
     medians: dict[str, float | None] = {}
     for name in FIGURES:
@@ -265,10 +268,6 @@ def median_figures(runs: list[dict[str, float | None]]) -> dict[str, float | Non
             whole = len(measured) == len(values)
             medians[name] = statistics.median(measured) if whole else None
     return medians
-
-
-def _step_time(run: dict[str, float | None]) -> float:
-    return run["step_seconds"] or 0.0
 
 
 def run_matrix(

@@ -160,7 +160,7 @@ def resume_notes(run: RunConfig, trainer: pl.Trainer, checkpoint: Path | None) -
     """What a fit resumed from ``checkpoint`` cannot carry on as the run that saved it
     would have: callback states none of the trainer's callbacks restores, and an epoch
     whose training loader kept no position (Lightning's own warning on it is filtered)."""
-    if checkpoint is None:
+    if checkpoint is None or not trainer.is_global_zero:  # said by rank 0 only
         return []
     saved = saved_progress(checkpoint)
     notes = []
