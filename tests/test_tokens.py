@@ -167,6 +167,36 @@ def test_cache_of_another_tokenizer_is_rebuilt_with_a_warning(
     assert json.loads((cache / "meta.json").read_text()) == meta
 
 
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ({"dtype": "no such type"}, "gives a vocabulary of 256 as no such type, not 256 as uint8"),
+        ({"dtype": "uint16"}, "gives a vocabulary of 256 as uint16, not 256 as uint8"),
+        ({"vocab_size": 50_000}, "gives a vocabulary of 50000 as uint8, not 256 as uint8"),
+        ({"train_tokens": "many"}, "train.bin holds"),
+        (["not", "a", "mapping"], "meta.json is damaged"),
+    ],
+)
+def test_a_cache_whose_meta_disagrees_with_the_tokenizer_is_rebuilt(
+    damage: dict[str, object] | list[str],
+    reason: str,
+    small_corpus: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    files = corpus_files(str(small_corpus), (".py",))
+    cache = build_token_cache(files, 0.1, tmp_path)
+    meta = json.loads((cache / "meta.json").read_text())
+    damaged = {**meta, **damage} if isinstance(damage, dict) else damage
+    (cache / "meta.json").write_text(json.dumps(damaged))
+    with caplog.at_level(logging.WARNING):
+        assert build_token_cache(files, 0.1, tmp_path) == cache
+    assert f"rebuilding the token cache {cache}" in caplog.text
+    assert reason in caplog.text
+    assert json.loads((cache / "meta.json").read_text()) == meta
+    assert open_tokens(cache, "train").dtype == np.uint8
+
+
 def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     (tmp_path / "good.txt").write_text("plain text\n" * 100)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 100)

@@ -112,7 +112,7 @@ def build_token_cache(
     """
     tokenizer = tokenizer or load_tokenizer(BYTES)
     directory = cache_root / corpus_key(files, tokenizer.identity)
-    problem = cache_problem(directory, tokenizer.identity)
+    problem = cache_problem(directory, tokenizer)
     if problem is None:
         return directory
     if directory.exists():
@@ -154,8 +154,10 @@ def build_token_cache(
     return directory
 
 
-def cache_problem(directory: Path, tokenizer: str) -> str | None:
-    """Why the cache in ``directory`` cannot be used as it is, or ``None`` if it can."""
+def cache_problem(directory: Path, tokenizer: Tokenizer) -> str | None:
+    """Why the cache in ``directory`` cannot be used as it is, or ``None`` if it can: its
+    ``meta.json`` must say what ``tokenizer`` writes, and its files must hold the tokens
+    it counts."""
     meta_file = directory / "meta.json"
     try:
         meta = json.loads(meta_file.read_text())
@@ -163,14 +165,23 @@ def cache_problem(directory: Path, tokenizer: str) -> str | None:
         return f"{meta_file} is missing"
     except ValueError:
         return f"{meta_file} is damaged"
+    if not isinstance(meta, dict):
+        return f"{meta_file} is damaged"
     if meta.get("format") != CACHE_FORMAT:
         return f"it has format {meta.get('format')}, not {CACHE_FORMAT}"
-    if meta.get("tokenizer") != tokenizer:
-        return f"it was built by tokenizer {meta.get('tokenizer')}, not {tokenizer}"
-    itemsize = np.dtype(meta.get("dtype", "uint8")).itemsize
+    if meta.get("tokenizer") != tokenizer.identity:
+        return f"it was built by tokenizer {meta.get('tokenizer')}, not {tokenizer.identity}"
+    # what open_tokens maps the files as; anything else is another vocabulary's cache
+    dtype = np.dtype(token_dtype(tokenizer.vocab_size))
+    if meta.get("vocab_size") != tokenizer.vocab_size or meta.get("dtype") != dtype.name:
+        return (
+            f"{meta_file} gives a vocabulary of {meta.get('vocab_size')} as "
+            f"{meta.get('dtype')}, not {tokenizer.vocab_size} as {dtype.name}"
+        )
     for split in ("train", "val"):
         path = directory / f"{split}.bin"
-        expected = meta.get(f"{split}_tokens", -1) * itemsize
+        counted = meta.get(f"{split}_tokens")
+        expected = counted * dtype.itemsize if isinstance(counted, int) else None
         actual = path.stat().st_size if path.exists() else None
         if actual != expected:
             return f"{path} holds {actual} bytes, not {expected}"
