@@ -4,6 +4,7 @@ resumed from it ends with the weights of the fit that ran without a stop."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -74,3 +75,27 @@ def test_a_drop_in_fit_resumed_from_an_epoch_end_checkpoint_equals_one_without_a
     same = all(torch.equal(resumed[name], straight[name]) for name in straight)
     # without the callback, Lightning 2.6 ran the saved epoch's end again (max_steps)
     assert same == exact
+
+
+def test_a_checkpoint_whose_random_state_is_not_ours_resumes_from_the_seed_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    _fit(tmp_path, exact=True, shuffle=False, stop_at=STEPS_PER_EPOCH + 2)
+    saved = tmp_path / "last.ckpt"
+    checkpoint = torch.load(saved, weights_only=True)
+    checkpoint["callbacks"]["ExactResume"]["random_state"] = {"torch": "not a state"}
+    torch.save(checkpoint, saved)
+    with pytest.warns(UserWarning, match="random state is not one ExactResume saves"):
+        resumed = _fit(tmp_path, exact=True, shuffle=False, ckpt_path=saved)
+    assert all(value.isfinite().all() for value in resumed.values())
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, "101", 1.5, True])
+def test_an_xla_seed_that_is_not_ours_is_left_out_with_a_warning(seed: object) -> None:
+    # checked before torch_xla is imported: the main environment has none
+    callback = ExactResume()
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("xla")), loggers=[])
+    callback.setup(trainer, TinyRegression(), "fit")  # type: ignore[arg-type]
+    callback.load_state_dict({"random_state": None, "xla_seed": seed})
+    with pytest.warns(UserWarning, match="XLA random state is not one ExactResume saves"):
+        callback.on_train_start(trainer, TinyRegression())  # type: ignore[arg-type]

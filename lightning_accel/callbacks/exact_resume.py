@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from lightning_accel.checkpoints import saved_at_epoch_end, saved_between_epochs
 from lightning_accel.loggers import RunCSVLogger
+from lightning_accel.xla import runtime
 
 
 class ExactResume(pl.Callback):
@@ -27,8 +28,10 @@ class ExactResume(pl.Callback):
       and its logs a step one too many. It is restated as saved at the end of the epoch's
       last batch, which Lightning resumes with the next epoch.
     - The random number generators (torch's, the rank's CUDA device's where it is in use,
-      NumPy's and Python's; not an XLA device's) are saved in every checkpoint and
+      NumPy's and Python's, and an XLA device's seed) are saved in every checkpoint and
       restored where the resumed run stands where the uninterrupted one stood at the save.
+      The XLA seed is restored at ``on_train_start``, before the first batch's fetch,
+      whose step marker advances it as it did after the save.
       For a checkpoint from an epoch's end, that is as the checkpoint is restored, before
       the next epoch's loader iterator draws its workers' seed and order from them. Inside
       an epoch, it is the resumed fit's first batch, after the resumed epoch's iterator,
@@ -49,15 +52,26 @@ class ExactResume(pl.Callback):
     def __init__(self) -> None:
         self._saved_random_state: dict[str, Any] | None = None
         self._saved_at_an_epoch_end = False
+        self._xla_device: torch.device | None = None
+        self._saved_xla_seed: int | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        device = trainer.strategy.root_device
+        self._xla_device = device if device.type == "xla" else None
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"random_state": _random_state()}
+        state: dict[str, Any] = {"random_state": _random_state()}
+        if self._xla_device is not None:
+            state["xla_seed"] = runtime.random_seed(self._xla_device)
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # called after on_load_checkpoint, as Lightning restores the callbacks
         self._saved_random_state = state_dict.get("random_state")
+        self._saved_xla_seed = state_dict.get("xla_seed")
         if self._saved_at_an_epoch_end:
             # the next epoch's loader iterator, which may draw its workers' seed and order
             # from the global generator, starts before any hook of the fit (in Lightning's
@@ -80,6 +94,7 @@ class ExactResume(pl.Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the loops are restored by now, and nothing has been logged since the fit began
+        self._restore_xla_seed()
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
                 logger.continue_from(trainer.global_step)
@@ -104,10 +119,25 @@ class ExactResume(pl.Callback):
                 " run draws from its seed instead"
             )
 
+    def _restore_xla_seed(self) -> None:
+        # before the first batch's fetch: the XLA loader's step marker there advances the
+        # device generator, as it did after the save in the uninterrupted run
+        seed, self._saved_xla_seed = self._saved_xla_seed, None
+        if seed is None or self._xla_device is None:
+            return
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+            rank_zero_warn(
+                "the checkpoint's XLA random state is not one ExactResume saves; the resumed"
+                " run's XLA device draws from its seed instead"
+            )
+            return
+        runtime.set_random_seed(self._xla_device, seed)
+
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._saved_random_state = None
         self._saved_at_an_epoch_end = False
+        self._saved_xla_seed = None
 
 
 def _resume_epoch_end_as_its_last_batch(checkpoint: dict[str, Any], by_steps: bool) -> None:

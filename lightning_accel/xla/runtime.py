@@ -84,6 +84,21 @@ def sync() -> None:
     torch_xla.sync()
 
 
+def random_seed(device: torch.device) -> int:
+    """The state of ``device``'s random number generator: the seed its next random
+    operation draws from (advanced by each operation and each step marker)."""
+    import torch_xla.core.xla_model as xm
+
+    return xm.get_rng_state(str(device))
+
+
+def set_random_seed(device: torch.device, seed: int) -> None:
+    """Set ``device``'s random number generator to a state :func:`random_seed` gave."""
+    import torch_xla.core.xla_model as xm
+
+    xm.set_rng_state(seed, str(device))
+
+
 def wait() -> None:
     """Block until every computation queued on this process's XLA devices has finished."""
     import torch_xla.core.xla_model as xm

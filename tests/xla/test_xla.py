@@ -141,6 +141,18 @@ def test_mid_epoch_resume_ends_with_the_weights_of_an_uninterrupted_run(runs: XL
     assert max(abs(x - y) for x, y in zip(tail, whole[10:], strict=True)) < 1e-4
 
 
+def test_a_resume_continues_the_xla_device_generator(runs: XLARuns) -> None:
+    """Dropout draws from the XLA device's own generator, which the checkpoint keeps: a run
+    seeded again drew its first resumed steps' masks from the start of the sequence."""
+    dropout = ("hardware=xla_cpu", "model.dropout=0.1")
+    uninterrupted = runs.train("xla_cpu_dropout", *dropout)
+    checkpoint, resumed = _resumed_from_step_10(runs, uninterrupted, *dropout)
+    assert isinstance(load_data_file(checkpoint)["callbacks"]["ExactResume"]["xla_seed"], int)
+    expected = load_data_file(uninterrupted / "checkpoints" / "last.ckpt")
+    got = load_data_file(resumed / "checkpoints" / "last.ckpt")
+    _assert_same_weights(expected, got)
+
+
 def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     runs: XLARuns,
 ) -> None:
