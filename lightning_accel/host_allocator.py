@@ -28,7 +28,8 @@ TRIM_THRESHOLD = 1 << 30
 def keep_freed_host_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse (blocks up to
     :data:`HEAP_BLOCK_LIMIT`, up to :data:`TRIM_THRESHOLD` of free heap) instead of
-    returning it to the operating system. Once per process; whether it applies (False off
+    returning it to the operating system. Once per process, for the rest of it (glibc's
+    dynamic thresholds, its default, cannot be set back); whether it applies (False off
     glibc, where the allocator's defaults stay)."""
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -37,3 +38,8 @@ def keep_freed_host_memory() -> bool:
         libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_LIMIT)
         and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+def keeps_freed_host_memory() -> bool:
+    """Whether :func:`keep_freed_host_memory` has changed this process's allocator."""
+    return keep_freed_host_memory.cache_info().currsize > 0 and keep_freed_host_memory()

@@ -363,6 +363,18 @@ def test_a_sweep_job_runs_as_in_a_process_of_its_own(tmp_path: Path, small_corpu
     assert record.read_text().split() == ["medium", "highest"]
 
 
+def test_a_sweep_job_says_the_allocator_setting_an_earlier_job_left_cannot_be_undone(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    args = ["train", *TINY, "--multirun", f"data.source={small_corpus}", "callbacks=minimal"]
+    args += ["hardware=cpu", "optimization.keep_freed_host_memory=true,false,true"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    note = "keep_freed_host_memory=false cannot apply to a job that trains in this process"
+    jobs = result.stderr.split("lightning-accel: done;")[:-1]  # what each job said
+    assert [note in job for job in jobs] == [False, True, False]
+
+
 USER_CODE = """
 import lightning.pytorch as pl
 import torch

@@ -26,3 +26,18 @@ def start_job_as_its_own_process() -> None:
         return
     torch.set_float32_matmul_precision(_first_job_matmul_precision)
     torch.compiler.reset()
+
+
+def allocator_note(keep_freed_host_memory: bool) -> str | None:
+    """What a job asking for the C allocator's defaults gets in a process where an earlier
+    job made it keep freed memory, which cannot be undone (None where nothing differs)."""
+    from lightning_accel.host_allocator import keeps_freed_host_memory
+
+    if keep_freed_host_memory or not keeps_freed_host_memory():
+        return None
+    return (
+        "optimization.keep_freed_host_memory=false cannot apply to a job that trains in "
+        "this process: an earlier job of the sweep made its allocator keep freed memory, "
+        "which cannot be undone; `lightning-accel bench` compares the two settings, each "
+        "cell in a process of its own"
+    )

@@ -47,7 +47,7 @@ def _run_job(cfg: DictConfig) -> float | None:
     from lightning_accel.cli.choices import measure_choices
     from lightning_accel.cli.cluster import check_world_size, external_world
     from lightning_accel.cli.launch import RanksFailed, launch_ranks, launches_ranks
-    from lightning_accel.cli.process_state import start_job_as_its_own_process
+    from lightning_accel.cli.process_state import allocator_note, start_job_as_its_own_process
     from lightning_accel.cli.rank import leave_process_group
     from lightning_accel.cli.run_lock import run_directory_lock
     from lightning_accel.cli.runner import (
@@ -81,6 +81,8 @@ def _run_job(cfg: DictConfig) -> float | None:
                 leave_process_group()
             else:
                 start_job_as_its_own_process()
+                if note := allocator_note(run.optimization.keep_freed_host_memory):
+                    say(note)
                 if run.optimization.channels_last_reason not in (None, NO_CONVOLUTIONS):
                     on = "on" if run.optimization.channels_last else "off"
                     say(f"channels-last {on}: {run.optimization.channels_last_reason}")
