@@ -18,6 +18,7 @@ from lightning_accel import machine
 from lightning_accel.cli import launch
 from lightning_accel.data import loading
 from lightning_accel.data.loading import (
+    HeldOutShard,
     LoaderPlan,
     ResumableDataLoader,
     ResumableSampler,
@@ -59,6 +60,20 @@ def test_random_sampling_draws_a_seeded_set_per_epoch() -> None:
     assert epoch0 != epoch1
     assert all(0 <= i < len(DATASET) for i in epoch0 + epoch1)
     assert epoch0 == list(ResumableSampler(DATASET, "random", samples_per_epoch=10, seed=0))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
+def test_held_out_shards_read_the_split_once_in_equal_numbers_of_batches(
+    ranks: int, batch_size: int
+) -> None:
+    for size in range(0, 300, 7):
+        shards = [list(HeldOutShard(range(size), batch_size, ranks, rank)) for rank in range(ranks)]
+        read = [index for shard in shards for index in shard]
+        assert len({-(-len(shard) // batch_size) for shard in shards}) == 1, "equal batches"
+        rest = size % (ranks * batch_size)
+        # a rest of fewer samples than ranks cannot give every rank one more batch
+        assert read == list(range(size - rest if 0 < rest < ranks else size)), (size, shards)
 
 
 def test_unknown_sampling_names_the_choices() -> None:

@@ -81,6 +81,46 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[start:])
 
 
+class HeldOutShard(DistributedSampler):
+    """This rank's share of a held-out split, for validation, test and predict: a
+    contiguous block of it, read in order, so that the ranks' blocks one after another are
+    the split itself. Every sample is read once over all ranks (a ``DistributedSampler``
+    leaves out or repeats up to a rank's worth, so two ranks' metrics differed from one
+    process's), and every rank reads the same number of batches, since FSDP2 and tensor
+    parallelism gather parameters in each batch's forward: the ranks share whole rounds of
+    ``batch_size`` each, and the rest as evenly as it goes. Only where that rest is shorter
+    than one sample per rank is it left out (fewer samples than ranks).
+
+    Args:
+        dataset: the held-out split.
+        batch_size: samples per batch (per rank).
+        num_replicas, rank: the data-parallel world and this rank.
+    """
+
+    def __init__(
+        self, dataset: Sized, batch_size: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
+            drop_last=True,
+        )
+        rounds, rest = divmod(len(dataset), num_replicas * batch_size)
+        shared = rest if rest >= num_replicas else 0
+        sizes = [rounds * batch_size + shared // num_replicas] * num_replicas
+        for index in range(shared % num_replicas):
+            sizes[index] += 1
+        self.first = sum(sizes[:rank])
+        self.num_samples = sizes[rank]
+        self.total_size = sum(sizes)
+
+    @override
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.first, self.first + self.num_samples))
+
+
 @runtime_checkable
 class CountsBatches(Protocol):
     """A loader that counts the batches its consumer took and the time the consumer waited
@@ -336,7 +376,7 @@ class SplitDataModule(pl.LightningDataModule):
     @override
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup() must run first"
-        sampler = ResumableSampler(self.val_set, "sequential", **data_parallel_share(self.trainer))
+        sampler = HeldOutShard(self.val_set, self.batch_size, **data_parallel_share(self.trainer))
         # every held-out sample counts, unless the hardware needs whole batches (a split
         # smaller than one batch is still read, as one short batch)
         drop_last = needs_equal_batches(self.trainer) and len(sampler) >= self.batch_size
