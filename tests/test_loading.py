@@ -69,11 +69,12 @@ def test_held_out_shards_read_the_split_once_in_equal_numbers_of_batches(
 ) -> None:
     for size in range(0, 300, 7):
         shards = [list(HeldOutShard(range(size), batch_size, ranks, rank)) for rank in range(ranks)]
-        read = [index for shard in shards for index in shard]
         assert len({-(-len(shard) // batch_size) for shard in shards}) == 1, "equal batches"
-        rest = size % (ranks * batch_size)
-        # a rest of fewer samples than ranks cannot give every rank one more batch
-        assert read == list(range(size - rest if 0 < rest < ranks else size)), (size, shards)
+        # what one process reads with batch ranks * batch_size, whose batch j the ranks'
+        # batches j make up; but a sample more for some ranks must not be a batch of its own
+        spills = size % ranks and (size // ranks) % batch_size == 0
+        read = size - size % ranks if spills else size
+        assert shards == [list(range(rank, read, ranks)) for rank in range(ranks)]
 
 
 def test_unknown_sampling_names_the_choices() -> None:

@@ -82,14 +82,15 @@ class ResumableSampler(DistributedSampler):
 
 
 class HeldOutShard(DistributedSampler):
-    """This rank's share of a held-out split, for validation, test and predict: a
-    contiguous block of it, read in order, so that the ranks' blocks one after another are
-    the split itself. Every sample is read once over all ranks (a ``DistributedSampler``
-    leaves out or repeats up to a rank's worth, so two ranks' metrics differed from one
-    process's), and every rank reads the same number of batches, since FSDP2 and tensor
-    parallelism gather parameters in each batch's forward: the ranks share whole rounds of
-    ``batch_size`` each, and the rest as evenly as it goes. Only where that rest is shorter
-    than one sample per rank is it left out (fewer samples than ranks).
+    """This rank's share of a held-out split, for validation, test and predict: samples
+    ``rank``, ``rank + num_replicas``, ... in order, so that N ranks with batch b read the
+    samples one process reads with batch N*b, under a limit of batches too. Every sample is
+    read once over all ranks (a ``DistributedSampler`` leaves out or repeats up to a rank's
+    worth, so two ranks' metrics differed from one process's), and every rank reads the same
+    number of batches, since FSDP2 and tensor parallelism gather parameters in each batch's
+    forward. Only where the ranks with one sample more would read it as a batch of its own
+    (their share otherwise a whole number of batches) are the last samples, fewer than the
+    ranks, left out.
 
     Args:
         dataset: the held-out split.
@@ -107,18 +108,13 @@ class HeldOutShard(DistributedSampler):
             shuffle=False,
             drop_last=True,
         )
-        rounds, rest = divmod(len(dataset), num_replicas * batch_size)
-        shared = rest if rest >= num_replicas else 0
-        sizes = [rounds * batch_size + shared // num_replicas] * num_replicas
-        for index in range(shared % num_replicas):
-            sizes[index] += 1
-        self.first = sum(sizes[:rank])
-        self.num_samples = sizes[rank]
-        self.total_size = sum(sizes)
+        each, rest = divmod(len(dataset), num_replicas)
+        self.total_size = len(dataset) - (rest if rest and each % batch_size == 0 else 0)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
 
     @override
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.first, self.first + self.num_samples))
+        return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
 @runtime_checkable
