@@ -117,6 +117,32 @@ def test_automatic_resume_refuses_a_crafted_last_checkpoint_in_the_run_directory
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
 
 
+@pytest.mark.parametrize("damage", ["truncated file", "sharded without its index"])
+def test_a_damaged_last_checkpoint_in_the_run_directory_is_refused_not_trained_over(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the run started afresh from step 0 without a word, overwriting its files
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"global_step": 10, "state_dict": {}}, checkpoints / "step-10.ckpt")
+    last = checkpoints / "last.ckpt"
+    if damage == "truncated file":
+        last.write_bytes((checkpoints / "step-10.ckpt").read_bytes()[:200])
+    else:
+        last.mkdir()
+        (last / "__0_0.distcp").write_bytes(b"shard")
+    (tmp_path / "run" / "metrics.csv").write_text("step,train/loss\n9,1.5\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "logger=csv", "hydra.run.dir=run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the run directory's last checkpoint=" in err
+    assert "ckpt_path=run/checkpoints/step-10.ckpt, or give a new hydra.run.dir" in err
+    assert (tmp_path / "run" / "metrics.csv").read_text() == "step,train/loss\n9,1.5\n"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step-10.ckpt"]
+
+
 def test_the_packs_trainer_refuses_a_crafted_checkpoint_in_drop_in_use(
     crafted: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -44,6 +44,7 @@ from lightning_accel.checkpoints import (
     last_checkpoint,
     reached_limit,
     saved_progress,
+    verify_checkpoint,
 )
 from lightning_accel.cli.cluster import cluster_plugins
 from lightning_accel.cli.compose import path_override
@@ -243,10 +244,39 @@ def own_last_checkpoint(run: RunConfig) -> Path | None:
         if "save_last" not in node or not node.get("dirpath"):
             continue
         directory = Path(node["dirpath"])
-        found = last_checkpoint(directory) if node["save_last"] else furthest_checkpoint(directory)
+        if node["save_last"]:
+            found = last_checkpoint(directory)
+            if found is None:
+                refuse_damaged_last(directory / "last.ckpt")
+        else:
+            found = furthest_checkpoint(directory)
         if found is not None:
             return found
     return None
+
+
+def refuse_damaged_last(target: Path) -> None:
+    """Fail where a run directory's ``last`` checkpoint, which the run would resume from by
+    itself, is there but damaged or incomplete. The pack writes checkpoints aside and
+    renames them into place, so it was damaged after its save (a copy cut short, a failing
+    disk); starting afresh instead would overwrite the run's checkpoints, ``metrics.csv``
+    and ``summary.json``."""
+    key = "the run directory's last checkpoint"
+    if not target.exists():
+        return
+    try:
+        verify_checkpoint(target, key)
+    except ConfigError as error:
+        damage = error.problem.partition("; use a checkpoint")[0]
+        intact = furthest_checkpoint(target.parent)
+        instead = f"resume from the furthest intact one with ckpt_path={intact}, " if intact else ""
+        raise ConfigError(
+            key,
+            str(target),
+            f"{damage}, so the run cannot go on from it; {instead}or give a new "
+            "hydra.run.dir to start afresh (starting afresh here would overwrite the run's "
+            "files)",
+        ) from None
 
 
 # Strategies that load a sharded (torch.distributed.checkpoint) directory themselves.
