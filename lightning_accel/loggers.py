@@ -10,7 +10,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from lightning_accel.files import replaced_whole
@@ -47,12 +47,9 @@ class RunCSVLogger(CSVLogger):
         batch's metrics, and validation after it, at the batch's index, the steps taken
         before it: rows up to ``step - 1`` describe what the checkpoint at ``step`` holds."""
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
-        if not path.is_file():
+        if (found := _read_metrics(path)) is None:
             return
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+        header, rows = found
         kept = [row for row in rows if (logged := _logged_step(row)) is not None and logged < step]
         if len(kept) == len(rows):
             return
@@ -60,6 +57,30 @@ class RunCSVLogger(CSVLogger):
             writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
             writer.writerows(kept)
+
+
+def _read_metrics(path: Path) -> tuple[list[str], list[dict[str, str | None]]] | None:
+    """The header and rows of the ``metrics.csv`` at ``path``; None where there is none, or
+    where it is no CSV text (a byte that is not UTF-8, a NUL): that file is renamed to the
+    first free ``metrics.csv.damaged``, ``.damaged-2``, ... beside it, with a warning, and
+    the run's metrics go to a new one."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        aside, number = path.with_name(f"{path.name}.damaged"), 1
+        while aside.exists():
+            number += 1
+            aside = path.with_name(f"{path.name}.damaged-{number}")
+        path.rename(aside)
+        rank_zero_warn(
+            f"{path} is not a CSV file of metrics ({error}); it is kept as {aside}, and the "
+            "run's metrics go to a new one"
+        )
+        return None
 
 
 def _logged_step(row: dict[str, str | None]) -> int | None:
@@ -81,9 +102,8 @@ class _ContinuingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         # private Lightning API (pinned by tests/test_upstream_pins.py): called by the
         # writer's __init__, where Lightning deletes the file; here its header is taken up
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
-                self.metrics_keys = next(csv.reader(handle), [])
+        if (found := _read_metrics(Path(self.metrics_file_path))) is not None:
+            self.metrics_keys = found[0]
 
 
 class RunWandbLogger(WandbLogger):

@@ -441,6 +441,31 @@ def test_a_resumed_logger_drops_the_rows_logged_past_its_checkpoint_and_widens_i
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss,val/loss"]
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe not text\n", b"0," + b"9" * 200_000 + b"\n"])
+def test_a_metrics_file_that_is_no_csv_text_is_kept_aside_and_logging_goes_on(
+    tmp_path: Path, damage: bytes
+) -> None:
+    # a resumed run stopped with a UnicodeDecodeError (or csv's field limit) traceback
+    from lightning_accel.loggers import RunCSVLogger
+
+    earlier = RunCSVLogger(tmp_path, name="", version="")
+    earlier.log_metrics({"train/loss": 1.0}, step=0)
+    earlier.save()
+    (tmp_path / "metrics.csv.damaged").write_text("an earlier one set aside\n")
+    with (tmp_path / "metrics.csv").open("ab") as metrics:
+        metrics.write(damage)
+    damaged = (tmp_path / "metrics.csv").read_bytes()
+    resumed = RunCSVLogger(tmp_path, name="", version="")
+    with pytest.warns(UserWarning, match=r"metrics.csv is not a CSV file of metrics .* kept as"):
+        resumed.log_hyperparams({"lr": 0.1})  # the writer reads the file it appends to
+    resumed.continue_from(1)
+    resumed.log_metrics({"train/loss": 0.5}, step=1)
+    resumed.save()
+    assert (tmp_path / "metrics.csv.damaged-2").read_bytes() == damaged, "kept as it was"
+    assert (tmp_path / "metrics.csv.damaged").read_text() == "an earlier one set aside\n"
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,train/loss", "1,0.5"]
+
+
 def _fit_logging(
     run_dir: Path, max_steps: int, ckpt_path: Path | None, callbacks: list[pl.Callback]
 ) -> list[int]:
