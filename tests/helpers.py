@@ -299,15 +299,17 @@ class MarkTraining(pl.Callback):
             mark.with_suffix(".tmp").replace(mark)  # whole when it appears
 
 
-class RecordMatmulPrecision(pl.Callback):
-    """Appends torch's float32 matmul precision at the start of training to ``path``."""
+class RecordProcessState(pl.Callback):
+    """Appends torch's float32 matmul precision and cuDNN autotuning setting at the start of
+    training to ``path``, a line per fit."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
     def on_train_start(self, *args: object) -> None:
         with self.path.open("a") as record:
-            record.write(torch.get_float32_matmul_precision() + "\n")
+            precision = torch.get_float32_matmul_precision()
+            record.write(f"{precision},{torch.backends.cudnn.benchmark}\n")
 
 
 class InterruptAt(pl.Callback):

@@ -350,17 +350,19 @@ def test_multirun_leaves_one_directory_per_job(tmp_path: Path, small_corpus: Pat
 
 def test_a_sweep_job_runs_as_in_a_process_of_its_own(tmp_path: Path, small_corpus: Path) -> None:
     # a profile naming a float32 matmul precision set it for the process; the next job,
-    # whose profile names none, ran at it (on a GPU: TF32 matmuls in an fp32 run)
-    record = tmp_path / "precision.txt"
+    # whose profile names none, ran at it (on a GPU: TF32 matmuls in an fp32 run); and
+    # trainer.benchmark=true left cuDNN autotuning on for a later job's null
+    record = tmp_path / "state.txt"
     args = ["train", *TINY, "--multirun", f"data.source={small_corpus}", "callbacks=minimal"]
     args += [
-        "+callbacks.record._target_=helpers.RecordMatmulPrecision",
+        "+callbacks.record._target_=helpers.RecordProcessState",
         f"+callbacks.record.path={record}",
     ]
-    args += ["optimization.float32_matmul_precision=medium,null"]
+    args += ["optimization.float32_matmul_precision=medium,null", "trainer.benchmark=true,null"]
     result = run_cli(args, cwd=tmp_path, env=TEST_IMPORTS)
     assert result.returncode == 0, result.stderr
-    assert record.read_text().split() == ["medium", "highest"]
+    states = record.read_text().split()  # jobs by precision, then benchmark
+    assert states == ["medium,True", "medium,False", "highest,True", "highest,False"]
 
 
 def test_a_sweep_job_says_the_allocator_setting_an_earlier_job_left_cannot_be_undone(
