@@ -187,16 +187,42 @@ def device_loader(loader: Iterable[Any], target: torch.device, sharding: Any = N
 
 def save_sharded(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` with torch.distributed.checkpoint into the directory ``path``: each
-    device's piece of a split tensor as its own shard, one process, no process group."""
+    piece of a split tensor as its own shard (once, where devices hold copies of it), one
+    process, no process group."""
     import torch.distributed.checkpoint as dcp
-    from torch_xla.experimental.distributed_checkpoint import SPMDSavePlanner
 
     dcp.save(
         state,
         storage_writer=dcp.FileSystemWriter(str(path)),
-        planner=SPMDSavePlanner(),
+        planner=_pieces_once_save_planner(),
         no_dist=True,
     )
+
+
+def _pieces_once_save_planner() -> Any:
+    """torch_xla's SPMD save planner, planning each piece of a tensor once. Its plan has a
+    write per device; where a tensor is split on one mesh axis and copied along the other
+    (a parameter on a data x fsdp mesh), two devices hold each piece, and its removal of
+    duplicate writes, which compares them by tensor and offset and meant them to come from
+    different processes, removed every write of such a tensor: a 2 x 2 mesh's checkpoint
+    held no weights and no optimizer moments, without an error."""
+    import dataclasses
+
+    from torch_xla.experimental.distributed_checkpoint import SPMDSavePlanner
+
+    class PiecesOnceSavePlanner(SPMDSavePlanner):  # torch_xla's planner, overridden here
+        def create_local_plan(self) -> Any:
+            plan = super().create_local_plan()
+            planned: set[tuple[str, Any]] = set()
+            items = []
+            for item in plan.items:
+                piece = (item.index.fqn, item.index.offset)
+                if piece not in planned:
+                    planned.add(piece)
+                    items.append(item)
+            return dataclasses.replace(plan, items=items)
+
+    return PiecesOnceSavePlanner()
 
 
 def load_sharded(state: dict[str, Any], path: Path) -> None:

@@ -178,6 +178,28 @@ def test_sharded_spmd_checkpoint_holds_pieces_and_resumes_to_the_same_weights(
     assert runs.summary(resumed)["strategy"] == "xla_spmd"
 
 
+def test_a_two_by_two_mesh_checkpoints_every_piece_once_and_resumes_to_the_same_weights(
+    runs: XLARuns,
+) -> None:
+    """Parameters split over fsdp and copied over data: two devices hold each piece, and
+    torch_xla's planner dropped every write of such a tensor (no weights, no moments)."""
+    mesh = ("hardware=xla_cpu_spmd", "hardware.strategy_options.data=2")
+    uninterrupted = runs.train("xla_cpu_spmd_2x2", *mesh)
+    checkpoint, resumed = _resumed_from_step_10(runs, uninterrupted, *mesh)
+    metadata = sharded_metadata(checkpoint)
+    saved = load_data_file(checkpoint / "meta.pt")
+    assert "state_dict" not in saved, "the weights are in the shards"
+    weight = metadata["state_dict.model.blocks.0.mlp.0.weight"]
+    rows = weight.size[0]
+    assert [list(c.offsets) for c in weight.chunks] == [[0, 0], [rows // 2, 0]], "each piece once"
+    assert "optimizer_0.state.model.blocks.0.mlp.0.weight.exp_avg" in metadata
+    whole = consolidate_checkpoint(
+        uninterrupted / "checkpoints" / "last.ckpt", runs.root / "u2x2.ckpt"
+    )
+    final = consolidate_checkpoint(resumed / "checkpoints" / "last.ckpt", runs.root / "r2x2.ckpt")
+    _assert_same_weights(load_data_file(whole), load_data_file(final))
+
+
 def test_an_spmd_run_and_its_resume_print_our_messages_only(runs: XLARuns) -> None:
     # torch_xla's C++ layer warned at each compiled graph that GSPMD is to be replaced (83
     # lines in 3 steps), and its Python code and torch's checkpoint code warned at each save
