@@ -3,6 +3,7 @@ resumed from it ends with the weights of the fit that ran without a stop."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,12 +91,24 @@ def test_a_checkpoint_whose_random_state_is_not_ours_resumes_from_the_seed_with_
     assert all(value.isfinite().all() for value in resumed.values())
 
 
-@pytest.mark.parametrize("seed", [-1, 2**64, "101", 1.5, True])
-def test_an_xla_seed_that_is_not_ours_is_left_out_with_a_warning(seed: object) -> None:
+@pytest.mark.parametrize("seed", [-1, 2**64, "101", 1.5, True, 2**64 - 1])
+def test_an_xla_seed_that_is_not_ours_is_left_out_with_a_warning(
+    seed: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # checked before torch_xla is imported: the main environment has none
+    applied: list[int] = []
+    monkeypatch.setattr(
+        "lightning_accel.xla.runtime.set_random_seed", lambda device, seed: applied.append(seed)
+    )
     callback = ExactResume()
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("xla")), loggers=[])
     callback.setup(trainer, TinyRegression(), "fit")  # type: ignore[arg-type]
     callback.load_state_dict({"random_state": None, "xla_seed": seed})
-    with pytest.warns(UserWarning, match="XLA random state is not one ExactResume saves"):
+    ours = seed == 2**64 - 1  # the largest seed the device's generator holds
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         callback.on_train_start(trainer, TinyRegression())  # type: ignore[arg-type]
+    refused = [
+        w for w in caught if "XLA random state is not one ExactResume saves" in str(w.message)
+    ]
+    assert (applied, len(refused)) == (([seed], 0) if ours else ([], 1))

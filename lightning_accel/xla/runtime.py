@@ -213,14 +213,10 @@ def _pieces_once_save_planner() -> Any:
     class PiecesOnceSavePlanner(SPMDSavePlanner):  # torch_xla's planner, overridden here
         def create_local_plan(self) -> Any:
             plan = super().create_local_plan()
-            planned: set[tuple[str, Any]] = set()
-            items = []
-            for item in plan.items:
-                piece = (item.index.fqn, item.index.offset)
-                if piece not in planned:
-                    planned.add(piece)
-                    items.append(item)
-            return dataclasses.replace(plan, items=items)
+            pieces: dict[tuple[str, Any], Any] = {}
+            for item in plan.items:  # the first device's write of each piece
+                pieces.setdefault((item.index.fqn, item.index.offset), item)
+            return dataclasses.replace(plan, items=list(pieces.values()))
 
     return PiecesOnceSavePlanner()
 
