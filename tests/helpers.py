@@ -473,6 +473,50 @@ class TinyRegression(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+def held_out_split(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out inputs and targets of :class:`HeldOutSplitData`."""
+    inputs = torch.randn(samples, 8, generator=torch.Generator().manual_seed(1))
+    return inputs, inputs.sum(1, keepdim=True)
+
+
+class HeldOutSplitData(pl.LightningDataModule):
+    """A user's DataModule of plain DataLoaders, which Lightning gives its own distributed
+    samplers on several ranks: ``samples`` held out for validation and predict."""
+
+    def __init__(self, samples: int = 37, batch_size: int = 4) -> None:
+        super().__init__()
+        self.samples, self.batch_size = samples, batch_size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        inputs = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+        data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.utils.data.TensorDataset(*held_out_split(self.samples))
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.val_dataloader()
+
+
+class EvaluatedRegression(TinyRegression):
+    """:class:`TinyRegression` validating (its squared errors and the samples it saw, each
+    summed over batches and ranks) and predicting (its outputs)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.layers(inputs)
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        errors = (self(inputs) - targets).square().sum()
+        self.log("val/sum_squared_error", errors, reduce_fx="sum", sync_dist=True)
+        self.log("val/samples", float(len(inputs)), reduce_fx="sum", sync_dist=True)
+
+    def predict_step(self, batch: list[torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"prediction": self(batch[0]).squeeze(1)}
+
+
 class LoggingRegression(TinyRegression):
     """:class:`TinyRegression` logging its training loss as ``train/loss``, as the pack's
     models do."""

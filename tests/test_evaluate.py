@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHAPE, TEST_IMPORTS, Runs, run_cli
+from helpers import SHAPE, TEST_IMPORTS, EvaluatedRegression, Runs, held_out_split, run_cli
 
 from lightning_accel.errors import SIGINT_EXIT_CODE
 
@@ -118,6 +118,50 @@ def test_two_ranks_evaluate_every_held_out_sample_once_as_one_process_does(
     # sample i is the (i // 2)-th prediction of rank i % 2
     torch.testing.assert_close(predicted(on_two, 0), in_one[0::2])
     torch.testing.assert_close(predicted(on_two, 1), in_one[1::2])
+
+
+def test_a_users_own_held_out_loaders_are_read_once_in_equal_batches_on_two_ranks(
+    tmp_path: Path,
+) -> None:
+    # plain DataLoaders, which Lightning gives its distributed samplers: in validation they
+    # repeated a sample (38 read of 37), in predict one rank had a batch more (17 and 16
+    # samples in batches of 4), which FSDP2 waited on until its collective timed out
+    user = ["recipe=custom", "callbacks=minimal", "logger=none"]
+    user += ["model._target_=helpers.EvaluatedRegression", "data._target_=helpers.HeldOutSplitData"]
+    args = ["train", *user, "hardware=cpu", "trainer.max_steps=2"]
+    trained = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=TEST_IMPORTS)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model = EvaluatedRegression()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+
+    def evaluate(verb: str, hardware: str, samples: int) -> Path:
+        run_dir = tmp_path / verb
+        args = [verb, *user, f"hardware={hardware}", f"+data.samples={samples}"]
+        args += [f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"]
+        args += ["hardware.strategy_options.timeout_s=30"]
+        result = run_cli(args, cwd=tmp_path, timeout=300, env=TEST_IMPORTS)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "DistributedSampler" not in result.stderr, "Lightning's warning, untrue here"
+        return run_dir
+
+    inputs, targets = held_out_split(37)
+    with torch.no_grad():
+        expected = float((model(inputs) - targets).square().sum())
+    validated = json.loads((evaluate("validate", "ddp_cpu", 37) / "validate.json").read_text())
+    assert validated["val/samples"] == 37
+    assert validated["val/sum_squared_error"] == pytest.approx(expected, rel=1e-5)
+
+    # 33 samples: the first rank's 17th would be a batch of its own, so it is left out
+    inputs, _ = held_out_split(33)
+    with torch.no_grad():
+        expected_predictions = model(inputs[:32]).squeeze(1)
+    predicted = evaluate("predict", "fsdp2_cpu", 33)
+    for rank in (0, 1):
+        batches = torch.load(predicted / f"predictions-rank{rank}.pt", weights_only=True)
+        assert len(batches) == 4
+        predictions = torch.cat([batch["prediction"] for batch in batches])
+        torch.testing.assert_close(predictions, expected_predictions[rank::2])
 
 
 def test_predict_writes_each_batchs_next_tokens_and_losses_as_data(runs: Runs) -> None:

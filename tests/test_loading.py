@@ -8,11 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+from torch.utils.data import DistributedSampler
 
 from lightning_accel import machine
 from lightning_accel.cli import launch
@@ -22,6 +26,7 @@ from lightning_accel.data.loading import (
     LoaderPlan,
     ResumableDataLoader,
     ResumableSampler,
+    deal_held_out,
     loader_options,
 )
 from lightning_accel.data.worker_start import LoaderWorkerStart
@@ -75,6 +80,33 @@ def test_held_out_shards_read_the_split_once_in_equal_numbers_of_batches(
         spills = size % ranks and (size // ranks) % batch_size == 0
         read = size - size % ranks if spills else size
         assert shards == [list(range(rank, read, ranks)) for rank in range(ranks)]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_lightnings_samplers_of_a_held_out_loader_dealt_read_as_held_out_shards(
+    ranks: int, batch_size: int
+) -> None:
+    def makers(order: list[int]) -> list[Callable[[int], DistributedSampler]]:
+        share = {"num_replicas": ranks, "shuffle": False}
+        return [  # validation and test: an ordered loader's, another sampler's; predict
+            lambda rank: DistributedSampler(range(len(order)), rank=rank, **share),
+            lambda rank: DistributedSamplerWrapper(order, rank=rank, **share),
+            lambda rank: UnrepeatedDistributedSamplerWrapper(order, rank=rank, **share),
+        ]
+
+    for size in range(ranks, 60, 5):
+        order = list(range(size))[::-1]
+        shards = [list(HeldOutShard(range(size), batch_size, ranks, r)) for r in range(ranks)]
+        for index, make in enumerate(makers(order)):
+            dealt = []
+            for rank in range(ranks):
+                sampler = make(rank)
+                deal_held_out(sampler, batch_size)
+                assert len(sampler) == len(shards[rank])
+                dealt.append(list(sampler))
+            positions = dealt if index == 0 else [[order.index(i) for i in d] for d in dealt]
+            assert positions == shards, make
 
 
 def test_unknown_sampling_names_the_choices() -> None:

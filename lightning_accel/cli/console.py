@@ -61,6 +61,8 @@ _IGNORED_WARNINGS = (
     r".*callbacks used to create the checkpoint need to be provided during `Trainer`.*",
     # resuming inside an epoch with a loader that kept no position: the runner says so
     r".*ended before the epoch ended and your dataloader is not resumable.*",
+    # the pack's strategies deal a held-out loader's samples out once each (HeldOutDealing)
+    r".*Using `DistributedSampler` with the dataloaders. During `trainer.*",
     # evaluating a checkpoint from another run directory (validate, test, predict)
     r".*The dirpath has changed from .* won't be reloaded.*",
     # an XLA SPMD save or load: one process writes every shard by design

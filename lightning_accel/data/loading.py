@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import XLAAccelerator
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
@@ -106,15 +107,45 @@ class HeldOutShard(DistributedSampler):
             num_replicas=num_replicas,
             rank=rank,
             shuffle=False,
-            drop_last=True,
         )
-        each, rest = divmod(len(dataset), num_replicas)
-        self.total_size = len(dataset) - (rest if rest and each % batch_size == 0 else 0)
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
+        deal_held_out(self, batch_size)
 
-    @override
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+class LeadingPositions(Dataset):
+    """The first ``size`` entries of the sampler-as-dataset view that Lightning's unrepeated
+    predict sampler deals out (``reset`` passed on), so that it deals those only."""
+
+    def __init__(self, order: Any, size: int) -> None:
+        self.order, self.size = order, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, position: int) -> Any:
+        return self.order[position]
+
+    def reset(self) -> None:
+        self.order.reset()
+
+
+def deal_held_out(sampler: DistributedSampler, batch_size: int) -> None:
+    """Make an unshuffled ``DistributedSampler`` of a held-out split (Lightning's, or a
+    ``DistributedSampler`` of one's own) read it as :class:`HeldOutShard` does: every sample
+    once, dealt out in order, the same number of batches of ``batch_size`` on every rank.
+    Lightning's samplers for validation and test repeat samples to fill the last round, and
+    its predict sampler may give some ranks a batch more, which FSDP2 and tensor parallelism
+    wait on for ever. Changed in place: the loader holding it is not built again."""
+    whole = len(sampler.dataset)  # type: ignore[arg-type]
+    each, rest = divmod(whole, sampler.num_replicas)
+    size = whole - (rest if rest and each % batch_size == 0 else 0)
+    if isinstance(sampler, UnrepeatedDistributedSampler):
+        # it deals out every position of its dataset: give it a view of the first `size`
+        if size < whole:
+            sampler.dataset = LeadingPositions(sampler.dataset, size)
+    else:
+        sampler.drop_last = True  # no repeats: the first `total_size` positions, dealt out
+    sampler.total_size = size
+    sampler.num_samples = len(range(sampler.rank, size, sampler.num_replicas))
 
 
 @runtime_checkable

@@ -12,9 +12,10 @@ from lightning_accel.config import require_positive
 from lightning_accel.strategies.agreed_stop import AgreedStopMixin
 from lightning_accel.strategies.comm_hooks import CommStats, resolve_comm_hook
 from lightning_accel.strategies.group_exit import GroupClosedAtExit
+from lightning_accel.strategies.held_out import HeldOutDealing
 
 
-class AccelDDPStrategy(AgreedStopMixin, GroupClosedAtExit, DDPStrategy):
+class AccelDDPStrategy(HeldOutDealing, AgreedStopMixin, GroupClosedAtExit, DDPStrategy):
     """Lightning's DDP with the backend taken from the device (NCCL on CUDA, gloo on CPU),
     buckets used as gradient views, and a communication hook picked by name on any backend.
 

@@ -36,6 +36,7 @@ from lightning_accel.optimize.transforms import (
 from lightning_accel.strategies.agreed_stop import AgreedStopMixin
 from lightning_accel.strategies.async_save import AsyncShardWriter
 from lightning_accel.strategies.group_exit import GroupClosedAtExit
+from lightning_accel.strategies.held_out import HeldOutDealing
 from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
 from lightning_accel.strategies.sharding import shard_model
 from lightning_accel.strategies.tensor_parallel import (
@@ -46,7 +47,7 @@ from lightning_accel.strategies.tensor_parallel import (
 from lightning_accel.strategies.whole_checkpoint import load_whole_checkpoint
 
 
-class FSDP2Strategy(AgreedStopMixin, GroupClosedAtExit, ModelParallelStrategy):
+class FSDP2Strategy(HeldOutDealing, AgreedStopMixin, GroupClosedAtExit, ModelParallelStrategy):
     """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, with tensor
     parallelism (2D) or replica groups (HSDP) on one device mesh, on CUDA (NCCL) and CPU
     (gloo), without any ``configure_model`` code in the LightningModule.

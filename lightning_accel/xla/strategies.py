@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
 from lightning_accel.strategies import register
+from lightning_accel.strategies.held_out import HeldOutDealing
 from lightning_accel.xla.device_loader import DeviceLoading
 from lightning_accel.xla.spmd import XLASPMDStrategy
 
@@ -28,12 +29,14 @@ class XLASingleStrategy(DeviceLoading, SingleDeviceXLAStrategy):
         super().__init__(device=device, **kwargs)
 
 
-class XLAProcessesStrategy(DeviceLoading, XLAStrategy):
+class XLAProcessesStrategy(HeldOutDealing, DeviceLoading, XLAStrategy):
     """Lightning's multi-process XLA strategy (its launcher starts one process per device
     through torch_xla, gradients are all-reduced every step), with the pack's device loader,
     and also at one device: Lightning refuses one device under PJRT because early PJRT
     runtimes could not spawn a single process, but torch_xla's spawn now runs one device in
-    the calling process. Registered as ``"xla_processes"``."""
+    the calling process. A held-out loader of one's own reads each sample once over the
+    processes (:class:`~lightning_accel.strategies.held_out.HeldOutDealing`). Registered as
+    ``"xla_processes"``."""
 
     strategy_name = "xla_processes"
 
