@@ -3,9 +3,11 @@ parity with one process, per-rank state, sharded checkpoints resumed across layo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from helpers import ACCUMULATE, MODEL, TEST_IMPORTS, Runs, max_difference, run_cli
+from helpers import ACCUMULATE, MODEL, SHAPE, TEST_IMPORTS, Runs, max_difference, run_cli
 
 from lightning_accel.data.tokens import token_batch_example
 from lightning_accel.flops import STEP_FLOPS_PER_FORWARD_FLOP, flop_counter
@@ -114,6 +116,37 @@ def test_an_fsdp2_checkpoint_resumes_under_another_layout(
     expected = runs.final_weights(uninterrupted)
     for key, value in runs.final_weights(resumed).items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_2d_predicts_one_file_per_data_parallel_rank_as_one_process_predicts(
+    runs: Runs, tmp_path: Path
+) -> None:
+    # each tensor-parallel pair predicts the same samples: its first rank writes them, under
+    # its data-parallel rank (the files were named by global rank, so predictions-rank1.pt
+    # was the first pair's copy, not the second data-parallel rank's samples)
+    checkpoint = runs.checkpoint(runs.train("single", "cpu", 1), step=10)
+
+    def predicted(hardware: str, batch: int) -> Path:
+        run_dir = tmp_path / hardware
+        args = ["predict", *SHAPE, f"data.source={runs.corpus}", f"data.batch_size={batch}"]
+        args += [f"hardware={hardware}", "callbacks=minimal", "logger=none"]
+        args += ["trainer.limit_predict_batches=3", f"ckpt_path={checkpoint}"]
+        result = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return run_dir
+
+    def next_tokens(run_dir: Path, rank: int) -> torch.Tensor:
+        batches = torch.load(run_dir / f"predictions-rank{rank}.pt", weights_only=True)
+        return torch.cat([batch["next_tokens"] for batch in batches])
+
+    in_one = next_tokens(predicted("cpu", 8), 0)
+    on_2d = predicted("fsdp2_tp_cpu", 4)
+    assert sorted(p.name for p in on_2d.glob("predictions-*")) == [
+        "predictions-rank0.pt",
+        "predictions-rank1.pt",
+    ]
+    for rank in (0, 1):  # held-out sample i: the (i div 2)-th of data-parallel rank i mod 2
+        torch.testing.assert_close(next_tokens(on_2d, rank), in_one[rank::2])
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ from lightning_accel.cli.trackers import (
     record_tracker_runs,
 )
 from lightning_accel.collectives import TRACE_DIRECTORY
+from lightning_accel.data.loading import data_parallel_share
 from lightning_accel.early_stopping import saved_early_stop
 from lightning_accel.errors import SIGINT_EXIT_CODE, ConfigError, RunStopped
 from lightning_accel.files import replaced_whole, write_text_whole
@@ -471,7 +472,8 @@ def run_stage(run: RunConfig) -> None:
 def evaluate_run(run: RunConfig) -> None:
     """Validate, test or predict with the model of ``run.ckpt_path``: metrics into
     ``<run_dir>/<stage>.json`` and a table (rank 0); predictions into
-    ``<run_dir>/predictions-rank<N>.pt`` (each rank's share of the batches)."""
+    ``<run_dir>/predictions-rank<N>.pt`` (each data-parallel rank's share of the batches,
+    see :func:`prediction_file`)."""
     trainer, model, datamodule = build_run(run)
     say(f"{run.stage} with {run.ckpt_path} on {devices_used(trainer)}")
     run_dir = Path(run.run_dir)
@@ -479,8 +481,10 @@ def evaluate_run(run: RunConfig) -> None:
     if run.stage == "predict":
         with interrupted:
             batches = trainer.predict(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
-        with replaced_whole(run_dir / f"predictions-rank{trainer.global_rank}.pt") as staging:
-            torch.save(batches, staging)
+        path = prediction_file(trainer, run_dir)
+        if path is not None:
+            with replaced_whole(path) as staging:
+                torch.save(batches, staging)
         say(f"{len(batches or [])} batches of predictions in {run_dir}/predictions-rank*.pt")
         return
     evaluate = trainer.validate if run.stage == "validate" else trainer.test
@@ -491,6 +495,17 @@ def evaluate_run(run: RunConfig) -> None:
         path = write_text_whole(run_dir / f"{run.stage}.json", json.dumps(metrics, indent=2))
         print_metrics(f"{run.stage}: {run.ckpt_path}", metrics)
         say(f"metrics in {path}")
+
+
+def prediction_file(trainer: pl.Trainer, run_dir: Path) -> Path | None:
+    """Where this rank writes its predictions: ``predictions-rank<d>.pt`` for its
+    data-parallel rank d, written by the first rank of its tensor-parallel group only (the
+    group predicts the same samples); None for the group's other ranks."""
+    mesh = getattr(trainer.strategy, "device_mesh", None)
+    names = getattr(mesh, "mesh_dim_names", None) or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].get_local_rank() > 0:
+        return None
+    return run_dir / f"predictions-rank{data_parallel_share(trainer)['rank']}.pt"
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:
