@@ -38,6 +38,7 @@ from lightning_accel.strategies.async_save import AsyncShardWriter
 from lightning_accel.strategies.group_exit import GroupClosedAtExit
 from lightning_accel.strategies.held_out import HeldOutDealing
 from lightning_accel.strategies.mesh import MeshShape, check_mesh_sizes, resolve_mesh
+from lightning_accel.strategies.rank_zero_buffers import RankZeroBuffers
 from lightning_accel.strategies.sharding import shard_model
 from lightning_accel.strategies.tensor_parallel import (
     apply_tensor_parallel,
@@ -47,7 +48,9 @@ from lightning_accel.strategies.tensor_parallel import (
 from lightning_accel.strategies.whole_checkpoint import load_whole_checkpoint
 
 
-class FSDP2Strategy(HeldOutDealing, AgreedStopMixin, GroupClosedAtExit, ModelParallelStrategy):
+class FSDP2Strategy(
+    RankZeroBuffers, HeldOutDealing, AgreedStopMixin, GroupClosedAtExit, ModelParallelStrategy
+):
     """Fully sharded data parallel on ``torch.distributed.fsdp.fully_shard``, with tensor
     parallelism (2D) or replica groups (HSDP) on one device mesh, on CUDA (NCCL) and CPU
     (gloo), without any ``configure_model`` code in the LightningModule.
