@@ -655,6 +655,30 @@ def check_weight_averaging(run: RunConfig, plan: RunPlan | None) -> None:
         )
 
 
+def check_batch_norm_sync(run: RunConfig, plan: RunPlan | None) -> None:
+    """Fail for ``trainer.sync_batchnorm=true`` where it cannot act on several ranks: torch's
+    ``SyncBatchNorm`` runs on CUDA only (on the CPU the ranks failed at the first step), and
+    Lightning's ``ModelParallelStrategy``, which FSDP2 extends, never converts the layers
+    (FSDP2 runs trained with it silently unsynchronized)."""
+    from lightning_accel.strategies import FSDP2Strategy
+
+    if plan is None or not run.trainer.sync_batchnorm or plan.world_size == 1:
+        return
+    if plan.strategy == FSDP2Strategy.strategy_name:
+        problem = (
+            f"does nothing under hardware={plan.hardware.name}: FSDP2 leaves BatchNorm layers "
+            "as they are; synchronize them under DDP (hardware=ddp), or set it false"
+        )
+        raise ConfigError("trainer.sync_batchnorm", True, problem)
+    if plan.accelerator != "cuda":
+        problem = (
+            f"needs CUDA devices, and hardware={plan.hardware.name} runs on "
+            f"{plan.accelerator}: torch's SyncBatchNorm runs on GPUs only; set it false "
+            "(each rank then normalizes over its own batch)"
+        )
+        raise ConfigError("trainer.sync_batchnorm", True, problem)
+
+
 def check_tensor_parallel(run: RunConfig, plan: RunPlan | None, model: Any) -> None:
     """Fail unless the tensor parallel plan (given, declared by the model, or found by
     shape) names modules of the model and its size divides their widths and head counts
@@ -784,6 +808,7 @@ def preflight(
             check_launcher(run, cfg, plan)
             check_strategy(plan, model)
             check_weight_averaging(run, plan)
+            check_batch_norm_sync(run, plan)
             check_tensor_parallel(run, plan, model)
             check_memory(run, plan, model, datamodule)
             check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
