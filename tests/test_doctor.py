@@ -104,7 +104,9 @@ def test_a_cpu_only_machine_without_torch_xla_runs_no_xla_profile() -> None:
     assert {p.need: p.fix for p in report.problems}["torch_xla"] == XLA_INSTALL
     ddp = report.verdict("ddp").sentence()
     assert ddp.startswith("hardware=ddp cannot run here: hardware.accelerator='cuda' is not")
-    assert "ddp_cpu" in ddp, "the fix names the CPU twin"
+    assert ddp.endswith("here, use its CPU twin ddp_cpu.")
+    for name in ("tp", "fsdp2_tp", "hsdp"):  # each its own twin, not DDP's and FSDP2's
+        assert report.verdict(name).sentence().endswith(f"here, use its CPU twin {name}_cpu.")
     assert (report.auto.accelerator, report.auto.precision) == ("cpu", "32-true")
 
 

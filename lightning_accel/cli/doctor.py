@@ -117,6 +117,10 @@ def _major_minor(version: str) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else version
 
 
+# the end of the fix for a machine without GPUs; a profile with a twin names its own
+CPU_TWINS = "the CPU twins ddp_cpu and fsdp2_cpu"
+
+
 def cuda_problems(facts: MachineFacts) -> list[Problem]:
     """Why torch sees no GPU, or what its GPUs lack (NCCL, cuDNN)."""
     cuda, torch_version = facts.cuda, facts.versions["torch"]
@@ -143,7 +147,7 @@ def cuda_problems(facts: MachineFacts) -> list[Problem]:
         what = "no NVIDIA GPU on this machine"
         fix = (
             "use a machine with NVIDIA GPUs, their driver and a CUDA build of torch "
-            f"({CUDA_TORCH}); here, use the CPU twins ddp_cpu and fsdp2_cpu"
+            f"({CUDA_TORCH}); here, use {CPU_TWINS}"
         )
     elif cuda.build is None:
         what = f"torch {torch_version} is a CPU-only build, but this machine has NVIDIA GPUs"
@@ -213,6 +217,9 @@ def judge_profile(
     accelerator = auto_accelerator(facts) if profile.accelerator == "auto" else profile.accelerator
     blocking = [problem for problem in problems if problem.need in needs(profile, accelerator)]
     fix = blocking[0].fix if blocking else None
+    twin = f"{name}_cpu"
+    if fix is not None and fix.endswith(CPU_TWINS) and twin in profile_names("hardware"):
+        fix = fix.removesuffix(CPU_TWINS) + f"its CPU twin {twin}"
     try:
         plan = plan_run(profile, OptimizationConfig(), facts)
     except ConfigError as error:
