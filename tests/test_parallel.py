@@ -285,6 +285,23 @@ def test_bf16_mixed_behaves_alike_in_one_process_ddp_and_fsdp2(runs: Runs) -> No
         assert max_difference(single, parallel) < 2e-2, name
 
 
+def test_a_batch_norm_model_in_bf16_mixed_under_fsdp2_follows_ddp(tmp_path: Path) -> None:
+    # FSDP2's bf16 parameters met BatchNorm's fp32 running statistics: "expected scalar type
+    # BFloat16 but found Float" at the first step; such layers now compute in fp32, as
+    # autocast runs them under DDP
+    def losses(hardware: str) -> dict[int, float]:
+        run_dir = tmp_path / hardware
+        args = ["train", "recipe=image", "optimization.precision=bf16-mixed", "logger=csv"]
+        args += ["trainer.max_steps=4", "trainer.log_every_n_steps=1", "callbacks=minimal"]
+        result = run_cli([*args, f"hardware={hardware}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return Runs.losses(run_dir)
+
+    sharded, replicated = losses("fsdp2_cpu"), losses("ddp_cpu")
+    assert len(sharded) == 4
+    assert max_difference(sharded, replicated) < 1e-3
+
+
 STOP_AT_15 = ["+callbacks.stop._target_=helpers.StopAtStep", "+callbacks.stop.step=15"]
 
 

@@ -68,6 +68,25 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
     return None
 
 
+def keeps_float_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters and floating-point buffers of its own, as a
+    BatchNorm layer does (weight and bias; running mean and variance)."""
+    own_buffers = module.buffers(recurse=False)
+    return any(True for _ in module.parameters(recurse=False)) and any(
+        b.is_floating_point() for b in own_buffers
+    )
+
+
+def full_precision_units(model: nn.Module, policy: MixedPrecisionPolicy) -> list[nn.Module]:
+    """The modules to shard on their own in fp32 under ``policy``'s lower ``param_dtype``:
+    those with statistics in fp32 buffers (BatchNorm), whose kernels refused parameters cast
+    to bf16 beside fp32 running statistics ("expected scalar type BFloat16 but found
+    Float"). They compute in fp32 and hand on ``param_dtype``, as autocast runs them."""
+    if policy.param_dtype in (None, torch.float32):
+        return []
+    return [m for m in model.modules() if m is not model and keeps_float_statistics(m)]
+
+
 def shard_model(
     model: nn.Module,
     mesh: torch.distributed.device_mesh.DeviceMesh,
@@ -89,6 +108,12 @@ def shard_model(
     if cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     units = shard_units(model, shard_classes)
+    if policy is not None:
+        in_full = MixedPrecisionPolicy(
+            param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=policy.param_dtype
+        )
+        for layer in full_precision_units(model, policy):
+            fully_shard(layer, **{**options, "mp_policy": in_full})
     for unit in units:
         fully_shard(unit, **options)
     fully_shard(model, **options)
