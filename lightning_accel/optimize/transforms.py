@@ -131,15 +131,18 @@ def compile_model(model: nn.Module, config: CompileConfig) -> None:
     """Compile ``model`` in place as ``config`` says: each repeated block (``per_block``,
     where the model has them), else each child module that holds parameters
     (``nn.Module.compile`` keeps ``state_dict`` keys free of ``_orig_mod.``)."""
-    targets = find_repeated_blocks(model) if config.per_block else []
-    if not targets:
-        targets = [
-            child
-            for child in model.children()
-            if not isinstance(child, Metric) and any(True for _ in child.parameters())
-        ]
+    blocks = find_repeated_blocks(model) if config.per_block else []
+    targets = blocks or [
+        child
+        for child in model.children()
+        if not isinstance(child, Metric) and any(True for _ in child.parameters())
+    ]
+    # The blocks share one forward: blocks of several widths (a ResNet's stages) made dynamo
+    # recompile it for dynamic sizes, which Inductor failed to lower under FSDP2 ("Cannot
+    # convert expression to float"); each width gets a static graph of its own instead.
+    dynamic = False if blocks else None
     for target in targets:
-        target.compile(mode=config.mode, backend=config.backend)
+        target.compile(mode=config.mode, backend=config.backend, dynamic=dynamic)
 
 
 @runtime_checkable
