@@ -18,6 +18,7 @@ from lightning_accel.config import (
 )
 from lightning_accel.errors import ConfigError
 from lightning_accel.models import GPT, GPTConfig
+from lightning_accel.models.resnet import ResNet
 from lightning_accel.optimize import apply_model_optimizations, find_repeated_blocks
 
 CONFIG = GPTConfig(seq_len=16, n_layer=4, d_model=32, n_head=2)
@@ -58,6 +59,35 @@ def test_activation_checkpointing_keeps_gradients_and_state_dict_keys() -> None:
     expected, actual = _gradients(reference), _gradients(checkpointed)
     for name, grad in expected.items():
         torch.testing.assert_close(actual[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpointed_blocks_update_batch_norm_statistics_once_per_step() -> None:
+    # the backward runs a checkpointed block again: BatchNorm updated its running statistics
+    # at both runs, and the model validated with other ones than without checkpointing
+    def trained(checkpointing: bool) -> ResNet:
+        torch.manual_seed(0)
+        model = ResNet(in_channels=1, widths=(8, 16), blocks_per_stage=2)
+        config = ActivationCheckpointingConfig(checkpointing)
+        apply_model_optimizations(model, OptimizationConfig(activation_checkpointing=config))
+        images = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(2):
+            model(images).logsumexp(-1).mean().backward()
+        return model
+
+    reference, checkpointed = trained(False), trained(True)
+    assert any(type(m).__name__ == "CheckpointWrapper" for m in checkpointed.modules())
+    statistics = {k: v for k, v in reference.state_dict().items() if "running" in k}
+    assert statistics, "the model has running statistics to compare"
+    actual = checkpointed.state_dict()
+    for name, value in reference.state_dict().items():
+        if "running" in name or "num_batches_tracked" in name:
+            torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    gradients = {
+        name.replace("._checkpoint_wrapped_module", ""): p.grad
+        for name, p in checkpointed.named_parameters()
+    }
+    for name, parameter in reference.named_parameters():
+        torch.testing.assert_close(gradients[name], parameter.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_every_k_blocks_checkpoints_one_in_k() -> None:

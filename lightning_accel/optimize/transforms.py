@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-    CheckpointImpl,
-    checkpoint_wrapper,
-)
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -35,6 +34,7 @@ from lightning_accel.optimize.memory_format import (
     lazy_module_name,
     strategy_channels_last_choice,
 )
+from lightning_accel.optimize.recompute import statistics_once, tracking_layers
 from lightning_accel.precision import PrecisionChoice
 
 FSDP2 = "fsdp2"
@@ -106,11 +106,11 @@ def check_model_optimizations(model: nn.Module, optimization: OptimizationConfig
 
 def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu") -> int:
     blocks = find_repeated_blocks(model)
-    options = {"checkpoint_impl": CheckpointImpl.NO_REENTRANT}
+    checkpoint_fn: Callable[..., Any] = partial(torch_checkpoint, use_reentrant=False)
     if device_type == "xla":
         from lightning_accel.xla import runtime
 
-        options = {"checkpoint_fn": runtime.checkpoint_function()}
+        checkpoint_fn = runtime.checkpoint_function()
     parents = {
         id(child): (parent, name)
         for parent in model.modules()
@@ -121,6 +121,9 @@ def _checkpoint_blocks(model: nn.Module, every_k: int, device_type: str = "cpu")
         if index % every_k:
             continue
         parent, name = parents[id(block)]
+        options: dict[str, Any] = {"checkpoint_fn": checkpoint_fn}
+        if tracking_layers(block):
+            options["checkpoint_fn"] = statistics_once(checkpoint_fn, block)
         # The wrapper strips its own prefix from state_dict keys, so checkpoints stay portable.
         setattr(parent, name, checkpoint_wrapper(block, **options))
         wrapped += 1
