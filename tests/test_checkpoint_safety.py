@@ -42,6 +42,16 @@ def test_the_crafted_file_really_runs_code_when_loaded_without_weights_only(
     assert marker.exists(), "the payload must be live for the refusals below to mean anything"
 
 
+def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one line the CLI prints on stderr when it refuses ``args`` with exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def test_train_refuses_a_crafted_checkpoint_with_exit_2_naming_the_file(
     crafted: tuple[Path, Path],
     tmp_path: Path,
@@ -50,11 +60,7 @@ def test_train_refuses_a_crafted_checkpoint_with_exit_2_naming_the_file(
 ) -> None:
     checkpoint, marker = crafted
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "logger=none", f"ckpt_path={checkpoint}"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    err = _refused(["train", "logger=none", f"ckpt_path={checkpoint}"], capsys)
     assert f"ckpt_path='{checkpoint}' would run code when loaded" in err
     assert "posix.system" in err
     assert not marker.exists()
@@ -91,11 +97,7 @@ def test_a_file_that_is_no_checkpoint_exits_2_in_one_sentence(
     checkpoint = tmp_path / "model.ckpt"
     write(checkpoint)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["validate", f"ckpt_path={checkpoint}"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    err = _refused(["validate", f"ckpt_path={checkpoint}"], capsys)
     assert err.startswith(f"lightning-accel: error: ckpt_path='{checkpoint}' ") and expected in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"], "no run directory"
 
@@ -108,11 +110,8 @@ def test_automatic_resume_refuses_a_crafted_last_checkpoint_in_the_run_directory
     checkpoints.mkdir(parents=True)
     write_crafted_checkpoint(checkpoints / "last.ckpt", marker)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "logger=none", "hydra.run.dir=run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "last.ckpt' would run code when loaded" in err
+    err = _refused(["train", "logger=none", "hydra.run.dir=run"], capsys)
+    assert "last.ckpt' would run code when loaded" in err
     assert not marker.exists()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]
 
@@ -133,11 +132,8 @@ def test_a_damaged_last_checkpoint_in_the_run_directory_is_refused_not_trained_o
         (last / "__0_0.distcp").write_bytes(b"shard")
     (tmp_path / "run" / "metrics.csv").write_text("step,train/loss\n9,1.5\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "logger=csv", "hydra.run.dir=run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "the run directory's last checkpoint=" in err
+    err = _refused(["train", "logger=csv", "hydra.run.dir=run"], capsys)
+    assert "the run directory's last checkpoint=" in err
     assert "ckpt_path=run/checkpoints/step-10.ckpt, or give a new hydra.run.dir" in err
     assert (tmp_path / "run" / "metrics.csv").read_text() == "step,train/loss\n9,1.5\n"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step-10.ckpt"]

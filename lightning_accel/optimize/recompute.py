@@ -9,15 +9,17 @@ from typing import Any
 from torch import nn
 
 
+def tracks_running_statistics(layer: nn.Module) -> bool:
+    """Whether ``layer`` keeps running statistics in fp32 buffers that training updates
+    (BatchNorm, InstanceNorm with ``track_running_stats``)."""
+    return bool(getattr(layer, "track_running_stats", False)) and (
+        getattr(layer, "num_batches_tracked", None) is not None
+    )
+
+
 def tracking_layers(module: nn.Module) -> list[nn.Module]:
-    """The layers of ``module`` that update running statistics in training (BatchNorm,
-    InstanceNorm with ``track_running_stats``)."""
-    return [
-        m
-        for m in module.modules()
-        if getattr(m, "track_running_stats", False)
-        and getattr(m, "num_batches_tracked", None) is not None
-    ]
+    """The layers of ``module`` (itself included) that keep running statistics."""
+    return [m for m in module.modules() if tracks_running_statistics(m)]
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from torch.distributed.fsdp import (
 
 from lightning_accel.errors import ConfigError
 from lightning_accel.optimize.blocks import find_repeated_blocks
+from lightning_accel.optimize.recompute import tracks_running_statistics
 
 SHARD_CLASSES_KEY = "hardware.strategy_options.shard_classes"
 # A LightningModule's step methods: the root's parameters are gathered around each, as they
@@ -68,15 +69,6 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
     return None
 
 
-def keeps_float_statistics(module: nn.Module) -> bool:
-    """Whether ``module`` holds parameters and floating-point buffers of its own, as a
-    BatchNorm layer does (weight and bias; running mean and variance)."""
-    own_buffers = module.buffers(recurse=False)
-    return any(True for _ in module.parameters(recurse=False)) and any(
-        b.is_floating_point() for b in own_buffers
-    )
-
-
 def full_precision_units(model: nn.Module, policy: MixedPrecisionPolicy) -> list[nn.Module]:
     """The modules to shard on their own in fp32 under ``policy``'s lower ``param_dtype``:
     those with statistics in fp32 buffers (BatchNorm), whose kernels refused parameters cast
@@ -84,7 +76,7 @@ def full_precision_units(model: nn.Module, policy: MixedPrecisionPolicy) -> list
     Float"). They compute in fp32 and hand on ``param_dtype``, as autocast runs them."""
     if policy.param_dtype in (None, torch.float32):
         return []
-    return [m for m in model.modules() if m is not model and keeps_float_statistics(m)]
+    return [m for m in model.modules() if m is not model and tracks_running_statistics(m)]
 
 
 def shard_model(
